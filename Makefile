@@ -1,0 +1,19 @@
+# The two commands of the README: `make demo` and `make test`.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
+
+.PHONY: bootstrap demo test fmt lint unit
+
+bootstrap:
+	@bash scripts/bootstrap
+
+# Show what identityd can do today, on this machine (becomes `identityd lab up`).
+demo: bootstrap
+	@cargo build --quiet --bin identityd
+	@bash scripts/demo
+
+# Everything CI checks: format, lints, all unit/component/e2e tests.
+test: bootstrap
+	cargo fmt --all --check
+	cargo clippy --all-targets --locked -- -D warnings
+	cargo nextest run --workspace --locked --no-fail-fast

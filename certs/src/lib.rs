@@ -1,0 +1,2 @@
+//! SPIFFE identity core for identityd.
+#![forbid(unsafe_code)]

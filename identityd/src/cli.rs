@@ -1,0 +1,220 @@
+//! The command-line contract of DESIGN.md. Subcommands that are not built yet say so in
+//! their help and fail with "not implemented yet" — they never pretend to work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Marker appended to the help of subcommands that do not exist yet.
+pub const NOT_YET: &str = "[not implemented yet]";
+
+/// identityd — encrypted, authenticated traffic between workloads, without sidecars.
+#[derive(Debug, Parser)]
+#[command(name = "identityd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// [not implemented yet] Run the daemon (`role: node` by default, or `role: ca`).
+    Run {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A cluster of network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// [not implemented yet] Ask the local daemon: peers, paths, SVIDs, keys.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// [not implemented yet] Check that traffic is encrypted and identities are in place.
+    Audit(AuditArgs),
+    /// Certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// SPIFFE X.509-SVIDs.
+    #[command(subcommand)]
+    Svid(SvidCommand),
+    /// [not implemented yet] Print the CRD YAML.
+    Crds,
+    /// [not implemented yet] Flows with their path verdict.
+    Observe {
+        /// Keep streaming.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Encryption modes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Mode {
+    /// WireGuard between nodes.
+    Wireguard,
+    /// IPsec between nodes.
+    Ipsec,
+    /// No network-layer encryption.
+    Disabled,
+}
+
+/// `identityd lab …`
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// [not implemented yet] Build the lab: nodes and pods as namespaces, a daemon per node.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Encryption mode.
+        #[arg(long, value_enum, default_value_t = Mode::Wireguard)]
+        mode: Mode,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Extra manifests to apply.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+    },
+    /// [not implemented yet] Show the lab's status.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// [not implemented yet] Remove every namespace, link and process the lab made.
+    Down {
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Output formats of `audit`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AuditFormat {
+    /// A table.
+    Text,
+    /// JSON.
+    Json,
+    /// JUnit XML.
+    Junit,
+    /// SARIF 2.1.0.
+    Sarif,
+    /// Markdown.
+    Markdown,
+}
+
+/// `identityd audit` arguments.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// A lab or FileSource directory.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Read state from Kubernetes.
+    #[arg(long)]
+    pub kube: bool,
+    /// Static manifests to check.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+    pub format: AuditFormat,
+}
+
+/// `identityd ca …`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA (self-signed ECDSA P-256 root) in a directory.
+    Init {
+        /// Trust domain, e.g. `cluster.local`.
+        #[arg(long)]
+        trust_domain: String,
+        /// Directory to write the CA into.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// `identityd svid …`
+#[derive(Debug, Subcommand)]
+pub enum SvidCommand {
+    /// Issue an X.509-SVID with a locally generated key.
+    Issue {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The SPIFFE ID, e.g. `spiffe://cluster.local/ns/shop/sa/web`.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Output directory (svid.pem, key.pem, bundle.pem).
+        #[arg(long)]
+        out: PathBuf,
+        /// Requested lifetime (e.g. 1h, 30m, 90s).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print an SVID's SPIFFE ID, validity and chain.
+    Inspect {
+        /// A PEM file (leaf first).
+        file: PathBuf,
+    },
+    /// Verify an SVID chain against a trust bundle.
+    Verify {
+        /// Trust bundle (PEM).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The SVID (PEM, leaf first).
+        file: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_subcommand_of_the_contract() {
+        let help = Cli::command().render_long_help().to_string();
+        for sub in [
+            "run", "lab", "status", "audit", "ca", "svid", "crds", "observe",
+        ] {
+            assert!(
+                help.contains(sub),
+                "`identityd --help` lists `{sub}`:\n{help}"
+            );
+        }
+        let mut cmd = Cli::command();
+        let lab = cmd
+            .find_subcommand_mut("lab")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for sub in ["up", "status", "down"] {
+            assert!(lab.contains(sub), "`identityd lab --help` lists `{sub}`");
+        }
+        let svid = cmd
+            .find_subcommand_mut("svid")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for sub in ["issue", "inspect", "verify"] {
+            assert!(svid.contains(sub), "`identityd svid --help` lists `{sub}`");
+        }
+    }
+}

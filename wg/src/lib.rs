@@ -1,8 +1,30 @@
-//! WireGuard datapath for identityd: node keys, peers, routes and MTU.
+//! WireGuard datapath for identityd: node keys, a pure planner, a userspace WireGuard device
+//! (boringtun's protocol over our own TUN + UDP loop, with the standard UAPI socket so
+//! `wg show` works), routes and MTU over rtnetlink, and kernel-module detection.
 //!
-//! Nothing is implemented yet beyond the constants shared with the rest of the workspace;
-//! see the WireGuard datapath issue.
+//! What this crate promises:
+//! - The node's private key is generated on the node, stored 0600 with an atomic rename,
+//!   zeroized in memory and never printed ([`key::NodeKey`]); only the public key is shown.
+//! - [`plan::plan`] is pure: node + peers in, the desired interface config out (peers, allowed
+//!   IPs, routes, MTU = underlay − 60 for IPv4 / − 80 for IPv6, keepalive). Applying it
+//!   ([`device::Device::apply_peers`], [`routes::Netlink::apply_routes`]) changes only what
+//!   differs from what is installed.
+//! - Packets routed into the interface for which no peer exists are dropped and counted,
+//!   never sent in clear; with `cluster_cidrs` routed into the tunnel, removing a peer does not
+//!   make its pods reachable over the default route.
+//! - The TUN interface can be persistent (`TUNSETPERSIST`): it and its routes outlive a
+//!   restart of the process, so packets are dropped (not re-routed) while it is down.
+//! - Kernel WireGuard is detected, not faked ([`backend`]).
 #![deny(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod device;
+pub mod key;
+pub mod plan;
+pub mod routes;
+pub mod tun;
+pub mod uapi;
 
 /// Default WireGuard UDP port (DESIGN.md, shared constants).
 pub const DEFAULT_PORT: u16 = 51871;

@@ -1,0 +1,653 @@
+//! The userspace WireGuard device: boringtun's `noise::Tunn` for the protocol, our own I/O
+//! loop over a TUN interface and one UDP socket, and the UAPI socket for `wg`.
+//!
+//! Threads: one reads the TUN and encrypts, one reads the UDP socket and decrypts, one runs
+//! the protocol timers, one serves the UAPI socket. They live as long as the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+
+use crate::key::{NodeKey, PublicKey};
+use crate::plan::{Cidr, PeerChange, PeerConfig, diff_peers};
+use crate::tun::{Tun, TunError};
+use crate::uapi::{self, PeerStatus, UapiError};
+
+/// Largest packet handled (IP maximum) plus WireGuard overhead.
+const BUF_LEN: usize = 65_535 + 256;
+/// Socket buffer size requested with `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (root may exceed
+/// `rmem_max`, which cannot be raised inside a network namespace).
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+/// Protocol timer tick.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// Errors starting the device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The TUN interface could not be set up.
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    /// The UDP socket could not be bound.
+    #[error("bind UDP port {port}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The UAPI socket could not be created.
+    #[error("UAPI socket {path}")]
+    Uapi {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("spawn thread {0}")]
+    Thread(&'static str, #[source] std::io::Error),
+}
+
+/// Settings for [`Device::start`].
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// Interface name (distinct per node: the UAPI socket path is global).
+    pub interface: String,
+    /// UDP listen port.
+    pub listen_port: u16,
+    /// Make the TUN interface persistent (`TUNSETPERSIST`).
+    pub persist: bool,
+}
+
+/// What [`Device::apply_peers`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Peers added.
+    pub added: usize,
+    /// Peers removed.
+    pub removed: usize,
+    /// Peers updated in place (endpoint / allowed IPs; session kept).
+    pub updated: usize,
+    /// Peers rebuilt (keepalive changed; new handshake).
+    pub replaced: usize,
+}
+
+impl ApplyReport {
+    /// Whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Counters of the datapath.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Packets from the TUN with no peer for their destination (dropped, never sent in clear).
+    pub dropped_no_peer: AtomicU64,
+    /// Packets from the TUN for a peer with no endpoint.
+    pub dropped_no_endpoint: AtomicU64,
+    /// Datagrams that matched no peer or failed to decrypt.
+    pub dropped_invalid: AtomicU64,
+    /// Decrypted packets whose source is not in the peer's allowed IPs.
+    pub dropped_not_allowed: AtomicU64,
+}
+
+struct Peer {
+    key: PublicKey,
+    index: u32,
+    tunn: Mutex<Tunn>,
+    endpoint: RwLock<Option<SocketAddr>>,
+    config: RwLock<PeerConfig>,
+}
+
+impl Peer {
+    fn allowed(&self, ip: IpAddr) -> bool {
+        read(&self.config)
+            .allowed_ips
+            .iter()
+            .any(|c| c.contains(ip))
+    }
+}
+
+#[derive(Default)]
+struct PeerTable {
+    by_key: BTreeMap<PublicKey, Arc<Peer>>,
+    by_idx: HashMap<u32, Arc<Peer>>,
+    /// Longest prefix first.
+    routes: Vec<(Cidr, Arc<Peer>)>,
+}
+
+impl PeerTable {
+    fn rebuild_routes(&mut self) {
+        let mut routes: Vec<(Cidr, Arc<Peer>)> = self
+            .by_key
+            .values()
+            .flat_map(|p| {
+                read(&p.config)
+                    .allowed_ips
+                    .iter()
+                    .map(|c| (*c, Arc::clone(p)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix()));
+        self.routes = routes;
+    }
+
+    fn lookup(&self, dst: IpAddr) -> Option<Arc<Peer>> {
+        self.routes
+            .iter()
+            .find(|(c, _)| c.contains(dst))
+            .map(|(_, p)| Arc::clone(p))
+    }
+}
+
+struct Inner {
+    name: String,
+    key: NodeKey,
+    public: x25519::PublicKey,
+    tun: Tun,
+    udp: UdpSocket,
+    listen_port: u16,
+    fwmark: AtomicU32,
+    peers: RwLock<PeerTable>,
+    next_index: AtomicU32,
+    counters: Counters,
+    /// Serialises configuration changes (UAPI and config reloads).
+    config_lock: Mutex<()>,
+}
+
+/// A running userspace WireGuard device. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("interface", &self.inner.name)
+            .field("public_key", &self.inner.key.public_key())
+            .field("listen_port", &self.inner.listen_port)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn set_sockopt(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: `fd` is a valid socket owned by the caller; the option value is a c_int that
+    // lives for the duration of the call and its size is passed correctly.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    rc == 0
+}
+
+impl Device {
+    /// Opens the TUN interface, binds the UDP port, starts the datapath threads and serves
+    /// the UAPI socket. The device starts with no peers: call [`Device::apply_peers`].
+    ///
+    /// # Errors
+    /// TUN, socket, UAPI or thread errors.
+    pub fn start(key: NodeKey, settings: &DeviceSettings) -> Result<Self, DeviceError> {
+        let tun = Tun::open(&settings.interface, settings.persist)?;
+        let udp = UdpSocket::bind(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            settings.listen_port,
+        )))
+        .map_err(|source| DeviceError::Bind {
+            port: settings.listen_port,
+            source,
+        })?;
+        let fd = udp.as_raw_fd();
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            if !set_sockopt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER) {
+                let _ = set_sockopt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+            }
+        }
+        let listen_port = udp.local_addr().map_or(settings.listen_port, |a| a.port());
+        let public = x25519::PublicKey::from(key.secret());
+        let inner = Arc::new(Inner {
+            name: tun.name().to_owned(),
+            key,
+            public,
+            tun,
+            udp,
+            listen_port,
+            fwmark: AtomicU32::new(0),
+            peers: RwLock::new(PeerTable::default()),
+            next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
+            counters: Counters::default(),
+            config_lock: Mutex::new(()),
+        });
+        let dev = Self { inner };
+        let uapi = dev.bind_uapi()?;
+        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| DeviceError::Thread(name, e))
+        };
+        let d = dev.clone();
+        spawn("wg-tun-rx", Box::new(move || d.tun_loop()))?;
+        let d = dev.clone();
+        spawn("wg-udp-rx", Box::new(move || d.udp_loop()))?;
+        let d = dev.clone();
+        spawn("wg-timers", Box::new(move || d.timer_loop()))?;
+        let d = dev.clone();
+        spawn("wg-uapi", Box::new(move || d.uapi_loop(&uapi)))?;
+        Ok(dev)
+    }
+
+    /// The interface name.
+    #[must_use]
+    pub fn interface(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// This device's public key.
+    #[must_use]
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.key.public_key()
+    }
+
+    /// The UDP port in use.
+    #[must_use]
+    pub fn listen_port(&self) -> u16 {
+        self.inner.listen_port
+    }
+
+    /// Datapath counters.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Removes the UAPI socket (call on orderly shutdown; a stale one is replaced on start).
+    pub fn remove_uapi_socket(&self) {
+        let _ = std::fs::remove_file(uapi::socket_path(&self.inner.name));
+    }
+
+    /// The configured peers (as last applied).
+    #[must_use]
+    pub fn configured_peers(&self) -> BTreeMap<PublicKey, PeerConfig> {
+        read(&self.inner.peers)
+            .by_key
+            .iter()
+            .map(|(k, p)| (*k, read(&p.config).clone()))
+            .collect()
+    }
+
+    /// Live status of every peer.
+    #[must_use]
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        let now = SystemTime::now();
+        read(&self.inner.peers)
+            .by_key
+            .values()
+            .map(|p| {
+                let (since, tx, rx, _, _) = lock(&p.tunn).stats();
+                let cfg = read(&p.config);
+                PeerStatus {
+                    public_key: p.key,
+                    endpoint: *read(&p.endpoint),
+                    allowed_ips: cfg.allowed_ips.clone(),
+                    keepalive: cfg.keepalive,
+                    last_handshake: since.and_then(|d| now.checked_sub(d)),
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                }
+            })
+            .collect()
+    }
+
+    fn new_peer(&self, key: PublicKey, cfg: PeerConfig) -> Arc<Peer> {
+        let index = self.inner.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let keepalive = (cfg.keepalive != 0).then_some(cfg.keepalive);
+        let tunn = Tunn::new(
+            self.inner.key.secret().clone(),
+            key.to_x25519(),
+            None,
+            keepalive,
+            index,
+            None,
+        );
+        Arc::new(Peer {
+            key,
+            index,
+            tunn: Mutex::new(tunn),
+            endpoint: RwLock::new(cfg.endpoint),
+            config: RwLock::new(cfg),
+        })
+    }
+
+    /// Makes the device's peers equal to `desired`, changing only what differs: unchanged
+    /// peers keep their sessions, endpoint/allowed-IP changes are made in place.
+    pub fn apply_peers(&self, desired: &BTreeMap<PublicKey, PeerConfig>) -> ApplyReport {
+        let _guard = lock(&self.inner.config_lock);
+        let changes = diff_peers(&self.configured_peers(), desired);
+        let mut report = ApplyReport::default();
+        if changes.is_empty() {
+            return report;
+        }
+        let mut table = write(&self.inner.peers);
+        for c in changes {
+            match c {
+                PeerChange::Remove(k) => {
+                    if let Some(p) = table.by_key.remove(&k) {
+                        table.by_idx.remove(&p.index);
+                    }
+                    report.removed += 1;
+                }
+                PeerChange::Add(k, cfg) | PeerChange::Replace(k, cfg) => {
+                    let p = self.new_peer(k, cfg);
+                    if let Some(old) = table.by_key.insert(k, Arc::clone(&p)) {
+                        table.by_idx.remove(&old.index);
+                        report.replaced += 1;
+                    } else {
+                        report.added += 1;
+                    }
+                    table.by_idx.insert(p.index, p);
+                }
+                PeerChange::Update(k, cfg) => {
+                    if let Some(p) = table.by_key.get(&k) {
+                        let mut have = write(&p.config);
+                        if have.endpoint != cfg.endpoint {
+                            *write(&p.endpoint) = cfg.endpoint;
+                        }
+                        *have = cfg;
+                    }
+                    report.updated += 1;
+                }
+            }
+        }
+        table.rebuild_routes();
+        report
+    }
+
+    fn send(&self, pkt: &[u8], to: SocketAddr) {
+        let _ = self.inner.udp.send_to(pkt, to);
+    }
+
+    fn tun_loop(&self) {
+        let mut src = vec![0u8; BUF_LEN];
+        let mut dst = vec![0u8; BUF_LEN];
+        loop {
+            let n = match self.inner.tun.read(&mut src) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(interface = %self.inner.name, error = %e, "TUN read failed; datapath stopped");
+                    return;
+                }
+            };
+            let pkt = &src[..n];
+            let Some(dst_ip) = Tunn::dst_address(pkt) else {
+                continue;
+            };
+            let Some(peer) = read(&self.inner.peers).lookup(dst_ip) else {
+                self.inner
+                    .counters
+                    .dropped_no_peer
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let Some(endpoint) = *read(&peer.endpoint) else {
+                self.inner
+                    .counters
+                    .dropped_no_endpoint
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut tunn = lock(&peer.tunn);
+            match tunn.encapsulate(pkt, &mut dst) {
+                TunnResult::WriteToNetwork(out) => self.send(out, endpoint),
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = %peer.key, error = ?e, "encapsulate");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn find_peer(&self, datagram: &[u8]) -> Option<Arc<Peer>> {
+        let packet = Tunn::parse_incoming_packet(datagram).ok()?;
+        let table = read(&self.inner.peers);
+        match packet {
+            Packet::HandshakeInit(p) => {
+                let hh =
+                    parse_handshake_anon(self.inner.key.secret(), &self.inner.public, &p).ok()?;
+                table
+                    .by_key
+                    .get(&PublicKey::from(hh.peer_static_public))
+                    .cloned()
+            }
+            Packet::HandshakeResponse(p) => table.by_idx.get(&(p.receiver_idx >> 8)).cloned(),
+            Packet::PacketCookieReply(p) => table.by_idx.get(&(p.receiver_idx >> 8)).cloned(),
+            Packet::PacketData(p) => table.by_idx.get(&(p.receiver_idx >> 8)).cloned(),
+        }
+    }
+
+    fn udp_loop(&self) {
+        let mut src = vec![0u8; BUF_LEN];
+        let mut dst = vec![0u8; BUF_LEN];
+        loop {
+            let (n, from) = match self.inner.udp.recv_from(&mut src) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(interface = %self.inner.name, error = %e, "UDP receive failed; datapath stopped");
+                    return;
+                }
+            };
+            let datagram = &src[..n];
+            let Some(peer) = self.find_peer(datagram) else {
+                self.inner
+                    .counters
+                    .dropped_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut tunn = lock(&peer.tunn);
+            let mut valid = true;
+            match tunn.decapsulate(Some(from.ip()), datagram, &mut dst) {
+                TunnResult::Done => {}
+                TunnResult::Err(_) => {
+                    self.inner
+                        .counters
+                        .dropped_invalid
+                        .fetch_add(1, Ordering::Relaxed);
+                    valid = false;
+                }
+                TunnResult::WriteToNetwork(out) => {
+                    self.send(out, from);
+                    // Flush packets queued while the handshake was in progress.
+                    while let TunnResult::WriteToNetwork(out) =
+                        tunn.decapsulate(None, &[], &mut dst)
+                    {
+                        self.send(out, from);
+                    }
+                }
+                TunnResult::WriteToTunnelV4(out, src_ip) => {
+                    self.deliver(&peer, out, IpAddr::V4(src_ip));
+                }
+                TunnResult::WriteToTunnelV6(out, src_ip) => {
+                    self.deliver(&peer, out, IpAddr::V6(src_ip));
+                }
+            }
+            drop(tunn);
+            if valid && *read(&peer.endpoint) != Some(from) {
+                *write(&peer.endpoint) = Some(from);
+            }
+        }
+    }
+
+    fn deliver(&self, peer: &Peer, pkt: &[u8], src: IpAddr) {
+        if pkt.is_empty() {
+            return; // keepalive
+        }
+        if peer.allowed(src) {
+            let _ = self.inner.tun.write(pkt);
+        } else {
+            self.inner
+                .counters
+                .dropped_not_allowed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn timer_loop(&self) {
+        let mut dst = vec![0u8; BUF_LEN];
+        loop {
+            std::thread::sleep(TIMER_TICK);
+            let peers: Vec<Arc<Peer>> = read(&self.inner.peers).by_key.values().cloned().collect();
+            for p in peers {
+                let endpoint = *read(&p.endpoint);
+                let mut tunn = lock(&p.tunn);
+                if let (TunnResult::WriteToNetwork(out), Some(e)) =
+                    (tunn.update_timers(&mut dst), endpoint)
+                {
+                    self.send(out, e);
+                }
+            }
+        }
+    }
+
+    fn bind_uapi(&self) -> Result<UnixListener, DeviceError> {
+        let path = uapi::socket_path(&self.inner.name);
+        let err = |source| DeviceError::Uapi {
+            path: path.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(uapi::SOCKET_DIR)
+            .map_err(err)?;
+        // A socket left by a previous (killed) instance: replace it.
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        Ok(listener)
+    }
+
+    fn uapi_loop(&self, listener: &UnixListener) {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let d = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("wg-uapi-conn".into())
+                .spawn(move || d.serve_uapi(conn));
+        }
+    }
+
+    fn serve_uapi(&self, conn: UnixStream) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let Ok(mut out) = conn.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(conn);
+        loop {
+            let mut first = String::new();
+            if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut body = zeroize::Zeroizing::new(String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\n" {
+                    break;
+                }
+                body.push_str(&line);
+                zeroize::Zeroize::zeroize(&mut line);
+            }
+            let answer = match first.trim_end() {
+                "get=1" => uapi::format_get(
+                    &self.inner.key.secret_hex(),
+                    self.inner.listen_port,
+                    self.inner.fwmark.load(Ordering::Relaxed),
+                    &self.peer_status(),
+                ),
+                "set=1" => {
+                    let errno = match self.uapi_set(&body) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            tracing::warn!(interface = %self.inner.name, error = %e, "UAPI set refused");
+                            e.errno()
+                        }
+                    };
+                    zeroize::Zeroizing::new(format!("errno={errno}\n\n"))
+                }
+                _ => zeroize::Zeroizing::new(format!("errno={}\n\n", uapi::EINVAL)),
+            };
+            if out.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn uapi_set(&self, body: &str) -> Result<(), UapiError> {
+        let req = uapi::parse_set(body)?;
+        if let Some(k) = &req.private_key
+            && **k != *self.inner.key.secret().as_bytes()
+        {
+            return Err(UapiError::Refused {
+                key: "private_key",
+                reason: "the node key is managed by identityd (rotate it with a KeyRotation)",
+            });
+        }
+        if let Some(p) = req.listen_port
+            && p != self.inner.listen_port
+        {
+            return Err(UapiError::Refused {
+                key: "listen_port",
+                reason: "the listen port is fixed while the device runs",
+            });
+        }
+        if let Some(m) = req.fwmark {
+            let fd = self.inner.udp.as_raw_fd();
+            let v = libc::c_int::from_ne_bytes(m.to_ne_bytes());
+            if set_sockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, v) {
+                self.inner.fwmark.store(m, Ordering::Relaxed);
+            }
+        }
+        let mut peers = self.configured_peers();
+        uapi::apply_set(&req, &mut peers);
+        self.apply_peers(&peers);
+        Ok(())
+    }
+}

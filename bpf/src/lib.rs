@@ -1,11 +1,26 @@
 //! identityd's tc programs (C in `bpf/src/`, compiled by `build.rs`) and their aya loader.
 //!
-//! What exists today: the `counter` program, the smallest tc program (count every packet,
-//! optionally OR a mark into `skb->mark`, pass). It proves the C → clang → aya → kernel path.
-//! The path classifier (LPM routes, workload modes, strict mode) builds on the same pieces.
+//! - [`classifier::Classifier`]: the path classifier (`classifier.c`). It marks every
+//!   pod-to-remote-pod packet for its path (WireGuard `0x0e00`, IPsec `0x0d00`, the node's
+//!   Envoy `0x0c00`, plaintext-allowed `0x0b00`) and, in strict mode (the default), drops such
+//!   traffic when no encrypted path exists, counting it and reporting a flow event. Anything
+//!   that is not pod-to-remote-pod passes untouched.
+//! - `routing`: the policy routing (fwmark rules, table 202) and nftables TPROXY ruleset that
+//!   turn marks into paths, as a pure plan plus an apply step.
+//! - [`Counter`]: the smallest tc program (count every packet, optionally OR a mark, pass).
 #![deny(unsafe_code)]
 
+pub mod classifier;
+pub mod net;
+pub mod packet;
+pub mod pin;
 pub mod types;
+
+pub use classifier::{
+    Classifier, ClassifierConfig, DropReason, FlowEvent, FlowEventReader, FlowEvents, MtlsMode,
+    Path, PathCounters, Route, RouteKind, TestRunOutcome,
+};
+pub use net::Cidr;
 
 use aya::maps::PerCpuArray;
 use aya::programs::{SchedClassifier, TcAttachType, tc};
@@ -59,15 +74,55 @@ pub enum Error {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// A link operation failed.
+    #[error("{op} ({path}): {source}")]
+    Link {
+        /// What was attempted.
+        op: &'static str,
+        /// The link's pin path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    /// Pinning failed.
+    #[error("pinning at {path}: {source}")]
+    Pin {
+        /// The pin path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    /// A system call or file operation failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Which direction of an interface a program is attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Packets arriving on the interface.
     Ingress,
     /// Packets leaving through the interface.
     Egress,
+}
+
+impl Direction {
+    /// `ingress` or `egress`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
 }
 
 impl From<Direction> for TcAttachType {

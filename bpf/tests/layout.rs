@@ -11,7 +11,8 @@ fn c_and_rust_layouts_match() {
     let dir = std::env::temp_dir().join(format!("idd-layout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut c = String::from(
-        "#include <stdio.h>\n#include <stddef.h>\n#include \"counter_types.h\"\nint main(void){\n",
+        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/bpf.h>\n\
+         #include \"counter_types.h\"\n#include \"classifier_types.h\"\nint main(void){\n",
     );
     for (ty, _, fields) in identityd_bpf::types::layouts() {
         writeln!(c, "printf(\"{ty} size %zu\\n\", sizeof(struct {ty}));").unwrap();
@@ -23,12 +24,21 @@ fn c_and_rust_layouts_match() {
             .unwrap();
         }
     }
+    for (name, _) in identityd_bpf::types::constants() {
+        writeln!(
+            c,
+            "printf(\"const {name} %llu\\n\", (unsigned long long)({name}));"
+        )
+        .unwrap();
+    }
     c.push_str("return 0;}\n");
     let probe_c = dir.join("probe.c");
     let probe = dir.join("probe");
     std::fs::write(&probe_c, c).unwrap();
+    let multiarch = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
     let out = Command::new("clang")
         .arg(format!("-I{src_dir}"))
+        .arg(multiarch)
         .arg(&probe_c)
         .arg("-o")
         .arg(&probe)
@@ -47,6 +57,9 @@ fn c_and_rust_layouts_match() {
         for (f, off) in fields {
             writeln!(expected, "{ty} {f} {off}").unwrap();
         }
+    }
+    for (name, value) in identityd_bpf::types::constants() {
+        writeln!(expected, "const {name} {value}").unwrap();
     }
     assert_eq!(report, expected, "C (left) and Rust (right) layouts differ");
     let _ = std::fs::remove_dir_all(&dir);

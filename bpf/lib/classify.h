@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Path classification: maps, packet parsing, the decision and its accounting. */
+#ifndef IDENTITYD_LIB_CLASSIFY_H
+#define IDENTITYD_LIB_CLASSIFY_H
+
+#include "common.h"
+#include "../src/classifier_types.h"
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+
+/* Load-time settings (read-only globals, set with EbpfLoader::override_global). */
+/* Strict mode: drop pod-to-remote-pod traffic that has no encrypted path. */
+volatile const __u32 IDD_STRICT = 1;
+/* IDD_EVENTS_*: which packets produce a flow event. */
+volatile const __u32 IDD_FLOW_EVENTS = IDD_EVENTS_DROPS;
+/* 0: only packets from this node's pod CIDRs are classified (pod-facing veths);
+ * 1: any source (the node's own egress, e.g. its Envoy towards remote pods). */
+volatile const __u32 IDD_ANY_SOURCE = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct idd_lpm_key);
+	__type(value, struct idd_route);
+} idd_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct idd_addr);
+	__type(value, struct idd_workload);
+} idd_workloads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IDD_PATH_MAX);
+	__type(key, __u32);
+	__type(value, struct idd_path_stats);
+} idd_path_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} idd_flow_events SEC(".maps");
+
+/* The parsed fields classification needs. */
+struct idd_pkt {
+	struct idd_addr saddr;
+	struct idd_addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 protocol;
+	__u8 family;
+};
+
+static __always_inline void idd_map_v4(struct idd_addr *a, __be32 v4)
+{
+	__builtin_memset(a->addr, 0, 10);
+	a->addr[10] = 0xff;
+	a->addr[11] = 0xff;
+	__builtin_memcpy(&a->addr[12], &v4, 4);
+}
+
+static __always_inline void idd_ports(void *l4, void *end, __u8 proto, struct idd_pkt *p)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) <= end) {
+			p->sport = bpf_ntohs(th->source);
+			p->dport = bpf_ntohs(th->dest);
+		}
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) <= end) {
+			p->sport = bpf_ntohs(uh->source);
+			p->dport = bpf_ntohs(uh->dest);
+		}
+	}
+}
+
+/* Returns 0 when `p` holds an IPv4 or IPv6 packet's addresses, -1 otherwise. */
+static __always_inline int idd_parse(struct __sk_buff *skb, struct idd_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return -1;
+		idd_map_v4(&p->saddr, ip->saddr);
+		idd_map_v4(&p->daddr, ip->daddr);
+		p->protocol = ip->protocol;
+		p->family = 4;
+		/* Only the first fragment carries ports. */
+		if (!(ip->frag_off & bpf_htons(0x1fff)))
+			idd_ports((void *)ip + ip->ihl * 4, end, ip->protocol, p);
+		return 0;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		__builtin_memcpy(p->saddr.addr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr.addr, &ip6->daddr, 16);
+		/* Extension headers are not walked: such packets keep port 0 and
+		 * never take the proxy path (they still get an encrypted path or a drop). */
+		p->protocol = ip6->nexthdr;
+		p->family = 6;
+		idd_ports(ip6 + 1, end, ip6->nexthdr, p);
+		return 0;
+	}
+	return -1;
+}
+
+static __always_inline struct idd_route *idd_route_of(const struct idd_addr *a)
+{
+	struct idd_lpm_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, a->addr, 16);
+	return bpf_map_lookup_elem(&idd_routes, &k);
+}
+
+static __always_inline void idd_account(__u32 path, __u64 len)
+{
+	struct idd_path_stats *s = bpf_map_lookup_elem(&idd_path_stats, &path);
+
+	if (s) {
+		s->packets += 1;
+		s->bytes += len;
+	}
+}
+
+static __always_inline void idd_emit(struct __sk_buff *skb, const struct idd_pkt *p, __u32 path,
+				     __u32 reason, __u32 node_id)
+{
+	struct idd_flow_event *e;
+
+	if (IDD_FLOW_EVENTS == IDD_EVENTS_NONE)
+		return;
+	if (IDD_FLOW_EVENTS == IDD_EVENTS_DROPS && path != IDD_PATH_DROP)
+		return;
+	e = bpf_ringbuf_reserve(&idd_flow_events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->ts_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->saddr, p->saddr.addr, 16);
+	__builtin_memcpy(e->daddr, p->daddr.addr, 16);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->protocol = p->protocol;
+	e->family = p->family;
+	e->path = path;
+	e->drop_reason = reason;
+	e->node_id = node_id;
+	e->ifindex = skb->ifindex;
+	e->len = skb->len;
+	e->mark = skb->mark;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void idd_set_mark(struct __sk_buff *skb, __u32 mark)
+{
+	skb->mark = (skb->mark & ~IDD_MARK_MASK) | mark;
+}
+
+/* Classifies one packet: sets its mark, accounts it, and returns the tc verdict. */
+static __always_inline int idd_classify(struct __sk_buff *skb)
+{
+	struct idd_pkt p = {};
+	struct idd_route *dst, *src;
+	struct idd_workload *wl;
+	__u32 path, reason = IDD_DROP_NONE, node_id;
+
+	if (idd_parse(skb, &p) < 0)
+		goto pass;
+	dst = idd_route_of(&p.daddr);
+	/* Not towards a pod CIDR, or towards one of this node's own pods. */
+	if (!dst || dst->kind == IDD_ROUTE_LOCAL)
+		goto pass;
+	if (!IDD_ANY_SOURCE) {
+		src = idd_route_of(&p.saddr);
+		if (!src || src->kind != IDD_ROUTE_LOCAL)
+			goto pass;
+	}
+	node_id = dst->node_id;
+
+	wl = bpf_map_lookup_elem(&idd_workloads, &p.saddr);
+	if (wl && wl->mtls_mode != IDD_MTLS_DISABLED && p.protocol == IPPROTO_TCP &&
+	    dst->kind != IDD_ROUTE_UNAVAILABLE) {
+		/* The node's Envoy originates mTLS; its own traffic to the remote
+		 * pod is classified again on the node's egress. */
+		path = IDD_PATH_PROXY;
+		idd_set_mark(skb, IDD_MARK_PROXY);
+		goto out;
+	}
+
+	switch (dst->kind) {
+	case IDD_ROUTE_WIREGUARD:
+		path = IDD_PATH_WIREGUARD;
+		idd_set_mark(skb, IDD_MARK_WIREGUARD);
+		break;
+	case IDD_ROUTE_IPSEC:
+		path = IDD_PATH_IPSEC;
+		idd_set_mark(skb, IDD_MARK_IPSEC);
+		break;
+	case IDD_ROUTE_PLAINTEXT:
+		if (IDD_STRICT) {
+			path = IDD_PATH_DROP;
+			reason = IDD_DROP_PLAINTEXT_ROUTE;
+		} else {
+			path = IDD_PATH_PLAINTEXT;
+			idd_set_mark(skb, IDD_MARK_PLAINTEXT);
+		}
+		break;
+	default: /* IDD_ROUTE_UNAVAILABLE and anything unknown */
+		if (IDD_STRICT) {
+			path = IDD_PATH_DROP;
+			reason = IDD_DROP_NO_PATH;
+		} else {
+			path = IDD_PATH_PLAINTEXT;
+			idd_set_mark(skb, IDD_MARK_PLAINTEXT);
+		}
+		break;
+	}
+out:
+	idd_account(path, skb->len);
+	idd_emit(skb, &p, path, reason, node_id);
+	return path == IDD_PATH_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+pass:
+	idd_account(IDD_PATH_PASS, skb->len);
+	return TC_ACT_OK;
+}
+
+#endif

@@ -1,0 +1,843 @@
+//! The path classifier (`classifier.c`) and its typed loader.
+//!
+//! ```text
+//! idd_routes     LPM trie   pod CIDR → (route kind, node id)        set_route / remove_route
+//! idd_workloads  hash       local workload IP → mTLS mode           set_workload / remove_workload
+//! idd_path_stats per-CPU    verdict → (packets, bytes)              counters
+//! idd_flow_events ring buf  5-tuple, verdict, drop reason           flow_events
+//! ```
+//!
+//! The trie holds every pod CIDR the node knows: its own (`RouteKind::Local`), each remote
+//! node's (`WireGuard`, `Ipsec`, `Plaintext`) and, as a catch-all, the cluster's whole pod range
+//! as `Unavailable`, so that a node whose peer is not configured yet falls to "no path" and,
+//! in strict mode, is dropped rather than sent in clear.
+//!
+//! With a pin directory the maps and the tc links are pinned on bpffs: a new loader with the
+//! same directory re-adopts the maps (their content survives) and atomically replaces the
+//! program of each pinned link, so a daemon restart never leaves an interface unclassified.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::net::{Cidr, mapped, unmapped};
+use crate::types::{
+    self, IddAddr, IddFlowEvent, IddPathStats, IddRoute, IddWorkload, SK_BUFF_MARK_OFFSET,
+    SK_BUFF_SIZE,
+};
+use crate::{Direction, Error};
+
+/// The compiled `classifier.c` object, embedded at build time.
+pub static CLASSIFIER_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classifier.o"));
+
+const OBJECT: &str = "classifier";
+const PROG: &str = "idd_classifier";
+const ROUTES: &str = "idd_routes";
+const WORKLOADS: &str = "idd_workloads";
+const STATS: &str = "idd_path_stats";
+const EVENTS: &str = "idd_flow_events";
+const PINNED_MAPS: [&str; 4] = [ROUTES, WORKLOADS, STATS, EVENTS];
+
+/// Default capacity of the route trie (`idd_routes`).
+pub const DEFAULT_MAX_ROUTES: u32 = 65_536;
+/// The default parent of pin directories: `/sys/fs/bpf/identityd`.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/identityd";
+/// Bumped whenever a pinned map's layout changes, so a new daemon never adopts a map of
+/// another layout: pins live under `<pin dir>/v<PIN_LAYOUT_VERSION>/`.
+pub const PIN_LAYOUT_VERSION: u32 = 1;
+
+/// Which packets produce a flow event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlowEvents {
+    /// None.
+    None,
+    /// Only drops (the default: cheap, and what `identityd observe` must never miss).
+    #[default]
+    Drops,
+    /// Every classified (pod-to-remote-pod) packet.
+    All,
+}
+
+/// Load-time settings of the classifier.
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
+    /// Strict mode: drop pod-to-remote-pod traffic without an encrypted path (default on).
+    pub strict: bool,
+    /// Which packets produce flow events.
+    pub flow_events: FlowEvents,
+    /// Classify packets from any source, not only from this node's pod CIDRs (for the node's
+    /// own egress). Default off (pod-facing veths).
+    pub any_source: bool,
+    /// Capacity of the route trie.
+    pub max_routes: u32,
+    /// Pin maps and links under this directory (on bpffs) so a restart re-adopts them.
+    /// `None`: nothing is pinned and dropping the loader detaches everything.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        Self {
+            strict: true,
+            flow_events: FlowEvents::default(),
+            any_source: false,
+            max_routes: DEFAULT_MAX_ROUTES,
+            pin_dir: None,
+        }
+    }
+}
+
+/// What a pod CIDR leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// A pod CIDR with no usable path (yet): dropped in strict mode, plaintext otherwise.
+    Unavailable,
+    /// This node's own pod CIDR.
+    Local,
+    /// Through WireGuard.
+    WireGuard,
+    /// Through IPsec.
+    Ipsec,
+    /// In clear (encryption disabled towards it): dropped in strict mode.
+    Plaintext,
+}
+
+impl RouteKind {
+    fn raw(self) -> u32 {
+        match self {
+            Self::Unavailable => types::IDD_ROUTE_UNAVAILABLE,
+            Self::Local => types::IDD_ROUTE_LOCAL,
+            Self::WireGuard => types::IDD_ROUTE_WIREGUARD,
+            Self::Ipsec => types::IDD_ROUTE_IPSEC,
+            Self::Plaintext => types::IDD_ROUTE_PLAINTEXT,
+        }
+    }
+
+    fn from_raw(v: u32) -> Option<Self> {
+        Some(match v {
+            types::IDD_ROUTE_UNAVAILABLE => Self::Unavailable,
+            types::IDD_ROUTE_LOCAL => Self::Local,
+            types::IDD_ROUTE_WIREGUARD => Self::WireGuard,
+            types::IDD_ROUTE_IPSEC => Self::Ipsec,
+            types::IDD_ROUTE_PLAINTEXT => Self::Plaintext,
+            _ => return None,
+        })
+    }
+}
+
+/// A route: what a pod CIDR leads to, and which node owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The path.
+    pub kind: RouteKind,
+    /// The owning node's id (reported in flow events).
+    pub node_id: u32,
+}
+
+/// The mTLS mode of a local workload (`identityd.io/mtls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MtlsMode {
+    /// No proxy: the packet takes the network path of its route.
+    Disabled,
+    /// TCP goes through the node's Envoy.
+    Permissive,
+    /// TCP goes through the node's Envoy.
+    Strict,
+}
+
+impl MtlsMode {
+    fn raw(self) -> u32 {
+        match self {
+            Self::Disabled => types::IDD_MTLS_DISABLED,
+            Self::Permissive => types::IDD_MTLS_PERMISSIVE,
+            Self::Strict => types::IDD_MTLS_STRICT,
+        }
+    }
+}
+
+/// The verdict of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Path {
+    /// Not pod-to-remote-pod: passed, mark untouched.
+    Pass,
+    /// Marked for WireGuard (`0x0e00`).
+    WireGuard,
+    /// Marked for IPsec (`0x0d00`).
+    Ipsec,
+    /// Marked for the node's Envoy (`0x0c00`).
+    Proxy,
+    /// Marked plaintext-allowed (`0x0b00`).
+    Plaintext,
+    /// Dropped.
+    Drop,
+}
+
+impl Path {
+    /// Every path, in counter order.
+    pub const ALL: [Self; 6] = [
+        Self::Pass,
+        Self::WireGuard,
+        Self::Ipsec,
+        Self::Proxy,
+        Self::Plaintext,
+        Self::Drop,
+    ];
+
+    /// The mark the classifier sets for this path (`None`: mark untouched / dropped).
+    #[must_use]
+    pub fn mark(self) -> Option<u32> {
+        match self {
+            Self::WireGuard => Some(types::IDD_MARK_WIREGUARD),
+            Self::Ipsec => Some(types::IDD_MARK_IPSEC),
+            Self::Proxy => Some(types::IDD_MARK_PROXY),
+            Self::Plaintext => Some(types::IDD_MARK_PLAINTEXT),
+            Self::Pass | Self::Drop => None,
+        }
+    }
+
+    /// A short lowercase name (`wireguard`, `drop`, …).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::WireGuard => "wireguard",
+            Self::Ipsec => "ipsec",
+            Self::Proxy => "proxy",
+            Self::Plaintext => "plaintext",
+            Self::Drop => "drop",
+        }
+    }
+
+    fn index(self) -> u32 {
+        match self {
+            Self::Pass => types::IDD_PATH_PASS,
+            Self::WireGuard => types::IDD_PATH_WIREGUARD,
+            Self::Ipsec => types::IDD_PATH_IPSEC,
+            Self::Proxy => types::IDD_PATH_PROXY,
+            Self::Plaintext => types::IDD_PATH_PLAINTEXT,
+            Self::Drop => types::IDD_PATH_DROP,
+        }
+    }
+
+    fn from_index(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.index() == v)
+    }
+}
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Strict mode: the remote pod CIDR has no encrypted path.
+    NoPath,
+    /// Strict mode: the route says plaintext.
+    PlaintextRoute,
+    /// A reason this loader does not know (a newer program).
+    Other(u8),
+}
+
+/// Packets and bytes per path, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounters {
+    /// Indexed like [`Path::ALL`].
+    pub by_path: [IddPathStats; 6],
+}
+
+impl PathCounters {
+    /// The counters of `path`.
+    #[must_use]
+    pub fn get(&self, path: Path) -> IddPathStats {
+        self.by_path[path.index() as usize]
+    }
+}
+
+/// One flow event: a classified packet (every one, or only drops; see [`FlowEvents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub timestamp_ns: u64,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (0 when not TCP/UDP).
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// The verdict.
+    pub path: Path,
+    /// Why it was dropped (`None` unless `path` is `Drop`).
+    pub drop_reason: Option<DropReason>,
+    /// The destination's node id from the route.
+    pub node_id: u32,
+    /// The interface it was seen on.
+    pub ifindex: u32,
+    /// `skb->len`.
+    pub len: u32,
+    /// `skb->mark` after classification.
+    pub mark: u32,
+}
+
+impl FlowEvent {
+    /// Decodes a ring-buffer record; `None` when it is too short or names an unknown path.
+    #[must_use]
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < std::mem::size_of::<IddFlowEvent>() {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let addr_at = |o: usize| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[o..o + 16]);
+            unmapped(a)
+        };
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&b[0..8]);
+        let path = Path::from_index(u32::from(b[46]))?;
+        let drop_reason = match b[47] {
+            types::IDD_DROP_NONE => None,
+            types::IDD_DROP_NO_PATH => Some(DropReason::NoPath),
+            types::IDD_DROP_PLAINTEXT_ROUTE => Some(DropReason::PlaintextRoute),
+            other => Some(DropReason::Other(other)),
+        };
+        Some(Self {
+            timestamp_ns: u64::from_ne_bytes(ts),
+            src: addr_at(8),
+            dst: addr_at(24),
+            src_port: u16_at(40),
+            dst_port: u16_at(42),
+            protocol: b[44],
+            path,
+            drop_reason,
+            node_id: u32_at(48),
+            ifindex: u32_at(52),
+            len: u32_at(56),
+            mark: u32_at(60),
+        })
+    }
+}
+
+/// Reads flow events from the ring buffer. `as_fd()` is readable when events wait (for
+/// epoll / `tokio::io::unix::AsyncFd`).
+pub struct FlowEventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for FlowEventReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowEventReader")
+            .field("fd", &self.ring.as_raw_fd())
+            .finish()
+    }
+}
+
+impl FlowEventReader {
+    /// The next waiting event, without blocking.
+    pub fn try_next(&mut self) -> Option<FlowEvent> {
+        loop {
+            let item = self.ring.next()?;
+            if let Some(ev) = FlowEvent::decode(&item) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next event, waiting up to `timeout` for one.
+    ///
+    /// # Errors
+    /// When polling the ring buffer's fd fails.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<FlowEvent>, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self.try_next() {
+                return Ok(Some(ev));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `pfd` is a valid, initialised pollfd that outlives the call, and the
+            // count passed is 1.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::Io {
+                        op: "polling the flow event ring buffer",
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for FlowEventReader {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
+/// The result of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The tc verdict the program returned (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
+    pub return_value: u32,
+    /// `skb->mark` as the kernel wrote it back into `ctx_out`.
+    pub mark: u32,
+    /// The kernel's average run time per repetition.
+    pub duration: Duration,
+}
+
+impl TestRunOutcome {
+    /// `TC_ACT_OK`.
+    pub const TC_ACT_OK: u32 = 0;
+    /// `TC_ACT_SHOT`.
+    pub const TC_ACT_SHOT: u32 = 2;
+
+    /// The packet was passed on.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.return_value == Self::TC_ACT_OK
+    }
+
+    /// The packet was dropped.
+    #[must_use]
+    pub fn dropped(&self) -> bool {
+        self.return_value == Self::TC_ACT_SHOT
+    }
+}
+
+#[derive(Debug)]
+enum Attachment {
+    /// Held by the program; detached when the loader drops.
+    Owned(SchedClassifierLinkId),
+    /// Pinned on bpffs; stays attached after the loader drops.
+    Pinned { path: PathBuf, _link: FdLink },
+}
+
+/// The classifier, loaded, with typed operations on its maps and attachments.
+#[derive(Debug)]
+pub struct Classifier {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    attachments: HashMap<(String, Direction), Attachment>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> Error {
+    move |e| Error::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+fn prog_err(op: &'static str, iface: &str) -> impl Fn(aya::programs::ProgramError) -> Error {
+    let iface = iface.to_owned();
+    move |e| Error::Program {
+        op,
+        iface: iface.clone(),
+        source: Box::new(e),
+    }
+}
+
+impl Classifier {
+    /// Loads the classifier with `config`. With a pin directory, maps already pinned there are
+    /// adopted (their content is kept) and missing ones are created and pinned.
+    ///
+    /// # Errors
+    /// When bpffs cannot be prepared, or the kernel refuses the object.
+    pub fn load(config: &ClassifierConfig) -> Result<Self, Error> {
+        let strict = u32::from(config.strict);
+        let events = match config.flow_events {
+            FlowEvents::None => types::IDD_EVENTS_NONE,
+            FlowEvents::Drops => types::IDD_EVENTS_DROPS,
+            FlowEvents::All => types::IDD_EVENTS_ALL,
+        };
+        let any_source = u32::from(config.any_source);
+        let pin_maps = config
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("v{PIN_LAYOUT_VERSION}")));
+        if let Some(dir) = &pin_maps {
+            crate::pin::ensure_dir(&dir.join("links"))?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("IDD_STRICT", &strict, true)
+            .override_global("IDD_FLOW_EVENTS", &events, true)
+            .override_global("IDD_ANY_SOURCE", &any_source, true)
+            .map_max_entries(ROUTES, config.max_routes);
+        if let Some(dir) = &pin_maps {
+            for m in PINNED_MAPS {
+                loader.map_pin_path(m, dir.join(m));
+            }
+        }
+        let mut ebpf = loader.load(CLASSIFIER_OBJ).map_err(|e| Error::Load {
+            object: OBJECT,
+            source: Box::new(e),
+        })?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG)
+            .ok_or(Error::Missing {
+                object: OBJECT,
+                what: "program",
+                name: PROG,
+            })?
+            .try_into()
+            .map_err(prog_err("typing program", ""))?;
+        prog.load().map_err(prog_err("loading program", ""))?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_maps,
+            attachments: HashMap::new(),
+        })
+    }
+
+    fn prog(&self) -> Result<&SchedClassifier, Error> {
+        self.ebpf
+            .program(PROG)
+            .ok_or(Error::Missing {
+                object: OBJECT,
+                what: "program",
+                name: PROG,
+            })?
+            .try_into()
+            .map_err(prog_err("typing program", ""))
+    }
+
+    fn prog_mut(&mut self) -> Result<&mut SchedClassifier, Error> {
+        self.ebpf
+            .program_mut(PROG)
+            .ok_or(Error::Missing {
+                object: OBJECT,
+                what: "program",
+                name: PROG,
+            })?
+            .try_into()
+            .map_err(prog_err("typing program", ""))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
+        self.ebpf.map_mut(name).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map",
+            name,
+        })
+    }
+
+    fn link_pin(&self, iface: &str, ifindex: u32, dir: Direction) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| {
+            d.join("links")
+                .join(format!("{iface}-{ifindex}-{}", dir.name()))
+        })
+    }
+
+    /// Attaches to `iface` (in the calling thread's network namespace) on `dir`. Idempotent:
+    /// attaching where this loader is attached already does nothing. With a pin directory, a
+    /// link pinned there by an earlier loader is re-adopted: its program is replaced by this
+    /// one atomically (no moment without a classifier).
+    ///
+    /// # Errors
+    /// When the interface does not exist or the kernel refuses the attachment.
+    pub fn attach(&mut self, iface: &str, dir: Direction) -> Result<(), Error> {
+        let key = (iface.to_owned(), dir);
+        if self.attachments.contains_key(&key) {
+            return Ok(());
+        }
+        let ifindex = crate::pin::ifindex(iface)?;
+        let Some(pin) = self.link_pin(iface, ifindex, dir) else {
+            let id = self
+                .prog_mut()?
+                .attach_with_options(
+                    iface,
+                    dir.into(),
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(prog_err("attaching", iface))?;
+            self.attachments.insert(key, Attachment::Owned(id));
+            return Ok(());
+        };
+        let prog = self.prog_mut()?;
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link =
+                    SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| Error::Link {
+                        op: "re-adopting a pinned link",
+                        path: pin.clone(),
+                        source: Box::new(e),
+                    })?;
+                prog.attach_to_link(link)
+                    .map_err(prog_err("replacing the program of a pinned link", iface))?
+            }
+            Err(_) if !pin.exists() => prog
+                .attach_with_options(
+                    iface,
+                    dir.into(),
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(prog_err("attaching", iface))?,
+            Err(e) => {
+                return Err(Error::Link {
+                    op: "opening a pinned link",
+                    path: pin,
+                    source: Box::new(e),
+                });
+            }
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(prog_err("taking the link", iface))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| Error::Link {
+            op: "converting to an fd link",
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        let link = if pin.exists() {
+            fd_link
+        } else {
+            let pinned = fd_link.pin(&pin).map_err(|e| Error::Pin {
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            FdLink::from(pinned)
+        };
+        self.attachments.insert(
+            key,
+            Attachment::Pinned {
+                path: pin,
+                _link: link,
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches from `iface` on `dir`, also a link pinned there by an earlier loader.
+    /// Idempotent: detaching where nothing is attached does nothing.
+    ///
+    /// # Errors
+    /// When the kernel refuses the detachment or a pin cannot be removed.
+    pub fn detach(&mut self, iface: &str, dir: Direction) -> Result<(), Error> {
+        match self.attachments.remove(&(iface.to_owned(), dir)) {
+            Some(Attachment::Owned(id)) => {
+                self.prog_mut()?
+                    .detach(id)
+                    .map_err(prog_err("detaching", iface))?;
+            }
+            Some(Attachment::Pinned { path, _link }) => {
+                crate::pin::remove_file(&path)?;
+                drop(_link);
+            }
+            None => {
+                if let Ok(ifindex) = crate::pin::ifindex(iface)
+                    && let Some(pin) = self.link_pin(iface, ifindex, dir)
+                    && pin.exists()
+                {
+                    crate::pin::remove_file(&pin)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets (inserts or replaces) the route of `cidr`.
+    ///
+    /// # Errors
+    /// When the map refuses it (full: see [`ClassifierConfig::max_routes`]).
+    pub fn set_route(&mut self, cidr: Cidr, route: Route) -> Result<(), Error> {
+        let mut trie: LpmTrie<_, [u8; 16], IddRoute> =
+            LpmTrie::try_from(self.map_mut(ROUTES)?).map_err(map_err(ROUTES))?;
+        let key = Key::new(cidr.mapped_prefix_len(), cidr.mapped_addr());
+        let value = IddRoute {
+            kind: route.kind.raw(),
+            node_id: route.node_id,
+        };
+        trie.insert(&key, value, 0).map_err(map_err(ROUTES))
+    }
+
+    /// Removes the route of `cidr` (exactly that prefix). Removing a missing route is not an
+    /// error.
+    ///
+    /// # Errors
+    /// When the map refuses the operation.
+    pub fn remove_route(&mut self, cidr: Cidr) -> Result<(), Error> {
+        let mut trie: LpmTrie<_, [u8; 16], IddRoute> =
+            LpmTrie::try_from(self.map_mut(ROUTES)?).map_err(map_err(ROUTES))?;
+        let key = Key::new(cidr.mapped_prefix_len(), cidr.mapped_addr());
+        match trie.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(ROUTES)(e)),
+        }
+    }
+
+    /// The route the longest prefix match gives for `addr`, if any.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn lookup_route(&self, addr: IpAddr) -> Result<Option<Route>, Error> {
+        let map = self.ebpf.map(ROUTES).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map",
+            name: ROUTES,
+        })?;
+        let trie: LpmTrie<_, [u8; 16], IddRoute> =
+            LpmTrie::try_from(map).map_err(map_err(ROUTES))?;
+        match trie.get(&Key::new(128, mapped(addr)), 0) {
+            Ok(r) => Ok(RouteKind::from_raw(r.kind).map(|kind| Route {
+                kind,
+                node_id: r.node_id,
+            })),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(ROUTES)(e)),
+        }
+    }
+
+    /// Sets the mTLS mode of the local workload at `addr`.
+    ///
+    /// # Errors
+    /// When the map refuses it (full).
+    pub fn set_workload(&mut self, addr: IpAddr, mode: MtlsMode) -> Result<(), Error> {
+        let mut m: BpfHashMap<_, IddAddr, IddWorkload> =
+            BpfHashMap::try_from(self.map_mut(WORKLOADS)?).map_err(map_err(WORKLOADS))?;
+        let key = IddAddr { addr: mapped(addr) };
+        let value = IddWorkload {
+            mtls_mode: mode.raw(),
+            _pad: 0,
+        };
+        m.insert(key, value, 0).map_err(map_err(WORKLOADS))
+    }
+
+    /// Forgets the workload at `addr`. Removing a missing workload is not an error.
+    ///
+    /// # Errors
+    /// When the map refuses the operation.
+    pub fn remove_workload(&mut self, addr: IpAddr) -> Result<(), Error> {
+        let mut m: BpfHashMap<_, IddAddr, IddWorkload> =
+            BpfHashMap::try_from(self.map_mut(WORKLOADS)?).map_err(map_err(WORKLOADS))?;
+        match m.remove(&IddAddr { addr: mapped(addr) }) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(WORKLOADS)(e)),
+        }
+    }
+
+    /// Packets and bytes per path, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn counters(&self) -> Result<PathCounters, Error> {
+        let map = self.ebpf.map(STATS).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map",
+            name: STATS,
+        })?;
+        let arr: PerCpuArray<_, IddPathStats> =
+            PerCpuArray::try_from(map).map_err(map_err(STATS))?;
+        let mut out = PathCounters::default();
+        for p in Path::ALL {
+            let values = arr.get(&p.index(), 0).map_err(map_err(STATS))?;
+            let slot = &mut out.by_path[p.index() as usize];
+            for v in values.iter() {
+                slot.packets += v.packets;
+                slot.bytes += v.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes the flow-event stream. It can be taken once per loader.
+    ///
+    /// # Errors
+    /// When it was taken already.
+    pub fn flow_events(&mut self) -> Result<FlowEventReader, Error> {
+        let map = self.ebpf.take_map(EVENTS).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map (already taken?)",
+            name: EVENTS,
+        })?;
+        let ring = RingBuf::try_from(map).map_err(map_err(EVENTS))?;
+        Ok(FlowEventReader { ring })
+    }
+
+    /// Runs the program once per `repeat` on `packet` (an Ethernet frame) with `mark` as the
+    /// incoming `skb->mark`, through `BPF_PROG_TEST_RUN`. Counters and flow events are
+    /// updated as for a real packet.
+    ///
+    /// # Errors
+    /// When the kernel refuses the test run (too short a packet, no `CAP_BPF`).
+    pub fn test_run(&self, packet: &[u8], mark: u32, repeat: u32) -> Result<TestRunOutcome, Error> {
+        let mut ctx_in = [0u8; SK_BUFF_SIZE];
+        ctx_in[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SK_BUFF_SIZE];
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .prog()?
+            .test_run(opts)
+            .map_err(prog_err("BPF_PROG_TEST_RUN", ""))?;
+        let mut m = [0u8; 4];
+        m.copy_from_slice(&ctx_out[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4]);
+        Ok(TestRunOutcome {
+            return_value: r.return_value,
+            mark: u32::from_ne_bytes(m),
+            duration: r.duration,
+        })
+    }
+
+    /// The kernel's id of the loaded program.
+    ///
+    /// # Errors
+    /// When the program's info cannot be read.
+    pub fn program_id(&self) -> Result<u32, Error> {
+        let info = self
+            .prog()?
+            .info()
+            .map_err(prog_err("reading program info", ""))?;
+        Ok(info.id())
+    }
+
+    /// The pin directory of this loader's maps and links (`<pin dir>/v<N>`), if pinned.
+    #[must_use]
+    pub fn pin_dir(&self) -> Option<&FsPath> {
+        self.pin_dir.as_deref()
+    }
+}
+
+/// Detaches every link pinned under `pin_dir` and removes the pinned maps and the directory:
+/// a full uninstall (`Classifier::load` with the same directory starts empty afterwards).
+///
+/// # Errors
+/// When a pin cannot be removed.
+pub fn remove_pins(pin_dir: &FsPath) -> Result<(), Error> {
+    crate::pin::remove_tree(pin_dir)
+}

@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Map layouts of the path classifier, shared between classifier.c and the
+ * Rust loader. Fixed-width fields only, explicit padding, no bool. Mirrored
+ * by `identityd_bpf::types` and checked by the layout test. */
+#ifndef IDENTITYD_CLASSIFIER_TYPES_H
+#define IDENTITYD_CLASSIFIER_TYPES_H
+
+#include <linux/types.h>
+
+/* Packet marks (skb->mark, within IDD_MARK_MASK). */
+#define IDD_MARK_MASK 0x0f00
+#define IDD_MARK_WIREGUARD 0x0e00
+#define IDD_MARK_IPSEC 0x0d00
+#define IDD_MARK_PROXY 0x0c00
+#define IDD_MARK_PLAINTEXT 0x0b00
+
+/* What a pod CIDR in the `idd_routes` trie leads to (`struct idd_route.kind`). */
+#define IDD_ROUTE_UNAVAILABLE 0 /* a pod CIDR with no usable path (yet) */
+#define IDD_ROUTE_LOCAL 1	/* this node's own pod CIDR */
+#define IDD_ROUTE_WIREGUARD 2
+#define IDD_ROUTE_IPSEC 3
+#define IDD_ROUTE_PLAINTEXT 4	/* encryption disabled towards this CIDR */
+
+/* The verdict of one packet; also the index into the `idd_path_stats` array. */
+#define IDD_PATH_PASS 0	/* not pod-to-remote-pod: passed, mark untouched */
+#define IDD_PATH_WIREGUARD 1
+#define IDD_PATH_IPSEC 2
+#define IDD_PATH_PROXY 3
+#define IDD_PATH_PLAINTEXT 4
+#define IDD_PATH_DROP 5
+#define IDD_PATH_MAX 6
+
+/* Why a packet was dropped (`struct idd_flow_event.drop_reason`). */
+#define IDD_DROP_NONE 0
+#define IDD_DROP_NO_PATH 1	   /* strict: remote pod CIDR without an encrypted path */
+#define IDD_DROP_PLAINTEXT_ROUTE 2 /* strict: the route says plaintext */
+
+/* Workload mTLS modes (`struct idd_workload.mtls_mode`). */
+#define IDD_MTLS_DISABLED 0
+#define IDD_MTLS_PERMISSIVE 1
+#define IDD_MTLS_STRICT 2
+
+/* Which flow events the program emits (load-time `IDD_FLOW_EVENTS`). */
+#define IDD_EVENTS_NONE 0
+#define IDD_EVENTS_DROPS 1
+#define IDD_EVENTS_ALL 2
+
+/* Key of the `idd_routes` LPM trie and of `idd_workloads`: IPv6, or IPv4 as
+ * an IPv4-mapped IPv6 address (::ffff:a.b.c.d, prefix length + 96). */
+struct idd_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct idd_addr {
+	__u8 addr[16];
+};
+
+struct idd_route {
+	__u32 kind;    /* IDD_ROUTE_* */
+	__u32 node_id; /* the remote node, for counters and events */
+};
+
+struct idd_workload {
+	__u32 mtls_mode; /* IDD_MTLS_* */
+	__u32 _pad;
+};
+
+struct idd_path_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* One record of the `idd_flow_events` ring buffer. */
+struct idd_flow_event {
+	__u64 ts_ns;	   /* bpf_ktime_get_ns() */
+	__u8 saddr[16];	   /* IPv4-mapped for IPv4 */
+	__u8 daddr[16];
+	__u16 sport;	   /* host byte order; 0 when not TCP/UDP */
+	__u16 dport;
+	__u8 protocol;	   /* IPPROTO_* */
+	__u8 family;	   /* 4 or 6 */
+	__u8 path;	   /* IDD_PATH_* */
+	__u8 drop_reason;  /* IDD_DROP_* */
+	__u32 node_id;	   /* from the route, 0 when none */
+	__u32 ifindex;
+	__u32 len;	   /* skb->len */
+	__u32 mark;	   /* skb->mark after classification */
+};
+
+#endif

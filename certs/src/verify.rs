@@ -1,0 +1,302 @@
+//! Verification of an X.509-SVID chain against a trust bundle, with the X.509-SVID rules.
+//!
+//! Leaf: exactly one URI SAN holding a SPIFFE ID with a path, `cA=false`, keyUsage present with
+//! digitalSignature and without keyCertSign/cRLSign. Signing certificates (intermediates and
+//! roots): `cA=true`, keyCertSign, and — when they carry a URI SAN — the trust domain's ID
+//! without a path. Every certificate is within its validity at the verification time, each is
+//! signed by the next, and the last is signed by (or is) a root of the bundle, whose trust domain
+//! must be the leaf's.
+
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
+
+use crate::bundle::Bundle;
+use crate::id::SpiffeId;
+use crate::x509;
+
+/// Which certificate of a chain a rule failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The leaf (the SVID itself).
+    Leaf,
+    /// An intermediate, by index in the presented chain (1 = the first after the leaf).
+    Intermediate(usize),
+    /// A root of the bundle.
+    Root,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Leaf => f.write_str("leaf"),
+            Self::Intermediate(i) => write!(f, "chain certificate {i}"),
+            Self::Root => f.write_str("bundle root"),
+        }
+    }
+}
+
+/// Why an SVID chain was rejected: the rule that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// No certificate was presented.
+    #[error("empty certificate chain")]
+    EmptyChain,
+    /// A certificate could not be parsed.
+    #[error("{at}: {reason}")]
+    Malformed {
+        /// Where.
+        at: Position,
+        /// Why.
+        reason: String,
+    },
+    /// The leaf's URI SAN rule failed (none, several, or not a SPIFFE ID).
+    #[error("leaf: {0}")]
+    LeafSan(String),
+    /// The leaf's SPIFFE ID has no path.
+    #[error("leaf: SPIFFE ID {0} has no path (a leaf SVID must identify a workload)")]
+    LeafIdWithoutPath(String),
+    /// The leaf has `cA=true`.
+    #[error("leaf: basicConstraints cA=true (a leaf SVID must have cA=false)")]
+    LeafIsCa,
+    /// The leaf has no keyUsage extension.
+    #[error("leaf: keyUsage extension missing (must be present with digitalSignature)")]
+    LeafKeyUsageMissing,
+    /// The leaf's keyUsage lacks digitalSignature.
+    #[error("leaf: keyUsage lacks digitalSignature")]
+    LeafNoDigitalSignature,
+    /// The leaf's keyUsage has keyCertSign or cRLSign.
+    #[error("leaf: keyUsage has {0} (not allowed on a leaf SVID)")]
+    LeafSigningUsage(&'static str),
+    /// A signing certificate lacks `cA=true`.
+    #[error("{0}: not a CA certificate (basicConstraints cA=true required)")]
+    NotCa(Position),
+    /// A signing certificate lacks keyCertSign.
+    #[error("{0}: keyUsage lacks keyCertSign")]
+    NoKeyCertSign(Position),
+    /// A signing certificate carries a SPIFFE ID with a path, or of another trust domain.
+    #[error(
+        "{at}: signing certificate SPIFFE ID {id} must be the trust domain's ID without a path"
+    )]
+    SigningId {
+        /// Where.
+        at: Position,
+        /// The ID found.
+        id: String,
+    },
+    /// The leaf's trust domain is not the bundle's.
+    #[error("SPIFFE ID {id} is not in the bundle's trust domain {bundle}")]
+    WrongTrustDomain {
+        /// The leaf's ID.
+        id: String,
+        /// The bundle's trust domain.
+        bundle: String,
+    },
+    /// A certificate is expired at the verification time.
+    #[error("{at}: expired (not after {not_after})")]
+    Expired {
+        /// Where.
+        at: Position,
+        /// Its notAfter, RFC 3339.
+        not_after: String,
+    },
+    /// A certificate is not yet valid at the verification time.
+    #[error("{at}: not yet valid (not before {not_before})")]
+    NotYetValid {
+        /// Where.
+        at: Position,
+        /// Its notBefore, RFC 3339.
+        not_before: String,
+    },
+    /// A certificate's signature does not verify with the next certificate's key.
+    #[error("{at}: signature does not verify against its issuer in the chain")]
+    BadSignature {
+        /// Where.
+        at: Position,
+    },
+    /// A path-length constraint was exceeded.
+    #[error("{at}: pathLenConstraint exceeded")]
+    PathLen {
+        /// Where.
+        at: Position,
+    },
+    /// No root of the bundle signed the chain.
+    #[error("chain does not lead to a root of the bundle for trust domain {0}")]
+    UnknownIssuer(String),
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let odt = time::OffsetDateTime::from(t);
+    odt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{odt}"))
+}
+
+fn check_time(c: &X509Certificate<'_>, at: Position, now: SystemTime) -> Result<(), VerifyError> {
+    let (nb, na) = x509::validity(c);
+    if now < nb {
+        return Err(VerifyError::NotYetValid {
+            at,
+            not_before: rfc3339(nb),
+        });
+    }
+    if now > na {
+        return Err(VerifyError::Expired {
+            at,
+            not_after: rfc3339(na),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the leaf rules and returns the leaf's SPIFFE ID.
+pub(crate) fn check_leaf(c: &X509Certificate<'_>) -> Result<SpiffeId, VerifyError> {
+    let id = x509::spiffe_id(c).map_err(VerifyError::LeafSan)?;
+    if id.is_trust_domain_id() {
+        return Err(VerifyError::LeafIdWithoutPath(id.to_string()));
+    }
+    let bc = c.basic_constraints().map_err(|e| VerifyError::Malformed {
+        at: Position::Leaf,
+        reason: e.to_string(),
+    })?;
+    if bc.is_some_and(|b| b.value.ca) {
+        return Err(VerifyError::LeafIsCa);
+    }
+    let ku = c
+        .key_usage()
+        .map_err(|e| VerifyError::Malformed {
+            at: Position::Leaf,
+            reason: e.to_string(),
+        })?
+        .ok_or(VerifyError::LeafKeyUsageMissing)?;
+    if !ku.value.digital_signature() {
+        return Err(VerifyError::LeafNoDigitalSignature);
+    }
+    if ku.value.key_cert_sign() {
+        return Err(VerifyError::LeafSigningUsage("keyCertSign"));
+    }
+    if ku.value.crl_sign() {
+        return Err(VerifyError::LeafSigningUsage("cRLSign"));
+    }
+    Ok(id)
+}
+
+/// Checks the signing-certificate rules. Returns the pathLenConstraint, if any.
+pub(crate) fn check_signing(
+    c: &X509Certificate<'_>,
+    at: Position,
+    td: Option<&crate::id::TrustDomain>,
+) -> Result<Option<u32>, VerifyError> {
+    let bc = c
+        .basic_constraints()
+        .map_err(|e| VerifyError::Malformed {
+            at,
+            reason: e.to_string(),
+        })?
+        .filter(|b| b.value.ca)
+        .ok_or(VerifyError::NotCa(at))?;
+    let ku = c.key_usage().map_err(|e| VerifyError::Malformed {
+        at,
+        reason: e.to_string(),
+    })?;
+    if !ku.is_some_and(|k| k.value.key_cert_sign()) {
+        return Err(VerifyError::NoKeyCertSign(at));
+    }
+    let sans = x509::sans(c).map_err(|reason| VerifyError::Malformed { at, reason })?;
+    for u in &sans.uris {
+        let ok = SpiffeId::parse(u)
+            .is_ok_and(|id| id.is_trust_domain_id() && td.is_none_or(|td| id.trust_domain() == td));
+        if !ok {
+            return Err(VerifyError::SigningId { at, id: u.clone() });
+        }
+    }
+    Ok(bc.value.path_len_constraint)
+}
+
+/// Verifies an SVID chain (leaf first, then intermediates) against `bundle` at time `now`.
+/// Returns the leaf's SPIFFE ID.
+///
+/// # Errors
+/// The rule that failed, and on which certificate.
+pub fn verify_svid(
+    chain: &[CertificateDer<'_>],
+    bundle: &Bundle,
+    now: SystemTime,
+) -> Result<SpiffeId, VerifyError> {
+    let (leaf_der, rest) = chain.split_first().ok_or(VerifyError::EmptyChain)?;
+    let leaf = x509::parse(leaf_der).map_err(|reason| VerifyError::Malformed {
+        at: Position::Leaf,
+        reason,
+    })?;
+    let id = check_leaf(&leaf)?;
+    if id.trust_domain() != bundle.trust_domain() {
+        return Err(VerifyError::WrongTrustDomain {
+            id: id.to_string(),
+            bundle: bundle.trust_domain().to_string(),
+        });
+    }
+    check_time(&leaf, Position::Leaf, now)?;
+
+    let mut parsed = Vec::with_capacity(rest.len());
+    for (i, der) in rest.iter().enumerate() {
+        let at = Position::Intermediate(i + 1);
+        // A presented copy of a bundle root ends the chain.
+        if bundle.roots().iter().any(|r| r.as_ref() == der.as_ref()) {
+            break;
+        }
+        let c = x509::parse(der).map_err(|reason| VerifyError::Malformed { at, reason })?;
+        let plen = check_signing(&c, at, Some(bundle.trust_domain()))?;
+        check_time(&c, at, now)?;
+        // Number of non-leaf CA certs below this one = i.
+        if plen.is_some_and(|p| (p as usize) < i) {
+            return Err(VerifyError::PathLen { at });
+        }
+        parsed.push((at, c));
+    }
+
+    // Each certificate is signed by the next one in the chain.
+    let mut child: (Position, &X509Certificate<'_>) = (Position::Leaf, &leaf);
+    for (at, c) in &parsed {
+        if child.1.issuer() != c.subject()
+            || child.1.verify_signature(Some(c.public_key())).is_err()
+        {
+            return Err(VerifyError::BadSignature { at: child.0 });
+        }
+        child = (*at, c);
+    }
+
+    // The top of the presented chain is signed by a bundle root.
+    let depth = parsed.len();
+    for root_der in bundle.roots() {
+        let Ok(root) = x509::parse(root_der) else {
+            continue;
+        };
+        if child.1.issuer() != root.subject()
+            || child.1.verify_signature(Some(root.public_key())).is_err()
+        {
+            continue;
+        }
+        let plen = check_signing(&root, Position::Root, Some(bundle.trust_domain()))?;
+        check_time(&root, Position::Root, now)?;
+        if plen.is_some_and(|p| (p as usize) < depth) {
+            return Err(VerifyError::PathLen { at: Position::Root });
+        }
+        return Ok(id);
+    }
+    Err(VerifyError::UnknownIssuer(
+        bundle.trust_domain().to_string(),
+    ))
+}
+
+/// The SPIFFE ID in a leaf certificate (exactly one URI SAN), without verifying anything else.
+///
+/// # Errors
+/// When the certificate cannot be parsed or does not hold exactly one SPIFFE ID.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, VerifyError> {
+    let c = x509::parse(cert).map_err(|reason| VerifyError::Malformed {
+        at: Position::Leaf,
+        reason,
+    })?;
+    x509::spiffe_id(&c).map_err(VerifyError::LeafSan)
+}

@@ -5,7 +5,7 @@
 //!   Envoy `0x0c00`, plaintext-allowed `0x0b00`) and, in strict mode (the default), drops such
 //!   traffic when no encrypted path exists, counting it and reporting a flow event. Anything
 //!   that is not pod-to-remote-pod passes untouched.
-//! - `routing`: the policy routing (fwmark rules, table 202) and nftables TPROXY ruleset that
+//! - [`routing`]: the policy routing (fwmark rules, table 202) and nftables TPROXY ruleset that
 //!   turn marks into paths, as a pure plan plus an apply step.
 //! - [`Counter`]: the smallest tc program (count every packet, optionally OR a mark, pass).
 #![deny(unsafe_code)]
@@ -14,6 +14,7 @@ pub mod classifier;
 pub mod net;
 pub mod packet;
 pub mod pin;
+pub mod routing;
 pub mod types;
 
 pub use classifier::{

@@ -380,3 +380,137 @@ fn classifier_restart_readopts_pinned_maps_and_links_without_a_gap() {
     identityd_bpf::classifier::remove_pins(&pin).unwrap();
     assert!(!pin.exists());
 }
+
+const TRANSPARENT_LISTENER: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT, as Envoy's outbound listener sets it
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 15001))
+s.listen(8)
+print("ready", flush=True)
+c, a = s.accept()
+print("orig", *c.getsockname(), "peer", a[0], flush=True)
+c.sendall(b"proxied\n")
+c.close()
+"#;
+
+const CLIENT: &str = r#"
+import socket
+s = socket.create_connection(("10.244.2.7", 8080), timeout=3)
+print(s.recv(100).decode().strip())
+"#;
+
+fn python3() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+#[test]
+fn classifier_proxy_mark_is_tproxied_to_a_transparent_listener_and_routing_apply_is_idempotent() {
+    use identityd_bpf::routing::{self, RoutingConfig};
+    use std::io::{BufRead as _, BufReader, Read as _};
+
+    let mut bed = Bed::new("clsproxy");
+    let mut c = bed.classifier(&ClassifierConfig::default());
+    routes(&mut c);
+    c.set_workload(
+        "10.244.1.5".parse().unwrap(),
+        identityd_bpf::MtlsMode::Strict,
+    )
+    .unwrap();
+    let node = bed.node.clone();
+    let sink = bed.t.add_ns("wgsink");
+    let (stub, _) = bed.t.link(
+        &node,
+        Some("169.254.202.1/30"),
+        &sink,
+        Some("169.254.202.2/30"),
+    );
+
+    let plan = routing::plan(&RoutingConfig {
+        wireguard_interface: Some(stub.clone()),
+        proxy_port: Some(routing::PROXY_PORT),
+        ..RoutingConfig::default()
+    });
+    let first = bed.t.run_in(&node, || {
+        routing::apply(&plan).expect("apply the routing plan")
+    });
+    assert_eq!(first.rules_added, 4, "{first:?}");
+    assert!(first.nftables_written);
+    let again = bed
+        .t
+        .run_in(&node, || routing::apply(&plan).expect("apply again"));
+    assert_eq!(
+        (again.rules_added, again.rules_removed),
+        (0, 0),
+        "a second apply changes no rule: {again:?}"
+    );
+    let rules =
+        String::from_utf8_lossy(&bed.t.exec(&node, &["ip", "rule", "show"]).stdout).into_owned();
+    assert!(
+        rules.contains("100:\tfrom all fwmark 0xe00/0xf00 lookup 202"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("101:\tfrom all fwmark 0xc00/0xf00 lookup 203"),
+        "{rules}"
+    );
+    let nft = String::from_utf8_lossy(
+        &bed.t
+            .exec(&node, &["nft", "list", "table", "inet", "identityd"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(nft.contains("tproxy ip to :15001"), "{nft}");
+
+    // The pod's TCP connection to a remote pod lands on the node's transparent listener,
+    // which sees the original destination; nothing reaches the underlay.
+    let pcap = tmp("proxy");
+    let cap = bed.capture(&pcap);
+    let listener = bed.t.spawn(&node, &[python3(), "-c", TRANSPARENT_LISTENER]);
+    let mut out = BufReader::new(bed.t.child(listener).stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let before = c.counters().unwrap().get(Path::Proxy).packets;
+    let pod = bed.pod.clone();
+    let client = bed.t.try_exec(&pod, &[python3(), "-c", CLIENT]);
+    assert!(
+        client.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&client.stdout).trim(), "proxied");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.contains("orig 10.244.2.7 8080 peer 10.244.1.5"),
+        "the listener saw the original destination: {rest}"
+    );
+    let after = c.counters().unwrap().get(Path::Proxy).packets;
+    assert!(
+        after >= before + 3,
+        "handshake and data counted: {before} -> {after}"
+    );
+    let lines = bed.captured(cap, &pcap);
+    let _ = std::fs::remove_file(&pcap);
+    assert!(
+        lines.is_empty(),
+        "zero pod packets on the underlay, got:\n{}",
+        lines.join("\n")
+    );
+
+    bed.t
+        .run_in(&node, || routing::remove(&plan).expect("remove the plan"));
+    let rules =
+        String::from_utf8_lossy(&bed.t.exec(&node, &["ip", "rule", "show"]).stdout).into_owned();
+    assert!(!rules.contains("fwmark"), "{rules}");
+    let gone = bed
+        .t
+        .try_exec(&node, &["nft", "list", "table", "inet", "identityd"]);
+    assert!(!gone.status.success(), "nft table removed");
+}

@@ -1,0 +1,507 @@
+//! Marks become paths: policy routing for the WireGuard path and nftables TPROXY for the
+//! proxy path, as a pure [`plan`] and an [`apply`] step (`ip rule`/`ip route` and `nft -f`,
+//! in the calling thread's network namespace).
+//!
+//! ```text
+//! mark 0x0e00 (WireGuard)  ip rule fwmark 0xe00/0xf00 lookup 202
+//!                          table 202: default dev <wg>; blackhole default (metric high)
+//! mark 0x0c00 (proxy)      ip rule fwmark 0xc00/0xf00 lookup 203
+//!                          table 203: local default dev lo
+//!                          nft: prerouting, mark 0xc00/0xf00, tcp → tproxy to :15001
+//! mark 0x0d00 (IPsec)      nothing here: the XFRM policies match the mark (wg crate)
+//! mark 0x0b00 (plaintext)  nothing here: the main table
+//! ```
+//!
+//! The blackhole in table 202 keeps WireGuard-marked packets from falling through to the
+//! main table (and the underlay, in clear) while the WireGuard interface is missing, e.g.
+//! during a restart.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::types::{IDD_MARK_MASK, IDD_MARK_PROXY, IDD_MARK_WIREGUARD};
+
+/// The policy-routing table of the WireGuard path (DESIGN.md).
+pub const WIREGUARD_TABLE: u32 = 202;
+/// The policy-routing table that delivers proxy-marked packets locally for TPROXY.
+pub const PROXY_TABLE: u32 = 203;
+/// Envoy's outbound (TPROXY) port.
+pub const PROXY_PORT: u16 = 15001;
+/// Priority of the first `ip rule` (the next ones follow).
+pub const RULE_PRIORITY: u32 = 100;
+/// The nftables table (family `inet`) holding the TPROXY rules.
+pub const NFT_TABLE: &str = "identityd";
+/// Metric of the fallback blackhole route in the WireGuard table.
+pub const BLACKHOLE_METRIC: u32 = 4_000_000;
+
+/// What the node has, as the plan needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// The WireGuard interface, when the WireGuard path is in use.
+    pub wireguard_interface: Option<String>,
+    /// The TPROXY port of the node's Envoy, when the proxy path is in use.
+    pub proxy_port: Option<u16>,
+    /// The WireGuard table (default 202).
+    pub wireguard_table: u32,
+    /// The proxy table (default 203).
+    pub proxy_table: u32,
+    /// Priority of the first rule.
+    pub rule_priority: u32,
+    /// The nftables table name.
+    pub nft_table: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            wireguard_interface: None,
+            proxy_port: None,
+            wireguard_table: WIREGUARD_TABLE,
+            proxy_table: PROXY_TABLE,
+            rule_priority: RULE_PRIORITY,
+            nft_table: NFT_TABLE.to_owned(),
+        }
+    }
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4 (`ip -4`).
+    V4,
+    /// IPv6 (`ip -6`).
+    V6,
+}
+
+impl Family {
+    fn flag(self) -> &'static str {
+        match self {
+            Self::V4 => "-4",
+            Self::V6 => "-6",
+        }
+    }
+}
+
+/// `ip rule add priority P fwmark M/MASK lookup T`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    /// Family.
+    pub family: Family,
+    /// Priority.
+    pub priority: u32,
+    /// Mark value.
+    pub fwmark: u32,
+    /// Mark mask.
+    pub mask: u32,
+    /// Table.
+    pub table: u32,
+}
+
+impl Rule {
+    /// The `ip rule` arguments after `add`/`del`.
+    #[must_use]
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "priority".into(),
+            self.priority.to_string(),
+            "fwmark".into(),
+            format!("{:#x}/{:#x}", self.fwmark, self.mask),
+            "lookup".into(),
+            self.table.to_string(),
+        ]
+    }
+
+    /// How `ip rule show` prints it (after the `PRIORITY:` prefix).
+    fn shown(&self) -> String {
+        format!(
+            "from all fwmark {:#x}/{:#x} lookup {}",
+            self.fwmark, self.mask, self.table
+        )
+    }
+}
+
+/// What kind of route.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteType {
+    /// `default dev IFACE`.
+    Device(String),
+    /// `local default dev lo` (deliver locally, for TPROXY).
+    Local,
+    /// `blackhole default`.
+    Blackhole,
+}
+
+/// A default route in a policy table; `ip route replace` makes applying it idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRoute {
+    /// Family.
+    pub family: Family,
+    /// Kind.
+    pub kind: RouteType,
+    /// Table.
+    pub table: u32,
+    /// Metric (`None`: the kernel's default 0).
+    pub metric: Option<u32>,
+}
+
+impl TableRoute {
+    /// The `ip route` arguments after `replace`/`del`.
+    #[must_use]
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = match &self.kind {
+            RouteType::Device(dev) => vec!["default".into(), "dev".into(), dev.clone()],
+            RouteType::Local => vec!["local".into(), "default".into(), "dev".into(), "lo".into()],
+            RouteType::Blackhole => vec!["blackhole".into(), "default".into()],
+        };
+        a.extend(["table".into(), self.table.to_string()]);
+        if let Some(m) = self.metric {
+            a.extend(["metric".into(), m.to_string()]);
+        }
+        a
+    }
+}
+
+/// The desired rules, routes and nftables ruleset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutingPlan {
+    /// Policy rules, in priority order.
+    pub rules: Vec<Rule>,
+    /// Routes of the policy tables.
+    pub routes: Vec<TableRoute>,
+    /// The nftables table definition (`table inet NAME { … }`), when the proxy path is used.
+    pub nftables: Option<String>,
+    /// The nftables table name (to replace or delete it).
+    pub nft_table: String,
+    /// The tables this plan owns (their routes are replaced as a whole).
+    pub tables: Vec<u32>,
+}
+
+/// The plan for `config`: pure, no I/O.
+#[must_use]
+pub fn plan(config: &RoutingConfig) -> RoutingPlan {
+    let mut p = RoutingPlan {
+        nft_table: config.nft_table.clone(),
+        ..RoutingPlan::default()
+    };
+    let mut priority = config.rule_priority;
+    if let Some(wg) = &config.wireguard_interface {
+        for family in [Family::V4, Family::V6] {
+            p.rules.push(Rule {
+                family,
+                priority,
+                fwmark: IDD_MARK_WIREGUARD,
+                mask: IDD_MARK_MASK,
+                table: config.wireguard_table,
+            });
+            p.routes.push(TableRoute {
+                family,
+                kind: RouteType::Device(wg.clone()),
+                table: config.wireguard_table,
+                metric: None,
+            });
+            p.routes.push(TableRoute {
+                family,
+                kind: RouteType::Blackhole,
+                table: config.wireguard_table,
+                metric: Some(BLACKHOLE_METRIC),
+            });
+        }
+        p.tables.push(config.wireguard_table);
+        priority += 1;
+    }
+    if let Some(port) = config.proxy_port {
+        for family in [Family::V4, Family::V6] {
+            p.rules.push(Rule {
+                family,
+                priority,
+                fwmark: IDD_MARK_PROXY,
+                mask: IDD_MARK_MASK,
+                table: config.proxy_table,
+            });
+            p.routes.push(TableRoute {
+                family,
+                kind: RouteType::Local,
+                table: config.proxy_table,
+                metric: None,
+            });
+        }
+        p.tables.push(config.proxy_table);
+        let mut nft = String::new();
+        let _ = writeln!(nft, "table inet {} {{", config.nft_table);
+        let _ = writeln!(nft, "\tchain prerouting {{");
+        let _ = writeln!(
+            nft,
+            "\t\ttype filter hook prerouting priority mangle; policy accept;"
+        );
+        for fam in ["ip", "ip6"] {
+            let _ = writeln!(
+                nft,
+                "\t\tmeta nfproto {} meta l4proto tcp meta mark & {IDD_MARK_MASK:#x} == {IDD_MARK_PROXY:#x} tproxy {fam} to :{port}",
+                if fam == "ip" { "ipv4" } else { "ipv6" },
+            );
+        }
+        let _ = writeln!(nft, "\t}}");
+        let _ = writeln!(nft, "}}");
+        p.nftables = Some(nft);
+    }
+    p
+}
+
+/// Errors of [`apply`] and [`remove`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoutingError {
+    /// A command could not be started.
+    #[error("running `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+}
+
+/// What [`apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Rules added.
+    pub rules_added: usize,
+    /// Stale rules (at this plan's priorities, but different) removed.
+    pub rules_removed: usize,
+    /// Routes written (`ip route replace`, idempotent).
+    pub routes_replaced: usize,
+    /// Whether the nftables table was (re)written.
+    pub nftables_written: bool,
+}
+
+fn run(program: &str, args: &[String], stdin: Option<&str>) -> Result<String, RoutingError> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| RoutingError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|source| RoutingError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| RoutingError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(RoutingError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The `ip rule show` lines at `priority`, without the prefix.
+fn rules_at(family: Family, priority: u32) -> Result<Vec<String>, RoutingError> {
+    let out = run("ip", &strings(&[family.flag(), "rule", "show"]), None)?;
+    let prefix = format!("{priority}:");
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect())
+}
+
+/// Makes the kernel match `plan`: adds missing rules and removes stale ones at the plan's
+/// priorities, replaces the table routes, and atomically replaces the nftables table.
+/// Running it again changes nothing (`rules_added == 0`).
+///
+/// # Errors
+/// When `ip` or `nft` is missing or refuses a change.
+pub fn apply(plan: &RoutingPlan) -> Result<ApplyReport, RoutingError> {
+    let mut report = ApplyReport::default();
+    for rule in &plan.rules {
+        let present = rules_at(rule.family, rule.priority)?;
+        let want = rule.shown();
+        let mut have = false;
+        for line in present {
+            if line == want {
+                have = true;
+            } else if line.contains("fwmark") {
+                // One of ours from an older plan at this priority: replace it.
+                let mut args = strings(&[rule.family.flag(), "rule", "del", "priority"]);
+                args.push(rule.priority.to_string());
+                args.extend(line.split_whitespace().map(str::to_owned));
+                run("ip", &args, None)?;
+                report.rules_removed += 1;
+            }
+        }
+        if !have {
+            let mut args = strings(&[rule.family.flag(), "rule", "add"]);
+            args.extend(rule.args());
+            run("ip", &args, None)?;
+            report.rules_added += 1;
+        }
+    }
+    for route in &plan.routes {
+        let mut args = strings(&[route.family.flag(), "route", "replace"]);
+        args.extend(route.args());
+        run("ip", &args, None)?;
+        report.routes_replaced += 1;
+    }
+    if let Some(nft) = &plan.nftables {
+        // Create-then-delete-then-define in one transaction: an atomic replacement.
+        let text = format!(
+            "table inet {t}\ndelete table inet {t}\n{nft}",
+            t = plan.nft_table
+        );
+        run("nft", &strings(&["-f", "-"]), Some(&text))?;
+        report.nftables_written = true;
+    }
+    Ok(report)
+}
+
+/// Removes what `plan` installs (rules, table routes, the nftables table). Missing pieces
+/// are not an error.
+///
+/// # Errors
+/// When `ip` or `nft` is missing.
+pub fn remove(plan: &RoutingPlan) -> Result<(), RoutingError> {
+    for rule in &plan.rules {
+        let mut args = strings(&[rule.family.flag(), "rule", "del"]);
+        args.extend(rule.args());
+        match run("ip", &args, None) {
+            Ok(_) | Err(RoutingError::Failed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for route in &plan.routes {
+        let mut args = strings(&[route.family.flag(), "route", "del"]);
+        args.extend(route.args());
+        match run("ip", &args, None) {
+            Ok(_) | Err(RoutingError::Failed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if plan.nftables.is_some() {
+        let text = format!(
+            "table inet {t}\ndelete table inet {t}\n",
+            t = plan.nft_table
+        );
+        run("nft", &strings(&["-f", "-"]), Some(&text))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_configured_plans_nothing() {
+        let p = plan(&RoutingConfig::default());
+        assert!(p.rules.is_empty() && p.routes.is_empty() && p.nftables.is_none());
+    }
+
+    #[test]
+    fn wireguard_mark_goes_to_table_202_with_a_blackhole_fallback() {
+        let p = plan(&RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            ..RoutingConfig::default()
+        });
+        assert_eq!(p.rules.len(), 2);
+        for (r, fam) in p.rules.iter().zip([Family::V4, Family::V6]) {
+            assert_eq!(r.family, fam);
+            assert_eq!(
+                r.args().join(" "),
+                "priority 100 fwmark 0xe00/0xf00 lookup 202"
+            );
+        }
+        let routes: Vec<String> = p
+            .routes
+            .iter()
+            .map(|r| format!("{:?} {}", r.family, r.args().join(" ")))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "V4 default dev idd1 table 202",
+                "V4 blackhole default table 202 metric 4000000",
+                "V6 default dev idd1 table 202",
+                "V6 blackhole default table 202 metric 4000000",
+            ]
+        );
+        assert!(p.nftables.is_none());
+        assert_eq!(p.tables, [202]);
+    }
+
+    #[test]
+    fn proxy_mark_is_delivered_locally_and_tproxied_to_envoy() {
+        let p = plan(&RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            proxy_port: Some(PROXY_PORT),
+            ..RoutingConfig::default()
+        });
+        let rules: Vec<String> = p.rules.iter().map(|r| r.args().join(" ")).collect();
+        assert_eq!(
+            rules,
+            [
+                "priority 100 fwmark 0xe00/0xf00 lookup 202",
+                "priority 100 fwmark 0xe00/0xf00 lookup 202",
+                "priority 101 fwmark 0xc00/0xf00 lookup 203",
+                "priority 101 fwmark 0xc00/0xf00 lookup 203",
+            ]
+        );
+        assert!(
+            p.routes
+                .iter()
+                .any(|r| r.args().join(" ") == "local default dev lo table 203")
+        );
+        let nft = p.nftables.unwrap();
+        assert!(nft.starts_with("table inet identityd {"), "{nft}");
+        assert!(nft.contains("type filter hook prerouting priority mangle; policy accept;"));
+        assert!(nft.contains(
+            "meta nfproto ipv4 meta l4proto tcp meta mark & 0xf00 == 0xc00 tproxy ip to :15001"
+        ));
+        assert!(nft.contains(
+            "meta nfproto ipv6 meta l4proto tcp meta mark & 0xf00 == 0xc00 tproxy ip6 to :15001"
+        ));
+    }
+
+    #[test]
+    fn rules_render_as_ip_rule_show_prints_them() {
+        let r = Rule {
+            family: Family::V4,
+            priority: 100,
+            fwmark: 0x0e00,
+            mask: 0x0f00,
+            table: 202,
+        };
+        assert_eq!(r.shown(), "from all fwmark 0xe00/0xf00 lookup 202");
+    }
+}

@@ -21,6 +21,7 @@ pub mod ca;
 pub mod duration;
 pub mod fsutil;
 pub mod id;
+pub mod inspect;
 pub mod key;
 pub mod rotation;
 pub mod svid;

@@ -139,9 +139,15 @@ pub enum CaCommand {
         /// Trust domain, e.g. `cluster.local`.
         #[arg(long)]
         trust_domain: String,
-        /// Directory to write the CA into.
+        /// Directory to write the CA into (created 0700; must not hold a CA yet).
         #[arg(long)]
         dir: PathBuf,
+        /// Longest SVID lifetime the CA grants.
+        #[arg(long, default_value = "24h")]
+        max_ttl: String,
+        /// Sign SVIDs with an intermediate under the root.
+        #[arg(long)]
+        intermediate: bool,
     },
 }
 
@@ -173,6 +179,9 @@ pub enum SvidCommand {
         /// Trust bundle (PEM).
         #[arg(long)]
         bundle: PathBuf,
+        /// Trust domain of the bundle (default: from the roots' URI SAN).
+        #[arg(long)]
+        trust_domain: Option<String>,
         /// The SVID (PEM, leaf first).
         file: PathBuf,
     },

@@ -1,11 +1,25 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use identityd::certs_cli;
 use identityd::cli::{CaCommand, Cli, Command, LabCommand, SvidCommand};
 
 fn not_yet(what: &str) -> ExitCode {
     eprintln!("identityd {what}: not implemented yet");
     ExitCode::from(2)
+}
+
+fn report(r: Result<String, certs_cli::CliError>) -> ExitCode {
+    match r {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -19,9 +33,32 @@ fn main() -> ExitCode {
         Command::Audit(_) => not_yet("audit"),
         Command::Crds => not_yet("crds"),
         Command::Observe { .. } => not_yet("observe"),
-        Command::Ca(CaCommand::Init { .. }) => not_yet("ca init"),
-        Command::Svid(SvidCommand::Issue { .. }) => not_yet("svid issue"),
-        Command::Svid(SvidCommand::Inspect { .. }) => not_yet("svid inspect"),
-        Command::Svid(SvidCommand::Verify { .. }) => not_yet("svid verify"),
+        Command::Ca(CaCommand::Init {
+            trust_domain,
+            dir,
+            max_ttl,
+            intermediate,
+        }) => report(certs_cli::ca_init(
+            &trust_domain,
+            &dir,
+            &max_ttl,
+            intermediate,
+        )),
+        Command::Svid(SvidCommand::Issue {
+            ca_dir,
+            spiffe_id,
+            out,
+            ttl,
+        }) => report(certs_cli::svid_issue(&ca_dir, &spiffe_id, &out, &ttl)),
+        Command::Svid(SvidCommand::Inspect { file }) => report(certs_cli::svid_inspect(&file)),
+        Command::Svid(SvidCommand::Verify {
+            bundle,
+            trust_domain,
+            file,
+        }) => report(certs_cli::svid_verify(
+            &bundle,
+            &file,
+            trust_domain.as_deref(),
+        )),
     }
 }

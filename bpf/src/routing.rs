@@ -50,6 +50,8 @@ pub struct RoutingConfig {
     pub rule_priority: u32,
     /// The nftables table name.
     pub nft_table: String,
+    /// Plan IPv6 rules and routes too (default on; off for nodes with IPv6 disabled).
+    pub ipv6: bool,
 }
 
 impl Default for RoutingConfig {
@@ -61,6 +63,7 @@ impl Default for RoutingConfig {
             proxy_table: PROXY_TABLE,
             rule_priority: RULE_PRIORITY,
             nft_table: NFT_TABLE.to_owned(),
+            ipv6: true,
         }
     }
 }
@@ -185,8 +188,13 @@ pub fn plan(config: &RoutingConfig) -> RoutingPlan {
         ..RoutingPlan::default()
     };
     let mut priority = config.rule_priority;
+    let families: &[Family] = if config.ipv6 {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
     if let Some(wg) = &config.wireguard_interface {
-        for family in [Family::V4, Family::V6] {
+        for &family in families {
             p.rules.push(Rule {
                 family,
                 priority,
@@ -211,7 +219,7 @@ pub fn plan(config: &RoutingConfig) -> RoutingPlan {
         priority += 1;
     }
     if let Some(port) = config.proxy_port {
-        for family in [Family::V4, Family::V6] {
+        for &family in families {
             p.rules.push(Rule {
                 family,
                 priority,
@@ -234,7 +242,8 @@ pub fn plan(config: &RoutingConfig) -> RoutingPlan {
             nft,
             "\t\ttype filter hook prerouting priority mangle; policy accept;"
         );
-        for fam in ["ip", "ip6"] {
+        let fams: &[&str] = if config.ipv6 { &["ip", "ip6"] } else { &["ip"] };
+        for &fam in fams {
             let _ = writeln!(
                 nft,
                 "\t\tmeta nfproto {} meta l4proto tcp meta mark & {IDD_MARK_MASK:#x} == {IDD_MARK_PROXY:#x} tproxy {fam} to :{port}",
@@ -491,6 +500,19 @@ mod tests {
         assert!(nft.contains(
             "meta nfproto ipv6 meta l4proto tcp meta mark & 0xf00 == 0xc00 tproxy ip6 to :15001"
         ));
+    }
+
+    #[test]
+    fn ipv4_only_nodes_get_no_ipv6_rules_routes_or_tproxy() {
+        let p = plan(&RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            proxy_port: Some(PROXY_PORT),
+            ipv6: false,
+            ..RoutingConfig::default()
+        });
+        assert!(p.rules.iter().all(|r| r.family == Family::V4));
+        assert!(p.routes.iter().all(|r| r.family == Family::V4));
+        assert!(!p.nftables.unwrap().contains("ip6"));
     }
 
     #[test]

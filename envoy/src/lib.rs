@@ -1,7 +1,24 @@
 //! xDS control plane for the per-node Envoy.
 //!
-//! Not implemented yet beyond the port constants; see the xDS control plane issue.
+//! What this crate promises:
+//! - [`server`]: a gRPC xDS server — ADS state-of-the-world and delta, and SDS — over per-node
+//!   snapshots with versions and nonces, ACK/NACK tracking per stream and type; on a NACK it
+//!   keeps the last accepted version and records the error; it never loops on a NACK.
+//! - [`translate`]: a pure translation from a plain [`mesh::MeshConfig`] to Envoy resources:
+//!   inbound mTLS per local workload (SVID over SDS, client SVID required and checked by
+//!   Envoy's SPIFFE validator, XFCC, RBAC on SPIFFE IDs), outbound per caller identity with a
+//!   SAN match on the destination's SPIFFE ID.
+//! - [`bootstrap`]: the bootstrap that points Envoy at the server.
+//!
+//! It knows nothing of Kubernetes or of the certs crate: SVIDs arrive as PEM.
 #![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod mesh;
+pub mod server;
+pub mod translate;
+
+pub use envoy_types;
 
 /// Envoy admin port (loopback only).
 pub const ADMIN_PORT: u16 = 15000;

@@ -1,0 +1,78 @@
+//! Envoy bootstrap configuration pointing Envoy at identityd's xDS server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Where the xDS server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XdsAddress {
+    /// A unix socket (the node's `xds.sock`).
+    Unix(PathBuf),
+    /// Loopback TCP.
+    Tcp(SocketAddr),
+}
+
+/// Which xDS flavour Envoy uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsFlavour {
+    /// State of the world.
+    Sotw,
+    /// Incremental.
+    Delta,
+}
+
+/// A bootstrap YAML: node id, loopback admin on `admin_port` (0 = ephemeral), ADS over
+/// `xds` for listeners, clusters and (through ADS) routes, endpoints and secrets.
+#[must_use]
+pub fn bootstrap_yaml(
+    node_id: &str,
+    xds: &XdsAddress,
+    admin_port: u16,
+    flavour: XdsFlavour,
+) -> String {
+    let address = match xds {
+        XdsAddress::Unix(p) => format!("{{ pipe: {{ path: \"{}\" }} }}", p.display()),
+        XdsAddress::Tcp(a) => {
+            format!(
+                "{{ socket_address: {{ address: \"{}\", port_value: {} }} }}",
+                a.ip(),
+                a.port()
+            )
+        }
+    };
+    let api = match flavour {
+        XdsFlavour::Sotw => "GRPC",
+        XdsFlavour::Delta => "DELTA_GRPC",
+    };
+    format!(
+        r#"node:
+  id: "{node_id}"
+  cluster: identityd
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: identityd-xds }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: identityd-xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: identityd-xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {address} }}
+"#
+    )
+}

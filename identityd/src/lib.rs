@@ -7,3 +7,5 @@
 
 pub mod certs_cli;
 pub mod cli;
+pub mod model;
+pub mod source;

@@ -1,0 +1,294 @@
+//! YAML documents → [`Object`]s, one document at a time, so one bad document never hides the
+//! others. Pure (no I/O), shared by the FileSource and tests.
+//!
+//! A file is split at document markers (`---` at the start of a line; `...` ends a document).
+//! Document indexes count from 0 in file order; a leading part before the first `---` that
+//! holds only comments or blank lines is not a document, and empty documents are skipped
+//! without a problem but keep their index.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::model::{FieldError, Kind, ModelError, Object};
+
+/// One document of a multi-document YAML file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// 0-based index in the file.
+    pub index: usize,
+    /// 1-based line of the file of the document's first content line (not blank, not a comment).
+    pub line: usize,
+    /// 1-based line of the file where `text` starts (error lines are relative to it).
+    pub start: usize,
+    /// The document text (without its `---` marker line).
+    pub text: String,
+}
+
+/// Why a document was not turned into an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    /// Not YAML at all (the file's last good objects are kept by the FileSource).
+    #[error("YAML syntax error{}: {reason}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Syntax {
+        /// 1-based line in the file, when known.
+        line: Option<usize>,
+        /// Parser message.
+        reason: String,
+    },
+    /// YAML, but not an object of a known kind.
+    #[error("{0}")]
+    UnknownKind(String),
+    /// A field has the wrong type or an unknown field is present.
+    #[error("{kind}: {reason}{}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Schema {
+        /// The kind being decoded.
+        kind: Kind,
+        /// 1-based line in the file, when known.
+        line: Option<usize>,
+        /// Deserializer message.
+        reason: String,
+    },
+    /// Decoded, but fields failed validation.
+    #[error("{}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        /// The decoded (invalid) object, for its kind and name.
+        object: Box<Object>,
+        /// Every failing field.
+        errors: Vec<FieldError>,
+    },
+}
+
+impl DocError {
+    /// Whether this is a YAML syntax error (as opposed to a bad object).
+    #[must_use]
+    pub fn is_syntax(&self) -> bool {
+        matches!(self, DocError::Syntax { .. })
+    }
+}
+
+/// Splits a YAML stream into documents.
+#[must_use]
+pub fn split_documents(text: &str) -> Vec<Document> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut cur_line = 1usize;
+    let mut explicit = false; // the current document started with `---`
+    let mut lineno = 0usize;
+    let flush = |docs: &mut Vec<Document>, cur: &mut String, line: usize, explicit: bool| {
+        let has_content = cur.lines().any(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#')
+        });
+        if explicit || has_content {
+            let first = cur
+                .lines()
+                .position(|l| {
+                    let t = l.trim();
+                    !t.is_empty() && !t.starts_with('#')
+                })
+                .unwrap_or(0);
+            docs.push(Document {
+                index: docs.len(),
+                line: line + first,
+                start: line,
+                text: std::mem::take(cur),
+            });
+        } else {
+            cur.clear();
+        }
+    };
+    for raw in text.split_inclusive('\n') {
+        lineno += 1;
+        let l = raw.trim_end_matches(['\n', '\r']);
+        let is_marker = |m: &str| {
+            l == m
+                || l.strip_prefix(m)
+                    .is_some_and(|r| r.starts_with([' ', '\t']))
+        };
+        if is_marker("---") {
+            flush(&mut docs, &mut cur, cur_line, explicit);
+            explicit = true;
+            cur_line = lineno + 1;
+            // Content after the marker on the same line (`--- !tag` or `--- {a: 1}`) stays.
+            let rest = l[3..].trim_start();
+            if !rest.is_empty() {
+                cur.push_str(rest);
+                cur.push('\n');
+                cur_line = lineno;
+            }
+        } else if is_marker("...") {
+            flush(&mut docs, &mut cur, cur_line, explicit);
+            explicit = false;
+            cur_line = lineno + 1;
+        } else {
+            cur.push_str(raw);
+        }
+    }
+    flush(&mut docs, &mut cur, cur_line, explicit);
+    docs
+}
+
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        with_snippet: false,
+    }
+}
+
+fn line_of(e: &serde_saphyr::Error, doc: &Document) -> Option<usize> {
+    let l = e.location()?.line();
+    let l = usize::try_from(l).ok().filter(|l| *l > 0)?;
+    Some(doc.start + l - 1)
+}
+
+fn message(e: &serde_saphyr::Error) -> String {
+    // The first line carries the message; further lines (if any) are a rendered snippet.
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Whether a document holds nothing but comments and blank lines.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#')
+    })
+}
+
+/// Decodes and validates one document. `Ok(None)` for an empty document.
+///
+/// # Errors
+/// [`DocError`]: syntax, unknown kind, schema or validation failures.
+pub fn decode_document(doc: &Document) -> Result<Option<Object>, DocError> {
+    if is_blank(&doc.text) {
+        return Ok(None);
+    }
+    serde_saphyr::from_str_with_options::<IgnoredAny>(&doc.text, options()).map_err(|e| {
+        DocError::Syntax {
+            line: line_of(&e, doc),
+            reason: message(&e),
+        }
+    })?;
+    let header: Header =
+        serde_saphyr::from_str_with_options(&doc.text, options()).map_err(|e| {
+            DocError::UnknownKind(format!(
+                "not a Kubernetes object (a mapping with apiVersion and kind): {}",
+                message(&e)
+            ))
+        })?;
+    let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
+        return Err(DocError::UnknownKind(
+            "apiVersion and kind are required".to_owned(),
+        ));
+    };
+    let kind = Kind::from_api(&api_version, &kind).map_err(|e| match e {
+        ModelError::UnknownKind { .. } => DocError::UnknownKind(e.to_string()),
+        other => DocError::UnknownKind(other.to_string()),
+    })?;
+    let mut de_err = None;
+    let mut object = None;
+    let res = serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options(), |d| {
+        Object::deserialize_kind(kind, d)
+    });
+    match res {
+        Ok(o) => object = Some(o),
+        Err(e) => de_err = Some(e),
+    }
+    let mut object = match (object, de_err) {
+        (Some(o), _) => o,
+        (None, Some(e)) => {
+            return Err(DocError::Schema {
+                kind,
+                line: line_of(&e, doc),
+                reason: message(&e),
+            });
+        }
+        (None, None) => return Ok(None),
+    };
+    object.normalize();
+    object.validate().map_err(|errors| DocError::Invalid {
+        object: Box::new(object.clone()),
+        errors,
+    })?;
+    Ok(Some(object))
+}
+
+/// Decodes every document of a file's text.
+#[must_use]
+pub fn decode_all(text: &str) -> Vec<(Document, Result<Option<Object>, DocError>)> {
+    split_documents(text)
+        .into_iter()
+        .map(|d| {
+            let r = decode_document(&d);
+            (d, r)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_with_indexes_and_lines() {
+        let text = "# leading comment\n---\na: 1\n---\n---\nb: 2\n...\n--- {c: 3}\n";
+        let docs = split_documents(text);
+        let got: Vec<(usize, usize, &str)> = docs
+            .iter()
+            .map(|d| (d.index, d.line, d.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 3, "a: 1\n"),
+                (1, 5, ""),
+                (2, 6, "b: 2\n"),
+                (3, 8, "{c: 3}\n")
+            ]
+        );
+        let single = split_documents("a: 1\n");
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].line, 1);
+        assert!(split_documents("").is_empty());
+        assert!(split_documents("# only a comment\n\n").is_empty());
+    }
+
+    #[test]
+    fn syntax_error_has_file_line() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: [unclosed\n";
+        let out = decode_all(text);
+        assert!(out[0].1.as_ref().unwrap().is_some());
+        let err = out[1].1.as_ref().unwrap_err();
+        assert!(err.is_syntax(), "{err:?}");
+        match err {
+            DocError::Syntax { line, .. } => assert!(line.is_some_and(|l| l >= 5), "{err}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_kind_and_schema_errors() {
+        let e = decode_document(
+            &split_documents("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")[0],
+        )
+        .unwrap_err();
+        assert!(matches!(e, DocError::UnknownKind(_)), "{e:?}");
+        assert!(e.to_string().contains("ConfigMap"), "{e}");
+        let e = decode_document(&split_documents("- 1\n- 2\n")[0]).unwrap_err();
+        assert!(matches!(e, DocError::UnknownKind(_)), "{e:?}");
+        let e = decode_document(&split_documents(
+            "apiVersion: identityd.io/v1alpha1\nkind: KeyRotation\nmetadata: {name: r}\nspec: {target: ca, surprise: 1}\n",
+        )[0])
+        .unwrap_err();
+        assert!(matches!(e, DocError::Schema { .. }), "{e:?}");
+        assert!(e.to_string().contains("surprise"), "{e}");
+    }
+}

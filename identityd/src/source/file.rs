@@ -1,0 +1,448 @@
+//! [`FileSource`]: cluster state from a directory of multi-document Kubernetes-shaped YAML.
+//!
+//! Behaviour (the contract the lab and the e2e tests rely on):
+//! - **Which files**: every `*.yaml` / `*.yml` file under the directory, **recursively**, in
+//!   path order. Entries whose name starts with `.` are skipped (hidden files, editor swap files
+//!   and the temp files of atomic writes), and symlinked directories are not followed (no loops);
+//!   symlinked files are read.
+//! - **Bad documents**: a document with an unknown kind, a wrong field type, an unknown field in
+//!   an identityd spec, or a failed validation is reported as a [`Problem`] (file, document
+//!   index, line, kind/name, field, reason) and skipped; the file's other documents are used.
+//! - **Broken files**: a file that cannot be read, is not UTF-8, or has a YAML *syntax* error in
+//!   any document is reported and its **last good objects are kept** (Kubernetes-like: a
+//!   half-written or mangled file does not delete what was applied from it). A new file that was
+//!   never good contributes nothing. A deleted file's objects go away.
+//! - **Duplicates**: the same kind/namespace/name in two places: the first in path order wins,
+//!   the other is reported.
+//! - **Watching**: [`FileSource::run`] polls every `poll_interval` (default 250 ms), comparing each
+//!   file's bytes with the last read (no mtime granularity issues, no `notify` dependency). A new
+//!   snapshot is published, with `version + 1`, only when the resulting objects or problems
+//!   change — touching a file or editing a comment of a valid file publishes nothing.
+//! - **Writes**: [`FileSource::apply`] validates an object and writes it atomically (temp file +
+//!   rename) as `<kind>-[<namespace>-]<name>.yaml`, or into the file already holding that object
+//!   when it holds nothing else; then it re-polls so the caller's snapshot includes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::decode::{DocError, decode_all};
+use crate::model::state::Origin;
+use crate::model::{ClusterState, ModelError, Object, ObjectKey, Problem};
+
+/// Default poll interval of [`FileSource::run`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Errors of the FileSource.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The directory or a file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// `apply` got an invalid object.
+    #[error("refusing to apply an invalid object: {0}")]
+    Model(#[from] ModelError),
+    /// `apply` would have to rewrite a file holding other documents.
+    #[error("{key} is defined in {} together with other documents; apply only rewrites single-object files", file.display())]
+    SharedFile {
+        /// The object.
+        key: String,
+        /// The file defining it.
+        file: PathBuf,
+    },
+    /// The atomic write failed.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// Target file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: identityd_certs::Error,
+    },
+}
+
+/// Settings of a [`FileSource`].
+#[derive(Debug, Clone)]
+pub struct FileSourceOptions {
+    /// How often [`FileSource::run`] re-reads the directory.
+    pub poll_interval: Duration,
+}
+
+impl Default for FileSourceOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+/// What one file contributed at its last read.
+#[derive(Debug, Clone, Default)]
+struct FileEntry {
+    /// Bytes of the last read (compared to detect changes).
+    content: Vec<u8>,
+    /// Objects from the last syntactically valid content, in document order.
+    objects: Vec<(Origin, Object)>,
+    /// Problems of the last read.
+    problems: Vec<Problem>,
+    /// Number of documents in the last good content.
+    documents: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    files: BTreeMap<PathBuf, FileEntry>,
+    current: Arc<ClusterState>,
+}
+
+/// A watched directory of YAML objects. Cheap to share as `Arc<FileSource>`.
+#[derive(Debug)]
+pub struct FileSource {
+    dir: PathBuf,
+    opts: FileSourceOptions,
+    inner: Mutex<Inner>,
+    apply_lock: Mutex<()>,
+    tx: watch::Sender<Arc<ClusterState>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FileSource {
+    /// Loads `dir` (which must exist) into snapshot version 1.
+    ///
+    /// # Errors
+    /// [`SourceError::Io`] when the directory cannot be listed.
+    pub fn open(dir: impl Into<PathBuf>, opts: FileSourceOptions) -> Result<Self, SourceError> {
+        let dir = dir.into();
+        let paths = list_yaml(&dir)?;
+        let mut files = BTreeMap::new();
+        for p in paths {
+            let entry = read_file(&p, None);
+            files.insert(p, entry);
+        }
+        let mut state = build(&files);
+        state.set_version(1);
+        let current = Arc::new(state);
+        log_problems(&current);
+        let (tx, _rx) = watch::channel(current.clone());
+        Ok(Self {
+            dir,
+            opts,
+            inner: Mutex::new(Inner { files, current }),
+            apply_lock: Mutex::new(()),
+            tx,
+        })
+    }
+
+    /// The watched directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A receiver of snapshots; it starts at the current one.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<ClusterState> {
+        lock(&self.inner).current.clone()
+    }
+
+    /// Re-reads the directory once; publishes and returns the new snapshot when the content
+    /// changed, `None` otherwise.
+    ///
+    /// # Errors
+    /// [`SourceError::Io`] when the directory cannot be listed (the last snapshot stays).
+    pub fn poll(&self) -> Result<Option<Arc<ClusterState>>, SourceError> {
+        let paths = list_yaml(&self.dir)?;
+        let mut inner = lock(&self.inner);
+        let mut files = BTreeMap::new();
+        for p in paths {
+            let prev = inner.files.get(&p);
+            let entry = match std::fs::read(&p) {
+                Ok(bytes) if prev.is_some_and(|e| e.content == bytes) => {
+                    prev.cloned().unwrap_or_default()
+                }
+                _ => read_file(&p, prev),
+            };
+            files.insert(p, entry);
+        }
+        inner.files = files;
+        let mut state = build(&inner.files);
+        if state.same_content(&inner.current) {
+            return Ok(None);
+        }
+        state.set_version(inner.current.version() + 1);
+        let state = Arc::new(state);
+        inner.current = state.clone();
+        log_problems(&state);
+        tracing::info!(version = state.version(), objects = state.len(), problems = state.problems.len(), dir = %self.dir.display(), "cluster state changed");
+        self.tx.send_replace(state.clone());
+        Ok(Some(state))
+    }
+
+    /// Polls forever every `poll_interval` (file reads run on the blocking pool). Cancel by
+    /// dropping the future or aborting the task from [`FileSource::spawn`].
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.opts.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.poll()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cluster directory poll failed; keeping the last state")
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster directory poll task failed"),
+            }
+        }
+    }
+
+    /// Starts [`FileSource::run`] on the current tokio runtime.
+    #[must_use]
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().run())
+    }
+
+    /// The file `apply` writes an object to when nothing else defines it.
+    #[must_use]
+    pub fn default_path(&self, key: &ObjectKey) -> PathBuf {
+        let kind = key.kind.as_str().to_ascii_lowercase();
+        let name = match &key.namespace {
+            Some(ns) => format!("{kind}-{ns}-{}.yaml", key.name),
+            None => format!("{kind}-{}.yaml", key.name),
+        };
+        self.dir.join(name)
+    }
+
+    /// Validates `object`, writes it atomically into the directory (so other daemons watching
+    /// it see it) and publishes the resulting snapshot. Returns the file written.
+    ///
+    /// # Errors
+    /// [`SourceError::Model`] for an invalid object, [`SourceError::SharedFile`] when the object
+    /// is defined in a multi-document file, [`SourceError::Write`] on I/O failure.
+    pub fn apply(&self, object: &Object) -> Result<PathBuf, SourceError> {
+        let mut object = object.clone();
+        object.normalize();
+        object.validate().map_err(ModelError::Invalid)?;
+        let key = object.key();
+        let _serial = lock(&self.apply_lock);
+        let path = {
+            let inner = lock(&self.inner);
+            let defined_in = inner
+                .files
+                .iter()
+                .find(|(_, e)| e.objects.iter().any(|(_, o)| o.key() == key));
+            match defined_in {
+                Some((file, e)) if e.documents <= 1 => file.clone(),
+                Some((file, _)) => {
+                    return Err(SourceError::SharedFile {
+                        key: key.to_string(),
+                        file: file.clone(),
+                    });
+                }
+                None => self.default_path(&key),
+            }
+        };
+        let yaml = object.to_yaml()?;
+        let text = format!("# Written by identityd ({key}).\n{yaml}");
+        identityd_certs::fsutil::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
+            SourceError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        self.poll()?;
+        Ok(path)
+    }
+}
+
+fn log_problems(state: &ClusterState) {
+    for p in &state.problems {
+        tracing::warn!(problem = %p, "rejected cluster object");
+    }
+}
+
+/// Lists YAML files under `dir`, recursively, sorted; hidden entries and symlinked directories
+/// are skipped.
+fn list_yaml(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let io = |path: &Path, e: std::io::Error| SourceError::Io {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut first = true;
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if first => return Err(io(&d, e)),
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "skipping unreadable directory");
+                continue;
+            }
+        };
+        first = false;
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(path);
+            } else if (ft.is_file() || (ft.is_symlink() && path.is_file()))
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads and decodes one file; `prev` supplies the last good objects when this read is broken.
+fn read_file(path: &Path, prev: Option<&FileEntry>) -> FileEntry {
+    let kept = |reason: String, line: Option<usize>, document: Option<usize>, content: Vec<u8>| {
+        let n = prev.map_or(0, |p| p.objects.len());
+        let reason = if n > 0 {
+            format!("{reason}; keeping the {n} object(s) of the last good version of this file")
+        } else {
+            format!("{reason}; nothing loaded from this file")
+        };
+        FileEntry {
+            content,
+            objects: prev.map(|p| p.objects.clone()).unwrap_or_default(),
+            documents: prev.map_or(0, |p| p.documents),
+            problems: vec![Problem {
+                origin: Origin {
+                    file: Some(path.to_path_buf()),
+                    document,
+                    line,
+                },
+                kind: None,
+                name: None,
+                field: None,
+                value: None,
+                reason,
+            }],
+        }
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return kept(format!("cannot read: {e}"), None, None, Vec::new()),
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return kept("not UTF-8 text".into(), None, None, bytes);
+    };
+    let decoded = decode_all(text);
+    if let Some((doc, Err(e))) = decoded
+        .iter()
+        .find(|(_, r)| r.as_ref().is_err_and(DocError::is_syntax))
+    {
+        let line = match e {
+            DocError::Syntax { line, .. } => line.or(Some(doc.line)),
+            _ => Some(doc.line),
+        };
+        return kept(e.to_string(), line, Some(doc.index), bytes.clone());
+    }
+    let mut entry = FileEntry {
+        content: bytes.clone(),
+        documents: decoded.len(),
+        ..FileEntry::default()
+    };
+    for (doc, res) in decoded {
+        let origin = Origin {
+            file: Some(path.to_path_buf()),
+            document: Some(doc.index),
+            line: Some(doc.line),
+        };
+        match res {
+            Ok(Some(o)) => entry.objects.push((origin, o)),
+            Ok(None) => {}
+            Err(DocError::Invalid { object, errors }) => {
+                let mut s = ClusterState::default();
+                s.reject(&object, origin, errors);
+                entry.problems.extend(s.problems);
+            }
+            Err(e) => {
+                let (kind, line) = match &e {
+                    DocError::Schema { kind, line, .. } => {
+                        (Some(kind.to_string()), line.or(origin.line))
+                    }
+                    _ => (None, origin.line),
+                };
+                let reason = match &e {
+                    DocError::Schema { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                entry.problems.push(Problem {
+                    origin: Origin { line, ..origin },
+                    kind,
+                    name: None,
+                    field: None,
+                    value: None,
+                    reason,
+                });
+            }
+        }
+    }
+    entry
+}
+
+/// Assembles a snapshot (version 0) from the per-file results.
+fn build(files: &BTreeMap<PathBuf, FileEntry>) -> ClusterState {
+    let mut state = ClusterState::new(0);
+    let mut problems = Vec::new();
+    for entry in files.values() {
+        for (origin, o) in &entry.objects {
+            if let Err(first) = state.insert(o.clone(), origin.clone()) {
+                let key = o.key();
+                problems.push(Problem {
+                    origin: origin.clone(),
+                    kind: Some(key.kind.to_string()),
+                    name: Some(match &key.namespace {
+                        Some(ns) => format!("{ns}/{}", key.name),
+                        None => key.name.clone(),
+                    }),
+                    field: None,
+                    value: None,
+                    reason: format!(
+                        "duplicate: already defined in {} document {}; the first definition (path order) is used",
+                        first.file.as_deref().map_or_else(|| "?".into(), |f| f.display().to_string()),
+                        first.document.map_or_else(|| "?".into(), |d| d.to_string()),
+                    ),
+                });
+            }
+        }
+        problems.extend(entry.problems.iter().cloned());
+    }
+    for p in problems {
+        state.push_problem(p);
+    }
+    state.finish();
+    state
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,16 @@ fn wg_removing_a_peer_stops_traffic_to_it_and_nothing_goes_out_in_clear() {
         "before: pod 1 -> pod 2"
     );
 
+    let peer2_handshake = |c: &Cluster| {
+        c.handshakes(0)
+            .into_iter()
+            .find(|(k, _)| *k == c.nodes[1].public_key)
+            .map(|(_, t)| t)
+            .expect("node 1 lists peer 2")
+    };
+    let hs2_before = peer2_handshake(&c);
+    assert!(hs2_before > 0, "node 1 has a session with node 2");
+
     // Node 1's plan no longer has node 3; the device notices the file change.
     c.write_config(0, &[1]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -78,5 +88,32 @@ fn wg_removing_a_peer_stops_traffic_to_it_and_nothing_goes_out_in_clear() {
         &pkts,
         &node_ips,
         &[canary.as_bytes(), &pattern_bytes(PING_PATTERN)],
+    );
+    assert_eq!(
+        peer2_handshake(&c),
+        hs2_before,
+        "peer 2 was not in the diff: its session is kept, no new handshake"
+    );
+
+    // The UAPI socket takes changes too: `wg set` puts peer 3 back (the cluster route
+    // still points into the tunnel, so no route change is needed) and traffic flows again.
+    let wg = identityd_tests::tools::wg();
+    let out = std::process::Command::new(wg)
+        .args([
+            "set",
+            &c.nodes[0].iface,
+            "peer",
+            &c.nodes[2].public_key,
+            "allowed-ips",
+            "10.244.3.0/24",
+            "endpoint",
+            &format!("{}:{}", c.nodes[2].underlay_ip, wg_support::WG_PORT),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wg set: {out:?}");
+    assert!(
+        c.ping_until(0, p3, 10, PING_PATTERN),
+        "pod 1 -> pod 3 after `wg set` re-adds peer 3"
     );
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -221,10 +221,19 @@ impl Device {
     /// TUN, socket, UAPI or thread errors.
     pub fn start(key: NodeKey, settings: &DeviceSettings) -> Result<Self, DeviceError> {
         let tun = Tun::open(&settings.interface, settings.persist)?;
+        // Dual-stack: `[::]` also receives IPv4 (as v4-mapped addresses, canonicalised in
+        // the receive loop) and Linux accepts IPv4 destinations on it; plain IPv4 when IPv6
+        // is unavailable.
         let udp = UdpSocket::bind(SocketAddr::from((
-            Ipv4Addr::UNSPECIFIED,
+            Ipv6Addr::UNSPECIFIED,
             settings.listen_port,
         )))
+        .or_else(|_| {
+            UdpSocket::bind(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                settings.listen_port,
+            )))
+        })
         .map_err(|source| DeviceError::Bind {
             port: settings.listen_port,
             source,
@@ -467,7 +476,7 @@ impl Device {
         let mut dst = vec![0u8; BUF_LEN];
         loop {
             let (n, from) = match self.inner.udp.recv_from(&mut src) {
-                Ok(x) => x,
+                Ok((n, from)) => (n, SocketAddr::new(from.ip().to_canonical(), from.port())),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!(interface = %self.inner.name, error = %e, "UDP receive failed; datapath stopped");

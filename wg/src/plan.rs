@@ -538,4 +538,21 @@ mod tests {
         let (_, del) = diff_routes(&a.routes, &b.routes);
         assert_eq!(del, vec!["10.244.3.0/24".parse::<Cidr>().unwrap()]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn cidr_parse_never_panics_and_round_trips(s in "[0-9a-f:.]{0,40}/[0-9]{0,4}") {
+            if let Ok(c) = s.parse::<Cidr>() {
+                proptest::prop_assert_eq!(c.to_string().parse::<Cidr>().unwrap(), c);
+                proptest::prop_assert!(c.contains(c.addr()));
+            }
+        }
+
+        #[test]
+        fn v4_cidr_contains_exactly_its_prefix(a in proptest::prelude::any::<u32>(), b in proptest::prelude::any::<u32>(), len in 0u8..=32) {
+            let c = Cidr::new(IpAddr::V4(Ipv4Addr::from(a)), len).unwrap();
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            proptest::prop_assert_eq!(c.contains(IpAddr::V4(Ipv4Addr::from(b))), a & m == b & m);
+        }
+    }
 }

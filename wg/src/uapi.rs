@@ -349,4 +349,19 @@ mod tests {
         assert!(s.contains("allowed_ip=10.244.2.0/24\n"));
         assert!(s.ends_with("errno=0\n\n"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_set_never_panics_and_never_echoes_key_material(body in "(private_key=[0-9a-fz]{0,70}\n|public_key=[0-9a-f]{64}\n|allowed_ip=[0-9./:a-f]{0,20}\n|endpoint=[^\n]{0,24}\n|[a-z_]{0,12}=[^\n]{0,12}\n|[^\n]{0,30}\n){0,8}") {
+            if let Err(e) = parse_set(&body) {
+                let msg = e.to_string();
+                for line in body.lines().filter(|l| l.starts_with("private_key=")) {
+                    let v = &line["private_key=".len()..];
+                    if v.len() >= 8 {
+                        proptest::prop_assert!(!msg.contains(v), "{msg}");
+                    }
+                }
+            }
+        }
+    }
 }

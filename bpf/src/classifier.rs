@@ -576,6 +576,7 @@ impl Classifier {
             self.attachments.insert(key, Attachment::Owned(id));
             return Ok(());
         };
+        remove_stale_link_pins(&pin, iface, ifindex, dir)?;
         let prog = self.prog_mut()?;
         let id = match PinnedLink::from_pin(&pin) {
             Ok(old) => {
@@ -831,6 +832,38 @@ impl Classifier {
     pub fn pin_dir(&self) -> Option<&FsPath> {
         self.pin_dir.as_deref()
     }
+}
+
+/// Removes pins of links to an earlier interface of the same name (deleted and re-created:
+/// another ifindex), whose links the kernel has already detached.
+fn remove_stale_link_pins(
+    pin: &FsPath,
+    iface: &str,
+    ifindex: u32,
+    dir: Direction,
+) -> Result<(), Error> {
+    let Some(links) = pin.parent() else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(links) else {
+        return Ok(());
+    };
+    let (prefix, suffix) = (format!("{iface}-"), format!("-{}", dir.name()));
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(&suffix))
+            .is_some_and(|idx| {
+                !idx.is_empty()
+                    && idx.bytes().all(|b| b.is_ascii_digit())
+                    && idx != ifindex.to_string()
+            });
+        if stale {
+            crate::pin::remove_file(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Detaches every link pinned under `pin_dir` and removes the pinned maps and the directory:

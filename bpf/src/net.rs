@@ -191,4 +191,27 @@ mod tests {
         assert_eq!(nth_v4_slash28(1_000_000).to_string(), "10.244.36.0/28");
         assert!(Cidr::new(nth_v4_slash28(77).addr(), 28).is_ok());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_valid_cidr_round_trips(bits: u128, len in 0u8..=128, v4: bool) {
+            let (addr, len) = if v4 {
+                let len = len % 33;
+                let b = u32::try_from(bits >> 96).unwrap_or(0);
+                let b = if len == 0 { 0 } else { b & (u32::MAX << (32 - u32::from(len))) };
+                (IpAddr::V4(Ipv4Addr::from(b)), len)
+            } else {
+                let b = if len == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(len))) };
+                (IpAddr::V6(Ipv6Addr::from(b)), len)
+            };
+            let c = Cidr::new(addr, len).unwrap();
+            proptest::prop_assert_eq!(c.to_string().parse::<Cidr>().unwrap(), c);
+            proptest::prop_assert_eq!(unmapped(c.mapped_addr()), addr);
+        }
+
+        #[test]
+        fn parsing_arbitrary_text_never_panics(s in "\\PC*") {
+            let _ = s.parse::<Cidr>();
+        }
+    }
 }

@@ -336,8 +336,31 @@ fn classifier_restart_readopts_pinned_maps_and_links_without_a_gap() {
         "still attached after exit"
     );
 
+    // A pin left by an earlier interface of the same name (another ifindex) is cleaned up.
+    let links = pin
+        .join(format!(
+            "v{}",
+            identityd_bpf::classifier::PIN_LAYOUT_VERSION
+        ))
+        .join("links");
+    let live = std::fs::read_dir(&links)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .expect("a pinned link");
+    let stale = links.join(format!("{}-999999-ingress", bed.pod_veth));
+    let link = aya::programs::links::PinnedLink::from_pin(&live).unwrap();
+    drop(
+        aya::programs::links::FdLink::from(link)
+            .pin(&stale)
+            .unwrap(),
+    );
+    assert!(stale.exists());
+
     // The new daemon adopts maps (routes and counters survive) and replaces the program.
     let second = bed.classifier(&config);
+    assert!(!stale.exists(), "the stale pin was removed");
     let second_id = second.program_id().unwrap();
     assert_ne!(first_id, second_id);
     assert_eq!(

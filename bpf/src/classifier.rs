@@ -83,6 +83,11 @@ pub struct ClassifierConfig {
     /// Pin maps and links under this directory (on bpffs) so a restart re-adopts them.
     /// `None`: nothing is pinned and dropping the loader detaches everything.
     pub pin_dir: Option<PathBuf>,
+    /// The cluster's whole pod ranges (e.g. `10.244.0.0/16`), set as
+    /// [`RouteKind::Unavailable`] routes at load, before anything is attached: a pod CIDR that
+    /// has no more specific route yet is then dropped in strict mode, also during start-up.
+    /// Traffic to addresses outside every route is not pod traffic and passes.
+    pub cluster_cidrs: Vec<Cidr>,
 }
 
 impl Default for ClassifierConfig {
@@ -93,6 +98,7 @@ impl Default for ClassifierConfig {
             any_source: false,
             max_routes: DEFAULT_MAX_ROUTES,
             pin_dir: None,
+            cluster_cidrs: Vec::new(),
         }
     }
 }
@@ -505,11 +511,21 @@ impl Classifier {
             .try_into()
             .map_err(prog_err("typing program", ""))?;
         prog.load().map_err(prog_err("loading program", ""))?;
-        Ok(Self {
+        let mut c = Self {
             ebpf,
             pin_dir: pin_maps,
             attachments: HashMap::new(),
-        })
+        };
+        for cidr in &config.cluster_cidrs {
+            c.set_route(
+                *cidr,
+                Route {
+                    kind: RouteKind::Unavailable,
+                    node_id: 0,
+                },
+            )?;
+        }
+        Ok(c)
     }
 
     fn prog(&self) -> Result<&SchedClassifier, Error> {

@@ -324,3 +324,40 @@ fn classifier_refuses_routes_beyond_its_capacity() {
         .expect_err("a fifth route does not fit");
     assert!(e.to_string().contains("idd_routes"), "{e}");
 }
+
+#[test]
+fn classifier_cluster_cidrs_are_no_path_from_load_on() {
+    identityd_tests::require_root();
+    let mut c = Classifier::load(&ClassifierConfig {
+        cluster_cidrs: vec![cidr("10.244.0.0/16"), cidr("fd00:244::/32")],
+        ..ClassifierConfig::default()
+    })
+    .expect("load");
+    for a in ["10.244.7.7", "fd00:244:7::7"] {
+        assert_eq!(
+            c.lookup_route(ip(a)).unwrap(),
+            Some(Route {
+                kind: RouteKind::Unavailable,
+                node_id: 0
+            }),
+            "{a}"
+        );
+    }
+    assert_eq!(c.lookup_route(ip("10.245.0.1")).unwrap(), None);
+    c.set_route(
+        cidr("10.244.1.0/24"),
+        Route {
+            kind: RouteKind::Local,
+            node_id: 1,
+        },
+    )
+    .unwrap();
+    check(
+        &mut c,
+        &[
+            drop("10.244.1.5", "10.244.7.7", DropReason::NoPath),
+            case("10.244.1.5", "10.245.0.1", L4::Tcp, Path::Pass),
+        ],
+        None,
+    );
+}

@@ -89,12 +89,17 @@ fn classifier_with_wireguard_drops_until_the_peer_is_configured_then_encrypts() 
     // The classifier on node 1's pod veth, and its marks routed into WireGuard.
     let veth = pod_veth(&c, 0);
     let mut cls = c.topo.run_in(&n1, || {
-        let mut cls = Classifier::load(&ClassifierConfig::default()).expect("load classifier");
+        let mut cls = Classifier::load(&ClassifierConfig {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..ClassifierConfig::default()
+        })
+        .expect("load classifier");
         cls.attach(&veth, Direction::Ingress).expect("attach");
         cls
     });
+    // The cluster range is a catch-all "no path" from load on; the node's own and its
+    // configured peer's CIDRs are more specific.
     for (cidr, kind, node_id) in [
-        ("10.244.0.0/16", RouteKind::Unavailable, 0),
         ("10.244.1.0/24", RouteKind::Local, 1),
         ("10.244.2.0/24", RouteKind::WireGuard, 2),
     ] {

@@ -8,6 +8,12 @@
 //! - [`routing`]: the policy routing (fwmark rules, table 202) and nftables TPROXY ruleset that
 //!   turn marks into paths, as a pure plan plus an apply step.
 //! - [`Counter`]: the smallest tc program (count every packet, optionally OR a mark, pass).
+//!
+//! What it does not do: walk IPv6 extension headers (such packets never take the proxy path;
+//! they still get an encrypted path or a drop), or proxy anything but TCP.
+//!
+//! Measure (root; not part of the test run): `cargo run --release -p identityd-bpf --example
+//! classifier_bench -- --out bpf/bench/classifier.json` (add `--quick` for a short run).
 #![deny(unsafe_code)]
 
 pub mod classifier;

@@ -561,7 +561,7 @@ spec:
 fn wrong_api_version_is_unknown_kind() {
     let out = decode_all("apiVersion: v2\nkind: Pod\nmetadata: {name: p}\n");
     assert!(
-        matches!(out[0].1, Err(DocError::UnknownKind(_))),
+        matches!(out[0].1, Err(DocError::UnknownKind { .. })),
         "{:?}",
         out[0].1
     );

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::model::{FieldError, Kind, ModelError, Object};
+use crate::model::{FieldError, Kind, Object};
 
 /// One document of a multi-document YAML file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Document {
 #[non_exhaustive]
 pub enum DocError {
     /// Not YAML at all (the file's last good objects are kept by the FileSource).
-    #[error("YAML syntax error{}: {reason}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    #[error("YAML syntax error: {reason}")]
     Syntax {
         /// 1-based line in the file, when known.
         line: Option<usize>,
@@ -37,16 +37,23 @@ pub enum DocError {
         reason: String,
     },
     /// YAML, but not an object of a known kind.
-    #[error("{0}")]
-    UnknownKind(String),
+    #[error("{reason}")]
+    UnknownKind {
+        /// The document's `kind`, when it has one.
+        kind: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
     /// A field has the wrong type or an unknown field is present.
-    #[error("{kind}: {reason}{}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    #[error("{kind}{}: {reason}{}", name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(), line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Schema {
         /// The kind being decoded.
         kind: Kind,
+        /// `namespace/name` or `name`, when readable.
+        name: Option<String>,
         /// 1-based line in the file, when known.
         line: Option<usize>,
-        /// Deserializer message.
+        /// Deserializer message (with the position in the file).
         reason: String,
     },
     /// Decoded, but fields failed validation.
@@ -135,16 +142,27 @@ fn options() -> serde_saphyr::Options {
     }
 }
 
+/// The error's line in the file (the parser counts from the document's first line).
 fn line_of(e: &serde_saphyr::Error, doc: &Document) -> Option<usize> {
-    let l = e.location()?.line();
-    let l = usize::try_from(l).ok().filter(|l| *l > 0)?;
+    let l = usize::try_from(e.location()?.line())
+        .ok()
+        .filter(|l| *l > 0)?;
     Some(doc.start + l - 1)
 }
 
-fn message(e: &serde_saphyr::Error) -> String {
-    // The first line carries the message; further lines (if any) are a rendered snippet.
+/// The parser's message without its document-relative position, plus the file position.
+fn message(e: &serde_saphyr::Error, doc: &Document) -> String {
     let s = e.to_string();
-    s.lines().next().unwrap_or_default().trim().to_owned()
+    let first = s.lines().next().unwrap_or_default().trim();
+    let msg = match first.rfind(" at line ") {
+        Some(i) if first[i..].contains(", column ") => &first[..i],
+        _ => first,
+    };
+    match (line_of(e, doc), e.location().map(|l| l.column())) {
+        (Some(l), Some(c)) if c > 0 => format!("{msg} (line {l}, column {c})"),
+        (Some(l), _) => format!("{msg} (line {l})"),
+        _ => msg.to_owned(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -153,6 +171,37 @@ struct Header {
     api_version: Option<String>,
     #[serde(default)]
     kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MetaHeader {
+    #[serde(default)]
+    metadata: Option<NameHeader>,
+}
+
+#[derive(Deserialize)]
+struct NameHeader {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// `namespace/name` (or `name`) of a document whose object did not decode, when readable.
+fn name_of(doc: &Document, kind: Kind) -> Option<String> {
+    let h: MetaHeader = serde_saphyr::from_str_with_options(&doc.text, options()).ok()?;
+    let m = h.metadata?;
+    let name = m.name?;
+    Some(if kind.namespaced() {
+        format!(
+            "{}/{name}",
+            m.namespace
+                .as_deref()
+                .unwrap_or(crate::model::DEFAULT_NAMESPACE)
+        )
+    } else {
+        name
+    })
 }
 
 /// Whether a document holds nothing but comments and blank lines.
@@ -174,45 +223,39 @@ pub fn decode_document(doc: &Document) -> Result<Option<Object>, DocError> {
     serde_saphyr::from_str_with_options::<IgnoredAny>(&doc.text, options()).map_err(|e| {
         DocError::Syntax {
             line: line_of(&e, doc),
-            reason: message(&e),
+            reason: message(&e, doc),
         }
     })?;
     let header: Header =
         serde_saphyr::from_str_with_options(&doc.text, options()).map_err(|e| {
-            DocError::UnknownKind(format!(
-                "not a Kubernetes object (a mapping with apiVersion and kind): {}",
-                message(&e)
-            ))
+            DocError::UnknownKind {
+                kind: None,
+                reason: format!(
+                    "not a Kubernetes object (a mapping with apiVersion and kind): {}",
+                    message(&e, doc)
+                ),
+            }
         })?;
-    let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
-        return Err(DocError::UnknownKind(
-            "apiVersion and kind are required".to_owned(),
-        ));
+    let (Some(api_version), Some(kind)) = (header.api_version, header.kind.clone()) else {
+        return Err(DocError::UnknownKind {
+            kind: header.kind,
+            reason: "apiVersion and kind are required".to_owned(),
+        });
     };
-    let kind = Kind::from_api(&api_version, &kind).map_err(|e| match e {
-        ModelError::UnknownKind { .. } => DocError::UnknownKind(e.to_string()),
-        other => DocError::UnknownKind(other.to_string()),
+    let kind = Kind::from_api(&api_version, &kind).map_err(|e| DocError::UnknownKind {
+        kind: Some(kind.clone()),
+        reason: e.to_string(),
     })?;
-    let mut de_err = None;
-    let mut object = None;
-    let res = serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options(), |d| {
-        Object::deserialize_kind(kind, d)
-    });
-    match res {
-        Ok(o) => object = Some(o),
-        Err(e) => de_err = Some(e),
-    }
-    let mut object = match (object, de_err) {
-        (Some(o), _) => o,
-        (None, Some(e)) => {
-            return Err(DocError::Schema {
-                kind,
-                line: line_of(&e, doc),
-                reason: message(&e),
-            });
-        }
-        (None, None) => return Ok(None),
-    };
+    let mut object =
+        serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options(), |d| {
+            Object::deserialize_kind(kind, d)
+        })
+        .map_err(|e| DocError::Schema {
+            kind,
+            name: name_of(doc, kind),
+            line: line_of(&e, doc),
+            reason: message(&e, doc),
+        })?;
     object.normalize();
     object.validate().map_err(|errors| DocError::Invalid {
         object: Box::new(object.clone()),
@@ -280,10 +323,10 @@ mod tests {
             &split_documents("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")[0],
         )
         .unwrap_err();
-        assert!(matches!(e, DocError::UnknownKind(_)), "{e:?}");
+        assert!(matches!(e, DocError::UnknownKind { .. }), "{e:?}");
         assert!(e.to_string().contains("ConfigMap"), "{e}");
         let e = decode_document(&split_documents("- 1\n- 2\n")[0]).unwrap_err();
-        assert!(matches!(e, DocError::UnknownKind(_)), "{e:?}");
+        assert!(matches!(e, DocError::UnknownKind { .. }), "{e:?}");
         let e = decode_document(&split_documents(
             "apiVersion: identityd.io/v1alpha1\nkind: KeyRotation\nmetadata: {name: r}\nspec: {target: ca, surprise: 1}\n",
         )[0])

@@ -129,7 +129,7 @@ impl FileSource {
         let paths = list_yaml(&dir)?;
         let mut files = BTreeMap::new();
         for p in paths {
-            let entry = read_file(&p, None);
+            let entry = decode_file(&p, std::fs::read(&p), None);
             files.insert(p, entry);
         }
         let mut state = build(&files);
@@ -175,11 +175,10 @@ impl FileSource {
         let mut files = BTreeMap::new();
         for p in paths {
             let prev = inner.files.get(&p);
-            let entry = match std::fs::read(&p) {
-                Ok(bytes) if prev.is_some_and(|e| e.content == bytes) => {
-                    prev.cloned().unwrap_or_default()
-                }
-                _ => read_file(&p, prev),
+            let read = std::fs::read(&p);
+            let entry = match (&read, prev) {
+                (Ok(bytes), Some(e)) if e.content == *bytes => e.clone(),
+                _ => decode_file(&p, read, prev),
             };
             files.insert(p, entry);
         }
@@ -321,8 +320,8 @@ fn list_yaml(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(out)
 }
 
-/// Reads and decodes one file; `prev` supplies the last good objects when this read is broken.
-fn read_file(path: &Path, prev: Option<&FileEntry>) -> FileEntry {
+/// Decodes one file's bytes; `prev` supplies the last good objects when this read is broken.
+fn decode_file(path: &Path, read: std::io::Result<Vec<u8>>, prev: Option<&FileEntry>) -> FileEntry {
     let kept = |reason: String, line: Option<usize>, document: Option<usize>, content: Vec<u8>| {
         let n = prev.map_or(0, |p| p.objects.len());
         let reason = if n > 0 {
@@ -348,7 +347,7 @@ fn read_file(path: &Path, prev: Option<&FileEntry>) -> FileEntry {
             }],
         }
     };
-    let bytes = match std::fs::read(path) {
+    let bytes = match read {
         Ok(b) => b,
         Err(e) => return kept(format!("cannot read: {e}"), None, None, Vec::new()),
     };
@@ -386,20 +385,20 @@ fn read_file(path: &Path, prev: Option<&FileEntry>) -> FileEntry {
                 entry.problems.extend(s.problems);
             }
             Err(e) => {
-                let (kind, line) = match &e {
-                    DocError::Schema { kind, line, .. } => {
-                        (Some(kind.to_string()), line.or(origin.line))
-                    }
-                    _ => (None, origin.line),
-                };
-                let reason = match &e {
-                    DocError::Schema { reason, .. } => reason.clone(),
-                    other => other.to_string(),
+                let (kind, name, line, reason) = match e {
+                    DocError::Schema {
+                        kind,
+                        name,
+                        line,
+                        reason,
+                    } => (Some(kind.to_string()), name, line.or(origin.line), reason),
+                    DocError::UnknownKind { kind, reason } => (kind, None, origin.line, reason),
+                    other => (None, None, origin.line, other.to_string()),
                 };
                 entry.problems.push(Problem {
                     origin: Origin { line, ..origin },
                     kind,
-                    name: None,
+                    name,
                     field: None,
                     value: None,
                     reason,

@@ -107,6 +107,14 @@ fn broken_document_is_reported_and_the_rest_kept() {
     assert!(p.contains("ConfigMap"), "{p}");
     assert_eq!(s.problems[2].origin.document, Some(4), "{p}");
     assert_eq!(s.problems[2].kind.as_deref(), Some("Pod"), "{p}");
+    assert_eq!(s.problems[2].name.as_deref(), Some("shop/p2"), "{p}");
+    let last_line = text.lines().count();
+    assert_eq!(
+        s.problems[2].origin.line,
+        Some(last_line),
+        "absolute line in the file: {p}"
+    );
+    assert!(p.contains(&format!("(line {last_line}, column")), "{p}");
 }
 
 #[test]
@@ -349,4 +357,34 @@ proptest! {
         let src = FileSource::open(d.path(), FileSourceOptions::default()).unwrap();
         let _ = src.snapshot();
     }
+}
+
+#[test]
+fn rejected_namespace_fails_closed_to_strict() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: typo\n  annotations: {identityd.io/mtls: strcit}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: listy\n  annotations: {identityd.io/mtls: [strict]}\n",
+    );
+    let s = open(d.path()).snapshot();
+    assert!(s.namespaces.is_empty());
+    assert_eq!(s.problems.len(), 2, "{}", problems(&s));
+    assert_eq!(
+        s.problems[1].name.as_deref(),
+        Some("listy"),
+        "schema errors keep the name"
+    );
+    for ns in ["typo", "listy"] {
+        assert_eq!(
+            s.namespace_mtls(ns, MtlsMode::Disabled),
+            MtlsMode::Strict,
+            "{ns}"
+        );
+    }
+    assert_eq!(
+        s.namespace_mtls("absent", MtlsMode::Disabled),
+        MtlsMode::Disabled
+    );
 }

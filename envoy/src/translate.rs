@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, DataSource,
+    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, DataSource, Locality,
     SocketAddress, TransportSocket, TypedExtensionConfig, address, config_source, data_source,
     socket_address, transport_socket,
 };
@@ -192,7 +192,9 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Cluster {
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.to_owned(),
             endpoints: vec![LocalityLbEndpoints {
+                locality: Some(Locality::default()),
                 lb_endpoints: vec![lb_endpoint_of(addr, 1)],
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -633,6 +635,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     pack_any(ClusterLoadAssignment {
                         cluster_name: cluster_name.clone(),
                         endpoints: vec![LocalityLbEndpoints {
+                            locality: Some(Locality::default()),
                             lb_endpoints: eps,
                             ..Default::default()
                         }],
@@ -736,11 +739,14 @@ pub fn grpc_client_resources(services: &[Service]) -> Snapshot {
             pack_any(ClusterLoadAssignment {
                 cluster_name: cluster_name.clone(),
                 endpoints: vec![LocalityLbEndpoints {
+                    locality: Some(Locality::default()),
                     lb_endpoints: s
                         .endpoints
                         .iter()
                         .map(|e| lb_endpoint_of(SocketAddr::new(e.ip, s.target_port), e.weight))
                         .collect(),
+                    // gRPC ignores localities without a weight.
+                    load_balancing_weight: Some(UInt32Value { value: 1 }),
                     ..Default::default()
                 }],
                 ..Default::default()

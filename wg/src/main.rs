@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use identityd_wg::backend;
 use identityd_wg::config::DeviceConfig;
 use identityd_wg::device::{Device, DeviceSettings};
-use identityd_wg::key::{KeyOrigin, NodeKey};
+use identityd_wg::key::{KeyOrigin, NodeKey, PublicKey};
 use identityd_wg::plan::{DesiredConfig, plan};
 use identityd_wg::routes::Netlink;
 
@@ -117,9 +117,12 @@ async fn converge(dev: &Device, nl: &Netlink, desired: &DesiredConfig) -> anyhow
     Ok(())
 }
 
-fn load_plan(config: &Path, key: &NodeKey) -> anyhow::Result<(DeviceConfig, DesiredConfig)> {
+fn load_plan(
+    config: &Path,
+    public_key: PublicKey,
+) -> anyhow::Result<(DeviceConfig, DesiredConfig)> {
     let cfg = DeviceConfig::load(config)?;
-    let desired = plan(&cfg.node_spec(key.public_key()), &cfg.peers)?;
+    let desired = plan(&cfg.node_spec(public_key), &cfg.peers)?;
     Ok((cfg, desired))
 }
 
@@ -134,7 +137,7 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         generated = (origin == KeyOrigin::Generated),
         "node key"
     );
-    let (cfg, desired) = load_plan(config, &key)?;
+    let (cfg, desired) = load_plan(config, key.public_key())?;
     let dev = Device::start(
         key,
         &DeviceSettings {
@@ -173,9 +176,8 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         if !reload {
             continue;
         }
-        // Keep the key the device started with; a new key is a KeyRotation, not a reload.
-        let key = NodeKey::load(&cfg.key_path)?;
-        match load_plan(config, &key) {
+        // The device keeps the key it started with; a new key is a KeyRotation, not a reload.
+        match load_plan(config, dev.public_key()) {
             Ok((new_cfg, desired)) => {
                 if new_cfg.listen_port != cfg.listen_port || new_cfg.interface != cfg.interface {
                     tracing::warn!(

@@ -300,6 +300,17 @@ impl ClusterState {
             .map(|(_, n)| n)
     }
 
+    /// Nodes whose labels match `selector` (all nodes for an empty selector), e.g. the nodes a
+    /// `KeyRotation`'s `spec.nodeSelector` picks.
+    pub fn nodes_matching<'a>(
+        &'a self,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a IdentitydNode> + 'a {
+        self.nodes
+            .values()
+            .filter(move |n| selector_matches(selector, &n.metadata.labels))
+    }
+
     /// The node whose pod CIDRs contain `ip`.
     #[must_use]
     pub fn node_for_pod_ip(&self, ip: IpAddr) -> Option<&IdentitydNode> {

@@ -755,3 +755,55 @@ fn duplicate_objects_are_refused() {
     assert_eq!(s.namespaces.len(), 1);
     assert_eq!(s.namespaces["a"].mtls_mode(), None, "first wins");
 }
+
+#[test]
+fn lab_cluster_fixture_loads_and_answers_the_reconciler_queries() {
+    let text = include_str!("testdata/lab-cluster.yaml");
+    let mut objects = Vec::new();
+    for (doc, r) in decode_all(text) {
+        match r {
+            Ok(Some(o)) => objects.push(o),
+            other => panic!("document {} (line {}): {other:?}", doc.index, doc.line),
+        }
+    }
+    objects.extend([
+        node("n1", "10.244.1.0/24", "10.99.0.11").into(),
+        node("n2", "10.244.2.0/24", "10.99.0.12").into(),
+        node("n3", "10.244.3.0/24", "10.99.0.13").into(),
+    ]);
+    let s = ClusterState::from_objects(1, objects);
+    assert!(s.problems.is_empty(), "{:#?}", s.problems);
+    assert_eq!(s.len(), 15);
+    let client = s.pod_by_ip(ip("10.244.3.10")).unwrap();
+    assert_eq!(s.pod_mtls(client, MtlsMode::Permissive), MtlsMode::Strict);
+    let old = s.pod_by_ip(ip("10.244.2.20")).unwrap();
+    assert_eq!(old.service_account(), "default");
+    assert_eq!(s.pod_mtls(old, MtlsMode::Permissive), MtlsMode::Permissive);
+    let web = s.service_endpoints("shop", "web").unwrap();
+    assert_eq!(web.endpoints.len(), 2);
+    let port = web.service.spec.ports[0].target();
+    assert!(
+        web.endpoints
+            .iter()
+            .all(|e| e.pod.resolve_port(&port) == Some(8080))
+    );
+    assert_eq!(
+        s.service_endpoints("shop", "web-v2").unwrap().endpoints[0].ip,
+        ip("10.244.2.10")
+    );
+    let routes = s.routes_for_service("shop", "web");
+    let weights: Vec<u32> = routes.http[0].spec.rules[0]
+        .backend_refs
+        .iter()
+        .map(BackendRef::weight)
+        .collect();
+    assert_eq!(weights, vec![90, 10]);
+    assert!(s.traffic_policy_for("Service", "shop", "web").is_some());
+    assert_eq!(s.authorization_policies_for_service("shop", "web").len(), 1);
+    assert_eq!(s.pods_on_node("n2").count(), 2);
+    assert_eq!(s.other_nodes("n1").count(), 2);
+    let all = std::collections::BTreeMap::new();
+    assert_eq!(s.nodes_matching(&all).count(), 3);
+    let zone = std::collections::BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+    assert_eq!(s.nodes_matching(&zone).count(), 0);
+}

@@ -89,8 +89,8 @@ impl Default for FileSourceOptions {
 /// What one file contributed at its last read.
 #[derive(Debug, Clone, Default)]
 struct FileEntry {
-    /// Bytes of the last read (compared to detect changes).
-    content: Vec<u8>,
+    /// Bytes of the last read (compared to detect changes); `None` when the read failed.
+    content: Option<Vec<u8>>,
     /// Objects from the last syntactically valid content, in document order.
     objects: Vec<(Origin, Object)>,
     /// Problems of the last read.
@@ -173,14 +173,22 @@ impl FileSource {
         let paths = list_yaml(&self.dir)?;
         let mut inner = lock(&self.inner);
         let mut files = BTreeMap::new();
+        let mut changed = paths.len() != inner.files.len();
         for p in paths {
             let prev = inner.files.get(&p);
             let read = std::fs::read(&p);
             let entry = match (&read, prev) {
-                (Ok(bytes), Some(e)) if e.content == *bytes => e.clone(),
-                _ => decode_file(&p, read, prev),
+                (Ok(bytes), Some(e)) if e.content.as_ref() == Some(bytes) => e.clone(),
+                _ => {
+                    changed = true;
+                    decode_file(&p, read, prev)
+                }
             };
             files.insert(p, entry);
+        }
+        if !changed {
+            // Same paths (equal count, every path found) and same bytes: nothing to rebuild.
+            return Ok(None);
         }
         inner.files = files;
         let mut state = build(&inner.files);
@@ -322,37 +330,38 @@ fn list_yaml(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
 
 /// Decodes one file's bytes; `prev` supplies the last good objects when this read is broken.
 fn decode_file(path: &Path, read: std::io::Result<Vec<u8>>, prev: Option<&FileEntry>) -> FileEntry {
-    let kept = |reason: String, line: Option<usize>, document: Option<usize>, content: Vec<u8>| {
-        let n = prev.map_or(0, |p| p.objects.len());
-        let reason = if n > 0 {
-            format!("{reason}; keeping the {n} object(s) of the last good version of this file")
-        } else {
-            format!("{reason}; nothing loaded from this file")
+    let kept =
+        |reason: String, line: Option<usize>, document: Option<usize>, content: Option<Vec<u8>>| {
+            let n = prev.map_or(0, |p| p.objects.len());
+            let reason = if n > 0 {
+                format!("{reason}; keeping the {n} object(s) of the last good version of this file")
+            } else {
+                format!("{reason}; nothing loaded from this file")
+            };
+            FileEntry {
+                content,
+                objects: prev.map(|p| p.objects.clone()).unwrap_or_default(),
+                documents: prev.map_or(0, |p| p.documents),
+                problems: vec![Problem {
+                    origin: Origin {
+                        file: Some(path.to_path_buf()),
+                        document,
+                        line,
+                    },
+                    kind: None,
+                    name: None,
+                    field: None,
+                    value: None,
+                    reason,
+                }],
+            }
         };
-        FileEntry {
-            content,
-            objects: prev.map(|p| p.objects.clone()).unwrap_or_default(),
-            documents: prev.map_or(0, |p| p.documents),
-            problems: vec![Problem {
-                origin: Origin {
-                    file: Some(path.to_path_buf()),
-                    document,
-                    line,
-                },
-                kind: None,
-                name: None,
-                field: None,
-                value: None,
-                reason,
-            }],
-        }
-    };
     let bytes = match read {
         Ok(b) => b,
-        Err(e) => return kept(format!("cannot read: {e}"), None, None, Vec::new()),
+        Err(e) => return kept(format!("cannot read: {e}"), None, None, None),
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return kept("not UTF-8 text".into(), None, None, bytes);
+        return kept("not UTF-8 text".into(), None, None, Some(bytes));
     };
     let decoded = decode_all(text);
     if let Some((doc, Err(e))) = decoded
@@ -363,10 +372,10 @@ fn decode_file(path: &Path, read: std::io::Result<Vec<u8>>, prev: Option<&FileEn
             DocError::Syntax { line, .. } => line.or(Some(doc.line)),
             _ => Some(doc.line),
         };
-        return kept(e.to_string(), line, Some(doc.index), bytes.clone());
+        return kept(e.to_string(), line, Some(doc.index), Some(bytes.clone()));
     }
     let mut entry = FileEntry {
-        content: bytes.clone(),
+        content: Some(bytes.clone()),
         documents: decoded.len(),
         ..FileEntry::default()
     };

@@ -323,6 +323,15 @@ proptest! {
     }
 
     #[test]
+    fn random_bytes_never_panic_the_file_source(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x.yaml"), &bytes).unwrap();
+        let src = FileSource::open(d.path(), FileSourceOptions::default()).unwrap();
+        prop_assert_eq!(src.snapshot().version(), 1);
+        prop_assert!(src.poll().unwrap().is_none());
+    }
+
+    #[test]
     fn yamlish_text_never_panics_the_loader(
         lines in proptest::collection::vec(
             prop_oneof![

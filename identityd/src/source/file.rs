@@ -106,6 +106,36 @@ struct Inner {
 }
 
 /// A watched directory of YAML objects. Cheap to share as `Arc<FileSource>`.
+///
+/// How a reconciler consumes it:
+///
+/// ```
+/// use std::sync::Arc;
+/// use identityd::model::MtlsMode;
+/// use identityd::source::{FileSource, FileSourceOptions};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let dir = tempfile::tempdir().unwrap();
+/// std::fs::write(
+///     dir.path().join("ns.yaml"),
+///     "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {identityd.io/mtls: strict}\n",
+/// )
+/// .unwrap();
+/// let source = Arc::new(FileSource::open(dir.path(), FileSourceOptions::default()).unwrap());
+/// let mut snapshots = source.subscribe();
+/// let watcher = source.spawn(); // polls every 250 ms until aborted
+///
+/// let state = snapshots.borrow_and_update().clone(); // Arc<ClusterState>
+/// assert_eq!(state.version(), 1);
+/// assert_eq!(state.namespace_mtls("shop", MtlsMode::Permissive), MtlsMode::Strict);
+/// // A reconciler loop:
+/// // while snapshots.changed().await.is_ok() {
+/// //     let state = snapshots.borrow_and_update().clone();
+/// //     let desired = plan(&state); apply(desired);
+/// // }
+/// watcher.abort();
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct FileSource {
     dir: PathBuf,

@@ -230,6 +230,22 @@ fn identityd_specs_refuse_unknown_fields() {
         Err(e @ DocError::Schema { .. }) => assert!(e.to_string().contains("denny"), "{e}"),
         other => panic!("{other:?}"),
     }
+    let out = decode_all(
+        "apiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p, namespace: shop}\n\
+         spec:\n  targetRef: {kind: Service, name: web}\n  retries: {attempts: many}\n",
+    );
+    match &out[0].1 {
+        Err(e @ DocError::Schema { field, .. }) => {
+            assert_eq!(field.as_deref(), Some("spec.retries.attempts"), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("TrafficPolicy shop/p: spec.retries.attempts: "),
+                "{msg}"
+            );
+            assert!(msg.contains("(line 6, column"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -45,12 +45,14 @@ pub enum DocError {
         reason: String,
     },
     /// A field has the wrong type or an unknown field is present.
-    #[error("{kind}{}: {reason}{}", name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(), line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    #[error("{kind}{}: {}{reason}", name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(), field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
     Schema {
         /// The kind being decoded.
         kind: Kind,
         /// `namespace/name` or `name`, when readable.
         name: Option<String>,
+        /// Path of the field that failed (`spec.retries.attempts`), when known.
+        field: Option<String>,
         /// 1-based line in the file, when known.
         line: Option<usize>,
         /// Deserializer message (with the position in the file).
@@ -246,16 +248,21 @@ pub fn decode_document(doc: &Document) -> Result<Option<Object>, DocError> {
         kind: Some(kind.clone()),
         reason: e.to_string(),
     })?;
-    let mut object =
+    let mut track = serde_path_to_error::Track::new();
+    let decoded =
         serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options(), |d| {
-            Object::deserialize_kind(kind, d)
-        })
-        .map_err(|e| DocError::Schema {
+            Object::deserialize_kind(kind, serde_path_to_error::Deserializer::new(d, &mut track))
+        });
+    let mut object = decoded.map_err(|e| {
+        let path = track.path().to_string();
+        DocError::Schema {
             kind,
             name: name_of(doc, kind),
+            field: (path != ".").then_some(path),
             line: line_of(&e, doc),
             reason: message(&e, doc),
-        })?;
+        }
+    })?;
     object.normalize();
     object.validate().map_err(|errors| DocError::Invalid {
         object: Box::new(object.clone()),

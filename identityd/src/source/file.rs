@@ -424,21 +424,30 @@ fn decode_file(path: &Path, read: std::io::Result<Vec<u8>>, prev: Option<&FileEn
                 entry.problems.extend(s.problems);
             }
             Err(e) => {
-                let (kind, name, line, reason) = match e {
+                let (kind, name, field, line, reason) = match e {
                     DocError::Schema {
                         kind,
                         name,
+                        field,
                         line,
                         reason,
-                    } => (Some(kind.to_string()), name, line.or(origin.line), reason),
-                    DocError::UnknownKind { kind, reason } => (kind, None, origin.line, reason),
-                    other => (None, None, origin.line, other.to_string()),
+                    } => (
+                        Some(kind.to_string()),
+                        name,
+                        field,
+                        line.or(origin.line),
+                        reason,
+                    ),
+                    DocError::UnknownKind { kind, reason } => {
+                        (kind, None, None, origin.line, reason)
+                    }
+                    other => (None, None, None, origin.line, other.to_string()),
                 };
                 entry.problems.push(Problem {
                     origin: Origin { line, ..origin },
                     kind,
                     name,
-                    field: None,
+                    field,
                     value: None,
                     reason,
                 });

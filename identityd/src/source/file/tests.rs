@@ -108,6 +108,7 @@ fn broken_document_is_reported_and_the_rest_kept() {
     assert_eq!(s.problems[2].origin.document, Some(4), "{p}");
     assert_eq!(s.problems[2].kind.as_deref(), Some("Pod"), "{p}");
     assert_eq!(s.problems[2].name.as_deref(), Some("shop/p2"), "{p}");
+    assert_eq!(s.problems[2].field.as_deref(), Some("status.podIP"), "{p}");
     let last_line = text.lines().count();
     assert_eq!(
         s.problems[2].origin.line,

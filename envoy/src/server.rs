@@ -51,6 +51,15 @@ pub mod type_url {
     }
 }
 
+/// The order in which changed types are pushed.
+const PUSH_ORDER: [&str; 5] = [
+    type_url::CLUSTER,
+    type_url::ENDPOINT,
+    type_url::LISTENER,
+    type_url::ROUTE,
+    type_url::SECRET,
+];
+
 /// Most resource names one request may subscribe to.
 pub const MAX_RESOURCE_NAMES: usize = 100_000;
 
@@ -483,13 +492,21 @@ async fn run_sotw(
                 }
             }
         } else {
-            // The node's snapshot changed: push every subscribed type whose version moved.
-            for (t, st) in &mut types {
+            // The node's snapshot changed: push every subscribed type whose version moved, in
+            // the order Envoy needs (clusters, endpoints, listeners, routes, secrets). Endpoints
+            // are re-sent after any cluster change: Envoy waits for them while warming an
+            // updated EDS cluster.
+            let mut clusters_pushed = false;
+            for t in PUSH_ORDER {
+                let Some(st) = types.get_mut(t) else { continue };
                 let (version, res) = cache.latest(&node, t);
-                if st.sent.is_some_and(|s| s != version)
-                    && !send_sotw(&server, &tx, t, st, version, &res).await
-                {
-                    return;
+                let moved = st.sent.is_some_and(|s| s != version);
+                let rewarm = t == type_url::ENDPOINT && clusters_pushed && st.sent.is_some();
+                if moved || rewarm {
+                    if !send_sotw(&server, &tx, t, st, version, &res).await {
+                        return;
+                    }
+                    clusters_pushed |= t == type_url::CLUSTER;
                 }
             }
         }
@@ -620,7 +637,13 @@ async fn run_delta(
             for n in &req.resource_names_subscribe {
                 if n == "*" {
                     st.wildcard = true;
-                } else if st.names.insert(n.clone()) {
+                } else {
+                    // An explicit (re-)subscription is answered with the resource even if the
+                    // client had it: Envoy re-subscribes while warming an updated cluster.
+                    st.names.insert(n.clone());
+                    if !is_new {
+                        st.known.remove(n);
+                    }
                     changed_subs = true;
                 }
             }
@@ -643,10 +666,31 @@ async fn run_delta(
                 }
             }
         } else {
-            for (t, st) in &mut types {
+            let mut updated_clusters: Vec<String> = Vec::new();
+            for t in PUSH_ORDER {
+                let Some(st) = types.get_mut(t) else { continue };
                 let (version, res) = cache.latest(&node, t);
+                if t == type_url::ENDPOINT {
+                    // Re-send the endpoints of updated clusters (Envoy re-warms them).
+                    for n in &updated_clusters {
+                        st.known.remove(n);
+                    }
+                }
+                let before: HashMap<String, String> = if t == type_url::CLUSTER {
+                    st.known.clone()
+                } else {
+                    HashMap::new()
+                };
                 if !send_delta(&server, &tx, t, st, version, &res, false).await {
                     return;
+                }
+                if t == type_url::CLUSTER {
+                    updated_clusters = st
+                        .known
+                        .iter()
+                        .filter(|(n, h)| before.get(*n) != Some(h))
+                        .map(|(n, _)| n.clone())
+                        .collect();
                 }
             }
         }

@@ -147,6 +147,10 @@ async fn sotw_ack_nack_stale_and_node_only_once() {
     let r2 = s.recv().await.unwrap();
     assert_eq!(r2.version_info, "2");
     assert_eq!(r2.resources.len(), 3);
+    // Endpoints follow a cluster change (Envoy re-warms updated EDS clusters).
+    let rewarm = s.recv().await.unwrap();
+    assert_eq!(rewarm.type_url, type_url::ENDPOINT);
+    assert_eq!(rewarm.resources, vec![any("e2")]);
     let mut nack = req(None, type_url::CLUSTER, &[], &r1.version_info, &r2.nonce);
     nack.error_detail = Some(RpcStatus {
         code: 3,

@@ -83,6 +83,11 @@ pub struct DeviceConfig {
     /// Keep the TUN interface when the process exits (`TUNSETPERSIST`).
     #[serde(default = "default_true")]
     pub persist: bool,
+    /// TUN segmentation/checksum offload: one read per TCP super-packet, split in userspace.
+    /// Off by default: measured slower than the kernel's own segmentation until sends and
+    /// receives are batched too (UDP GSO/GRO).
+    #[serde(default)]
+    pub offload: bool,
     /// Backend choice.
     #[serde(default)]
     pub backend: BackendMode,

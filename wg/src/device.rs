@@ -19,6 +19,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
 use crate::key::{NodeKey, PublicKey};
+use crate::offload;
 use crate::plan::{Cidr, PeerChange, PeerConfig, diff_peers};
 use crate::tun::{Tun, TunError};
 use crate::uapi::{self, PeerStatus, UapiError};
@@ -70,6 +71,8 @@ pub struct DeviceSettings {
     pub listen_port: u16,
     /// Make the TUN interface persistent (`TUNSETPERSIST`).
     pub persist: bool,
+    /// Use TUN segmentation/checksum offload (one read per TCP super-packet).
+    pub offload: bool,
 }
 
 /// What [`Device::apply_peers`] changed.
@@ -104,6 +107,8 @@ pub struct Counters {
     pub dropped_invalid: AtomicU64,
     /// Decrypted packets whose source is not in the peer's allowed IPs.
     pub dropped_not_allowed: AtomicU64,
+    /// TUN reads that could not be split into packets (offload mode).
+    pub dropped_malformed: AtomicU64,
 }
 
 struct Peer {
@@ -220,7 +225,7 @@ impl Device {
     /// # Errors
     /// TUN, socket, UAPI or thread errors.
     pub fn start(key: NodeKey, settings: &DeviceSettings) -> Result<Self, DeviceError> {
-        let tun = Tun::open(&settings.interface, settings.persist)?;
+        let tun = Tun::open(&settings.interface, settings.persist, settings.offload)?;
         // Dual-stack: `[::]` also receives IPv4 (as v4-mapped addresses, canonicalised in
         // the receive loop) and Linux accepts IPv4 destinations on it; plain IPv4 when IPv6
         // is unavailable.
@@ -415,6 +420,8 @@ impl Device {
     fn tun_loop(&self) {
         let mut src = vec![0u8; BUF_LEN];
         let mut dst = vec![0u8; BUF_LEN];
+        let mut seg = Vec::with_capacity(BUF_LEN);
+        let vnet = self.inner.tun.has_vnet_hdr();
         loop {
             let n = match self.inner.tun.read(&mut src) {
                 Ok(n) => n,
@@ -424,32 +431,47 @@ impl Device {
                     return;
                 }
             };
-            let pkt = &src[..n];
-            let Some(dst_ip) = Tunn::dst_address(pkt) else {
-                continue;
-            };
-            let Some(peer) = read(&self.inner.peers).lookup(dst_ip) else {
-                self.inner
-                    .counters
-                    .dropped_no_peer
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let Some(endpoint) = *read(&peer.endpoint) else {
-                self.inner
-                    .counters
-                    .dropped_no_endpoint
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let mut tunn = lock(&peer.tunn);
-            match tunn.encapsulate(pkt, &mut dst) {
-                TunnResult::WriteToNetwork(out) => self.send(out, endpoint),
-                TunnResult::Err(e) => {
-                    tracing::debug!(peer = %peer.key, error = ?e, "encapsulate");
+            if vnet {
+                let res = offload::for_each_packet(&mut src[..n], &mut seg, |pkt| {
+                    self.encrypt_and_send(pkt, &mut dst);
+                });
+                if res.is_err() {
+                    self.inner
+                        .counters
+                        .dropped_malformed
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                _ => {}
+            } else {
+                self.encrypt_and_send(&src[..n], &mut dst);
             }
+        }
+    }
+
+    fn encrypt_and_send(&self, pkt: &[u8], dst: &mut [u8]) {
+        let Some(dst_ip) = Tunn::dst_address(pkt) else {
+            return;
+        };
+        let Some(peer) = read(&self.inner.peers).lookup(dst_ip) else {
+            self.inner
+                .counters
+                .dropped_no_peer
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(endpoint) = *read(&peer.endpoint) else {
+            self.inner
+                .counters
+                .dropped_no_endpoint
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut tunn = lock(&peer.tunn);
+        match tunn.encapsulate(pkt, dst) {
+            TunnResult::WriteToNetwork(out) => self.send(out, endpoint),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.key, error = ?e, "encapsulate");
+            }
+            _ => {}
         }
     }
 

@@ -144,6 +144,7 @@ async fn run(config: &Path) -> anyhow::Result<()> {
             interface: cfg.interface.clone(),
             listen_port: cfg.listen_port,
             persist: cfg.persist,
+            offload: cfg.offload,
         },
     )
     .with_context(|| format!("start device {}", cfg.interface))?;

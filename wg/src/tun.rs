@@ -2,7 +2,7 @@
 //! (`TUNSETPERSIST`) so the interface and its routes outlive the process.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
+use std::io::{IoSlice, Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 
@@ -30,6 +30,14 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
+const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
+/// A `virtio_net_hdr` saying "plain packet, checksum complete".
+const PLAIN_VNET_HDR: [u8; crate::offload::VNET_HDR_LEN] = [0; crate::offload::VNET_HDR_LEN];
 
 #[repr(C)]
 struct IfReq {
@@ -43,16 +51,19 @@ struct IfReq {
 pub struct Tun {
     file: File,
     name: String,
+    vnet: bool,
 }
 
 impl Tun {
     /// Creates (or attaches to an existing persistent) TUN interface `name`. With `persist`,
     /// the interface stays after the process exits, so routes through it stay too and
-    /// packets are dropped rather than re-routed while the daemon restarts.
+    /// packets are dropped rather than re-routed while the daemon restarts. With `offload`,
+    /// every read and write carries a `virtio_net_hdr` and the kernel may hand over TCP
+    /// segmentation-offload super-packets and partial checksums (see [`crate::offload`]).
     ///
     /// # Errors
     /// When `/dev/net/tun` cannot be opened or an ioctl fails.
-    pub fn open(name: &str, persist: bool) -> Result<Self, TunError> {
+    pub fn open(name: &str, persist: bool, offload: bool) -> Result<Self, TunError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -61,7 +72,7 @@ impl Tun {
             .map_err(TunError::Open)?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags: IFF_TUN | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 },
             _pad: [0; 22],
         };
         let n = name.len().min(libc::IFNAMSIZ - 1);
@@ -86,6 +97,23 @@ impl Tun {
                 return Err(ioctl_err("TUNSETPERSIST"));
             }
         }
+        // Always set the offload features: they belong to the (possibly persistent) device, so
+        // a previous instance's TSO setting must not outlive a restart without offload.
+        let features = if offload {
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+        } else {
+            0
+        };
+        // SAFETY: TUNSETOFFLOAD takes an integer argument, no pointers.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, features) };
+        if rc < 0 {
+            if !offload {
+                return Err(ioctl_err("TUNSETOFFLOAD(0)"));
+            }
+            // Reads still carry a vnet header (all plain packets); only speed is lost.
+            tracing::warn!(interface = name, error = %std::io::Error::last_os_error(), "TUNSETOFFLOAD failed; no segmentation offload");
+        }
         let len = req
             .name
             .iter()
@@ -94,6 +122,7 @@ impl Tun {
         Ok(Self {
             file,
             name: String::from_utf8_lossy(&req.name[..len]).into_owned(),
+            vnet: offload,
         })
     }
 
@@ -103,7 +132,13 @@ impl Tun {
         &self.name
     }
 
-    /// Reads one packet into `buf`.
+    /// Whether reads and writes carry a `virtio_net_hdr` (offload mode).
+    #[must_use]
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet
+    }
+
+    /// Reads one packet into `buf` (preceded by a `virtio_net_hdr` in offload mode).
     ///
     /// # Errors
     /// I/O errors from the TUN fd.
@@ -111,12 +146,16 @@ impl Tun {
         (&self.file).read(buf)
     }
 
-    /// Writes one packet.
+    /// Writes one IP packet (a plain vnet header is added in offload mode).
     ///
     /// # Errors
     /// I/O errors from the TUN fd.
     pub fn write(&self, pkt: &[u8]) -> std::io::Result<usize> {
-        (&self.file).write(pkt)
+        if self.vnet {
+            (&self.file).write_vectored(&[IoSlice::new(&PLAIN_VNET_HDR), IoSlice::new(pkt)])
+        } else {
+            (&self.file).write(pkt)
+        }
     }
 
     /// Clears the persistent flag, so the interface goes away when the last fd closes.

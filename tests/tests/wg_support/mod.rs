@@ -173,6 +173,9 @@ impl Cluster {
             "cluster_cidrs": ["10.244.0.0/16"],
             "local_cidrs": [node.pod_cidr],
             "persist": true,
+            // Node 1 reads its TUN with segmentation offload, the others without: every
+            // test crosses both datapaths.
+            "offload": i == 0,
             "backend": "userspace",
             "peers": peers,
         });

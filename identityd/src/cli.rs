@@ -20,7 +20,7 @@ pub struct Cli {
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// [not implemented yet] Run the daemon (`role: node` by default, or `role: ca`).
+    /// Run the daemon (`role: node`: WireGuard datapath, classifier, local API; `role: ca` is not built yet).
     Run {
         /// Configuration file.
         #[arg(long)]
@@ -29,11 +29,14 @@ pub enum Command {
     /// A cluster of network namespaces on this machine.
     #[command(subcommand)]
     Lab(LabCommand),
-    /// [not implemented yet] Ask the local daemon: peers, paths, SVIDs, keys.
+    /// Ask the local daemon: peers, handshakes, paths, counters.
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = "/run/identityd/api.sock")]
+        socket: PathBuf,
     },
     /// [not implemented yet] Check that traffic is encrypted and identities are in place.
     Audit(AuditArgs),
@@ -70,9 +73,9 @@ pub enum Mode {
 /// `identityd lab …`
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// [not implemented yet] Build the lab: nodes and pods as namespaces, a daemon per node.
+    /// Build the lab: nodes and pods as namespaces, a daemon per node, WireGuard between them.
     Up {
-        /// Number of nodes.
+        /// Number of nodes (1..=9).
         #[arg(long, default_value_t = 3)]
         nodes: u32,
         /// Encryption mode.
@@ -85,17 +88,42 @@ pub enum LabCommand {
         #[arg(long)]
         manifests: Option<PathBuf>,
     },
-    /// [not implemented yet] Show the lab's status.
+    /// Show the lab's status (every node daemon's view).
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
-    /// [not implemented yet] Remove every namespace, link and process the lab made.
+    /// Remove every namespace, link and process the lab made.
     Down {
         /// Lab directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// (internal) The HTTP workload run in each lab pod.
+    #[command(hide = true)]
+    Workload {
+        /// Pod name.
+        #[arg(long)]
+        name: String,
+        /// Listen address.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// (internal) An HTTP GET from inside a lab pod.
+    #[command(hide = true)]
+    Get {
+        /// `http://IP:PORT/path`.
+        url: String,
+        /// Host header.
+        #[arg(long)]
+        host: Option<String>,
+        /// A marker sent in an `x-payload` header.
+        #[arg(long)]
+        payload: Option<String>,
     },
 }
 

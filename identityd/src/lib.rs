@@ -1,11 +1,14 @@
 //! identityd: the node daemon that wires the datapath (WireGuard), the classifier (eBPF),
 //! identities (SPIFFE SVIDs) and the per-node Envoy (xDS) together from cluster state.
 //!
-//! Today this crate holds the CLI contract (each subcommand says whether it is built) and the
-//! certificate subcommands (`ca init`, `svid issue|inspect|verify`).
+//! Built today: the CLI contract (each subcommand says whether it is built), the certificate
+//! subcommands (`ca init`, `svid issue|inspect|verify`), the cluster model and FileSource,
+//! the node role of `identityd run` (WireGuard datapath + classifier + local API) and the lab.
 #![forbid(unsafe_code)]
 
 pub mod certs_cli;
 pub mod cli;
+pub mod daemon;
+pub mod lab;
 pub mod model;
 pub mod source;

@@ -1,0 +1,134 @@
+//! The local API: a unix socket (`<runDir>/api.sock`, 0600) that answers each connection with
+//! the node's status as one JSON document. `identityd status` and `identityd lab status` read it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+/// One peer node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Node name.
+    pub name: String,
+    /// Underlay endpoint.
+    pub endpoint: Option<String>,
+    /// The path its pod CIDRs take (`wireguard`, `dropped (no key yet)`, `plaintext`).
+    pub path: String,
+    /// Seconds since the last WireGuard handshake.
+    pub handshake_age_secs: Option<u64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
+/// A node's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub node: String,
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// The same, hex (as `wg` prints it in dumps).
+    pub public_key_hex: String,
+    /// Strict mode.
+    pub strict_mode: bool,
+    /// Version of the cluster state last applied.
+    pub cluster_version: u64,
+    /// Peers.
+    pub peers: Vec<PeerStatus>,
+    /// Classifier counters per path: name → (packets, bytes).
+    pub counters: Vec<(String, (u64, u64))>,
+    /// Interfaces the classifier is attached to.
+    pub classifier_interfaces: Vec<String>,
+    /// Problems with the cluster state or the plan.
+    pub problems: Vec<String>,
+}
+
+/// Serves `status` on `path` until the task is aborted.
+pub async fn serve(path: PathBuf, status: Arc<Mutex<NodeStatus>>) {
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "local API socket");
+            return;
+        }
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let body = {
+            let st = status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            serde_json::to_vec_pretty(&*st).unwrap_or_default()
+        };
+        tokio::spawn(async move {
+            let _ = s.write_all(&body).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+/// Reads the status from a node's API socket.
+///
+/// # Errors
+/// When the socket cannot be reached or answers something else than a status.
+pub fn fetch(path: &Path) -> Result<NodeStatus, String> {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(3)));
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| format!("{}: not a status document: {e}", path.display()))
+}
+
+/// Renders a status as a table.
+#[must_use]
+pub fn render(st: &NodeStatus) -> String {
+    let mut out = format!(
+        "node {}  wireguard key {}  strict mode {}  cluster version {}\n",
+        st.node,
+        st.public_key,
+        if st.strict_mode { "on" } else { "off" },
+        st.cluster_version
+    );
+    out.push_str(&format!(
+        "  {:<10} {:<22} {:<22} {:>10} {:>12} {:>12}\n",
+        "peer", "endpoint", "path", "handshake", "rx", "tx"
+    ));
+    for p in &st.peers {
+        out.push_str(&format!(
+            "  {:<10} {:<22} {:<22} {:>10} {:>12} {:>12}\n",
+            p.name,
+            p.endpoint.as_deref().unwrap_or("-"),
+            p.path,
+            p.handshake_age_secs
+                .map_or("never".to_owned(), |a| format!("{a}s ago")),
+            p.rx_bytes,
+            p.tx_bytes
+        ));
+    }
+    if !st.counters.is_empty() {
+        out.push_str("  classifier:");
+        for (name, (pk, _)) in &st.counters {
+            out.push_str(&format!(" {name}={pk}"));
+        }
+        out.push('\n');
+    }
+    for p in &st.problems {
+        out.push_str(&format!("  problem: {p}\n"));
+    }
+    out
+}

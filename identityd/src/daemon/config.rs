@@ -1,0 +1,279 @@
+//! The daemon's configuration file (`identityd run --config FILE`), YAML.
+//!
+//! ```yaml
+//! role: node                      # or ca
+//! name: n1
+//! trustDomain: cluster.local
+//! clusterDir: /path/cluster       # the FileSource directory
+//! stateDir: /var/lib/identityd    # keys and join credentials (0600)
+//! runDir: /run/identityd          # api.sock, xds.sock, wg.json
+//! underlayAddress: 10.99.0.11
+//! podCIDR: 10.244.1.0/24
+//! clusterCIDRs: [10.244.0.0/16]
+//! encryption: { mode: wireguard, strictMode: true }
+//! wireguard: { interface: idd1, port: 51871 }
+//! podInterfacePrefix: "p-"
+//! ```
+//! Parse errors name the field and value (`podCIDR=10.244.1.1/24: …`).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which process this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A node daemon.
+    #[default]
+    Node,
+    /// The CA (issuer).
+    Ca,
+}
+
+/// Encryption mode between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// WireGuard.
+    #[default]
+    Wireguard,
+    /// IPsec (not available on this kernel; refused at start).
+    Ipsec,
+    /// None.
+    Disabled,
+}
+
+/// `encryption:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Encryption {
+    /// Mode.
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// Drop pod traffic to other nodes that has no encrypted path (default true).
+    #[serde(default = "yes")]
+    pub strict_mode: bool,
+}
+
+impl Default for Encryption {
+    fn default() -> Self {
+        Self {
+            mode: EncryptionMode::Wireguard,
+            strict_mode: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `wireguard:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Wireguard {
+    /// Interface name (distinct per node on one machine: the UAPI socket path is global).
+    pub interface: String,
+    /// UDP port.
+    #[serde(default = "wg_port")]
+    pub port: u16,
+}
+
+fn wg_port() -> u16 {
+    identityd_wg::DEFAULT_PORT
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Role.
+    #[serde(default)]
+    pub role: Role,
+    /// Node name (the `nodeName` of its pods).
+    pub name: String,
+    /// Trust domain.
+    #[serde(default = "default_td")]
+    pub trust_domain: String,
+    /// The FileSource directory.
+    pub cluster_dir: PathBuf,
+    /// State directory (keys).
+    pub state_dir: PathBuf,
+    /// Runtime directory (sockets).
+    pub run_dir: PathBuf,
+    /// This node's underlay address.
+    #[serde(default)]
+    pub underlay_address: Option<IpAddr>,
+    /// This node's pod CIDR.
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    /// All pod CIDRs of the cluster (routed into the tunnel; strict mode covers them from the
+    /// start).
+    #[serde(default, rename = "clusterCIDRs")]
+    pub cluster_cidrs: Vec<String>,
+    /// Encryption.
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// WireGuard.
+    #[serde(default)]
+    pub wireguard: Option<Wireguard>,
+    /// Prefix of the node-side veth names that face pods (the classifier attaches there).
+    #[serde(default = "pod_prefix")]
+    pub pod_interface_prefix: String,
+    /// The `identityd-wg` binary (default: next to this executable).
+    #[serde(default)]
+    pub wireguard_binary: Option<PathBuf>,
+    /// Pin BPF maps and links under `/sys/fs/bpf/identityd/<name>` so a restart re-adopts them.
+    #[serde(default = "yes")]
+    pub pin_bpf: bool,
+}
+
+fn default_td() -> String {
+    "cluster.local".to_owned()
+}
+
+fn pod_prefix() -> String {
+    "p-".to_owned()
+}
+
+/// A configuration error naming the field and the value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}: {field}={value}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// The field path.
+    pub field: String,
+    /// The value.
+    pub value: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl DaemonConfig {
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// The field, value and reason of the first problem.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let err = |field: &str, value: &str, reason: String| ConfigError {
+            path: path.display().to_string(),
+            field: field.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err("(file)", "", e.to_string()))?;
+        let cfg: Self =
+            serde_saphyr::from_str(&text).map_err(|e| err("(yaml)", "", e.to_string()))?;
+        cfg.check().map_err(|(f, v, r)| err(&f, &v, r))?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot.
+    ///
+    /// # Errors
+    /// `(field, value, reason)`.
+    pub fn check(&self) -> Result<(), (String, String, String)> {
+        identityd_certs::TrustDomain::new(&self.trust_domain).map_err(|e| {
+            (
+                "trustDomain".to_owned(),
+                self.trust_domain.clone(),
+                e.to_string(),
+            )
+        })?;
+        if self.name.is_empty() {
+            return Err(("name".into(), String::new(), "must not be empty".into()));
+        }
+        if self.role == Role::Node {
+            let pc = self.pod_cidr.as_deref().unwrap_or("");
+            pc.parse::<identityd_wg::plan::Cidr>()
+                .map_err(|e| ("podCIDR".to_owned(), pc.to_owned(), e.to_string()))?;
+            for (i, c) in self.cluster_cidrs.iter().enumerate() {
+                c.parse::<identityd_wg::plan::Cidr>()
+                    .map_err(|e| (format!("clusterCIDRs[{i}]"), c.clone(), e.to_string()))?;
+            }
+            if self.underlay_address.is_none() {
+                return Err((
+                    "underlayAddress".into(),
+                    String::new(),
+                    "required for role node".into(),
+                ));
+            }
+            match self.encryption.mode {
+                EncryptionMode::Wireguard if self.wireguard.is_none() => {
+                    return Err((
+                        "wireguard".into(),
+                        String::new(),
+                        "required when encryption.mode=wireguard".into(),
+                    ));
+                }
+                EncryptionMode::Ipsec => {
+                    return Err((
+                        "encryption.mode".into(),
+                        "ipsec".into(),
+                        "IPsec needs a kernel with ESP (CONFIG_INET_ESP), which this machine lacks; not built yet".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(w) = &self.wireguard
+                && (w.interface.is_empty() || w.interface.len() > 15)
+            {
+                return Err((
+                    "wireguard.interface".into(),
+                    w.interface.clone(),
+                    "1..15 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(s: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.yaml");
+        std::fs::write(&p, s).unwrap();
+        (d, p)
+    }
+
+    const GOOD: &str = "role: node\nname: n1\nclusterDir: /c\nstateDir: /s\nrunDir: /r\nunderlayAddress: 10.99.0.11\npodCIDR: 10.244.1.0/24\nclusterCIDRs: [10.244.0.0/16]\nwireguard: { interface: idd1 }\n";
+
+    #[test]
+    fn parses_and_names_bad_fields() {
+        let (_d, p) = write(GOOD);
+        let c = DaemonConfig::load(&p).unwrap();
+        assert_eq!(c.wireguard.unwrap().port, 51871);
+        assert!(c.encryption.strict_mode);
+        let (_d, p) = write(&GOOD.replace("10.244.1.0/24", "10.244.1.1/24"));
+        let e = DaemonConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("podCIDR=10.244.1.1/24"), "{e}");
+        let (_d, p) = write(&GOOD.replace("wireguard: { interface: idd1 }\n", ""));
+        assert!(
+            DaemonConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("wireguard")
+        );
+        let (_d, p) = write(&format!("{GOOD}encryption: {{ mode: ipsec }}\n"));
+        assert!(
+            DaemonConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("encryption.mode=ipsec")
+        );
+        let (_d, p) = write(&format!("{GOOD}bogus: 1\n"));
+        assert!(
+            DaemonConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("bogus")
+        );
+    }
+}

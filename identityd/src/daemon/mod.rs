@@ -1,0 +1,6 @@
+//! `identityd run`: the node role (datapath, classifier, local API) from cluster state.
+
+pub mod api;
+pub mod config;
+pub mod node;
+pub mod plan;

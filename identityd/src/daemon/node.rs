@@ -1,0 +1,479 @@
+//! The node role: publishes its `IdentitydNode`, keeps the WireGuard device (a separate
+//! `identityd-wg` process that outlives the daemon, on a persistent TUN) and the classifier
+//! (pinned, re-adopted on restart) in line with the cluster state, and answers the local API.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use identityd_bpf::classifier::{
+    Classifier, ClassifierConfig, MtlsMode as BpfMtls, Route, RouteKind,
+};
+use identityd_bpf::{Direction, routing};
+use identityd_certs::fsutil::write_atomic;
+use identityd_wg::key::NodeKey;
+
+use crate::daemon::api::{self, NodeStatus, PeerStatus};
+use crate::daemon::config::DaemonConfig;
+use crate::daemon::plan::{NodePlan, RoutePath, plan};
+use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
+use crate::model::{ClusterState, IdentitydNode, MtlsMode, Object};
+use crate::source::{FileSource, FileSourceOptions};
+
+/// Errors that stop the node daemon at start-up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A file or directory.
+    #[error("{0}")]
+    Io(String),
+    /// The cluster source.
+    #[error("cluster source: {0}")]
+    Source(String),
+    /// The WireGuard key or device.
+    #[error("wireguard: {0}")]
+    Wireguard(String),
+    /// The classifier.
+    #[error("classifier: {0}")]
+    Classifier(String),
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> NodeError {
+    NodeError::Io(format!("{what}: {e}"))
+}
+
+/// The running node's shared status (read by the local API).
+pub type SharedStatus = Arc<Mutex<NodeStatus>>;
+
+struct Datapath {
+    classifier: Option<Classifier>,
+    applied_routes: BTreeMap<String, (RoutePath, u32)>,
+    applied_workloads: BTreeMap<IpAddr, MtlsMode>,
+    attached: Vec<String>,
+    wg_json: Option<String>,
+}
+
+fn wg_binary(cfg: &DaemonConfig) -> PathBuf {
+    if let Some(b) = &cfg.wireguard_binary {
+        return b.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("identityd-wg")))
+        .unwrap_or_else(|| PathBuf::from("identityd-wg"))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Starts the WireGuard device process unless one recorded in `wg.pid` is alive. It runs in
+/// its own process group so it outlives this daemon (a restart must not take the tunnel down).
+fn ensure_wg_process(cfg: &DaemonConfig, config_path: &Path) -> Result<u32, NodeError> {
+    let pid_file = cfg.run_dir.join("wg.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        && pid_alive(pid)
+    {
+        return Ok(pid);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.run_dir.join("wg.log"))
+        .map_err(|e| io("wg.log", e))?;
+    let log2 = log.try_clone().map_err(|e| io("wg.log", e))?;
+    let bin = wg_binary(cfg);
+    let child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| NodeError::Wireguard(format!("starting {}: {e}", bin.display())))?
+    };
+    let pid = child.id();
+    write_atomic(&pid_file, pid.to_string().as_bytes(), 0o644).map_err(|e| io("wg.pid", e))?;
+    tracing::info!(pid, binary = %bin.display(), "started the WireGuard device process");
+    Ok(pid)
+}
+
+fn pod_interfaces(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn bpf_kind(p: RoutePath) -> RouteKind {
+    match p {
+        RoutePath::Local => RouteKind::Local,
+        RoutePath::Wireguard => RouteKind::WireGuard,
+        RoutePath::Unavailable => RouteKind::Unavailable,
+        RoutePath::Plaintext => RouteKind::Plaintext,
+    }
+}
+
+fn bpf_mtls(m: MtlsMode) -> BpfMtls {
+    match m {
+        MtlsMode::Strict => BpfMtls::Strict,
+        MtlsMode::Permissive => BpfMtls::Permissive,
+        MtlsMode::Disabled => BpfMtls::Disabled,
+    }
+}
+
+impl Datapath {
+    fn apply(&mut self, cfg: &DaemonConfig, p: &NodePlan) -> Vec<String> {
+        let mut errors = Vec::new();
+        // WireGuard: write the device config (the device process reloads it on change).
+        if let Some(wg) = &p.wireguard {
+            match serde_json::to_string_pretty(wg) {
+                Ok(json) if self.wg_json.as_deref() != Some(json.as_str()) => {
+                    let path = cfg.run_dir.join("wg.json");
+                    match write_atomic(&path, json.as_bytes(), 0o600) {
+                        Ok(()) => {
+                            tracing::info!(
+                                peers = wg.peers.len(),
+                                "wrote the WireGuard device config"
+                            );
+                            self.wg_json = Some(json);
+                        }
+                        Err(e) => errors.push(format!("wg.json: {e}")),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(format!("wg.json: {e}")),
+            }
+            if let Err(e) = ensure_wg_process(cfg, &cfg.run_dir.join("wg.json")) {
+                errors.push(e.to_string());
+            }
+        }
+        // Classifier: attach to new pod veths, then diff routes and workloads.
+        if let Some(c) = self.classifier.as_mut() {
+            for iface in pod_interfaces(&cfg.pod_interface_prefix) {
+                if !self.attached.contains(&iface) {
+                    match c.attach(&iface, Direction::Ingress) {
+                        Ok(()) => {
+                            tracing::info!(iface, "classifier attached");
+                            self.attached.push(iface);
+                        }
+                        Err(e) => errors.push(format!("attach {iface}: {e}")),
+                    }
+                }
+            }
+            for (cidr, (path, id)) in &p.routes {
+                if self.applied_routes.get(cidr) == Some(&(*path, *id)) {
+                    continue;
+                }
+                match cidr.parse() {
+                    Ok(c2) => match c.set_route(
+                        c2,
+                        Route {
+                            kind: bpf_kind(*path),
+                            node_id: *id,
+                        },
+                    ) {
+                        Ok(()) => {
+                            self.applied_routes.insert(cidr.clone(), (*path, *id));
+                        }
+                        Err(e) => errors.push(format!("route {cidr}: {e}")),
+                    },
+                    Err(e) => errors.push(format!("route {cidr}: {e}")),
+                }
+            }
+            let stale: Vec<String> = self
+                .applied_routes
+                .keys()
+                .filter(|k| !p.routes.contains_key(*k))
+                .cloned()
+                .collect();
+            for cidr in stale {
+                if let Ok(c2) = cidr.parse() {
+                    let _ = c.remove_route(c2);
+                }
+                self.applied_routes.remove(&cidr);
+            }
+            for (ip, mode) in &p.workloads {
+                if self.applied_workloads.get(ip) != Some(mode) {
+                    match c.set_workload(*ip, bpf_mtls(*mode)) {
+                        Ok(()) => {
+                            self.applied_workloads.insert(*ip, *mode);
+                        }
+                        Err(e) => errors.push(format!("workload {ip}: {e}")),
+                    }
+                }
+            }
+            let gone: Vec<IpAddr> = self
+                .applied_workloads
+                .keys()
+                .filter(|k| !p.workloads.contains_key(*k))
+                .copied()
+                .collect();
+            for ip in gone {
+                let _ = c.remove_workload(ip);
+                self.applied_workloads.remove(&ip);
+            }
+        }
+        errors
+    }
+}
+
+/// Reads peers and handshakes from the device's UAPI socket (`get=1`).
+fn uapi_peers(iface: &str) -> Vec<(String, Option<u64>, u64, u64)> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = identityd_wg::uapi::socket_path(iface);
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&path) else {
+        return Vec::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"get=1\n\n").is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur: Option<(String, Option<u64>, u64, u64)> = None;
+    for line in BufReader::new(s).lines().map_while(Result::ok) {
+        if line.is_empty() {
+            break;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        match k {
+            "public_key" => {
+                if let Some(c) = cur.take() {
+                    out.push(c);
+                }
+                cur = Some((v.to_owned(), None, 0, 0));
+            }
+            "last_handshake_time_sec" => {
+                if let Some(c) = cur.as_mut() {
+                    c.1 = v.parse().ok().filter(|t: &u64| *t > 0);
+                }
+            }
+            "rx_bytes" => {
+                if let Some(c) = cur.as_mut() {
+                    c.2 = v.parse().unwrap_or(0);
+                }
+            }
+            "tx_bytes" => {
+                if let Some(c) = cur.as_mut() {
+                    c.3 = v.parse().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = cur.take() {
+        out.push(c);
+    }
+    out
+}
+
+fn hex_of_base64(b64: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn refresh_status(
+    cfg: &DaemonConfig,
+    p: &NodePlan,
+    dp: &Datapath,
+    state: &ClusterState,
+    public_key: &str,
+    status: &SharedStatus,
+) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let uapi = cfg
+        .wireguard
+        .as_ref()
+        .map(|w| uapi_peers(&w.interface))
+        .unwrap_or_default();
+    let peers = p
+        .peers
+        .iter()
+        .map(|peer| {
+            let hex = peer.public_key.map(|k| k.to_hex());
+            let u = uapi.iter().find(|(k, ..)| Some(k) == hex.as_ref());
+            let path = peer.pod_cidrs.first().and_then(|c| p.routes.get(c)).map_or(
+                "unavailable",
+                |(r, _)| match r {
+                    RoutePath::Wireguard => "wireguard",
+                    RoutePath::Unavailable => "dropped (no key yet)",
+                    RoutePath::Plaintext => "plaintext",
+                    RoutePath::Local => "local",
+                },
+            );
+            PeerStatus {
+                name: peer.name.clone(),
+                endpoint: peer.endpoint.map(|e| e.to_string()),
+                path: path.to_owned(),
+                handshake_age_secs: u.and_then(|(_, h, ..)| h.map(|h| now.saturating_sub(h))),
+                rx_bytes: u.map_or(0, |x| x.2),
+                tx_bytes: u.map_or(0, |x| x.3),
+            }
+        })
+        .collect();
+    let counters = dp
+        .classifier
+        .as_ref()
+        .and_then(|c| c.counters().ok())
+        .map(|pc| {
+            use identityd_bpf::classifier::Path as P;
+            [
+                P::WireGuard,
+                P::Ipsec,
+                P::Proxy,
+                P::Plaintext,
+                P::Drop,
+                P::Pass,
+            ]
+            .into_iter()
+            .map(|path| {
+                let s = pc.get(path);
+                (path.name().to_owned(), (s.packets, s.bytes))
+            })
+            .collect()
+        });
+    let mut st = status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    st.node = cfg.name.clone();
+    st.public_key = public_key.to_owned();
+    st.public_key_hex = hex_of_base64(public_key).unwrap_or_default();
+    st.strict_mode = cfg.encryption.strict_mode;
+    st.cluster_version = state.version();
+    st.peers = peers;
+    st.counters = counters.unwrap_or_default();
+    st.classifier_interfaces = dp.attached.clone();
+    st.problems = p.problems.clone();
+    st.problems
+        .extend(state.problems.iter().map(ToString::to_string));
+}
+
+/// Runs the node role until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Start-up failures (directories, key, source, classifier load).
+pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
+    for d in [&cfg.state_dir, &cfg.run_dir] {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| io(&d.display().to_string(), e))?;
+    }
+    let key_path = cfg.state_dir.join("wireguard.key");
+    let (key, origin) =
+        NodeKey::load_or_generate(&key_path).map_err(|e| NodeError::Wireguard(e.to_string()))?;
+    let public_key = key.public_key().to_string();
+    drop(key);
+    tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
+
+    let source = Arc::new(
+        FileSource::open(&cfg.cluster_dir, FileSourceOptions::default())
+            .map_err(|e| NodeError::Source(e.to_string()))?,
+    );
+    // Publish this node.
+    let spec = IdentitydNodeSpec {
+        pod_cidrs: cfg.pod_cidr.iter().cloned().collect(),
+        underlay_addresses: cfg
+            .underlay_address
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        wireguard: cfg.wireguard.as_ref().map(|w| WireguardSpec {
+            public_key: public_key.clone(),
+            port: i64::from(w.port),
+        }),
+        ipsec: None,
+    };
+    source
+        .apply(&Object::IdentitydNode(IdentitydNode::new(
+            cfg.name.clone(),
+            spec,
+        )))
+        .map_err(|e| NodeError::Source(format!("publishing IdentitydNode {}: {e}", cfg.name)))?;
+
+    let classifier = {
+        let ccfg = ClassifierConfig {
+            strict: cfg.encryption.strict_mode,
+            pin_dir: cfg
+                .pin_bpf
+                .then(|| PathBuf::from(format!("/sys/fs/bpf/identityd/{}", cfg.name))),
+            cluster_cidrs: cfg
+                .cluster_cidrs
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            ..ClassifierConfig::default()
+        };
+        Some(Classifier::load(&ccfg).map_err(|e| NodeError::Classifier(e.to_string()))?)
+    };
+    if let Some(w) = &cfg.wireguard {
+        let rplan = routing::plan(&routing::RoutingConfig {
+            wireguard_interface: Some(w.interface.clone()),
+            ipv6: false,
+            ..routing::RoutingConfig::default()
+        });
+        if let Err(e) = routing::apply(&rplan) {
+            tracing::warn!(error = %e, "policy routing for the WireGuard mark");
+        }
+    }
+    let mut dp = Datapath {
+        classifier,
+        applied_routes: BTreeMap::new(),
+        applied_workloads: BTreeMap::new(),
+        attached: Vec::new(),
+        wg_json: None,
+    };
+
+    let status: SharedStatus = Arc::new(Mutex::new(NodeStatus::default()));
+    let api_task = tokio::spawn(api::serve(
+        cfg.run_dir.join("api.sock"),
+        Arc::clone(&status),
+    ));
+    let source_task = source.spawn();
+    let mut rx = source.subscribe();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| io("SIGTERM handler", e))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let p = plan(&cfg, &state, &key_path, MtlsMode::Disabled);
+        for e in dp.apply(&cfg, &p) {
+            tracing::warn!(error = %e, "apply");
+        }
+        refresh_status(&cfg, &p, &dp, &state, &public_key, &status);
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping (the WireGuard device and the classifier stay)"); break }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    source_task.abort();
+    api_task.abort();
+    // Pinned classifier links and the device process stay: no gap until the next start.
+    drop(dp);
+    Ok(())
+}

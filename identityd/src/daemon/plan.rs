@@ -1,0 +1,186 @@
+//! Pure node plans: cluster state in, desired datapath out. No I/O.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use identityd_wg::config::DeviceConfig;
+use identityd_wg::key::PublicKey;
+use identityd_wg::plan::{Cidr as WgCidr, PeerSpec};
+
+use crate::daemon::config::{DaemonConfig, EncryptionMode};
+use crate::model::{ClusterState, MtlsMode};
+
+/// A peer node as the plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    /// Node name.
+    pub name: String,
+    /// Node id (1-based, by sorted name; reported in flow events).
+    pub id: u32,
+    /// WireGuard public key, when published and valid.
+    pub public_key: Option<PublicKey>,
+    /// Underlay endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+}
+
+/// The path a remote pod CIDR takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutePath {
+    /// This node's own pods.
+    Local,
+    /// Through WireGuard.
+    Wireguard,
+    /// No usable path: dropped in strict mode.
+    Unavailable,
+    /// In clear (encryption disabled).
+    Plaintext,
+}
+
+/// The desired datapath of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// Peers, by name.
+    pub peers: Vec<PeerView>,
+    /// The WireGuard device config (when encryption is WireGuard).
+    pub wireguard: Option<DeviceConfig>,
+    /// Classifier routes: CIDR → (path, node id).
+    pub routes: BTreeMap<String, (RoutePath, u32)>,
+    /// Classifier workloads: local pod IP → mTLS mode.
+    pub workloads: BTreeMap<IpAddr, MtlsMode>,
+    /// Things that kept a peer or pod out of the plan.
+    pub problems: Vec<String>,
+}
+
+/// Node ids: 1-based positions in the sorted list of node names.
+#[must_use]
+pub fn node_ids(state: &ClusterState) -> BTreeMap<String, u32> {
+    state
+        .nodes
+        .keys()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), u32::try_from(i + 1).unwrap_or(u32::MAX)))
+        .collect()
+}
+
+/// Computes the node's plan from the cluster state.
+#[must_use]
+pub fn plan(
+    cfg: &DaemonConfig,
+    state: &ClusterState,
+    key_path: &Path,
+    default_mtls: MtlsMode,
+) -> NodePlan {
+    let ids = node_ids(state);
+    let mut problems = Vec::new();
+    let mut peers = Vec::new();
+    for node in state.other_nodes(&cfg.name) {
+        let name = node.metadata.name.clone();
+        let public_key =
+            node.spec
+                .wireguard
+                .as_ref()
+                .and_then(|w| match w.public_key.parse::<PublicKey>() {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        problems.push(format!(
+                            "node {name}: spec.wireguard.publicKey={}: {e}",
+                            w.public_key
+                        ));
+                        None
+                    }
+                });
+        let port = node
+            .spec
+            .wireguard
+            .as_ref()
+            .map_or(identityd_wg::DEFAULT_PORT, |w| w.port_u16());
+        let endpoint = node
+            .spec
+            .underlay_addresses
+            .iter()
+            .find_map(|a| a.parse::<IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, port));
+        peers.push(PeerView {
+            id: ids.get(&name).copied().unwrap_or(0),
+            name,
+            public_key,
+            endpoint,
+            pod_cidrs: node.spec.pod_cidrs.clone(),
+        });
+    }
+
+    let wg_mode = cfg.encryption.mode == EncryptionMode::Wireguard;
+    let mut routes = BTreeMap::new();
+    let self_id = ids.get(&cfg.name).copied().unwrap_or(0);
+    if let Some(pc) = &cfg.pod_cidr {
+        routes.insert(pc.clone(), (RoutePath::Local, self_id));
+    }
+    let mut wg_peers = Vec::new();
+    for p in &peers {
+        let usable = wg_mode && p.public_key.is_some() && p.endpoint.is_some();
+        for c in &p.pod_cidrs {
+            let path = if !wg_mode {
+                RoutePath::Plaintext
+            } else if usable {
+                RoutePath::Wireguard
+            } else {
+                RoutePath::Unavailable
+            };
+            routes.insert(c.clone(), (path, p.id));
+        }
+        if let (true, Some(k), Some(ep)) = (usable, p.public_key, p.endpoint) {
+            let mut cidrs = Vec::new();
+            for c in &p.pod_cidrs {
+                match c.parse::<WgCidr>() {
+                    Ok(c) => cidrs.push(c),
+                    Err(e) => problems.push(format!("node {}: spec.podCIDRs={c}: {e}", p.name)),
+                }
+            }
+            wg_peers.push(PeerSpec {
+                public_key: k,
+                endpoint: ep,
+                pod_cidrs: cidrs,
+                keepalive: None,
+            });
+        }
+    }
+    let wireguard = match (&cfg.wireguard, wg_mode) {
+        (Some(w), true) => Some(DeviceConfig {
+            interface: w.interface.clone(),
+            key_path: key_path.to_path_buf(),
+            listen_port: w.port,
+            underlay_mtu: 1500,
+            underlay_ipv6: cfg.underlay_address.is_some_and(|a| a.is_ipv6()),
+            keepalive: 0,
+            cluster_cidrs: cfg
+                .cluster_cidrs
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            local_cidrs: cfg.pod_cidr.iter().filter_map(|c| c.parse().ok()).collect(),
+            route_table: 254,
+            persist: true,
+            offload: true,
+            backend: identityd_wg::backend::BackendMode::default(),
+            peers: wg_peers,
+        }),
+        _ => None,
+    };
+
+    let mut workloads = BTreeMap::new();
+    for pod in state.pods_on_node(&cfg.name) {
+        if let Some(ip) = pod.ip() {
+            workloads.insert(ip, state.pod_mtls(pod, default_mtls));
+        }
+    }
+    NodePlan {
+        peers,
+        wireguard,
+        routes,
+        workloads,
+        problems,
+    }
+}

@@ -1,0 +1,748 @@
+//! `identityd lab up | status | down`: a small cluster on one machine.
+//!
+//! The lab builds a bridge `idd-fabric` (underlay 10.99.0.0/24) in the root namespace, a
+//! network namespace per node (`idd-n<i>`, 10.99.0.1<i>) and per pod (`idd-n<i>-<pod>`, pod
+//! CIDR 10.244.<i>.0/24), writes Kubernetes-shaped YAML into `<dir>/cluster/` (the
+//! FileSource), runs one `identityd run` node daemon per node inside its namespace, starts a
+//! small HTTP workload in every pod, waits until every node pair has a WireGuard handshake, sends
+//! sample traffic while capturing the underlay, and prints what it saw. Everything it creates
+//! is recorded in `<dir>/lab.json`, which `lab down` uses to remove it all.
+
+pub mod workload;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::api;
+
+/// The underlay bridge in the root namespace.
+pub const BRIDGE: &str = "idd-fabric";
+/// Port of the pods' HTTP workload.
+pub const WORKLOAD_PORT: u16 = 8080;
+/// The marker the sample traffic carries (searched for in the underlay capture).
+pub const PAYLOAD_MARKER: &str = "IDENTITYD-LAB-PLAINTEXT-MARKER";
+
+/// Errors of the lab commands.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabError {
+    /// Not root.
+    #[error("the lab needs root (network namespaces, BPF, TUN): run it as root")]
+    NotRoot,
+    /// A lab is already up in this directory.
+    #[error(
+        "a lab is already up in {0} (lab.json exists); run `identityd lab down --dir {0}` first"
+    )]
+    AlreadyUp(String),
+    /// No lab in this directory.
+    #[error("no lab in {0} (no lab.json)")]
+    NotUp(String),
+    /// A command failed.
+    #[error("{cmd}: {reason}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its error output.
+        reason: String,
+    },
+    /// A file.
+    #[error("{0}")]
+    Io(String),
+    /// The lab did not become ready.
+    #[error("not ready after {secs}s: {what}")]
+    NotReady {
+        /// How long we waited.
+        secs: u64,
+        /// What was missing.
+        what: String,
+    },
+}
+
+/// What `lab up` created (for `lab down`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LabState {
+    /// Network namespaces.
+    pub namespaces: Vec<String>,
+    /// Links in the root namespace.
+    pub root_links: Vec<String>,
+    /// Process ids (process groups) started.
+    pub pids: Vec<u32>,
+    /// WireGuard interfaces (their UAPI sockets are global).
+    pub wg_interfaces: Vec<String>,
+    /// BPF pin directories.
+    pub bpf_pins: Vec<String>,
+    /// Nodes: name → run dir.
+    pub nodes: Vec<(String, PathBuf)>,
+}
+
+/// A pod of the lab.
+#[derive(Debug, Clone)]
+struct LabPod {
+    node: usize,
+    name: String,
+    namespace: &'static str,
+    service_account: &'static str,
+    app: &'static str,
+    ip: String,
+}
+
+impl LabPod {
+    fn netns(&self) -> String {
+        format!("idd-n{}-{}", self.node, self.name)
+    }
+    fn veth(&self) -> String {
+        let mut s = format!("p-{}", self.name);
+        s.truncate(15);
+        s
+    }
+}
+
+fn sh(cmd: &mut Command) -> Result<String, LabError> {
+    let out = cmd.output().map_err(|e| LabError::Command {
+        cmd: format!("{cmd:?}"),
+        reason: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("{cmd:?}"),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, LabError> {
+    sh(Command::new("ip").args(args))
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String, LabError> {
+    sh(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+fn io_err(what: &Path, e: impl std::fmt::Display) -> LabError {
+    LabError::Io(format!("{}: {e}", what.display()))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The default lab directory.
+#[must_use]
+pub fn default_dir() -> PathBuf {
+    std::env::current_dir()
+        .unwrap_or_else(|_| PathBuf::from("."))
+        .join("lab-run/lab")
+}
+
+fn save(dir: &Path, st: &LabState) -> Result<(), LabError> {
+    let json = serde_json::to_vec_pretty(st).map_err(|e| LabError::Io(e.to_string()))?;
+    identityd_certs::fsutil::write_atomic(&dir.join("lab.json"), &json, 0o644)
+        .map_err(|e| LabError::Io(e.to_string()))
+}
+
+fn spawn_in(ns: &str, log: &Path, args: &[&str]) -> Result<u32, LabError> {
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::File::create(log).map_err(|e| io_err(log, e))?;
+    let f2 = f.try_clone().map_err(|e| io_err(log, e))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(f2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LabError::Command {
+            cmd: format!("ip netns exec {ns} {args:?}"),
+            reason: e.to_string(),
+        })?;
+    Ok(child.id())
+}
+
+fn progress(msg: &str) {
+    println!("  • {msg}");
+}
+
+fn cluster_yaml(nodes: usize, pods: &[LabPod]) -> String {
+    let mut y = String::from(
+        "# The lab's cluster: the same objects a user would `kubectl apply`.\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: front\n",
+    );
+    for p in pods {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n\
+             spec:\n  nodeName: n{}\n  serviceAccountName: {}\n  containers:\n  - name: {}\n    ports:\n    - containerPort: {WORKLOAD_PORT}\n\
+             status:\n  phase: Running\n  podIP: {}\n",
+            p.name, p.namespace, p.app, p.node, p.service_account, p.app, p.ip
+        );
+    }
+    let _ = write!(
+        y,
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: {WORKLOAD_PORT}\n"
+    );
+    let _ = nodes;
+    y
+}
+
+fn node_config(
+    dir: &Path,
+    i: usize,
+    nodes: usize,
+    strict: bool,
+    encryption: &str,
+    wg_bin: &Path,
+) -> String {
+    let node_dir = dir.join(format!("n{i}"));
+    let clusters: Vec<String> = (1..=nodes)
+        .map(|_| "10.244.0.0/16".to_owned())
+        .take(1)
+        .collect();
+    format!(
+        "role: node\nname: n{i}\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\n\
+         underlayAddress: 10.99.0.{}\npodCIDR: 10.244.{i}.0/24\nclusterCIDRs: [{}]\n\
+         encryption: {{ mode: {encryption}, strictMode: {strict} }}\nwireguard: {{ interface: idd{i}, port: 51871 }}\n\
+         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\n",
+        dir.join("cluster").display(),
+        node_dir.join("state").display(),
+        node_dir.join("run").display(),
+        10 + i,
+        clusters.join(", "),
+        wg_bin.display()
+    )
+}
+
+/// Options of `lab up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Number of nodes (1..=9).
+    pub nodes: usize,
+    /// `wireguard` or `disabled`.
+    pub encryption: String,
+    /// Lab directory.
+    pub dir: PathBuf,
+    /// Extra manifests copied into the cluster directory.
+    pub manifests: Option<PathBuf>,
+}
+
+/// `identityd lab up`.
+///
+/// # Errors
+/// Not root, a lab already up, a failed step (everything created so far is recorded for
+/// `lab down`).
+pub fn up(opts: &UpOptions) -> Result<(), LabError> {
+    if !is_root() {
+        return Err(LabError::NotRoot);
+    }
+    let dir = &opts.dir;
+    if dir.join("lab.json").exists() {
+        return Err(LabError::AlreadyUp(dir.display().to_string()));
+    }
+    if !(1..=9).contains(&opts.nodes) {
+        return Err(LabError::Io(format!(
+            "--nodes={}: between 1 and 9",
+            opts.nodes
+        )));
+    }
+    let started = Instant::now();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("cluster")).map_err(|e| io_err(dir, e))?;
+    let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
+    let wg_bin = exe
+        .parent()
+        .map(|d| d.join("identityd-wg"))
+        .unwrap_or_default();
+    if !wg_bin.exists() {
+        return Err(LabError::Io(format!(
+            "{} not found: build it with `cargo build --bins` (the README's commands do)",
+            wg_bin.display()
+        )));
+    }
+    let mut st = LabState::default();
+    println!(
+        "identityd lab up: {} nodes, encryption {} (strict mode on), dir {}",
+        opts.nodes,
+        opts.encryption,
+        dir.display()
+    );
+
+    // ---- topology ----
+    let r = build_topology(dir, opts, &mut st);
+    save(dir, &st)?;
+    let pods = r?;
+
+    // ---- cluster state ----
+    std::fs::write(
+        dir.join("cluster/lab.yaml"),
+        cluster_yaml(opts.nodes, &pods),
+    )
+    .map_err(|e| io_err(dir, e))?;
+    if let Some(m) = &opts.manifests {
+        let entries = std::fs::read_dir(m).map_err(|e| io_err(m, e))?;
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                let to = dir
+                    .join("cluster")
+                    .join(format!("user-{}", e.file_name().to_string_lossy()));
+                std::fs::copy(&p, &to).map_err(|e| io_err(&p, e))?;
+            }
+        }
+    }
+    progress(&format!(
+        "wrote the cluster ({} pods, 2 namespaces, a Service) to {}/cluster",
+        pods.len(),
+        dir.display()
+    ));
+
+    // ---- daemons and workloads ----
+    let exe_s = exe.display().to_string();
+    for i in 1..=opts.nodes {
+        let node_dir = dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&node_dir).map_err(|e| io_err(&node_dir, e))?;
+        let cfg = node_dir.join("node.yaml");
+        std::fs::write(
+            &cfg,
+            node_config(dir, i, opts.nodes, true, &opts.encryption, &wg_bin),
+        )
+        .map_err(|e| io_err(&cfg, e))?;
+        let pid = spawn_in(
+            &format!("idd-n{i}"),
+            &node_dir.join("daemon.log"),
+            &[&exe_s, "run", "--config", &cfg.display().to_string()],
+        )?;
+        st.pids.push(pid);
+        st.wg_interfaces.push(format!("idd{i}"));
+        st.bpf_pins.push(format!("/sys/fs/bpf/identityd/n{i}"));
+        st.nodes.push((format!("n{i}"), node_dir.join("run")));
+        save(dir, &st)?;
+    }
+    progress(&format!(
+        "started {} node daemons (logs: {}/n*/daemon.log)",
+        opts.nodes,
+        dir.display()
+    ));
+    for p in &pods {
+        let log = dir
+            .join(format!("n{}", p.node))
+            .join(format!("{}.log", p.name));
+        let listen = format!("0.0.0.0:{WORKLOAD_PORT}");
+        let pid = spawn_in(
+            &p.netns(),
+            &log,
+            &[
+                &exe_s, "lab", "workload", "--name", &p.name, "--listen", &listen,
+            ],
+        )?;
+        st.pids.push(pid);
+    }
+    save(dir, &st)?;
+    progress(&format!("started {} workloads", pods.len()));
+
+    // ---- ready: every node sees every other with a handshake ----
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Traffic makes WireGuard handshake: ping each remote pod from each node's first pod.
+    loop {
+        let mut missing = Vec::new();
+        for (name, run) in &st.nodes {
+            match api::fetch(&run.join("api.sock")) {
+                Ok(s) => {
+                    if s.peers.len() + 1 < opts.nodes {
+                        missing.push(format!("{name} knows {} peers", s.peers.len()));
+                    }
+                    for p in &s.peers {
+                        if p.handshake_age_secs.is_none() {
+                            missing.push(format!("{name}→{} no handshake", p.name));
+                        }
+                    }
+                }
+                Err(e) => missing.push(format!("{name}: {e}")),
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady {
+                secs: 60,
+                what: missing.join("; "),
+            });
+        }
+        for a in pods.iter().filter(|p| p.app == "client") {
+            for b in pods.iter().filter(|p| p.node != a.node && p.app == "web") {
+                let _ = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &a.netns(),
+                        "ping",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                        &b.ip,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    progress(&format!(
+        "ready in {:.1}s: every node pair has a WireGuard handshake",
+        started.elapsed().as_secs_f64()
+    ));
+
+    // ---- sample traffic with an underlay capture ----
+    let capture = dir.join("underlay.pcap");
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-i", BRIDGE, "-U", "-s", "0", "-w"])
+        .arg(&capture)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| LabError::Command {
+            cmd: "tcpdump".into(),
+            reason: e.to_string(),
+        })?;
+    std::thread::sleep(Duration::from_millis(700));
+    let mut results = Vec::new();
+    for a in pods.iter().filter(|p| p.app == "client") {
+        for b in pods.iter().filter(|p| p.app == "web") {
+            let url = format!("http://{}:{WORKLOAD_PORT}/hello", b.ip);
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &a.netns(),
+                    &exe_s,
+                    "lab",
+                    "get",
+                    &url,
+                    "--payload",
+                    PAYLOAD_MARKER,
+                ])
+                .output();
+            let (ok, line) = match out {
+                Ok(o) if o.status.success() => (
+                    true,
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                ),
+                Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+                Err(e) => (false, e.to_string()),
+            };
+            results.push((a.name.clone(), a.node, b.name.clone(), b.node, ok, line));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
+    let (total, not_wg, marker) = inspect_capture(&capture);
+
+    // ---- report ----
+    println!("\nsample requests (client pod → web pod, HTTP with a marker payload):");
+    for (a, an, b, bn, ok, line) in &results {
+        let path = if an == bn {
+            "same node"
+        } else {
+            "across nodes"
+        };
+        println!(
+            "  {a:<10} (n{an}) → {b:<8} (n{bn})  {path:<12}  {}  {line}",
+            if *ok { "OK  " } else { "FAIL" }
+        );
+    }
+    println!(
+        "\nunderlay capture ({}): {total} packets, {not_wg} not WireGuard UDP/51871, marker found in clear: {}",
+        capture.display(),
+        if marker { "YES" } else { "no" }
+    );
+    println!();
+    for (_, run) in &st.nodes {
+        if let Ok(s) = api::fetch(&run.join("api.sock")) {
+            print!("{}", api::render(&s));
+        }
+    }
+    println!(
+        "\nexplore:  identityd lab status --dir {d}\n          ip netns exec idd-n1 wg show idd1\n          ip netns exec idd-n1-client-1 {exe_s} lab get http://10.244.2.10:{WORKLOAD_PORT}/\n\
+         tear down: identityd lab down --dir {d}",
+        d = dir.display()
+    );
+    let failed = results.iter().filter(|r| !r.4).count();
+    if failed > 0 || not_wg > 0 || marker {
+        return Err(LabError::NotReady {
+            secs: started.elapsed().as_secs(),
+            what: format!(
+                "{failed} failed requests, {not_wg} non-WireGuard packets on the underlay, marker in clear: {marker}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// (packets, packets that are not WireGuard UDP on 51871 between node addresses, marker seen)
+fn inspect_capture(path: &Path) -> (usize, usize, bool) {
+    let count = |filter: &str| -> usize {
+        Command::new("tcpdump")
+            .args(["-nn", "-r"])
+            .arg(path)
+            .arg(filter)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    let total = count("");
+    // ARP and IPv6 neighbour discovery are link housekeeping, not pod traffic.
+    let not_wg = count("not (udp port 51871) and not arp and not icmp6");
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let marker = bytes
+        .windows(PAYLOAD_MARKER.len())
+        .any(|w| w == PAYLOAD_MARKER.as_bytes());
+    (total, not_wg, marker)
+}
+
+fn build_topology(
+    dir: &Path,
+    opts: &UpOptions,
+    st: &mut LabState,
+) -> Result<Vec<LabPod>, LabError> {
+    let _ = dir;
+    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    st.root_links.push(BRIDGE.into());
+    ip(&["addr", "add", "10.99.0.1/24", "dev", BRIDGE])?;
+    ip(&["link", "set", BRIDGE, "up"])?;
+    let mut pods = Vec::new();
+    for i in 1..=opts.nodes {
+        let ns = format!("idd-n{i}");
+        ip(&["netns", "add", &ns])?;
+        st.namespaces.push(ns.clone());
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+        in_ns(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let up_link = format!("idd-n{i}-u");
+        ip(&[
+            "link", "add", &up_link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        st.root_links.push(up_link.clone());
+        ip(&["link", "set", &up_link, "master", BRIDGE])?;
+        ip(&["link", "set", &up_link, "up"])?;
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.99.0.{}/24", 10 + i),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        for (k, (app, nsname, sa)) in [("web", "shop", "web"), ("client", "front", "client")]
+            .into_iter()
+            .enumerate()
+        {
+            let pod = LabPod {
+                node: i,
+                name: format!("{app}-{i}"),
+                namespace: nsname,
+                service_account: sa,
+                app,
+                ip: format!("10.244.{i}.{}", 10 + k),
+            };
+            let pns = pod.netns();
+            ip(&["netns", "add", &pns])?;
+            st.namespaces.push(pns.clone());
+            in_ns(&pns, &["ip", "link", "set", "lo", "up"])?;
+            let veth = pod.veth();
+            in_ns(
+                &ns,
+                &[
+                    "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                    &pns,
+                ],
+            )?;
+            in_ns(
+                &ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.244.{i}.1/32"),
+                    "dev",
+                    &veth,
+                ],
+            )?;
+            in_ns(&ns, &["ip", "link", "set", &veth, "up"])?;
+            in_ns(
+                &ns,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    &format!("{}/32", pod.ip),
+                    "dev",
+                    &veth,
+                ],
+            )?;
+            in_ns(
+                &pns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/32", pod.ip),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            in_ns(&pns, &["ip", "link", "set", "eth0", "up"])?;
+            in_ns(
+                &pns,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    &format!("10.244.{i}.1"),
+                    "dev",
+                    "eth0",
+                    "scope",
+                    "link",
+                ],
+            )?;
+            in_ns(
+                &pns,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.244.{i}.1"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            pods.push(pod);
+        }
+    }
+    progress(&format!(
+        "built {} node namespaces and {} pod namespaces on bridge {BRIDGE} (10.99.0.0/24)",
+        opts.nodes,
+        pods.len()
+    ));
+    Ok(pods)
+}
+
+/// `identityd lab status`.
+///
+/// # Errors
+/// No lab in `dir`.
+pub fn status(dir: &Path, json: bool) -> Result<String, LabError> {
+    let st: LabState = serde_json::from_slice(
+        &std::fs::read(dir.join("lab.json"))
+            .map_err(|_| LabError::NotUp(dir.display().to_string()))?,
+    )
+    .map_err(|e| LabError::Io(e.to_string()))?;
+    let mut out = String::new();
+    let mut all = Vec::new();
+    for (name, run) in &st.nodes {
+        match api::fetch(&run.join("api.sock")) {
+            Ok(s) => {
+                out.push_str(&api::render(&s));
+                all.push(serde_json::to_value(&s).unwrap_or_default());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "node {name}: daemon not answering: {e}");
+                all.push(serde_json::json!({ "node": name, "error": e }));
+            }
+        }
+    }
+    if json {
+        return Ok(serde_json::to_string_pretty(&all).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// `identityd lab down`: removes every namespace, link, process, socket and pin the lab made.
+///
+/// # Errors
+/// No lab in `dir`.
+pub fn down(dir: &Path) -> Result<String, LabError> {
+    let st: LabState = serde_json::from_slice(
+        &std::fs::read(dir.join("lab.json"))
+            .map_err(|_| LabError::NotUp(dir.display().to_string()))?,
+    )
+    .map_err(|e| LabError::Io(e.to_string()))?;
+    // Processes first (daemons, workloads, and the WireGuard devices the daemons started).
+    let mut pids = st.pids.clone();
+    for (_, run) in &st.nodes {
+        if let Some(p) = std::fs::read_to_string(run.join("wg.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            pids.push(p);
+        }
+    }
+    for pid in &pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    for ns in st.namespaces.iter().rev() {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for ns in st.namespaces.iter().rev() {
+        let _ = ip(&["netns", "del", ns]);
+    }
+    for l in st.root_links.iter().rev() {
+        let _ = ip(&["link", "del", l]);
+    }
+    for w in &st.wg_interfaces {
+        let _ = std::fs::remove_file(identityd_wg::uapi::socket_path(w));
+    }
+    for p in &st.bpf_pins {
+        let _ = identityd_bpf::classifier::remove_pins(Path::new(p));
+        let _ = std::fs::remove_dir_all(p);
+    }
+    let _ = std::fs::remove_file(dir.join("lab.json"));
+    Ok(format!(
+        "lab down: removed {} namespaces, {} links, {} process groups, {} WireGuard sockets, {} BPF pin dirs (logs kept in {})",
+        st.namespaces.len(),
+        st.root_links.len(),
+        pids.len(),
+        st.wg_interfaces.len(),
+        st.bpf_pins.len(),
+        dir.display()
+    ))
+}

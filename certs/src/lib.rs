@@ -12,6 +12,8 @@
 //! - Bundles as PEM and as SPIFFE bundles (JWKS, `use: x509-svid`).
 //! - [`rotation`]: refresh at 50% ± 10% of lifetime, clamped; keeps the last good SVID.
 //! - [`tls`]: rustls client/server configs whose verifiers check the peer's SPIFFE ID.
+//! - [`service`]: the CA's gRPC issuance service (join tokens → node SVIDs; node-authorized
+//!   workload SVIDs over mTLS) and its client.
 //!
 //! Private keys are zeroized on drop and never appear in `Debug` output or logs.
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ pub mod id;
 pub mod inspect;
 pub mod key;
 pub mod rotation;
+pub mod service;
 pub mod svid;
 pub mod tls;
 pub mod verify;

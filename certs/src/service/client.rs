@@ -1,0 +1,382 @@
+//! The node side: join with a token, then mTLS with the node SVID for workload SVIDs. Keys are
+//! generated here; only CSRs travel.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::codegen::Service;
+use tonic::codegen::http::Uri;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+use tonic_prost::ProstCodec;
+
+use super::{JoinToken, ServiceError, ca_server_id, node_id, pb};
+use crate::id::{SpiffeId, TrustDomain};
+use crate::key::PrivateKey;
+use crate::svid::{Svid, csr_for};
+use crate::tls::{PeerPolicy, SharedBundle, SvidResolver, client_config, server_name, shared};
+use crate::{Bundle, Error, verify_svid};
+
+/// TCP + TLS connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-request timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `error` and its sources, joined with `: ` (tonic's transport errors say little on top).
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// What a join yields: the node SVID (key generated on this node) and the CA's bundle.
+/// Holds a key: `Debug` prints none.
+#[derive(Clone)]
+pub struct NodeIdentity {
+    /// `spiffe://<td>/identityd/node/<name>`.
+    pub svid: Svid,
+    /// The trust bundle the CA sent (verified the CA's serving SVID chain's trust anchor).
+    pub bundle: Bundle,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("svid", &self.svid)
+            .field("bundle_sequence", &self.bundle.sequence())
+            .finish()
+    }
+}
+
+/// Dials TCP and does the TLS handshake with the SPIFFE client config.
+#[derive(Clone)]
+struct Connector {
+    addr: Arc<str>,
+    tls: TlsConnector,
+}
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let addr = Arc::clone(&self.addr);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&*addr).await?;
+            tcp.set_nodelay(true)?;
+            let s = tls.connect(server_name(), tcp).await?;
+            Ok(TokioIo::new(s))
+        })
+    }
+}
+
+/// A connection to the CA's issuance service. Cheap to clone. The CA is authenticated as
+/// `spiffe://<td>/identityd/ca` against the bundle; after [`CaClient::connect_mtls`] the
+/// client presents its node SVID (through a resolver, so renewals apply to new connections).
+#[derive(Clone)]
+pub struct CaClient {
+    endpoint: Arc<str>,
+    td: TrustDomain,
+    grpc: tonic::client::Grpc<Channel>,
+    resolver: Arc<SvidResolver>,
+    bundle: SharedBundle,
+}
+
+impl std::fmt::Debug for CaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaClient")
+            .field("endpoint", &self.endpoint)
+            .field("trust_domain", &self.td.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaClient {
+    /// Exchanges `token` for the node SVID `spiffe://<td>/identityd/node/<node_name>`.
+    /// `endpoint` is `host:port` (TCP); `ca_bundle` is the root(s) this node was given to
+    /// authenticate the CA. The key is generated here and only a CSR is sent.
+    ///
+    /// # Errors
+    /// When connecting or the TLS check of the CA fails, the CA refuses (a used, wrong or
+    /// expired token is `Unauthenticated`), or the answer is not an SVID for the node ID.
+    pub async fn join(
+        endpoint: &str,
+        node_name: &str,
+        token: &JoinToken,
+        ca_bundle: &Bundle,
+    ) -> Result<NodeIdentity, ServiceError> {
+        let id = node_id(ca_bundle.trust_domain(), node_name).map_err(Error::from)?;
+        let key = PrivateKey::generate()?;
+        let csr = csr_for(&id, &key)?;
+        // No client certificate: the resolver stays empty.
+        let client =
+            Self::connect_with(endpoint, SvidResolver::new(), shared(ca_bundle.clone())).await?;
+        let resp: pb::SvidResponse = client
+            .unary(
+                "Join",
+                pb::JOIN,
+                pb::JoinRequest {
+                    node_name: node_name.to_owned(),
+                    token: token.expose_secret().to_owned(),
+                    csr_der: csr,
+                },
+            )
+            .await?;
+        let (svid, bundle) = client.accept("Join", resp, key, &id)?;
+        Ok(NodeIdentity { svid, bundle })
+    }
+
+    /// Connects with mTLS, presenting `node_svid`, trusting `bundle` for the CA.
+    ///
+    /// # Errors
+    /// When the endpoint is unusable or the connection fails. A node SVID the CA does not
+    /// trust makes the CA abort the handshake; with TLS 1.3 that may only show on the first
+    /// request.
+    pub async fn connect_mtls(
+        endpoint: &str,
+        node_svid: &Svid,
+        bundle: &Bundle,
+    ) -> Result<Self, ServiceError> {
+        Self::connect_with(
+            endpoint,
+            SvidResolver::with(node_svid)?,
+            shared(bundle.clone()),
+        )
+        .await
+    }
+
+    /// Connects presenting whatever `resolver` holds (nothing: no client certificate), trusting
+    /// `bundle` for the CA. Both are shared: updating them affects new connections.
+    ///
+    /// # Errors
+    /// As [`CaClient::connect_mtls`].
+    pub async fn connect_with(
+        endpoint: &str,
+        resolver: Arc<SvidResolver>,
+        bundle: SharedBundle,
+    ) -> Result<Self, ServiceError> {
+        let td = bundle
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .trust_domain()
+            .clone();
+        let mut cfg = client_config(
+            Arc::clone(&resolver),
+            Arc::clone(&bundle),
+            PeerPolicy::AllowList(vec![ca_server_id(&td)]),
+        )?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let bad = |reason: String| ServiceError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        if endpoint.contains('/') || !endpoint.contains(':') {
+            return Err(bad("expected host:port, e.g. 10.99.0.1:8443".to_owned()));
+        }
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| bad(error_chain(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .connect_with_connector(Connector {
+                addr: Arc::from(endpoint),
+                tls: TlsConnector::from(Arc::new(cfg)),
+            })
+            .await
+            .map_err(|e| ServiceError::Connect {
+                endpoint: endpoint.to_owned(),
+                reason: error_chain(&e),
+            })?;
+        Ok(Self {
+            endpoint: Arc::from(endpoint),
+            td,
+            grpc: tonic::client::Grpc::new(channel),
+            resolver,
+            bundle,
+        })
+    }
+
+    /// Asks for an SVID for `id` for pod `pod_namespace/pod_name` (which the CA checks is on
+    /// this node). The key is generated here; only a CSR is sent. `ttl` zero means the CA's
+    /// default. The CA's bundle in the answer replaces the client's bundle.
+    ///
+    /// # Errors
+    /// When the CA refuses (`PermissionDenied` for authorization, `InvalidArgument` for CSR
+    /// rules, `Unauthenticated` without a node SVID) or the answer is not an SVID for `id`.
+    pub async fn sign_workload(
+        &self,
+        id: &SpiffeId,
+        pod_namespace: &str,
+        pod_name: &str,
+        ttl: Duration,
+    ) -> Result<Svid, ServiceError> {
+        let key = PrivateKey::generate()?;
+        let csr = csr_for(id, &key)?;
+        self.sign_csr(id, pod_namespace, pod_name, ttl, csr, key)
+            .await
+    }
+
+    /// [`CaClient::sign_workload`] with a CSR made by the caller (which also holds `key`).
+    ///
+    /// # Errors
+    /// As [`CaClient::sign_workload`].
+    pub async fn sign_csr(
+        &self,
+        id: &SpiffeId,
+        pod_namespace: &str,
+        pod_name: &str,
+        ttl: Duration,
+        csr_der: Vec<u8>,
+        key: PrivateKey,
+    ) -> Result<Svid, ServiceError> {
+        let resp: pb::SvidResponse = self
+            .unary(
+                "SignWorkload",
+                pb::SIGN_WORKLOAD,
+                pb::SignRequest {
+                    csr_der,
+                    spiffe_id: id.to_string(),
+                    pod_namespace: pod_namespace.to_owned(),
+                    pod_name: pod_name.to_owned(),
+                    ttl_seconds: ttl.as_secs(),
+                },
+            )
+            .await?;
+        Ok(self.accept("SignWorkload", resp, key, id)?.0)
+    }
+
+    /// Renews the node SVID `current` (mTLS with it) and presents the new one from the next
+    /// connection on.
+    ///
+    /// # Errors
+    /// When the CA refuses or the answer is not an SVID for the same node ID.
+    pub async fn renew_node(&self, current: &Svid) -> Result<Svid, ServiceError> {
+        let key = PrivateKey::generate()?;
+        let csr = csr_for(current.id(), &key)?;
+        let resp: pb::SvidResponse = self
+            .unary(
+                "RenewNode",
+                pb::RENEW_NODE,
+                pb::RenewNodeRequest { csr_der: csr },
+            )
+            .await?;
+        let (svid, _) = self.accept("RenewNode", resp, key, current.id())?;
+        self.resolver.set(&svid)?;
+        Ok(svid)
+    }
+
+    /// Fetches the CA's trust bundle (and adopts it for checking the CA).
+    ///
+    /// # Errors
+    /// When the request fails or the bundle is malformed or of another trust domain.
+    pub async fn fetch_bundle(&self) -> Result<Bundle, ServiceError> {
+        let resp: pb::BundleResponse = self
+            .unary("Bundle", pb::BUNDLE, pb::BundleRequest {})
+            .await?;
+        let b = Bundle::from_pem(self.td.clone(), &resp.bundle_pem)?.with_sequence(resp.sequence);
+        self.adopt(&b);
+        Ok(b)
+    }
+
+    /// The bundle used to authenticate the CA (updated from the CA's answers).
+    #[must_use]
+    pub fn bundle(&self) -> SharedBundle {
+        Arc::clone(&self.bundle)
+    }
+
+    /// The resolver presenting this client's certificate.
+    #[must_use]
+    pub fn resolver(&self) -> Arc<SvidResolver> {
+        Arc::clone(&self.resolver)
+    }
+
+    fn adopt(&self, b: &Bundle) {
+        let mut cur = self
+            .bundle
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cur.roots() != b.roots() {
+            *cur = b.clone();
+        }
+    }
+
+    async fn unary<Req, Resp>(
+        &self,
+        rpc: &'static str,
+        path: &'static str,
+        msg: Req,
+    ) -> Result<Resp, ServiceError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = self.grpc.clone();
+        grpc.ready().await.map_err(|e| ServiceError::Connect {
+            endpoint: self.endpoint.to_string(),
+            reason: error_chain(&e),
+        })?;
+        let codec: ProstCodec<Req, Resp> = ProstCodec::default();
+        grpc.unary(
+            tonic::Request::new(msg),
+            PathAndQuery::from_static(path),
+            codec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| ServiceError::Status {
+            rpc,
+            code: s.code(),
+            message: match std::error::Error::source(&s) {
+                Some(src) => format!("{}: {}", s.message(), error_chain(src)),
+                None => s.message().to_owned(),
+            },
+        })
+    }
+
+    /// Checks an issued chain: it verifies against the bundle that came with it (the CA was
+    /// authenticated by TLS), names `want`, and matches `key`.
+    fn accept(
+        &self,
+        rpc: &'static str,
+        resp: pb::SvidResponse,
+        key: PrivateKey,
+        want: &SpiffeId,
+    ) -> Result<(Svid, Bundle), ServiceError> {
+        let bad = |reason: String| ServiceError::Response { rpc, reason };
+        let chain: Vec<CertificateDer<'static>> = resp
+            .chain_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let bundle = Bundle::from_pem(self.td.clone(), &resp.bundle_pem)
+            .map_err(|e| bad(format!("bundle_pem: {e}")))?;
+        let got = verify_svid(&chain, &bundle, SystemTime::now())
+            .map_err(|e| bad(format!("issued chain does not verify: {e}")))?;
+        if got != *want {
+            return Err(bad(format!("issued SVID is for {got}, asked for {want}")));
+        }
+        let svid = Svid::from_parts(chain, key).map_err(|e| bad(e.to_string()))?;
+        self.adopt(&bundle);
+        Ok((svid, bundle))
+    }
+}

@@ -1,0 +1,233 @@
+//! The CA issuance service: gRPC (tonic) over TLS, wire format in
+//! `certs/proto/identityd.ca.v1.proto`.
+//!
+//! - `Join(node_name, token, csr)`: server-auth TLS only. A single-use join token (see
+//!   [`tokens`]) is exchanged for a node SVID `spiffe://<td>/identityd/node/<node_name>`.
+//! - `SignWorkload(csr, spiffe_id, pod_namespace, pod_name, ttl)`: mTLS with a node SVID. The
+//!   caller's node name comes from its verified certificate, never from the request; an
+//!   [`Authorizer`] supplied by the daemon decides whether that node may have that pod's ID.
+//! - `RenewNode(csr)`: mTLS with the current node SVID; a fresh SVID for the same node ID.
+//! - `Bundle()`: the trust bundle as PEM and JWKS.
+//!
+//! The CA serves with the SVID `spiffe://<td>/identityd/ca` it issues to itself; clients check
+//! that exact ID against the bundle they were given. Keys are generated where they are used:
+//! clients send only CSRs.
+//!
+//! CA side: [`CaServer::new`] then [`CaServer::serve`]. Node side: [`CaClient::join`], then
+//! [`CaClient::connect_mtls`] and [`CaClient::sign_workload`].
+
+mod client;
+mod grpc;
+pub mod pb;
+mod server;
+pub mod tokens;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use client::{CaClient, NodeIdentity};
+pub use server::{CaServer, CaServerOptions};
+pub use tokens::{JoinToken, TokenError};
+
+use crate::id::{IdError, SpiffeId, TrustDomain};
+
+/// Path prefix reserved for identityd's own identities; never issued through `SignWorkload`.
+pub const RESERVED_PREFIX: &str = "identityd";
+
+/// `spiffe://<td>/identityd/node/<name>`: a node's identity.
+///
+/// # Errors
+/// When `name` is not a valid SPIFFE path segment.
+pub fn node_id(td: &TrustDomain, name: &str) -> Result<SpiffeId, IdError> {
+    SpiffeId::from_parts(td.clone(), &[RESERVED_PREFIX, "node", name])
+}
+
+/// `spiffe://<td>/identityd/ca`: the identity the CA serves with.
+#[must_use]
+pub fn ca_server_id(td: &TrustDomain) -> SpiffeId {
+    SpiffeId::from_parts(td.clone(), &[RESERVED_PREFIX, "ca"])
+        .unwrap_or_else(|e| unreachable!("constant segments are valid: {e}"))
+}
+
+/// The node name of a node ID (`spiffe://<td>/identityd/node/<name>`), or `None`.
+#[must_use]
+pub fn node_name_of(id: &SpiffeId) -> Option<&str> {
+    let mut s = id.segments();
+    match (s.next(), s.next(), s.next(), s.next()) {
+        (Some(RESERVED_PREFIX), Some("node"), Some(name), None) => Some(name),
+        _ => None,
+    }
+}
+
+/// What a node asks for in `SignWorkload`, after the request was parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRequest {
+    /// The SPIFFE ID asked for.
+    pub spiffe_id: SpiffeId,
+    /// The pod's namespace.
+    pub pod_namespace: String,
+    /// The pod's name.
+    pub pod_name: String,
+}
+
+/// A refusal by an [`Authorizer`]; the reason is sent to the caller and logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+/// Decides whether a node may have an SVID for a workload. The daemon implements it from
+/// cluster state: the pod must be scheduled on `node` and `spiffe_id` must be the pod's
+/// namespace/service account. Called on the request path: keep it a lookup in memory.
+///
+/// Closures `Fn(&str, &WorkloadRequest) -> Result<(), Denied>` implement it.
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Ok` to issue, or why not.
+    ///
+    /// # Errors
+    /// The reason for the refusal.
+    fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied>;
+}
+
+impl<F> Authorizer for F
+where
+    F: Fn(&str, &WorkloadRequest) -> Result<(), Denied> + Send + Sync + 'static,
+{
+    fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied> {
+        self(node, req)
+    }
+}
+
+/// Issuance counters of a [`CaServer`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    issued: AtomicU64,
+    refused: AtomicU64,
+    joins: AtomicU64,
+    failed_joins: AtomicU64,
+    node_renewals: AtomicU64,
+    tls_failures: AtomicU64,
+}
+
+/// A copy of the [`Counters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterSnapshot {
+    /// Workload SVIDs issued.
+    pub issued: u64,
+    /// `SignWorkload`/`RenewNode` requests refused (authentication, authorization, CSR rules).
+    pub refused: u64,
+    /// Successful joins (node SVIDs issued for tokens).
+    pub joins: u64,
+    /// Refused joins (bad, used or expired token; bad CSR).
+    pub failed_joins: u64,
+    /// Node SVIDs renewed over mTLS.
+    pub node_renewals: u64,
+    /// TLS handshakes that failed or timed out (e.g. a client certificate from another CA).
+    pub tls_failures: u64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    #[must_use]
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            issued: g(&self.issued),
+            refused: g(&self.refused),
+            joins: g(&self.joins),
+            failed_joins: g(&self.failed_joins),
+            node_renewals: g(&self.node_renewals),
+            tls_failures: g(&self.tls_failures),
+        }
+    }
+}
+
+/// Errors of the issuance service's client and server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Certificates, keys, IDs or files.
+    #[error(transparent)]
+    Certs(#[from] crate::Error),
+    /// The endpoint is not usable.
+    #[error("endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Connecting (TCP or TLS) failed.
+    #[error("connecting to CA at {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The CA answered with an error status.
+    #[error("CA refused {rpc}: {code:?}: {message}")]
+    Status {
+        /// The RPC.
+        rpc: &'static str,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The CA's message.
+        message: String,
+    },
+    /// The CA's answer is unusable.
+    #[error("CA answer to {rpc}: {reason}")]
+    Response {
+        /// The RPC.
+        rpc: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Serve(String),
+}
+
+impl ServiceError {
+    /// The gRPC code when the CA answered with an error status.
+    #[must_use]
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_round_trip_and_others_are_not_nodes() {
+        let td = TrustDomain::new("lab.local").unwrap();
+        let id = node_id(&td, "node-1").unwrap();
+        assert_eq!(id.to_string(), "spiffe://lab.local/identityd/node/node-1");
+        assert_eq!(node_name_of(&id), Some("node-1"));
+        for other in [
+            "spiffe://lab.local/identityd/ca",
+            "spiffe://lab.local/identityd/node/a/b",
+            "spiffe://lab.local/ns/identityd/node/a",
+            "spiffe://lab.local/identityd/node",
+        ] {
+            assert_eq!(
+                node_name_of(&SpiffeId::parse(other).unwrap()),
+                None,
+                "{other}"
+            );
+        }
+        assert!(node_id(&td, "a/b").is_err());
+        assert!(node_id(&td, "").is_err());
+        assert_eq!(
+            ca_server_id(&td).to_string(),
+            "spiffe://lab.local/identityd/ca"
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! The CA issuance service over real TCP on loopback with real TLS: join tokens are single
+//! use, node authorization decides workload SVIDs, the caller's node comes from its verified
+//! certificate, and foreign or missing client certificates are refused.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use identityd_certs::service::{
+    CaClient, CaServer, CaServerOptions, Denied, JoinToken, ServiceError, WorkloadRequest, node_id,
+    tokens,
+};
+use identityd_certs::tls::{SvidResolver, shared};
+use identityd_certs::{Bundle, Ca, CaOptions, SpiffeId, Svid, TrustDomain, verify_svid};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const TD: &str = "lab.local";
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// (namespace, pod) → (node, service account): the cluster state the daemon would hold.
+type Pods = HashMap<(String, String), (String, String)>;
+
+struct Lab {
+    dir: tempfile::TempDir,
+    ca_dir: PathBuf,
+    server: CaServer,
+    addr: String,
+    bundle: Bundle,
+    _stop: oneshot::Sender<()>,
+}
+
+fn td() -> TrustDomain {
+    TrustDomain::new(TD).unwrap()
+}
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+/// The daemon's rule: the pod must be scheduled on the caller's node and the ID must be the
+/// pod's namespace/service account.
+fn authorizer(pods: Pods) -> impl Fn(&str, &WorkloadRequest) -> Result<(), Denied> {
+    move |node: &str, req: &WorkloadRequest| {
+        let key = (req.pod_namespace.clone(), req.pod_name.clone());
+        let Some((pod_node, sa)) = pods.get(&key) else {
+            return Err(Denied(format!(
+                "pod {}/{} does not exist",
+                req.pod_namespace, req.pod_name
+            )));
+        };
+        if pod_node != node {
+            return Err(Denied(format!(
+                "pod {}/{} is scheduled on node {pod_node}",
+                req.pod_namespace, req.pod_name
+            )));
+        }
+        let want = td().workload_id(&req.pod_namespace, sa).unwrap();
+        if req.spiffe_id != want {
+            return Err(Denied(format!(
+                "the pod's identity is {want}, not {}",
+                req.spiffe_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn start() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = Ca::init(&ca_dir, td(), CaOptions::default(), SystemTime::now()).unwrap();
+    let bundle = ca.bundle(SystemTime::now());
+    let mut pods = Pods::new();
+    for (ns, pod, node, sa) in [
+        ("shop", "web-1", "node-a", "web"),
+        ("shop", "db-1", "node-b", "db"),
+    ] {
+        pods.insert((ns.into(), pod.into()), (node.into(), sa.into()));
+    }
+    let server = CaServer::new(
+        Arc::new(Mutex::new(ca)),
+        &ca_dir,
+        Arc::new(authorizer(pods)),
+        CaServerOptions::default(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = server.clone();
+    tokio::spawn(async move {
+        s.serve_with_shutdown(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("CA service runs");
+    });
+    Lab {
+        dir,
+        ca_dir,
+        server,
+        addr,
+        bundle,
+        _stop: stop,
+    }
+}
+
+impl Lab {
+    /// Mints a token file for `node` the way `lab up` does, and reads it back node-side.
+    fn token(&self, node: &str) -> JoinToken {
+        let path = self.dir.path().join(format!("{node}.token"));
+        tokens::mint_to_file(&self.ca_dir, node, &path, HOUR, SystemTime::now()).unwrap();
+        JoinToken::read(&path).unwrap()
+    }
+
+    async fn join(&self, node: &str) -> Svid {
+        let tok = self.token(node);
+        CaClient::join(&self.addr, node, &tok, &self.bundle)
+            .await
+            .unwrap_or_else(|e| panic!("join {node}: {e}"))
+            .svid
+    }
+
+    async fn node_client(&self, node: &str) -> CaClient {
+        let svid = self.join(node).await;
+        CaClient::connect_mtls(&self.addr, &svid, &self.bundle)
+            .await
+            .unwrap_or_else(|e| panic!("connect_mtls {node}: {e}"))
+    }
+}
+
+fn expect_code(r: Result<impl std::fmt::Debug, ServiceError>, code: tonic::Code) -> String {
+    match r {
+        Err(e) if e.code() == Some(code) => e.to_string(),
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn join_with_a_valid_token_yields_a_node_svid_that_verifies() {
+    let lab = start().await;
+    let tok = lab.token("node-a");
+    let joined = CaClient::join(&lab.addr, "node-a", &tok, &lab.bundle)
+        .await
+        .unwrap();
+    let want = node_id(&td(), "node-a").unwrap();
+    assert_eq!(joined.svid.id(), &want);
+    let now = SystemTime::now();
+    assert_eq!(
+        verify_svid(joined.svid.chain(), &lab.bundle, now).unwrap(),
+        want
+    );
+    assert_eq!(joined.bundle.roots(), lab.bundle.roots());
+    let life = joined
+        .svid
+        .not_after()
+        .duration_since(now)
+        .expect("not expired");
+    assert!(
+        life <= HOUR,
+        "node SVID lifetime {life:?} is capped by node_svid_ttl"
+    );
+    assert_eq!(lab.server.counters().joins, 1);
+    assert!(
+        tokens::outstanding(&lab.ca_dir, now).unwrap().is_empty(),
+        "the token is consumed"
+    );
+}
+
+#[tokio::test]
+async fn a_join_token_works_only_once() {
+    let lab = start().await;
+    let tok = lab.token("node-a");
+    CaClient::join(&lab.addr, "node-a", &tok, &lab.bundle)
+        .await
+        .unwrap();
+    let msg = expect_code(
+        CaClient::join(&lab.addr, "node-a", &tok, &lab.bundle).await,
+        tonic::Code::Unauthenticated,
+    );
+    assert!(msg.contains("invalid, already used or expired"), "{msg}");
+    let c = lab.server.counters();
+    assert_eq!((c.joins, c.failed_joins), (1, 1));
+}
+
+#[tokio::test]
+async fn wrong_tokens_are_refused_and_leave_the_real_one_usable() {
+    let lab = start().await;
+    let real = lab.token("node-a");
+    let forged = JoinToken::generate().unwrap();
+    expect_code(
+        CaClient::join(&lab.addr, "node-a", &forged, &lab.bundle).await,
+        tonic::Code::Unauthenticated,
+    );
+    // node-a's token does not let anyone join as node-b.
+    expect_code(
+        CaClient::join(&lab.addr, "node-b", &real, &lab.bundle).await,
+        tonic::Code::Unauthenticated,
+    );
+    assert_eq!(lab.server.counters().failed_joins, 2);
+    CaClient::join(&lab.addr, "node-a", &real, &lab.bundle)
+        .await
+        .expect("the real token still works");
+}
+
+#[tokio::test]
+async fn an_authorized_pod_gets_an_svid_with_the_requested_id() {
+    let lab = start().await;
+    let client = lab.node_client("node-a").await;
+    let want = id("spiffe://lab.local/ns/shop/sa/web");
+    let svid = client
+        .sign_workload(&want, "shop", "web-1", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(svid.id(), &want);
+    let now = SystemTime::now();
+    assert_eq!(verify_svid(svid.chain(), &lab.bundle, now).unwrap(), want);
+    let life = svid.not_after().duration_since(now).unwrap();
+    assert!(life <= Duration::from_secs(600), "{life:?}");
+    assert_eq!(lab.server.counters().issued, 1);
+}
+
+#[tokio::test]
+async fn a_pod_on_another_node_is_permission_denied_and_counted() {
+    let lab = start().await;
+    let client = lab.node_client("node-a").await;
+    // db-1 runs on node-b.
+    let msg = expect_code(
+        client
+            .sign_workload(
+                &id("spiffe://lab.local/ns/shop/sa/db"),
+                "shop",
+                "db-1",
+                HOUR,
+            )
+            .await,
+        tonic::Code::PermissionDenied,
+    );
+    assert!(
+        msg.contains("node node-a may not have") && msg.contains("scheduled on node node-b"),
+        "{msg}"
+    );
+    // The right pod but another pod's identity.
+    let msg = expect_code(
+        client
+            .sign_workload(
+                &id("spiffe://lab.local/ns/shop/sa/db"),
+                "shop",
+                "web-1",
+                HOUR,
+            )
+            .await,
+        tonic::Code::PermissionDenied,
+    );
+    assert!(msg.contains("the pod's identity is"), "{msg}");
+    // identityd's own identities are never issued as workloads, whatever the authorizer says.
+    let msg = expect_code(
+        client
+            .sign_workload(
+                &id("spiffe://lab.local/identityd/node/node-b"),
+                "shop",
+                "web-1",
+                HOUR,
+            )
+            .await,
+        tonic::Code::PermissionDenied,
+    );
+    assert!(msg.contains("reserved"), "{msg}");
+    let c = lab.server.counters();
+    assert_eq!((c.issued, c.refused), (0, 3));
+}
+
+#[tokio::test]
+async fn sign_workload_without_a_client_certificate_is_refused() {
+    let lab = start().await;
+    let anonymous =
+        CaClient::connect_with(&lab.addr, SvidResolver::new(), shared(lab.bundle.clone()))
+            .await
+            .unwrap();
+    let msg = expect_code(
+        anonymous
+            .sign_workload(
+                &id("spiffe://lab.local/ns/shop/sa/web"),
+                "shop",
+                "web-1",
+                HOUR,
+            )
+            .await,
+        tonic::Code::Unauthenticated,
+    );
+    assert!(msg.contains("requires mTLS with a node SVID"), "{msg}");
+    // Bundle is public: it works without a client certificate.
+    let b = anonymous.fetch_bundle().await.unwrap();
+    assert_eq!(b.roots(), lab.bundle.roots());
+    assert_eq!(lab.server.counters().refused, 1);
+}
+
+#[tokio::test]
+async fn a_workload_svid_cannot_act_as_a_node() {
+    let lab = start().await;
+    let node = lab.node_client("node-a").await;
+    let web = node
+        .sign_workload(
+            &id("spiffe://lab.local/ns/shop/sa/web"),
+            "shop",
+            "web-1",
+            HOUR,
+        )
+        .await
+        .unwrap();
+    let as_web = CaClient::connect_mtls(&lab.addr, &web, &lab.bundle)
+        .await
+        .unwrap();
+    let msg = expect_code(
+        as_web
+            .sign_workload(
+                &id("spiffe://lab.local/ns/shop/sa/web"),
+                "shop",
+                "web-1",
+                HOUR,
+            )
+            .await,
+        tonic::Code::PermissionDenied,
+    );
+    assert!(msg.contains("is not a node identity"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_csr_for_another_id_is_refused_with_the_csr_rule() {
+    let lab = start().await;
+    let client = lab.node_client("node-a").await;
+    let asked = id("spiffe://lab.local/ns/shop/sa/web");
+    let key = identityd_certs::PrivateKey::generate().unwrap();
+    let csr =
+        identityd_certs::svid::csr_for(&id("spiffe://lab.local/ns/shop/sa/db"), &key).unwrap();
+    let msg = expect_code(
+        client
+            .sign_csr(&asked, "shop", "web-1", HOUR, csr, key)
+            .await,
+        tonic::Code::InvalidArgument,
+    );
+    assert!(
+        msg.contains("subjectAltName: requests spiffe://lab.local/ns/shop/sa/db")
+            && msg.contains("authorized ID is spiffe://lab.local/ns/shop/sa/web"),
+        "{msg}"
+    );
+    let c = lab.server.counters();
+    assert_eq!((c.issued, c.refused), (0, 1));
+}
+
+#[tokio::test]
+async fn a_node_svid_from_another_ca_is_refused_at_tls() {
+    let lab = start().await;
+    // Same trust domain, same ID shape, different key: an impostor CA.
+    let other_dir = lab.dir.path().join("other-ca");
+    let other = Ca::init(&other_dir, td(), CaOptions::default(), SystemTime::now()).unwrap();
+    let forged = other
+        .issue(&node_id(&td(), "node-a").unwrap(), HOUR, SystemTime::now())
+        .unwrap();
+    let before = lab.server.counters();
+    // With TLS 1.3 the server's verdict on the client certificate arrives after the client's
+    // handshake is done: the failure shows on connect or on the first request.
+    let result = match CaClient::connect_mtls(&lab.addr, &forged, &lab.bundle).await {
+        Err(e) => Err(e),
+        Ok(c) => c
+            .sign_workload(
+                &id("spiffe://lab.local/ns/shop/sa/web"),
+                "shop",
+                "web-1",
+                HOUR,
+            )
+            .await
+            .map(|_| ()),
+    };
+    let err = result.expect_err("a foreign node SVID must not get through");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while lab.server.counters().tls_failures == before.tls_failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no TLS failure counted; client saw: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = lab.server.counters();
+    assert_eq!(after.issued, before.issued);
+    assert_eq!(
+        after.refused, before.refused,
+        "refused at TLS, before any RPC: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_does_not_join_a_ca_it_cannot_verify() {
+    let lab = start().await;
+    let other_dir = lab.dir.path().join("other-ca");
+    let other = Ca::init(&other_dir, td(), CaOptions::default(), SystemTime::now()).unwrap();
+    let tok = lab.token("node-a");
+    let err = CaClient::join(&lab.addr, "node-a", &tok, &other.bundle(SystemTime::now()))
+        .await
+        .expect_err("the CA's serving SVID does not verify against another root");
+    assert!(matches!(err, ServiceError::Connect { .. }), "{err}");
+    assert_eq!(
+        tokens::outstanding(&lab.ca_dir, SystemTime::now()).unwrap(),
+        ["node-a"],
+        "the token was never sent, so it is still outstanding"
+    );
+}
+
+#[tokio::test]
+async fn a_node_renews_its_own_svid_over_mtls() {
+    let lab = start().await;
+    let first = lab.join("node-a").await;
+    let client = CaClient::connect_mtls(&lab.addr, &first, &lab.bundle)
+        .await
+        .unwrap();
+    let renewed = client.renew_node(&first).await.unwrap();
+    assert_eq!(renewed.id(), first.id());
+    assert_ne!(renewed.leaf(), first.leaf());
+    assert_ne!(
+        renewed.key().public_key_der().unwrap(),
+        first.key().public_key_der().unwrap(),
+        "a new key per renewal"
+    );
+    assert_eq!(lab.server.counters().node_renewals, 1);
+}

@@ -7,9 +7,9 @@ export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:/usr/local/sbin:/usr/sbin
 bootstrap:
 	@bash scripts/bootstrap
 
-# Show what identityd can do today, on this machine (becomes `identityd lab up`).
+# The lab: a 3-node cluster on this machine, encrypted and checked (needs root).
 demo: bootstrap
-	@cargo build --quiet --bin identityd
+	@cargo build --quiet --bins
 	@bash scripts/demo
 
 # Everything CI checks: format, lints, all unit/component/e2e tests.

@@ -163,7 +163,7 @@ pub fn plan(
             local_cidrs: cfg.pod_cidr.iter().filter_map(|c| c.parse().ok()).collect(),
             route_table: 254,
             persist: true,
-            offload: true,
+            offload: false,
             backend: identityd_wg::backend::BackendMode::default(),
             peers: wg_peers,
         }),

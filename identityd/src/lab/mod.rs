@@ -251,6 +251,11 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
     if dir.join("lab.json").exists() {
         return Err(LabError::AlreadyUp(dir.display().to_string()));
     }
+    if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+        return Err(LabError::AlreadyUp(format!(
+            "another directory (bridge {BRIDGE} exists; find its lab.json and run `identityd lab down --dir` there)"
+        )));
+    }
     if !(1..=9).contains(&opts.nodes) {
         return Err(LabError::Io(format!(
             "--nodes={}: between 1 and 9",

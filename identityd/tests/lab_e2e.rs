@@ -210,7 +210,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     assert!(ok, "the tunnel outlives the killed daemon: {body}");
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(lab.dir.join("n2/daemon-restart.log")).unwrap();
-    Command::new("ip")
+    let mut restarted = Command::new("ip")
         .args(["netns", "exec", "idd-n2", BIN, "run", "--config"])
         .arg(lab.dir.join("n2/node.yaml"))
         .stdout(log.try_clone().unwrap())

@@ -257,6 +257,8 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `lab down` killed everything in the node namespaces, the restarted daemon included.
+    let _ = restarted.wait();
     let ns = String::from_utf8_lossy(
         &Command::new("ip")
             .args(["netns", "list"])

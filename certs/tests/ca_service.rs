@@ -24,6 +24,7 @@ type Pods = HashMap<(String, String), (String, String)>;
 
 struct Lab {
     dir: tempfile::TempDir,
+    ca: Arc<Mutex<Ca>>,
     ca_dir: PathBuf,
     server: CaServer,
     addr: String,
@@ -68,9 +69,13 @@ fn authorizer(pods: Pods) -> impl Fn(&str, &WorkloadRequest) -> Result<(), Denie
 }
 
 async fn start() -> Lab {
+    start_with(CaOptions::default()).await
+}
+
+async fn start_with(options: CaOptions) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    let ca = Ca::init(&ca_dir, td(), CaOptions::default(), SystemTime::now()).unwrap();
+    let ca = Ca::init(&ca_dir, td(), options, SystemTime::now()).unwrap();
     let bundle = ca.bundle(SystemTime::now());
     let mut pods = Pods::new();
     for (ns, pod, node, sa) in [
@@ -79,8 +84,9 @@ async fn start() -> Lab {
     ] {
         pods.insert((ns.into(), pod.into()), (node.into(), sa.into()));
     }
+    let ca = Arc::new(Mutex::new(ca));
     let server = CaServer::new(
-        Arc::new(Mutex::new(ca)),
+        Arc::clone(&ca),
         &ca_dir,
         Arc::new(authorizer(pods)),
         CaServerOptions::default(),
@@ -99,6 +105,7 @@ async fn start() -> Lab {
     });
     Lab {
         dir,
+        ca,
         ca_dir,
         server,
         addr,
@@ -424,4 +431,69 @@ async fn a_node_renews_its_own_svid_over_mtls() {
         "a new key per renewal"
     );
     assert_eq!(lab.server.counters().node_renewals, 1);
+}
+
+#[tokio::test]
+async fn issuance_works_through_an_intermediate() {
+    let lab = start_with(CaOptions {
+        intermediate: true,
+        ..CaOptions::default()
+    })
+    .await;
+    let node = lab.join("node-a").await;
+    assert_eq!(node.chain().len(), 2, "leaf + intermediate");
+    let client = CaClient::connect_mtls(&lab.addr, &node, &lab.bundle)
+        .await
+        .unwrap();
+    let want = id("spiffe://lab.local/ns/shop/sa/web");
+    let svid = client
+        .sign_workload(&want, "shop", "web-1", HOUR)
+        .await
+        .unwrap();
+    assert_eq!(svid.chain().len(), 2);
+    assert_eq!(
+        verify_svid(svid.chain(), &lab.bundle, SystemTime::now()).unwrap(),
+        want
+    );
+}
+
+#[tokio::test]
+async fn after_a_rollover_nodes_knowing_only_the_old_root_keep_working_and_learn_the_new_one() {
+    let lab = start().await;
+    let old_bundle = lab.bundle.clone();
+    let node = lab.join("node-a").await;
+    lab.ca
+        .lock()
+        .unwrap()
+        .rollover(&lab.ca_dir, HOUR, SystemTime::now())
+        .unwrap();
+    lab.server.refresh().unwrap();
+
+    // The node still holds only the old root and a node SVID under it.
+    let client = CaClient::connect_mtls(&lab.addr, &node, &old_bundle)
+        .await
+        .unwrap();
+    let want = id("spiffe://lab.local/ns/shop/sa/web");
+    let svid = client
+        .sign_workload(&want, "shop", "web-1", HOUR)
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let learned = client.bundle().read().unwrap().clone();
+    assert_eq!(
+        learned.roots().len(),
+        2,
+        "old and new root during the overlap"
+    );
+    assert_eq!(verify_svid(svid.chain(), &learned, now).unwrap(), want);
+    assert!(
+        verify_svid(svid.chain(), &old_bundle, now).is_err(),
+        "new SVIDs are signed under the new root"
+    );
+    let renewed = client.renew_node(&node).await.unwrap();
+    assert!(verify_svid(renewed.chain(), &old_bundle, now).is_err());
+    assert_eq!(
+        verify_svid(renewed.chain(), &learned, now).unwrap(),
+        *node.id()
+    );
 }

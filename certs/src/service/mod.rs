@@ -15,6 +15,43 @@
 //!
 //! CA side: [`CaServer::new`] then [`CaServer::serve`]. Node side: [`CaClient::join`], then
 //! [`CaClient::connect_mtls`] and [`CaClient::sign_workload`].
+//!
+//! ```no_run
+//! use std::sync::{Arc, Mutex};
+//! use std::time::{Duration, SystemTime};
+//! use identityd_certs::service::{self, CaClient, CaServer, CaServerOptions, Denied, JoinToken};
+//! use identityd_certs::{Bundle, Ca, CaOptions, TrustDomain};
+//!
+//! # async fn ca_side() -> Result<(), Box<dyn std::error::Error>> {
+//! // CA role. `lab up` mints one token per node before starting the node daemons.
+//! let dir = std::path::Path::new("/var/lib/identityd/ca");
+//! let td = TrustDomain::new("lab.local")?;
+//! let ca = Ca::load_or_init(dir, td, CaOptions::default(), SystemTime::now())?;
+//! service::tokens::mint_to_file(dir, "node-1", "/run/identityd/node-1/join-token".as_ref(),
+//!     service::tokens::DEFAULT_TOKEN_TTL, SystemTime::now())?;
+//! // The daemon's authorizer looks the pod up in its cluster snapshot.
+//! let authorizer = |node: &str, req: &service::WorkloadRequest| -> Result<(), Denied> {
+//!     let _ = (node, req); // pod on `node`? spiffe_id == the pod's ns/sa?
+//!     Err(Denied("no such pod".into()))
+//! };
+//! let server = CaServer::new(Arc::new(Mutex::new(ca)), dir, Arc::new(authorizer),
+//!     CaServerOptions::default())?;
+//! let listener = tokio::net::TcpListener::bind("10.99.0.1:8443").await?;
+//! server.serve(listener).await?; // server.counters() for metrics
+//! # Ok(()) }
+//!
+//! # async fn node_side() -> Result<(), Box<dyn std::error::Error>> {
+//! // Node role: the bundle (CA root) and the token file come from `lab up`.
+//! let td = TrustDomain::new("lab.local")?;
+//! let bundle = Bundle::from_pem(td.clone(), &std::fs::read_to_string("/run/identityd/bundle.pem")?)?;
+//! let token = JoinToken::read("/run/identityd/node-1/join-token".as_ref())?;
+//! let node = CaClient::join("10.99.0.1:8443", "node-1", &token, &bundle).await?;
+//! let ca = CaClient::connect_mtls("10.99.0.1:8443", &node.svid, &node.bundle).await?;
+//! let id = td.workload_id("shop", "web")?;
+//! let svid = ca.sign_workload(&id, "shop", "web-7f9c", Duration::from_secs(3600)).await?;
+//! // Before node.svid expires: ca.renew_node(&node.svid) (also presents the new one).
+//! # let _ = svid; Ok(()) }
+//! ```
 
 mod client;
 mod grpc;

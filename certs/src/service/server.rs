@@ -233,7 +233,9 @@ impl CaServer {
     }
 
     /// Re-reads the bundle from the CA and renews the serving SVID when half its lifetime has
-    /// passed or the root changed. The serve loop calls this every
+    /// passed or the root it was issued under has left the bundle (after a rollover it stays
+    /// under the old root during the overlap, so nodes that only know the old root still
+    /// reach the CA and learn the new bundle from its answers). The serve loop calls this every
     /// [`CaServerOptions::refresh_interval`]; call it after a rollover to apply it at once.
     ///
     /// # Errors
@@ -379,6 +381,12 @@ impl Inner {
         let now = self.clock.now();
         let ca = lock(&self.ca);
         let bundle = ca.bundle(now);
+        let mut serving = lock(&self.serving);
+        // After a rollover the serving SVID stays under the old root while that root is still
+        // in the bundle: nodes that only know the old root keep reaching the CA and pick up the
+        // new bundle from its answers. It moves to the new root at half-life, or when the old
+        // root leaves the bundle.
+        let root_trusted = bundle.roots().contains(&serving.root);
         {
             let mut b = self
                 .bundle
@@ -393,8 +401,7 @@ impl Inner {
                 *b = bundle;
             }
         }
-        let mut serving = lock(&self.serving);
-        if !force && serving.renew_at > now && serving.root == *ca.root() {
+        if !force && serving.renew_at > now && root_trusted {
             return Ok(());
         }
         let id = ca_server_id(&self.td);

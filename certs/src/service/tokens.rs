@@ -421,4 +421,22 @@ mod tests {
         );
         assert_eq!(format!("{t:?}"), "JoinToken(<redacted>)");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Arbitrary presented tokens (the untrusted input of `Join`) never panic, never match,
+        /// and never consume the real token.
+        #[test]
+        fn arbitrary_tokens_never_match(presented in ".{0,80}") {
+            let d = tempfile::tempdir().unwrap();
+            let now = SystemTime::now();
+            let real = mint(d.path(), "n", H, now).unwrap();
+            proptest::prop_assume!(presented.trim() != real.expose_secret());
+            let r = consume_with(d.path(), "n", &presented, now, ok);
+            proptest::prop_assert!(matches!(r, Err(TokenError::Mismatch(_))));
+            let _ = JoinToken::parse(&presented);
+            proptest::prop_assert_eq!(outstanding(d.path(), now).unwrap(), vec!["n".to_owned()]);
+        }
+    }
 }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod l7;
 pub mod mesh;
 pub mod server;
 pub mod translate;

@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use crate::l7::L7Config;
+
 /// mTLS mode of a namespace (`identityd.io/mtls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MtlsMode {
@@ -149,8 +151,19 @@ pub struct Ports {
     pub transparent: bool,
 }
 
+impl Default for Ports {
+    /// `0.0.0.0:15008` inbound, `0.0.0.0:15001` outbound, not transparent.
+    fn default() -> Self {
+        Self {
+            inbound: SocketAddr::from(([0, 0, 0, 0], crate::INBOUND_MTLS_PORT)),
+            outbound: SocketAddr::from(([0, 0, 0, 0], crate::OUTBOUND_PORT)),
+            transparent: false,
+        }
+    }
+}
+
 /// Everything the translation needs for one node's Envoy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MeshConfig {
     /// Trust domain (`cluster.local`).
     pub trust_domain: String,
@@ -166,4 +179,7 @@ pub struct MeshConfig {
     pub svids: Vec<SvidPem>,
     /// The trust bundle (PEM).
     pub bundle_pem: String,
+    /// L7 traffic management: ingress listeners, routes (ingress and mesh), traffic policies
+    /// and ingress certificates. Default: none (the mesh routes each service as a whole).
+    pub l7: L7Config,
 }

@@ -51,6 +51,10 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
+mod l7;
+
+pub use l7::{RATE_LIMIT_FILTER, ingress_cluster, ingress_route};
+
 use crate::mesh::{AuthzAction, AuthzPolicy, AuthzRule, MeshConfig, MtlsMode, Service, Workload};
 use crate::server::{Snapshot, type_url};
 
@@ -574,10 +578,19 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
     }
 
     // ---- outbound ----
+    let policies = l7::Policies::new(mesh);
     let mut outbound_chains = Vec::new();
     let mut endpoints_done = BTreeSet::new();
     for w in &mesh.workloads {
         let mut vhosts = Vec::new();
+        // The caller's cluster of a service (None: a strict service and a caller without SVID).
+        let cluster_of = |s: &Service| {
+            if s.mtls == MtlsMode::Strict && !have_svid.contains(w.id.as_str()) {
+                return None;
+            }
+            let mtls = s.mtls.offers_mtls() && have_svid.contains(w.id.as_str());
+            Some(outbound_cluster(s, mtls.then_some(w.id.as_str())))
+        };
         for s in &mesh.services {
             let mtls = s.mtls.offers_mtls() && have_svid.contains(w.id.as_str());
             if s.mtls == MtlsMode::Strict && !have_svid.contains(w.id.as_str()) {
@@ -616,6 +629,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     };
                     c.transport_socket = Some(tls_socket(tls));
                 }
+                policies.apply_cluster(s, &mut c);
                 snap.insert(type_url::CLUSTER, cluster_name.clone(), pack_any(c));
                 let eps: Vec<LbEndpoint> = s
                     .endpoints
@@ -643,7 +657,13 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     }),
                 );
             }
-            vhosts.push(route_to(&cluster_name, service_domains(s), &s.key()));
+            vhosts.extend(l7::outbound_vhost(
+                mesh,
+                &policies,
+                s,
+                service_domains(s),
+                &cluster_of,
+            ));
         }
         let route_name = outbound_route(w);
         snap.insert(
@@ -661,7 +681,14 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 config_source: Some(ads()),
                 route_config_name: route_name,
             })),
-            http_filters: vec![router_filter()],
+            http_filters: if policies.any_rate_limit {
+                vec![
+                    l7::rate_limit_filter(&format!("outbound_{}_{}", w.namespace, w.name), None),
+                    router_filter(),
+                ]
+            } else {
+                vec![router_filter()]
+            },
             ..Default::default()
         };
         outbound_chains.push(FilterChain {
@@ -689,7 +716,23 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
             }),
         );
     }
+    // ---- ingress ----
+    l7::ingress(mesh, &policies, &mut snap);
     snap
+}
+
+/// [`translate`] after [`crate::l7::validate`]: a config with problems is not translated (the
+/// caller keeps serving its last good snapshot and reports the problems).
+///
+/// # Errors
+/// Every problem [`crate::l7::validate`] finds.
+pub fn translate_checked(mesh: &MeshConfig) -> Result<Snapshot, Vec<crate::l7::Problem>> {
+    let problems = crate::l7::validate(mesh);
+    if problems.is_empty() {
+        Ok(translate(mesh))
+    } else {
+        Err(problems)
+    }
 }
 
 /// Resources for gRPC's own xDS client: an API listener per service (named `name.namespace`,

@@ -172,6 +172,7 @@ async fn mtls_between_two_envoys_with_xfcc_rbac_rotation_and_nack() {
         policies: vec![policy.clone()],
         svids: vec![web_svid],
         bundle_pem: bundle_pem.clone(),
+        l7: Default::default(),
     };
     let mesh_a = MeshConfig {
         trust_domain: TD.into(),
@@ -200,6 +201,7 @@ async fn mtls_between_two_envoys_with_xfcc_rbac_rotation_and_nack() {
         policies: vec![],
         svids: vec![svid_pem(&ca, CLIENT), svid_pem(&ca, INTRUDER)],
         bundle_pem: bundle_pem.clone(),
+        l7: Default::default(),
     };
     let first_web = svid_pem(&ca, WEB);
     cache.set_snapshot("node-b", translate(&mesh_b(first_web.clone())));

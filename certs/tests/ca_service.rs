@@ -497,3 +497,68 @@ async fn after_a_rollover_nodes_knowing_only_the_old_root_keep_working_and_learn
         *node.id()
     );
 }
+
+#[tokio::test]
+async fn a_restarted_node_reuses_its_saved_identity_without_a_new_token() {
+    let lab = start().await;
+    let state = lab.dir.path().join("node-a-state");
+    let token_path = lab.dir.path().join("node-a.token");
+    tokens::mint_to_file(&lab.ca_dir, "node-a", &token_path, HOUR, SystemTime::now()).unwrap();
+    let margin = Duration::from_secs(60);
+    let first = CaClient::load_or_join(
+        &state,
+        &lab.addr,
+        "node-a",
+        &token_path,
+        &lab.bundle,
+        margin,
+    )
+    .await
+    .unwrap();
+    assert!(!token_path.exists(), "the used token file is removed");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state.join("key.pem"))
+            .unwrap()
+            .permissions(),
+    ) & 0o777;
+    assert_eq!(key_mode, 0o600);
+
+    // "Restart": no token any more, the saved identity is used and still authenticates.
+    let again = CaClient::load_or_join(
+        &state,
+        &lab.addr,
+        "node-a",
+        &token_path,
+        &lab.bundle,
+        margin,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.svid.leaf(), first.svid.leaf());
+    let client = CaClient::connect_mtls(&lab.addr, &again.svid, &again.bundle)
+        .await
+        .unwrap();
+    client
+        .sign_workload(
+            &id("spiffe://lab.local/ns/shop/sa/web"),
+            "shop",
+            "web-1",
+            HOUR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lab.server.counters().joins, 1);
+
+    // A saved identity that would expire within the margin is not used: a join is needed.
+    let err = CaClient::load_or_join(
+        &state,
+        &lab.addr,
+        "node-a",
+        &token_path,
+        &lab.bundle,
+        2 * HOUR,
+    )
+    .await
+    .expect_err("no usable identity and no token");
+    assert!(err.to_string().contains("node-a.token"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! generated here; only CSRs travel.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_prost::ProstCodec;
 
 use super::{JoinToken, ServiceError, ca_server_id, node_id, pb};
+use crate::fsutil::{read_string, write_atomic};
 use crate::id::{SpiffeId, TrustDomain};
 use crate::key::PrivateKey;
 use crate::svid::{Svid, csr_for};
@@ -60,6 +62,43 @@ impl std::fmt::Debug for NodeIdentity {
             .field("svid", &self.svid)
             .field("bundle_sequence", &self.bundle.sequence())
             .finish()
+    }
+}
+
+/// The bundle file [`NodeIdentity::save`] writes next to `svid.pem` and `key.pem`.
+pub const BUNDLE_FILE: &str = "bundle.pem";
+
+impl NodeIdentity {
+    /// Writes `svid.pem` (0644), `key.pem` (0600) and `bundle.pem` (0644) into `dir`,
+    /// atomically each, so a restarted daemon can use [`CaClient::connect_mtls`] again without
+    /// a new join token.
+    ///
+    /// # Errors
+    /// Any I/O failure.
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+        self.svid.write_to_dir(dir)?;
+        write_atomic(
+            &dir.join(BUNDLE_FILE),
+            self.bundle.to_pem().as_bytes(),
+            0o644,
+        )
+    }
+
+    /// Reads what [`NodeIdentity::save`] wrote, for trust domain `td`.
+    ///
+    /// # Errors
+    /// When a file is missing or unusable.
+    pub fn load(dir: &Path, td: &TrustDomain) -> Result<Self, Error> {
+        let svid = Svid::read_from_dir(dir)?;
+        let bundle = Bundle::from_pem(td.clone(), &read_string(&dir.join(BUNDLE_FILE))?)?;
+        Ok(Self { svid, bundle })
+    }
+
+    /// Whether the SVID verifies against the bundle at `now`, names `want`, and has at least
+    /// `margin` of lifetime left.
+    fn usable(&self, want: &SpiffeId, now: SystemTime, margin: Duration) -> bool {
+        verify_svid(self.svid.chain(), &self.bundle, now).is_ok_and(|id| id == *want)
+            && self.svid.not_after() > now + margin
     }
 }
 
@@ -145,6 +184,41 @@ impl CaClient {
             .await?;
         let (svid, bundle) = client.accept("Join", resp, key, &id)?;
         Ok(NodeIdentity { svid, bundle })
+    }
+
+    /// The node identity for a (re)starting daemon: the one saved in `state_dir` when it is
+    /// still valid (verifies, names this node, at least `margin` left), otherwise a join with
+    /// the token in `token_path`, saved to `state_dir`, after which the token file (now used
+    /// up) is removed. `ca_bundle` is the bundle the node was given; a saved bundle (learned
+    /// from the CA, e.g. after a rollover) takes precedence.
+    ///
+    /// # Errors
+    /// When there is no usable saved identity and joining fails (e.g. the token was used by an
+    /// earlier run: mint a new one).
+    pub async fn load_or_join(
+        state_dir: &Path,
+        endpoint: &str,
+        node_name: &str,
+        token_path: &Path,
+        ca_bundle: &Bundle,
+        margin: Duration,
+    ) -> Result<NodeIdentity, ServiceError> {
+        let td = ca_bundle.trust_domain();
+        let want = node_id(td, node_name).map_err(Error::from)?;
+        if let Ok(saved) = NodeIdentity::load(state_dir, td)
+            && saved.usable(&want, SystemTime::now(), margin)
+        {
+            return Ok(saved);
+        }
+        let token = JoinToken::read(token_path)?;
+        let joined = Self::join(endpoint, node_name, &token, ca_bundle).await?;
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
+            path: state_dir.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        joined.save(state_dir)?;
+        let _ = std::fs::remove_file(token_path);
+        Ok(joined)
     }
 
     /// Connects with mTLS, presenting `node_svid`, trusting `bundle` for the CA.
@@ -266,7 +340,7 @@ impl CaClient {
     }
 
     /// Renews the node SVID `current` (mTLS with it) and presents the new one from the next
-    /// connection on.
+    /// connection on. A daemon saves the result ([`NodeIdentity::save`]) so a restart finds it.
     ///
     /// # Errors
     /// When the CA refuses or the answer is not an SVID for the same node ID.

@@ -61,7 +61,7 @@ pub mod tokens;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use client::{CaClient, NodeIdentity};
+pub use client::{BUNDLE_FILE, CaClient, NodeIdentity};
 pub use server::{CaServer, CaServerOptions};
 pub use tokens::{JoinToken, TokenError};
 

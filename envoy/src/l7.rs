@@ -752,3 +752,6 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

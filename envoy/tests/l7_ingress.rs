@@ -128,7 +128,9 @@ async fn ingress_routes_by_host_path_header_method_with_header_changes_and_redir
     support::wait_status(&h, gw, "shop.example", "/", 200).await;
 
     let backend_of = |r: &support::Resp| r.body.lines().next().unwrap_or("").to_owned();
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    // (method, host, path, headers, expected backend)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("GET", "shop.example", "/api/x", &[], "svc-a"),
         ("GET", "shop.example:8080", "/api/x", &[], "svc-a"),
         ("GET", "shop.example", "/api/special", &[], "svc-b"),

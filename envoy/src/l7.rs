@@ -27,6 +27,10 @@ pub struct L7Config {
     /// Certificates served over SDS by name ([`CertSource::Sds`]): a CA-issued certificate for
     /// a listener's hostnames, or a Secret's `tls.crt`/`tls.key`. The `id` is the secret name.
     pub tls_secrets: Vec<SvidPem>,
+    /// The SPIFFE ID the ingress presents to backends in mTLS namespaces (its SVID must be in
+    /// [`MeshConfig::svids`]). Without it, backends in strict namespaces are refused by
+    /// [`validate`] and permissive ones are reached in plaintext.
+    pub gateway_id: Option<String>,
 }
 
 /// Which HTTP versions an ingress listener speaks to clients.
@@ -613,6 +617,32 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
                         format!("{f}.redirect.path"),
                         "replace the full path or the prefix, not both",
                     );
+                }
+            }
+            let gateway_svid = l7
+                .gateway_id
+                .as_deref()
+                .is_some_and(|id| mesh.svids.iter().any(|s| s.id == id));
+            let on_listener = route
+                .parents
+                .iter()
+                .any(|p| matches!(p, RouteParent::Listener(_)));
+            if on_listener && !gateway_svid {
+                for (j, b) in rule.backends.iter().enumerate() {
+                    if mesh.services.iter().any(|s| {
+                        s.name == b.service
+                            && s.namespace == b.namespace
+                            && s.mtls == crate::mesh::MtlsMode::Strict
+                    }) {
+                        r.add(
+                            format!("{f}.backends[{j}]"),
+                            format!(
+                                "{}/{} is in a strict mTLS namespace: the ingress needs \
+                                 gateway_id with an SVID to reach it",
+                                b.namespace, b.service
+                            ),
+                        );
+                    }
                 }
             }
             if !rule.backends.is_empty() {

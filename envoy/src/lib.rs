@@ -8,6 +8,16 @@
 //!   inbound mTLS per local workload (SVID over SDS, client SVID required and checked by
 //!   Envoy's SPIFFE validator, XFCC, RBAC on SPIFFE IDs), outbound per caller identity with a
 //!   SAN match on the destination's SPIFFE ID.
+//!   With [`mesh::MeshConfig::l7`] it also builds ingress listeners (HTTP/1.1 and HTTP/2,
+//!   TLS termination chosen by SNI with inline or SDS certificates), routes with host, path
+//!   (exact, prefix, regex), header and method matches, weighted backends, request header
+//!   changes and redirects — on ingress listeners, and on services for the mesh (the outbound
+//!   routes of every local workload) — and applies traffic policies: route retries and
+//!   timeouts, cluster circuit breakers and outlier detection, local rate limits per route or
+//!   listener (429).
+//! - [`l7`]: the plain L7 inputs and [`l7::validate`], a pure check that lists every problem
+//!   (zero weights, unknown backends, negative durations, two policies on one target, …);
+//!   [`translate::translate_checked`] never translates a config with problems.
 //! - [`bootstrap`]: the bootstrap that points Envoy at the server.
 //!
 //! It knows nothing of Kubernetes or of the certs crate: SVIDs arrive as PEM.

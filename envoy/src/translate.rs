@@ -165,6 +165,41 @@ fn dur(ms: u64) -> Duration {
     }
 }
 
+/// The TLS transport socket toward a service's endpoints in an mTLS namespace: presents
+/// `caller`'s SVID, sets the inbound SNI of the target port, and accepts only the endpoints'
+/// SPIFFE IDs (validated against the bundle).
+fn mtls_upstream(s: &Service, caller: &str, bundle_name: &str) -> TransportSocket {
+    let sans: BTreeSet<&str> = s.endpoints.iter().map(|e| e.id.as_str()).collect();
+    let tls = UpstreamTlsContext {
+        sni: inbound_sni(s.target_port),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(caller)],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: sans
+                                .into_iter()
+                                .map(|id| SubjectAltNameMatcher {
+                                    san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                                    matcher: Some(exact(id)),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(bundle_name)),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    tls_socket(tls)
+}
+
 /// Inbound cluster name for a local workload port.
 #[must_use]
 pub fn inbound_cluster(w: &Workload, port: u16) -> String {
@@ -601,33 +636,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
             if endpoints_done.insert(cluster_name.clone()) {
                 let mut c = eds_cluster(&cluster_name);
                 if mtls {
-                    let sans: BTreeSet<&str> = s.endpoints.iter().map(|e| e.id.as_str()).collect();
-                    let tls = UpstreamTlsContext {
-                        sni: inbound_sni(s.target_port),
-                        common_tls_context: Some(CommonTlsContext {
-                            tls_certificate_sds_secret_configs: vec![sds(&w.id)],
-                            validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
-                                common_tls_context::CombinedCertificateValidationContext {
-                                    default_validation_context: Some(CertificateValidationContext {
-                                        match_typed_subject_alt_names: sans
-                                            .into_iter()
-                                            .map(|id| SubjectAltNameMatcher {
-                                                san_type: subject_alt_name_matcher::SanType::Uri as i32,
-                                                matcher: Some(exact(id)),
-                                                ..Default::default()
-                                            })
-                                            .collect(),
-                                        ..Default::default()
-                                    }),
-                                    validation_context_sds_secret_config: Some(sds(&bundle_name)),
-                                    ..Default::default()
-                                },
-                            )),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    };
-                    c.transport_socket = Some(tls_socket(tls));
+                    c.transport_socket = Some(mtls_upstream(s, &w.id, &bundle_name));
                 }
                 policies.apply_cluster(s, &mut c);
                 snap.insert(type_url::CLUSTER, cluster_name.clone(), pack_any(c));

@@ -437,3 +437,118 @@ async fn tls_and_grpc_ingress_certificate_per_hostname_and_method_match() {
         assert!(ok, "{name} verifies against the CA: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_reaches_a_strict_mtls_backend_with_the_gateway_identity() {
+    use identityd_certs::{Ca, CaOptions, SpiffeId, TrustDomain};
+    use identityd_envoy::mesh::{
+        AuthzAction, AuthzPolicy, AuthzRule, Endpoint, MtlsMode, Ports, Service, Workload,
+    };
+    use std::net::SocketAddr;
+    use std::time::{Duration, SystemTime};
+
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    const GATEWAY: &str = "spiffe://cluster.local/ns/ingress/sa/gateway";
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::init(
+        &tmp.path().join("ca"),
+        TrustDomain::new("cluster.local").unwrap(),
+        CaOptions::default(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let svid = |id: &str| {
+        let s = ca
+            .issue(
+                &SpiffeId::parse(id).unwrap(),
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+        SvidPem {
+            id: id.to_owned(),
+            chain_pem: s.chain_pem(),
+            key_pem: s.key().to_pem().to_string(),
+        }
+    };
+    let h = Harness::start().await;
+    let pod = ip(5);
+    let app = SocketAddr::new(pod, free_addr().port());
+    backend(app, "web", Behaviour::Ok).await;
+    let inbound = SocketAddr::new(pod, free_addr().port());
+    let gw = free_addr();
+    let web = Service {
+        name: "web".into(),
+        namespace: "shop".into(),
+        port: 80,
+        target_port: app.port(),
+        mtls: MtlsMode::Strict,
+        hosts: vec![],
+        endpoints: vec![Endpoint {
+            ip: pod,
+            id: WEB.into(),
+            mtls_address: inbound,
+            weight: 1,
+        }],
+    };
+    let mut mesh = ingress_mesh(
+        vec![web],
+        L7Config {
+            listeners: vec![IngressListener {
+                name: "gw".into(),
+                address: gw,
+                ..Default::default()
+            }],
+            routes: vec![HttpRoute {
+                name: "web".into(),
+                namespace: "shop".into(),
+                parents: vec![RouteParent::Listener("gw".into())],
+                rules: vec![rule(RouteMatch::default(), to("web", 80))],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    mesh.ports = Ports {
+        inbound,
+        outbound: SocketAddr::new(pod, free_addr().port()),
+        transparent: false,
+    };
+    mesh.bundle_pem = ca.bundle(SystemTime::now()).to_pem();
+    mesh.workloads = vec![Workload {
+        name: "web-0".into(),
+        namespace: "shop".into(),
+        id: WEB.into(),
+        ip: pod,
+        mtls: MtlsMode::Strict,
+    }];
+    mesh.svids = vec![svid(WEB), svid(GATEWAY)];
+    mesh.policies = vec![AuthzPolicy {
+        name: "shop/only-gateway".into(),
+        service: "web".into(),
+        namespace: "shop".into(),
+        action: AuthzAction::Allow,
+        rules: vec![AuthzRule {
+            ids: vec![GATEWAY.into()],
+            ..Default::default()
+        }],
+    }];
+    // Without a gateway identity the strict backend is refused, never reached in plaintext.
+    let problems = identityd_envoy::l7::validate(&mesh);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("strict mTLS namespace")),
+        "{problems:?}"
+    );
+    mesh.l7.gateway_id = Some(GATEWAY.into());
+    h.push(&mesh).await;
+    support::wait_status(&h, gw, "web.example", "/", 200).await;
+    let r = get(gw, "web.example", "/").await;
+    let head = r.body.to_ascii_lowercase();
+    assert!(
+        head.contains(&format!("uri={GATEWAY}")),
+        "the backend sees the gateway's SPIFFE ID in XFCC: {}",
+        r.body
+    );
+}

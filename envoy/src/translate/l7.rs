@@ -659,6 +659,21 @@ pub(super) fn ingress(mesh: &MeshConfig, policies: &Policies<'_>, snap: &mut Sna
                     continue;
                 }
                 let mut c = eds_cluster(&name);
+                // Backends in mTLS namespaces: mTLS with the gateway's SVID to their node's
+                // inbound listener.
+                let mtls = s.mtls.offers_mtls()
+                    && mesh
+                        .l7
+                        .gateway_id
+                        .as_deref()
+                        .is_some_and(|id| mesh.svids.iter().any(|x| x.id == id));
+                if mtls && let Some(id) = &mesh.l7.gateway_id {
+                    c.transport_socket = Some(super::mtls_upstream(
+                        s,
+                        id,
+                        &super::bundle_secret_name(&mesh.trust_domain),
+                    ));
+                }
                 if r.kind == RouteKind::Grpc {
                     c.typed_extension_protocol_options.insert(
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
@@ -678,7 +693,12 @@ pub(super) fn ingress(mesh: &MeshConfig, policies: &Policies<'_>, snap: &mut Sna
                                 .endpoints
                                 .iter()
                                 .map(|e| {
-                                    lb_endpoint_of(SocketAddr::new(e.ip, s.target_port), e.weight)
+                                    let addr = if mtls {
+                                        e.mtls_address
+                                    } else {
+                                        SocketAddr::new(e.ip, s.target_port)
+                                    };
+                                    lb_endpoint_of(addr, e.weight)
                                 })
                                 .collect(),
                             ..Default::default()

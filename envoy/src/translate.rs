@@ -12,7 +12,11 @@
 //! Outbound (`outbound` listener, 15001): one filter chain per local workload, selected by
 //! source IP (unknown sources match no chain: fail closed), routing by Host to the service's
 //! cluster. For services in mTLS namespaces the cluster is per calling identity: it presents
-//! the caller's SVID and accepts only the endpoints' SPIFFE IDs; others are plain.
+//! the caller's SVID and accepts only the endpoints' SPIFFE IDs; others are plain. Mesh
+//! clusters (outbound and inbound) speak the client's HTTP version upstream, so gRPC (HTTP/2)
+//! works pod to pod. Routes attached to a service (GAMMA) replace its single outbound route.
+//!
+//! Ingress (one listener per [`crate::l7::IngressListener`]): see [`crate::l7`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -523,11 +527,9 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
         }
         for (port, services) in ports {
             let cluster = inbound_cluster(w, port);
-            snap.insert(
-                type_url::CLUSTER,
-                cluster.clone(),
-                pack_any(static_cluster(&cluster, SocketAddr::new(w.ip, port))),
-            );
+            let mut c = static_cluster(&cluster, SocketAddr::new(w.ip, port));
+            l7::same_protocol_as_client(&mut c);
+            snap.insert(type_url::CLUSTER, cluster.clone(), pack_any(c));
             let policies: Vec<&AuthzPolicy> = mesh
                 .policies
                 .iter()
@@ -599,13 +601,25 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 transparent: Some(BoolValue {
                     value: mesh.ports.transparent,
                 }),
-                listener_filters: vec![ListenerFilter {
-                    name: "envoy.filters.listener.tls_inspector".to_owned(),
-                    config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
-                        TlsInspector::default(),
-                    ))),
-                    ..Default::default()
-                }],
+                listener_filters: vec![
+                    // Connections a node's own Envoy makes to a local pod's :15008 are
+                    // redirected (nat OUTPUT) to this listener; the original destination (the
+                    // pod IP) is restored so the filter chain of that pod matches.
+                    ListenerFilter {
+                        name: "envoy.filters.listener.original_dst".to_owned(),
+                        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                            envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst::default(),
+                        ))),
+                        ..Default::default()
+                    },
+                    ListenerFilter {
+                        name: "envoy.filters.listener.tls_inspector".to_owned(),
+                        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                            TlsInspector::default(),
+                        ))),
+                        ..Default::default()
+                    },
+                ],
                 filter_chains: inbound_chains,
                 ..Default::default()
             }),
@@ -638,6 +652,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 if mtls {
                     c.transport_socket = Some(mtls_upstream(s, &w.id, &bundle_name));
                 }
+                l7::same_protocol_as_client(&mut c);
                 policies.apply_cluster(s, &mut c);
                 snap.insert(type_url::CLUSTER, cluster_name.clone(), pack_any(c));
                 let eps: Vec<LbEndpoint> = s

@@ -272,9 +272,13 @@ fn grpc_script() -> &'static str {
 }
 
 fn start_grpc_server() -> (GrpcServer, u16) {
+    start_grpc_server_on("127.0.0.1", "echo")
+}
+
+fn start_grpc_server_on(host: &str, name: &str) -> (GrpcServer, u16) {
     let mut child = Command::new(tools::python())
         .arg(grpc_script())
-        .arg("server")
+        .args(["server", host, name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -551,4 +555,164 @@ async fn ingress_reaches_a_strict_mtls_backend_with_the_gateway_identity() {
         "the backend sees the gateway's SPIFFE ID in XFCC: {}",
         r.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_route_on_a_service_splits_mesh_grpc_over_mtls() {
+    use identityd_certs::{Ca, CaOptions, SpiffeId, TrustDomain};
+    use identityd_envoy::mesh::{Endpoint, MtlsMode, Ports, Service, Workload};
+    use std::net::SocketAddr;
+    use std::time::{Duration, SystemTime};
+
+    const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/client";
+    const ECHO: &str = "spiffe://cluster.local/ns/shop/sa/echo";
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::init(
+        &tmp.path().join("ca"),
+        TrustDomain::new("cluster.local").unwrap(),
+        CaOptions::default(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let svid = |id: &str| {
+        let s = ca
+            .issue(
+                &SpiffeId::parse(id).unwrap(),
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+        SvidPem {
+            id: id.to_owned(),
+            chain_pem: s.chain_pem(),
+            key_pem: s.key().to_pem().to_string(),
+        }
+    };
+    let h = Harness::start().await;
+    let (v1_ip, v2_ip) = (ip(6), ip(7));
+    let (_s1, p1) = start_grpc_server_on("127.0.0.6", "v1");
+    let (_s2, p2) = start_grpc_server_on("127.0.0.7", "v2");
+    // Inbound on all addresses (chains select the workload by destination IP).
+    let inbound_port = free_addr().port();
+    let outbound = free_addr();
+    let strict = |name: &str, target_port: u16, ips: &[std::net::IpAddr]| Service {
+        name: name.into(),
+        namespace: "shop".into(),
+        port: 9000,
+        target_port,
+        mtls: MtlsMode::Strict,
+        hosts: vec![],
+        endpoints: ips
+            .iter()
+            .map(|ip| Endpoint {
+                ip: *ip,
+                id: ECHO.into(),
+                mtls_address: SocketAddr::new(*ip, inbound_port),
+                weight: 1,
+            })
+            .collect(),
+    };
+    let workload = |name: &str, ns: &str, id: &str, ip| Workload {
+        name: name.into(),
+        namespace: ns.into(),
+        id: id.into(),
+        ip,
+        mtls: MtlsMode::Strict,
+    };
+    let split = HttpRoute {
+        name: "echo-split".into(),
+        namespace: "shop".into(),
+        kind: RouteKind::Grpc,
+        parents: vec![RouteParent::Service {
+            name: "echo".into(),
+            namespace: "shop".into(),
+        }],
+        hostnames: vec![],
+        rules: vec![RouteRule {
+            matches: vec![RouteMatch::grpc("echo.Echo", Some("Say"))],
+            backends: vec![
+                WeightedBackend {
+                    service: "echo-v1".into(),
+                    namespace: "shop".into(),
+                    port: 9000,
+                    weight: 50,
+                },
+                WeightedBackend {
+                    service: "echo-v2".into(),
+                    namespace: "shop".into(),
+                    port: 9000,
+                    weight: 50,
+                },
+            ],
+            ..Default::default()
+        }],
+    };
+    let mut mesh = ingress_mesh(
+        vec![
+            strict("echo", p1, &[v1_ip]),
+            strict("echo-v1", p1, &[v1_ip]),
+            strict("echo-v2", p2, &[v2_ip]),
+        ],
+        L7Config {
+            routes: vec![split],
+            ..Default::default()
+        },
+    );
+    mesh.ports = Ports {
+        inbound: SocketAddr::from(([0, 0, 0, 0], inbound_port)),
+        outbound,
+        transparent: false,
+    };
+    mesh.bundle_pem = ca.bundle(SystemTime::now()).to_pem();
+    // grpcio connects from 127.0.0.1: that is the calling workload's address here.
+    mesh.workloads = vec![
+        workload("client-0", "front", CLIENT, ip(1)),
+        workload("echo-v1-0", "shop", ECHO, v1_ip),
+        workload("echo-v2-0", "shop", ECHO, v2_ip),
+    ];
+    mesh.svids = vec![svid(CLIENT), svid(ECHO)];
+    h.push(&mesh).await;
+
+    let call = |method: &str, n: &str| {
+        grpc_call(vec![
+            outbound.to_string(),
+            method.into(),
+            "echo.shop".into(),
+            "-".into(),
+            n.into(),
+        ])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let out = loop {
+        let out = call("/echo.Echo/Say", "1").await;
+        if out.contains("OK ") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        out.contains("OK v"),
+        "gRPC through the mesh: {out}\n{}",
+        h.envoy.log()
+    );
+    let out = call("/echo.Echo/Say", "40").await;
+    let count = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("COUNT {name}:hello ")))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "mesh gRPC 50/50 over 40 calls: v1 {}, v2 {}",
+        count("v1"),
+        count("v2")
+    );
+    assert_eq!(count("v1") + count("v2"), 40, "{out}");
+    assert!(
+        count("v1") >= 5 && count("v2") >= 5,
+        "both versions get calls: {out}"
+    );
+    // Only the matched method is routed.
+    let out = call("/echo.Echo/Other", "1").await;
+    assert!(out.contains("ERR UNIMPLEMENTED"), "unmatched method: {out}");
 }

@@ -560,6 +560,26 @@ fn h2_options() -> Any {
     })
 }
 
+/// Upstream HTTP version = the client's (HTTP/1.1 stays HTTP/1.1, HTTP/2 and gRPC stay
+/// HTTP/2), for the mesh's outbound and inbound clusters.
+pub(super) fn same_protocol_as_client(c: &mut Cluster) {
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        pack_any(HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                    http_protocol_options::UseDownstreamHttpConfig {
+                        http_protocol_options: Some(Default::default()),
+                        http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+    );
+}
+
 fn listener_vhosts(
     l: &IngressListener,
     routes: &[&HttpRoute],

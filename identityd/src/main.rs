@@ -57,7 +57,13 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
         }
     };
     match cfg.role {
-        Role::Ca => not_yet("run (role: ca)"),
+        Role::Ca => match runtime().block_on(identityd::daemon::ca::run(cfg)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Role::Node => match runtime().block_on(identityd::daemon::node::run(cfg)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

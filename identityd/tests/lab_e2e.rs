@@ -94,10 +94,7 @@ fn capture_stop(mut c: std::process::Child, path: &Path) -> (usize, usize) {
             .unwrap();
         String::from_utf8_lossy(&o.stdout).lines().count()
     };
-    (
-        count(""),
-        count("not (udp port 51871) and not arp and not icmp6"),
-    )
+    (count(""), count(identityd::lab::NOT_WIREGUARD_FILTER))
 }
 
 #[test]

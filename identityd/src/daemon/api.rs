@@ -45,6 +45,15 @@ pub struct NodeStatus {
     pub classifier_interfaces: Vec<String>,
     /// Problems with the cluster state or the plan.
     pub problems: Vec<String>,
+    /// Workload SVIDs held: SPIFFE ID → seconds until expiry.
+    #[serde(default)]
+    pub svids: Vec<(String, u64)>,
+    /// xDS state per resource type (version, ACK, NACK).
+    #[serde(default)]
+    pub xds: Vec<String>,
+    /// Envoy restarts by the daemon.
+    #[serde(default)]
+    pub envoy_restarts: u32,
 }
 
 /// Serves `status` on `path` until the task is aborted.
@@ -126,6 +135,16 @@ pub fn render(st: &NodeStatus) -> String {
             out.push_str(&format!(" {name}={pk}"));
         }
         out.push('\n');
+    }
+    for (id, left) in &st.svids {
+        out.push_str(&format!("  svid {id} (expires in {}m)\n", left / 60));
+    }
+    if !st.xds.is_empty() {
+        out.push_str(&format!(
+            "  envoy xds: {}  (restarts {})\n",
+            st.xds.join(" | "),
+            st.envoy_restarts
+        ));
     }
     for p in &st.problems {
         out.push_str(&format!("  problem: {p}\n"));

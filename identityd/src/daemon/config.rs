@@ -128,6 +128,49 @@ pub struct DaemonConfig {
     /// Pin BPF maps and links under `/sys/fs/bpf/identityd/<name>` so a restart re-adopts them.
     #[serde(default = "yes")]
     pub pin_bpf: bool,
+    /// An address of this node's pod CIDR put on the WireGuard interface, so the node's own
+    /// connections into the tunnel (its Envoy's) carry a source the peers accept.
+    #[serde(default)]
+    pub tunnel_address: Option<IpAddr>,
+    /// Role ca: the CA directory (the CA key lives only here).
+    #[serde(default)]
+    pub ca_dir: Option<PathBuf>,
+    /// Role ca: where the issuance service listens.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Role node: how to reach the CA (for SVIDs of pods in mTLS namespaces).
+    #[serde(default)]
+    pub ca: Option<CaAccess>,
+    /// Role node: the per-node Envoy.
+    #[serde(default)]
+    pub envoy: Option<EnvoySettings>,
+}
+
+/// `ca:` of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaAccess {
+    /// `HOST:PORT` of the CA's issuance service.
+    pub endpoint: String,
+    /// The CA's bundle (PEM) to trust on first contact.
+    pub bundle_file: PathBuf,
+    /// The single-use join token (0600), consumed at the first start.
+    pub join_token_file: PathBuf,
+}
+
+/// `envoy:` of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvoySettings {
+    /// The Envoy binary.
+    pub binary: PathBuf,
+    /// Admin port on loopback (default 15000).
+    #[serde(default = "admin_port")]
+    pub admin_port: u16,
+}
+
+fn admin_port() -> u16 {
+    15000
 }
 
 fn default_td() -> String {
@@ -185,6 +228,18 @@ impl DaemonConfig {
         })?;
         if self.name.is_empty() {
             return Err(("name".into(), String::new(), "must not be empty".into()));
+        }
+        if self.role == Role::Ca {
+            if self.ca_dir.is_none() {
+                return Err(("caDir".into(), String::new(), "required for role ca".into()));
+            }
+            if self.listen.is_none() {
+                return Err((
+                    "listen".into(),
+                    String::new(),
+                    "required for role ca".into(),
+                ));
+            }
         }
         if self.role == Role::Node {
             let pc = self.pod_cidr.as_deref().unwrap_or("");

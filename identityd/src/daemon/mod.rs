@@ -1,6 +1,8 @@
 //! `identityd run`: the node role (datapath, classifier, local API) from cluster state.
 
 pub mod api;
+pub mod ca;
 pub mod config;
+pub mod mesh;
 pub mod node;
 pub mod plan;

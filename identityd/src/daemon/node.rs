@@ -18,6 +18,7 @@ use identityd_wg::key::NodeKey;
 
 use crate::daemon::api::{self, NodeStatus, PeerStatus};
 use crate::daemon::config::DaemonConfig;
+use crate::daemon::mesh::Mesh;
 use crate::daemon::plan::{NodePlan, RoutePath, plan};
 use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
 use crate::model::{ClusterState, IdentitydNode, MtlsMode, Object};
@@ -231,6 +232,28 @@ impl Datapath {
             }
         }
         errors
+    }
+}
+
+/// Puts `addr` on the WireGuard interface once it exists. Returns whether it is there.
+fn ensure_tunnel_address(iface: &str, addr: IpAddr) -> bool {
+    if !Path::new(&format!("/sys/class/net/{iface}")).exists() {
+        return false;
+    }
+    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+    let out = Command::new("ip")
+        .args(["addr", "replace", &format!("{addr}/{prefix}"), "dev", iface])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            tracing::warn!(iface, %addr, error = %String::from_utf8_lossy(&o.stderr).trim(), "tunnel address");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(iface, %addr, error = %e, "tunnel address");
+            false
+        }
     }
 }
 
@@ -457,13 +480,55 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| io("SIGTERM handler", e))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut mesh: Option<Mesh> = None;
+    let mut mesh_error: Option<String> = None;
+    let mut tunnel_addr_done = false;
     loop {
         let state = rx.borrow_and_update().clone();
         let p = plan(&cfg, &state, &key_path, MtlsMode::Disabled);
         for e in dp.apply(&cfg, &p) {
             tracing::warn!(error = %e, "apply");
         }
+        if !tunnel_addr_done && let (Some(addr), Some(w)) = (cfg.tunnel_address, &cfg.wireguard) {
+            tunnel_addr_done = ensure_tunnel_address(&w.interface, addr);
+        }
+        if cfg.ca.is_some() && cfg.envoy.is_some() && mesh.is_none() {
+            match Mesh::start(&cfg).await {
+                Ok(m) => {
+                    mesh = Some(m);
+                    mesh_error = None;
+                }
+                Err(e) => {
+                    if mesh_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "mTLS side not started yet; retrying");
+                    }
+                    mesh_error = Some(e);
+                }
+            }
+        }
+        if let Some(m) = mesh.as_mut() {
+            for e in m.reconcile(&cfg, &state).await {
+                tracing::warn!(error = %e, "mesh");
+            }
+        }
         refresh_status(&cfg, &p, &dp, &state, &public_key, &status);
+        {
+            let mut st = status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(m) = &mesh {
+                let (svids, xds) = m.status(&cfg.name);
+                st.svids = svids;
+                st.xds = xds;
+                st.envoy_restarts = m.envoy_restarts;
+                if let Some(e) = &m.last_error {
+                    st.problems.push(e.clone());
+                }
+            }
+            if let Some(e) = &mesh_error {
+                st.problems.push(format!("mTLS: {e}"));
+            }
+        }
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
             _ = tick.tick() => {}
@@ -473,6 +538,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
     }
     source_task.abort();
     api_task.abort();
+    if let Some(m) = mesh.as_mut() {
+        m.stop();
+    }
     // Pinned classifier links and the device process stay: no gap until the next start.
     drop(dp);
     Ok(())

@@ -21,8 +21,13 @@ use crate::daemon::api;
 
 /// The underlay bridge in the root namespace.
 pub const BRIDGE: &str = "idd-fabric";
+/// Where the lab's CA role listens (the bridge address in the root namespace).
+pub const CA_LISTEN: &str = "10.99.0.1:8443";
 /// Port of the pods' HTTP workload.
 pub const WORKLOAD_PORT: u16 = 8080;
+/// A tcpdump filter for underlay packets that are neither WireGuard nor link housekeeping
+/// (ARP, IPv6 link-local neighbour/multicast-listener traffic, IGMP).
+pub const NOT_WIREGUARD_FILTER: &str = "not (udp port 51871) and not arp and not igmp and not (ip6 and src net fe80::/10) and not (ip6 and dst net ff02::/16)";
 /// The marker the sample traffic carries (searched for in the underlay capture).
 pub const PAYLOAD_MARKER: &str = "IDENTITYD-LAB-PLAINTEXT-MARKER";
 
@@ -175,11 +180,16 @@ fn progress(msg: &str) {
     println!("  • {msg}");
 }
 
-fn cluster_yaml(nodes: usize, pods: &[LabPod]) -> String {
-    let mut y = String::from(
+fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
+    let ann = if mtls {
+        "\n  annotations:\n    identityd.io/mtls: strict"
+    } else {
+        ""
+    };
+    let mut y = format!(
         "# The lab's cluster: the same objects a user would `kubectl apply`.\n\
-         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
-         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: front\n",
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop{ann}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: front{ann}\n",
     );
     for p in pods {
         let _ = write!(
@@ -194,6 +204,12 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod]) -> String {
         y,
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: {WORKLOAD_PORT}\n"
     );
+    if mtls {
+        y.push_str(
+            "---\napiVersion: identityd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: web-callers\n  namespace: shop\n\
+             spec:\n  targetRef: {kind: Service, name: web}\n  allow:\n  - from: {serviceAccounts: [front/client]}\n    to: {methods: [GET]}\n",
+        );
+    }
     let _ = nodes;
     y
 }
@@ -205,6 +221,7 @@ fn node_config(
     strict: bool,
     encryption: &str,
     wg_bin: &Path,
+    envoy: Option<&Path>,
 ) -> String {
     let node_dir = dir.join(format!("n{i}"));
     let clusters: Vec<String> = (1..=nodes)
@@ -215,13 +232,19 @@ fn node_config(
         "role: node\nname: n{i}\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\n\
          underlayAddress: 10.99.0.{}\npodCIDR: 10.244.{i}.0/24\nclusterCIDRs: [{}]\n\
          encryption: {{ mode: {encryption}, strictMode: {strict} }}\nwireguard: {{ interface: idd{i}, port: 51871 }}\n\
-         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\n",
+         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\ntunnelAddress: 10.244.{i}.1\n{}",
         dir.join("cluster").display(),
         node_dir.join("state").display(),
         node_dir.join("run").display(),
         10 + i,
         clusters.join(", "),
-        wg_bin.display()
+        wg_bin.display(),
+        envoy.map_or(String::new(), |e| format!(
+            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {}, adminPort: 15000 }}\n",
+            dir.join("ca/bundle.pem").display(),
+            node_dir.join("state/join-token").display(),
+            e.display()
+        ))
     )
 }
 
@@ -290,9 +313,16 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
     let pods = r?;
 
     // ---- cluster state ----
+    let envoy = crate::daemon::mesh::lab_envoy_binary(&exe);
+    if envoy.is_none() {
+        progress(
+            "Envoy not found (.tools/bin/envoy or $IDENTITYD_ENVOY): mTLS is off in this lab; run scripts/bootstrap",
+        );
+    }
+    let mtls = envoy.is_some();
     std::fs::write(
         dir.join("cluster/lab.yaml"),
-        cluster_yaml(opts.nodes, &pods),
+        cluster_yaml(opts.nodes, &pods, mtls),
     )
     .map_err(|e| io_err(dir, e))?;
     if let Some(m) = &opts.manifests {
@@ -313,15 +343,89 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         dir.display()
     ));
 
-    // ---- daemons and workloads ----
+    // ---- the CA role (root namespace, on the bridge address) and one join token per node ----
     let exe_s = exe.display().to_string();
+    if mtls {
+        let now = std::time::SystemTime::now();
+        let td = identityd_certs::TrustDomain::new("cluster.local")
+            .map_err(|e| LabError::Io(e.to_string()))?;
+        identityd_certs::Ca::load_or_init(
+            &dir.join("ca"),
+            td,
+            identityd_certs::CaOptions::default(),
+            now,
+        )
+        .map_err(|e| LabError::Io(e.to_string()))?;
+        for i in 1..=opts.nodes {
+            let state = dir.join(format!("n{i}/state"));
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&state)
+                    .map_err(|e| io_err(&state, e))?;
+            }
+            identityd_certs::service::tokens::mint_to_file(
+                &dir.join("ca"),
+                &format!("n{i}"),
+                &state.join("join-token"),
+                identityd_certs::service::tokens::DEFAULT_TOKEN_TTL,
+                now,
+            )
+            .map_err(|e| LabError::Io(e.to_string()))?;
+        }
+        let ca_cfg = dir.join("ca.yaml");
+        std::fs::write(
+            &ca_cfg,
+            format!(
+                "role: ca\nname: ca\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\ncaDir: {}\nlisten: {CA_LISTEN}\n",
+                dir.join("cluster").display(),
+                dir.join("ca-state").display(),
+                dir.join("ca-run").display(),
+                dir.join("ca").display()
+            ),
+        )
+        .map_err(|e| io_err(&ca_cfg, e))?;
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(dir.join("ca.log")).map_err(|e| io_err(dir, e))?;
+        let log2 = log.try_clone().map_err(|e| io_err(dir, e))?;
+        let child = Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(&ca_cfg)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| LabError::Command {
+                cmd: "identityd run (ca)".into(),
+                reason: e.to_string(),
+            })?;
+        st.pids.push(child.id());
+        save(dir, &st)?;
+        progress(&format!(
+            "started the CA role on {CA_LISTEN} (the only holder of the CA key; log: {}/ca.log); minted one join token per node",
+            dir.display()
+        ));
+    }
+
+    // ---- daemons and workloads ----
     for i in 1..=opts.nodes {
         let node_dir = dir.join(format!("n{i}"));
         std::fs::create_dir_all(&node_dir).map_err(|e| io_err(&node_dir, e))?;
         let cfg = node_dir.join("node.yaml");
         std::fs::write(
             &cfg,
-            node_config(dir, i, opts.nodes, true, &opts.encryption, &wg_bin),
+            node_config(
+                dir,
+                i,
+                opts.nodes,
+                true,
+                &opts.encryption,
+                &wg_bin,
+                envoy.as_deref(),
+            ),
         )
         .map_err(|e| io_err(&cfg, e))?;
         let pid = spawn_in(
@@ -367,6 +471,17 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
                 Ok(s) => {
                     if s.peers.len() + 1 < opts.nodes {
                         missing.push(format!("{name} knows {} peers", s.peers.len()));
+                    }
+                    if mtls && s.svids.len() < 2 {
+                        missing.push(format!("{name} holds {} SVIDs", s.svids.len()));
+                    }
+                    if mtls
+                        && (s.xds.is_empty()
+                            || s.xds
+                                .iter()
+                                .any(|x| x.contains("NACK") || x.contains("acked -")))
+                    {
+                        missing.push(format!("{name} Envoy not configured yet: {:?}", s.xds));
                     }
                     for p in &s.peers {
                         if p.handshake_age_secs.is_none() {
@@ -441,16 +556,34 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
                     "--payload",
                     PAYLOAD_MARKER,
                 ])
+                .args(if mtls {
+                    &["--host", "web.shop"][..]
+                } else {
+                    &[][..]
+                })
                 .output();
             let (ok, line) = match out {
-                Ok(o) if o.status.success() => (
-                    true,
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .next()
+                Ok(o) if o.status.success() => {
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let first = text.lines().next().unwrap_or("").to_owned();
+                    let answered = first
+                        .split_whitespace()
+                        .find(|w| w.starts_with("pod="))
                         .unwrap_or("")
-                        .to_owned(),
-                ),
+                        .to_owned();
+                    let caller = text
+                        .lines()
+                        .find(|l| {
+                            l.trim_start()
+                                .to_ascii_lowercase()
+                                .starts_with("x-forwarded-client-cert")
+                        })
+                        .and_then(|l| l.split(';').find_map(|kv| kv.strip_prefix("URI=")))
+                        .map_or("plain HTTP (no client identity)".to_owned(), |u| {
+                            format!("server saw caller {u}")
+                        });
+                    (true, format!("{answered}  {caller}"))
+                }
                 Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_owned()),
                 Err(e) => (false, e.to_string()),
             };
@@ -465,7 +598,13 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
     let (total, not_wg, marker) = inspect_capture(&capture);
 
     // ---- report ----
-    println!("\nsample requests (client pod → web pod, HTTP with a marker payload):");
+    if mtls {
+        println!(
+            "\nsample requests (client pod dials a web pod with Host web.shop; the node's Envoy sends it over mTLS):"
+        );
+    } else {
+        println!("\nsample requests (client pod → web pod, HTTP with a marker payload):");
+    }
     for (a, an, b, bn, ok, line) in &results {
         let path = if an == bn {
             "same node"
@@ -519,7 +658,7 @@ fn inspect_capture(path: &Path) -> (usize, usize, bool) {
     };
     let total = count("");
     // ARP and IPv6 neighbour discovery are link housekeeping, not pod traffic.
-    let not_wg = count("not (udp port 51871) and not arp and not icmp6");
+    let not_wg = count(NOT_WIREGUARD_FILTER);
     let bytes = std::fs::read(path).unwrap_or_default();
     let marker = bytes
         .windows(PAYLOAD_MARKER.len())

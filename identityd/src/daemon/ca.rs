@@ -1,0 +1,170 @@
+//! The CA role: the only holder of the CA key. Serves the issuance service (gRPC over TLS):
+//! nodes join once with a token, then ask over mTLS for SVIDs of the pods scheduled on them.
+//! Node authorization comes from the cluster state: the pod must exist, be scheduled on the
+//! asking node, and the SPIFFE ID must be its namespace/service account.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use identityd_certs::service::{CaServer, CaServerOptions};
+use identityd_certs::service::{Denied, WorkloadRequest};
+use identityd_certs::{Ca, CaOptions, TrustDomain};
+
+use crate::daemon::config::DaemonConfig;
+use crate::model::{ClusterState, NamespacedName};
+use crate::source::{FileSource, FileSourceOptions};
+
+/// Start-up failures of the CA role.
+#[derive(Debug, thiserror::Error)]
+#[error("ca: {0}")]
+pub struct CaRoleError(pub String);
+
+/// The authorization rule, pure: `node` may have `req.spiffe_id` for `req.pod_*` when the pod
+/// exists, runs on `node`, and the ID is `spiffe://<td>/ns/<pod ns>/sa/<pod sa>`.
+///
+/// # Errors
+/// Why not.
+pub fn authorize(
+    state: &ClusterState,
+    td: &TrustDomain,
+    node: &str,
+    req: &WorkloadRequest,
+) -> Result<(), Denied> {
+    let key = NamespacedName::new(req.pod_namespace.clone(), req.pod_name.clone());
+    let pod = state.pods.get(&key).ok_or_else(|| {
+        Denied(format!(
+            "pod {}/{} does not exist",
+            req.pod_namespace, req.pod_name
+        ))
+    })?;
+    let on = pod.spec.node_name.as_deref().unwrap_or("");
+    if on != node {
+        return Err(Denied(format!(
+            "pod {}/{} is scheduled on node {on:?}, not on the requesting node {node:?}",
+            req.pod_namespace, req.pod_name
+        )));
+    }
+    let want = td
+        .workload_id(pod.namespace(), pod.service_account())
+        .map_err(|e| Denied(format!("pod {}/{}: {e}", req.pod_namespace, req.pod_name)))?;
+    if want != req.spiffe_id {
+        return Err(Denied(format!(
+            "pod {}/{} runs as {want}, not {}",
+            req.pod_namespace, req.pod_name, req.spiffe_id
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the CA role until SIGTERM.
+///
+/// # Errors
+/// Start-up failures.
+pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
+    let ca_dir = cfg
+        .ca_dir
+        .clone()
+        .ok_or_else(|| CaRoleError("caDir is required for role ca".into()))?;
+    let listen = cfg
+        .listen
+        .ok_or_else(|| CaRoleError("listen is required for role ca".into()))?;
+    let td = TrustDomain::new(&cfg.trust_domain)
+        .map_err(|e| CaRoleError(format!("trustDomain: {e}")))?;
+    let ca = Ca::load_or_init(&ca_dir, td.clone(), CaOptions::default(), SystemTime::now())
+        .map_err(|e| CaRoleError(e.to_string()))?;
+    let source = Arc::new(
+        FileSource::open(&cfg.cluster_dir, FileSourceOptions::default())
+            .map_err(|e| CaRoleError(e.to_string()))?,
+    );
+    let latest: Arc<Mutex<Arc<ClusterState>>> = Arc::new(Mutex::new(source.snapshot()));
+    let _poll = source.spawn();
+    let mut rx = source.subscribe();
+    let l2 = Arc::clone(&latest);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+        }
+    });
+    let td2 = td.clone();
+    let authorizer = move |node: &str, req: &WorkloadRequest| {
+        let state = Arc::clone(
+            &latest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        authorize(&state, &td2, node, req)
+    };
+    let server = CaServer::new(
+        Arc::new(Mutex::new(ca)),
+        &ca_dir,
+        Arc::new(authorizer),
+        CaServerOptions::default(),
+    )
+    .map_err(|e| CaRoleError(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CaRoleError(format!("listen={listen}: {e}")))?;
+    tracing::info!(%listen, trust_domain = %td, "CA role serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CaRoleError(e.to_string()))?;
+    tokio::select! {
+        r = server.serve(listener) => r.map_err(|e| CaRoleError(e.to_string())),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Object, Pod};
+    use identityd_certs::SpiffeId;
+
+    #[test]
+    fn only_pods_of_the_node_with_their_own_identity() {
+        let pod = Pod::new("shop", "web-1", "n1", "web", "10.244.1.10".parse().unwrap());
+        let state = ClusterState::from_objects(1, [Object::Pod(pod)]);
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let req = |id: &str, pod: &str| WorkloadRequest {
+            spiffe_id: SpiffeId::parse(id).unwrap(),
+            pod_namespace: "shop".into(),
+            pod_name: pod.into(),
+        };
+        assert!(
+            authorize(
+                &state,
+                &td,
+                "n1",
+                &req("spiffe://cluster.local/ns/shop/sa/web", "web-1")
+            )
+            .is_ok()
+        );
+        let e = authorize(
+            &state,
+            &td,
+            "n2",
+            &req("spiffe://cluster.local/ns/shop/sa/web", "web-1"),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("scheduled on node \"n1\""), "{e}");
+        let e = authorize(
+            &state,
+            &td,
+            "n1",
+            &req("spiffe://cluster.local/ns/shop/sa/admin", "web-1"),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("runs as spiffe://cluster.local/ns/shop/sa/web"),
+            "{e}"
+        );
+        let e = authorize(
+            &state,
+            &td,
+            "n1",
+            &req("spiffe://cluster.local/ns/shop/sa/web", "nope"),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("does not exist"), "{e}");
+    }
+}

@@ -1,0 +1,618 @@
+//! The node's mTLS side: identities (SVIDs for local pods in mTLS namespaces, requested from
+//! the CA role by CSR over mTLS with the node's own SVID, renewed at half life), the xDS server
+//! for the node's Envoy (on `<runDir>/xds.sock`), the Envoy process (started and restarted by
+//! the daemon), and the TPROXY plumbing that sends mTLS traffic through it.
+//!
+//! [`plan_mesh`] is pure: cluster state + SVIDs in, the Envoy mesh config out.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use identityd_certs::service::{CaClient, JoinToken};
+use identityd_certs::{Bundle, SpiffeId, Svid, TrustDomain};
+use identityd_envoy::bootstrap::{XdsAddress, XdsFlavour, bootstrap_yaml};
+use identityd_envoy::mesh::{
+    AuthzAction, AuthzPolicy, AuthzRule, Endpoint, MeshConfig, MtlsMode as EMtls, Ports, Service,
+    SvidPem, Workload,
+};
+use identityd_envoy::server::{XdsCache, XdsServer};
+
+use crate::daemon::config::DaemonConfig;
+use crate::model::{ClusterState, MtlsMode};
+
+/// Envoy's inbound mTLS port.
+pub const INBOUND_PORT: u16 = identityd_envoy::INBOUND_MTLS_PORT;
+/// Envoy's outbound (TPROXY) port.
+pub const OUTBOUND_PORT: u16 = identityd_envoy::OUTBOUND_PORT;
+/// The nftables table for inbound mTLS TPROXY.
+pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
+
+fn emtls(m: MtlsMode) -> EMtls {
+    match m {
+        MtlsMode::Strict => EMtls::Strict,
+        MtlsMode::Permissive => EMtls::Permissive,
+        MtlsMode::Disabled => EMtls::Disabled,
+    }
+}
+
+/// Local identities wanted: SPIFFE ID → (namespace, a pod name carrying it).
+#[must_use]
+pub fn wanted_identities(
+    state: &ClusterState,
+    node: &str,
+    td: &TrustDomain,
+) -> BTreeMap<SpiffeId, (String, String)> {
+    let mut out = BTreeMap::new();
+    for pod in state.pods_on_node(node) {
+        if state.pod_mtls(pod, MtlsMode::Disabled) == MtlsMode::Disabled || pod.ip().is_none() {
+            continue;
+        }
+        if let Ok(id) = td.workload_id(pod.namespace(), pod.service_account()) {
+            out.entry(id)
+                .or_insert_with(|| (pod.namespace().to_owned(), pod.metadata.name.clone()));
+        }
+    }
+    out
+}
+
+/// The Envoy mesh config of `node`, pure.
+#[must_use]
+pub fn plan_mesh(
+    state: &ClusterState,
+    node: &str,
+    td: &TrustDomain,
+    svids: &BTreeMap<SpiffeId, Arc<Svid>>,
+    bundle_pem: &str,
+) -> MeshConfig {
+    let id_of = |ns: &str, sa: &str| {
+        td.workload_id(ns, sa)
+            .map(|i| i.to_string())
+            .unwrap_or_default()
+    };
+    let workloads: Vec<Workload> = state
+        .pods_on_node(node)
+        .filter_map(|p| {
+            Some(Workload {
+                name: p.metadata.name.clone(),
+                namespace: p.namespace().to_owned(),
+                id: id_of(p.namespace(), p.service_account()),
+                ip: p.ip()?,
+                mtls: emtls(state.pod_mtls(p, MtlsMode::Disabled)),
+            })
+        })
+        .collect();
+    let mut services = Vec::new();
+    let mut policies = Vec::new();
+    for se in state.services_with_endpoints() {
+        let svc = se.service;
+        let ns = svc.namespace().to_owned();
+        let mtls = emtls(state.namespace_mtls(&ns, MtlsMode::Disabled));
+        for sp in &svc.spec.ports {
+            let Ok(port) = u16::try_from(sp.port) else {
+                continue;
+            };
+            let mut target = None;
+            let endpoints: Vec<Endpoint> = se
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let tp = e.pod.resolve_port(&sp.target())?;
+                    target.get_or_insert(tp);
+                    Some(Endpoint {
+                        ip: e.ip,
+                        id: id_of(e.pod.namespace(), e.pod.service_account()),
+                        mtls_address: SocketAddr::new(e.ip, INBOUND_PORT),
+                        weight: 1,
+                    })
+                })
+                .collect();
+            let Some(target_port) = target else { continue };
+            services.push(Service {
+                name: svc.metadata.name.clone(),
+                namespace: ns.clone(),
+                port,
+                target_port,
+                mtls,
+                hosts: vec![],
+                endpoints,
+            });
+        }
+        for ap in state.authorization_policies_for_service(&ns, &svc.metadata.name) {
+            let rules = |rs: &[crate::model::identityd::AuthorizationRule]| -> Vec<AuthzRule> {
+                rs.iter()
+                    .map(|r| AuthzRule {
+                        ids: r
+                            .from
+                            .as_ref()
+                            .map(|f| f.spiffe_ids.clone())
+                            .unwrap_or_default(),
+                        namespaces: r
+                            .from
+                            .as_ref()
+                            .map(|f| f.namespaces.clone())
+                            .unwrap_or_default(),
+                        service_accounts: r
+                            .from
+                            .as_ref()
+                            .map(|f| f.service_accounts.clone())
+                            .unwrap_or_default(),
+                        paths: r.to.as_ref().map(|t| t.paths.clone()).unwrap_or_default(),
+                        methods: r.to.as_ref().map(|t| t.methods.clone()).unwrap_or_default(),
+                    })
+                    .collect()
+            };
+            let name = format!("{ns}/{}", ap.metadata.name);
+            if !ap.spec.allow.is_empty() {
+                policies.push(AuthzPolicy {
+                    name: format!("{name}/allow"),
+                    service: svc.metadata.name.clone(),
+                    namespace: ns.clone(),
+                    action: AuthzAction::Allow,
+                    rules: rules(&ap.spec.allow),
+                });
+            }
+            if !ap.spec.deny.is_empty() {
+                policies.push(AuthzPolicy {
+                    name: format!("{name}/deny"),
+                    service: svc.metadata.name.clone(),
+                    namespace: ns.clone(),
+                    action: AuthzAction::Deny,
+                    rules: rules(&ap.spec.deny),
+                });
+            }
+        }
+    }
+    let svids = svids
+        .values()
+        .map(|s| SvidPem {
+            id: s.id().to_string(),
+            chain_pem: s.chain_pem(),
+            key_pem: s.key().to_pem().to_string(),
+        })
+        .collect();
+    MeshConfig {
+        trust_domain: td.to_string(),
+        ports: Ports {
+            inbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), INBOUND_PORT),
+            outbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), OUTBOUND_PORT),
+            transparent: true,
+        },
+        workloads,
+        services,
+        policies,
+        svids,
+        bundle_pem: bundle_pem.to_owned(),
+        l7: identityd_envoy::l7::L7Config::default(),
+    }
+}
+
+/// The inbound ruleset. Connections from other nodes to a local pod's :15008 are delivered
+/// to Envoy's inbound listener by the policy rule `iif <wg> to <podCIDR> ipproto tcp dport
+/// 15008 lookup 203`; connections this node's own Envoy makes to a local pod's :15008 are
+/// redirected to it here (the listener restores the original destination). Under strict
+/// mTLS, other TCP arriving from the tunnel for strict pods is dropped.
+#[must_use]
+pub fn inbound_nft(wg_iface: &str, pod_cidr: &str, strict_pods: &[IpAddr]) -> String {
+    let mut s = format!(
+        "table inet {NFT_INBOUND_TABLE} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tip daddr {pod_cidr} tcp dport {INBOUND_PORT} redirect to :{INBOUND_PORT}\n\t}}\n\
+         \tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+    );
+    let v4: Vec<String> = strict_pods
+        .iter()
+        .filter(|i| i.is_ipv4())
+        .map(ToString::to_string)
+        .collect();
+    if !v4.is_empty() {
+        s.push_str(&format!(
+            "\t\tiifname \"{wg_iface}\" ip daddr {{ {} }} tcp dport != {INBOUND_PORT} counter drop\n",
+            v4.join(", ")
+        ));
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn apply_nft(ruleset: &str) -> Result<(), String> {
+    use std::io::Write;
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", NFT_INBOUND_TABLE])
+        .stderr(Stdio::null())
+        .status();
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft -f: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Where an SVID stands.
+struct Held {
+    svid: Arc<Svid>,
+    refresh_at: SystemTime,
+}
+
+/// The mTLS side of a node.
+pub struct Mesh {
+    td: TrustDomain,
+    client: CaClient,
+    node_svid: Svid,
+    node_refresh_at: SystemTime,
+    bundle_pem: String,
+    held: BTreeMap<SpiffeId, Held>,
+    cache: Arc<XdsCache>,
+    envoy: Option<Child>,
+    envoy_cfg: PathBuf,
+    envoy_bin: PathBuf,
+    envoy_log: PathBuf,
+    nft: Option<String>,
+    routing_applied: bool,
+    /// Envoy restarts.
+    pub envoy_restarts: u32,
+    /// Last issuance error.
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("identities", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn half_life(s: &Svid) -> SystemTime {
+    let life = s
+        .not_after()
+        .duration_since(s.not_before())
+        .unwrap_or(Duration::ZERO);
+    s.not_before() + life / 2
+}
+
+impl Mesh {
+    /// Joins the CA (first start) or reuses the saved node SVID, connects over mTLS, starts the
+    /// xDS server on `<runDir>/xds.sock` and writes Envoy's bootstrap.
+    ///
+    /// # Errors
+    /// When the CA cannot be joined or reached.
+    pub async fn start(cfg: &DaemonConfig) -> Result<Self, String> {
+        let access = cfg.ca.as_ref().ok_or("no ca: section")?;
+        let envoy = cfg.envoy.as_ref().ok_or("no envoy: section")?;
+        let td = TrustDomain::new(&cfg.trust_domain).map_err(|e| e.to_string())?;
+        let bundle_text = std::fs::read_to_string(&access.bundle_file)
+            .map_err(|e| format!("ca.bundleFile={}: {e}", access.bundle_file.display()))?;
+        let bundle = Bundle::from_pem(td.clone(), &bundle_text)
+            .map_err(|e| format!("ca.bundleFile: {e}"))?;
+        let node_dir = cfg.state_dir.join("node-svid");
+        let node_svid = match Svid::read_from_dir(&node_dir) {
+            Ok(s) if s.not_after() > SystemTime::now() + Duration::from_secs(60) => s,
+            _ => {
+                let token = JoinToken::read(&access.join_token_file).map_err(|e| {
+                    format!("ca.joinTokenFile={}: {e}", access.join_token_file.display())
+                })?;
+                let joined = CaClient::join(&access.endpoint, &cfg.name, &token, &bundle)
+                    .await
+                    .map_err(|e| format!("joining the CA at {}: {e}", access.endpoint))?;
+                joined
+                    .svid
+                    .write_to_dir(&node_dir)
+                    .map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_file(&access.join_token_file);
+                tracing::info!(id = %joined.svid.id(), "joined the CA; node SVID saved (key 0600)");
+                joined.svid
+            }
+        };
+        let client = CaClient::connect_mtls(&access.endpoint, &node_svid, &bundle)
+            .await
+            .map_err(|e| format!("connecting to the CA at {}: {e}", access.endpoint))?;
+        let bundle_pem = client
+            .fetch_bundle()
+            .await
+            .map(|b| b.to_pem())
+            .unwrap_or(bundle_text);
+
+        let cache = XdsCache::new();
+        let sock = cfg.run_dir.join("xds.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock)
+            .map_err(|e| format!("{}: {e}", sock.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+        }
+        let server = XdsServer::new(Arc::clone(&cache));
+        tokio::spawn(async move {
+            if let Err(e) = identityd_envoy::server::serve(
+                server,
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "xDS server stopped");
+            }
+        });
+        let envoy_cfg = cfg.run_dir.join("envoy.yaml");
+        std::fs::write(
+            &envoy_cfg,
+            bootstrap_yaml(
+                &cfg.name,
+                &XdsAddress::Unix(sock),
+                envoy.admin_port,
+                XdsFlavour::Sotw,
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", envoy_cfg.display()))?;
+        let node_refresh_at = half_life(&node_svid);
+        Ok(Self {
+            td,
+            client,
+            node_svid,
+            node_refresh_at,
+            bundle_pem,
+            held: BTreeMap::new(),
+            cache,
+            envoy: None,
+            envoy_cfg,
+            envoy_bin: envoy.binary.clone(),
+            envoy_log: cfg.run_dir.join("envoy.log"),
+            nft: None,
+            routing_applied: false,
+            envoy_restarts: 0,
+            last_error: None,
+        })
+    }
+
+    /// Brings SVIDs, xDS, Envoy and TPROXY in line with `state`. Returns errors to log.
+    pub async fn reconcile(&mut self, cfg: &DaemonConfig, state: &ClusterState) -> Vec<String> {
+        let mut errors = Vec::new();
+        let now = SystemTime::now();
+        if now >= self.node_refresh_at {
+            match self.client.renew_node(&self.node_svid).await {
+                Ok(s) => {
+                    let _ = s.write_to_dir(&cfg.state_dir.join("node-svid"));
+                    self.node_refresh_at = half_life(&s);
+                    self.node_svid = s;
+                }
+                Err(e) => {
+                    self.node_refresh_at = now + Duration::from_secs(5);
+                    errors.push(format!("renewing the node SVID: {e}"));
+                }
+            }
+        }
+        let wanted = wanted_identities(state, &cfg.name, &self.td);
+        self.held.retain(|id, _| wanted.contains_key(id));
+        for (id, (ns, pod)) in &wanted {
+            let due = self.held.get(id).is_none_or(|h| now >= h.refresh_at);
+            if !due {
+                continue;
+            }
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.client
+                    .sign_workload(id, ns, pod, Duration::from_secs(3600)),
+            )
+            .await;
+            match r {
+                Ok(Ok(s)) => {
+                    tracing::info!(%id, "SVID issued");
+                    let refresh_at = half_life(&s);
+                    self.held.insert(
+                        id.clone(),
+                        Held {
+                            svid: Arc::new(s),
+                            refresh_at,
+                        },
+                    );
+                }
+                Ok(Err(e)) => {
+                    let msg = format!("SVID for {id} (pod {ns}/{pod}): {e}");
+                    // Keep the last good SVID; retry soon.
+                    if let Some(h) = self.held.get_mut(id) {
+                        h.refresh_at = now + Duration::from_secs(5);
+                    }
+                    self.last_error = Some(msg.clone());
+                    errors.push(msg);
+                }
+                Err(_) => errors.push(format!("SVID for {id}: the CA did not answer within 10s")),
+            }
+        }
+        let svids: BTreeMap<SpiffeId, Arc<Svid>> = self
+            .held
+            .iter()
+            .map(|(k, h)| (k.clone(), Arc::clone(&h.svid)))
+            .collect();
+        let mesh = plan_mesh(state, &cfg.name, &self.td, &svids, &self.bundle_pem);
+        let has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
+        self.cache
+            .set_snapshot(&cfg.name, identityd_envoy::translate::translate(&mesh));
+
+        // Envoy: start, or restart when it died.
+        let alive = self
+            .envoy
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if has_mtls && !alive {
+            if self.envoy.is_some() {
+                self.envoy_restarts += 1;
+                errors.push("Envoy exited; restarting it".to_owned());
+            }
+            match self.spawn_envoy() {
+                Ok(c) => self.envoy = Some(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        // TPROXY: outbound by the classifier's proxy mark, inbound from the tunnel on 15008.
+        if has_mtls {
+            if !self.routing_applied {
+                let plan = identityd_bpf::routing::plan(&identityd_bpf::routing::RoutingConfig {
+                    wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
+                    proxy_port: Some(OUTBOUND_PORT),
+                    ipv6: false,
+                    ..identityd_bpf::routing::RoutingConfig::default()
+                });
+                match identityd_bpf::routing::apply(&plan) {
+                    Ok(_) => self.routing_applied = true,
+                    Err(e) => errors.push(format!("proxy routing: {e}")),
+                }
+                if let (Some(pc), Some(w)) = (&cfg.pod_cidr, &cfg.wireguard) {
+                    // Only for connections arriving from the tunnel: this node's own
+                    // connections to local pods are redirected by nat OUTPUT instead.
+                    let table = identityd_bpf::routing::PROXY_TABLE.to_string();
+                    let port = INBOUND_PORT.to_string();
+                    let args = [
+                        "iif",
+                        w.interface.as_str(),
+                        "to",
+                        pc.as_str(),
+                        "ipproto",
+                        "tcp",
+                        "dport",
+                        &port,
+                        "lookup",
+                        &table,
+                    ];
+                    let _ = run_cmd(Command::new("ip").args(["rule", "del"]).args(args));
+                    if let Err(e) = run_cmd(
+                        Command::new("ip")
+                            .args(["rule", "add", "priority", "99"])
+                            .args(args),
+                    ) {
+                        errors.push(e);
+                    }
+                }
+            }
+            if let (Some(w), Some(pc)) = (&cfg.wireguard, &cfg.pod_cidr) {
+                let strict: Vec<IpAddr> = mesh
+                    .workloads
+                    .iter()
+                    .filter(|w| w.mtls == EMtls::Strict)
+                    .map(|w| w.ip)
+                    .collect();
+                let rs = inbound_nft(&w.interface, pc, &strict);
+                if self.nft.as_deref() != Some(rs.as_str()) {
+                    match apply_nft(&rs) {
+                        Ok(()) => self.nft = Some(rs),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    fn spawn_envoy(&self) -> Result<Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.envoy_log)
+            .map_err(|e| format!("{}: {e}", self.envoy_log.display()))?;
+        let child = Command::new(&self.envoy_bin)
+            .arg("-c")
+            .arg(&self.envoy_cfg)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting Envoy {}: {e}", self.envoy_bin.display()))?;
+        tracing::info!(pid = child.id(), "Envoy started");
+        Ok(child)
+    }
+
+    /// Status lines: identities with expiry, xDS versions and NACKs.
+    #[must_use]
+    pub fn status(&self, node: &str) -> (Vec<(String, u64)>, Vec<String>) {
+        let now = SystemTime::now();
+        let svids = self
+            .held
+            .iter()
+            .map(|(id, h)| {
+                (
+                    id.to_string(),
+                    h.svid
+                        .not_after()
+                        .duration_since(now)
+                        .map_or(0, |d| d.as_secs()),
+                )
+            })
+            .collect();
+        let xds = self
+            .cache
+            .status(node)
+            .into_iter()
+            .map(|t| {
+                let short = t
+                    .type_url
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&t.type_url)
+                    .to_owned();
+                match t.nack {
+                    Some(n) => format!("{short} v{} NACK: {}", t.version, n.message),
+                    None => format!(
+                        "{short} v{} acked {}",
+                        t.version,
+                        t.accepted.map_or("-".into(), |a| a.to_string())
+                    ),
+                }
+            })
+            .collect();
+        (svids, xds)
+    }
+
+    /// Stops Envoy (on shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.envoy.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Finds the Envoy binary next to the workspace (`.tools/bin/envoy`) for the lab.
+#[must_use]
+pub fn lab_envoy_binary(exe: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("IDENTITYD_ENVOY") {
+        return Some(PathBuf::from(p));
+    }
+    exe.ancestors()
+        .map(|d| d.join(".tools/bin/envoy"))
+        .find(|p| p.exists())
+}

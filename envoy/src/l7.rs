@@ -542,6 +542,17 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
                     if !names.contains(n.as_str()) {
                         r.add(format!("parents[{i}]"), format!("unknown listener {n:?}"));
                     }
+                    if route.kind == RouteKind::Grpc
+                        && l7
+                            .listeners
+                            .iter()
+                            .any(|l| &l.name == n && l.http == HttpVersions::Http1)
+                    {
+                        r.add(
+                            format!("parents[{i}]"),
+                            format!("listener {n:?} speaks only HTTP/1.1; gRPC needs HTTP/2"),
+                        );
+                    }
                 }
                 RouteParent::Service { name, namespace } => {
                     if !has_service(name, namespace) {

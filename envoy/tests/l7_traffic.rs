@@ -317,7 +317,7 @@ async fn circuit_breaker_overflow_gets_503_and_shows_in_stats() {
     );
     assert!(ok >= 1, "some requests pass");
     assert!(
-        overflow >= 5,
+        overflow >= 3,
         "load above the breaker gets 503 overflow: {overflow}"
     );
     assert!(pending_overflow >= 1, "stats show the overflow");

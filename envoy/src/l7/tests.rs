@@ -239,6 +239,20 @@ fn other_bad_values_are_reported() {
         ..Default::default()
     });
     m.l7.policies.push(p);
+    m.l7.routes.push(HttpRoute {
+        kind: RouteKind::Grpc,
+        ..route(
+            "grpc",
+            RouteParent::Listener("h1".into()),
+            vec![backend("v1", 1)],
+        )
+    });
+    m.l7.listeners.push(IngressListener {
+        name: "h1".into(),
+        address: SocketAddr::from(([0, 0, 0, 0], 8081)),
+        http: HttpVersions::Http1,
+        tls: None,
+    });
     m.l7.listeners.push(IngressListener {
         name: "gw".into(),
         tls: Some(ListenerTls {
@@ -258,6 +272,7 @@ fn other_bad_values_are_reported() {
         "name: two listeners have this name",
         "address: 0.0.0.0:8080 is also the address of listener gw",
         "tls.certificates[0].secret: secret \"missing\" is not among the TLS secrets",
+        "parents[0]: listener \"h1\" speaks only HTTP/1.1; gRPC needs HTTP/2",
     ] {
         assert!(f.contains(&want.to_owned()), "{want} missing in {f:#?}");
     }

@@ -157,7 +157,7 @@ pub struct RouteRule {
     pub request_headers: HeaderModifier,
     /// Redirect instead of forwarding.
     pub redirect: Option<Redirect>,
-    /// Request timeout of this rule (overrides a policy's timeout).
+    /// Request timeout of this rule (overrides a policy's timeout; 0 = none).
     pub timeout_ms: Option<i64>,
 }
 
@@ -302,7 +302,7 @@ pub struct TrafficPolicy {
     pub target: PolicyTarget,
     /// Retries.
     pub retries: Option<Retries>,
-    /// Request timeout.
+    /// Request timeout (0 = none; Envoy's default is 15 s).
     pub timeout_ms: Option<i64>,
     /// Circuit breaker (service targets).
     pub circuit_breaker: Option<CircuitBreaker>,
@@ -477,6 +477,15 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
         };
         if l.name.is_empty() {
             r.add("name", "must not be empty");
+        }
+        if [crate::translate::INBOUND, crate::translate::OUTBOUND].contains(&l.name.as_str()) {
+            r.add(
+                "name",
+                format!(
+                    "{:?} is the name of a mesh listener; choose another",
+                    l.name
+                ),
+            );
         }
         if !names.insert(l.name.as_str()) {
             r.add("name", "two listeners have this name");

@@ -248,6 +248,11 @@ fn other_bad_values_are_reported() {
         )
     });
     m.l7.listeners.push(IngressListener {
+        name: "outbound".into(),
+        address: SocketAddr::from(([0, 0, 0, 0], 8082)),
+        ..Default::default()
+    });
+    m.l7.listeners.push(IngressListener {
         name: "h1".into(),
         address: SocketAddr::from(([0, 0, 0, 0], 8081)),
         http: HttpVersions::Http1,
@@ -273,6 +278,7 @@ fn other_bad_values_are_reported() {
         "address: 0.0.0.0:8080 is also the address of listener gw",
         "tls.certificates[0].secret: secret \"missing\" is not among the TLS secrets",
         "parents[0]: listener \"h1\" speaks only HTTP/1.1; gRPC needs HTTP/2",
+        "name: \"outbound\" is the name of a mesh listener; choose another",
     ] {
         assert!(f.contains(&want.to_owned()), "{want} missing in {f:#?}");
     }

@@ -51,6 +51,7 @@ fn status(dir: &Path) -> serde_json::Value {
     })
 }
 
+#[allow(dead_code)] // Reason: kept for plain-HTTP checks of namespaces without mTLS.
 fn get(from_pod_ns: &str, url: &str) -> (bool, String) {
     let out = Command::new("ip")
         .args(["netns", "exec", from_pod_ns, BIN, "lab", "get", url])
@@ -66,6 +67,68 @@ fn get(from_pod_ns: &str, url: &str) -> (bool, String) {
     )
 }
 
+fn get_host(from_pod_ns: &str, url: &str, host: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from_pod_ns,
+            BIN,
+            "lab",
+            "get",
+            url,
+            "--host",
+            host,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A node asking the CA for the SVID of a pod scheduled on another node is refused (with its
+/// own node SVID, over mTLS, as a compromised node would ask).
+fn node_authorization_is_enforced(dir: &Path) {
+    use identityd_certs::service::CaClient;
+    use identityd_certs::{Bundle, SpiffeId, Svid, TrustDomain};
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let bundle = Bundle::from_pem(
+        td,
+        &std::fs::read_to_string(dir.join("ca/bundle.pem")).unwrap(),
+    )
+    .unwrap();
+    let n1 = Svid::read_from_dir(&dir.join("n1/state/node-svid")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = CaClient::connect_mtls(identityd::lab::CA_LISTEN, &n1, &bundle)
+            .await
+            .unwrap();
+        let web = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+        let own = client
+            .sign_workload(&web, "shop", "web-1", Duration::from_secs(600))
+            .await;
+        assert!(
+            own.is_ok(),
+            "n1 may get the SVID of its own pod web-1: {own:?}"
+        );
+        let err = client
+            .sign_workload(&web, "shop", "web-2", Duration::from_secs(600))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+        assert!(err.to_string().contains("web-2"), "{err}");
+    });
+}
+
 fn capture_start(path: &Path) -> std::process::Child {
     let c = Command::new(identityd_tests::tools::tcpdump())
         .args(["-i", "idd-fabric", "-U", "-s", "0", "-w"])
@@ -78,7 +141,8 @@ fn capture_start(path: &Path) -> std::process::Child {
     c
 }
 
-fn capture_stop(mut c: std::process::Child, path: &Path) -> (usize, usize) {
+/// (all packets, offending packets as tcpdump prints them)
+fn capture_stop(mut c: std::process::Child, path: &Path) -> (usize, Vec<String>) {
     std::thread::sleep(Duration::from_millis(300));
     let _ = Command::new("kill")
         .args(["-INT", &c.id().to_string()])
@@ -92,9 +156,12 @@ fn capture_stop(mut c: std::process::Child, path: &Path) -> (usize, usize) {
             .stderr(Stdio::null())
             .output()
             .unwrap();
-        String::from_utf8_lossy(&o.stdout).lines().count()
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
     };
-    (count(""), count(identityd::lab::NOT_WIREGUARD_FILTER))
+    (count("").len(), count(identityd::lab::NOT_WIREGUARD_FILTER))
 }
 
 #[test]
@@ -122,7 +189,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(" 0 not WireGuard UDP/51871"),
+        stdout.contains(" 0 neither WireGuard (UDP/51871) nor TLS to the CA"),
         "no plaintext on the underlay:\n{stdout}"
     );
     assert!(stdout.contains("marker found in clear: no"), "{stdout}");
@@ -131,6 +198,18 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         6,
         "all cross-node requests succeed:\n{stdout}"
     );
+    assert!(
+        stdout
+            .matches("server saw caller spiffe://cluster.local/ns/front/sa/client")
+            .count()
+            >= 6,
+        "every cross-node request went over mTLS and the server saw the caller's SPIFFE ID:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("→ web.shop: HTTP 403"),
+        "an identity the AuthorizationPolicy does not allow gets 403:\n{stdout}"
+    );
+    node_authorization_is_enforced(&lab.dir);
     let st = status(&lab.dir);
     let keys: Vec<String> = st
         .as_array()
@@ -168,7 +247,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (ok, body) = get("idd-n1-client-1", "http://10.244.2.10:8080/");
+    let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
     assert!(
         ok,
         "traffic still works with a broken file in the cluster dir: {body}"
@@ -185,7 +264,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     let traffic = std::thread::spawn(move || {
         let mut ok = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if get("idd-n1-client-1", "http://10.244.2.10:8080/").0 {
+            if get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop").0 {
                 ok += 1;
             }
         }
@@ -203,7 +282,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         ])
         .status();
     std::thread::sleep(Duration::from_secs(1));
-    let (ok, body) = get("idd-n1-client-1", "http://10.244.2.10:8080/");
+    let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
     assert!(ok, "the tunnel outlives the killed daemon: {body}");
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(lab.dir.join("n2/daemon-restart.log")).unwrap();
@@ -235,13 +314,60 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     let ok = traffic.join().unwrap();
     assert!(ok > 0, "requests succeeded across the restart");
     let (total, plain) = capture_stop(cap, &pcap);
+    let plain_lines = plain
+        .iter()
+        .take(12)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let plain = plain.len();
     assert!(total > 0, "the capture saw the traffic");
     assert_eq!(
         plain, 0,
-        "no plaintext on the underlay during the daemon restart ({total} packets)"
+        "no plaintext on the underlay during the daemon restart ({total} packets):\n{plain_lines}"
     );
-    let (ok, body) = get("idd-n3-client-3", "http://10.244.2.10:8080/");
+    let (ok, body) = get_host("idd-n3-client-3", "http://10.244.2.10:8080/", "web.shop");
     assert!(ok, "after the restart: {body}");
+    // The restarted daemon re-adopted its Envoy and SVIDs: mTLS requests keep working.
+    let st = status(&lab.dir);
+    assert_eq!(
+        st[1]["envoy_restarts"], 0,
+        "the Envoy was adopted, not restarted: {}",
+        st[1]
+    );
+    assert_eq!(
+        st[1]["svids"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        st[1]
+    );
+    for _ in 0..6 {
+        let (ok, body) = get_host("idd-n2-client-2", "http://10.244.1.10:8080/", "web.shop");
+        assert!(
+            ok && body.contains("URI=spiffe://cluster.local/ns/front/sa/client"),
+            "mTLS from n2 after the restart: {body}"
+        );
+    }
+
+    // ---- the daemon restarts an Envoy that dies ----
+    let envoy_pid = std::fs::read_to_string(lab.dir.join("n3/run/envoy.pid")).unwrap();
+    let _ = Command::new("kill")
+        .args(["-KILL", envoy_pid.trim()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(&lab.dir);
+        let restarted = st[2]["envoy_restarts"].as_u64().unwrap_or(0) >= 1;
+        if restarted && get_host("idd-n3-client-3", "http://10.244.1.10:8080/", "web.shop").0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy on n3 was not restarted: {}",
+            st[2]
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // ---- down leaves nothing ----
     let out = Command::new(BIN)

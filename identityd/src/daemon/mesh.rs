@@ -273,6 +273,9 @@ pub struct Mesh {
     held: BTreeMap<SpiffeId, Held>,
     cache: Arc<XdsCache>,
     envoy: Option<Child>,
+    /// An Envoy left running by a previous daemon (re-adopted: it reconnects to xds.sock).
+    adopted: Option<u32>,
+    envoy_pid_file: PathBuf,
     envoy_cfg: PathBuf,
     envoy_bin: PathBuf,
     envoy_log: PathBuf,
@@ -383,6 +386,14 @@ impl Mesh {
             held: BTreeMap::new(),
             cache,
             envoy: None,
+            adopted: std::fs::read_to_string(cfg.run_dir.join("envoy.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("envoy"))
+                }),
+            envoy_pid_file: cfg.run_dir.join("envoy.pid"),
             envoy_cfg,
             envoy_bin: envoy.binary.clone(),
             envoy_log: cfg.run_dir.join("envoy.log"),
@@ -457,18 +468,26 @@ impl Mesh {
         self.cache
             .set_snapshot(&cfg.name, identityd_envoy::translate::translate(&mesh));
 
-        // Envoy: start, or restart when it died.
-        let alive = self
+        // Envoy: adopt the one a previous daemon left running, start one, or restart it when
+        // it died.
+        let child_alive = self
             .envoy
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        if has_mtls && !alive {
-            if self.envoy.is_some() {
+        let adopted_alive = self.adopted.is_some_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+        });
+        if has_mtls && !child_alive && !adopted_alive {
+            if self.envoy.is_some() || self.adopted.is_some() {
                 self.envoy_restarts += 1;
                 errors.push("Envoy exited; restarting it".to_owned());
             }
+            self.adopted = None;
             match self.spawn_envoy() {
-                Ok(c) => self.envoy = Some(c),
+                Ok(c) => {
+                    let _ = std::fs::write(&self.envoy_pid_file, c.id().to_string());
+                    self.envoy = Some(c);
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -597,12 +616,18 @@ impl Mesh {
         (svids, xds)
     }
 
-    /// Stops Envoy (on shutdown).
+    /// On shutdown Envoy keeps running with its last configuration (no gap); the next daemon
+    /// re-adopts it through `envoy.pid` and it reconnects to the new xDS socket.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.envoy.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.envoy.take() {
+            tracing::info!(pid = c.id(), "leaving Envoy running for the next daemon");
         }
+    }
+
+    /// Envoy's pid, if one is running.
+    #[must_use]
+    pub fn envoy_pid(&self) -> Option<u32> {
+        self.envoy.as_ref().map(Child::id).or(self.adopted)
     }
 }
 

@@ -25,9 +25,10 @@ pub const BRIDGE: &str = "idd-fabric";
 pub const CA_LISTEN: &str = "10.99.0.1:8443";
 /// Port of the pods' HTTP workload.
 pub const WORKLOAD_PORT: u16 = 8080;
-/// A tcpdump filter for underlay packets that are neither WireGuard nor link housekeeping
-/// (ARP, IPv6 link-local neighbour/multicast-listener traffic, IGMP).
-pub const NOT_WIREGUARD_FILTER: &str = "not (udp port 51871) and not arp and not igmp and not (ip6 and src net fe80::/10) and not (ip6 and dst net ff02::/16)";
+/// A tcpdump filter for underlay packets that are neither WireGuard, nor the nodes' TLS
+/// connections to the CA role (10.99.0.1:8443), nor link housekeeping (ARP, IGMP, IPv6
+/// link-local neighbour/multicast-listener traffic).
+pub const NOT_WIREGUARD_FILTER: &str = "not (udp port 51871) and not (tcp port 8443 and host 10.99.0.1) and not arp and not igmp and not (ip6 and src net fe80::/10) and not (ip6 and dst net ff02::/16)";
 /// The marker the sample traffic carries (searched for in the underlay capture).
 pub const PAYLOAD_MARKER: &str = "IDENTITYD-LAB-PLAINTEXT-MARKER";
 
@@ -590,6 +591,42 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
             results.push((a.name.clone(), a.node, b.name.clone(), b.node, ok, line));
         }
     }
+    // Authorization: a web pod (service account shop/web) is not allowed to call web.
+    let rbac = if mtls {
+        let from = pods
+            .iter()
+            .find(|p| p.app == "web" && p.node == 1)
+            .map(LabPod::netns)
+            .unwrap_or_default();
+        let to = pods
+            .iter()
+            .find(|p| p.app == "web" && p.node != 1)
+            .map(|p| p.ip.clone())
+            .unwrap_or_default();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &from,
+                &exe_s,
+                "lab",
+                "get",
+                &format!("http://{to}:{WORKLOAD_PORT}/"),
+                "--host",
+                "web.shop",
+            ])
+            .output();
+        let status = out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        });
+        Some(status.unwrap_or_default())
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill")
         .args(["-INT", &tcpdump.id().to_string()])
@@ -617,7 +654,7 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         );
     }
     println!(
-        "\nunderlay capture ({}): {total} packets, {not_wg} not WireGuard UDP/51871, marker found in clear: {}",
+        "\nunderlay capture ({}): {total} packets, {not_wg} neither WireGuard (UDP/51871) nor TLS to the CA, marker found in clear: {}",
         capture.display(),
         if marker { "YES" } else { "no" }
     );
@@ -632,7 +669,14 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
          tear down: identityd lab down --dir {d}",
         d = dir.display()
     );
-    let failed = results.iter().filter(|r| !r.4).count();
+    if let Some(code) = &rbac {
+        println!(
+            "authorization: web-1 (spiffe://cluster.local/ns/shop/sa/web) → web.shop: HTTP {code} \
+             (AuthorizationPolicy shop/web-callers allows only front/client)"
+        );
+    }
+    let failed = results.iter().filter(|r| !r.4).count()
+        + usize::from(rbac.as_deref().is_some_and(|c| c != "403"));
     if failed > 0 || not_wg > 0 || marker {
         return Err(LabError::NotReady {
             secs: started.elapsed().as_secs(),

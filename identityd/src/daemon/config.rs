@@ -243,10 +243,10 @@ impl DaemonConfig {
         }
         if self.role == Role::Node {
             let pc = self.pod_cidr.as_deref().unwrap_or("");
-            pc.parse::<identityd_wg::plan::Cidr>()
+            pc.parse::<crate::model::Cidr>()
                 .map_err(|e| ("podCIDR".to_owned(), pc.to_owned(), e.to_string()))?;
             for (i, c) in self.cluster_cidrs.iter().enumerate() {
-                c.parse::<identityd_wg::plan::Cidr>()
+                c.parse::<crate::model::Cidr>()
                     .map_err(|e| (format!("clusterCIDRs[{i}]"), c.clone(), e.to_string()))?;
             }
             if self.underlay_address.is_none() {

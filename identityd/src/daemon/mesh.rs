@@ -186,8 +186,87 @@ pub fn plan_mesh(
         policies,
         svids,
         bundle_pem: bundle_pem.to_owned(),
-        l7: identityd_envoy::l7::L7Config::default(),
+        l7: identityd_envoy::l7::L7Config {
+            routes: mesh_routes(state),
+            ..Default::default()
+        },
     }
+}
+
+/// HTTPRoutes attached to a Service (GAMMA style) as the Envoy crate's mesh routes: weighted
+/// backends split pod-to-pod traffic on the calling node's Envoy. (Routes attached to a
+/// Gateway need ingress listeners, which the daemon does not run yet.)
+#[must_use]
+pub fn mesh_routes(state: &ClusterState) -> Vec<identityd_envoy::l7::HttpRoute> {
+    use identityd_envoy::l7 as l7m;
+    let mut out = Vec::new();
+    for (key, r) in &state.http_routes {
+        let ns = key.namespace.clone();
+        let parents: Vec<l7m::RouteParent> = r
+            .spec
+            .parent_refs
+            .iter()
+            .filter(|p| p.kind.as_deref() == Some("Service"))
+            .map(|p| l7m::RouteParent::Service {
+                name: p.name.clone(),
+                namespace: p.namespace.clone().unwrap_or_else(|| ns.clone()),
+            })
+            .collect();
+        if parents.is_empty() {
+            continue;
+        }
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| l7m::RouteRule {
+                matches: rule
+                    .matches
+                    .iter()
+                    .map(|m| l7m::RouteMatch {
+                        path: m.path.as_ref().map(|p| {
+                            let v = p.value.clone().unwrap_or_else(|| "/".to_owned());
+                            match p.type_.as_deref().unwrap_or("PathPrefix") {
+                                "Exact" => l7m::PathMatch::Exact(v),
+                                "RegularExpression" => l7m::PathMatch::Regex(v),
+                                _ => l7m::PathMatch::Prefix(v),
+                            }
+                        }),
+                        headers: m
+                            .headers
+                            .iter()
+                            .map(|h| l7m::HeaderMatch {
+                                name: h.name.clone(),
+                                value: h.value.clone(),
+                                regex: h.type_.as_deref() == Some("RegularExpression"),
+                            })
+                            .collect(),
+                        method: m.method.clone(),
+                    })
+                    .collect(),
+                backends: rule
+                    .backend_refs
+                    .iter()
+                    .map(|b| l7m::WeightedBackend {
+                        service: b.name.clone(),
+                        namespace: b.namespace.clone().unwrap_or_else(|| ns.clone()),
+                        port: b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                        weight: b.weight(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        out.push(l7m::HttpRoute {
+            name: key.name.clone(),
+            namespace: ns,
+            kind: l7m::RouteKind::Http,
+            parents,
+            hostnames: r.spec.hostnames.clone(),
+            rules,
+        });
+    }
+    out
 }
 
 /// The inbound ruleset. Connections from other nodes to a local pod's :15008 are delivered
@@ -283,6 +362,8 @@ pub struct Mesh {
     routing_applied: bool,
     /// Envoy restarts.
     pub envoy_restarts: u32,
+    /// Why the latest mesh config was not pushed (validation problems).
+    pub config_problems: Vec<String>,
     /// Last issuance error.
     pub last_error: Option<String>,
 }
@@ -400,6 +481,7 @@ impl Mesh {
             nft: None,
             routing_applied: false,
             envoy_restarts: 0,
+            config_problems: Vec::new(),
             last_error: None,
         })
     }
@@ -465,8 +547,21 @@ impl Mesh {
             .collect();
         let mesh = plan_mesh(state, &cfg.name, &self.td, &svids, &self.bundle_pem);
         let has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
-        self.cache
-            .set_snapshot(&cfg.name, identityd_envoy::translate::translate(&mesh));
+        // Invalid routes/policies are never pushed: the last good config keeps serving.
+        match identityd_envoy::translate::translate_checked(&mesh) {
+            Ok(snap) => {
+                self.cache.set_snapshot(&cfg.name, snap);
+                self.config_problems.clear();
+            }
+            Err(problems) => {
+                self.config_problems = problems.iter().map(ToString::to_string).collect();
+                errors.extend(
+                    self.config_problems
+                        .iter()
+                        .map(|p| format!("not pushed to Envoy: {p}")),
+                );
+            }
+        }
 
         // Envoy: adopt the one a previous daemon left running, start one, or restart it when
         // it died.
@@ -640,4 +735,67 @@ pub fn lab_envoy_binary(exe: &Path) -> Option<PathBuf> {
     exe.ancestors()
         .map(|d| d.join(".tools/bin/envoy"))
         .find(|p| p.exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ClusterState {
+        let text = include_str!("../model/testdata/lab-cluster.yaml");
+        let objects = crate::source::decode::decode_all(text)
+            .into_iter()
+            .filter_map(|(_, r)| r.ok().flatten());
+        ClusterState::from_objects(1, objects)
+    }
+
+    #[test]
+    fn mesh_plan_from_the_lab_cluster() {
+        let st = state();
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let wanted = wanted_identities(&st, "n1", &td);
+        assert_eq!(
+            wanted.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            ["spiffe://cluster.local/ns/shop/sa/web"],
+            "only pods of this node in mTLS namespaces"
+        );
+        let m = plan_mesh(&st, "n1", &td, &BTreeMap::new(), "BUNDLE");
+        assert!(m.ports.transparent);
+        assert_eq!(m.ports.inbound.port(), INBOUND_PORT);
+        let web = m
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web service");
+        assert_eq!(web.mtls, EMtls::Strict);
+        assert!(
+            web.endpoints
+                .iter()
+                .all(|e| e.mtls_address.port() == INBOUND_PORT)
+        );
+        assert!(
+            web.endpoints
+                .iter()
+                .all(|e| e.id == "spiffe://cluster.local/ns/shop/sa/web")
+        );
+        assert!(!m.policies.is_empty(), "the AuthorizationPolicy is mapped");
+        // The translation of the plan passes the Envoy crate's validation.
+        identityd_envoy::translate::translate_checked(&m).expect("valid mesh config");
+    }
+
+    #[test]
+    fn inbound_ruleset_redirects_local_and_drops_plaintext_to_strict_pods() {
+        let rs = inbound_nft("idd1", "10.244.1.0/24", &["10.244.1.10".parse().unwrap()]);
+        assert!(
+            rs.contains("ip daddr 10.244.1.0/24 tcp dport 15008 redirect to :15008"),
+            "{rs}"
+        );
+        assert!(
+            rs.contains(
+                "iifname \"idd1\" ip daddr { 10.244.1.10 } tcp dport != 15008 counter drop"
+            ),
+            "{rs}"
+        );
+        assert!(!inbound_nft("idd1", "10.244.1.0/24", &[]).contains("drop"));
+    }
 }

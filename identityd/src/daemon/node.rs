@@ -524,6 +524,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                 if let Some(e) = &m.last_error {
                     st.problems.push(e.clone());
                 }
+                st.problems.extend(
+                    m.config_problems
+                        .iter()
+                        .map(|p| format!("not pushed to Envoy: {p}")),
+                );
             }
             if let Some(e) = &mesh_error {
                 st.problems.push(format!("mTLS: {e}"));

@@ -184,3 +184,146 @@ pub fn plan(
         problems,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::{DaemonConfig, Encryption, Role, Wireguard};
+    use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
+    use crate::model::{IdentitydNode, Object, Pod};
+
+    fn cfg(mode: EncryptionMode) -> DaemonConfig {
+        DaemonConfig {
+            role: Role::Node,
+            name: "n1".into(),
+            trust_domain: "cluster.local".into(),
+            cluster_dir: "/c".into(),
+            state_dir: "/s".into(),
+            run_dir: "/r".into(),
+            underlay_address: Some("10.99.0.11".parse().unwrap()),
+            pod_cidr: Some("10.244.1.0/24".into()),
+            cluster_cidrs: vec!["10.244.0.0/16".into()],
+            encryption: Encryption {
+                mode,
+                strict_mode: true,
+            },
+            wireguard: Some(Wireguard {
+                interface: "idd1".into(),
+                port: 51871,
+            }),
+            pod_interface_prefix: "p-".into(),
+            wireguard_binary: None,
+            pin_bpf: false,
+            tunnel_address: None,
+            ca_dir: None,
+            listen: None,
+            ca: None,
+            envoy: None,
+        }
+    }
+
+    fn node(name: &str, i: u8, key: Option<&str>) -> Object {
+        Object::IdentitydNode(IdentitydNode::new(
+            name,
+            IdentitydNodeSpec {
+                pod_cidrs: vec![format!("10.244.{i}.0/24")],
+                underlay_addresses: vec![format!("10.99.0.1{i}")],
+                wireguard: key.map(|k| WireguardSpec {
+                    public_key: k.into(),
+                    port: 51871,
+                }),
+                ipsec: None,
+            },
+        ))
+    }
+
+    const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    #[test]
+    fn peers_with_keys_get_wireguard_routes_others_are_dropped() {
+        let state = ClusterState::from_objects(
+            1,
+            [
+                node(
+                    "n1",
+                    1,
+                    Some("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="),
+                ),
+                node("n2", 2, Some(K2)),
+                node("n3", 3, None),
+                Object::Pod(Pod::new(
+                    "shop",
+                    "web-1",
+                    "n1",
+                    "web",
+                    "10.244.1.10".parse().unwrap(),
+                )),
+                Object::Pod(Pod::new(
+                    "shop",
+                    "web-2",
+                    "n2",
+                    "web",
+                    "10.244.2.10".parse().unwrap(),
+                )),
+            ],
+        );
+        let p = plan(
+            &cfg(EncryptionMode::Wireguard),
+            &state,
+            Path::new("/s/k"),
+            MtlsMode::Disabled,
+        );
+        assert_eq!(p.routes["10.244.1.0/24"].0, RoutePath::Local);
+        assert_eq!(p.routes["10.244.2.0/24"].0, RoutePath::Wireguard);
+        assert_eq!(
+            p.routes["10.244.3.0/24"].0,
+            RoutePath::Unavailable,
+            "no key yet: dropped in strict mode"
+        );
+        let wg = p.wireguard.expect("wireguard config");
+        assert_eq!(wg.peers.len(), 1);
+        assert_eq!(wg.peers[0].endpoint.to_string(), "10.99.0.12:51871");
+        assert_eq!(wg.interface, "idd1");
+        assert_eq!(p.workloads.len(), 1, "only this node's pods");
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        // Node ids are stable positions by name.
+        assert_eq!(p.peers.iter().map(|x| x.id).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_node_with_a_bad_key_is_refused_and_gets_no_peer() {
+        let state = ClusterState::from_objects(1, [node("n2", 2, Some("not-a-key"))]);
+        assert!(
+            state
+                .problems
+                .iter()
+                .any(|x| x.to_string().contains("publicKey")),
+            "the model refuses the object: {:?}",
+            state.problems
+        );
+        let p = plan(
+            &cfg(EncryptionMode::Wireguard),
+            &state,
+            Path::new("/s/k"),
+            MtlsMode::Disabled,
+        );
+        assert!(p.wireguard.unwrap().peers.is_empty());
+        assert!(
+            !p.routes.contains_key("10.244.2.0/24"),
+            "covered by the cluster CIDR: no path, dropped"
+        );
+    }
+
+    #[test]
+    fn encryption_disabled_marks_remote_cidrs_plaintext() {
+        let state = ClusterState::from_objects(1, [node("n2", 2, Some(K2))]);
+        let p = plan(
+            &cfg(EncryptionMode::Disabled),
+            &state,
+            Path::new("/s/k"),
+            MtlsMode::Disabled,
+        );
+        assert!(p.wireguard.is_none());
+        assert_eq!(p.routes["10.244.2.0/24"].0, RoutePath::Plaintext);
+    }
+}

@@ -195,10 +195,21 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
     for p in pods {
         let _ = write!(
             y,
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n\
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n    version: {}\n\
              spec:\n  nodeName: n{}\n  serviceAccountName: {}\n  containers:\n  - name: {}\n    ports:\n    - containerPort: {WORKLOAD_PORT}\n\
              status:\n  phase: Running\n  podIP: {}\n",
-            p.name, p.namespace, p.app, p.node, p.service_account, p.app, p.ip
+            p.name,
+            p.namespace,
+            p.app,
+            if p.app == "web" && nodes >= 2 && p.node == nodes {
+                "v2"
+            } else {
+                "v1"
+            },
+            p.node,
+            p.service_account,
+            p.app,
+            p.ip
         );
     }
     let _ = write!(
@@ -211,7 +222,19 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
              spec:\n  targetRef: {kind: Service, name: web}\n  allow:\n  - from: {serviceAccounts: [front/client]}\n    to: {methods: [GET]}\n",
         );
     }
-    let _ = nodes;
+    if mtls && nodes >= 2 {
+        // Two versions of web and a GAMMA-style HTTPRoute on the Service splitting 90/10.
+        for v in ["v1", "v2"] {
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web-{v}\n  namespace: shop\nspec:\n  selector:\n    app: web\n    version: {v}\n  ports:\n  - name: http\n    port: 80\n    targetPort: {WORKLOAD_PORT}\n"
+            );
+        }
+        y.push_str(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: web-split\n  namespace: shop\n\
+             spec:\n  parentRefs:\n  - {group: \"\", kind: Service, name: web, port: 80}\n  rules:\n  - backendRefs:\n    - {name: web-v1, port: 80, weight: 90}\n    - {name: web-v2, port: 80, weight: 10}\n",
+        );
+    }
     y
 }
 
@@ -627,6 +650,46 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
     } else {
         None
     };
+    // Traffic splitting: the HTTPRoute on Service web sends 90/10 to web-v1/web-v2.
+    let split = if mtls && opts.nodes >= 2 {
+        let from = pods
+            .iter()
+            .find(|p| p.app == "client" && p.node == 1)
+            .map(LabPod::netns)
+            .unwrap_or_default();
+        let to = pods
+            .iter()
+            .find(|p| p.app == "web" && p.node != 1)
+            .map(|p| p.ip.clone())
+            .unwrap_or_default();
+        let v2 = format!("pod=web-{}", opts.nodes);
+        let (mut ok, mut to_v2) = (0u32, 0u32);
+        for _ in 0..100 {
+            if let Ok(o) = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &from,
+                    &exe_s,
+                    "lab",
+                    "get",
+                    &format!("http://{to}:{WORKLOAD_PORT}/"),
+                    "--host",
+                    "web.shop",
+                ])
+                .output()
+                && o.status.success()
+            {
+                ok += 1;
+                if String::from_utf8_lossy(&o.stdout).contains(&v2) {
+                    to_v2 += 1;
+                }
+            }
+        }
+        Some((ok, to_v2))
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill")
         .args(["-INT", &tcpdump.id().to_string()])
@@ -669,6 +732,13 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
          tear down: identityd lab down --dir {d}",
         d = dir.display()
     );
+    if let Some((ok, to_v2)) = split {
+        println!(
+            "traffic split: HTTPRoute shop/web-split (web-v1 90 / web-v2 10) → of {ok} requests from client-1, {} went to v1 and {to_v2} to v2 (web-{})",
+            ok - to_v2,
+            opts.nodes
+        );
+    }
     if let Some(code) = &rbac {
         println!(
             "authorization: web-1 (spiffe://cluster.local/ns/shop/sa/web) → web.shop: HTTP {code} \
@@ -676,6 +746,7 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         );
     }
     let failed = results.iter().filter(|r| !r.4).count()
+        + split.map_or(0, |(ok, _)| 100 - ok as usize)
         + usize::from(rbac.as_deref().is_some_and(|c| c != "403"));
     if failed > 0 || not_wg > 0 || marker {
         return Err(LabError::NotReady {

@@ -132,6 +132,9 @@ pub struct DaemonConfig {
     /// connections into the tunnel (its Envoy's) carry a source the peers accept.
     #[serde(default)]
     pub tunnel_address: Option<IpAddr>,
+    /// Prometheus metrics endpoint (`GET /metrics`), e.g. `127.0.0.1:9962`.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Role ca: the CA directory (the CA key lives only here).
     #[serde(default)]
     pub ca_dir: Option<PathBuf>,

@@ -4,5 +4,6 @@ pub mod api;
 pub mod ca;
 pub mod config;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod plan;

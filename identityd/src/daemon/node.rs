@@ -475,6 +475,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
         cfg.run_dir.join("api.sock"),
         Arc::clone(&status),
     ));
+    let metrics_task = cfg
+        .metrics_address
+        .map(|a| tokio::spawn(crate::daemon::metrics::serve(a, Arc::clone(&status))));
     let source_task = source.spawn();
     let mut rx = source.subscribe();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -543,6 +546,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
     }
     source_task.abort();
     api_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     if let Some(m) = mesh.as_mut() {
         m.stop();
     }

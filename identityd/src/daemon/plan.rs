@@ -215,6 +215,7 @@ mod tests {
             wireguard_binary: None,
             pin_bpf: false,
             tunnel_address: None,
+            metrics_address: None,
             ca_dir: None,
             listen: None,
             ca: None,

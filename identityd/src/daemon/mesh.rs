@@ -188,9 +188,76 @@ pub fn plan_mesh(
         bundle_pem: bundle_pem.to_owned(),
         l7: identityd_envoy::l7::L7Config {
             routes: mesh_routes(state),
+            policies: mesh_policies(state),
             ..Default::default()
         },
     }
+}
+
+fn ms(s: &str) -> Option<i64> {
+    identityd_certs::duration::parse(s)
+        .ok()
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn u32_of(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// `TrafficPolicy` objects targeting a Service or a route, as the Envoy crate's policies.
+#[must_use]
+pub fn mesh_policies(state: &ClusterState) -> Vec<identityd_envoy::l7::TrafficPolicy> {
+    use identityd_envoy::l7 as l7m;
+    let mut out = Vec::new();
+    for (key, tp) in &state.traffic_policies {
+        let t = &tp.spec.target_ref;
+        let target = match t.kind.as_str() {
+            "Service" => l7m::PolicyTarget::Service {
+                name: t.name.clone(),
+                namespace: key.namespace.clone(),
+            },
+            "HTTPRoute" | "GRPCRoute" => l7m::PolicyTarget::Route {
+                name: t.name.clone(),
+                namespace: key.namespace.clone(),
+            },
+            _ => continue,
+        };
+        let s = &tp.spec;
+        out.push(l7m::TrafficPolicy {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            target,
+            retries: s.retries.as_ref().map(|r| l7m::Retries {
+                attempts: u32_of(r.attempts),
+                per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(ms),
+                retry_on: r.retry_on.clone(),
+                backoff_base_ms: r.backoff.as_ref().and_then(|b| ms(&b.base_interval)),
+                backoff_max_ms: r
+                    .backoff
+                    .as_ref()
+                    .and_then(|b| b.max_interval.as_deref())
+                    .and_then(ms),
+            }),
+            timeout_ms: s.timeout.as_deref().and_then(ms),
+            circuit_breaker: s.circuit_breaker.as_ref().map(|c| l7m::CircuitBreaker {
+                max_connections: c.max_connections.map(u32_of),
+                max_pending_requests: c.max_pending_requests.map(u32_of),
+                max_requests: c.max_requests.map(u32_of),
+                max_retries: c.max_retries.map(u32_of),
+            }),
+            outlier_detection: s.outlier_detection.as_ref().map(|o| l7m::OutlierDetection {
+                consecutive_5xx: o.consecutive_5xx.map(u32_of),
+                base_ejection_time_ms: o.base_ejection_time.as_deref().and_then(ms),
+                max_ejection_percent: o.max_ejection_percent.map(u32_of),
+                interval_ms: o.interval.as_deref().and_then(ms),
+            }),
+            local_rate_limit: s.local_rate_limit.as_ref().map(|l| l7m::LocalRateLimit {
+                tokens: u32_of(l.tokens),
+                fill_interval_ms: ms(&l.fill_interval).unwrap_or(0),
+            }),
+        });
+    }
+    out
 }
 
 /// HTTPRoutes attached to a Service (GAMMA style) as the Envoy crate's mesh routes: weighted

@@ -221,6 +221,11 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
             "---\napiVersion: identityd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: web-callers\n  namespace: shop\n\
              spec:\n  targetRef: {kind: Service, name: web}\n  allow:\n  - from: {serviceAccounts: [front/client]}\n    to: {methods: [GET]}\n",
         );
+        y.push_str(
+            "---\napiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: web-resilience\n  namespace: shop\n\
+             spec:\n  targetRef: {kind: Service, name: web}\n  retries: {attempts: 2, perTryTimeout: 1s, retryOn: [connect-failure, 5xx]}\n\
+             \x20 timeout: 3s\n  circuitBreaker: {maxConnections: 100, maxPendingRequests: 50, maxRequests: 100}\n",
+        );
     }
     if mtls && nodes >= 2 {
         // Two versions of web and a GAMMA-style HTTPRoute on the Service splitting 90/10.

@@ -209,6 +209,24 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         stdout.contains("→ web.shop: HTTP 403"),
         "an identity the AuthorizationPolicy does not allow gets 403:\n{stdout}"
     );
+    let split = stdout
+        .lines()
+        .find(|l| l.starts_with("traffic split:"))
+        .unwrap_or_else(|| panic!("no split line:\n{stdout}"));
+    assert!(
+        split.contains("of 100 requests"),
+        "all split requests succeeded: {split}"
+    );
+    let to_v2: u32 = split
+        .split(" and ")
+        .nth(1)
+        .and_then(|x| x.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        (1..=25).contains(&to_v2),
+        "the 90/10 HTTPRoute sends some but few requests to v2: {split}"
+    );
     node_authorization_is_enforced(&lab.dir);
     let st = status(&lab.dir);
     let keys: Vec<String> = st

@@ -733,7 +733,7 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         }
     }
     println!(
-        "\nexplore:  identityd lab status --dir {d}\n          ip netns exec idd-n1 wg show idd1\n          ip netns exec idd-n1-client-1 {exe_s} lab get http://10.244.2.10:{WORKLOAD_PORT}/\n\
+        "\nexplore:  identityd lab status --dir {d}\n          ip netns exec idd-n1 wg show idd1\n          ip netns exec idd-n1-client-1 {exe_s} lab get http://10.244.2.10:{WORKLOAD_PORT}/ --host web.shop\n          ip netns exec idd-n1 {exe_s} lab get http://127.0.0.1:9962/metrics\n\
          tear down: identityd lab down --dir {d}",
         d = dir.display()
     );

@@ -38,7 +38,7 @@ pub enum Command {
         #[arg(long, default_value = "/run/identityd/api.sock")]
         socket: PathBuf,
     },
-    /// [not implemented yet] Check that traffic is encrypted and identities are in place.
+    /// Check that traffic is encrypted and identities are in place (live on a lab, or static on manifests).
     Audit(AuditArgs),
     /// Certificate authority.
     #[command(subcommand)]
@@ -148,7 +148,7 @@ pub struct AuditArgs {
     /// A lab or FileSource directory.
     #[arg(long)]
     pub source: Option<PathBuf>,
-    /// Read state from Kubernetes.
+    /// [not implemented yet] Read state from Kubernetes.
     #[arg(long)]
     pub kube: bool,
     /// Static manifests to check.
@@ -157,6 +157,23 @@ pub struct AuditArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
     pub format: AuditFormat,
+    /// Exit non-zero when a check of this severity or worse fails.
+    #[arg(long, value_enum, default_value_t = FailOn::Error)]
+    pub fail_on: FailOn,
+    /// Namespaces that must carry `identityd.io/mtls` (static checks), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub require_mtls: Vec<String>,
+}
+
+/// `--fail-on`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum FailOn {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// Anything that is not a pass.
+    Info,
 }
 
 /// `identityd ca …`

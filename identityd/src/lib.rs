@@ -6,6 +6,7 @@
 //! the node role of `identityd run` (WireGuard datapath + classifier + local API) and the lab.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod certs_cli;
 pub mod cli;
 pub mod daemon;

@@ -74,6 +74,76 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
     }
 }
 
+fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
+    use identityd::audit::{self, AuditOptions, Severity};
+    if args.kube {
+        return not_yet("audit --kube");
+    }
+    if args.source.is_none() && args.manifests.is_none() {
+        eprintln!("error: give --source DIR (a lab) and/or --manifests PATH");
+        return ExitCode::from(2);
+    }
+    let opts = AuditOptions {
+        require_mtls: args.require_mtls.clone(),
+        ..AuditOptions::default()
+    };
+    let mut findings = Vec::new();
+    if let Some(dir) = &args.source {
+        let lab: identityd::lab::LabState = match std::fs::read(dir.join("lab.json"))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "error: --source={}: not a lab directory (lab.json: {e})",
+                    dir.display()
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let state = match identityd::source::FileSource::open(
+            dir.join("cluster"),
+            identityd::source::FileSourceOptions::default(),
+        ) {
+            Ok(s) => s.snapshot(),
+            Err(e) => {
+                eprintln!("error: --source={}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        };
+        let nodes: Vec<Result<_, String>> = lab
+            .nodes
+            .iter()
+            .map(|(name, run)| {
+                identityd::daemon::api::fetch(&run.join("api.sock"))
+                    .map_err(|e| format!("{name}: {e}"))
+            })
+            .collect();
+        findings.extend(audit::live(&nodes, &state, &opts));
+    }
+    if let Some(m) = &args.manifests {
+        match audit::load_manifests(m) {
+            Ok((state, values)) => findings.extend(audit::static_checks(&state, &values, &opts)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    print!("{}", audit::render(&findings, args.format));
+    let fail_on = match args.fail_on {
+        identityd::cli::FailOn::Error => Severity::Error,
+        identityd::cli::FailOn::Warning => Severity::Warning,
+        identityd::cli::FailOn::Info => Severity::Info,
+    };
+    if audit::failed(&findings, fail_on) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -161,7 +231,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Audit(_) => not_yet("audit"),
+        Command::Audit(args) => run_audit(&args),
         Command::Crds => not_yet("crds"),
         Command::Observe { .. } => not_yet("observe"),
         Command::Ca(CaCommand::Init {

@@ -228,6 +228,27 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "the 90/10 HTTPRoute sends some but few requests to v2: {split}"
     );
     node_authorization_is_enforced(&lab.dir);
+    // The audit agrees: live on the lab, static on its manifests.
+    let out = Command::new(BIN)
+        .args(["audit", "--format", "junit", "--source"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    let junit = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && junit.contains("<testsuite") && !junit.contains("<failure"),
+        "live audit:\n{junit}"
+    );
+    let out = Command::new(BIN)
+        .args(["audit", "--require-mtls", "shop,front", "--manifests"])
+        .arg(lab.dir.join("cluster/lab.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "static audit:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let st = status(&lab.dir);
     let keys: Vec<String> = st
         .as_array()

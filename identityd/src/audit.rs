@@ -1,0 +1,741 @@
+//! `identityd audit`: proof that traffic is encrypted and identities are in place, for CI.
+//!
+//! - Live (`--source DIR`, a lab directory): every node daemon's status (local API) plus the
+//!   cluster state: every node pair has an encrypted path with a recent handshake, strict mode
+//!   is on, strict-mode drops and plaintext counts, SVIDs not about to expire, every workload of
+//!   an `mtls=strict` namespace holds an SVID, no outstanding xDS NACKs, no cluster problems.
+//! - Static (`--manifests PATH`, a file or a directory of YAML, e.g. `helm template` output
+//!   plus the app's manifests): encryption disabled or strict mode off in values, namespaces
+//!   without an `identityd.io/mtls` annotation (`--require-mtls` makes them errors), routes
+//!   pointing at missing Services, invalid identityd objects.
+//!
+//! The checks are pure functions of their inputs; rendering is text, JSON, JUnit, SARIF 2.1.0
+//! or Markdown.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::daemon::api::NodeStatus;
+use crate::model::{ClusterState, Kind, MtlsMode};
+
+/// How bad a failed check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Should be looked at.
+    Warning,
+    /// Breaks a promise (plaintext possible, identity missing).
+    Error,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable id (`encryption.node-pairs`).
+    pub check: String,
+    /// Severity when it fails.
+    pub severity: Severity,
+    /// Passed?
+    pub passed: bool,
+    /// What was found.
+    pub message: String,
+    /// Details (one per offending item).
+    pub details: Vec<String>,
+}
+
+fn finding(check: &str, severity: Severity, details: Vec<String>, ok: &str, bad: &str) -> Finding {
+    let passed = details.is_empty();
+    Finding {
+        check: check.to_owned(),
+        severity,
+        passed,
+        message: if passed {
+            ok.to_owned()
+        } else {
+            format!("{bad} ({})", details.len())
+        },
+        details,
+    }
+}
+
+/// Options of the checks.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Handshakes older than this fail `encryption.node-pairs`.
+    pub max_handshake_age_secs: u64,
+    /// SVIDs expiring sooner fail `identity.svid-expiry`.
+    pub min_svid_lifetime_secs: u64,
+    /// Namespaces that must carry `identityd.io/mtls` (static).
+    pub require_mtls: Vec<String>,
+    /// Trust domain of the workload IDs.
+    pub trust_domain: String,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            max_handshake_age_secs: 180,
+            min_svid_lifetime_secs: 600,
+            require_mtls: Vec::new(),
+            trust_domain: "cluster.local".to_owned(),
+        }
+    }
+}
+
+/// Live checks over node statuses and the cluster state.
+#[must_use]
+pub fn live(
+    nodes: &[Result<NodeStatus, String>],
+    state: &ClusterState,
+    opts: &AuditOptions,
+) -> Vec<Finding> {
+    let mut unreachable = Vec::new();
+    let ok: Vec<&NodeStatus> = nodes
+        .iter()
+        .filter_map(|n| match n {
+            Ok(s) => Some(s),
+            Err(e) => {
+                unreachable.push(e.clone());
+                None
+            }
+        })
+        .collect();
+    let mut out = vec![finding(
+        "daemons.reachable",
+        Severity::Error,
+        unreachable,
+        "every node daemon answered",
+        "node daemons not answering",
+    )];
+
+    let names: BTreeSet<&str> = state.nodes.keys().map(String::as_str).collect();
+    let mut pairs = Vec::new();
+    for s in &ok {
+        for other in names.iter().filter(|n| **n != s.node) {
+            match s.peers.iter().find(|p| p.name == *other) {
+                None => pairs.push(format!("{} → {other}: no peer", s.node)),
+                Some(p) if p.path != "wireguard" => {
+                    pairs.push(format!("{} → {other}: path {}", s.node, p.path))
+                }
+                Some(p) => match p.handshake_age_secs {
+                    None => pairs.push(format!("{} → {other}: no handshake", s.node)),
+                    Some(a) if a > opts.max_handshake_age_secs => {
+                        pairs.push(format!("{} → {other}: handshake {a}s ago", s.node));
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+    out.push(finding(
+        "encryption.node-pairs",
+        Severity::Error,
+        pairs,
+        "every node pair has a WireGuard path with a recent handshake",
+        "node pairs without a recent encrypted path",
+    ));
+    let not_strict: Vec<String> = ok
+        .iter()
+        .filter(|s| !s.strict_mode)
+        .map(|s| s.node.clone())
+        .collect();
+    out.push(finding(
+        "encryption.strict-mode",
+        Severity::Error,
+        not_strict,
+        "strict mode is on on every node",
+        "nodes without strict mode",
+    ));
+    let count = |s: &NodeStatus, path: &str| {
+        s.counters
+            .iter()
+            .find(|(n, _)| n == path)
+            .map_or(0, |(_, (p, _))| *p)
+    };
+    let drops: Vec<String> = ok
+        .iter()
+        .filter(|s| count(s, "drop") > 0)
+        .map(|s| {
+            format!(
+                "{}: {} packets dropped (no encrypted path)",
+                s.node,
+                count(s, "drop")
+            )
+        })
+        .collect();
+    out.push(finding(
+        "encryption.strict-drops",
+        Severity::Warning,
+        drops,
+        "no strict-mode drops",
+        "strict-mode drops happened",
+    ));
+    let plain: Vec<String> = ok
+        .iter()
+        .filter(|s| count(s, "plaintext") > 0)
+        .map(|s| {
+            format!(
+                "{}: {} packets on the plaintext path",
+                s.node,
+                count(s, "plaintext")
+            )
+        })
+        .collect();
+    out.push(finding(
+        "encryption.plaintext",
+        Severity::Error,
+        plain,
+        "no pod traffic took the plaintext path",
+        "pod traffic left in clear",
+    ));
+
+    let expiring: Vec<String> = ok
+        .iter()
+        .flat_map(|s| {
+            s.svids
+                .iter()
+                .filter(|(_, left)| *left < opts.min_svid_lifetime_secs)
+                .map(move |(id, left)| format!("{}: {id} expires in {left}s", s.node))
+        })
+        .collect();
+    out.push(finding(
+        "identity.svid-expiry",
+        Severity::Error,
+        expiring,
+        "no SVID expires soon",
+        "SVIDs about to expire",
+    ));
+
+    let td = &opts.trust_domain;
+    let mut missing = Vec::new();
+    for pod in state.pods.values() {
+        if state.pod_mtls(pod, MtlsMode::Disabled) != MtlsMode::Strict {
+            continue;
+        }
+        let node = pod.spec.node_name.as_deref().unwrap_or("");
+        let id = format!(
+            "spiffe://{td}/ns/{}/sa/{}",
+            pod.namespace(),
+            pod.service_account()
+        );
+        let has = ok
+            .iter()
+            .find(|s| s.node == node)
+            .is_some_and(|s| s.svids.iter().any(|(i, _)| *i == id));
+        if !has {
+            missing.push(format!(
+                "{}/{} on {node}: no SVID {id}",
+                pod.namespace(),
+                pod.metadata.name
+            ));
+        }
+    }
+    out.push(finding(
+        "identity.strict-workloads",
+        Severity::Error,
+        missing,
+        "every workload of a strict namespace holds its SVID",
+        "strict workloads without an SVID",
+    ));
+    let nacks: Vec<String> = ok
+        .iter()
+        .flat_map(|s| {
+            s.xds
+                .iter()
+                .filter(|x| x.contains("NACK"))
+                .map(move |x| format!("{}: {x}", s.node))
+        })
+        .collect();
+    out.push(finding(
+        "xds.nacks",
+        Severity::Error,
+        nacks,
+        "no outstanding xDS NACKs",
+        "Envoy rejected configuration",
+    ));
+    let problems: Vec<String> = state.problems.iter().map(ToString::to_string).collect();
+    out.push(finding(
+        "cluster.problems",
+        Severity::Warning,
+        problems,
+        "every cluster object is valid",
+        "invalid cluster objects",
+    ));
+    out
+}
+
+/// Static checks over manifests (and optional values-like documents).
+#[must_use]
+pub fn static_checks(
+    state: &ClusterState,
+    values: &[serde_json::Value],
+    opts: &AuditOptions,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut enc = Vec::new();
+    for v in values {
+        let e = &v["encryption"];
+        if e["mode"].as_str() == Some("disabled") {
+            enc.push("encryption.mode=disabled".to_owned());
+        }
+        if e["strictMode"].as_bool() == Some(false) {
+            enc.push("encryption.strictMode=false".to_owned());
+        }
+    }
+    out.push(finding(
+        "values.encryption",
+        Severity::Error,
+        enc,
+        "encryption on with strict mode (or no values given)",
+        "encryption weakened in values",
+    ));
+    let mut unannotated = Vec::new();
+    let mut required_missing = Vec::new();
+    for (name, ns) in &state.namespaces {
+        if ns.mtls_mode().is_none() {
+            if opts.require_mtls.contains(name) {
+                required_missing.push(format!("namespace {name}: identityd.io/mtls required"));
+            } else {
+                unannotated.push(format!("namespace {name}: no identityd.io/mtls annotation"));
+            }
+        }
+    }
+    for r in &opts.require_mtls {
+        if !state.namespaces.contains_key(r) {
+            required_missing.push(format!("namespace {r}: required but not in the manifests"));
+        }
+    }
+    out.push(finding(
+        "namespaces.mtls-required",
+        Severity::Error,
+        required_missing,
+        "every required namespace is annotated",
+        "required namespaces without mTLS",
+    ));
+    out.push(finding(
+        "namespaces.mtls-annotation",
+        Severity::Warning,
+        unannotated,
+        "every namespace says its mTLS mode",
+        "namespaces without identityd.io/mtls",
+    ));
+    let mut dangling = Vec::new();
+    for (key, r) in &state.http_routes {
+        for rule in &r.spec.rules {
+            for b in &rule.backend_refs {
+                let ns = b.namespace.clone().unwrap_or_else(|| key.namespace.clone());
+                if !state
+                    .services
+                    .contains_key(&crate::model::NamespacedName::new(
+                        ns.clone(),
+                        b.name.clone(),
+                    ))
+                {
+                    dangling.push(format!(
+                        "HTTPRoute {key}: backendRef {ns}/{} does not exist",
+                        b.name
+                    ));
+                }
+            }
+        }
+    }
+    out.push(finding(
+        "routes.backends",
+        Severity::Error,
+        dangling,
+        "every route points at an existing Service",
+        "routes pointing at missing Services",
+    ));
+    let invalid: Vec<String> = state
+        .problems
+        .iter()
+        .filter(|p| {
+            p.kind
+                .as_deref()
+                .is_some_and(|k| k == "object" || Kind::from_kind(k).is_some())
+        })
+        .map(ToString::to_string)
+        .collect();
+    out.push(finding(
+        "objects.valid",
+        Severity::Error,
+        invalid,
+        "every identityd and mesh object is valid",
+        "invalid objects",
+    ));
+    out
+}
+
+/// Loads manifests: a file or a directory (recursively). Values-like documents (a top-level
+/// `encryption:` key) are returned separately; unknown Kubernetes kinds are not problems here.
+///
+/// # Errors
+/// When the path cannot be read.
+pub fn load_manifests(path: &Path) -> Result<(ClusterState, Vec<serde_json::Value>), String> {
+    let mut files = Vec::new();
+    collect(path, &mut files).map_err(|e| format!("--manifests={}: {e}", path.display()))?;
+    let mut objects = Vec::new();
+    let mut values = Vec::new();
+    let mut state_problems = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for (doc, r) in crate::source::decode::decode_all(&text) {
+            match r {
+                Ok(Some(o)) => objects.push(o),
+                Ok(None) => {}
+                Err(e) => {
+                    if let Ok(v) = serde_saphyr::from_str::<serde_json::Value>(&doc.text)
+                        && v.get("encryption").is_some()
+                    {
+                        values.push(v);
+                        continue;
+                    }
+                    // Only documents of kinds identityd knows are its business (a Deployment
+                    // in `helm template` output is not a problem).
+                    let kind = match &e {
+                        crate::source::decode::DocError::Schema { kind, .. } => {
+                            Some(kind.as_str().to_owned())
+                        }
+                        crate::source::decode::DocError::UnknownKind { .. }
+                        | crate::source::decode::DocError::Syntax { .. } => None,
+                        _ => Some("object".to_owned()),
+                    };
+                    if let Some(kind) = kind {
+                        state_problems.push((
+                            f.display().to_string(),
+                            doc.index,
+                            kind,
+                            e.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut state = ClusterState::from_objects(1, objects);
+    for (file, index, kind, reason) in state_problems {
+        state.push_problem(crate::model::state::Problem {
+            origin: crate::model::state::Origin {
+                file: Some(file.into()),
+                document: Some(index),
+                line: None,
+            },
+            kind: Some(kind),
+            name: None,
+            field: None,
+            value: None,
+            reason,
+        });
+    }
+    Ok((state, values))
+}
+
+fn collect(path: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    if path.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Whether any failed check is at or above `fail_on`.
+#[must_use]
+pub fn failed(findings: &[Finding], fail_on: Severity) -> bool {
+    findings.iter().any(|f| !f.passed && f.severity >= fail_on)
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Renders findings in one of the formats.
+#[must_use]
+pub fn render(findings: &[Finding], format: crate::cli::AuditFormat) -> String {
+    use crate::cli::AuditFormat as F;
+    match format {
+        F::Text => {
+            let mut s = format!(
+                "{:<28} {:<8} {:<7} {}\n",
+                "check", "severity", "result", "message"
+            );
+            for f in findings {
+                let _ = writeln!(
+                    s,
+                    "{:<28} {:<8} {:<7} {}",
+                    f.check,
+                    f.severity.as_str(),
+                    if f.passed { "pass" } else { "FAIL" },
+                    f.message
+                );
+                for d in &f.details {
+                    let _ = writeln!(s, "{:<45} - {d}", "");
+                }
+            }
+            s
+        }
+        F::Json => serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
+            .unwrap_or_default(),
+        F::Junit => {
+            let failures = findings.iter().filter(|f| !f.passed).count();
+            let mut s = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"identityd-audit\" tests=\"{}\" failures=\"{failures}\">\n",
+                findings.len()
+            );
+            for f in findings {
+                let _ = write!(
+                    s,
+                    "  <testcase classname=\"identityd.audit\" name=\"{}\"",
+                    xml(&f.check)
+                );
+                if f.passed {
+                    s.push_str("/>\n");
+                } else {
+                    let _ = write!(
+                        s,
+                        ">\n    <failure type=\"{}\" message=\"{}\">{}</failure>\n  </testcase>\n",
+                        f.severity.as_str(),
+                        xml(&f.message),
+                        xml(&f.details.join("\n"))
+                    );
+                }
+            }
+            s.push_str("</testsuite>\n");
+            s
+        }
+        F::Sarif => {
+            let rules: Vec<_> = findings
+                .iter()
+                .map(|f| serde_json::json!({ "id": f.check, "shortDescription": { "text": f.check } }))
+                .collect();
+            let results: Vec<_> = findings
+                .iter()
+                .filter(|f| !f.passed)
+                .flat_map(|f| {
+                    let details = if f.details.is_empty() { vec![f.message.clone()] } else { f.details.clone() };
+                    details.into_iter().map(move |d| {
+                        serde_json::json!({
+                            "ruleId": f.check,
+                            "level": match f.severity { Severity::Error => "error", Severity::Warning => "warning", Severity::Info => "note" },
+                            "message": { "text": d },
+                        })
+                    })
+                })
+                .collect();
+            serde_json::to_string_pretty(&serde_json::json!({
+                "version": "2.1.0",
+                "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+                "runs": [{ "tool": { "driver": { "name": "identityd", "informationUri": "https://example.invalid/identityd", "rules": rules } }, "results": results }],
+            }))
+            .unwrap_or_default()
+        }
+        F::Markdown => {
+            let mut s =
+                String::from("| check | severity | result | message |\n|---|---|---|---|\n");
+            for f in findings {
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {} | {} | {} |",
+                    f.check,
+                    f.severity.as_str(),
+                    if f.passed { "✅ pass" } else { "❌ fail" },
+                    f.message.replace('|', "\\|")
+                );
+            }
+            for f in findings.iter().filter(|f| !f.passed) {
+                let _ = writeln!(s, "\n<details><summary>{}</summary>\n", f.check);
+                for d in &f.details {
+                    let _ = writeln!(s, "- {}", d.replace('|', "\\|"));
+                }
+                s.push_str("\n</details>\n");
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::api::PeerStatus;
+    use crate::model::{Namespace, Object, Pod};
+
+    fn status(node: &str, peers: &[(&str, Option<u64>)]) -> NodeStatus {
+        NodeStatus {
+            node: node.into(),
+            strict_mode: true,
+            peers: peers
+                .iter()
+                .map(|(n, h)| PeerStatus {
+                    name: (*n).into(),
+                    path: "wireguard".into(),
+                    handshake_age_secs: *h,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn nodes_state() -> ClusterState {
+        let text = "apiVersion: identityd.io/v1alpha1\nkind: IdentitydNode\nmetadata: {name: n1}\nspec: {podCIDRs: [10.244.1.0/24], underlayAddresses: [10.99.0.11]}\n---\napiVersion: identityd.io/v1alpha1\nkind: IdentitydNode\nmetadata: {name: n2}\nspec: {podCIDRs: [10.244.2.0/24], underlayAddresses: [10.99.0.12]}\n";
+        let mut objs: Vec<Object> = crate::source::decode::decode_all(text)
+            .into_iter()
+            .filter_map(|(_, r)| r.ok().flatten())
+            .collect();
+        objs.push(Object::Namespace(Namespace::new(
+            "shop",
+            Some(MtlsMode::Strict),
+        )));
+        objs.push(Object::Pod(Pod::new(
+            "shop",
+            "web-1",
+            "n1",
+            "web",
+            "10.244.1.10".parse().unwrap(),
+        )));
+        ClusterState::from_objects(1, objs)
+    }
+
+    #[test]
+    fn live_checks_pass_and_fail_for_the_right_reasons() {
+        let st = nodes_state();
+        let mut n1 = status("n1", &[("n2", Some(5))]);
+        n1.svids = vec![("spiffe://cluster.local/ns/shop/sa/web".into(), 3000)];
+        let n2 = status("n2", &[("n1", Some(5))]);
+        let f = live(
+            &[Ok(n1.clone()), Ok(n2.clone())],
+            &st,
+            &AuditOptions::default(),
+        );
+        assert!(f.iter().all(|x| x.passed), "{f:#?}");
+        assert!(!failed(&f, Severity::Warning));
+
+        // No handshake, strict mode off, an expiring SVID, a NACK, a daemon down.
+        let mut bad1 = status("n1", &[("n2", None)]);
+        bad1.strict_mode = false;
+        bad1.svids = vec![("spiffe://cluster.local/ns/shop/sa/web".into(), 30)];
+        bad1.xds = vec!["Cluster v3 NACK: bad".into()];
+        bad1.counters = vec![("drop".into(), (4, 400))];
+        let f = live(
+            &[Ok(bad1), Err("n2: connection refused".into())],
+            &st,
+            &AuditOptions::default(),
+        );
+        let failed_checks: Vec<&str> = f
+            .iter()
+            .filter(|x| !x.passed)
+            .map(|x| x.check.as_str())
+            .collect();
+        for c in [
+            "daemons.reachable",
+            "encryption.node-pairs",
+            "encryption.strict-mode",
+            "encryption.strict-drops",
+            "identity.svid-expiry",
+            "xds.nacks",
+        ] {
+            assert!(
+                failed_checks.contains(&c),
+                "{c} should fail: {failed_checks:?}"
+            );
+        }
+        assert!(failed(&f, Severity::Error));
+
+        // A strict workload without its SVID.
+        let f = live(
+            &[Ok(status("n1", &[("n2", Some(1))])), Ok(n2)],
+            &st,
+            &AuditOptions::default(),
+        );
+        let c = f
+            .iter()
+            .find(|x| x.check == "identity.strict-workloads")
+            .unwrap();
+        assert!(!c.passed && c.details[0].contains("shop/web-1"), "{c:?}");
+    }
+
+    #[test]
+    fn static_checks_and_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web}]\n  rules: [{backendRefs: [{name: nope, port: 80}]}]\n---\n\
+             encryption: {mode: disabled, strictMode: false}\n",
+        )
+        .unwrap();
+        let (state, values) = load_manifests(dir.path()).unwrap();
+        let opts = AuditOptions {
+            require_mtls: vec!["shop".into(), "pay".into()],
+            ..AuditOptions::default()
+        };
+        let f = static_checks(&state, &values, &opts);
+        let get = |c: &str| f.iter().find(|x| x.check == c).unwrap();
+        assert!(!get("values.encryption").passed);
+        assert_eq!(get("values.encryption").details.len(), 2);
+        assert!(!get("namespaces.mtls-required").passed);
+        assert!(
+            !get("routes.backends").passed,
+            "{:?}",
+            get("routes.backends")
+        );
+        assert!(
+            get("objects.valid").passed,
+            "a Deployment is not identityd's business: {:?}",
+            get("objects.valid")
+        );
+        let junit = render(&f, crate::cli::AuditFormat::Junit);
+        assert!(
+            junit.contains("<testsuite name=\"identityd-audit\"") && junit.contains("<failure"),
+            "{junit}"
+        );
+        let sarif: serde_json::Value =
+            serde_json::from_str(&render(&f, crate::cli::AuditFormat::Sarif)).unwrap();
+        assert_eq!(sarif["version"], "2.1.0");
+        assert!(
+            sarif["runs"][0]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["level"] == "error")
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&f, crate::cli::AuditFormat::Json)).unwrap();
+        assert!(json["findings"].as_array().unwrap().len() >= 5);
+        assert!(
+            render(&f, crate::cli::AuditFormat::Markdown)
+                .contains("| `routes.backends` | error | ❌ fail |")
+        );
+        assert!(render(&f, crate::cli::AuditFormat::Text).contains("FAIL"));
+    }
+}

@@ -350,6 +350,21 @@ impl std::fmt::Debug for FlowEventReader {
 }
 
 impl FlowEventReader {
+    /// Opens the flow-event ring buffer that a running classifier pinned under `pin_dir`
+    /// (the [`ClassifierConfig::pin_dir`] it was loaded with), for a separate reader such as
+    /// `identityd observe`. A ring buffer has one consumer: events read here are gone for others.
+    ///
+    /// # Errors
+    /// When nothing is pinned there or it is not the classifier's ring buffer.
+    pub fn from_pin(pin_dir: &FsPath) -> Result<Self, Error> {
+        let path = pin_dir.join(format!("v{PIN_LAYOUT_VERSION}")).join(EVENTS);
+        let data = MapData::from_pin(&path).map_err(map_err(EVENTS))?;
+        let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(map_err(EVENTS))?;
+        Ok(Self { ring })
+    }
+}
+
+impl FlowEventReader {
     /// The next waiting event, without blocking.
     pub fn try_next(&mut self) -> Option<FlowEvent> {
         loop {

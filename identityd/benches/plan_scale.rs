@@ -103,6 +103,7 @@ fn main() {
             pin_bpf: false,
             tunnel_address: None,
             metrics_address: None,
+            flow_events: identityd::daemon::config::FlowEventsMode::Drops,
             ca_dir: None,
             listen: None,
             ca: None,

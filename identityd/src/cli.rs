@@ -48,7 +48,7 @@ pub enum Command {
     Svid(SvidCommand),
     /// [not implemented yet] Print the CRD YAML.
     Crds,
-    /// [not implemented yet] Flows with their path verdict.
+    /// Flows with their path verdict (from the classifiers of a lab's nodes).
     Observe {
         /// Keep streaming.
         #[arg(long)]
@@ -56,6 +56,9 @@ pub enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 

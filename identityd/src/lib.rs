@@ -12,4 +12,5 @@ pub mod cli;
 pub mod daemon;
 pub mod lab;
 pub mod model;
+pub mod observe;
 pub mod source;

@@ -233,7 +233,21 @@ fn main() -> ExitCode {
         },
         Command::Audit(args) => run_audit(&args),
         Command::Crds => not_yet("crds"),
-        Command::Observe { .. } => not_yet("observe"),
+        Command::Observe { follow, json, dir } => {
+            let dir = dir.unwrap_or_else(lab::default_dir);
+            match identityd::observe::run(&dir, follow, json, |l| println!("{l}")) {
+                Ok(n) => {
+                    if !json {
+                        eprintln!("{n} flows");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ca(CaCommand::Init {
             trust_domain,
             dir,

@@ -228,6 +228,30 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "the 90/10 HTTPRoute sends some but few requests to v2: {split}"
     );
     node_authorization_is_enforced(&lab.dir);
+    // Flow visibility: the classifiers' events, resolved to pods and identities.
+    let out = Command::new(BIN)
+        .args(["observe", "--json", "--dir"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    let flows = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "observe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        flows.lines().any(|l| l.contains("\"verdict\":\"mtls\"")
+            && l.contains("\"src_identity\":\"spiffe://cluster.local/ns/front/sa/client\"")),
+        "mTLS flows with the caller's identity:\n{}",
+        flows.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains("\"verdict\":\"wireguard\"")),
+        "WireGuard flows (the readiness pings)"
+    );
     // The audit agrees: live on the lab, static on its manifests.
     let out = Command::new(BIN)
         .args(["audit", "--format", "junit", "--source"])
@@ -325,8 +349,8 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     assert!(ok, "the tunnel outlives the killed daemon: {body}");
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(lab.dir.join("n2/daemon-restart.log")).unwrap();
-    let mut restarted = Command::new("ip")
-        .args(["netns", "exec", "idd-n2", BIN, "run", "--config"])
+    let mut restarted = Command::new("nsenter")
+        .args(["--net=/run/netns/idd-n2", "--", BIN, "run", "--config"])
         .arg(lab.dir.join("n2/node.yaml"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -45,6 +45,19 @@ pub enum EncryptionMode {
     Disabled,
 }
 
+/// `flowEvents:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowEventsMode {
+    /// None.
+    None,
+    /// Drops only.
+    #[default]
+    Drops,
+    /// Every classified packet.
+    All,
+}
+
 /// `encryption:`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -132,6 +145,10 @@ pub struct DaemonConfig {
     /// connections into the tunnel (its Envoy's) carry a source the peers accept.
     #[serde(default)]
     pub tunnel_address: Option<IpAddr>,
+    /// Which packets the classifier reports as flow events (`identityd observe`): `none`,
+    /// `drops` (default) or `all`.
+    #[serde(default)]
+    pub flow_events: FlowEventsMode,
     /// Prometheus metrics endpoint (`GET /metrics`), e.g. `127.0.0.1:9962`.
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,

@@ -109,15 +109,24 @@ fn ensure_wg_process(cfg: &DaemonConfig, config_path: &Path) -> Result<u32, Node
     Ok(pid)
 }
 
-fn pod_interfaces(prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
+/// Interfaces of the current network namespace (from netlink via `ip`, not `/sys/class/net`:
+/// the daemon may share the host's mount namespace, whose sysfs shows another netns).
+fn link_names() -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).trim().to_owned())
+        .collect()
+}
+
+fn pod_interfaces(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = link_names()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
     v.sort();
     v
 }
@@ -237,7 +246,7 @@ impl Datapath {
 
 /// Puts `addr` on the WireGuard interface once it exists. Returns whether it is there.
 fn ensure_tunnel_address(iface: &str, addr: IpAddr) -> bool {
-    if !Path::new(&format!("/sys/class/net/{iface}")).exists() {
+    if !link_names().iter().any(|n| n == iface) {
         return false;
     }
     let prefix = if addr.is_ipv4() { 32 } else { 128 };
@@ -448,6 +457,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                 .iter()
                 .filter_map(|c| c.parse().ok())
                 .collect(),
+            flow_events: match cfg.flow_events {
+                crate::daemon::config::FlowEventsMode::None => {
+                    identityd_bpf::classifier::FlowEvents::None
+                }
+                crate::daemon::config::FlowEventsMode::Drops => {
+                    identityd_bpf::classifier::FlowEvents::Drops
+                }
+                crate::daemon::config::FlowEventsMode::All => {
+                    identityd_bpf::classifier::FlowEvents::All
+                }
+            },
             ..ClassifierConfig::default()
         };
         Some(Classifier::load(&ccfg).map_err(|e| NodeError::Classifier(e.to_string()))?)

@@ -216,6 +216,7 @@ mod tests {
             pin_bpf: false,
             tunnel_address: None,
             metrics_address: None,
+            flow_events: crate::daemon::config::FlowEventsMode::Drops,
             ca_dir: None,
             listen: None,
             ca: None,

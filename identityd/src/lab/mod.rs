@@ -159,11 +159,27 @@ fn save(dir: &Path, st: &LabState) -> Result<(), LabError> {
 }
 
 fn spawn_in(ns: &str, log: &Path, args: &[&str]) -> Result<u32, LabError> {
+    spawn_with(Command::new("ip").args(["netns", "exec", ns]), log, args)
+}
+
+/// Starts `args` in network namespace `ns` but in this (the host's) mount namespace, so it
+/// shares `/sys/fs/bpf` with the host: a node daemon's pinned classifier maps and links are
+/// then found again by its next start and by `identityd observe`.
+fn spawn_in_netns_only(ns: &str, log: &Path, args: &[&str]) -> Result<u32, LabError> {
+    spawn_with(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--"),
+        log,
+        args,
+    )
+}
+
+fn spawn_with(cmd: &mut Command, log: &Path, args: &[&str]) -> Result<u32, LabError> {
     use std::os::unix::process::CommandExt;
     let f = std::fs::File::create(log).map_err(|e| io_err(log, e))?;
     let f2 = f.try_clone().map_err(|e| io_err(log, e))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    let child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(f)
@@ -171,7 +187,7 @@ fn spawn_in(ns: &str, log: &Path, args: &[&str]) -> Result<u32, LabError> {
         .process_group(0)
         .spawn()
         .map_err(|e| LabError::Command {
-            cmd: format!("ip netns exec {ns} {args:?}"),
+            cmd: format!("{cmd:?}"),
             reason: e.to_string(),
         })?;
     Ok(child.id())
@@ -261,7 +277,7 @@ fn node_config(
         "role: node\nname: n{i}\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\n\
          underlayAddress: 10.99.0.{}\npodCIDR: 10.244.{i}.0/24\nclusterCIDRs: [{}]\n\
          encryption: {{ mode: {encryption}, strictMode: {strict} }}\nwireguard: {{ interface: idd{i}, port: 51871 }}\n\
-         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\ntunnelAddress: 10.244.{i}.1\nmetricsAddress: 127.0.0.1:9962\n{}",
+         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\ntunnelAddress: 10.244.{i}.1\nmetricsAddress: 127.0.0.1:9962\nflowEvents: all\n{}",
         dir.join("cluster").display(),
         node_dir.join("state").display(),
         node_dir.join("run").display(),
@@ -457,7 +473,7 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
             ),
         )
         .map_err(|e| io_err(&cfg, e))?;
-        let pid = spawn_in(
+        let pid = spawn_in_netns_only(
             &format!("idd-n{i}"),
             &node_dir.join("daemon.log"),
             &[&exe_s, "run", "--config", &cfg.display().to_string()],

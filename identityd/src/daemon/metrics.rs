@@ -170,3 +170,44 @@ mod tests {
         assert!(t.ends_with("# EOF\n"), "{t}");
     }
 }
+
+#[cfg(test)]
+mod dashboard {
+    /// The Grafana dashboard in `charts/dashboards/` queries only metrics the daemon exports.
+    #[test]
+    fn dashboard_uses_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/dashboards/identityd.json"
+        );
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let full = super::render(&crate::daemon::api::NodeStatus {
+            node: "n".into(),
+            peers: vec![crate::daemon::api::PeerStatus {
+                name: "p".into(),
+                ..Default::default()
+            }],
+            counters: vec![("drop".into(), (0, 0))],
+            svids: vec![("spiffe://td/x".into(), 1)],
+            ..Default::default()
+        });
+        let mut n = 0;
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("identityd_") {
+                        n += 1;
+                        assert!(
+                            full.contains(&format!("{word}{{"))
+                                || full.contains(&format!("{word} ")),
+                            "{word} is not exported"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(n >= 8, "the dashboard queries identityd metrics ({n})");
+    }
+}

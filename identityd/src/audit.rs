@@ -124,6 +124,23 @@ pub fn live(
     )];
 
     let names: BTreeSet<&str> = state.nodes.keys().map(String::as_str).collect();
+    let unpublished: Vec<String> = ok
+        .iter()
+        .filter(|s| !names.contains(s.node.as_str()))
+        .map(|s| {
+            format!(
+                "{}: runs but has no IdentitydNode (its peers cannot encrypt to it)",
+                s.node
+            )
+        })
+        .collect();
+    out.push(finding(
+        "nodes.published",
+        Severity::Error,
+        unpublished,
+        "every running node is published",
+        "running nodes that peers do not know",
+    ));
     let mut pairs = Vec::new();
     for s in &ok {
         for other in names.iter().filter(|n| **n != s.node) {

@@ -166,6 +166,12 @@ pub struct AuditArgs {
     /// Namespaces that must carry `identityd.io/mtls` (static checks), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub require_mtls: Vec<String>,
+    /// A WireGuard handshake older than this fails (live), e.g. `3m`.
+    #[arg(long, default_value = "3m")]
+    pub max_handshake_age: String,
+    /// An SVID expiring sooner than this fails (live), e.g. `10m`.
+    #[arg(long, default_value = "10m")]
+    pub min_svid_lifetime: String,
 }
 
 /// `--fail-on`.

@@ -83,8 +83,25 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
         eprintln!("error: give --source DIR (a lab) and/or --manifests PATH");
         return ExitCode::from(2);
     }
+    let dur = |flag: &str, v: &str| {
+        identityd_certs::duration::parse(v)
+            .map(|d| d.as_secs())
+            .map_err(|e| format!("--{flag}={v}: {e}"))
+    };
+    let (max_hs, min_svid) = match (
+        dur("max-handshake-age", &args.max_handshake_age),
+        dur("min-svid-lifetime", &args.min_svid_lifetime),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = AuditOptions {
         require_mtls: args.require_mtls.clone(),
+        max_handshake_age_secs: max_hs,
+        min_svid_lifetime_secs: min_svid,
         ..AuditOptions::default()
     };
     let mut findings = Vec::new();

@@ -129,6 +129,76 @@ fn node_authorization_is_enforced(dir: &Path) {
     });
 }
 
+/// Runs `identityd audit --source` in every format; with `failing = None` it must pass, else it
+/// must exit non-zero and name the check in each format (JUnit read by junitparser, SARIF
+/// results carrying the rule id).
+fn assert_audit(dir: &Path, extra: &[&str], failing: Option<&str>) {
+    for format in ["text", "json", "junit", "sarif", "markdown"] {
+        let out = Command::new(BIN)
+            .args(["audit", "--format", format])
+            .args(extra)
+            .arg("--source")
+            .arg(dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match failing {
+            None => assert!(
+                out.status.success(),
+                "audit ({format}) should pass:\n{text}"
+            ),
+            Some(check) => {
+                assert!(
+                    !out.status.success(),
+                    "audit ({format}) should fail on {check}:\n{text}"
+                );
+                assert!(
+                    text.contains(check),
+                    "audit ({format}) names {check}:\n{text}"
+                );
+            }
+        }
+        if format == "junit" {
+            let file = dir.join("audit-junit.xml");
+            std::fs::write(&file, &text).unwrap();
+            let py = "import sys\nfrom junitparser import JUnitXml, TestSuite, Failure\n\
+                      x = JUnitXml.fromfile(sys.argv[1])\n\
+                      suites = [x] if isinstance(x, TestSuite) else list(x)\n\
+                      for suite in suites:\n    for case in suite:\n        \
+                      print(('FAILED' if any(isinstance(r, Failure) for r in case.result) else 'PASSED'), case.name)\n";
+            let out = Command::new(identityd_tests::tools::python())
+                .args(["-c", py])
+                .arg(&file)
+                .output()
+                .unwrap();
+            let parsed = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "junitparser: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                parsed.lines().count() >= 8,
+                "one testcase per check:\n{parsed}"
+            );
+            match failing {
+                None => assert!(!parsed.contains("FAILED"), "{parsed}"),
+                Some(check) => assert!(parsed.contains(&format!("FAILED {check}")), "{parsed}"),
+            }
+        }
+        if format == "sarif" {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["version"], "2.1.0");
+            assert_eq!(v["runs"][0]["tool"]["driver"]["name"], "identityd");
+            let results = v["runs"][0]["results"].as_array().unwrap();
+            match failing {
+                None => assert!(results.iter().all(|r| r["level"] != "error"), "{text}"),
+                Some(check) => assert!(results.iter().any(|r| r["ruleId"] == check), "{text}"),
+            }
+        }
+    }
+}
+
 fn capture_start(path: &Path) -> std::process::Child {
     let c = Command::new(identityd_tests::tools::tcpdump())
         .args(["-i", "idd-fabric", "-U", "-s", "0", "-w"])
@@ -319,9 +389,17 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     // ---- kill -9 a node daemon under traffic: no plaintext, same key after restart ----
     let pcap = tmp.path().join("restart.pcap");
     let cap = capture_start(&pcap);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let n2_daemon = state["pids"][1].as_u64().unwrap();
+    // n2's daemon, found by its config path (lab.json's pids also hold the CA and workloads).
+    let n2_pattern = format!("{}/n2/node.yaml", lab.dir.display());
+    let pgrep = Command::new("pgrep")
+        .args(["-f", &n2_pattern])
+        .output()
+        .unwrap();
+    let n2_pids: Vec<String> = String::from_utf8_lossy(&pgrep.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(!n2_pids.is_empty(), "n2's daemon is running");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let traffic = std::thread::spawn(move || {
@@ -334,15 +412,8 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         ok
     });
     std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill")
-        .args(["-KILL", &n2_daemon.to_string()])
-        .status();
     let _ = Command::new("pkill")
-        .args([
-            "-KILL",
-            "-f",
-            &format!("{}/n2/node.yaml", lab.dir.display()),
-        ])
+        .args(["-KILL", "-f", &n2_pattern])
         .status();
     std::thread::sleep(Duration::from_secs(1));
     let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
@@ -432,6 +503,67 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // Every daemon answers (only n2's was killed, and it is back).
+    let st = status(&lab.dir);
+    assert!(
+        st.as_array().unwrap().iter().all(|n| n["error"].is_null()),
+        "{st}"
+    );
+    // ---- the audit fails for the right reasons, in every format ----
+    std::fs::remove_file(lab.dir.join("cluster/broken.yaml")).unwrap();
+    assert_audit(&lab.dir, &[], None);
+    assert_audit(
+        &lab.dir,
+        &["--min-svid-lifetime", "2h"],
+        Some("identity.svid-expiry"),
+    );
+    // Strict mode off on n3 (its daemon restarted with the changed config).
+    let cfg3 = lab.dir.join("n3/node.yaml");
+    std::fs::write(
+        &cfg3,
+        std::fs::read_to_string(&cfg3)
+            .unwrap()
+            .replace("strictMode: true", "strictMode: false"),
+    )
+    .unwrap();
+    let _ = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &format!("{}/n3/node.yaml", lab.dir.display()),
+        ])
+        .status();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::File::create(lab.dir.join("n3/daemon-nonstrict.log")).unwrap();
+    let mut nonstrict = Command::new("nsenter")
+        .args(["--net=/run/netns/idd-n3", "--", BIN, "run", "--config"])
+        .arg(&cfg3)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&lab.dir)[2]["strict_mode"] != false {
+        assert!(
+            Instant::now() < deadline,
+            "n3 did not come back without strict mode"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_audit(&lab.dir, &[], Some("encryption.strict-mode"));
+    // A running node whose IdentitydNode disappears: its peers drop it.
+    std::fs::remove_file(lab.dir.join("cluster/identitydnode-n3.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&lab.dir)[0]["peers"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|x| x["name"] == "n3"))
+    {
+        assert!(Instant::now() < deadline, "n1 still lists n3 as a peer");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_audit(&lab.dir, &[], Some("nodes.published"));
+
     // ---- down leaves nothing ----
     let out = Command::new(BIN)
         .args(["lab", "down", "--dir"])
@@ -445,6 +577,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     );
     // `lab down` killed everything in the node namespaces, the restarted daemon included.
     let _ = restarted.wait();
+    let _ = nonstrict.wait();
     let ns = String::from_utf8_lossy(
         &Command::new("ip")
             .args(["netns", "list"])

@@ -18,6 +18,8 @@ pub struct CertInfo {
     pub not_before: String,
     /// notAfter, RFC 3339.
     pub not_after: String,
+    /// notAfter, Unix seconds.
+    pub not_after_unix: i64,
     /// URI SANs.
     pub uris: Vec<String>,
     /// basicConstraints cA.
@@ -63,6 +65,7 @@ pub fn describe(der: &CertificateDer<'_>) -> Result<CertInfo, crate::Error> {
         serial: c.raw_serial_as_string(),
         not_before: rfc3339(nb),
         not_after: rfc3339(na),
+        not_after_unix: c.validity().not_after.timestamp(),
         uris: sans.uris,
         is_ca: c.is_ca(),
         key_usage,

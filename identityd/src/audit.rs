@@ -84,6 +84,10 @@ pub struct AuditOptions {
     pub require_mtls: Vec<String>,
     /// Trust domain of the workload IDs.
     pub trust_domain: String,
+    /// WireGuard keys older than this fail `keys.age` (a warning).
+    pub max_key_age_secs: u64,
+    /// Flows behind strict-mode drops (from `identityd observe`), shown as evidence.
+    pub drop_flows: Vec<String>,
 }
 
 impl Default for AuditOptions {
@@ -93,6 +97,8 @@ impl Default for AuditOptions {
             min_svid_lifetime_secs: 600,
             require_mtls: Vec::new(),
             trust_domain: "cluster.local".to_owned(),
+            max_key_age_secs: 90 * 24 * 3600,
+            drop_flows: Vec::new(),
         }
     }
 }
@@ -184,7 +190,7 @@ pub fn live(
             .find(|(n, _)| n == path)
             .map_or(0, |(_, (p, _))| *p)
     };
-    let drops: Vec<String> = ok
+    let mut drops: Vec<String> = ok
         .iter()
         .filter(|s| count(s, "drop") > 0)
         .map(|s| {
@@ -195,6 +201,14 @@ pub fn live(
             )
         })
         .collect();
+    if !drops.is_empty() {
+        drops.extend(
+            opts.drop_flows
+                .iter()
+                .take(10)
+                .map(|f| format!("flow: {f}")),
+        );
+    }
     out.push(finding(
         "encryption.strict-drops",
         Severity::Warning,
@@ -268,6 +282,80 @@ pub fn live(
         missing,
         "every workload of a strict namespace holds its SVID",
         "strict workloads without an SVID",
+    ));
+    let mut no_inbound = Vec::new();
+    for pod in state.pods.values() {
+        if state.pod_mtls(pod, MtlsMode::Disabled) != MtlsMode::Strict || pod.ip().is_none() {
+            continue;
+        }
+        let backs_a_service = state.services_with_endpoints().iter().any(|se| {
+            se.endpoints.iter().any(|e| {
+                e.pod.metadata.name == pod.metadata.name && e.pod.namespace() == pod.namespace()
+            })
+        });
+        if !backs_a_service {
+            continue;
+        }
+        let node = pod.spec.node_name.as_deref().unwrap_or("");
+        let key = format!("{}/{}", pod.namespace(), pod.metadata.name);
+        if !ok
+            .iter()
+            .find(|s| s.node == node)
+            .is_some_and(|s| s.inbound_workloads.contains(&key))
+        {
+            no_inbound.push(format!("{key} on {node}: no inbound mTLS listener"));
+        }
+    }
+    out.push(finding(
+        "identity.inbound-mtls",
+        Severity::Error,
+        no_inbound,
+        "every strict workload behind a Service has an inbound mTLS listener",
+        "strict workloads without an inbound mTLS listener",
+    ));
+    let old_keys: Vec<String> = ok
+        .iter()
+        .filter(|s| s.key_age_secs.is_some_and(|a| a > opts.max_key_age_secs))
+        .map(|s| {
+            format!(
+                "{}: WireGuard key {} days old",
+                s.node,
+                s.key_age_secs.unwrap_or(0) / 86_400
+            )
+        })
+        .collect();
+    out.push(finding(
+        "keys.age",
+        Severity::Warning,
+        old_keys,
+        "node keys are within their maximum age",
+        "node keys older than the maximum",
+    ));
+    let mut bundles = Vec::new();
+    for s in &ok {
+        if s.svids.is_empty() && s.bundle_roots.is_empty() {
+            continue;
+        }
+        match s.bundle_roots.len() {
+            0 => bundles.push(format!("{}: no trust bundle", s.node)),
+            1 | 2 => {}
+            n => bundles.push(format!(
+                "{}: {n} roots in the bundle (at most the old and the new during a rollover)",
+                s.node
+            )),
+        }
+        for left in &s.bundle_roots {
+            if *left < opts.min_svid_lifetime_secs {
+                bundles.push(format!("{}: a bundle root expires in {left}s", s.node));
+            }
+        }
+    }
+    out.push(finding(
+        "identity.bundle",
+        Severity::Error,
+        bundles,
+        "trust bundles hold 1–2 valid roots",
+        "trust bundle problems",
     ));
     let nacks: Vec<String> = ok
         .iter()
@@ -648,6 +736,7 @@ mod tests {
         let st = nodes_state();
         let mut n1 = status("n1", &[("n2", Some(5))]);
         n1.svids = vec![("spiffe://cluster.local/ns/shop/sa/web".into(), 3000)];
+        n1.bundle_roots = vec![300 * 86_400];
         let n2 = status("n2", &[("n1", Some(5))]);
         let f = live(
             &[Ok(n1.clone()), Ok(n2.clone())],
@@ -754,5 +843,66 @@ mod tests {
                 .contains("| `routes.backends` | error | ❌ fail |")
         );
         assert!(render(&f, crate::cli::AuditFormat::Text).contains("FAIL"));
+    }
+}
+
+#[cfg(test)]
+mod static_sets {
+    use super::*;
+
+    fn failing(yaml: &str, require: &[&str]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let (state, values) = load_manifests(dir.path()).unwrap();
+        let opts = AuditOptions {
+            require_mtls: require.iter().map(|s| (*s).to_owned()).collect(),
+            ..AuditOptions::default()
+        };
+        static_checks(&state, &values, &opts)
+            .into_iter()
+            .filter(|f| !f.passed)
+            .map(|f| f.check)
+            .collect()
+    }
+
+    const GOOD: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {identityd.io/mtls: strict}\n---\n\
+        apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n---\n\
+        apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\n\
+        spec: {parentRefs: [{group: \"\", kind: Service, name: web}], rules: [{backendRefs: [{name: web, port: 80}]}]}\n---\n\
+        apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n---\n\
+        encryption: {mode: wireguard, strictMode: true}\n";
+
+    #[test]
+    fn good_manifests_pass_every_check() {
+        assert!(
+            failing(GOOD, &["shop"]).is_empty(),
+            "{:?}",
+            failing(GOOD, &["shop"])
+        );
+    }
+
+    #[test]
+    fn bad_manifests_fail_exactly_the_expected_checks() {
+        let bad = format!(
+            "{}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: legacy}}\n---\n\
+             apiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Service, name: web}}, retries: {{attempts: -1}}}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r2, namespace: shop}}\n\
+             spec: {{parentRefs: [{{group: \"\", kind: Service, name: web}}], rules: [{{backendRefs: [{{name: gone, port: 80}}]}}]}}\n---\n\
+             encryption: {{mode: disabled}}\n",
+            GOOD
+        );
+        let mut got = failing(&bad, &["shop", "payments"]);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "namespaces.mtls-annotation",
+                "namespaces.mtls-required",
+                "objects.valid",
+                "routes.backends",
+                "values.encryption"
+            ],
+        );
     }
 }

@@ -137,6 +137,14 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
                     .map_err(|e| format!("{name}: {e}"))
             })
             .collect();
+        // Evidence for strict-mode drops: the dropped flows the classifiers reported.
+        let mut opts = opts.clone();
+        let _ = identityd::observe::run(dir, false, false, |l| {
+            if l.contains(" dropped ") && opts.drop_flows.len() < 50 {
+                opts.drop_flows
+                    .push(l.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        });
         findings.extend(audit::live(&nodes, &state, &opts));
     }
     if let Some(m) = &args.manifests {

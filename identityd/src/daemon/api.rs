@@ -54,6 +54,15 @@ pub struct NodeStatus {
     /// Envoy restarts by the daemon.
     #[serde(default)]
     pub envoy_restarts: u32,
+    /// Age of the WireGuard node key, seconds.
+    #[serde(default)]
+    pub key_age_secs: Option<u64>,
+    /// Roots of the trust bundle the node uses: seconds until each expires.
+    #[serde(default)]
+    pub bundle_roots: Vec<u64>,
+    /// Workloads (`ns/pod`) with an inbound mTLS listener chain on this node's Envoy.
+    #[serde(default)]
+    pub inbound_workloads: Vec<String>,
 }
 
 /// Serves `status` on `path` until the task is aborted.

@@ -431,6 +431,7 @@ pub struct Mesh {
     pub envoy_restarts: u32,
     /// Why the latest mesh config was not pushed (validation problems).
     pub config_problems: Vec<String>,
+    inbound: Vec<String>,
     /// Last issuance error.
     pub last_error: Option<String>,
 }
@@ -549,6 +550,7 @@ impl Mesh {
             routing_applied: false,
             envoy_restarts: 0,
             config_problems: Vec::new(),
+            inbound: Vec::new(),
             last_error: None,
         })
     }
@@ -619,6 +621,21 @@ impl Mesh {
             Ok(snap) => {
                 self.cache.set_snapshot(&cfg.name, snap);
                 self.config_problems.clear();
+                let with_svid: std::collections::BTreeSet<&str> =
+                    mesh.svids.iter().map(|s| s.id.as_str()).collect();
+                self.inbound = mesh
+                    .workloads
+                    .iter()
+                    .filter(|w| {
+                        w.mtls != EMtls::Disabled
+                            && with_svid.contains(w.id.as_str())
+                            && mesh
+                                .services
+                                .iter()
+                                .any(|s| s.endpoints.iter().any(|e| e.ip == w.ip))
+                    })
+                    .map(|w| format!("{}/{}", w.namespace, w.name))
+                    .collect();
             }
             Err(problems) => {
                 self.config_problems = problems.iter().map(ToString::to_string).collect();
@@ -776,6 +793,28 @@ impl Mesh {
             })
             .collect();
         (svids, xds)
+    }
+
+    /// Seconds until each root of the bundle in use expires.
+    #[must_use]
+    pub fn bundle_roots(&self) -> Vec<u64> {
+        let now = SystemTime::now();
+        identityd_certs::bundle::certs_from_pem(&self.bundle_pem)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| identityd_certs::inspect::describe(c).ok())
+            .map(|i| {
+                let t = std::time::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(i.not_after_unix).unwrap_or(0));
+                t.duration_since(now).map_or(0, |d| d.as_secs())
+            })
+            .collect()
+    }
+
+    /// Workloads (`ns/pod`) the last pushed config gives an inbound mTLS chain.
+    #[must_use]
+    pub fn inbound_workloads(&self) -> &[String] {
+        &self.inbound
     }
 
     /// On shutdown Envoy keeps running with its last configuration (no gap); the next daemon

@@ -544,6 +544,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                 st.svids = svids;
                 st.xds = xds;
                 st.envoy_restarts = m.envoy_restarts;
+                st.bundle_roots = m.bundle_roots();
+                st.inbound_workloads = m.inbound_workloads().to_vec();
                 if let Some(e) = &m.last_error {
                     st.problems.push(e.clone());
                 }
@@ -553,6 +555,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                         .map(|p| format!("not pushed to Envoy: {p}")),
                 );
             }
+            st.key_age_secs = std::fs::metadata(&key_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| d.as_secs());
             if let Some(e) = &mesh_error {
                 st.problems.push(format!("mTLS: {e}"));
             }

@@ -659,7 +659,7 @@ pub fn render(findings: &[Finding], format: crate::cli::AuditFormat) -> String {
             serde_json::to_string_pretty(&serde_json::json!({
                 "version": "2.1.0",
                 "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-                "runs": [{ "tool": { "driver": { "name": "identityd", "informationUri": "https://example.invalid/identityd", "rules": rules } }, "results": results }],
+                "runs": [{ "tool": { "driver": { "name": "identityd", "version": env!("CARGO_PKG_VERSION"), "semanticVersion": env!("CARGO_PKG_VERSION"), "informationUri": "https://example.invalid/identityd", "rules": rules } }, "results": results }],
             }))
             .unwrap_or_default()
         }

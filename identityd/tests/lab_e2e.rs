@@ -187,6 +187,40 @@ fn assert_audit(dir: &Path, extra: &[&str], failing: Option<&str>) {
             }
         }
         if format == "sarif" {
+            // Microsoft's SARIF multitool validates the log against the SARIF 2.1.0 schema
+            // (and its rules): no error-level result may come back.
+            let file = dir.join("audit.sarif");
+            let report = dir.join("audit-validation.sarif");
+            std::fs::write(&file, &text).unwrap();
+            let _ = std::fs::remove_file(&report);
+            let out = Command::new(identityd_tests::tools::sarif_multitool())
+                .arg("validate")
+                .arg(&file)
+                .arg("--json-schema")
+                .arg(identityd_tests::tools::sarif_multitool().with_file_name("sarif-2.1.0.json"))
+                .arg("--output")
+                .arg(&report)
+                .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "Sarif.Multitool validate: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let rep: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+            let errors: Vec<_> = rep["runs"][0]["results"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter(|x| x["level"] == "error")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(errors.is_empty(), "SARIF validation errors: {errors:?}");
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert_eq!(v["version"], "2.1.0");
             assert_eq!(v["runs"][0]["tool"]["driver"]["name"], "identityd");
@@ -197,6 +231,35 @@ fn assert_audit(dir: &Path, extra: &[&str], failing: Option<&str>) {
             }
         }
     }
+}
+
+/// The SARIF validation can fail: a log missing a required property is reported.
+fn sarif_validation_catches_a_broken_log(dir: &Path) {
+    let file = dir.join("broken.sarif");
+    let report = dir.join("broken-validation.sarif");
+    std::fs::write(&file, r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"x","version":"1"}},"results":[{"ruleId":"a","level":"error"}]}]}"#).unwrap();
+    let _ = std::fs::remove_file(&report);
+    let tool = identityd_tests::tools::sarif_multitool();
+    let out = Command::new(&tool)
+        .args(["validate"])
+        .arg(&file)
+        .arg("--json-schema")
+        .arg(tool.with_file_name("sarif-2.1.0.json"))
+        .arg("--output")
+        .arg(&report)
+        .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        rep.contains("JSON1002"),
+        "a missing required property is reported: {rep}"
+    );
 }
 
 fn capture_start(path: &Path) -> std::process::Child {
@@ -511,6 +574,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     );
     // ---- the audit fails for the right reasons, in every format ----
     std::fs::remove_file(lab.dir.join("cluster/broken.yaml")).unwrap();
+    sarif_validation_catches_a_broken_log(&lab.dir);
     assert_audit(&lab.dir, &[], None);
     assert_audit(
         &lab.dir,

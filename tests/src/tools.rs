@@ -110,6 +110,16 @@ pub fn kubectl() -> PathBuf {
     )
 }
 
+/// Microsoft's SARIF multitool (`.tools/sarif-multitool/Sarif.Multitool`, from npm).
+#[must_use]
+pub fn sarif_multitool() -> PathBuf {
+    local_or_env(
+        "IDENTITYD_SARIF_MULTITOOL",
+        "sarif-multitool/Sarif.Multitool",
+        "expected .tools/sarif-multitool/Sarif.Multitool (npm SARIF multitool step)",
+    )
+}
+
 /// `ip` from iproute2.
 #[must_use]
 pub fn ip() -> PathBuf {

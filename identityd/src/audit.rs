@@ -357,6 +357,18 @@ pub fn live(
         "trust bundles hold 1–2 valid roots",
         "trust bundle problems",
     ));
+    let not_ready: Vec<String> = ok
+        .iter()
+        .filter(|s| s.envoy_ready == Some(false))
+        .map(|s| format!("{}: Envoy does not answer LIVE on its admin /ready", s.node))
+        .collect();
+    out.push(finding(
+        "proxy.envoy-ready",
+        Severity::Error,
+        not_ready,
+        "every node's Envoy is LIVE",
+        "Envoys not ready",
+    ));
     let nacks: Vec<String> = ok
         .iter()
         .flat_map(|s| {

@@ -581,6 +581,27 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         &["--min-svid-lifetime", "2h"],
         Some("identity.svid-expiry"),
     );
+    // A node's Envoy stopped (SIGSTOP: alive but not answering).
+    let envoy1 = std::fs::read_to_string(lab.dir.join("n1/run/envoy.pid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let _ = Command::new("kill").args(["-STOP", &envoy1]).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&lab.dir)[0]["envoy_ready"] != false {
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not notice its Envoy stopped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_audit(&lab.dir, &[], Some("proxy.envoy-ready"));
+    let _ = Command::new("kill").args(["-CONT", &envoy1]).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&lab.dir)[0]["envoy_ready"] != true {
+        assert!(Instant::now() < deadline, "n1's Envoy did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Strict mode off on n3 (its daemon restarted with the changed config).
     let cfg3 = lab.dir.join("n3/node.yaml");
     std::fs::write(

@@ -63,6 +63,9 @@ pub struct NodeStatus {
     /// Workloads (`ns/pod`) with an inbound mTLS listener chain on this node's Envoy.
     #[serde(default)]
     pub inbound_workloads: Vec<String>,
+    /// Whether the node's Envoy answers `LIVE` on its admin `/ready` (absent: no Envoy).
+    #[serde(default)]
+    pub envoy_ready: Option<bool>,
 }
 
 /// Serves `status` on `path` until the task is aborted.

@@ -422,6 +422,7 @@ pub struct Mesh {
     /// An Envoy left running by a previous daemon (re-adopted: it reconnects to xds.sock).
     adopted: Option<u32>,
     envoy_pid_file: PathBuf,
+    admin_port: u16,
     envoy_cfg: PathBuf,
     envoy_bin: PathBuf,
     envoy_log: PathBuf,
@@ -543,6 +544,7 @@ impl Mesh {
                         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("envoy"))
                 }),
             envoy_pid_file: cfg.run_dir.join("envoy.pid"),
+            admin_port: envoy.admin_port,
             envoy_cfg,
             envoy_bin: envoy.binary.clone(),
             envoy_log: cfg.run_dir.join("envoy.log"),
@@ -829,6 +831,26 @@ impl Mesh {
     #[must_use]
     pub fn envoy_pid(&self) -> Option<u32> {
         self.envoy.as_ref().map(Child::id).or(self.adopted)
+    }
+
+    /// Asks Envoy's admin `/ready` (loopback); `true` when it answers `LIVE` within 500 ms.
+    pub async fn envoy_ready(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let probe = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+                .await
+                .ok()?;
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.ok()?;
+            Some(String::from_utf8_lossy(&buf).contains("LIVE"))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), probe).await,
+            Ok(Some(true))
+        )
     }
 }
 

@@ -534,6 +534,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                 tracing::warn!(error = %e, "mesh");
             }
         }
+        let envoy_ready = match &mesh {
+            Some(m) if m.envoy_pid().is_some() => Some(m.envoy_ready().await),
+            _ => None,
+        };
         refresh_status(&cfg, &p, &dp, &state, &public_key, &status);
         {
             let mut st = status
@@ -546,6 +550,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                 st.envoy_restarts = m.envoy_restarts;
                 st.bundle_roots = m.bundle_roots();
                 st.inbound_workloads = m.inbound_workloads().to_vec();
+                st.envoy_ready = envoy_ready;
                 if let Some(e) = &m.last_error {
                     st.problems.push(e.clone());
                 }

@@ -361,6 +361,28 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "the 90/10 HTTPRoute sends some but few requests to v2: {split}"
     );
     node_authorization_is_enforced(&lab.dir);
+    // Strict mTLS on the server side: plaintext TCP that reaches a strict pod's node through
+    // the tunnel without going through the node's Envoy (here: from n1's own namespace, which
+    // the classifier does not proxy) is dropped by the inbound ruleset.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "idd-n1",
+            BIN,
+            "lab",
+            "get",
+            "http://10.244.2.10:8080/",
+            "--host",
+            "web.shop",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "plaintext to a strict pod bypassing mTLS must not get through: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Flow visibility: the classifiers' events, resolved to pods and identities.
     let out = Command::new(BIN)
         .args(["observe", "--json", "--dir"])

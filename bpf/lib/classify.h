@@ -189,9 +189,34 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 	if (idd_parse(skb, &p) < 0)
 		goto pass;
 	dst = idd_route_of(&p.daddr);
-	/* Not towards a pod CIDR, or towards one of this node's own pods. */
-	if (!dst || dst->kind == IDD_ROUTE_LOCAL)
+	/* Not towards a pod CIDR. */
+	if (!dst)
 		goto pass;
+	if (dst->kind == IDD_ROUTE_LOCAL) {
+		/* Between two pods of this node: TCP between mTLS workloads still goes through
+		 * the node's Envoy; plaintext TCP from a workload into a strict workload is
+		 * dropped in strict mode. Everything else stays local (it never leaves the node). */
+		struct idd_workload *sw, *dw;
+
+		if (p.protocol != IPPROTO_TCP)
+			goto pass;
+		sw = bpf_map_lookup_elem(&idd_workloads, &p.saddr);
+		dw = bpf_map_lookup_elem(&idd_workloads, &p.daddr);
+		if (!sw || !dw)
+			goto pass;
+		node_id = dst->node_id;
+		if (sw->mtls_mode != IDD_MTLS_DISABLED && dw->mtls_mode != IDD_MTLS_DISABLED) {
+			path = IDD_PATH_PROXY;
+			idd_set_mark(skb, IDD_MARK_PROXY);
+			goto out;
+		}
+		if (IDD_STRICT && dw->mtls_mode == IDD_MTLS_STRICT) {
+			path = IDD_PATH_DROP;
+			reason = IDD_DROP_PLAINTEXT_ROUTE;
+			goto out;
+		}
+		goto pass;
+	}
 	if (!IDD_ANY_SOURCE) {
 		src = idd_route_of(&p.saddr);
 		if (!src || src->kind != IDD_ROUTE_LOCAL)

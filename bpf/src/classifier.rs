@@ -12,6 +12,10 @@
 //! as `Unavailable`, so that a node whose peer is not configured yet falls to "no path" and,
 //! in strict mode, is dropped rather than sent in clear.
 //!
+//! Between two pods of this node, TCP between mTLS workloads is marked for the node's Envoy
+//! (so same-node traffic gets mTLS too), plaintext TCP from a workload into a strict workload
+//! is dropped in strict mode, and everything else stays local.
+//!
 //! With a pin directory the maps and the tc links are pinned on bpffs: a new loader with the
 //! same directory re-adopts the maps (their content survives) and atomically replaces the
 //! program of each pinned link, so a daemon restart never leaves an interface unclassified.

@@ -335,8 +335,8 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         stdout
             .matches("server saw caller spiffe://cluster.local/ns/front/sa/client")
             .count()
-            >= 6,
-        "every cross-node request went over mTLS and the server saw the caller's SPIFFE ID:\n{stdout}"
+            == 9,
+        "every request, across nodes and on the same node, went over mTLS and the server saw the caller's SPIFFE ID:\n{stdout}"
     );
     assert!(
         stdout.contains("→ web.shop: HTTP 403"),

@@ -196,6 +196,13 @@ fn classifier_marks_every_path_for_ipv4_and_ipv6_in_strict_mode() {
         case("fd00:244:1::10", "fd00:244:2::7", Tcp, Path::Proxy),
         // Not pod-to-remote-pod: passed, mark untouched.
         case("10.244.1.5", "10.244.1.6", Tcp, Path::Pass),
+        // Same node: TCP between mTLS workloads goes through the node's Envoy; plaintext from
+        // a workload into a strict workload is dropped; the rest stays local.
+        case("10.244.1.11", "10.244.1.10", Tcp, Path::Proxy),
+        case("10.244.1.10", "10.244.1.11", Udp, Path::Pass),
+        case("10.244.1.10", "10.244.1.1", Tcp, Path::Pass),
+        drop("10.244.1.12", "10.244.1.10", PlaintextRoute),
+        case("10.244.1.12", "10.244.1.11", Tcp, Path::Pass),
         case("10.244.1.5", "8.8.8.8", Udp, Path::Pass),
         case("192.168.7.5", "10.244.2.7", Tcp, Path::Pass),
         case("10.244.2.7", "10.244.3.7", Tcp, Path::Pass),

@@ -391,6 +391,88 @@ struct SotwType {
 /// Which types a stream may ask for (`None` = all served types).
 type Allowed = Option<&'static [&'static str]>;
 
+/// A discovery request of either flavour, as far as stream set-up needs it.
+trait XdsRequest {
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+}
+
+impl XdsRequest for DiscoveryRequest {
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        self.node.as_ref()
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        self.node.as_ref()
+    }
+}
+
+/// Ends a stream with an error status, counting it.
+async fn reject<M>(cache: &XdsCache, tx: &mpsc::Sender<Result<M, Status>>, status: Status) {
+    cache
+        .counters
+        .rejected_streams
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = tx.send(Err(status)).await;
+}
+
+/// Waits for a stream's first request; returns it with the node it names. A first request
+/// without a node ends the stream with `InvalidArgument`.
+async fn open_stream<Req: XdsRequest, M>(
+    cache: &XdsCache,
+    rx: &mut Streaming<Req>,
+    tx: &mpsc::Sender<Result<M, Status>>,
+) -> Option<(String, Req)> {
+    let first = match rx.message().await {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!(error = %e, "xDS stream ended before its first request");
+            return None;
+        }
+    };
+    let Some(node) = node_id(first.node()) else {
+        reject(
+            cache,
+            tx,
+            Status::invalid_argument("the first discovery request of a stream must carry node.id"),
+        )
+        .await;
+        return None;
+    };
+    Some((node, first))
+}
+
+/// What a stream loop handles next: a request from the client, or a change of the node's
+/// snapshot. `None`: the stream is over.
+async fn next_event<Req>(
+    pending: &mut Option<Req>,
+    rx: &mut Streaming<Req>,
+    watch: &mut watch::Receiver<u64>,
+    node: &str,
+) -> Option<Option<Req>> {
+    if let Some(r) = pending.take() {
+        return Some(Some(r));
+    }
+    tokio::select! {
+        m = rx.message() => match m {
+            Ok(Some(r)) => Some(Some(r)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, node, "xDS stream error");
+                None
+            }
+        },
+        changed = watch.changed() => changed.ok().map(|()| None),
+    }
+}
+
+/// Whether a stream may ask for `type_url` (`allowed`: `None` = every served type).
+fn serves(allowed: Allowed, type_url: &str) -> bool {
+    type_url::ALL.contains(&type_url) && allowed.is_none_or(|a| a.contains(&type_url))
+}
+
 async fn run_sotw(
     server: XdsServer,
     mut rx: Streaming<DiscoveryRequest>,
@@ -398,63 +480,32 @@ async fn run_sotw(
     allowed: Allowed,
 ) {
     let cache = Arc::clone(&server.cache);
-    let fail = |status: Status| {
-        cache
-            .counters
-            .rejected_streams
-            .fetch_add(1, Ordering::Relaxed);
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(Err(status)).await;
-        }
-    };
-    let first = match rx.message().await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(error = %e, "xDS stream ended before its first request");
-            return;
-        }
-    };
-    let Some(node) = node_id(first.node.as_ref()) else {
-        fail(Status::invalid_argument(
-            "the first discovery request of a stream must carry node.id",
-        ))
-        .await;
+    let Some((node, first)) = open_stream(&cache, &mut rx, &tx).await else {
         return;
     };
     let mut watch = cache.subscribe(&node);
     let mut types: HashMap<String, SotwType> = HashMap::new();
     let mut pending = Some(first);
     loop {
-        let req = match pending.take() {
-            Some(r) => Some(r),
-            None => tokio::select! {
-                m = rx.message() => match m {
-                    Ok(Some(r)) => Some(r),
-                    Ok(None) => return,
-                    Err(e) => { tracing::debug!(error = %e, node, "xDS stream error"); return; }
-                },
-                changed = watch.changed() => {
-                    if changed.is_err() { return; }
-                    None
-                }
-            },
+        let Some(req) = next_event(&mut pending, &mut rx, &mut watch, &node).await else {
+            return;
         };
         if let Some(req) = req {
             let t = req.type_url.clone();
-            if !type_url::ALL.contains(&t.as_str())
-                || allowed.is_some_and(|a| !a.contains(&t.as_str()))
-            {
+            if !serves(allowed, &t) {
                 cache.counters.unknown_types.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(node, type_url = %t, "ignoring request for an unknown type");
                 continue;
             }
             if req.resource_names.len() > MAX_RESOURCE_NAMES {
-                fail(Status::invalid_argument(format!(
-                    "resource_names has {} entries; at most {MAX_RESOURCE_NAMES} are allowed",
-                    req.resource_names.len()
-                )))
+                reject(
+                    &cache,
+                    &tx,
+                    Status::invalid_argument(format!(
+                        "resource_names has {} entries; at most {MAX_RESOURCE_NAMES} are allowed",
+                        req.resource_names.len()
+                    )),
+                )
                 .await;
                 return;
             }
@@ -559,59 +610,33 @@ async fn run_delta(
     allowed: Allowed,
 ) {
     let cache = Arc::clone(&server.cache);
-    let first = match rx.message().await {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
-    let Some(node) = node_id(first.node.as_ref()) else {
-        cache
-            .counters
-            .rejected_streams
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "the first discovery request of a stream must carry node.id",
-            )))
-            .await;
+    let Some((node, first)) = open_stream(&cache, &mut rx, &tx).await else {
         return;
     };
     let mut watch = cache.subscribe(&node);
     let mut types: HashMap<String, DeltaType> = HashMap::new();
     let mut pending = Some(first);
     loop {
-        let req = match pending.take() {
-            Some(r) => Some(r),
-            None => tokio::select! {
-                m = rx.message() => match m {
-                    Ok(Some(r)) => Some(r),
-                    _ => return,
-                },
-                changed = watch.changed() => {
-                    if changed.is_err() { return; }
-                    None
-                }
-            },
+        let Some(req) = next_event(&mut pending, &mut rx, &mut watch, &node).await else {
+            return;
         };
         if let Some(req) = req {
             let t = req.type_url.clone();
-            if !type_url::ALL.contains(&t.as_str())
-                || allowed.is_some_and(|a| !a.contains(&t.as_str()))
-            {
+            if !serves(allowed, &t) {
                 cache.counters.unknown_types.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if req.resource_names_subscribe.len() + req.initial_resource_versions.len()
                 > MAX_RESOURCE_NAMES
             {
-                cache
-                    .counters
-                    .rejected_streams
-                    .fetch_add(1, Ordering::Relaxed);
-                let _ = tx
-                    .send(Err(Status::invalid_argument(format!(
+                reject(
+                    &cache,
+                    &tx,
+                    Status::invalid_argument(format!(
                         "subscription has more than {MAX_RESOURCE_NAMES} resource names"
-                    ))))
-                    .await;
+                    )),
+                )
+                .await;
                 return;
             }
             let is_new = !types.contains_key(&t);

@@ -67,6 +67,23 @@ fn get(from_pod_ns: &str, url: &str) -> (bool, String) {
     )
 }
 
+/// Polls `lab status --json` until `cond` holds; panics naming `what` (with the last status)
+/// after `secs` seconds.
+fn wait_for_status(dir: &Path, secs: u64, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = status(dir);
+        if cond(&st) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {secs}s: {what}; status: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn get_host(from_pod_ns: &str, url: &str, host: &str) -> (bool, String) {
     let out = Command::new("ip")
         .args([
@@ -449,22 +466,12 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "apiVersion: v1\nkind: Pod\nmetadata: [this is not a map\n",
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = status(&lab.dir);
-        let reported = st[0]["problems"].as_array().is_some_and(|p| {
+    wait_for_status(&lab.dir, 10, "broken.yaml reported", |st| {
+        st[0]["problems"].as_array().is_some_and(|p| {
             p.iter()
                 .any(|x| x.as_str().unwrap_or("").contains("broken.yaml"))
-        });
-        if reported {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "broken.yaml never reported: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        })
+    });
     let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
     assert!(
         ok,
@@ -513,21 +520,15 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let st = status(&lab.dir);
-        if st[1]["public_key"].as_str() == Some(keys[1].as_str())
-            && st[1]["peers"].as_array().is_some_and(|p| p.len() == 2)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restarted n2 daemon did not come back with its key: {}",
-            st[1]
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(
+        &lab.dir,
+        15,
+        "restarted n2 daemon back with its key",
+        |st| {
+            st[1]["public_key"].as_str() == Some(keys[1].as_str())
+                && st[1]["peers"].as_array().is_some_and(|p| p.len() == 2)
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let ok = traffic.join().unwrap();
@@ -573,20 +574,10 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     let _ = Command::new("kill")
         .args(["-KILL", envoy_pid.trim()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = status(&lab.dir);
-        let restarted = st[2]["envoy_restarts"].as_u64().unwrap_or(0) >= 1;
-        if restarted && get_host("idd-n3-client-3", "http://10.244.1.10:8080/", "web.shop").0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Envoy on n3 was not restarted: {}",
-            st[2]
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_status(&lab.dir, 20, "Envoy on n3 restarted and serving", |st| {
+        st[2]["envoy_restarts"].as_u64().unwrap_or(0) >= 1
+            && get_host("idd-n3-client-3", "http://10.244.1.10:8080/", "web.shop").0
+    });
 
     // Every daemon answers (only n2's was killed, and it is back).
     let st = status(&lab.dir);
@@ -609,21 +600,14 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         .trim()
         .to_owned();
     let _ = Command::new("kill").args(["-STOP", &envoy1]).status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status(&lab.dir)[0]["envoy_ready"] != false {
-        assert!(
-            Instant::now() < deadline,
-            "n1 did not notice its Envoy stopped"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(&lab.dir, 15, "n1 notices its Envoy stopped", |st| {
+        st[0]["envoy_ready"] == false
+    });
     assert_audit(&lab.dir, &[], Some("proxy.envoy-ready"));
     let _ = Command::new("kill").args(["-CONT", &envoy1]).status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status(&lab.dir)[0]["envoy_ready"] != true {
-        assert!(Instant::now() < deadline, "n1's Envoy did not come back");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(&lab.dir, 15, "n1's Envoy back", |st| {
+        st[0]["envoy_ready"] == true
+    });
     // Strict mode off on n3 (its daemon restarted with the changed config).
     let cfg3 = lab.dir.join("n3/node.yaml");
     std::fs::write(
@@ -650,25 +634,17 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status(&lab.dir)[2]["strict_mode"] != false {
-        assert!(
-            Instant::now() < deadline,
-            "n3 did not come back without strict mode"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(&lab.dir, 15, "n3 back without strict mode", |st| {
+        st[2]["strict_mode"] == false
+    });
     assert_audit(&lab.dir, &[], Some("encryption.strict-mode"));
     // A running node whose IdentitydNode disappears: its peers drop it.
     std::fs::remove_file(lab.dir.join("cluster/identitydnode-n3.yaml")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status(&lab.dir)[0]["peers"]
-        .as_array()
-        .is_some_and(|p| p.iter().any(|x| x["name"] == "n3"))
-    {
-        assert!(Instant::now() < deadline, "n1 still lists n3 as a peer");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(&lab.dir, 15, "n1 drops peer n3", |st| {
+        !st[0]["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["name"] == "n3"))
+    });
     assert_audit(&lab.dir, &[], Some("nodes.published"));
 
     // ---- down leaves nothing ----

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_identityd");
 
-fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
-        .unwrap();
-    assert_eq!(
-        uid, "0",
-        "the lab e2e test needs root (namespaces, BPF, TUN): run it as root, as `make test` and CI do"
-    );
-}
-
 struct Lab {
     dir: PathBuf,
 }
@@ -316,7 +303,7 @@ fn capture_stop(mut c: std::process::Child, path: &Path) -> (usize, Vec<String>)
 
 #[test]
 fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
-    require_root();
+    identityd_tests::require_root();
     assert!(
         !Path::new("/sys/class/net/idd-fabric").exists(),
         "another lab is up (bridge idd-fabric exists): run `identityd lab down` first"

@@ -46,7 +46,7 @@ pub enum Command {
     /// SPIFFE X.509-SVIDs.
     #[command(subcommand)]
     Svid(SvidCommand),
-    /// [not implemented yet] Print the CRD YAML.
+    /// Print the CRD YAML (the chart's `crds/` is generated from it).
     Crds,
     /// Flows with their path verdict (from the classifiers of a lab's nodes).
     Observe {

@@ -257,7 +257,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Audit(args) => run_audit(&args),
-        Command::Crds => not_yet("crds"),
+        Command::Crds => match identityd::model::crd::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Observe { follow, json, dir } => {
             let dir = dir.unwrap_or_else(lab::default_dir);
             match identityd::observe::run(&dir, follow, json, |l| println!("{l}")) {

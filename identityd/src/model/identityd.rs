@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{Condition, ObjectMeta, validate_conditions};
@@ -19,6 +21,14 @@ use super::validate::Errors;
 pub const IDENTITYD_API_VERSION: &str = "identityd.io/v1alpha1";
 /// Default WireGuard UDP port (DESIGN.md, shared constants).
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51871;
+
+/// OpenAPI pattern of duration strings (`30s`, `100ms`, `1h30m`); the model's validation is the
+/// authority, the pattern only stops obvious typos at `kubectl apply`.
+const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d))+$";
+/// OpenAPI pattern of a CIDR (`10.244.1.0/24`, `fd00::/64`).
+const CIDR_PATTERN: &str = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$";
+/// OpenAPI pattern of a base64 WireGuard public key (32 bytes).
+const WG_KEY_PATTERN: &str = r"^[A-Za-z0-9+/]{43}=$";
 
 fn default_api_version() -> String {
     IDENTITYD_API_VERSION.to_owned()
@@ -46,14 +56,33 @@ pub struct IdentitydNode {
 }
 
 /// `IdentitydNode.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "identityd.io",
+    version = "v1alpha1",
+    kind = "IdentitydNode",
+    root = "IdentitydNodeCrd",
+    doc = "A node as published by its identityd daemon: pod CIDRs, underlay addresses, WireGuard public key and port, IPsec key epoch.",
+    status = "IdentitydNodeStatus",
+    shortname = "idn",
+    category = "identityd",
+    printcolumn = r#"{"name":"PodCIDR","type":"string","jsonPath":".spec.podCIDRs[0]"}"#,
+    printcolumn = r#"{"name":"Underlay","type":"string","jsonPath":".spec.underlayAddresses[0]"}"#,
+    printcolumn = r#"{"name":"WGPort","type":"integer","jsonPath":".spec.wireguard.port","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 pub struct IdentitydNodeSpec {
     /// Pod CIDRs of the node (`10.244.1.0/24`).
     #[serde(default, rename = "podCIDRs")]
+    #[schemars(inner(regex(pattern = CIDR_PATTERN)))]
     pub pod_cidrs: Vec<String>,
     /// Underlay (node) addresses other nodes reach it on; at least one.
     #[serde(default)]
+    #[schemars(required, length(min = 1))]
     pub underlay_addresses: Vec<String>,
     /// WireGuard public key and port (absent when the node does not run WireGuard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,13 +93,15 @@ pub struct IdentitydNodeSpec {
 }
 
 /// `IdentitydNode.spec.wireguard`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WireguardSpec {
     /// Base64 Curve25519 public key (32 bytes).
+    #[schemars(length(min = 44, max = 44), regex(pattern = WG_KEY_PATTERN))]
     pub public_key: String,
     /// UDP listen port (default 51871).
     #[serde(default = "default_wg_port")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i64,
 }
 
@@ -96,15 +127,16 @@ impl WireguardSpec {
 }
 
 /// `IdentitydNode.spec.ipsec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpsecSpec {
     /// Current key epoch (increases on every rotation).
+    #[schemars(range(min = 0, max = 4_294_967_295_i64))]
     pub key_epoch: i64,
 }
 
 /// `IdentitydNode.status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentitydNodeStatus {
     /// Generation of the spec last acted on.
@@ -260,16 +292,34 @@ pub struct KeyRotation {
 }
 
 /// `KeyRotation.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "identityd.io",
+    version = "v1alpha1",
+    kind = "KeyRotation",
+    root = "KeyRotationCrd",
+    doc = "A requested key rotation (wireguard, ipsec or ca) with its progress in status.phase.",
+    status = "KeyRotationStatus",
+    shortname = "keyrot",
+    shortname = "kr",
+    category = "identityd",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 pub struct KeyRotationSpec {
     /// `wireguard`, `ipsec` or `ca` (see [`KeyRotationSpec::target`]).
+    #[schemars(extend("enum" = ["wireguard", "ipsec", "ca"]))]
     pub target: String,
     /// Only nodes whose `IdentitydNode` labels match (all nodes when empty).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// How long old keys stay valid next to the new ones (duration string, e.g. `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub overlap_window: Option<String>,
 }
 
@@ -290,11 +340,12 @@ impl KeyRotationSpec {
 }
 
 /// `KeyRotation.status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRotationStatus {
     /// `Pending`, `InProgress`, `Completed` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Pending", "InProgress", "Completed", "Failed"]))]
     pub phase: Option<String>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -350,15 +401,17 @@ impl KeyRotation {
 // Policy target references
 
 /// `targetRef` of a policy (Gateway API `LocalPolicyTargetReference` shape).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetRef {
     /// API group: `""` (core) for Service, `gateway.networking.k8s.io` for routes.
     #[serde(default)]
     pub group: String,
-    /// `Service`, `HTTPRoute` or `GRPCRoute`.
+    /// `Service`, `HTTPRoute` or `GRPCRoute` (AuthorizationPolicy: `Service` only).
+    #[schemars(extend("enum" = ["Service", "HTTPRoute", "GRPCRoute"]))]
     pub kind: String,
     /// Target name, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
@@ -418,8 +471,25 @@ pub struct TrafficPolicy {
 }
 
 /// `TrafficPolicy.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "identityd.io",
+    version = "v1alpha1",
+    kind = "TrafficPolicy",
+    root = "TrafficPolicyCrd",
+    doc = "Retries, timeouts, circuit breaking, outlier detection and local rate limiting for a Service, HTTPRoute or GRPCRoute.",
+    status = "PolicyStatus",
+    namespaced,
+    shortname = "tp",
+    category = "identityd",
+    printcolumn = r#"{"name":"TargetKind","type":"string","jsonPath":".spec.targetRef.kind"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 pub struct TrafficPolicySpec {
     /// Service, HTTPRoute or GRPCRoute in the same namespace.
     pub target_ref: PolicyTargetRef,
@@ -428,6 +498,7 @@ pub struct TrafficPolicySpec {
     pub retries: Option<Retries>,
     /// Request timeout (duration string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
     /// Circuit breaker thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -441,16 +512,24 @@ pub struct TrafficPolicySpec {
 }
 
 /// `spec.retries`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retries {
     /// Number of retries (0 disables).
+    #[schemars(range(min = 0, max = 100))]
     pub attempts: i64,
     /// Timeout per attempt (duration string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub per_try_timeout: Option<String>,
     /// Envoy retry-on conditions (`5xx`, `connect-failure`, `unavailable`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {"type": "string", "enum": [
+        "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+        "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+        "retriable-headers", "http3-post-connect-failure", "cancelled", "deadline-exceeded",
+        "internal", "resource-exhausted", "unavailable"
+    ]}))]
     pub retry_on: Vec<String>,
     /// Back-off between attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -458,36 +537,42 @@ pub struct Retries {
 }
 
 /// `spec.retries.backoff`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backoff {
     /// First back-off interval (duration string).
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub base_interval: String,
     /// Cap (duration string; Envoy's default is 10× the base).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_interval: Option<String>,
 }
 
 /// `spec.circuitBreaker`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Max upstream connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4_294_967_295_i64))]
     pub max_connections: Option<i64>,
     /// Max requests waiting for a connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4_294_967_295_i64))]
     pub max_pending_requests: Option<i64>,
     /// Max concurrent requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4_294_967_295_i64))]
     pub max_requests: Option<i64>,
     /// Max concurrent retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4_294_967_295_i64))]
     pub max_retries: Option<i64>,
 }
 
 /// `spec.outlierDetection`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive 5xx before ejection.
@@ -496,25 +581,31 @@ pub struct OutlierDetection {
         rename = "consecutive5xx",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(min = 1, max = 4_294_967_295_i64))]
     pub consecutive_5xx: Option<i64>,
     /// Base ejection time (duration string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub base_ejection_time: Option<String>,
     /// Max % of hosts ejected (0..=100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub max_ejection_percent: Option<i64>,
     /// Analysis interval (duration string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
 }
 
 /// `spec.localRateLimit`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalRateLimit {
     /// Bucket size and tokens added per interval.
+    #[schemars(range(min = 1, max = 4_294_967_295_i64))]
     pub tokens: i64,
     /// Refill interval (duration string).
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub fill_interval: String,
 }
 
@@ -539,7 +630,7 @@ pub const RETRY_ON: &[&str] = &[
 ];
 
 /// `status` of the policy kinds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     /// Conditions (`Accepted`, …).
@@ -677,8 +768,24 @@ pub struct AuthorizationPolicy {
 }
 
 /// `AuthorizationPolicy.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "identityd.io",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    root = "AuthorizationPolicyCrd",
+    doc = "Identity-based allow/deny rules (SPIFFE IDs, namespaces, service accounts, paths, methods) for a Service.",
+    status = "PolicyStatus",
+    namespaced,
+    shortname = "authzpol",
+    category = "identityd",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 pub struct AuthorizationPolicySpec {
     /// The Service (same namespace) the rules protect.
     pub target_ref: PolicyTargetRef,
@@ -691,7 +798,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// One rule: every present part must match (an empty list matches anything).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationRule {
     /// Who is calling.
@@ -703,7 +810,7 @@ pub struct AuthorizationRule {
 }
 
 /// `from`: caller identities (any entry of any list matches).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleFrom {
     /// Exact SPIFFE IDs (`spiffe://td/ns/shop/sa/web`).
@@ -718,14 +825,18 @@ pub struct RuleFrom {
 }
 
 /// `to`: request attributes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleTo {
     /// Paths: exact (`/api/v1`) or prefix with a trailing `*` (`/api/*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^/[^*]*\*?$")))]
     pub paths: Vec<String>,
     /// HTTP methods (`GET`, `POST`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {"type": "string", "enum": [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"
+    ]}))]
     pub methods: Vec<String>,
 }
 

@@ -112,13 +112,15 @@ impl fmt::Display for NamespacedName {
 }
 
 /// A status condition (Kubernetes `metav1.Condition` shape).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Condition type, e.g. `Ready`, `Accepted`.
     #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 316))]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
     /// Machine-readable reason (CamelCase).
     #[serde(default, skip_serializing_if = "String::is_empty")]

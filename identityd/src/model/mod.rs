@@ -11,6 +11,7 @@
 //! [`identityd_certs::duration::parse`].
 
 pub mod core;
+pub mod crd;
 pub mod gateway;
 pub mod identityd;
 pub mod meta;

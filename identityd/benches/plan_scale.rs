@@ -84,6 +84,7 @@ fn main() {
             role: Role::Node,
             name: "n1".into(),
             trust_domain: "cluster.local".into(),
+            cluster_source: identityd::daemon::config::ClusterSourceKind::File,
             cluster_dir: "/c".into(),
             state_dir: "/s".into(),
             run_dir: "/r".into(),

@@ -12,7 +12,6 @@ use identityd_certs::{Ca, CaOptions, TrustDomain};
 
 use crate::daemon::config::DaemonConfig;
 use crate::model::{ClusterState, NamespacedName};
-use crate::source::{FileSource, FileSourceOptions};
 
 /// Start-up failures of the CA role.
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +71,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         .map_err(|e| CaRoleError(format!("trustDomain: {e}")))?;
     let ca = Ca::load_or_init(&ca_dir, td.clone(), CaOptions::default(), SystemTime::now())
         .map_err(|e| CaRoleError(e.to_string()))?;
-    let source = Arc::new(
-        FileSource::open(&cfg.cluster_dir, FileSourceOptions::default())
-            .map_err(|e| CaRoleError(e.to_string()))?,
-    );
+    let source = crate::source::open(&cfg)
+        .await
+        .map_err(|e| CaRoleError(e.to_string()))?;
     let latest: Arc<Mutex<Arc<ClusterState>>> = Arc::new(Mutex::new(source.snapshot()));
     let _poll = source.spawn();
     let mut rx = source.subscribe();

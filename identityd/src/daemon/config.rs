@@ -4,6 +4,7 @@
 //! role: node                      # or ca
 //! name: n1
 //! trustDomain: cluster.local
+//! clusterSource: file            # or kube (the API server; then clusterDir is not needed)
 //! clusterDir: /path/cluster       # the FileSource directory
 //! stateDir: /var/lib/identityd    # keys and join credentials (0600)
 //! runDir: /run/identityd          # api.sock, xds.sock, wg.json
@@ -15,11 +16,32 @@
 //! podInterfacePrefix: "p-"
 //! ```
 //! Parse errors name the field and value (`podCIDR=10.244.1.1/24: …`).
+//!
+//! Environment overrides (a DaemonSet sets them from the downward API):
+//! [`ENV_NODE_NAME`] (`IDENTITYD_NODE_NAME`) replaces `name`, [`ENV_UNDERLAY_ADDRESS`]
+//! (`IDENTITYD_UNDERLAY_ADDRESS`) replaces `underlayAddress`. With `clusterSource: kube`,
+//! `podCIDR` may be left out: the node role takes its Node object's `spec.podCIDR`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Environment variable overriding `name` (a DaemonSet sets it to `spec.nodeName`).
+pub const ENV_NODE_NAME: &str = "IDENTITYD_NODE_NAME";
+/// Environment variable overriding `underlayAddress` (a DaemonSet sets it to `status.hostIP`).
+pub const ENV_UNDERLAY_ADDRESS: &str = "IDENTITYD_UNDERLAY_ADDRESS";
+
+/// Where cluster state comes from (`clusterSource:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterSourceKind {
+    /// A directory of YAML (`clusterDir`), the lab's store.
+    #[default]
+    File,
+    /// The Kubernetes API server (in-cluster config or kubeconfig).
+    Kube,
+}
 
 /// Which process this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -105,12 +127,17 @@ pub struct DaemonConfig {
     /// Role.
     #[serde(default)]
     pub role: Role,
-    /// Node name (the `nodeName` of its pods).
+    /// Node name (the `nodeName` of its pods); [`ENV_NODE_NAME`] overrides it.
+    #[serde(default)]
     pub name: String,
     /// Trust domain.
     #[serde(default = "default_td")]
     pub trust_domain: String,
-    /// The FileSource directory.
+    /// Where cluster state comes from: `file` (default) or `kube`.
+    #[serde(default)]
+    pub cluster_source: ClusterSourceKind,
+    /// The FileSource directory (required for `clusterSource: file`).
+    #[serde(default)]
     pub cluster_dir: PathBuf,
     /// State directory (keys).
     pub state_dir: PathBuf,
@@ -221,6 +248,17 @@ impl DaemonConfig {
     /// # Errors
     /// The field, value and reason of the first problem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`DaemonConfig::load`] with the environment supplied by `env` (tests pass a map).
+    ///
+    /// # Errors
+    /// The field (or environment variable), value and reason of the first problem.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let err = |field: &str, value: &str, reason: String| ConfigError {
             path: path.display().to_string(),
             field: field.to_owned(),
@@ -228,8 +266,21 @@ impl DaemonConfig {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err("(file)", "", e.to_string()))?;
-        let cfg: Self =
+        let mut cfg: Self =
             serde_saphyr::from_str(&text).map_err(|e| err("(yaml)", "", e.to_string()))?;
+        if let Some(name) = env(ENV_NODE_NAME).filter(|v| !v.is_empty()) {
+            cfg.name = name;
+        }
+        if let Some(addr) = env(ENV_UNDERLAY_ADDRESS).filter(|v| !v.is_empty()) {
+            cfg.underlay_address =
+                Some(addr.trim().parse().map_err(|e: std::net::AddrParseError| {
+                    err(
+                        ENV_UNDERLAY_ADDRESS,
+                        &addr,
+                        format!("not an IP address: {e}"),
+                    )
+                })?);
+        }
         cfg.check().map_err(|(f, v, r)| err(&f, &v, r))?;
         Ok(cfg)
     }
@@ -247,7 +298,19 @@ impl DaemonConfig {
             )
         })?;
         if self.name.is_empty() {
-            return Err(("name".into(), String::new(), "must not be empty".into()));
+            return Err((
+                "name".into(),
+                String::new(),
+                format!("must not be empty (set it, or {ENV_NODE_NAME})"),
+            ));
+        }
+        if self.cluster_source == ClusterSourceKind::File && self.cluster_dir.as_os_str().is_empty()
+        {
+            return Err((
+                "clusterDir".into(),
+                String::new(),
+                "required for clusterSource=file".into(),
+            ));
         }
         if self.role == Role::Ca {
             if self.ca_dir.is_none() {
@@ -262,9 +325,12 @@ impl DaemonConfig {
             }
         }
         if self.role == Role::Node {
-            let pc = self.pod_cidr.as_deref().unwrap_or("");
-            pc.parse::<crate::model::Cidr>()
-                .map_err(|e| ("podCIDR".to_owned(), pc.to_owned(), e.to_string()))?;
+            // With the KubeSource an absent podCIDR comes from the Node object.
+            if self.pod_cidr.is_some() || self.cluster_source == ClusterSourceKind::File {
+                let pc = self.pod_cidr.as_deref().unwrap_or("");
+                pc.parse::<crate::model::Cidr>()
+                    .map_err(|e| ("podCIDR".to_owned(), pc.to_owned(), e.to_string()))?;
+            }
             for (i, c) in self.cluster_cidrs.iter().enumerate() {
                 c.parse::<crate::model::Cidr>()
                     .map_err(|e| (format!("clusterCIDRs[{i}]"), c.clone(), e.to_string()))?;
@@ -273,7 +339,7 @@ impl DaemonConfig {
                 return Err((
                     "underlayAddress".into(),
                     String::new(),
-                    "required for role node".into(),
+                    format!("required for role node (set it, or {ENV_UNDERLAY_ADDRESS})"),
                 ));
             }
             match self.encryption.mode {
@@ -311,6 +377,65 @@ impl DaemonConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn kube_source_and_env_overrides() {
+        // A DaemonSet config: no name, no underlay address, no podCIDR, no clusterDir.
+        let (_d, p) = write(
+            "role: node\nclusterSource: kube\nstateDir: /s\nrunDir: /r\nclusterCIDRs: [10.244.0.0/16]\nwireguard: { interface: idd0 }\n",
+        );
+        let env = |k: &str| match k {
+            ENV_NODE_NAME => Some("worker-3".to_owned()),
+            ENV_UNDERLAY_ADDRESS => Some("192.168.1.13".to_owned()),
+            _ => None,
+        };
+        let c = DaemonConfig::load_with_env(&p, env).unwrap();
+        assert_eq!(c.cluster_source, ClusterSourceKind::Kube);
+        assert_eq!(c.name, "worker-3");
+        assert_eq!(c.underlay_address, Some("192.168.1.13".parse().unwrap()));
+        assert_eq!(c.pod_cidr, None);
+        // Without the environment the missing fields are named.
+        let e = DaemonConfig::load_with_env(&p, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("name=") && e.contains(ENV_NODE_NAME), "{e}");
+        let e = DaemonConfig::load_with_env(&p, |k| (k == ENV_NODE_NAME).then(|| "n".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("underlayAddress") && e.contains(ENV_UNDERLAY_ADDRESS),
+            "{e}"
+        );
+        let e = DaemonConfig::load_with_env(&p, |k| match k {
+            ENV_NODE_NAME => Some("n".to_owned()),
+            _ => Some("not-an-ip".to_owned()),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("IDENTITYD_UNDERLAY_ADDRESS=not-an-ip"), "{e}");
+        // The env beats the file; file mode still needs clusterDir and podCIDR.
+        let (_d, p) = write(&GOOD.replace("clusterDir: /c\n", ""));
+        let e = DaemonConfig::load_with_env(&p, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("clusterDir") && e.contains("clusterSource=file"),
+            "{e}"
+        );
+        let (_d, p) = write(GOOD);
+        let c = DaemonConfig::load_with_env(&p, env).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.cluster_source),
+            ("worker-3", ClusterSourceKind::File)
+        );
+        let (_d, p) = write(&GOOD.replace("podCIDR: 10.244.1.0/24\n", ""));
+        assert!(
+            DaemonConfig::load_with_env(&p, |_| None)
+                .unwrap_err()
+                .to_string()
+                .contains("podCIDR")
+        );
+    }
+
     fn write(s: &str) -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.yaml");
@@ -342,6 +467,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("encryption.mode=ipsec")
+        );
+        let (_d, p) = write(&format!("{GOOD}clusterSource: etcd\n"));
+        assert!(
+            DaemonConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("etcd")
         );
         let (_d, p) = write(&format!("{GOOD}bogus: 1\n"));
         assert!(

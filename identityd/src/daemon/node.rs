@@ -22,7 +22,6 @@ use crate::daemon::mesh::Mesh;
 use crate::daemon::plan::{NodePlan, RoutePath, plan};
 use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
 use crate::model::{ClusterState, IdentitydNode, MtlsMode, Object};
-use crate::source::{FileSource, FileSourceOptions};
 
 /// Errors that stop the node daemon at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -405,7 +404,7 @@ fn refresh_status(
 ///
 /// # Errors
 /// Start-up failures (directories, key, source, classifier load).
-pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
+pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     for d in [&cfg.state_dir, &cfg.run_dir] {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -421,10 +420,22 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
     drop(key);
     tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
 
-    let source = Arc::new(
-        FileSource::open(&cfg.cluster_dir, FileSourceOptions::default())
-            .map_err(|e| NodeError::Source(e.to_string()))?,
-    );
+    let source = crate::source::open(&cfg)
+        .await
+        .map_err(|e| NodeError::Source(e.to_string()))?;
+    if cfg.pod_cidr.is_none() {
+        // clusterSource: kube without podCIDR: the Node object's spec.podCIDR.
+        cfg.pod_cidr = source
+            .node_pod_cidr(&cfg.name)
+            .await
+            .map_err(|e| NodeError::Source(e.to_string()))?;
+        if cfg.pod_cidr.is_none() {
+            return Err(NodeError::Source(format!(
+                "podCIDR is not configured and Node {} has no spec.podCIDR",
+                cfg.name
+            )));
+        }
+    }
     // Publish this node.
     let spec = IdentitydNodeSpec {
         pod_cidrs: cfg.pod_cidr.iter().cloned().collect(),
@@ -444,6 +455,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
             cfg.name.clone(),
             spec,
         )))
+        .await
         .map_err(|e| NodeError::Source(format!("publishing IdentitydNode {}: {e}", cfg.name)))?;
 
     let classifier = {

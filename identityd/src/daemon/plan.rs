@@ -197,6 +197,7 @@ mod tests {
             role: Role::Node,
             name: "n1".into(),
             trust_domain: "cluster.local".into(),
+            cluster_source: crate::daemon::config::ClusterSourceKind::File,
             cluster_dir: "/c".into(),
             state_dir: "/s".into(),
             run_dir: "/r".into(),

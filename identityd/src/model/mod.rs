@@ -372,6 +372,35 @@ impl Object {
         errs.finish()
     }
 
+    /// Replaces this object's `status` with `other`'s (same kind; kinds without a status are
+    /// left alone).
+    pub fn set_status_from(&mut self, other: &Object) {
+        match (self, other) {
+            (Object::IdentitydNode(a), Object::IdentitydNode(b)) => a.status.clone_from(&b.status),
+            (Object::KeyRotation(a), Object::KeyRotation(b)) => a.status.clone_from(&b.status),
+            (Object::TrafficPolicy(a), Object::TrafficPolicy(b)) => a.status.clone_from(&b.status),
+            (Object::AuthorizationPolicy(a), Object::AuthorizationPolicy(b)) => {
+                a.status.clone_from(&b.status);
+            }
+            (Object::Pod(a), Object::Pod(b)) => a.status.clone_from(&b.status),
+            _ => {}
+        }
+    }
+
+    /// The object's `status` as JSON (`None` for kinds without one or an absent status).
+    #[must_use]
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let v = match self {
+            Object::IdentitydNode(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::KeyRotation(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::TrafficPolicy(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::AuthorizationPolicy(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::Pod(o) => serde_json::to_value(o.status.as_ref()?),
+            _ => return None,
+        };
+        v.ok()
+    }
+
     /// The object as one YAML document.
     ///
     /// # Errors

@@ -221,6 +221,27 @@ impl ClusterState {
         Ok(())
     }
 
+    /// The object stored under `key`, as an [`Object`] (a copy).
+    #[must_use]
+    pub fn object(&self, key: &ObjectKey) -> Option<Object> {
+        let ns = || NamespacedName::new(key.namespace.clone().unwrap_or_default(), &key.name);
+        Some(match key.kind {
+            Kind::IdentitydNode => Object::IdentitydNode(self.nodes.get(&key.name)?.clone()),
+            Kind::KeyRotation => Object::KeyRotation(self.key_rotations.get(&key.name)?.clone()),
+            Kind::Namespace => Object::Namespace(self.namespaces.get(&key.name)?.clone()),
+            Kind::TrafficPolicy => Object::TrafficPolicy(self.traffic_policies.get(&ns())?.clone()),
+            Kind::AuthorizationPolicy => {
+                Object::AuthorizationPolicy(self.authorization_policies.get(&ns())?.clone())
+            }
+            Kind::Pod => Object::Pod(self.pods.get(&ns())?.clone()),
+            Kind::Service => Object::Service(self.services.get(&ns())?.clone()),
+            Kind::Gateway => Object::Gateway(self.gateways.get(&ns())?.clone()),
+            Kind::HttpRoute => Object::HttpRoute(self.http_routes.get(&ns())?.clone()),
+            Kind::GrpcRoute => Object::GrpcRoute(self.grpc_routes.get(&ns())?.clone()),
+            Kind::Ingress => Object::Ingress(self.ingresses.get(&ns())?.clone()),
+        })
+    }
+
     /// Records an object that failed validation: one problem per failing field.
     pub fn reject(&mut self, object: &Object, origin: Origin, errors: Vec<super::FieldError>) {
         let key = object.key();

@@ -271,6 +271,48 @@ pub fn decode_document(doc: &Document) -> Result<Option<Object>, DocError> {
     Ok(Some(object))
 }
 
+/// Decodes and validates one object of a known `kind` from JSON (what the API server returns),
+/// through the same dispatch and validation as YAML documents. A missing or different
+/// `apiVersion`/`kind` (list items carry none) is set from `kind`.
+///
+/// # Errors
+/// [`DocError::Schema`] (wrong field type, unknown field in an identityd spec) or
+/// [`DocError::Invalid`].
+pub fn decode_value(kind: Kind, mut value: serde_json::Value) -> Result<Object, DocError> {
+    let name = {
+        let m = &value["metadata"];
+        m["name"].as_str().map(|n| match m["namespace"].as_str() {
+            Some(ns) if kind.namespaced() => format!("{ns}/{n}"),
+            _ => n.to_owned(),
+        })
+    };
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), kind.api_versions()[0].into());
+        map.insert("kind".into(), kind.as_str().into());
+    }
+    let mut track = serde_path_to_error::Track::new();
+    let decoded = Object::deserialize_kind(
+        kind,
+        serde_path_to_error::Deserializer::new(value, &mut track),
+    );
+    let mut object = decoded.map_err(|e| {
+        let path = track.path().to_string();
+        DocError::Schema {
+            kind,
+            name,
+            field: (path != ".").then_some(path),
+            line: None,
+            reason: e.to_string(),
+        }
+    })?;
+    object.normalize();
+    object.validate().map_err(|errors| DocError::Invalid {
+        object: Box::new(object.clone()),
+        errors,
+    })?;
+    Ok(object)
+}
+
 /// Decodes every document of a file's text.
 #[must_use]
 pub fn decode_all(text: &str) -> Vec<(Document, Result<Option<Object>, DocError>)> {

@@ -36,7 +36,7 @@ use crate::model::{ClusterState, ModelError, Object, ObjectKey, Problem};
 /// Default poll interval of [`FileSource::run`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Errors of the FileSource.
+/// Errors of the sources (FileSource and KubeSource).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
@@ -69,6 +69,24 @@ pub enum SourceError {
         #[source]
         source: identityd_certs::Error,
     },
+    /// `write_status` for an object the store does not hold.
+    #[error("{key} does not exist; its status cannot be written")]
+    NotFound {
+        /// The object.
+        key: String,
+    },
+    /// A Kubernetes API request failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done (`server-side apply of IdentitydNode n1`).
+        action: String,
+        /// The cause.
+        #[source]
+        source: Arc<kube::Error>,
+    },
+    /// The source cannot be used (no kubeconfig / in-cluster config, a task failed).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Settings of a [`FileSource`].
@@ -308,6 +326,53 @@ impl FileSource {
         })?;
         self.poll()?;
         Ok(path)
+    }
+}
+
+impl super::ClusterSource for FileSource {
+    fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        FileSource::subscribe(self)
+    }
+
+    fn snapshot(&self) -> Arc<ClusterState> {
+        FileSource::snapshot(self)
+    }
+
+    fn run(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(FileSource::run(self))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        object: &'a Object,
+    ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move { FileSource::apply(self, object).map(drop) })
+    }
+
+    fn write_status<'a>(
+        &'a self,
+        object: &'a Object,
+    ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move { self.write_status(object).map(drop) })
+    }
+}
+
+impl FileSource {
+    /// Replaces the `status` of the stored object with `object`'s and writes its file (atomic,
+    /// like [`FileSource::apply`]); spec and metadata stay as stored.
+    ///
+    /// # Errors
+    /// [`SourceError::NotFound`] when the snapshot has no such object; [`FileSource::apply`]'s.
+    pub fn write_status(&self, object: &Object) -> Result<PathBuf, SourceError> {
+        let mut wanted = object.clone();
+        wanted.normalize();
+        let key = wanted.key();
+        let current = self.snapshot();
+        let mut stored = current.object(&key).ok_or_else(|| SourceError::NotFound {
+            key: key.to_string(),
+        })?;
+        stored.set_status_from(&wanted);
+        self.apply(&stored)
     }
 }
 

@@ -1,0 +1,538 @@
+//! [`KubeSource`]: cluster state from the Kubernetes API server, through kube-runtime watchers.
+//!
+//! Behaviour (the same contract as the FileSource where it applies):
+//! - **What is watched**: every model kind ([`Kind::ALL`]): Namespaces, Pods, Services,
+//!   Ingresses, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute` (`gateway.networking.k8s.io/v1`),
+//!   and the four `identityd.io/v1alpha1` CRDs, cluster-wide. Objects are read as untyped JSON
+//!   ([`DynamicObject`]) and converted by [`decode_value`], the FileSource's kind dispatch and
+//!   validation. Service endpoints are derived from Pods and selectors as the model does for
+//!   the FileSource (EndpointSlices are not read). Node objects are not part of the snapshot;
+//!   [`KubeSource::node_pod_cidr`] reads one Node when the config leaves `podCIDR` out.
+//! - **Bad objects** (wrong field types, failed validation) become [`Problem`]s naming the kind,
+//!   `namespace/name`, field and reason; they never stop the watch. A kind that cannot be
+//!   watched (CRD not installed, RBAC) is a problem too, retried with back-off.
+//! - **Consistency**: each kind's list (and every re-list, e.g. after `410 Gone`) replaces that
+//!   kind's objects atomically at `InitDone`, so objects deleted while the watch was down go
+//!   away. Watch bookmarks only advance the resume point. The first snapshot (version 1) is
+//!   published once every kind has been listed, or after `initial_sync_timeout`.
+//! - **Debounce**: events arriving within `debounce` of each other are folded into one snapshot;
+//!   a snapshot is published (version + 1) only when objects or problems changed.
+//! - **Writes**: server-side apply with field manager [`FIELD_MANAGER`] (`force`), the spec to
+//!   the object and the status to its `status` subresource.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event, watcher};
+use tokio::sync::watch;
+
+use super::decode::{DocError, decode_value};
+use super::file::SourceError;
+use crate::model::state::Origin;
+use crate::model::{ClusterState, Kind, Object, Problem};
+
+/// The field manager of every write identityd makes to the API server.
+pub const FIELD_MANAGER: &str = "identityd";
+
+/// Settings of a [`KubeSource`].
+#[derive(Debug, Clone)]
+pub struct KubeSourceOptions {
+    /// Events closer together than this are folded into one snapshot.
+    pub debounce: Duration,
+    /// How long the first snapshot waits for kinds that cannot be listed.
+    pub initial_sync_timeout: Duration,
+}
+
+impl Default for KubeSourceOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            initial_sync_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The API resource of a model kind (group, version, plural).
+#[must_use]
+pub fn api_resource(kind: Kind) -> ApiResource {
+    let (group, version, plural) = match kind {
+        Kind::IdentitydNode => ("identityd.io", "v1alpha1", "identitydnodes"),
+        Kind::KeyRotation => ("identityd.io", "v1alpha1", "keyrotations"),
+        Kind::TrafficPolicy => ("identityd.io", "v1alpha1", "trafficpolicies"),
+        Kind::AuthorizationPolicy => ("identityd.io", "v1alpha1", "authorizationpolicies"),
+        Kind::Namespace => ("", "v1", "namespaces"),
+        Kind::Pod => ("", "v1", "pods"),
+        Kind::Service => ("", "v1", "services"),
+        Kind::Gateway => ("gateway.networking.k8s.io", "v1", "gateways"),
+        Kind::HttpRoute => ("gateway.networking.k8s.io", "v1", "httproutes"),
+        Kind::GrpcRoute => ("gateway.networking.k8s.io", "v1", "grpcroutes"),
+        Kind::Ingress => ("networking.k8s.io", "v1", "ingresses"),
+    };
+    ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.as_str().to_owned(),
+        plural: plural.to_owned(),
+    }
+}
+
+/// One converted object: the model object, or why it was refused.
+type Entry = Result<Object, Vec<Problem>>;
+
+#[derive(Debug, Default)]
+struct KindStore {
+    /// Objects by `namespace/name` (or `name`).
+    objects: BTreeMap<String, Entry>,
+    /// Objects of a list in progress (between `Init` and `InitDone`).
+    relist: Option<BTreeMap<String, Entry>>,
+    /// Whether a list completed at least once.
+    synced: bool,
+    /// The last watch error, until the next successful event.
+    error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kinds: BTreeMap<Kind, KindStore>,
+    current: Arc<ClusterState>,
+    /// Whether version 1 was published.
+    started: bool,
+}
+
+/// Cluster state from the API server. Cheap to share as `Arc<KubeSource>`.
+pub struct KubeSource {
+    client: kube::Client,
+    opts: KubeSourceOptions,
+    inner: Mutex<Inner>,
+    tx: watch::Sender<Arc<ClusterState>>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("default_namespace", &self.client.default_namespace())
+            .field("version", &lock(&self.inner).current.version())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn kube_err(action: impl Into<String>, e: kube::Error) -> SourceError {
+    SourceError::Kube {
+        action: action.into(),
+        source: Arc::new(e),
+    }
+}
+
+/// `namespace/name` or `name` of an API object.
+fn key_of(o: &DynamicObject) -> String {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    match &o.metadata.namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name,
+    }
+}
+
+/// Converts an API object into a model object, or the problems that refuse it.
+fn convert(kind: Kind, o: &DynamicObject) -> Entry {
+    let name = key_of(o);
+    let value = match serde_json::to_value(o) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![problem(kind, &name, None, format!("not JSON: {e}"))]);
+        }
+    };
+    decode_value(kind, value).map_err(|e| match e {
+        DocError::Invalid { object, errors } => {
+            let mut s = ClusterState::default();
+            s.reject(&object, Origin::default(), errors);
+            s.problems
+        }
+        DocError::Schema { field, reason, .. } => vec![problem(kind, &name, field, reason)],
+        other => vec![problem(kind, &name, None, other.to_string())],
+    })
+}
+
+fn problem(kind: Kind, name: &str, field: Option<String>, reason: String) -> Problem {
+    Problem {
+        origin: Origin::default(),
+        kind: Some(kind.to_string()),
+        name: (!name.is_empty()).then(|| name.to_owned()),
+        field,
+        value: None,
+        reason,
+    }
+}
+
+impl KubeSource {
+    /// A source on `client` (nothing is requested until [`KubeSource::run`]). The current
+    /// snapshot is empty, version 0, until the first lists complete.
+    #[must_use]
+    pub fn new(client: kube::Client, opts: KubeSourceOptions) -> Self {
+        let current = Arc::new(ClusterState::new(0));
+        let (tx, _rx) = watch::channel(current.clone());
+        Self {
+            client,
+            opts,
+            inner: Mutex::new(Inner {
+                kinds: Kind::ALL
+                    .into_iter()
+                    .map(|k| (k, KindStore::default()))
+                    .collect(),
+                current,
+                started: false,
+            }),
+            tx,
+        }
+    }
+
+    /// A source on the default client configuration (in-cluster service account, or
+    /// `KUBECONFIG` / `~/.kube/config`).
+    ///
+    /// # Errors
+    /// [`SourceError::Kube`] when no configuration is found.
+    pub async fn connect(opts: KubeSourceOptions) -> Result<Self, SourceError> {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            kube_err(
+                "Kubernetes client configuration (in-cluster or kubeconfig)",
+                e,
+            )
+        })?;
+        Ok(Self::new(client, opts))
+    }
+
+    /// The API client (for the CA's TokenReviews and bundle ConfigMap).
+    #[must_use]
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// A receiver of snapshots; it starts at the current one.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<ClusterState> {
+        lock(&self.inner).current.clone()
+    }
+
+    /// Runs one watcher per kind until dropped, publishing debounced snapshots.
+    pub async fn run(self: Arc<Self>) {
+        let mut events = futures::stream::select_all(Kind::ALL.into_iter().map(|kind| {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &api_resource(kind));
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |ev| (kind, ev))
+                .boxed()
+        }));
+        let sync_deadline = tokio::time::Instant::now() + self.opts.initial_sync_timeout;
+        loop {
+            let first = if lock(&self.inner).started {
+                events.next().await
+            } else {
+                match tokio::time::timeout_at(sync_deadline, events.next()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        self.publish(true);
+                        continue;
+                    }
+                }
+            };
+            let Some((kind, ev)) = first else { break };
+            self.handle(kind, ev);
+            let debounce = tokio::time::Instant::now() + self.opts.debounce;
+            while let Ok(Some((kind, ev))) = tokio::time::timeout_at(debounce, events.next()).await
+            {
+                self.handle(kind, ev);
+            }
+            let timed_out = tokio::time::Instant::now() >= sync_deadline;
+            self.publish(timed_out);
+        }
+    }
+
+    /// Folds one watcher event into the store.
+    fn handle(&self, kind: Kind, ev: Result<Event<DynamicObject>, watcher::Error>) {
+        let mut inner = lock(&self.inner);
+        let Some(store) = inner.kinds.get_mut(&kind) else {
+            return;
+        };
+        match ev {
+            Ok(ev) => {
+                if store.error.take().is_some() {
+                    tracing::info!(%kind, "watch recovered");
+                }
+                match ev {
+                    Event::Init => store.relist = Some(BTreeMap::new()),
+                    Event::InitApply(o) => {
+                        store
+                            .relist
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(key_of(&o), convert(kind, &o));
+                    }
+                    Event::InitDone => {
+                        store.objects = store.relist.take().unwrap_or_default();
+                        store.synced = true;
+                    }
+                    Event::Apply(o) => {
+                        store.objects.insert(key_of(&o), convert(kind, &o));
+                    }
+                    Event::Delete(o) => {
+                        store.objects.remove(&key_of(&o));
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if store.error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(%kind, error = %msg, "watch failed; retrying with back-off");
+                }
+                store.error = Some(msg);
+            }
+        }
+    }
+
+    /// Builds a snapshot from the store and publishes it when it changed. Before the first
+    /// snapshot, waits for every kind's first list unless `force`.
+    fn publish(&self, force: bool) {
+        let mut inner = lock(&self.inner);
+        let all_synced = inner.kinds.values().all(|k| k.synced);
+        if !inner.started && !all_synced && !force {
+            return;
+        }
+        let state = build(&inner.kinds);
+        if inner.started && state.same_content(&inner.current) {
+            return;
+        }
+        let mut state = state;
+        state.set_version(inner.current.version() + 1);
+        let state = Arc::new(state);
+        if !inner.started {
+            let unsynced: BTreeSet<Kind> = inner
+                .kinds
+                .iter()
+                .filter(|(_, k)| !k.synced)
+                .map(|(kind, _)| *kind)
+                .collect();
+            if !unsynced.is_empty() {
+                tracing::warn!(
+                    ?unsynced,
+                    "first snapshot without these kinds (not listed yet)"
+                );
+            }
+        }
+        inner.started = true;
+        inner.current = state.clone();
+        for p in &state.problems {
+            tracing::warn!(problem = %p, "rejected cluster object");
+        }
+        tracing::info!(
+            version = state.version(),
+            objects = state.len(),
+            problems = state.problems.len(),
+            "cluster state changed"
+        );
+        self.tx.send_replace(state);
+    }
+
+    fn api_for(&self, object: &Object) -> (Api<DynamicObject>, String) {
+        let kind = object.kind();
+        let ar = api_resource(kind);
+        let m = object.meta();
+        let api = if kind.namespaced() {
+            Api::namespaced_with(self.client.clone(), m.namespace_or_default(), &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        };
+        (api, m.name.clone())
+    }
+
+    /// Server-side applies `object`'s spec and metadata (name, namespace, labels,
+    /// annotations), then its status (when present) to the status subresource.
+    ///
+    /// # Errors
+    /// [`SourceError::Model`] for an invalid object, [`SourceError::Kube`] when a request fails.
+    pub async fn apply(&self, object: &Object) -> Result<(), SourceError> {
+        let mut object = object.clone();
+        object.normalize();
+        object
+            .validate()
+            .map_err(crate::model::ModelError::Invalid)?;
+        let key = object.key();
+        let (api, name) = self.api_for(&object);
+        let body = apply_body(&object, false);
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| kube_err(format!("server-side apply of {key}"), e))?;
+        if object.status_json().is_some() {
+            self.write_status(&object).await?;
+        }
+        Ok(())
+    }
+
+    /// Server-side applies `object`'s status to its `status` subresource.
+    ///
+    /// # Errors
+    /// [`SourceError::NotFound`] when the object does not exist, [`SourceError::Kube`] for
+    /// other failures.
+    pub async fn write_status(&self, object: &Object) -> Result<(), SourceError> {
+        let mut object = object.clone();
+        object.normalize();
+        let key = object.key();
+        let (api, name) = self.api_for(&object);
+        let body = apply_body(&object, true);
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(SourceError::NotFound {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(kube_err(
+                format!("server-side apply of the status of {key}"),
+                e,
+            )),
+        }
+    }
+
+    /// The `spec.podCIDR` of Node `name` (`None` when the node has none yet).
+    ///
+    /// # Errors
+    /// [`SourceError::Kube`] when the Node cannot be read.
+    pub async fn node_pod_cidr(&self, name: &str) -> Result<Option<String>, SourceError> {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let node = api
+            .get(name)
+            .await
+            .map_err(|e| kube_err(format!("reading Node {name}"), e))?;
+        Ok(node.spec.and_then(|s| s.pod_cidr))
+    }
+}
+
+/// The server-side apply body of `object`: identity (apiVersion, kind, name, namespace), plus
+/// either the spec side (labels, annotations, spec) or only the status. Store-managed metadata
+/// (resourceVersion, generation) is left out: apply is not a compare-and-swap.
+fn apply_body(object: &Object, status_only: bool) -> serde_json::Value {
+    let kind = object.kind();
+    let m = object.meta();
+    let mut meta = serde_json::Map::new();
+    meta.insert("name".into(), m.name.clone().into());
+    if kind.namespaced() {
+        meta.insert("namespace".into(), m.namespace_or_default().into());
+    }
+    let mut body = serde_json::Map::new();
+    body.insert("apiVersion".into(), kind.api_versions()[0].into());
+    body.insert("kind".into(), kind.as_str().into());
+    if status_only {
+        body.insert("metadata".into(), meta.into());
+        body.insert(
+            "status".into(),
+            object
+                .status_json()
+                .unwrap_or_else(|| serde_json::json!({})),
+        );
+        return body.into();
+    }
+    if !m.labels.is_empty() {
+        meta.insert("labels".into(), serde_json::json!(m.labels));
+    }
+    if !m.annotations.is_empty() {
+        meta.insert("annotations".into(), serde_json::json!(m.annotations));
+    }
+    body.insert("metadata".into(), meta.into());
+    if let Ok(serde_json::Value::Object(full)) = serde_json::to_value(object) {
+        for (k, v) in full {
+            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+                body.insert(k, v);
+            }
+        }
+    }
+    body.into()
+}
+
+/// Assembles a snapshot (version 0) from the per-kind stores.
+fn build(kinds: &BTreeMap<Kind, KindStore>) -> ClusterState {
+    let mut state = ClusterState::new(0);
+    let mut problems = Vec::new();
+    for (kind, store) in kinds {
+        if let Some(e) = &store.error {
+            problems.push(problem(
+                *kind,
+                "",
+                None,
+                format!(
+                    "cannot watch {} ({}): {e}; keeping the last listed objects",
+                    kind,
+                    api_resource(*kind).plural
+                ),
+            ));
+        }
+        for entry in store.objects.values() {
+            match entry {
+                Ok(o) => {
+                    // Keys are unique per kind in the store, so insert cannot collide.
+                    let _ = state.insert(o.clone(), Origin::default());
+                }
+                Err(ps) => problems.extend(ps.iter().cloned()),
+            }
+        }
+    }
+    for p in problems {
+        state.push_problem(p);
+    }
+    state.finish();
+    state
+}
+
+impl super::ClusterSource for KubeSource {
+    fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        KubeSource::subscribe(self)
+    }
+
+    fn snapshot(&self) -> Arc<ClusterState> {
+        KubeSource::snapshot(self)
+    }
+
+    fn run(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(KubeSource::run(self))
+    }
+
+    fn apply<'a>(&'a self, object: &'a Object) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(KubeSource::apply(self, object))
+    }
+
+    fn write_status<'a>(&'a self, object: &'a Object) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(KubeSource::write_status(self, object))
+    }
+
+    fn node_pod_cidr<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, SourceError>> {
+        Box::pin(KubeSource::node_pod_cidr(self, name))
+    }
+}

@@ -562,3 +562,59 @@ async fn a_restarted_node_reuses_its_saved_identity_without_a_new_token() {
     .expect_err("no usable identity and no token");
     assert!(err.to_string().contains("node-a.token"), "{err}");
 }
+
+/// A platform credential check (the daemon's TokenReview in Kubernetes): `credential` must be
+/// `platform-token-for.<node>`.
+struct PlatformTokens;
+
+impl identityd_certs::service::JoinAuthenticator for PlatformTokens {
+    fn authenticate<'a>(
+        &'a self,
+        node: &'a str,
+        credential: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Denied>> + Send + 'a>> {
+        Box::pin(async move {
+            match credential.strip_prefix("platform-token-for.") {
+                Some(n) if n == node => Ok(()),
+                Some(n) => Err(Denied(format!("the credential is bound to node {n:?}"))),
+                None => Err(Denied("not a platform credential".into())),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_join_authenticator_admits_platform_credentials_and_join_tokens_still_work() {
+    let lab = start().await;
+    assert!(lab.server.set_join_authenticator(Arc::new(PlatformTokens)));
+    let joined = CaClient::join_with_credential(
+        &lab.addr,
+        "node-a",
+        "platform-token-for.node-a",
+        &lab.bundle,
+    )
+    .await
+    .unwrap();
+    assert_eq!(joined.svid.id(), &node_id(&td(), "node-a").unwrap());
+    assert_eq!(
+        verify_svid(joined.svid.chain(), &lab.bundle, SystemTime::now()).unwrap(),
+        node_id(&td(), "node-a").unwrap()
+    );
+    // Bound to another node: refused with the authenticator's reason, never the credential.
+    let e = expect_code(
+        CaClient::join_with_credential(
+            &lab.addr,
+            "node-b",
+            "platform-token-for.node-a",
+            &lab.bundle,
+        )
+        .await,
+        tonic::Code::Unauthenticated,
+    );
+    assert!(e.contains("bound to node \"node-a\""), "{e}");
+    assert!(!e.contains("platform-token-for"), "{e}");
+    assert_eq!(lab.server.counters().failed_joins, 1);
+    // Join tokens keep going to the token store.
+    let _ = lab.join("node-b").await;
+    assert_eq!(lab.server.counters().joins, 2);
+}

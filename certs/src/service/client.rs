@@ -165,6 +165,22 @@ impl CaClient {
         token: &JoinToken,
         ca_bundle: &Bundle,
     ) -> Result<NodeIdentity, ServiceError> {
+        Self::join_with_credential(endpoint, node_name, token.expose_secret(), ca_bundle).await
+    }
+
+    /// [`CaClient::join`] with a credential the CA checks through its
+    /// [`super::JoinAuthenticator`] (e.g. a projected Kubernetes ServiceAccount token) instead
+    /// of a join token. The credential is sent once, over the TLS connection that authenticated
+    /// the CA, and never logged.
+    ///
+    /// # Errors
+    /// As [`CaClient::join`]; a refused credential is `Unauthenticated` with the CA's reason.
+    pub async fn join_with_credential(
+        endpoint: &str,
+        node_name: &str,
+        credential: &str,
+        ca_bundle: &Bundle,
+    ) -> Result<NodeIdentity, ServiceError> {
         let id = node_id(ca_bundle.trust_domain(), node_name).map_err(Error::from)?;
         let key = PrivateKey::generate()?;
         let csr = csr_for(&id, &key)?;
@@ -177,7 +193,7 @@ impl CaClient {
                 pb::JOIN,
                 pb::JoinRequest {
                     node_name: node_name.to_owned(),
-                    token: token.expose_secret().to_owned(),
+                    token: credential.to_owned(),
                     csr_der: csr,
                 },
             )

@@ -133,6 +133,24 @@ where
     }
 }
 
+/// Admits a node to `Join` with a credential that is not an identityd join token, e.g. a
+/// platform-issued token the daemon checks with its platform (identityd's Kubernetes mode: a
+/// projected ServiceAccount token checked by a TokenReview). Installed with
+/// [`CaServer::set_join_authenticator`]. Credentials that parse as a [`JoinToken`] still go to
+/// the token store.
+pub trait JoinAuthenticator: Send + Sync + 'static {
+    /// `Ok` when `credential` proves the caller is node `node`; otherwise why not (sent to the
+    /// caller: it must not contain the credential).
+    ///
+    /// # Errors
+    /// The reason for the refusal.
+    fn authenticate<'a>(
+        &'a self,
+        node: &'a str,
+        credential: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Denied>> + Send + 'a>>;
+}
+
 /// Issuance counters of a [`CaServer`].
 #[derive(Debug, Default)]
 pub struct Counters {

@@ -22,8 +22,8 @@ use tracing::{debug, error, info, warn};
 use super::grpc::CaGrpc;
 use super::tokens::{self, TokenError};
 use super::{
-    Authorizer, CounterSnapshot, Counters, RESERVED_PREFIX, ServiceError, WorkloadRequest,
-    ca_server_id, node_id, node_name_of, pb,
+    Authorizer, CounterSnapshot, Counters, JoinAuthenticator, JoinToken, RESERVED_PREFIX,
+    ServiceError, WorkloadRequest, ca_server_id, node_id, node_name_of, pb,
 };
 use crate::id::{SpiffeId, TrustDomain};
 use crate::rotation::{Clock, SystemClock};
@@ -74,6 +74,7 @@ pub(super) struct Inner {
     resolver: Arc<SvidResolver>,
     serving: Mutex<Serving>,
     bundle: SharedBundle,
+    join_authenticator: std::sync::OnceLock<Arc<dyn JoinAuthenticator>>,
 }
 
 /// The issuance server. Cheap to clone (one shared state); holds the CA (and so its keys):
@@ -207,11 +208,18 @@ impl CaServer {
                 root,
             }),
             bundle: shared(bundle),
+            join_authenticator: std::sync::OnceLock::new(),
         };
         inner.refresh(true)?;
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Admits `Join` requests whose credential is not a join token through `authenticator`
+    /// (set once; later calls are ignored and return `false`).
+    pub fn set_join_authenticator(&self, authenticator: Arc<dyn JoinAuthenticator>) -> bool {
+        self.inner.join_authenticator.set(authenticator).is_ok()
     }
 
     /// The counters now.
@@ -457,9 +465,25 @@ impl Inner {
     ) -> Result<Response<pb::SvidResponse>, Status> {
         let peer = req.remote_addr();
         let r = req.into_inner();
+        // A credential that is not a join token goes to the installed authenticator.
+        let external = match self.join_authenticator.get() {
+            Some(a) if JoinToken::parse(&r.token).is_err() => Some(Arc::clone(a)),
+            _ => None,
+        };
+        if let Some(auth) = &external {
+            if let Err(d) = auth.authenticate(&r.node_name, &r.token).await {
+                Counters::bump(&self.counters.failed_joins);
+                warn!(?peer, node = %r.node_name, reason = %d, "CA service: join refused");
+                return Err(Status::unauthenticated(format!(
+                    "join refused for node {:?}: {d}",
+                    r.node_name
+                )));
+            }
+        }
+        let is_external = external.is_some();
         let this = Arc::clone(&self);
         // File locking, fsync and signing: off the async workers.
-        let res = tokio::task::spawn_blocking(move || this.join_blocking(&r))
+        let res = tokio::task::spawn_blocking(move || this.join_blocking(&r, is_external))
             .await
             .map_err(|e| Status::internal(format!("join task failed: {e}")))?;
         match res {
@@ -480,6 +504,7 @@ impl Inner {
     fn join_blocking(
         &self,
         r: &pb::JoinRequest,
+        external: bool,
     ) -> Result<(Vec<CertificateDer<'static>>, Bundle, SpiffeId), (String, Status)> {
         let name = r.node_name.clone();
         let id = node_id(&self.td, &r.node_name).map_err(|e| {
@@ -489,11 +514,17 @@ impl Inner {
             )
         })?;
         let now = self.clock.now();
-        let out = tokens::consume_with(&self.ca_dir, &r.node_name, &r.token, now, || {
+        let sign = || {
             let ca = lock(&self.ca);
             ca.sign_csr(&r.csr_der, &id, self.options.node_svid_ttl, now)
                 .map(|chain| (chain, ca.bundle(now)))
-        });
+        };
+        // Admitted by the join authenticator already (see `join`).
+        let out = if external {
+            Ok(sign())
+        } else {
+            tokens::consume_with(&self.ca_dir, &r.node_name, &r.token, now, sign)
+        };
         match out {
             Ok(Ok((chain, bundle))) => Ok((chain, bundle, id)),
             Ok(Err(e)) => Err((name, issue_status(&e))),

@@ -470,15 +470,15 @@ impl Inner {
             Some(a) if JoinToken::parse(&r.token).is_err() => Some(Arc::clone(a)),
             _ => None,
         };
-        if let Some(auth) = &external {
-            if let Err(d) = auth.authenticate(&r.node_name, &r.token).await {
-                Counters::bump(&self.counters.failed_joins);
-                warn!(?peer, node = %r.node_name, reason = %d, "CA service: join refused");
-                return Err(Status::unauthenticated(format!(
-                    "join refused for node {:?}: {d}",
-                    r.node_name
-                )));
-            }
+        if let Some(auth) = &external
+            && let Err(d) = auth.authenticate(&r.node_name, &r.token).await
+        {
+            Counters::bump(&self.counters.failed_joins);
+            warn!(?peer, node = %r.node_name, reason = %d, "CA service: join refused");
+            return Err(Status::unauthenticated(format!(
+                "join refused for node {:?}: {d}",
+                r.node_name
+            )));
         }
         let is_external = external.is_some();
         let this = Arc::clone(&self);

@@ -10,7 +10,10 @@ use identityd_certs::service::{CaServer, CaServerOptions};
 use identityd_certs::service::{Denied, WorkloadRequest};
 use identityd_certs::{Ca, CaOptions, TrustDomain};
 
-use crate::daemon::config::DaemonConfig;
+use crate::daemon::config::{ClusterSourceKind, DaemonConfig};
+use crate::daemon::node_auth::{
+    DEFAULT_NODE_SERVICE_ACCOUNT, ServiceAccountRef, TokenReviewAuthenticator, publish_bundle,
+};
 use crate::model::{ClusterState, NamespacedName};
 
 /// Start-up failures of the CA role.
@@ -53,6 +56,50 @@ pub fn authorize(
         )));
     }
     Ok(())
+}
+
+/// Kubernetes mode: admits node joins by TokenReview ([`TokenReviewAuthenticator`]) and keeps
+/// the trust bundle published to the ConfigMap `identityd-ca-bundle` in the CA's namespace (at
+/// start and after every change, e.g. a rollover; checked every minute).
+async fn start_kube(
+    cfg: &DaemonConfig,
+    server: &CaServer,
+) -> Result<tokio::task::JoinHandle<()>, CaRoleError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| CaRoleError(format!("Kubernetes client configuration: {e}")))?;
+    let sa = cfg
+        .ca
+        .as_ref()
+        .and_then(|c| c.node_service_account.as_deref())
+        .unwrap_or(DEFAULT_NODE_SERVICE_ACCOUNT);
+    let account = ServiceAccountRef::parse(sa)
+        .map_err(|e| CaRoleError(format!("ca.nodeServiceAccount={sa}: {e}")))?;
+    tracing::info!(account = %account, "node joins: ServiceAccount tokens checked by TokenReview");
+    server.set_join_authenticator(Arc::new(TokenReviewAuthenticator::new(
+        client.clone(),
+        account,
+    )));
+    let namespace = client.default_namespace().to_owned();
+    let server = server.clone();
+    Ok(tokio::spawn(async move {
+        let mut published = String::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let pem = server.bundle().to_pem();
+            if pem == published {
+                continue;
+            }
+            match publish_bundle(&client, &namespace, &pem).await {
+                Ok(()) => {
+                    tracing::info!(%namespace, "trust bundle published to ConfigMap identityd-ca-bundle");
+                    published = pem;
+                }
+                Err(e) => tracing::warn!(error = %e, "publishing the trust bundle; retrying"),
+            }
+        }
+    }))
 }
 
 /// Runs the CA role until SIGTERM.
@@ -100,6 +147,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         CaServerOptions::default(),
     )
     .map_err(|e| CaRoleError(e.to_string()))?;
+    let _bundle_task = if cfg.cluster_source == ClusterSourceKind::Kube {
+        Some(start_kube(&cfg, &server).await?)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CaRoleError(format!("listen={listen}: {e}")))?;

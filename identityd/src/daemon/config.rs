@@ -193,16 +193,42 @@ pub struct DaemonConfig {
     pub envoy: Option<EnvoySettings>,
 }
 
-/// `ca:` of a node.
+/// How a node proves who it is when joining the CA (`ca.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum NodeAuth {
+    /// A single-use identityd join token (`ca.joinTokenFile`), minted by the CA.
+    #[default]
+    JoinToken,
+    /// A projected Kubernetes ServiceAccount token (`ca.tokenFile`, audience `identityd-ca`),
+    /// checked by the CA with a TokenReview and bound to the pod's node.
+    ServiceAccountToken,
+}
+
+/// `ca:`. Role node: how to reach the CA and join it. Role ca: `nodeServiceAccount`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CaAccess {
-    /// `HOST:PORT` of the CA's issuance service.
+    /// `HOST:PORT` of the CA's issuance service (role node).
+    #[serde(default)]
     pub endpoint: String,
-    /// The CA's bundle (PEM) to trust on first contact.
+    /// The CA's bundle (PEM) to trust on first contact (role node).
+    #[serde(default)]
     pub bundle_file: PathBuf,
-    /// The single-use join token (0600), consumed at the first start.
+    /// How the node joins: `joinToken` (default) or `serviceAccountToken`.
+    #[serde(default)]
+    pub auth: NodeAuth,
+    /// The single-use join token (0600), consumed at the first start (`auth: joinToken`).
+    #[serde(default)]
     pub join_token_file: PathBuf,
+    /// The projected ServiceAccount token (`auth: serviceAccountToken`), re-read at each join.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Role ca (Kubernetes): the ServiceAccount (`NAMESPACE/NAME`) node daemons run as; join
+    /// tokens of any other account are refused. Default
+    /// [`crate::daemon::node_auth::DEFAULT_NODE_SERVICE_ACCOUNT`].
+    #[serde(default)]
+    pub node_service_account: Option<String>,
 }
 
 /// `envoy:` of a node.
@@ -240,6 +266,29 @@ pub struct ConfigError {
     pub value: String,
     /// Why it is refused.
     pub reason: String,
+}
+
+impl CaAccess {
+    /// Checks a node's `ca:` section.
+    fn check_node(&self) -> Result<(), (String, String, String)> {
+        let need = |field: &str, why: &str| Err((field.to_owned(), String::new(), why.to_owned()));
+        if self.endpoint.is_empty() {
+            return need("ca.endpoint", "required for role node");
+        }
+        if self.bundle_file.as_os_str().is_empty() {
+            return need("ca.bundleFile", "required for role node");
+        }
+        match self.auth {
+            NodeAuth::JoinToken if self.join_token_file.as_os_str().is_empty() => {
+                need("ca.joinTokenFile", "required when ca.auth=joinToken")
+            }
+            NodeAuth::ServiceAccountToken if self.token_file.is_none() => need(
+                "ca.tokenFile",
+                "required when ca.auth=serviceAccountToken (the projected token's path)",
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl DaemonConfig {
@@ -313,6 +362,15 @@ impl DaemonConfig {
             ));
         }
         if self.role == Role::Ca {
+            if let Some(sa) = self
+                .ca
+                .as_ref()
+                .and_then(|c| c.node_service_account.as_deref())
+            {
+                crate::daemon::node_auth::ServiceAccountRef::parse(sa).map_err(|reason| {
+                    ("ca.nodeServiceAccount".to_owned(), sa.to_owned(), reason)
+                })?;
+            }
             if self.ca_dir.is_none() {
                 return Err(("caDir".into(), String::new(), "required for role ca".into()));
             }
@@ -358,6 +416,9 @@ impl DaemonConfig {
                     ));
                 }
                 _ => {}
+            }
+            if let Some(ca) = &self.ca {
+                ca.check_node()?;
             }
             if let Some(w) = &self.wireguard
                 && (w.interface.is_empty() || w.interface.len() > 15)
@@ -468,6 +529,47 @@ mod tests {
                 .to_string()
                 .contains("encryption.mode=ipsec")
         );
+        let ca = "ca: { endpoint: '10.0.0.1:8443', bundleFile: /b.pem, auth: serviceAccountToken, tokenFile: /var/run/secrets/identityd/token }\n";
+        let (_d, p) = write(&format!("{GOOD}{ca}"));
+        let c = DaemonConfig::load(&p).unwrap().ca.unwrap();
+        assert_eq!(c.auth, NodeAuth::ServiceAccountToken);
+        assert_eq!(
+            c.token_file.as_deref(),
+            Some(Path::new("/var/run/secrets/identityd/token"))
+        );
+        let (_d, p) = write(&format!(
+            "{GOOD}{}",
+            ca.replace(", tokenFile: /var/run/secrets/identityd/token", "")
+        ));
+        let e = DaemonConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("ca.tokenFile") && e.contains("serviceAccountToken"),
+            "{e}"
+        );
+        let (_d, p) = write(&format!(
+            "{GOOD}ca: {{ endpoint: 'x:1', bundleFile: /b }}\n"
+        ));
+        let e = DaemonConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("ca.joinTokenFile"), "{e}");
+        let (_d, p) = write(&format!(
+            "{GOOD}ca: {{ endpoint: 'x:1', bundleFile: /b, auth: password }}\n"
+        ));
+        assert!(
+            DaemonConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("password")
+        );
+        let ca_role = "role: ca\nname: ca\nclusterSource: kube\nstateDir: /s\nrunDir: /r\ncaDir: /ca\nlisten: '0.0.0.0:8443'\n";
+        let (_d, p) = write(&format!(
+            "{ca_role}ca: {{ nodeServiceAccount: identityd-system/identityd-node }}\n"
+        ));
+        DaemonConfig::load(&p).unwrap();
+        let (_d, p) = write(&format!(
+            "{ca_role}ca: {{ nodeServiceAccount: identityd-node }}\n"
+        ));
+        let e = DaemonConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("ca.nodeServiceAccount=identityd-node"), "{e}");
         let (_d, p) = write(&format!("{GOOD}clusterSource: etcd\n"));
         assert!(
             DaemonConfig::load(&p)

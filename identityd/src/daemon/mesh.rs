@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use identityd_certs::service::{CaClient, JoinToken};
+use identityd_certs::service::CaClient;
 use identityd_certs::{Bundle, SpiffeId, Svid, TrustDomain};
 use identityd_envoy::bootstrap::{XdsAddress, XdsFlavour, bootstrap_yaml};
 use identityd_envoy::mesh::{
@@ -471,12 +471,7 @@ impl Mesh {
         let node_svid = match Svid::read_from_dir(&node_dir) {
             Ok(s) if s.not_after() > SystemTime::now() + Duration::from_secs(60) => s,
             _ => {
-                let token = JoinToken::read(&access.join_token_file).map_err(|e| {
-                    format!("ca.joinTokenFile={}: {e}", access.join_token_file.display())
-                })?;
-                let joined = CaClient::join(&access.endpoint, &cfg.name, &token, &bundle)
-                    .await
-                    .map_err(|e| format!("joining the CA at {}: {e}", access.endpoint))?;
+                let joined = crate::daemon::node_auth::join(access, &cfg.name, &bundle).await?;
                 joined
                     .svid
                     .write_to_dir(&node_dir)

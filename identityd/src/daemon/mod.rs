@@ -6,4 +6,5 @@ pub mod config;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod node_auth;
 pub mod plan;

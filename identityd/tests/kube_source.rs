@@ -221,6 +221,60 @@ async fn first_snapshot_waits_for_every_list_then_reports_unwatchable_kinds() {
 }
 
 #[tokio::test]
+async fn a_burst_of_events_is_folded_into_one_snapshot() {
+    let api = FakeApi::start();
+    // The other kinds: their first list only, quiet watches.
+    for k in KINDS.into_iter().filter(|k| *k != "namespaces") {
+        let file = format!(
+            "{}/tests/fixtures/kube/{k}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        api.script(&fake_api::path_of(k), &[v["lists"][0].clone()], &[]);
+    }
+    let ns = |name: String, rv: usize| {
+        serde_json::json!({"kind": "Namespace", "apiVersion": "v1",
+            "metadata": {"name": name, "resourceVersion": rv.to_string(), "uid": format!("uid-{rv}")},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+    };
+    let burst: Vec<serde_json::Value> = (0..40)
+        .map(|i| serde_json::json!({"type": "ADDED", "object": ns(format!("team-{i:02}"), 2000 + i)}))
+        .collect();
+    api.script(
+        "/api/v1/namespaces",
+        &[
+            serde_json::json!({"kind": "NamespaceList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": "1999"}, "items": []}),
+        ],
+        &[burst],
+    );
+    let source = Arc::new(KubeSource::new(
+        api.client(),
+        KubeSourceOptions {
+            debounce: Duration::from_millis(300),
+            initial_sync_timeout: Duration::from_secs(20),
+        },
+    ));
+    let mut rx = source.subscribe();
+    let task = tokio::spawn(Arc::clone(&source).run());
+    let s = wait_for(&mut rx, "all 40 namespaces", |s| s.namespaces.len() == 40).await;
+    // Version 1 is the first complete snapshot; the burst adds at most one more.
+    assert!(
+        s.version() <= 2,
+        "40 events published {} snapshots",
+        s.version()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        source.snapshot().version(),
+        s.version(),
+        "nothing further to publish"
+    );
+    task.abort();
+}
+
+#[tokio::test]
 async fn node_pod_cidr_reads_the_node_object() {
     let api = FakeApi::start();
     api.get(

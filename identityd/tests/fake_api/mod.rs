@@ -164,6 +164,23 @@ impl FakeApi {
         }
     }
 
+    /// Scripts `path` with list responses and watch bodies (each a list of events).
+    pub fn script(
+        &self,
+        path: &str,
+        lists: &[serde_json::Value],
+        watches: &[Vec<serde_json::Value>],
+    ) {
+        let mut s = self.state.lock().unwrap();
+        let script = s.scripts.entry(path.to_owned()).or_default();
+        script.lists.extend(lists.iter().map(ToString::to_string));
+        script.watches.extend(
+            watches
+                .iter()
+                .map(|evs| evs.iter().map(|e| format!("{e}\n")).collect::<String>()),
+        );
+    }
+
     /// Every request to `path` gets `404 NotFound`.
     pub fn not_found(&self, path: &str) {
         self.state

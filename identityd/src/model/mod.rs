@@ -2,9 +2,10 @@
 //! (`apiVersion`/`kind`/`metadata`/`spec`/`status`), their validation, and the versioned
 //! [`ClusterState`] snapshot every reconciler reads.
 //!
-//! Both sources (the directory FileSource, later a KubeSource) produce the same [`Object`]s and
-//! the same snapshot. Types here are plain Rust with serde (camelCase like Kubernetes); no
-//! Kubernetes client types are involved.
+//! Both sources (the directory FileSource and the KubeSource) produce the same [`Object`]s and
+//! the same snapshot. Types here are plain Rust with serde (camelCase like Kubernetes) with their
+//! own [`ObjectMeta`]; the `identityd.io` specs also derive `schemars::JsonSchema` and kube's
+//! `CustomResource`, only to generate the CRDs ([`crd`]).
 //!
 //! Validation ([`Object::validate`]) reports every bad field as `PATH=VALUE: REASON`
 //! ([`FieldError`]); durations (`2s`, `100ms`) are checked with

@@ -885,7 +885,6 @@ fn docs_name_every_value() {
     let schema: Value =
         serde_json::from_str(&read(&dir.join("values.schema.json"))).expect("schema");
     let readme = read(&dir.join("README.md"));
-    let notes = read(&dir.join("templates/NOTES.txt"));
     let mut leaves = vec![];
     fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
         match v.as_object() {
@@ -915,15 +914,6 @@ fn docs_name_every_value() {
         }
         assert!(!node.is_null(), "values.schema.json has no {leaf}");
     }
-    for needle in [
-        "identityd audit --kube",
-        "identityd audit --manifests",
-        "--require-mtls",
-        "kubectl get identitydnodes",
-        "get ds,deploy",
-    ] {
-        assert!(notes.contains(needle), "NOTES.txt lacks `{needle}`");
-    }
     assert!(readme.contains("ipsec") && readme.contains("CONFIG_INET_ESP"));
 }
 
@@ -944,6 +934,58 @@ fn chart_ships_the_four_crds() {
             crds.contains(crd),
             "CRD {crd} is not in the rendered chart (charts/identityd/crds/ is generated from \
              `identityd crds`); rendered CRDs: {crds:?}"
+        );
+    }
+}
+
+/// The install notes, as `helm install --dry-run=client` prints them (no cluster needed).
+fn notes(mode: &str) -> String {
+    let chart = chart();
+    let set = format!("encryption.mode={mode}");
+    let args = [
+        "install",
+        RELEASE,
+        chart.to_str().expect("utf-8 chart path"),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        "--set",
+        &set,
+    ];
+    let out = helm(&args);
+    let all = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{all}{}",
+        text(&out.stderr)
+    );
+    let start = all
+        .find("NOTES:")
+        .unwrap_or_else(|| panic!("no NOTES in:\n{all}"));
+    all[start..].to_owned()
+}
+
+#[test]
+fn notes_say_what_was_installed_and_how_to_check_and_audit() {
+    for mode in MODES {
+        let notes = notes(mode);
+        for needle in [
+            format!("encryption.mode={mode}"),
+            format!("kubectl -n {NAMESPACE} get ds,deploy"),
+            "kubectl get identitydnodes".to_owned(),
+            "identityd audit --kube".to_owned(),
+            "identityd audit --manifests rendered.yaml --require-mtls".to_owned(),
+            format!("helm template {RELEASE} <chart> -n {NAMESPACE} --include-crds"),
+        ] {
+            assert!(
+                notes.contains(&needle),
+                "{mode}: NOTES lack `{needle}`:\n{notes}"
+            );
+        }
+        assert_eq!(
+            notes.contains("CONFIG_INET_ESP"),
+            mode == "ipsec",
+            "{mode}: the ESP caveat belongs to ipsec only:\n{notes}"
         );
     }
 }

@@ -1,16 +1,19 @@
 //! The CA role: the only holder of the CA key. Serves the issuance service (gRPC over TLS):
 //! nodes join once with a token, then ask over mTLS for SVIDs of the pods scheduled on them.
 //! Node authorization comes from the cluster state: the pod must exist, be scheduled on the
-//! asking node, and the SPIFFE ID must be its namespace/service account.
+//! asking node, and the SPIFFE ID must be its namespace/service account. Ingress: a published
+//! node may have the gateway identity when an ingress object of class identityd exists, and a
+//! serving certificate for exactly the hostnames a Gateway listener or Ingress TLS entry lists.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use identityd_certs::service::{Authorizer, Denied, ServingRequest, WorkloadRequest};
 use identityd_certs::service::{CaServer, CaServerOptions};
-use identityd_certs::service::{Denied, WorkloadRequest};
 use identityd_certs::{Ca, CaOptions, TrustDomain};
 
 use crate::daemon::config::DaemonConfig;
+use crate::daemon::ingress;
 use crate::model::{ClusterState, NamespacedName};
 use crate::source::{FileSource, FileSourceOptions};
 
@@ -56,6 +59,111 @@ pub fn authorize(
     Ok(())
 }
 
+/// Whether `node` may have the gateway identity: it is a published node and the cluster has an
+/// ingress object of class identityd (every node serves every ingress listener).
+///
+/// # Errors
+/// Why not.
+pub fn authorize_gateway(state: &ClusterState, node: &str) -> Result<(), Denied> {
+    if state.node(node).is_none() {
+        return Err(Denied(format!(
+            "node {node:?} has published no IdentitydNode"
+        )));
+    }
+    let plan = ingress::plan_ingress(state, ingress::IngressPorts::default());
+    if plan.listeners.is_empty() {
+        return Err(Denied(format!(
+            "no Gateway or Ingress of class {:?} exists; the gateway identity is not needed",
+            ingress::GATEWAY_CLASS
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `node` may have a serving certificate for `req`: a published node, and exactly the
+/// names one listener (Gateway) or TLS entry (Ingress) of that object lists, with no Secret.
+///
+/// # Errors
+/// Why not.
+pub fn authorize_serving(
+    state: &ClusterState,
+    node: &str,
+    req: &ServingRequest,
+) -> Result<(), Denied> {
+    if state.node(node).is_none() {
+        return Err(Denied(format!(
+            "node {node:?} has published no IdentitydNode"
+        )));
+    }
+    let mut names = req.dns_names.clone();
+    names.sort();
+    names.dedup();
+    let wants = ingress::cert_wants(state, ingress::IngressPorts::default());
+    let of_object: Vec<_> = wants
+        .iter()
+        .filter(|w| w.kind == req.kind && w.namespace == req.namespace && w.name == req.name)
+        .collect();
+    if of_object.is_empty() {
+        return Err(Denied(format!(
+            "{} {}/{} does not exist, is not of class {:?}, or needs no certificate from identityd's CA",
+            req.kind,
+            req.namespace,
+            req.name,
+            ingress::GATEWAY_CLASS
+        )));
+    }
+    if of_object.iter().any(|w| w.dns_names == names) {
+        Ok(())
+    } else {
+        Err(Denied(format!(
+            "{} {}/{} lists {:?}, not {names:?}",
+            req.kind,
+            req.namespace,
+            req.name,
+            of_object.iter().map(|w| &w.dns_names).collect::<Vec<_>>()
+        )))
+    }
+}
+
+/// The CA's authorizer over the latest cluster snapshot.
+struct ClusterAuthorizer {
+    latest: Arc<Mutex<Arc<ClusterState>>>,
+    td: TrustDomain,
+}
+
+impl std::fmt::Debug for ClusterAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAuthorizer")
+            .field("td", &self.td.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterAuthorizer {
+    fn state(&self) -> Arc<ClusterState> {
+        Arc::clone(
+            &self
+                .latest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl Authorizer for ClusterAuthorizer {
+    fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied> {
+        authorize(&self.state(), &self.td, node, req)
+    }
+
+    fn authorize_gateway(&self, node: &str) -> Result<(), Denied> {
+        authorize_gateway(&self.state(), node)
+    }
+
+    fn authorize_serving(&self, node: &str, req: &ServingRequest) -> Result<(), Denied> {
+        authorize_serving(&self.state(), node, req)
+    }
+}
+
 /// Runs the CA role until SIGTERM.
 ///
 /// # Errors
@@ -86,14 +194,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
             *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
         }
     });
-    let td2 = td.clone();
-    let authorizer = move |node: &str, req: &WorkloadRequest| {
-        let state = Arc::clone(
-            &latest
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        authorize(&state, &td2, node, req)
+    let authorizer = ClusterAuthorizer {
+        latest,
+        td: td.clone(),
     };
     let server = CaServer::new(
         Arc::new(Mutex::new(ca)),

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod ca;
 pub mod config;
+pub mod ingress;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -221,6 +221,7 @@ mod tests {
             listen: None,
             ca: None,
             envoy: None,
+            ingress: Default::default(),
         }
     }
 

@@ -285,7 +285,7 @@ fn node_config(
         clusters.join(", "),
         wg_bin.display(),
         envoy.map_or(String::new(), |e| format!(
-            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {}, adminPort: 15000 }}\n",
+            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {}, adminPort: 15000 }}\ningress: {{ httpPort: 8080, httpsPort: 8443 }}\n",
             dir.join("ca/bundle.pem").display(),
             node_dir.join("state/join-token").display(),
             e.display()

@@ -171,9 +171,14 @@ async fn grpc_through_a_grpcroute_over_tls_with_a_certificate_from_identityds_ca
     // The node: joins, asks for exactly what the ingress plan needs.
     let tok_path = dir.path().join("token");
     tokens::mint_to_file(&ca_dir, "n1", &tok_path, HOUR, SystemTime::now()).unwrap();
-    let joined = CaClient::join(&ca_addr, "n1", &JoinToken::read(&tok_path).unwrap(), &bundle)
-        .await
-        .unwrap();
+    let joined = CaClient::join(
+        &ca_addr,
+        "n1",
+        &JoinToken::read(&tok_path).unwrap(),
+        &bundle,
+    )
+    .await
+    .unwrap();
     let client = CaClient::connect_mtls(&ca_addr, &joined.svid, &bundle)
         .await
         .unwrap();

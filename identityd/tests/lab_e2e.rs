@@ -266,6 +266,57 @@ fn sarif_validation_catches_a_broken_log(dir: &Path) {
     );
 }
 
+/// The Gateway's and the Ingress's listeners on every node: TLS verified against the lab's
+/// bundle for the hostname identityd's CA issued the certificate for, the HTTPRoute's header
+/// filter applied, the strict backend reached over mTLS with the gateway identity, and a name
+/// the certificate does not carry refused by the client.
+fn ingress_is_served_with_ca_issued_certificates(dir: &Path, stdout: &str) {
+    assert_eq!(
+        stdout
+            .matches("Gateway shop/public https (web.shop.example)            OK")
+            .count()
+            + stdout
+                .matches("Ingress shop/web-legacy https (legacy.shop.example)     OK")
+                .count()
+            + stdout
+                .matches("Gateway shop/public http (web.shop.example)             OK")
+                .count(),
+        9,
+        "every node serves the three ingress listeners:\n{stdout}"
+    );
+    let bundle = dir.join("ca/bundle.pem");
+    let get = |url: &str, host: &str| {
+        let o = Command::new(BIN)
+            .args(["lab", "get", url, "--host", host, "--ca"])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, body) = get("https://10.99.0.12:8443/", "web.shop.example");
+    assert!(ok, "{body}");
+    assert!(
+        body.contains("x-ingress: identityd"),
+        "HTTPRoute filter: {body}"
+    );
+    assert!(
+        body.contains("URI=spiffe://cluster.local/identityd/gateway"),
+        "the strict backend saw the gateway identity over mTLS: {body}"
+    );
+    let (ok, body) = get("https://10.99.0.12:8443/", "other.shop.example");
+    assert!(
+        !ok && body.contains("not valid for name"),
+        "a name the CA did not issue for is refused by the client: {body}"
+    );
+}
+
 fn capture_start(path: &Path) -> std::process::Child {
     let c = Command::new(identityd_tests::tools::tcpdump())
         .args(["-i", "idd-fabric", "-U", "-s", "0", "-w"])
@@ -365,6 +416,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "the 90/10 HTTPRoute sends some but few requests to v2: {split}"
     );
     node_authorization_is_enforced(&lab.dir);
+    ingress_is_served_with_ca_issued_certificates(&lab.dir, &stdout);
     // Strict mTLS on the server side: plaintext TCP that reaches a strict pod's node through
     // the tunnel without going through the node's Envoy (here: from n1's own namespace, which
     // the classifier does not proxy) is dropped by the inbound ruleset.

@@ -661,6 +661,14 @@ impl Mesh {
             match r {
                 Ok(Ok(s)) => {
                     tracing::info!(%id, "SVID issued");
+                    let idstr = id.to_string();
+                    if self
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with(&format!("SVID for {idstr} ")))
+                    {
+                        self.last_error = None;
+                    }
                     let refresh_at = half_life(&s);
                     self.held.insert(
                         id.clone(),

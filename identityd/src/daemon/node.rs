@@ -551,6 +551,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), NodeError> {
                 st.bundle_roots = m.bundle_roots();
                 st.inbound_workloads = m.inbound_workloads().to_vec();
                 st.envoy_ready = envoy_ready;
+                let now = std::time::SystemTime::now();
+                st.ingress_certificates = m
+                    .serving_certs()
+                    .into_iter()
+                    .map(|(names, not_after)| {
+                        let left = not_after.duration_since(now).unwrap_or_default().as_secs();
+                        (names.join(","), left)
+                    })
+                    .collect();
                 if let Some(e) = &m.last_error {
                     st.problems.push(e.clone());
                 }

@@ -594,9 +594,10 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "the Envoy was adopted, not restarted: {}",
         st[1]
     );
+    // client, web and the gateway identity of the ingress listeners.
     assert_eq!(
         st[1]["svids"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{}",
         st[1]
     );

@@ -13,8 +13,10 @@ use identityd_certs::service::{CaServer, CaServerOptions};
 use identityd_certs::{Ca, CaOptions, TrustDomain};
 
 use crate::daemon::config::DaemonConfig;
-use crate::daemon::ingress;
+use crate::daemon::{ingress, rotation};
+use crate::model::identityd::KeyRotationStatus;
 use crate::model::{ClusterState, NamespacedName};
+use crate::model::{KeyRotation, Object};
 use crate::source::{FileSource, FileSourceOptions};
 
 /// Start-up failures of the CA role.
@@ -164,6 +166,61 @@ impl Authorizer for ClusterAuthorizer {
     }
 }
 
+/// Drives `KeyRotation` objects ([`rotation::controller_steps`]) and writes their status.
+struct Controller {
+    source: Arc<FileSource>,
+    ca: Arc<Mutex<Ca>>,
+    ca_dir: std::path::PathBuf,
+    server: CaServer,
+}
+
+impl Controller {
+    fn step(&self, state: &ClusterState) {
+        let now = rotation::now_rfc3339();
+        for step in rotation::controller_steps(state, &now) {
+            let Some(kr) = state.key_rotations.get(&step.name) else {
+                continue;
+            };
+            let mut status = step.status.clone();
+            if let Some(overlap) = step.ca_rollover {
+                self.write(kr, status.clone());
+                let result = {
+                    let mut ca = self
+                        .ca
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    ca.rollover(&self.ca_dir, overlap, SystemTime::now())
+                        .map(|()| {
+                            format!(
+                                "new root (bundle sequence {}); the previous root stays in the bundle for {}s",
+                                ca.bundle(SystemTime::now()).sequence(),
+                                overlap.as_secs()
+                            )
+                        })
+                        .map_err(|e| format!("rollover: {e}"))
+                };
+                if result.is_ok()
+                    && let Err(e) = self.server.refresh()
+                {
+                    tracing::warn!(error = %e, "CA service refresh after the rollover");
+                }
+                tracing::info!(rotation = %step.name, ?result, "KeyRotation ca");
+                status = rotation::ca_rollover_done(kr, result, &now);
+            }
+            tracing::info!(rotation = %step.name, phase = ?status.phase, "KeyRotation status");
+            self.write(kr, status);
+        }
+    }
+
+    fn write(&self, kr: &KeyRotation, status: KeyRotationStatus) {
+        let mut kr = kr.clone();
+        kr.status = Some(status);
+        if let Err(e) = self.source.apply(&Object::KeyRotation(kr.clone())) {
+            tracing::warn!(rotation = %kr.metadata.name, error = %e, "writing KeyRotation status");
+        }
+    }
+}
+
 /// Runs the CA role until SIGTERM.
 ///
 /// # Errors
@@ -188,23 +245,34 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
     let _poll = source.spawn();
     let mut rx = source.subscribe();
     let l2 = Arc::clone(&latest);
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let s = rx.borrow_and_update().clone();
-            *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
-        }
-    });
     let authorizer = ClusterAuthorizer {
         latest,
         td: td.clone(),
     };
+    let ca = Arc::new(Mutex::new(ca));
     let server = CaServer::new(
-        Arc::new(Mutex::new(ca)),
+        Arc::clone(&ca),
         &ca_dir,
         Arc::new(authorizer),
         CaServerOptions::default(),
     )
     .map_err(|e| CaRoleError(e.to_string()))?;
+    // The cluster's controller: keeps the authorizer's snapshot current and drives
+    // KeyRotation objects (written back through the source).
+    let controller = Controller {
+        source: Arc::clone(&source),
+        ca,
+        ca_dir: ca_dir.clone(),
+        server: server.clone(),
+    };
+    controller.step(&source.snapshot());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&s);
+            controller.step(&s);
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CaRoleError(format!("listen={listen}: {e}")))?;

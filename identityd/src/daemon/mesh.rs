@@ -29,6 +29,8 @@ use crate::model::{ClusterState, MtlsMode};
 pub const INBOUND_PORT: u16 = identityd_envoy::INBOUND_MTLS_PORT;
 /// Envoy's outbound (TPROXY) port.
 pub const OUTBOUND_PORT: u16 = identityd_envoy::OUTBOUND_PORT;
+/// How often a node asks the CA for its trust bundle.
+pub const BUNDLE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The nftables table for inbound mTLS TPROXY.
 pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
 
@@ -484,6 +486,8 @@ pub struct Mesh {
     node_svid: Svid,
     node_refresh_at: SystemTime,
     bundle_pem: String,
+    /// When the trust bundle is asked for again (a CA rollover adds a root).
+    bundle_check_at: SystemTime,
     held: BTreeMap<SpiffeId, Held>,
     cache: Arc<XdsCache>,
     envoy: Option<Child>,
@@ -603,6 +607,7 @@ impl Mesh {
             node_svid,
             node_refresh_at,
             bundle_pem,
+            bundle_check_at: SystemTime::now() + BUNDLE_CHECK_INTERVAL,
             held: BTreeMap::new(),
             cache,
             envoy: None,
@@ -644,6 +649,27 @@ impl Mesh {
                     errors.push(format!("renewing the node SVID: {e}"));
                 }
             }
+        }
+        // The trust bundle: asked for every BUNDLE_CHECK_INTERVAL, and taken from the CA's
+        // answers, so a rollover's new root reaches Envoy's validation context before any
+        // SVID issued under it does.
+        if now >= self.bundle_check_at {
+            self.bundle_check_at = now + BUNDLE_CHECK_INTERVAL;
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_secs(5), self.client.fetch_bundle()).await
+            {
+                errors.push(format!("fetching the trust bundle: {e}"));
+            }
+        }
+        let current = self
+            .client
+            .bundle()
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_pem();
+        if current != self.bundle_pem {
+            tracing::info!("trust bundle changed");
+            self.bundle_pem = current;
         }
         let wanted = wanted_identities(state, &cfg.name, &self.td);
         self.held.retain(|id, _| wanted.contains_key(id));

@@ -8,3 +8,4 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod plan;
+pub mod rotation;

@@ -315,6 +315,69 @@ fn ingress_is_served_with_ca_issued_certificates(dir: &Path, stdout: &str) {
         !ok && body.contains("not valid for name"),
         "a name the CA did not issue for is refused by the client: {body}"
     );
+
+    // The controller writes Accepted conditions onto the objects.
+    let cluster = dir.join("cluster");
+    let wait_file = |name: &str, want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(cluster.join(name)).unwrap_or_default();
+            if text.contains(want) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never showed {want:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for f in [
+        "httproute-shop-web-public.yaml",
+        "httproute-shop-web-split.yaml",
+        "gateway-shop-public.yaml",
+        "trafficpolicy-shop-web-resilience.yaml",
+    ] {
+        let text = wait_file(f, "reason: Accepted");
+        assert!(text.contains("status: \"True\""), "{f}:\n{text}");
+    }
+    // A route to a backend that does not exist: Accepted=False naming it, never pushed; the
+    // last good config keeps serving the ingress.
+    std::fs::write(
+        cluster.join("httproute-shop-broken.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: broken\n  namespace: shop\n\
+         spec:\n  parentRefs:\n  - {name: public}\n  hostnames: [broken.shop.example]\n  rules:\n  - backendRefs: [{name: no-such-service, port: 80}]\n",
+    )
+    .unwrap();
+    let text = wait_file("httproute-shop-broken.yaml", "reason: Invalid");
+    assert!(text.contains("no-such-service"), "{text}");
+    assert!(
+        text.contains("controllerName: identityd.io/gateway-controller"),
+        "{text}"
+    );
+    wait_for_status(dir, 15, "nodes report the refused route", |st| {
+        st.as_array().is_some_and(|ns| {
+            ns.iter().all(|n| {
+                n["problems"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|x| x.as_str().unwrap_or("").contains("no-such-service"))
+                })
+            })
+        })
+    });
+    let (ok, body) = get("https://10.99.0.12:8443/", "web.shop.example");
+    assert!(ok, "the last good config keeps serving: {body}");
+    std::fs::remove_file(cluster.join("httproute-shop-broken.yaml")).unwrap();
+    wait_for_status(dir, 15, "the refused route is gone", |st| {
+        st.as_array().is_some_and(|ns| {
+            ns.iter().all(|n| {
+                !n["problems"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|x| x.as_str().unwrap_or("").contains("no-such-service"))
+                })
+            })
+        })
+    });
 }
 
 /// Waits until the KeyRotation in `file` shows `phase: <phase>`; returns the file.
@@ -571,7 +634,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     );
     let out = Command::new(BIN)
         .args(["audit", "--require-mtls", "shop,front", "--manifests"])
-        .arg(lab.dir.join("cluster/lab.yaml"))
+        .arg(lab.dir.join("cluster"))
         .output()
         .unwrap();
     assert!(

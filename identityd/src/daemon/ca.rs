@@ -13,11 +13,11 @@ use identityd_certs::service::{CaServer, CaServerOptions};
 use identityd_certs::{Ca, CaOptions, TrustDomain};
 
 use crate::daemon::config::DaemonConfig;
-use crate::daemon::{ingress, rotation};
+use crate::daemon::{conditions, ingress, rotation};
 use crate::model::identityd::KeyRotationStatus;
 use crate::model::{ClusterState, NamespacedName};
 use crate::model::{KeyRotation, Object};
-use crate::source::{FileSource, FileSourceOptions};
+use crate::source::{FileSource, FileSourceOptions, SourceError};
 
 /// Start-up failures of the CA role.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,7 @@ impl Authorizer for ClusterAuthorizer {
 
 /// Drives `KeyRotation` objects ([`rotation::controller_steps`]) and writes their status.
 struct Controller {
+    td: TrustDomain,
     source: Arc<FileSource>,
     ca: Arc<Mutex<Ca>>,
     ca_dir: std::path::PathBuf,
@@ -209,6 +210,17 @@ impl Controller {
             }
             tracing::info!(rotation = %step.name, phase = ?status.phase, "KeyRotation status");
             self.write(kr, status);
+        }
+        // `Accepted` conditions on L7 objects. Objects sharing a file with others cannot get
+        // a status written (the source refuses to rewrite a multi-document file).
+        for obj in conditions::status_updates(state, &self.td, &now) {
+            match self.source.apply(&obj) {
+                Ok(_) => tracing::info!(object = %obj.key(), "status written"),
+                Err(SourceError::SharedFile { .. }) => {
+                    tracing::debug!(object = %obj.key(), "status not written: shared file");
+                }
+                Err(e) => tracing::warn!(object = %obj.key(), error = %e, "writing status"),
+            }
         }
     }
 
@@ -260,6 +272,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
     // The cluster's controller: keeps the authorizer's snapshot current and drives
     // KeyRotation objects (written back through the source).
     let controller = Controller {
+        td: td.clone(),
         source: Arc::clone(&source),
         ca,
         ca_dir: ca_dir.clone(),

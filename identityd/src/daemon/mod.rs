@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod conditions;
 pub mod config;
 pub mod ingress;
 pub mod mesh;

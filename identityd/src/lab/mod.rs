@@ -395,11 +395,21 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         );
     }
     let mtls = envoy.is_some();
-    std::fs::write(
-        dir.join("cluster/lab.yaml"),
-        cluster_yaml(opts.nodes, &pods, mtls),
-    )
-    .map_err(|e| io_err(dir, e))?;
+    // One object per file, as `kubectl apply` users keep them: the controller can then write
+    // each object's status back into its own file.
+    for doc in cluster_yaml(opts.nodes, &pods, mtls).split("\n---\n") {
+        let key = crate::source::decode::decode_all(doc)
+            .into_iter()
+            .find_map(|(_, r)| r.ok().flatten())
+            .map(|o| o.key())
+            .ok_or_else(|| LabError::Io(format!("the lab's own manifest is invalid:\n{doc}")))?;
+        std::fs::write(
+            dir.join("cluster")
+                .join(crate::source::file::file_name(&key)),
+            format!("{}\n", doc.trim_end()),
+        )
+        .map_err(|e| io_err(dir, e))?;
+    }
     if let Some(m) = &opts.manifests {
         let entries = std::fs::read_dir(m).map_err(|e| io_err(m, e))?;
         for e in entries.filter_map(Result::ok) {
@@ -576,7 +586,12 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
                 what: missing.join("; "),
             });
         }
-        for a in pods.iter().filter(|p| p.app == "client") {
+        // Ping only once every node has every peer in its device: before that, strict mode
+        // rightly drops the packet (and the drop would show in `identityd audit`).
+        let all_peers = !missing
+            .iter()
+            .any(|m| m.contains(" peers") || m.contains(": "));
+        for a in pods.iter().filter(|p| all_peers && p.app == "client") {
             for b in pods.iter().filter(|p| p.node != a.node && p.app == "web") {
                 let _ = Command::new("ip")
                     .args([

@@ -44,6 +44,11 @@ pub fn l7_problems(state: &ClusterState, td: &TrustDomain) -> BTreeMap<String, V
             chain_pem: String::new(),
             key_pem: String::new(),
         })
+        .chain(plan.secret_certs.iter().map(|c| SvidPem {
+            id: c.sds.clone(),
+            chain_pem: String::new(),
+            key_pem: String::new(),
+        }))
         .collect();
     let gw = identityd_certs::service::gateway_id(td).to_string();
     mesh.svids.push(SvidPem {

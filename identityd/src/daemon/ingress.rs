@@ -6,8 +6,8 @@
 //! TLS without a Secret (a Gateway listener with no `certificateRefs`, an Ingress `tls` entry
 //! with no `secretName`) gets a serving certificate from identityd's CA for the listed
 //! hostnames: [`IngressPlan::certs`] says what each node asks for, and the CA role authorizes
-//! exactly those requests ([`cert_wants`]). Certificates from Secrets are not served yet; such
-//! listeners are reported as problems and left out.
+//! exactly those requests ([`cert_wants`]). A listener that names a `kubernetes.io/tls` Secret
+//! (same namespace; no ReferenceGrant support) serves its `tls.crt`/`tls.key` over SDS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,6 +57,33 @@ pub struct CertWant {
     pub dns_names: Vec<String>,
 }
 
+/// A certificate an ingress listener takes from a `kubernetes.io/tls` Secret (resolved from
+/// cluster state when the node builds its Envoy config; the plan holds no key material).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretCert {
+    /// SDS secret name the listener refers to (`secret/<ns>/<name>`).
+    pub sds: String,
+    /// The Secret's namespace.
+    pub namespace: String,
+    /// The Secret's name.
+    pub name: String,
+}
+
+fn secret_sds_name(ns: &str, name: &str) -> String {
+    format!("secret/{ns}/{name}")
+}
+
+/// Why the Secret `ns/name` cannot serve as a listener certificate, if it cannot.
+fn secret_problem(state: &ClusterState, ns: &str, name: &str) -> Option<String> {
+    match state.secrets.get(&NamespacedName::new(ns, name)) {
+        None => Some(format!("Secret {ns}/{name} does not exist")),
+        Some(s) if s.tls_pem().is_none() => {
+            Some(format!("Secret {ns}/{name} has no PEM tls.crt and tls.key"))
+        }
+        Some(_) => None,
+    }
+}
+
 /// Listeners, routes and certificates of the cluster's ingress and L7 mesh routing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IngressPlan {
@@ -66,6 +93,8 @@ pub struct IngressPlan {
     pub routes: Vec<l7m::HttpRoute>,
     /// CA-issued certificates the listeners refer to (by [`CertWant::secret`]).
     pub certs: Vec<CertWant>,
+    /// Certificates from Secrets the listeners refer to (by [`SecretCert::sds`]).
+    pub secret_certs: Vec<SecretCert>,
     /// What could not be served, per object (`Gateway ns/name: spec.listeners[0]…: why`).
     pub problems: Vec<String>,
 }
@@ -126,9 +155,54 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                         continue;
                     }
                     if !t.certificate_refs.is_empty() {
-                        plan.problems.push(format!(
-                            "{obj}: {field}.tls.certificateRefs: certificates from Secrets are not served yet; leave certificateRefs empty for a certificate from identityd's CA"
+                        let mut certificates = Vec::new();
+                        let mut bad = false;
+                        for (j, r) in t.certificate_refs.iter().enumerate() {
+                            let f = format!("{field}.tls.certificateRefs[{j}]");
+                            let kind_ok = r.kind.as_deref().unwrap_or("Secret") == "Secret"
+                                && r.group.as_deref().unwrap_or("").is_empty();
+                            let ns = r.namespace.as_deref().unwrap_or(&key.namespace);
+                            let why = if !kind_ok {
+                                Some("only core Secrets are supported".to_owned())
+                            } else if ns != key.namespace {
+                                Some(format!(
+                                    "namespace {ns}: a Secret in another namespace needs a ReferenceGrant, which identityd does not support"
+                                ))
+                            } else {
+                                secret_problem(state, ns, &r.name)
+                            };
+                            if let Some(why) = why {
+                                plan.problems
+                                    .push(format!("{obj}: {f}.name={}: {why}", r.name));
+                                bad = true;
+                                continue;
+                            }
+                            let sds = secret_sds_name(ns, &r.name);
+                            plan.secret_certs.push(SecretCert {
+                                sds: sds.clone(),
+                                namespace: ns.to_owned(),
+                                name: r.name.clone(),
+                            });
+                            certificates.push(l7m::IngressCertificate {
+                                hostnames: l.hostname.iter().cloned().collect(),
+                                source: l7m::CertSource::Sds(sds),
+                            });
+                        }
+                        if bad {
+                            continue;
+                        }
+                        used_ports.insert(port, lname.clone());
+                        gw_listeners.entry(key.clone()).or_default().push((
+                            lname.clone(),
+                            l.name.clone(),
+                            port,
                         ));
+                        plan.listeners.push(l7m::IngressListener {
+                            name: lname,
+                            address: SocketAddr::new(any(), port),
+                            http: l7m::HttpVersions::Auto,
+                            tls: Some(l7m::ListenerTls { certificates }),
+                        });
                         continue;
                     }
                     let Some(host) = l.hostname.clone() else {
@@ -193,6 +267,8 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
         plan.routes.push(grpc_route(key, r, parents));
     }
     plan.certs.sort();
+    plan.secret_certs.sort();
+    plan.secret_certs.dedup();
     plan
 }
 
@@ -216,10 +292,22 @@ fn ingress_objects(
     for (key, ing) in &ours {
         let obj = format!("Ingress {}/{}", key.namespace, key.name);
         for (i, t) in ing.spec.tls.iter().enumerate() {
-            if t.secret_name.is_some() {
-                plan.problems.push(format!(
-                    "{obj}: spec.tls[{i}].secretName: certificates from Secrets are not served yet; omit secretName for a certificate from identityd's CA"
-                ));
+            if let Some(secret) = &t.secret_name {
+                if let Some(why) = secret_problem(state, &key.namespace, secret) {
+                    plan.problems
+                        .push(format!("{obj}: spec.tls[{i}].secretName={secret}: {why}"));
+                    continue;
+                }
+                let sds = secret_sds_name(&key.namespace, secret);
+                plan.secret_certs.push(SecretCert {
+                    sds: sds.clone(),
+                    namespace: key.namespace.clone(),
+                    name: secret.clone(),
+                });
+                certificates.push(l7m::IngressCertificate {
+                    hostnames: sorted_names(t.hosts.iter().cloned()),
+                    source: l7m::CertSource::Sds(sds),
+                });
                 continue;
             }
             if t.hosts.is_empty() {
@@ -839,6 +927,97 @@ spec:
         }
         assert_eq!(p.listeners.len(), 1);
         assert!(p.certs.is_empty());
+    }
+
+    #[test]
+    fn listeners_serve_certificates_from_tls_secrets_and_name_bad_ones() {
+        use crate::daemon::mesh::{IngressInputs, plan_mesh_with};
+        use identityd_certs::{Ca, CaOptions, TrustDomain};
+        use std::time::{Duration, SystemTime};
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let ca = Ca::init(dir.path(), td.clone(), CaOptions::default(), now).unwrap();
+        let c = ca
+            .issue_serving(
+                &["own.shop.example".to_owned()],
+                Duration::from_secs(600),
+                now,
+            )
+            .unwrap();
+        let indent = |t: &str| {
+            t.lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        };
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: own-cert, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&c.chain_pem()).replace("      ", "    "),
+            indent(&c.key().to_pem()).replace("      ", "    ")
+        );
+        let st = state(&format!(
+            "{secret}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: own, namespace: shop}}\n\
+             spec:\n  gatewayClassName: identityd\n  listeners:\n\
+             \x20 - {{name: https, port: 9443, protocol: HTTPS, hostname: own.shop.example, tls: {{certificateRefs: [{{name: own-cert}}]}}}}\n\
+             \x20 - {{name: missing, port: 9444, protocol: HTTPS, tls: {{certificateRefs: [{{name: nope}}]}}}}\n\
+             \x20 - {{name: other-ns, port: 9445, protocol: HTTPS, tls: {{certificateRefs: [{{name: own-cert, namespace: front}}]}}}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: own, namespace: shop}}\n\
+             spec:\n  ingressClassName: identityd\n  tls: [{{hosts: [own.shop.example], secretName: own-cert}}]\n\
+             \x20 rules: [{{host: own.shop.example, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]\n"
+        ));
+        assert!(
+            !format!("{:?}", st.secrets).contains("PRIVATE KEY"),
+            "Debug redacts Secret values"
+        );
+        let p = plan_ingress(&st, ports());
+        let all = p.problems.join("\n");
+        assert!(all.contains("spec.listeners[1].tls.certificateRefs[0].name=nope: Secret shop/nope does not exist"), "{all}");
+        assert!(
+            all.contains("spec.listeners[2].tls.certificateRefs[0].name=own-cert: namespace front"),
+            "{all}"
+        );
+        assert_eq!(
+            p.secret_certs.len(),
+            1,
+            "the Gateway and the Ingress share one SDS secret"
+        );
+        let gw = identityd_certs::service::gateway_id(&td);
+        let gw_svids: BTreeMap<_, _> = [(
+            gw.clone(),
+            std::sync::Arc::new(ca.issue(&gw, Duration::from_secs(600), now).unwrap()),
+        )]
+        .into();
+        assert!(p.certs.is_empty(), "nothing asked of the CA");
+        let (m, problems) = plan_mesh_with(
+            &st,
+            "n1",
+            &td,
+            &gw_svids,
+            "",
+            &IngressInputs {
+                ports: ports(),
+                certs: BTreeMap::new(),
+            },
+        );
+        let names: Vec<&str> = m.l7.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert!(
+            names.contains(&"shop/own/https") && names.contains(&INGRESS_HTTPS_LISTENER),
+            "{names:?} {problems:?}"
+        );
+        assert_eq!(m.l7.tls_secrets.len(), 1);
+        assert!(m.l7.tls_secrets[0].key_pem.contains("PRIVATE KEY"));
+        identityd_envoy::translate::translate_checked(&m).expect("valid");
+
+        // A TLS Secret without PEM is refused by validation without echoing its value.
+        let bad = crate::source::decode::decode_all(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: bad, namespace: shop}\ntype: kubernetes.io/tls\nstringData: {tls.crt: hunter2, tls.key: hunter3}\n",
+        );
+        let e = format!("{:?}", bad.into_iter().next().unwrap().1.unwrap_err());
+        assert!(
+            e.contains("tls.crt must hold PEM") && !e.contains("hunter"),
+            "{e}"
+        );
     }
 
     #[test]

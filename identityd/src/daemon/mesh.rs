@@ -265,7 +265,12 @@ fn ingress_l7(
                 .iter()
                 .flat_map(|t| &t.certificates)
                 .filter_map(|c| match &c.source {
-                    CertSource::Sds(n) if !inputs.certs.contains_key(n) => Some(n.as_str()),
+                    CertSource::Sds(n)
+                        if !inputs.certs.contains_key(n)
+                            && !plan.secret_certs.iter().any(|c| &c.sds == n) =>
+                    {
+                        Some(n.as_str())
+                    }
                     _ => None,
                 })
                 .collect();
@@ -301,6 +306,17 @@ fn ingress_l7(
                 key_pem: c.key().to_pem().to_string(),
             })
         })
+        .chain(plan.secret_certs.iter().filter_map(|s| {
+            let (chain_pem, key_pem) = state
+                .secrets
+                .get(&crate::model::NamespacedName::new(&s.namespace, &s.name))?
+                .tls_pem()?;
+            Some(SvidPem {
+                id: s.sds.clone(),
+                chain_pem,
+                key_pem: key_pem.to_string(),
+            })
+        }))
         .collect();
     let gw = identityd_certs::service::gateway_id(td);
     let gateway_id = (!listeners.is_empty() && svids.contains_key(&gw)).then(|| gw.to_string());

@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use self::core::{
     Container, ContainerPort, Ingress, IngressSpec, IntOrString, MTLS_ANNOTATION, MtlsMode,
-    Namespace, Pod, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+    Namespace, Pod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
 };
 pub use self::gateway::{
     BackendRef, Gateway, GatewaySpec, GrpcRoute, GrpcRouteSpec, HttpRoute, HttpRouteSpec,
@@ -93,11 +93,13 @@ pub enum Kind {
     GrpcRoute,
     /// `networking.k8s.io/v1 Ingress`.
     Ingress,
+    /// `v1 Secret` (TLS certificates of ingress listeners).
+    Secret,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::IdentitydNode,
         Kind::KeyRotation,
         Kind::TrafficPolicy,
@@ -109,6 +111,7 @@ impl Kind {
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::Ingress,
+        Kind::Secret,
     ];
 
     /// The `kind` string.
@@ -126,6 +129,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::Ingress => "Ingress",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -137,7 +141,7 @@ impl Kind {
             | Kind::KeyRotation
             | Kind::TrafficPolicy
             | Kind::AuthorizationPolicy => &[IDENTITYD_API_VERSION],
-            Kind::Namespace | Kind::Pod | Kind::Service => &["v1"],
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::Secret => &["v1"],
             Kind::Gateway | Kind::HttpRoute => &[
                 "gateway.networking.k8s.io/v1",
                 "gateway.networking.k8s.io/v1beta1",
@@ -236,6 +240,8 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     /// `Ingress`.
     Ingress(Ingress),
+    /// `Secret`.
+    Secret(Secret),
 }
 
 macro_rules! each {
@@ -252,6 +258,7 @@ macro_rules! each {
             Object::HttpRoute($o) => $e,
             Object::GrpcRoute($o) => $e,
             Object::Ingress($o) => $e,
+            Object::Secret($o) => $e,
         }
     };
 }
@@ -277,6 +284,7 @@ impl Object {
             Kind::HttpRoute => Object::HttpRoute(Deserialize::deserialize(d)?),
             Kind::GrpcRoute => Object::GrpcRoute(Deserialize::deserialize(d)?),
             Kind::Ingress => Object::Ingress(Deserialize::deserialize(d)?),
+            Kind::Secret => Object::Secret(Deserialize::deserialize(d)?),
         })
     }
 
@@ -295,6 +303,7 @@ impl Object {
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::Ingress(_) => Kind::Ingress,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -367,6 +376,7 @@ impl Object {
             Object::HttpRoute(o) => o.check(&mut errs),
             Object::GrpcRoute(o) => o.check(&mut errs),
             Object::Ingress(o) => o.check(&mut errs),
+            Object::Secret(o) => o.check(&mut errs),
         }
         errs.finish()
     }

@@ -291,6 +291,69 @@ fn check_csr(csr_der: &[u8], id: &SpiffeId) -> Result<Vec<u8>, Error> {
     Ok(spki.to_vec())
 }
 
+/// Checks a serving-certificate CSR: DER, proof of possession, P-256, and the DNS SANs it
+/// requests (if any) exactly `names` with no other SAN type. Returns the SPKI (DER).
+fn check_serving_csr(csr_der: &[u8], names: &[String]) -> Result<Vec<u8>, Error> {
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::Csr(format!("not a DER PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::Csr("trailing bytes after the request".to_owned()));
+    }
+    csr.verify_signature().map_err(|_| {
+        Error::Csr("signature does not verify (no proof of possession of the key)".to_owned())
+    })?;
+    let spki = csr.certification_request_info.subject_pki.raw;
+    if !x509::is_p256_spki(spki) {
+        return Err(Error::Csr(format!(
+            "key type: expected ECDSA P-256, got algorithm {}",
+            csr.certification_request_info
+                .subject_pki
+                .algorithm
+                .algorithm
+        )));
+    }
+    if let Some(exts) = csr.requested_extensions() {
+        for ext in exts {
+            match ext {
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    let mut dns = Vec::new();
+                    for n in &san.general_names {
+                        match n {
+                            GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                            other => {
+                                return Err(Error::Csr(format!(
+                                    "subjectAltName: a serving certificate carries DNS names only, found {other}"
+                                )));
+                            }
+                        }
+                    }
+                    let mut want = names.to_vec();
+                    want.sort();
+                    dns.sort();
+                    if dns != want {
+                        return Err(Error::Csr(format!(
+                            "subjectAltName: requests {dns:?}, but the authorized names are {want:?}"
+                        )));
+                    }
+                }
+                ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                    return Err(Error::Csr(
+                        "basicConstraints: cA=true requested; a serving certificate cannot be a CA"
+                            .to_owned(),
+                    ));
+                }
+                ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
+                    return Err(Error::Csr(
+                        "keyUsage: keyCertSign/cRLSign requested; not allowed on a leaf".to_owned(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(spki.to_vec())
+}
+
 impl Ca {
     /// Creates a new CA in `dir` (which must not already hold one).
     ///
@@ -583,6 +646,83 @@ impl Ca {
             chain.push(i.cert.clone());
         }
         Ok(chain)
+    }
+
+    /// Signs a serving certificate for ingress hostnames from a CSR: DNS SANs exactly `names`
+    /// (checked with [`crate::serving::check_dns_names`]), `serverAuth` only, no URI SAN, so
+    /// it can never pass as an SVID. The caller decides which names the requester may have.
+    /// Lifetime as [`Ca::sign_csr`]. Returns the chain, leaf first.
+    ///
+    /// # Errors
+    /// A name, CSR or TTL rule that failed.
+    pub fn sign_serving_csr(
+        &self,
+        csr_der: &[u8],
+        names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<CertificateDer<'static>>, Error> {
+        crate::serving::check_dns_names(names)?;
+        let spki = check_serving_csr(csr_der, names)?;
+        let signer = self.signer();
+        let ttl = ttl.min(self.options.max_svid_ttl);
+        if ttl.is_zero() {
+            return Err(Error::Ttl("requested ttl is 0".to_owned()));
+        }
+        let not_after = (now + ttl).min(signer.not_after);
+        if not_after <= now {
+            return Err(Error::Ttl(
+                "the CA's signing certificate has expired; rotate the CA".to_owned(),
+            ));
+        }
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "identityd");
+        dn.push(DnType::CommonName, names[0].clone());
+        p.distinguished_name = dn;
+        p.subject_alt_names = names
+            .iter()
+            .map(|n| {
+                n.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e: rcgen::Error| Error::Cert(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.not_before = odt((now - BACKDATE).max(signer.not_before.min(now)));
+        p.not_after = odt(not_after);
+        p.serial_number = Some(random_serial());
+        p.use_authority_key_identifier_extension = true;
+        let pk = SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|e| Error::Csr(format!("public key: {e}")))?;
+        let leaf = p
+            .signed_by(&pk, &signer.issuer)
+            .map_err(|e| Error::Cert(e.to_string()))?;
+        let mut chain = vec![leaf.der().clone()];
+        if let Some(i) = &self.intermediate {
+            chain.push(i.cert.clone());
+        }
+        Ok(chain)
+    }
+
+    /// Issues a serving certificate for `names` with a freshly generated key (tests and the
+    /// CLI), through the same CSR path as remote requests.
+    ///
+    /// # Errors
+    /// As [`Ca::sign_serving_csr`].
+    pub fn issue_serving(
+        &self,
+        names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<crate::ServingCert, Error> {
+        let key = PrivateKey::generate()?;
+        let csr = crate::serving::serving_csr_for(names, &key)?;
+        let chain = self.sign_serving_csr(&csr, names, ttl, now)?;
+        crate::ServingCert::from_parts(names, chain, key)
     }
 
     /// Issues an SVID for `id` with a freshly generated key (for the CLI and tests). It goes

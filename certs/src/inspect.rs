@@ -30,7 +30,9 @@ pub struct CertInfo {
     pub key: &'static str,
 }
 
-fn rfc3339(t: std::time::SystemTime) -> String {
+/// `t` as RFC 3339 (UTC), e.g. `2026-11-26T13:03:14Z`.
+#[must_use]
+pub fn rfc3339(t: std::time::SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

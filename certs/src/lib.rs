@@ -27,6 +27,7 @@ pub mod inspect;
 pub mod key;
 pub mod rotation;
 pub mod service;
+pub mod serving;
 pub mod svid;
 pub mod tls;
 pub mod verify;
@@ -39,6 +40,7 @@ pub use bundle::Bundle;
 pub use ca::{Ca, CaOptions};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use key::PrivateKey;
+pub use serving::ServingCert;
 pub use svid::Svid;
 pub use verify::{VerifyError, verify_svid};
 

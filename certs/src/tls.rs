@@ -63,7 +63,7 @@ pub fn server_name() -> ServerName<'static> {
         .unwrap_or_else(|_| unreachable!("a valid DNS name"))
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -300,3 +300,47 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, VerifyError> 
     })?;
     x509::spiffe_id(&c).map_err(VerifyError::LeafSan)
 }
+
+/// Verifies a serving certificate chain (leaf first) the way a TLS client does (webpki, with
+/// the bundle's roots as the only trust anchors) for every name in `names` at `now`; a
+/// wildcard name is checked with a host under it.
+///
+/// # Errors
+/// The name and why a client would refuse the certificate.
+pub fn verify_serving(
+    chain: &[CertificateDer<'_>],
+    bundle: &Bundle,
+    names: &[String],
+    now: SystemTime,
+) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let (leaf, rest) = chain.split_first().ok_or("empty certificate chain")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for r in bundle.roots() {
+        roots
+            .add(r.clone().into_owned())
+            .map_err(|e| format!("bundle root: {e}"))?;
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .build()
+    .map_err(|e| format!("verifier: {e}"))?;
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let at = rustls_pki_types::UnixTime::since_unix_epoch(secs);
+    let intermediates: Vec<CertificateDer<'_>> = rest.to_vec();
+    for n in names {
+        let host = n
+            .strip_prefix("*.")
+            .map_or_else(|| n.clone(), |d| format!("wildcard-check.{d}"));
+        let sn = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("{n}: {e}"))?;
+        verifier
+            .verify_server_cert(leaf, &intermediates, &sn, &[], at)
+            .map_err(|e| format!("{n}: {e}"))?;
+    }
+    Ok(())
+}

@@ -62,6 +62,22 @@ pub(crate) fn sans(c: &X509Certificate<'_>) -> Result<Sans, String> {
     Ok(out)
 }
 
+/// The DNS SANs of a certificate (unreadable SANs give none).
+pub(crate) fn dns_names(c: &X509Certificate<'_>) -> Vec<String> {
+    match c.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some((*d).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The single SPIFFE ID of a certificate (exactly one URI SAN), if it has one.
 pub(crate) fn spiffe_id(c: &X509Certificate<'_>) -> Result<SpiffeId, String> {
     let s = sans(c)?;

@@ -109,6 +109,7 @@ fn main() {
             listen: None,
             ca: None,
             envoy: None,
+            ingress: Default::default(),
         };
         let td = TrustDomain::new("cluster.local").expect("td");
         // Real SVIDs for this node's identities (as the CA role would issue them).

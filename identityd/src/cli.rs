@@ -119,7 +119,7 @@ pub enum LabCommand {
     /// (internal) An HTTP GET from inside a lab pod.
     #[command(hide = true)]
     Get {
-        /// `http://IP:PORT/path`.
+        /// `http://IP:PORT/path` or `https://IP:PORT/path`.
         url: String,
         /// Host header.
         #[arg(long)]
@@ -127,6 +127,9 @@ pub enum LabCommand {
         /// A marker sent in an `x-payload` header.
         #[arg(long)]
         payload: Option<String>,
+        /// For https: the PEM roots to verify the server certificate with (the lab's bundle).
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
     },
 }
 

@@ -221,11 +221,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Lab(LabCommand::Get { url, host, payload }) => {
+        Command::Lab(LabCommand::Get {
+            url,
+            host,
+            payload,
+            ca,
+        }) => {
             match runtime().block_on(lab::workload::get(
                 &url,
                 host.as_deref(),
                 payload.as_deref(),
+                ca.as_deref(),
             )) {
                 Ok((status, body)) => {
                     println!("{status} {}", body.lines().next().unwrap_or(""));

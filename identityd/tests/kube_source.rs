@@ -16,7 +16,7 @@ use identityd::model::{
 };
 use identityd::source::{ClusterSource, KubeSource, KubeSourceOptions, SourceError};
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "namespaces",
     "pods",
     "services",
@@ -28,6 +28,7 @@ const KINDS: [&str; 11] = [
     "keyrotations",
     "trafficpolicies",
     "authorizationpolicies",
+    "secrets",
 ];
 
 fn nn(ns: &str, name: &str) -> NamespacedName {
@@ -164,6 +165,12 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
     assert_eq!(typo.value.as_deref(), Some("FETCH"));
     assert!(!s.authorization_policies.contains_key(&nn("shop", "typo")));
 
+    // Secrets: only kubernetes.io/tls ones are asked for (field selector on list and watch).
+    assert_eq!(
+        s.secrets[&nn("shop", "api-tls")].type_.as_deref(),
+        Some("kubernetes.io/tls")
+    );
+
     // The watcher listed pods twice (initial + after 410) and resumed watches from the last
     // bookmark's resourceVersion.
     let log = api.requests();
@@ -183,6 +190,14 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
             .filter(|r| r.query.contains("watch=true"))
             .all(|r| r.query.contains("allowWatchBookmarks=true")),
         "{log:#?}"
+    );
+    let secrets: Vec<_> = log.iter().filter(|r| r.path == "/api/v1/secrets").collect();
+    assert!(secrets.len() >= 2, "{log:#?}");
+    assert!(
+        secrets
+            .iter()
+            .all(|r| r.query.contains("fieldSelector=type%3Dkubernetes.io%2Ftls")),
+        "{secrets:#?}"
     );
     task.abort();
 }

@@ -110,6 +110,17 @@ pub fn kubectl() -> PathBuf {
     )
 }
 
+/// `kubernetes-validate` from the project venv (`pip install kubernetes-validate`), or
+/// `$IDENTITYD_KUBERNETES_VALIDATE`: schema checks of rendered manifests (`-k 1.33.0 --strict`).
+#[must_use]
+pub fn kubernetes_validate() -> PathBuf {
+    local_or_env(
+        "IDENTITYD_KUBERNETES_VALIDATE",
+        "venv/bin/kubernetes-validate",
+        "expected .tools/venv/bin/kubernetes-validate (pip step: kubernetes-validate in .tools/venv)",
+    )
+}
+
 /// Microsoft's SARIF multitool (`.tools/sarif-multitool/Sarif.Multitool`, from npm).
 #[must_use]
 pub fn sarif_multitool() -> PathBuf {

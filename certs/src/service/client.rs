@@ -326,6 +326,53 @@ impl CaClient {
             .await
     }
 
+    /// Asks for a serving certificate for `dns_names` of an ingress object (`kind` `Gateway` or
+    /// `Ingress`, `namespace/name`). The key is generated here; the answer must verify against
+    /// the CA's bundle as a TLS server certificate for every name.
+    ///
+    /// # Errors
+    /// When the CA refuses or the answer is not a certificate for exactly those names.
+    pub async fn sign_serving(
+        &self,
+        dns_names: &[String],
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<crate::ServingCert, ServiceError> {
+        const RPC: &str = "SignServing";
+        let key = PrivateKey::generate()?;
+        let csr_der = crate::serving::serving_csr_for(dns_names, &key)?;
+        let resp: pb::SvidResponse = self
+            .unary(
+                RPC,
+                pb::SIGN_SERVING,
+                pb::SignServingRequest {
+                    csr_der,
+                    dns_names: dns_names.to_vec(),
+                    kind: kind.to_owned(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    ttl_seconds: ttl.as_secs(),
+                },
+            )
+            .await?;
+        let bad = |reason: String| ServiceError::Response { rpc: RPC, reason };
+        let chain: Vec<CertificateDer<'static>> = resp
+            .chain_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let bundle = Bundle::from_pem(self.td.clone(), &resp.bundle_pem)
+            .map_err(|e| bad(format!("bundle_pem: {e}")))?;
+        crate::verify::verify_serving(&chain, &bundle, dns_names, SystemTime::now())
+            .map_err(|e| bad(format!("issued certificate does not verify: {e}")))?;
+        let cert = crate::ServingCert::from_parts(dns_names, chain, key)
+            .map_err(|e| bad(e.to_string()))?;
+        self.adopt(&bundle);
+        Ok(cert)
+    }
+
     /// [`CaClient::sign_workload`] with a CSR made by the caller (which also holds `key`).
     ///
     /// # Errors

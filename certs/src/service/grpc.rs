@@ -1,5 +1,5 @@
 //! Hand-written tonic glue for `identityd.ca.v1.CaService` (what `tonic-build` would generate,
-//! reduced to four unary methods on one concrete handler).
+//! reduced to five unary methods on one concrete handler).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -80,6 +80,7 @@ where
         match req.uri().path() {
             pb::JOIN => unary!(inner, req, pb::JoinRequest, join),
             pb::SIGN_WORKLOAD => unary!(inner, req, pb::SignRequest, sign_workload),
+            pb::SIGN_SERVING => unary!(inner, req, pb::SignServingRequest, sign_serving),
             pb::RENEW_NODE => unary!(inner, req, pb::RenewNodeRequest, renew_node),
             pb::BUNDLE => unary!(inner, req, pb::BundleRequest, bundle),
             _ => Box::pin(async move {

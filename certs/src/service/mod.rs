@@ -7,6 +7,9 @@
 //!   caller's node name comes from its verified certificate, never from the request; an
 //!   [`Authorizer`] supplied by the daemon decides whether that node may have that pod's ID.
 //! - `RenewNode(csr)`: mTLS with the current node SVID; a fresh SVID for the same node ID.
+//! - `SignServing(csr, dns_names, kind, namespace, name, ttl)`: mTLS with a node SVID; a
+//!   serving certificate (DNS SANs, serverAuth) for an ingress object's hostnames, when
+//!   [`Authorizer::authorize_serving`] allows it.
 //! - `Bundle()`: the trust bundle as PEM and JWKS.
 //!
 //! The CA serves with the SVID `spiffe://<td>/identityd/ca` it issues to itself; clients check
@@ -85,6 +88,15 @@ pub fn ca_server_id(td: &TrustDomain) -> SpiffeId {
         .unwrap_or_else(|e| unreachable!("constant segments are valid: {e}"))
 }
 
+/// `spiffe://<td>/identityd/gateway`: the identity a node's ingress listeners present to
+/// backends in mTLS namespaces. Issued through `SignWorkload` only when the
+/// [`Authorizer::authorize_gateway`] allows it.
+#[must_use]
+pub fn gateway_id(td: &TrustDomain) -> SpiffeId {
+    SpiffeId::from_parts(td.clone(), &[RESERVED_PREFIX, "gateway"])
+        .unwrap_or_else(|e| unreachable!("constant segments are valid: {e}"))
+}
+
 /// The node name of a node ID (`spiffe://<td>/identityd/node/<name>`), or `None`.
 #[must_use]
 pub fn node_name_of(id: &SpiffeId) -> Option<&str> {
@@ -106,6 +118,20 @@ pub struct WorkloadRequest {
     pub pod_name: String,
 }
 
+/// What a node asks for in `SignServing`: a serving certificate for hostnames of an ingress
+/// object (a Gateway, or an Ingress).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingRequest {
+    /// DNS names.
+    pub dns_names: Vec<String>,
+    /// The object's kind (`Gateway` or `Ingress`).
+    pub kind: String,
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+}
+
 /// A refusal by an [`Authorizer`]; the reason is sent to the caller and logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -122,6 +148,27 @@ pub trait Authorizer: Send + Sync + 'static {
     /// # Errors
     /// The reason for the refusal.
     fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied>;
+
+    /// `Ok` to issue the gateway identity ([`gateway_id`]) to `node`. Default: refused.
+    ///
+    /// # Errors
+    /// The reason for the refusal.
+    fn authorize_gateway(&self, node: &str) -> Result<(), Denied> {
+        Err(Denied(format!(
+            "node {node}: this CA does not issue the gateway identity"
+        )))
+    }
+
+    /// `Ok` to issue a serving certificate for `req.dns_names` to `node`. Default: refused.
+    ///
+    /// # Errors
+    /// The reason for the refusal.
+    fn authorize_serving(&self, node: &str, req: &ServingRequest) -> Result<(), Denied> {
+        Err(Denied(format!(
+            "node {node}: this CA does not issue serving certificates (asked for {:?} of {} {}/{})",
+            req.dns_names, req.kind, req.namespace, req.name
+        )))
+    }
 }
 
 impl<F> Authorizer for F

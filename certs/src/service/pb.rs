@@ -10,6 +10,8 @@ pub const JOIN: &str = "/identityd.ca.v1.CaService/Join";
 pub const SIGN_WORKLOAD: &str = "/identityd.ca.v1.CaService/SignWorkload";
 /// `RenewNode` method path.
 pub const RENEW_NODE: &str = "/identityd.ca.v1.CaService/RenewNode";
+/// `SignServing` method path.
+pub const SIGN_SERVING: &str = "/identityd.ca.v1.CaService/SignServing";
 /// `Bundle` method path.
 pub const BUNDLE: &str = "/identityd.ca.v1.CaService/Bundle";
 
@@ -55,6 +57,29 @@ pub struct SignRequest {
     pub pod_name: String,
     /// Requested lifetime; 0 means the server's default.
     #[prost(uint64, tag = "5")]
+    pub ttl_seconds: u64,
+}
+
+/// Asks for a serving certificate for an ingress object's hostnames.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SignServingRequest {
+    /// PKCS#10 CSR (DER) with the DNS names as SANs.
+    #[prost(bytes = "vec", tag = "1")]
+    pub csr_der: Vec<u8>,
+    /// The DNS names asked for.
+    #[prost(string, repeated, tag = "2")]
+    pub dns_names: Vec<String>,
+    /// The object's kind (`Gateway` or `Ingress`).
+    #[prost(string, tag = "3")]
+    pub kind: String,
+    /// The object's namespace.
+    #[prost(string, tag = "4")]
+    pub namespace: String,
+    /// The object's name.
+    #[prost(string, tag = "5")]
+    pub name: String,
+    /// Requested lifetime; 0 means the server's default.
+    #[prost(uint64, tag = "6")]
     pub ttl_seconds: u64,
 }
 
@@ -115,6 +140,21 @@ mod tests {
             m.encode_to_vec(),
             [
                 0x0a, 1, 0xAA, 0x12, 1, b'a', 0x1a, 1, b'b', 0x22, 1, b'c', 0x28, 7
+            ]
+        );
+        let s = SignServingRequest {
+            csr_der: vec![0xAB],
+            dns_names: vec!["h".into(), "i".into()],
+            kind: "G".into(),
+            namespace: "n".into(),
+            name: "x".into(),
+            ttl_seconds: 9,
+        };
+        assert_eq!(
+            s.encode_to_vec(),
+            [
+                0x0a, 1, 0xAB, 0x12, 1, b'h', 0x12, 1, b'i', 0x1a, 1, b'G', 0x22, 1, b'n', 0x2a, 1,
+                b'x', 0x30, 9
             ]
         );
         let j = JoinRequest {

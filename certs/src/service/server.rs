@@ -23,7 +23,8 @@ use super::grpc::CaGrpc;
 use super::tokens::{self, TokenError};
 use super::{
     Authorizer, CounterSnapshot, Counters, JoinAuthenticator, JoinToken, RESERVED_PREFIX,
-    ServiceError, WorkloadRequest, ca_server_id, node_id, node_name_of, pb,
+    ServiceError, ServingRequest, WorkloadRequest, ca_server_id, gateway_id, node_id, node_name_of,
+    pb,
 };
 use crate::id::{SpiffeId, TrustDomain};
 use crate::rotation::{Clock, SystemClock};
@@ -569,22 +570,29 @@ impl Inner {
                 r.spiffe_id
             )))
         })?;
-        if id.segments().next() == Some(RESERVED_PREFIX) {
+        if id == gateway_id(&self.td) {
+            self.authorizer.authorize_gateway(&node).map_err(|d| {
+                refuse(Status::permission_denied(format!(
+                    "node {node} may not have {id}: {d}"
+                )))
+            })?;
+        } else if id.segments().next() == Some(RESERVED_PREFIX) {
             return Err(refuse(Status::permission_denied(format!(
                 "spiffe_id {id}: the path /{RESERVED_PREFIX}/ is reserved for identityd's own identities"
             ))));
+        } else {
+            let wr = WorkloadRequest {
+                spiffe_id: id.clone(),
+                pod_namespace: r.pod_namespace.clone(),
+                pod_name: r.pod_name.clone(),
+            };
+            self.authorizer.authorize(&node, &wr).map_err(|d| {
+                refuse(Status::permission_denied(format!(
+                    "node {node} may not have {id} for pod {}/{}: {d}",
+                    r.pod_namespace, r.pod_name
+                )))
+            })?;
         }
-        let wr = WorkloadRequest {
-            spiffe_id: id.clone(),
-            pod_namespace: r.pod_namespace.clone(),
-            pod_name: r.pod_name.clone(),
-        };
-        self.authorizer.authorize(&node, &wr).map_err(|d| {
-            refuse(Status::permission_denied(format!(
-                "node {node} may not have {id} for pod {}/{}: {d}",
-                r.pod_namespace, r.pod_name
-            )))
-        })?;
         let ttl = if r.ttl_seconds == 0 {
             self.options.default_workload_ttl
         } else {
@@ -600,6 +608,48 @@ impl Inner {
         };
         Counters::bump(&self.counters.issued);
         info!(%node, %id, pod = format!("{}/{}", r.pod_namespace, r.pod_name), not_after = not_after_of(&chain), "CA service: workload SVID issued");
+        Ok(Response::new(svid_response(&chain, &bundle)))
+    }
+
+    pub(super) async fn sign_serving(
+        self: Arc<Self>,
+        req: Request<pb::SignServingRequest>,
+    ) -> Result<Response<pb::SvidResponse>, Status> {
+        const RPC: &str = "SignServing";
+        let (node, _caller) = self
+            .node_caller(&req, RPC)
+            .map_err(|s| self.refuse(RPC, None, s))?;
+        let r = req.into_inner();
+        let refuse = |s: Status| self.refuse(RPC, Some(&node), s);
+        crate::serving::check_dns_names(&r.dns_names)
+            .map_err(|e| refuse(Status::invalid_argument(e.to_string())))?;
+        let sr = ServingRequest {
+            dns_names: r.dns_names.clone(),
+            kind: r.kind.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        };
+        self.authorizer.authorize_serving(&node, &sr).map_err(|d| {
+            refuse(Status::permission_denied(format!(
+                "node {node} may not have a certificate for {:?} ({} {}/{}): {d}",
+                r.dns_names, r.kind, r.namespace, r.name
+            )))
+        })?;
+        let ttl = if r.ttl_seconds == 0 {
+            self.options.default_workload_ttl
+        } else {
+            Duration::from_secs(r.ttl_seconds)
+        };
+        let now = self.clock.now();
+        let (chain, bundle) = {
+            let ca = lock(&self.ca);
+            let chain = ca
+                .sign_serving_csr(&r.csr_der, &r.dns_names, ttl, now)
+                .map_err(|e| refuse(issue_status(&e)))?;
+            (chain, ca.bundle(now))
+        };
+        Counters::bump(&self.counters.issued);
+        info!(%node, names = ?r.dns_names, object = format!("{} {}/{}", r.kind, r.namespace, r.name), not_after = not_after_of(&chain), "CA service: serving certificate issued");
         Ok(Response::new(svid_response(&chain, &bundle)))
     }
 

@@ -66,6 +66,9 @@ pub struct NodeStatus {
     /// Whether the node's Envoy answers `LIVE` on its admin `/ready` (absent: no Envoy).
     #[serde(default)]
     pub envoy_ready: Option<bool>,
+    /// CA-issued serving certificates of ingress listeners: DNS names → seconds until expiry.
+    #[serde(default)]
+    pub ingress_certificates: Vec<(String, u64)>,
 }
 
 /// Serves `status` on `path` until the task is aborted.
@@ -150,6 +153,12 @@ pub fn render(st: &NodeStatus) -> String {
     }
     for (id, left) in &st.svids {
         out.push_str(&format!("  svid {id} (expires in {}m)\n", left / 60));
+    }
+    for (names, left) in &st.ingress_certificates {
+        out.push_str(&format!(
+            "  ingress certificate {names} (expires in {}m)\n",
+            left / 60
+        ));
     }
     if !st.xds.is_empty() {
         out.push_str(&format!(

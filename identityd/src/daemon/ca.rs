@@ -1,20 +1,26 @@
 //! The CA role: the only holder of the CA key. Serves the issuance service (gRPC over TLS):
 //! nodes join once with a token, then ask over mTLS for SVIDs of the pods scheduled on them.
 //! Node authorization comes from the cluster state: the pod must exist, be scheduled on the
-//! asking node, and the SPIFFE ID must be its namespace/service account.
+//! asking node, and the SPIFFE ID must be its namespace/service account. Ingress: a published
+//! node may have the gateway identity when an ingress object of class identityd exists, and a
+//! serving certificate for exactly the hostnames a Gateway listener or Ingress TLS entry lists.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use identityd_certs::service::{Authorizer, Denied, ServingRequest, WorkloadRequest};
 use identityd_certs::service::{CaServer, CaServerOptions};
-use identityd_certs::service::{Denied, WorkloadRequest};
 use identityd_certs::{Ca, CaOptions, TrustDomain};
 
 use crate::daemon::config::{ClusterSourceKind, DaemonConfig};
 use crate::daemon::node_auth::{
     DEFAULT_NODE_SERVICE_ACCOUNT, ServiceAccountRef, TokenReviewAuthenticator, publish_bundle,
 };
+use crate::daemon::{conditions, ingress, rotation};
+use crate::model::identityd::KeyRotationStatus;
 use crate::model::{ClusterState, NamespacedName};
+use crate::model::{KeyRotation, Object};
+use crate::source::{ClusterSource, SourceError};
 
 /// Start-up failures of the CA role.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +108,182 @@ async fn start_kube(
     }))
 }
 
+/// Whether `node` may have the gateway identity: it is a published node and the cluster has an
+/// ingress object of class identityd (every node serves every ingress listener).
+///
+/// # Errors
+/// Why not.
+pub fn authorize_gateway(state: &ClusterState, node: &str) -> Result<(), Denied> {
+    if state.node(node).is_none() {
+        return Err(Denied(format!(
+            "node {node:?} has published no IdentitydNode"
+        )));
+    }
+    let plan = ingress::plan_ingress(state, ingress::IngressPorts::default());
+    if plan.listeners.is_empty() {
+        return Err(Denied(format!(
+            "no Gateway or Ingress of class {:?} exists; the gateway identity is not needed",
+            ingress::GATEWAY_CLASS
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `node` may have a serving certificate for `req`: a published node, and exactly the
+/// names one listener (Gateway) or TLS entry (Ingress) of that object lists, with no Secret.
+///
+/// # Errors
+/// Why not.
+pub fn authorize_serving(
+    state: &ClusterState,
+    node: &str,
+    req: &ServingRequest,
+) -> Result<(), Denied> {
+    if state.node(node).is_none() {
+        return Err(Denied(format!(
+            "node {node:?} has published no IdentitydNode"
+        )));
+    }
+    let mut names = req.dns_names.clone();
+    names.sort();
+    names.dedup();
+    let wants = ingress::cert_wants(state, ingress::IngressPorts::default());
+    let of_object: Vec<_> = wants
+        .iter()
+        .filter(|w| w.kind == req.kind && w.namespace == req.namespace && w.name == req.name)
+        .collect();
+    if of_object.is_empty() {
+        return Err(Denied(format!(
+            "{} {}/{} does not exist, is not of class {:?}, or needs no certificate from identityd's CA",
+            req.kind,
+            req.namespace,
+            req.name,
+            ingress::GATEWAY_CLASS
+        )));
+    }
+    if of_object.iter().any(|w| w.dns_names == names) {
+        Ok(())
+    } else {
+        Err(Denied(format!(
+            "{} {}/{} lists {:?}, not {names:?}",
+            req.kind,
+            req.namespace,
+            req.name,
+            of_object.iter().map(|w| &w.dns_names).collect::<Vec<_>>()
+        )))
+    }
+}
+
+/// The CA's authorizer over the latest cluster snapshot.
+struct ClusterAuthorizer {
+    latest: Arc<Mutex<Arc<ClusterState>>>,
+    td: TrustDomain,
+}
+
+impl std::fmt::Debug for ClusterAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAuthorizer")
+            .field("td", &self.td.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterAuthorizer {
+    fn state(&self) -> Arc<ClusterState> {
+        Arc::clone(
+            &self
+                .latest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl Authorizer for ClusterAuthorizer {
+    fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied> {
+        authorize(&self.state(), &self.td, node, req)
+    }
+
+    fn authorize_gateway(&self, node: &str) -> Result<(), Denied> {
+        authorize_gateway(&self.state(), node)
+    }
+
+    fn authorize_serving(&self, node: &str, req: &ServingRequest) -> Result<(), Denied> {
+        authorize_serving(&self.state(), node, req)
+    }
+}
+
+/// Drives `KeyRotation` objects ([`rotation::controller_steps`]) and writes their status.
+struct Controller {
+    td: TrustDomain,
+    source: Arc<dyn ClusterSource>,
+    ca: Arc<Mutex<Ca>>,
+    ca_dir: std::path::PathBuf,
+    server: CaServer,
+}
+
+impl Controller {
+    async fn step(&self, state: &ClusterState) {
+        let now = rotation::now_rfc3339();
+        for step in rotation::controller_steps(state, &now) {
+            let Some(kr) = state.key_rotations.get(&step.name) else {
+                continue;
+            };
+            let mut status = step.status.clone();
+            if let Some(overlap) = step.ca_rollover {
+                self.write(kr, status.clone()).await;
+                let result = {
+                    let mut ca = self
+                        .ca
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    ca.rollover(&self.ca_dir, overlap, SystemTime::now())
+                        .map(|()| {
+                            format!(
+                                "new root (bundle sequence {}); the previous root stays in the bundle for {}s",
+                                ca.bundle(SystemTime::now()).sequence(),
+                                overlap.as_secs()
+                            )
+                        })
+                        .map_err(|e| format!("rollover: {e}"))
+                };
+                if result.is_ok()
+                    && let Err(e) = self.server.refresh()
+                {
+                    tracing::warn!(error = %e, "CA service refresh after the rollover");
+                }
+                tracing::info!(rotation = %step.name, ?result, "KeyRotation ca");
+                status = rotation::ca_rollover_done(kr, result, &now);
+            }
+            tracing::info!(rotation = %step.name, phase = ?status.phase, "KeyRotation status");
+            self.write(kr, status).await;
+        }
+        // `Accepted` conditions on L7 objects. Objects sharing a file with others cannot get
+        // a status written (the source refuses to rewrite a multi-document file).
+        for obj in conditions::status_updates(state, &self.td, &now) {
+            match self.source.write_status(&obj).await {
+                Ok(()) => tracing::info!(object = %obj.key(), "status written"),
+                Err(SourceError::SharedFile { .. }) => {
+                    tracing::debug!(object = %obj.key(), "status not written: shared file");
+                }
+                Err(e) => tracing::warn!(object = %obj.key(), error = %e, "writing status"),
+            }
+        }
+    }
+
+    async fn write(&self, kr: &KeyRotation, status: KeyRotationStatus) {
+        let mut kr = kr.clone();
+        kr.status = Some(status);
+        if let Err(e) = self
+            .source
+            .write_status(&Object::KeyRotation(kr.clone()))
+            .await
+        {
+            tracing::warn!(rotation = %kr.metadata.name, error = %e, "writing KeyRotation status");
+        }
+    }
+}
+
 /// Runs the CA role until SIGTERM.
 ///
 /// # Errors
@@ -125,23 +307,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
     let _poll = source.spawn();
     let mut rx = source.subscribe();
     let l2 = Arc::clone(&latest);
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let s = rx.borrow_and_update().clone();
-            *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
-        }
-    });
-    let td2 = td.clone();
-    let authorizer = move |node: &str, req: &WorkloadRequest| {
-        let state = Arc::clone(
-            &latest
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        authorize(&state, &td2, node, req)
+    let authorizer = ClusterAuthorizer {
+        latest,
+        td: td.clone(),
     };
+    let ca = Arc::new(Mutex::new(ca));
     let server = CaServer::new(
-        Arc::new(Mutex::new(ca)),
+        Arc::clone(&ca),
         &ca_dir,
         Arc::new(authorizer),
         CaServerOptions::default(),
@@ -152,6 +324,23 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
     } else {
         None
     };
+    // The cluster's controller: keeps the authorizer's snapshot current and drives
+    // KeyRotation objects (written back through the source).
+    let controller = Controller {
+        td: td.clone(),
+        source: Arc::clone(&source),
+        ca,
+        ca_dir: ca_dir.clone(),
+        server: server.clone(),
+    };
+    controller.step(&source.snapshot()).await;
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&s);
+            controller.step(&s).await;
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CaRoleError(format!("listen={listen}: {e}")))?;

@@ -191,6 +191,38 @@ pub struct DaemonConfig {
     /// Role node: the per-node Envoy.
     #[serde(default)]
     pub envoy: Option<EnvoySettings>,
+    /// Role node: ports of the listeners `Ingress` objects share (Gateways name their own).
+    #[serde(default)]
+    pub ingress: IngressSettings,
+}
+
+/// `ingress:` of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressSettings {
+    /// Plaintext port of `Ingress` rules (default 80).
+    #[serde(default = "http_port")]
+    pub http_port: u16,
+    /// TLS port of `Ingress` rules (default 443).
+    #[serde(default = "https_port")]
+    pub https_port: u16,
+}
+
+impl Default for IngressSettings {
+    fn default() -> Self {
+        Self {
+            http_port: http_port(),
+            https_port: https_port(),
+        }
+    }
+}
+
+fn http_port() -> u16 {
+    80
+}
+
+fn https_port() -> u16 {
+    443
 }
 
 /// How a node proves who it is when joining the CA (`ca.auth`).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use identityd_certs::service::CaClient;
-use identityd_certs::{Bundle, SpiffeId, Svid, TrustDomain};
+use identityd_certs::{Bundle, ServingCert, SpiffeId, Svid, TrustDomain};
 use identityd_envoy::bootstrap::{XdsAddress, XdsFlavour, bootstrap_yaml};
 use identityd_envoy::mesh::{
     AuthzAction, AuthzPolicy, AuthzRule, Endpoint, MeshConfig, MtlsMode as EMtls, Ports, Service,
@@ -22,12 +22,15 @@ use identityd_envoy::mesh::{
 use identityd_envoy::server::{XdsCache, XdsServer};
 
 use crate::daemon::config::DaemonConfig;
+use crate::daemon::ingress::{self, IngressPorts};
 use crate::model::{ClusterState, MtlsMode};
 
 /// Envoy's inbound mTLS port.
 pub const INBOUND_PORT: u16 = identityd_envoy::INBOUND_MTLS_PORT;
 /// Envoy's outbound (TPROXY) port.
 pub const OUTBOUND_PORT: u16 = identityd_envoy::OUTBOUND_PORT;
+/// How often a node asks the CA for its trust bundle.
+pub const BUNDLE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The nftables table for inbound mTLS TPROXY.
 pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
 
@@ -56,10 +59,34 @@ pub fn wanted_identities(
                 .or_insert_with(|| (pod.namespace().to_owned(), pod.metadata.name.clone()));
         }
     }
+    // The ingress listeners present the gateway identity to backends in mTLS namespaces.
+    let has_ingress = state
+        .gateways
+        .values()
+        .any(|g| g.spec.gateway_class_name == ingress::GATEWAY_CLASS)
+        || state
+            .ingresses
+            .values()
+            .any(|i| i.spec.ingress_class_name.as_deref() == Some(ingress::GATEWAY_CLASS));
+    if has_ingress {
+        out.insert(
+            identityd_certs::service::gateway_id(td),
+            (String::new(), String::new()),
+        );
+    }
     out
 }
 
-/// The Envoy mesh config of `node`, pure.
+/// What the ingress side of [`plan_mesh_with`] needs besides cluster state.
+#[derive(Debug, Clone, Default)]
+pub struct IngressInputs {
+    /// Ports of the listeners `Ingress` objects share.
+    pub ports: IngressPorts,
+    /// CA-issued serving certificates held, by SDS secret name ([`ingress::CertWant::secret`]).
+    pub certs: BTreeMap<String, Arc<ServingCert>>,
+}
+
+/// The Envoy mesh config of `node` without ingress certificates, pure.
 #[must_use]
 pub fn plan_mesh(
     state: &ClusterState,
@@ -68,6 +95,28 @@ pub fn plan_mesh(
     svids: &BTreeMap<SpiffeId, Arc<Svid>>,
     bundle_pem: &str,
 ) -> MeshConfig {
+    plan_mesh_with(
+        state,
+        node,
+        td,
+        svids,
+        bundle_pem,
+        &IngressInputs::default(),
+    )
+    .0
+}
+
+/// The Envoy mesh config of `node`, pure, and what of the ingress plan could not be served
+/// (listeners whose certificate is not held yet are left out, with their routes' parents).
+#[must_use]
+pub fn plan_mesh_with(
+    state: &ClusterState,
+    node: &str,
+    td: &TrustDomain,
+    svids: &BTreeMap<SpiffeId, Arc<Svid>>,
+    bundle_pem: &str,
+    ingress_in: &IngressInputs,
+) -> (MeshConfig, Vec<String>) {
     let id_of = |ns: &str, sa: &str| {
         td.workload_id(ns, sa)
             .map(|i| i.to_string())
@@ -166,6 +215,7 @@ pub fn plan_mesh(
             }
         }
     }
+    let (l7_ingress, problems) = ingress_l7(state, td, svids, ingress_in);
     let svids = svids
         .values()
         .map(|s| SvidPem {
@@ -174,7 +224,7 @@ pub fn plan_mesh(
             key_pem: s.key().to_pem().to_string(),
         })
         .collect();
-    MeshConfig {
+    let mesh = MeshConfig {
         trust_domain: td.to_string(),
         ports: Ports {
             inbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), INBOUND_PORT),
@@ -187,11 +237,99 @@ pub fn plan_mesh(
         svids,
         bundle_pem: bundle_pem.to_owned(),
         l7: identityd_envoy::l7::L7Config {
-            routes: mesh_routes(state),
             policies: mesh_policies(state),
+            ..l7_ingress
+        },
+    };
+    (mesh, problems)
+}
+
+/// Listeners, routes, certificates and the gateway identity of the L7 config: the ingress plan
+/// minus the listeners whose CA-issued certificate is not held yet.
+fn ingress_l7(
+    state: &ClusterState,
+    td: &TrustDomain,
+    svids: &BTreeMap<SpiffeId, Arc<Svid>>,
+    inputs: &IngressInputs,
+) -> (identityd_envoy::l7::L7Config, Vec<String>) {
+    use identityd_envoy::l7::{CertSource, RouteParent};
+    let plan = ingress::plan_ingress(state, inputs.ports);
+    let mut problems = plan.problems;
+    let mut dropped = std::collections::BTreeSet::new();
+    let listeners: Vec<_> = plan
+        .listeners
+        .into_iter()
+        .filter(|l| {
+            let missing: Vec<&str> = l
+                .tls
+                .iter()
+                .flat_map(|t| &t.certificates)
+                .filter_map(|c| match &c.source {
+                    CertSource::Sds(n)
+                        if !inputs.certs.contains_key(n)
+                            && !plan.secret_certs.iter().any(|c| &c.sds == n) =>
+                    {
+                        Some(n.as_str())
+                    }
+                    _ => None,
+                })
+                .collect();
+            if missing.is_empty() {
+                true
+            } else {
+                problems.push(format!(
+                    "listener {}: not served until identityd's CA issues {missing:?}",
+                    l.name
+                ));
+                dropped.insert(l.name.clone());
+                false
+            }
+        })
+        .collect();
+    let routes = plan
+        .routes
+        .into_iter()
+        .filter_map(|mut r| {
+            r.parents
+                .retain(|p| !matches!(p, RouteParent::Listener(n) if dropped.contains(n)));
+            (!r.parents.is_empty()).then_some(r)
+        })
+        .collect();
+    let tls_secrets = plan
+        .certs
+        .iter()
+        .filter_map(|w| {
+            let c = inputs.certs.get(&w.secret)?;
+            Some(SvidPem {
+                id: w.secret.clone(),
+                chain_pem: c.chain_pem(),
+                key_pem: c.key().to_pem().to_string(),
+            })
+        })
+        .chain(plan.secret_certs.iter().filter_map(|s| {
+            let (chain_pem, key_pem) = state
+                .secrets
+                .get(&crate::model::NamespacedName::new(&s.namespace, &s.name))?
+                .tls_pem()?;
+            Some(SvidPem {
+                id: s.sds.clone(),
+                chain_pem,
+                key_pem: key_pem.to_string(),
+            })
+        }))
+        .collect();
+    let gw = identityd_certs::service::gateway_id(td);
+    let gateway_id = (!listeners.is_empty() && svids.contains_key(&gw)).then(|| gw.to_string());
+    (
+        identityd_envoy::l7::L7Config {
+            listeners,
+            routes,
+            tls_secrets,
+            gateway_id,
             ..Default::default()
         },
-    }
+        problems,
+    )
 }
 
 fn ms(s: &str) -> Option<i64> {
@@ -260,80 +398,21 @@ pub fn mesh_policies(state: &ClusterState) -> Vec<identityd_envoy::l7::TrafficPo
     out
 }
 
-/// HTTPRoutes attached to a Service (GAMMA style) as the Envoy crate's mesh routes: weighted
-/// backends split pod-to-pod traffic on the calling node's Envoy. (Routes attached to a
-/// Gateway need ingress listeners, which the daemon does not run yet.)
+/// HTTPRoutes and GRPCRoutes attached to a Service (GAMMA style) as the Envoy crate's mesh
+/// routes: weighted backends split pod-to-pod traffic on the calling node's Envoy. Routes
+/// attached to Gateways are in [`crate::daemon::ingress::plan_ingress`].
 #[must_use]
 pub fn mesh_routes(state: &ClusterState) -> Vec<identityd_envoy::l7::HttpRoute> {
-    use identityd_envoy::l7 as l7m;
-    let mut out = Vec::new();
-    for (key, r) in &state.http_routes {
-        let ns = key.namespace.clone();
-        let parents: Vec<l7m::RouteParent> = r
-            .spec
-            .parent_refs
-            .iter()
-            .filter(|p| p.kind.as_deref() == Some("Service"))
-            .map(|p| l7m::RouteParent::Service {
-                name: p.name.clone(),
-                namespace: p.namespace.clone().unwrap_or_else(|| ns.clone()),
-            })
-            .collect();
-        if parents.is_empty() {
-            continue;
-        }
-        let rules = r
-            .spec
-            .rules
-            .iter()
-            .map(|rule| l7m::RouteRule {
-                matches: rule
-                    .matches
-                    .iter()
-                    .map(|m| l7m::RouteMatch {
-                        path: m.path.as_ref().map(|p| {
-                            let v = p.value.clone().unwrap_or_else(|| "/".to_owned());
-                            match p.type_.as_deref().unwrap_or("PathPrefix") {
-                                "Exact" => l7m::PathMatch::Exact(v),
-                                "RegularExpression" => l7m::PathMatch::Regex(v),
-                                _ => l7m::PathMatch::Prefix(v),
-                            }
-                        }),
-                        headers: m
-                            .headers
-                            .iter()
-                            .map(|h| l7m::HeaderMatch {
-                                name: h.name.clone(),
-                                value: h.value.clone(),
-                                regex: h.type_.as_deref() == Some("RegularExpression"),
-                            })
-                            .collect(),
-                        method: m.method.clone(),
-                    })
-                    .collect(),
-                backends: rule
-                    .backend_refs
-                    .iter()
-                    .map(|b| l7m::WeightedBackend {
-                        service: b.name.clone(),
-                        namespace: b.namespace.clone().unwrap_or_else(|| ns.clone()),
-                        port: b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
-                        weight: b.weight(),
-                    })
-                    .collect(),
-                ..Default::default()
-            })
-            .collect();
-        out.push(l7m::HttpRoute {
-            name: key.name.clone(),
-            namespace: ns,
-            kind: l7m::RouteKind::Http,
-            parents,
-            hostnames: r.spec.hostnames.clone(),
-            rules,
-        });
-    }
-    out
+    use identityd_envoy::l7::RouteParent;
+    ingress::plan_ingress(state, IngressPorts::default())
+        .routes
+        .into_iter()
+        .filter_map(|mut r| {
+            r.parents
+                .retain(|p| matches!(p, RouteParent::Service { .. }));
+            (!r.parents.is_empty()).then_some(r)
+        })
+        .collect()
 }
 
 /// The inbound ruleset. Connections from other nodes to a local pod's :15008 are delivered
@@ -409,6 +488,13 @@ struct Held {
     refresh_at: SystemTime,
 }
 
+/// A serving certificate held for an ingress listener.
+struct HeldServing {
+    want: ingress::CertWant,
+    cert: Arc<ServingCert>,
+    refresh_at: SystemTime,
+}
+
 /// The mTLS side of a node.
 pub struct Mesh {
     td: TrustDomain,
@@ -416,6 +502,8 @@ pub struct Mesh {
     node_svid: Svid,
     node_refresh_at: SystemTime,
     bundle_pem: String,
+    /// When the trust bundle is asked for again (a CA rollover adds a root).
+    bundle_check_at: SystemTime,
     held: BTreeMap<SpiffeId, Held>,
     cache: Arc<XdsCache>,
     envoy: Option<Child>,
@@ -433,6 +521,8 @@ pub struct Mesh {
     /// Why the latest mesh config was not pushed (validation problems).
     pub config_problems: Vec<String>,
     inbound: Vec<String>,
+    /// CA-issued serving certificates of ingress listeners, by SDS secret name.
+    serving: BTreeMap<String, HeldServing>,
     /// Last issuance error.
     pub last_error: Option<String>,
 }
@@ -528,6 +618,7 @@ impl Mesh {
             node_svid,
             node_refresh_at,
             bundle_pem,
+            bundle_check_at: SystemTime::now() + BUNDLE_CHECK_INTERVAL,
             held: BTreeMap::new(),
             cache,
             envoy: None,
@@ -548,6 +639,7 @@ impl Mesh {
             envoy_restarts: 0,
             config_problems: Vec::new(),
             inbound: Vec::new(),
+            serving: BTreeMap::new(),
             last_error: None,
         })
     }
@@ -569,6 +661,27 @@ impl Mesh {
                 }
             }
         }
+        // The trust bundle: asked for every BUNDLE_CHECK_INTERVAL, and taken from the CA's
+        // answers, so a rollover's new root reaches Envoy's validation context before any
+        // SVID issued under it does.
+        if now >= self.bundle_check_at {
+            self.bundle_check_at = now + BUNDLE_CHECK_INTERVAL;
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_secs(5), self.client.fetch_bundle()).await
+            {
+                errors.push(format!("fetching the trust bundle: {e}"));
+            }
+        }
+        let current = self
+            .client
+            .bundle()
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_pem();
+        if current != self.bundle_pem {
+            tracing::info!("trust bundle changed");
+            self.bundle_pem = current;
+        }
         let wanted = wanted_identities(state, &cfg.name, &self.td);
         self.held.retain(|id, _| wanted.contains_key(id));
         for (id, (ns, pod)) in &wanted {
@@ -585,6 +698,14 @@ impl Mesh {
             match r {
                 Ok(Ok(s)) => {
                     tracing::info!(%id, "SVID issued");
+                    let idstr = id.to_string();
+                    if self
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with(&format!("SVID for {idstr} ")))
+                    {
+                        self.last_error = None;
+                    }
                     let refresh_at = half_life(&s);
                     self.held.insert(
                         id.clone(),
@@ -611,13 +732,34 @@ impl Mesh {
             .iter()
             .map(|(k, h)| (k.clone(), Arc::clone(&h.svid)))
             .collect();
-        let mesh = plan_mesh(state, &cfg.name, &self.td, &svids, &self.bundle_pem);
+        let ports = IngressPorts {
+            http: cfg.ingress.http_port,
+            https: cfg.ingress.https_port,
+        };
+        self.refresh_serving(state, ports, now, &mut errors).await;
+        let inputs = IngressInputs {
+            ports,
+            certs: self
+                .serving
+                .iter()
+                .map(|(k, h)| (k.clone(), Arc::clone(&h.cert)))
+                .collect(),
+        };
+        let (mesh, ingress_problems) = plan_mesh_with(
+            state,
+            &cfg.name,
+            &self.td,
+            &svids,
+            &self.bundle_pem,
+            &inputs,
+        );
         let has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
+        let has_ingress = !mesh.l7.listeners.is_empty();
         // Invalid routes/policies are never pushed: the last good config keeps serving.
         match identityd_envoy::translate::translate_checked(&mesh) {
             Ok(snap) => {
                 self.cache.set_snapshot(&cfg.name, snap);
-                self.config_problems.clear();
+                self.config_problems.clone_from(&ingress_problems);
                 let with_svid: std::collections::BTreeSet<&str> =
                     mesh.svids.iter().map(|s| s.id.as_str()).collect();
                 self.inbound = mesh
@@ -636,6 +778,7 @@ impl Mesh {
             }
             Err(problems) => {
                 self.config_problems = problems.iter().map(ToString::to_string).collect();
+                self.config_problems.extend(ingress_problems);
                 errors.extend(
                     self.config_problems
                         .iter()
@@ -653,7 +796,7 @@ impl Mesh {
         let adopted_alive = self.adopted.is_some_and(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
         });
-        if has_mtls && !child_alive && !adopted_alive {
+        if (has_mtls || has_ingress) && !child_alive && !adopted_alive {
             if self.envoy.is_some() || self.adopted.is_some() {
                 self.envoy_restarts += 1;
                 errors.push("Envoy exited; restarting it".to_owned());
@@ -724,6 +867,81 @@ impl Mesh {
             }
         }
         errors
+    }
+
+    /// Asks the CA for the serving certificates the ingress plan needs (new ones, and held
+    /// ones past half life); drops the ones no listener needs any more. A refusal keeps the
+    /// last good certificate.
+    async fn refresh_serving(
+        &mut self,
+        state: &ClusterState,
+        ports: IngressPorts,
+        now: SystemTime,
+        errors: &mut Vec<String>,
+    ) {
+        let wants = ingress::cert_wants(state, ports);
+        self.serving
+            .retain(|k, h| wants.iter().any(|w| &w.secret == k && *w == h.want));
+        for w in wants {
+            if self
+                .serving
+                .get(&w.secret)
+                .is_some_and(|h| now < h.refresh_at)
+            {
+                continue;
+            }
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.client.sign_serving(
+                    &w.dns_names,
+                    &w.kind,
+                    &w.namespace,
+                    &w.name,
+                    Duration::from_secs(3600),
+                ),
+            )
+            .await;
+            match r {
+                Ok(Ok(c)) => {
+                    tracing::info!(names = ?w.dns_names, object = format!("{} {}/{}", w.kind, w.namespace, w.name), "serving certificate issued");
+                    let life = c
+                        .not_after()
+                        .duration_since(c.not_before())
+                        .unwrap_or(Duration::ZERO);
+                    let refresh_at = c.not_before() + life / 2;
+                    self.serving.insert(
+                        w.secret.clone(),
+                        HeldServing {
+                            want: w,
+                            cert: Arc::new(c),
+                            refresh_at,
+                        },
+                    );
+                }
+                Ok(Err(e)) => {
+                    if let Some(h) = self.serving.get_mut(&w.secret) {
+                        h.refresh_at = now + Duration::from_secs(5);
+                    }
+                    errors.push(format!(
+                        "serving certificate for {:?} ({} {}/{}): {e}",
+                        w.dns_names, w.kind, w.namespace, w.name
+                    ));
+                }
+                Err(_) => errors.push(format!(
+                    "serving certificate for {:?}: the CA did not answer within 10s",
+                    w.dns_names
+                )),
+            }
+        }
+    }
+
+    /// Serving certificates held: (DNS names, not after).
+    #[must_use]
+    pub fn serving_certs(&self) -> Vec<(Vec<String>, SystemTime)> {
+        self.serving
+            .values()
+            .map(|h| (h.want.dns_names.clone(), h.cert.not_after()))
+            .collect()
     }
 
     fn spawn_envoy(&self) -> Result<Child, String> {

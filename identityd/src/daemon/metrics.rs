@@ -173,12 +173,12 @@ mod tests {
 
 #[cfg(test)]
 mod dashboard {
-    /// The Grafana dashboard in `charts/dashboards/` queries only metrics the daemon exports.
+    /// The Grafana dashboard (`charts/identityd/dashboards/`) queries only exported metrics.
     #[test]
     fn dashboard_uses_exported_metrics() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../charts/dashboards/identityd.json"
+            "/../charts/identityd/dashboards/identityd.json"
         );
         let dash: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -2,9 +2,12 @@
 
 pub mod api;
 pub mod ca;
+pub mod conditions;
 pub mod config;
+pub mod ingress;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod node_auth;
 pub mod plan;
+pub mod rotation;

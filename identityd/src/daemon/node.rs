@@ -20,8 +20,10 @@ use crate::daemon::api::{self, NodeStatus, PeerStatus};
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::mesh::Mesh;
 use crate::daemon::plan::{NodePlan, RoutePath, plan};
+use crate::daemon::rotation;
 use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
 use crate::model::{ClusterState, IdentitydNode, MtlsMode, Object};
+use crate::source::ClusterSource;
 
 /// Errors that stop the node daemon at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,62 @@ fn ensure_wg_process(cfg: &DaemonConfig, config_path: &Path) -> Result<u32, Node
     write_atomic(&pid_file, pid.to_string().as_bytes(), 0o644).map_err(|e| io("wg.pid", e))?;
     tracing::info!(pid, binary = %bin.display(), "started the WireGuard device process");
     Ok(pid)
+}
+
+/// This node's part of a `wireguard` KeyRotation: a new key (0600, atomic), the device process
+/// restarted with it (the persistent TUN and its routes stay), and the `IdentitydNode`
+/// republished with the new public key and the rotated condition (labels and other conditions
+/// kept). Returns the new public key.
+async fn rotate_wireguard_key(
+    cfg: &DaemonConfig,
+    key_path: &Path,
+    state: &ClusterState,
+    source: &dyn ClusterSource,
+    rotation_name: &str,
+) -> Result<String, String> {
+    let me = state
+        .node(&cfg.name)
+        .ok_or("this node's IdentitydNode is not published yet")?;
+    let key = NodeKey::generate();
+    key.save(key_path)
+        .map_err(|e| format!("saving the new key: {e}"))?;
+    let public_key = key.public_key().to_string();
+    drop(key);
+    // The device keeps the key it started with: restart it (it re-reads the key file).
+    let pid_file = cfg.run_dir.join("wg.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        && pid_alive(pid)
+    {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pid_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if pid_alive(pid) {
+            return Err(format!("the WireGuard device process {pid} did not stop"));
+        }
+    }
+    ensure_wg_process(cfg, &cfg.run_dir.join("wg.json")).map_err(|e| e.to_string())?;
+    let mut node = me.clone();
+    if let Some(w) = node.spec.wireguard.as_mut() {
+        w.public_key.clone_from(&public_key);
+    }
+    let mut st = node.status.take().unwrap_or_default();
+    st.conditions
+        .retain(|c| c.type_ != rotation::ROTATED_CONDITION);
+    st.conditions.push(rotation::rotated_condition(
+        rotation_name,
+        &public_key,
+        &rotation::now_rfc3339(),
+    ));
+    node.status = Some(st);
+    source
+        .apply(&Object::IdentitydNode(node))
+        .await
+        .map_err(|e| format!("republishing IdentitydNode {}: {e}", cfg.name))?;
+    Ok(public_key)
 }
 
 /// Interfaces of the current network namespace (from netlink via `ip`, not `/sys/class/net`:
@@ -416,7 +474,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     let key_path = cfg.state_dir.join("wireguard.key");
     let (key, origin) =
         NodeKey::load_or_generate(&key_path).map_err(|e| NodeError::Wireguard(e.to_string()))?;
-    let public_key = key.public_key().to_string();
+    let mut public_key = key.public_key().to_string();
     drop(key);
     tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
 
@@ -520,6 +578,15 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     let mut tunnel_addr_done = false;
     loop {
         let state = rx.borrow_and_update().clone();
+        if let Some(name) = rotation::node_pending_rotation(&state, &cfg.name) {
+            match rotate_wireguard_key(&cfg, &key_path, &state, source.as_ref(), &name).await {
+                Ok(pk) => {
+                    tracing::info!(rotation = %name, public_key = %pk, "WireGuard key rotated");
+                    public_key = pk;
+                }
+                Err(e) => tracing::warn!(rotation = %name, error = %e, "WireGuard key rotation"),
+            }
+        }
         let p = plan(&cfg, &state, &key_path, MtlsMode::Disabled);
         for e in dp.apply(&cfg, &p) {
             tracing::warn!(error = %e, "apply");
@@ -563,6 +630,15 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
                 st.bundle_roots = m.bundle_roots();
                 st.inbound_workloads = m.inbound_workloads().to_vec();
                 st.envoy_ready = envoy_ready;
+                let now = std::time::SystemTime::now();
+                st.ingress_certificates = m
+                    .serving_certs()
+                    .into_iter()
+                    .map(|(names, not_after)| {
+                        let left = not_after.duration_since(now).unwrap_or_default().as_secs();
+                        (names.join(","), left)
+                    })
+                    .collect();
                 if let Some(e) = &m.last_error {
                     st.problems.push(e.clone());
                 }

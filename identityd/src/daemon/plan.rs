@@ -222,6 +222,7 @@ mod tests {
             listen: None,
             ca: None,
             envoy: None,
+            ingress: Default::default(),
         }
     }
 

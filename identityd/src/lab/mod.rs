@@ -29,6 +29,18 @@ pub const WORKLOAD_PORT: u16 = 8080;
 /// connections to the CA role (10.99.0.1:8443), nor link housekeeping (ARP, IGMP, IPv6
 /// link-local neighbour/multicast-listener traffic).
 pub const NOT_WIREGUARD_FILTER: &str = "not (udp port 51871) and not (tcp port 8443 and host 10.99.0.1) and not arp and not igmp and not (ip6 and src net fe80::/10) and not (ip6 and dst net ff02::/16)";
+/// Ports of the lab Gateway's listeners (DESIGN: ingress 80/443, lab 8080/8443).
+pub const INGRESS_HTTP: u16 = 8080;
+/// HTTPS listener of the lab Gateway.
+pub const INGRESS_HTTPS: u16 = 8443;
+/// Ports of the listeners the lab's `Ingress` objects share (the daemon's `ingress:` config).
+pub const INGRESS_LEGACY_HTTP: u16 = 8081;
+/// HTTPS port of the lab's `Ingress` objects.
+pub const INGRESS_LEGACY_HTTPS: u16 = 8444;
+/// The hostname of the lab Gateway's HTTPS listener (certificate from identityd's CA).
+pub const INGRESS_HOST: &str = "web.shop.example";
+/// The hostname of the lab's Ingress (TLS, certificate from identityd's CA).
+pub const LEGACY_HOST: &str = "legacy.shop.example";
 /// The marker the sample traffic carries (searched for in the underlay capture).
 pub const PAYLOAD_MARKER: &str = "IDENTITYD-LAB-PLAINTEXT-MARKER";
 
@@ -235,7 +247,8 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
     if mtls {
         y.push_str(
             "---\napiVersion: identityd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: web-callers\n  namespace: shop\n\
-             spec:\n  targetRef: {kind: Service, name: web}\n  allow:\n  - from: {serviceAccounts: [front/client]}\n    to: {methods: [GET]}\n",
+             spec:\n  targetRef: {kind: Service, name: web}\n  allow:\n  - from: {serviceAccounts: [front/client]}\n    to: {methods: [GET]}\n\
+             \x20 - from: {spiffeIds: [\"spiffe://cluster.local/identityd/gateway\"]}\n    to: {methods: [GET]}\n",
         );
         y.push_str(
             "---\napiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: web-resilience\n  namespace: shop\n\
@@ -254,6 +267,23 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
         y.push_str(
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: web-split\n  namespace: shop\n\
              spec:\n  parentRefs:\n  - {group: \"\", kind: Service, name: web, port: 80}\n  rules:\n  - backendRefs:\n    - {name: web-v1, port: 80, weight: 90}\n    - {name: web-v2, port: 80, weight: 10}\n",
+        );
+    }
+    if mtls {
+        // Ingress on every node: a Gateway with a plaintext listener and an HTTPS listener whose
+        // certificate identityd's CA issues for the hostname, and a Kubernetes Ingress with TLS.
+        let _ = write!(
+            y,
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: public\n  namespace: shop\n\
+             spec:\n  gatewayClassName: identityd\n  listeners:\n  - {{name: http, port: {INGRESS_HTTP}, protocol: HTTP}}\n\
+             \x20 - {{name: https, port: {INGRESS_HTTPS}, protocol: HTTPS, hostname: {INGRESS_HOST}}}\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: web-public\n  namespace: shop\n\
+             spec:\n  parentRefs:\n  - {{name: public}}\n  hostnames: [{INGRESS_HOST}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n\
+             \x20   filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {{set: [{{name: x-ingress, value: identityd}}]}}\n\
+             \x20   backendRefs: [{{name: web, port: 80}}]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web-legacy\n  namespace: shop\n\
+             spec:\n  ingressClassName: identityd\n  tls: [{{hosts: [{LEGACY_HOST}]}}]\n  rules:\n  - host: {LEGACY_HOST}\n\
+             \x20   http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
         );
     }
     y
@@ -285,7 +315,7 @@ fn node_config(
         clusters.join(", "),
         wg_bin.display(),
         envoy.map_or(String::new(), |e| format!(
-            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {}, adminPort: 15000 }}\n",
+            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {}, adminPort: 15000 }}\ningress: {{ httpPort: {INGRESS_LEGACY_HTTP}, httpsPort: {INGRESS_LEGACY_HTTPS} }}\n",
             dir.join("ca/bundle.pem").display(),
             node_dir.join("state/join-token").display(),
             e.display()
@@ -365,11 +395,21 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         );
     }
     let mtls = envoy.is_some();
-    std::fs::write(
-        dir.join("cluster/lab.yaml"),
-        cluster_yaml(opts.nodes, &pods, mtls),
-    )
-    .map_err(|e| io_err(dir, e))?;
+    // One object per file, as `kubectl apply` users keep them: the controller can then write
+    // each object's status back into its own file.
+    for doc in cluster_yaml(opts.nodes, &pods, mtls).split("\n---\n") {
+        let key = crate::source::decode::decode_all(doc)
+            .into_iter()
+            .find_map(|(_, r)| r.ok().flatten())
+            .map(|o| o.key())
+            .ok_or_else(|| LabError::Io(format!("the lab's own manifest is invalid:\n{doc}")))?;
+        std::fs::write(
+            dir.join("cluster")
+                .join(crate::source::file::file_name(&key)),
+            format!("{}\n", doc.trim_end()),
+        )
+        .map_err(|e| io_err(dir, e))?;
+    }
     if let Some(m) = &opts.manifests {
         let entries = std::fs::read_dir(m).map_err(|e| io_err(m, e))?;
         for e in entries.filter_map(Result::ok) {
@@ -546,7 +586,12 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
                 what: missing.join("; "),
             });
         }
-        for a in pods.iter().filter(|p| p.app == "client") {
+        // Ping only once every node has every peer in its device: before that, strict mode
+        // rightly drops the packet (and the drop would show in `identityd audit`).
+        let all_peers = !missing
+            .iter()
+            .any(|m| m.contains(" peers") || m.contains(": "));
+        for a in pods.iter().filter(|p| all_peers && p.app == "client") {
             for b in pods.iter().filter(|p| p.node != a.node && p.app == "web") {
                 let _ = Command::new("ip")
                     .args([
@@ -717,6 +762,13 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         .status();
     let _ = tcpdump.wait();
     let (total, not_wg, marker) = inspect_capture(&capture);
+    // Ingress from outside the cluster (the root namespace dials node addresses), after the
+    // capture: this traffic arrives over the underlay by design (TLS or plaintext ingress).
+    let ingress = if mtls {
+        ingress_samples(&exe_s, dir, opts.nodes)
+    } else {
+        Vec::new()
+    };
 
     // ---- report ----
     if mtls {
@@ -760,6 +812,14 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
             opts.nodes
         );
     }
+    if !ingress.is_empty() {
+        println!(
+            "\ningress (from the host to node addresses; TLS verified against the lab's bundle):"
+        );
+        for (what, ok, line) in &ingress {
+            println!("  {what:<58} {}  {line}", if *ok { "OK  " } else { "FAIL" });
+        }
+    }
     if let Some(code) = &rbac {
         println!(
             "authorization: web-1 (spiffe://cluster.local/ns/shop/sa/web) → web.shop: HTTP {code} \
@@ -767,6 +827,7 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         );
     }
     let failed = results.iter().filter(|r| !r.4).count()
+        + ingress.iter().filter(|r| !r.1).count()
         + split.map_or(0, |(ok, _)| 100 - ok as usize)
         + usize::from(rbac.as_deref().is_some_and(|c| c != "403"));
     if failed > 0 || not_wg > 0 || marker {
@@ -778,6 +839,64 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
         });
     }
     Ok(())
+}
+
+/// Requests through the ingress listeners of every node: the Gateway's HTTPS listener (CA-issued
+/// certificate for [`INGRESS_HOST`]), its plaintext listener, and the Ingress's TLS listener.
+/// Each is retried for up to 15 s (certificates are issued on the daemons' first reconcile).
+fn ingress_samples(exe: &str, dir: &Path, nodes: usize) -> Vec<(String, bool, String)> {
+    let bundle = dir.join("ca/bundle.pem");
+    let mut out = Vec::new();
+    for n in 1..=nodes {
+        let ip = format!("10.99.0.{}", 10 + n);
+        let checks = [
+            (
+                format!("https://{ip}:{INGRESS_HTTPS}/"),
+                INGRESS_HOST,
+                "Gateway shop/public https",
+            ),
+            (
+                format!("http://{ip}:{INGRESS_HTTP}/"),
+                INGRESS_HOST,
+                "Gateway shop/public http",
+            ),
+            (
+                format!("https://{ip}:{INGRESS_LEGACY_HTTPS}/"),
+                LEGACY_HOST,
+                "Ingress shop/web-legacy https",
+            ),
+        ];
+        for (url, host, what) in checks {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let (ok, line) = loop {
+                let o = Command::new(exe)
+                    .args(["lab", "get", &url, "--host", host, "--ca"])
+                    .arg(&bundle)
+                    .output();
+                let (ok, text) = match o {
+                    Ok(o) => (
+                        o.status.success(),
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        ),
+                    ),
+                    Err(e) => (false, e.to_string()),
+                };
+                // The Gateway's HTTPRoute sets x-ingress (the echo server shows it); the
+                // Ingress has no filter.
+                let good = ok && text.contains("x-ingress") == what.starts_with("Gateway");
+                if good || Instant::now() > deadline {
+                    let first = text.lines().next().unwrap_or("").to_owned();
+                    break (good, first);
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            out.push((format!("n{n} {what} ({host})"), ok, line));
+        }
+    }
+    out
 }
 
 /// (packets, packets that are not WireGuard UDP on 51871 between node addresses, marker seen)

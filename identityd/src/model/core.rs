@@ -658,3 +658,104 @@ pub(crate) fn check_hostname(errs: &mut Errors, path: &str, h: &str) {
         );
     }
 }
+
+/// A `v1 Secret`. identityd reads only `kubernetes.io/tls` Secrets that Gateway listeners
+/// (`certificateRefs`) and Ingresses (`tls[].secretName`) name. `Debug` never prints values.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    /// `v1`.
+    pub api_version: String,
+    /// `Secret`.
+    pub kind: String,
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// `kubernetes.io/tls`, `Opaque`, …
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Base64 values by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Plain values by key (merged over `data`, as the API server does on write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&String> = self.data.keys().chain(self.string_data.keys()).collect();
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.type_)
+            .field("keys", &keys)
+            .field("values", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Secret type of TLS certificates.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+impl Secret {
+    /// Namespace (`default` when absent).
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace_or_default()
+    }
+
+    /// The value of `key` (`stringData` first, then decoded `data`), if present and valid.
+    #[must_use]
+    pub fn value(&self, key: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        if let Some(v) = self.string_data.get(key) {
+            return Some(zeroize::Zeroizing::new(v.as_bytes().to_vec()));
+        }
+        use base64::Engine as _;
+        let v = self.data.get(key)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .ok()
+            .map(zeroize::Zeroizing::new)
+    }
+
+    /// `tls.crt` and `tls.key` as PEM text, when this is a usable TLS Secret.
+    #[must_use]
+    pub fn tls_pem(&self) -> Option<(String, zeroize::Zeroizing<String>)> {
+        let crt = String::from_utf8(self.value("tls.crt")?.to_vec()).ok()?;
+        let key = zeroize::Zeroizing::new(String::from_utf8(self.value("tls.key")?.to_vec()).ok()?);
+        (crt.contains("-----BEGIN CERTIFICATE-----") && key.contains("PRIVATE KEY-----"))
+            .then_some((crt, key))
+    }
+
+    pub(crate) fn check(&self, errs: &mut Errors) {
+        // Values are never echoed in errors.
+        for (k, v) in &self.data {
+            use base64::Engine as _;
+            if base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .is_err()
+            {
+                errs.push(format!("data.{k}"), "<redacted>", "must be base64");
+            }
+        }
+        if self.type_.as_deref() == Some(TLS_SECRET_TYPE) {
+            let mut complete = true;
+            for k in ["tls.crt", "tls.key"] {
+                if !self.data.contains_key(k) && !self.string_data.contains_key(k) {
+                    complete = false;
+                    errs.push(
+                        format!("data.{k}"),
+                        "",
+                        "required in a kubernetes.io/tls Secret",
+                    );
+                }
+            }
+            if complete && self.tls_pem().is_none() {
+                errs.push(
+                    "data",
+                    "<redacted>",
+                    "tls.crt must hold PEM certificates and tls.key a PEM private key",
+                );
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::core::check_hostname;
 use super::identityd::HTTP_METHODS;
-use super::meta::ObjectMeta;
+use super::meta::{Condition, ObjectMeta};
 use super::validate::Errors;
 
 /// Gateway API group.
@@ -25,6 +25,9 @@ pub struct Gateway {
     pub metadata: ObjectMeta,
     /// Listeners.
     pub spec: GatewaySpec,
+    /// Status (written by identityd's controller: whether it accepted the object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<GatewayStatus>,
 }
 
 /// `Gateway.spec`.
@@ -127,6 +130,37 @@ impl Gateway {
             }
         }
     }
+}
+
+/// `Gateway.status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// Conditions (`Accepted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// `HTTPRoute.status` / `GRPCRoute.status` (Gateway API `RouteStatus`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// One entry per parent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<RouteParentStatus>,
+}
+
+/// `status.parents[]` of a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    /// The parent this entry is about.
+    pub parent_ref: ParentRef,
+    /// `identityd.io/gateway-controller`.
+    pub controller_name: String,
+    /// Conditions (`Accepted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,6 +532,9 @@ pub struct HttpRoute {
     pub metadata: ObjectMeta,
     /// Routing.
     pub spec: HttpRouteSpec,
+    /// Status (written by identityd's controller: whether it accepted the object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RouteStatus>,
 }
 
 /// `HTTPRoute.spec`.
@@ -647,6 +684,9 @@ pub struct GrpcRoute {
     pub metadata: ObjectMeta,
     /// Routing.
     pub spec: GrpcRouteSpec,
+    /// Status (written by identityd's controller: whether it accepted the object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RouteStatus>,
 }
 
 /// `GRPCRoute.spec`.

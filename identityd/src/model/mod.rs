@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use self::core::{
     Container, ContainerPort, Ingress, IngressSpec, IntOrString, MTLS_ANNOTATION, MtlsMode,
-    Namespace, Pod, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+    Namespace, Pod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
 };
 pub use self::gateway::{
     BackendRef, Gateway, GatewaySpec, GrpcRoute, GrpcRouteSpec, HttpRoute, HttpRouteSpec,
@@ -95,11 +95,13 @@ pub enum Kind {
     GrpcRoute,
     /// `networking.k8s.io/v1 Ingress`.
     Ingress,
+    /// `v1 Secret` (TLS certificates of ingress listeners).
+    Secret,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::IdentitydNode,
         Kind::KeyRotation,
         Kind::TrafficPolicy,
@@ -111,6 +113,7 @@ impl Kind {
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::Ingress,
+        Kind::Secret,
     ];
 
     /// The `kind` string.
@@ -128,6 +131,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::Ingress => "Ingress",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -139,7 +143,7 @@ impl Kind {
             | Kind::KeyRotation
             | Kind::TrafficPolicy
             | Kind::AuthorizationPolicy => &[IDENTITYD_API_VERSION],
-            Kind::Namespace | Kind::Pod | Kind::Service => &["v1"],
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::Secret => &["v1"],
             Kind::Gateway | Kind::HttpRoute => &[
                 "gateway.networking.k8s.io/v1",
                 "gateway.networking.k8s.io/v1beta1",
@@ -238,6 +242,8 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     /// `Ingress`.
     Ingress(Ingress),
+    /// `Secret`.
+    Secret(Secret),
 }
 
 macro_rules! each {
@@ -254,6 +260,7 @@ macro_rules! each {
             Object::HttpRoute($o) => $e,
             Object::GrpcRoute($o) => $e,
             Object::Ingress($o) => $e,
+            Object::Secret($o) => $e,
         }
     };
 }
@@ -279,6 +286,7 @@ impl Object {
             Kind::HttpRoute => Object::HttpRoute(Deserialize::deserialize(d)?),
             Kind::GrpcRoute => Object::GrpcRoute(Deserialize::deserialize(d)?),
             Kind::Ingress => Object::Ingress(Deserialize::deserialize(d)?),
+            Kind::Secret => Object::Secret(Deserialize::deserialize(d)?),
         })
     }
 
@@ -297,6 +305,7 @@ impl Object {
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::Ingress(_) => Kind::Ingress,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -369,6 +378,7 @@ impl Object {
             Object::HttpRoute(o) => o.check(&mut errs),
             Object::GrpcRoute(o) => o.check(&mut errs),
             Object::Ingress(o) => o.check(&mut errs),
+            Object::Secret(o) => o.check(&mut errs),
         }
         errs.finish()
     }
@@ -384,6 +394,9 @@ impl Object {
                 a.status.clone_from(&b.status);
             }
             (Object::Pod(a), Object::Pod(b)) => a.status.clone_from(&b.status),
+            (Object::Gateway(a), Object::Gateway(b)) => a.status.clone_from(&b.status),
+            (Object::HttpRoute(a), Object::HttpRoute(b)) => a.status.clone_from(&b.status),
+            (Object::GrpcRoute(a), Object::GrpcRoute(b)) => a.status.clone_from(&b.status),
             _ => {}
         }
     }
@@ -397,6 +410,9 @@ impl Object {
             Object::TrafficPolicy(o) => serde_json::to_value(o.status.as_ref()?),
             Object::AuthorizationPolicy(o) => serde_json::to_value(o.status.as_ref()?),
             Object::Pod(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::Gateway(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::HttpRoute(o) => serde_json::to_value(o.status.as_ref()?),
+            Object::GrpcRoute(o) => serde_json::to_value(o.status.as_ref()?),
             _ => return None,
         };
         v.ok()

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::core::{MtlsMode, Namespace, Pod, Service};
+use super::core::{MtlsMode, Namespace, Pod, Secret, Service};
 use super::gateway::{Gateway, GrpcRoute, HttpRoute, ParentKind};
 use super::identityd::{AuthorizationPolicy, IdentitydNode, KeyRotation, TrafficPolicy};
 use super::meta::{NamespacedName, selector_matches};
@@ -121,6 +121,8 @@ pub struct ClusterState {
     pub grpc_routes: BTreeMap<NamespacedName, GrpcRoute>,
     /// `Ingress`es.
     pub ingresses: BTreeMap<NamespacedName, Ingress>,
+    /// `Secret`s (TLS certificates named by ingress objects).
+    pub secrets: BTreeMap<NamespacedName, Secret>,
     /// Where each object came from (as of this snapshot's publication: a later edit that only
     /// moves an object within its file does not publish a new snapshot).
     pub origins: BTreeMap<ObjectKey, Origin>,
@@ -216,6 +218,7 @@ impl ClusterState {
             Object::HttpRoute(o) => drop(self.http_routes.insert(k, o)),
             Object::GrpcRoute(o) => drop(self.grpc_routes.insert(k, o)),
             Object::Ingress(o) => drop(self.ingresses.insert(k, o)),
+            Object::Secret(o) => drop(self.secrets.insert(k, o)),
         }
         self.origins.insert(key, origin);
         Ok(())
@@ -239,6 +242,7 @@ impl ClusterState {
             Kind::HttpRoute => Object::HttpRoute(self.http_routes.get(&ns())?.clone()),
             Kind::GrpcRoute => Object::GrpcRoute(self.grpc_routes.get(&ns())?.clone()),
             Kind::Ingress => Object::Ingress(self.ingresses.get(&ns())?.clone()),
+            Kind::Secret => Object::Secret(self.secrets.get(&ns())?.clone()),
         })
     }
 

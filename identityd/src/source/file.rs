@@ -279,12 +279,7 @@ impl FileSource {
     /// The file `apply` writes an object to when nothing else defines it.
     #[must_use]
     pub fn default_path(&self, key: &ObjectKey) -> PathBuf {
-        let kind = key.kind.as_str().to_ascii_lowercase();
-        let name = match &key.namespace {
-            Some(ns) => format!("{kind}-{ns}-{}.yaml", key.name),
-            None => format!("{kind}-{}.yaml", key.name),
-        };
-        self.dir.join(name)
+        self.dir.join(file_name(key))
     }
 
     /// Validates `object`, writes it atomically into the directory (so other daemons watching
@@ -373,6 +368,17 @@ impl FileSource {
         })?;
         stored.set_status_from(&wanted);
         self.apply(&stored)
+    }
+}
+
+/// The file name of an object in its own file: `<kind>-<namespace>-<name>.yaml` (lower-case
+/// kind; cluster-scoped objects have no namespace part).
+#[must_use]
+pub fn file_name(key: &ObjectKey) -> String {
+    let kind = key.kind.as_str().to_ascii_lowercase();
+    match &key.namespace {
+        Some(ns) => format!("{kind}-{ns}-{}.yaml", key.name),
+        None => format!("{kind}-{}.yaml", key.name),
     }
 }
 

@@ -3,10 +3,11 @@
 //! Behaviour (the same contract as the FileSource where it applies):
 //! - **What is watched**: every model kind ([`Kind::ALL`]): Namespaces, Pods, Services,
 //!   Ingresses, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute` (`gateway.networking.k8s.io/v1`),
-//!   and the four `identityd.io/v1alpha1` CRDs, cluster-wide. Objects are read as untyped JSON
-//!   ([`DynamicObject`]) and converted by [`decode_value`], the FileSource's kind dispatch and
-//!   validation. Service endpoints are derived from Pods and selectors as the model does for
-//!   the FileSource (EndpointSlices are not read). Node objects are not part of the snapshot;
+//!   the four `identityd.io/v1alpha1` CRDs, and Secrets of type `kubernetes.io/tls` only
+//!   (field selector [`SECRET_TYPE_SELECTOR`]; ingress certificates), cluster-wide. Objects
+//!   are read as untyped JSON ([`DynamicObject`]) and converted by [`decode_value`], the
+//!   FileSource's kind dispatch and validation. Service endpoints are derived from Pods and
+//!   selectors as the model does for the FileSource (EndpointSlices are not read). Node objects are not part of the snapshot;
 //!   [`KubeSource::node_pod_cidr`] reads one Node when the config leaves `podCIDR` out.
 //! - **Bad objects** (wrong field types, failed validation) become [`Problem`]s naming the kind,
 //!   `namespace/name`, field and reason; they never stop the watch. A kind that cannot be
@@ -72,6 +73,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::HttpRoute => ("gateway.networking.k8s.io", "v1", "httproutes"),
         Kind::GrpcRoute => ("gateway.networking.k8s.io", "v1", "grpcroutes"),
         Kind::Ingress => ("networking.k8s.io", "v1", "ingresses"),
+        Kind::Secret => ("", "v1", "secrets"),
     };
     ApiResource {
         group: group.to_owned(),
@@ -83,6 +85,18 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         },
         kind: kind.as_str().to_owned(),
         plural: plural.to_owned(),
+    }
+}
+
+/// Secrets of this type are the only ones read (ingress certificates); other Secrets never
+/// reach the daemon.
+pub const SECRET_TYPE_SELECTOR: &str = "type=kubernetes.io/tls";
+
+/// The watch settings of a kind: Secrets are filtered by type at the API server.
+fn watch_config(kind: Kind) -> watcher::Config {
+    match kind {
+        Kind::Secret => watcher::Config::default().fields(SECRET_TYPE_SELECTOR),
+        _ => watcher::Config::default(),
     }
 }
 
@@ -236,7 +250,7 @@ impl KubeSource {
     pub async fn run(self: Arc<Self>) {
         let mut events = futures::stream::select_all(Kind::ALL.into_iter().map(|kind| {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &api_resource(kind));
-            watcher(api, watcher::Config::default())
+            watcher(api, watch_config(kind))
                 .default_backoff()
                 .map(move |ev| (kind, ev))
                 .boxed()

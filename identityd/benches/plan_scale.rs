@@ -85,6 +85,7 @@ fn main() {
             name: "n1".into(),
             trust_domain: "cluster.local".into(),
             cluster_source: identityd::daemon::config::ClusterSourceKind::File,
+            secret_namespaces: Vec::new(),
             cluster_dir: "/c".into(),
             state_dir: "/s".into(),
             run_dir: "/r".into(),

@@ -67,6 +67,8 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
         KubeSourceOptions {
             debounce: Duration::from_millis(50),
             initial_sync_timeout: Duration::from_secs(20),
+            secret_namespaces: vec!["shop".to_owned()],
+            ..KubeSourceOptions::default()
         },
     ));
     let mut rx = source.subscribe();
@@ -165,7 +167,7 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
     assert_eq!(typo.value.as_deref(), Some("FETCH"));
     assert!(!s.authorization_policies.contains_key(&nn("shop", "typo")));
 
-    // Secrets: only kubernetes.io/tls ones are asked for (field selector on list and watch).
+    // Secrets: only in the listed namespace, only kubernetes.io/tls (field selector).
     assert_eq!(
         s.secrets[&nn("shop", "api-tls")].type_.as_deref(),
         Some("kubernetes.io/tls")
@@ -191,7 +193,14 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
             .all(|r| r.query.contains("allowWatchBookmarks=true")),
         "{log:#?}"
     );
-    let secrets: Vec<_> = log.iter().filter(|r| r.path == "/api/v1/secrets").collect();
+    assert!(
+        !log.iter().any(|r| r.path == "/api/v1/secrets"),
+        "Secrets are never listed cluster-wide"
+    );
+    let secrets: Vec<_> = log
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/shop/secrets")
+        .collect();
     assert!(secrets.len() >= 2, "{log:#?}");
     assert!(
         secrets
@@ -217,6 +226,8 @@ async fn first_snapshot_waits_for_every_list_then_reports_unwatchable_kinds() {
         KubeSourceOptions {
             debounce: Duration::from_millis(20),
             initial_sync_timeout: Duration::from_millis(1500),
+            secret_namespaces: vec!["shop".to_owned()],
+            ..KubeSourceOptions::default()
         },
     ));
     let mut rx = source.subscribe();
@@ -269,6 +280,8 @@ async fn a_burst_of_events_is_folded_into_one_snapshot() {
         KubeSourceOptions {
             debounce: Duration::from_millis(300),
             initial_sync_timeout: Duration::from_secs(20),
+            secret_namespaces: vec!["shop".to_owned()],
+            ..KubeSourceOptions::default()
         },
     ));
     let mut rx = source.subscribe();

@@ -6,6 +6,7 @@
 //! trustDomain: cluster.local
 //! clusterSource: file            # or kube (the API server; then clusterDir is not needed)
 //! clusterDir: /path/cluster       # the FileSource directory
+//! secretNamespaces: [shop]        # kube: where TLS Secrets may be read (default: none)
 //! stateDir: /var/lib/identityd    # keys and join credentials (0600)
 //! runDir: /run/identityd          # api.sock, xds.sock, wg.json
 //! underlayAddress: 10.99.0.11
@@ -139,6 +140,10 @@ pub struct DaemonConfig {
     /// The FileSource directory (required for `clusterSource: file`).
     #[serde(default)]
     pub cluster_dir: PathBuf,
+    /// `clusterSource: kube`: the namespaces whose `kubernetes.io/tls` Secrets are read
+    /// (Gateway `certificateRefs`, Ingress `secretName`); empty (default): no Secret is read.
+    #[serde(default)]
+    pub secret_namespaces: Vec<String>,
     /// State directory (keys).
     pub state_dir: PathBuf,
     /// Runtime directory (sockets).
@@ -385,6 +390,10 @@ impl DaemonConfig {
                 format!("must not be empty (set it, or {ENV_NODE_NAME})"),
             ));
         }
+        for (i, ns) in self.secret_namespaces.iter().enumerate() {
+            crate::model::validate::check_dns_subdomain(ns)
+                .map_err(|e| (format!("secretNamespaces[{i}]"), ns.clone(), e.to_string()))?;
+        }
         if self.cluster_source == ClusterSourceKind::File && self.cluster_dir.as_os_str().is_empty()
         {
             return Err((
@@ -602,6 +611,9 @@ mod tests {
         ));
         let e = DaemonConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("ca.nodeServiceAccount=identityd-node"), "{e}");
+        let (_d, p) = write(&format!("{GOOD}secretNamespaces: [shop, Bad_NS]\n"));
+        let e = DaemonConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("secretNamespaces[1]=Bad_NS"), "{e}");
         let (_d, p) = write(&format!("{GOOD}clusterSource: etcd\n"));
         assert!(
             DaemonConfig::load(&p)

@@ -198,6 +198,7 @@ mod tests {
             name: "n1".into(),
             trust_domain: "cluster.local".into(),
             cluster_source: crate::daemon::config::ClusterSourceKind::File,
+            secret_namespaces: Vec::new(),
             cluster_dir: "/c".into(),
             state_dir: "/s".into(),
             run_dir: "/r".into(),

@@ -1,10 +1,12 @@
 //! [`KubeSource`]: cluster state from the Kubernetes API server, through kube-runtime watchers.
 //!
 //! Behaviour (the same contract as the FileSource where it applies):
-//! - **What is watched**: every model kind ([`Kind::ALL`]): Namespaces, Pods, Services,
-//!   Ingresses, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute` (`gateway.networking.k8s.io/v1`),
-//!   the four `identityd.io/v1alpha1` CRDs, and Secrets of type `kubernetes.io/tls` only
-//!   (field selector [`SECRET_TYPE_SELECTOR`]; ingress certificates), cluster-wide. Objects
+//! - **What is watched**: by default every model kind but Secrets, cluster-wide: Namespaces,
+//!   Pods, Services, Ingresses, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute`
+//!   (`gateway.networking.k8s.io/v1`) and the four `identityd.io/v1alpha1` CRDs. Secrets only in
+//!   the namespaces listed ([`KubeSourceOptions::secret_namespaces`], config
+//!   `secretNamespaces`), and only of type `kubernetes.io/tls` (field selector
+//!   [`SECRET_TYPE_SELECTOR`]; ingress certificates). Objects
 //!   are read as untyped JSON ([`DynamicObject`]) and converted by [`decode_value`], the
 //!   FileSource's kind dispatch and validation. Service endpoints are derived from Pods and
 //!   selectors as the model does for the FileSource (EndpointSlices are not read). Node objects are not part of the snapshot;
@@ -47,6 +49,11 @@ pub struct KubeSourceOptions {
     pub debounce: Duration,
     /// How long the first snapshot waits for kinds that cannot be listed.
     pub initial_sync_timeout: Duration,
+    /// The kinds watched cluster-wide (default: every kind but `Secret`).
+    pub kinds: Vec<Kind>,
+    /// Namespaces whose `kubernetes.io/tls` Secrets are watched (one watcher each; default
+    /// none: the daemon reads no Secret unless told where).
+    pub secret_namespaces: Vec<String>,
 }
 
 impl Default for KubeSourceOptions {
@@ -54,7 +61,23 @@ impl Default for KubeSourceOptions {
         Self {
             debounce: Duration::from_millis(100),
             initial_sync_timeout: Duration::from_secs(10),
+            kinds: Kind::ALL
+                .into_iter()
+                .filter(|k| *k != Kind::Secret)
+                .collect(),
+            secret_namespaces: Vec::new(),
         }
+    }
+}
+
+/// One watcher: a kind, cluster-wide (`None`) or in one namespace.
+type WatchKey = (Kind, Option<String>);
+
+fn describe(key: &WatchKey) -> String {
+    let plural = api_resource(key.0).plural;
+    match &key.1 {
+        Some(ns) => format!("{} ({plural} in namespace {ns})", key.0),
+        None => format!("{} ({plural})", key.0),
     }
 }
 
@@ -92,6 +115,17 @@ pub fn api_resource(kind: Kind) -> ApiResource {
 /// reach the daemon.
 pub const SECRET_TYPE_SELECTOR: &str = "type=kubernetes.io/tls";
 
+/// The watchers of `opts`: each kind cluster-wide, Secrets per listed namespace.
+fn watch_keys(opts: &KubeSourceOptions) -> BTreeSet<WatchKey> {
+    let mut keys: BTreeSet<WatchKey> = opts.kinds.iter().map(|k| (*k, None)).collect();
+    keys.extend(
+        opts.secret_namespaces
+            .iter()
+            .map(|ns| (Kind::Secret, Some(ns.clone()))),
+    );
+    keys
+}
+
 /// The watch settings of a kind: Secrets are filtered by type at the API server.
 fn watch_config(kind: Kind) -> watcher::Config {
     match kind {
@@ -117,7 +151,7 @@ struct KindStore {
 
 #[derive(Debug)]
 struct Inner {
-    kinds: BTreeMap<Kind, KindStore>,
+    watches: BTreeMap<WatchKey, KindStore>,
     current: Arc<ClusterState>,
     /// Whether version 1 was published.
     started: bool,
@@ -198,14 +232,15 @@ impl KubeSource {
     pub fn new(client: kube::Client, opts: KubeSourceOptions) -> Self {
         let current = Arc::new(ClusterState::new(0));
         let (tx, _rx) = watch::channel(current.clone());
+        let watches = watch_keys(&opts)
+            .into_iter()
+            .map(|k| (k, KindStore::default()))
+            .collect();
         Self {
             client,
             opts,
             inner: Mutex::new(Inner {
-                kinds: Kind::ALL
-                    .into_iter()
-                    .map(|k| (k, KindStore::default()))
-                    .collect(),
+                watches,
                 current,
                 started: false,
             }),
@@ -246,15 +281,21 @@ impl KubeSource {
         lock(&self.inner).current.clone()
     }
 
-    /// Runs one watcher per kind until dropped, publishing debounced snapshots.
+    /// Runs one watcher per kind (and Secret namespace) until dropped, publishing debounced
+    /// snapshots.
     pub async fn run(self: Arc<Self>) {
-        let mut events = futures::stream::select_all(Kind::ALL.into_iter().map(|kind| {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &api_resource(kind));
-            watcher(api, watch_config(kind))
-                .default_backoff()
-                .map(move |ev| (kind, ev))
-                .boxed()
-        }));
+        let mut events =
+            futures::stream::select_all(watch_keys(&self.opts).into_iter().map(|key| {
+                let ar = api_resource(key.0);
+                let api: Api<DynamicObject> = match &key.1 {
+                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+                    None => Api::all_with(self.client.clone(), &ar),
+                };
+                watcher(api, watch_config(key.0))
+                    .default_backoff()
+                    .map(move |ev| (key.clone(), ev))
+                    .boxed()
+            }));
         let sync_deadline = tokio::time::Instant::now() + self.opts.initial_sync_timeout;
         loop {
             let first = if lock(&self.inner).started {
@@ -281,15 +322,16 @@ impl KubeSource {
     }
 
     /// Folds one watcher event into the store.
-    fn handle(&self, kind: Kind, ev: Result<Event<DynamicObject>, watcher::Error>) {
+    fn handle(&self, key: WatchKey, ev: Result<Event<DynamicObject>, watcher::Error>) {
         let mut inner = lock(&self.inner);
-        let Some(store) = inner.kinds.get_mut(&kind) else {
+        let kind = key.0;
+        let Some(store) = inner.watches.get_mut(&key) else {
             return;
         };
         match ev {
             Ok(ev) => {
                 if store.error.take().is_some() {
-                    tracing::info!(%kind, "watch recovered");
+                    tracing::info!(watch = %describe(&key), "watch recovered");
                 }
                 match ev {
                     Event::Init => store.relist = Some(BTreeMap::new()),
@@ -314,7 +356,7 @@ impl KubeSource {
             Err(e) => {
                 let msg = e.to_string();
                 if store.error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(%kind, error = %msg, "watch failed; retrying with back-off");
+                    tracing::warn!(watch = %describe(&key), error = %msg, "watch failed; retrying with back-off");
                 }
                 store.error = Some(msg);
             }
@@ -325,11 +367,11 @@ impl KubeSource {
     /// snapshot, waits for every kind's first list unless `force`.
     fn publish(&self, force: bool) {
         let mut inner = lock(&self.inner);
-        let all_synced = inner.kinds.values().all(|k| k.synced);
+        let all_synced = inner.watches.values().all(|k| k.synced);
         if !inner.started && !all_synced && !force {
             return;
         }
-        let state = build(&inner.kinds);
+        let state = build(&inner.watches);
         if inner.started && state.same_content(&inner.current) {
             return;
         }
@@ -337,11 +379,11 @@ impl KubeSource {
         state.set_version(inner.current.version() + 1);
         let state = Arc::new(state);
         if !inner.started {
-            let unsynced: BTreeSet<Kind> = inner
-                .kinds
+            let unsynced: Vec<String> = inner
+                .watches
                 .iter()
                 .filter(|(_, k)| !k.synced)
-                .map(|(kind, _)| *kind)
+                .map(|(key, _)| describe(key))
                 .collect();
             if !unsynced.is_empty() {
                 tracing::warn!(
@@ -489,19 +531,18 @@ fn apply_body(object: &Object, status_only: bool) -> serde_json::Value {
 }
 
 /// Assembles a snapshot (version 0) from the per-kind stores.
-fn build(kinds: &BTreeMap<Kind, KindStore>) -> ClusterState {
+fn build(watches: &BTreeMap<WatchKey, KindStore>) -> ClusterState {
     let mut state = ClusterState::new(0);
     let mut problems = Vec::new();
-    for (kind, store) in kinds {
+    for (key, store) in watches {
         if let Some(e) = &store.error {
             problems.push(problem(
-                *kind,
+                key.0,
                 "",
                 None,
                 format!(
-                    "cannot watch {} ({}): {e}; keeping the last listed objects",
-                    kind,
-                    api_resource(*kind).plural
+                    "cannot watch {}: {e}; keeping the last listed objects",
+                    describe(key)
                 ),
             ));
         }
@@ -548,5 +589,61 @@ impl super::ClusterSource for KubeSource {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, SourceError>> {
         Box::pin(KubeSource::node_pod_cidr(self, name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_watched_only_in_listed_namespaces() {
+        let keys = watch_keys(&KubeSourceOptions::default());
+        assert_eq!(keys.len(), Kind::ALL.len() - 1);
+        assert!(
+            keys.iter()
+                .all(|(k, ns)| *k != Kind::Secret && ns.is_none())
+        );
+        let keys = watch_keys(&KubeSourceOptions {
+            secret_namespaces: vec!["shop".into(), "edge".into()],
+            ..KubeSourceOptions::default()
+        });
+        let secret: Vec<_> = keys.iter().filter(|(k, _)| *k == Kind::Secret).collect();
+        assert_eq!(
+            secret,
+            [
+                &(Kind::Secret, Some("edge".to_owned())),
+                &(Kind::Secret, Some("shop".to_owned()))
+            ]
+        );
+        assert_eq!(
+            describe(&(Kind::Secret, Some("edge".into()))),
+            "Secret (secrets in namespace edge)"
+        );
+    }
+
+    #[test]
+    fn apply_bodies_leave_out_store_metadata_and_split_status() {
+        let mut kr = crate::model::KeyRotation::new("r", crate::model::RotationTarget::Ca);
+        kr.metadata.resource_version = Some("9".into());
+        kr.metadata.generation = Some(2);
+        kr.metadata.labels.insert("team".into(), "infra".into());
+        kr.status = Some(crate::model::KeyRotationStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+        let o = Object::KeyRotation(kr);
+        let spec = apply_body(&o, false);
+        assert_eq!(
+            spec,
+            serde_json::json!({"apiVersion": "identityd.io/v1alpha1", "kind": "KeyRotation",
+                "metadata": {"name": "r", "labels": {"team": "infra"}}, "spec": {"target": "ca"}})
+        );
+        let status = apply_body(&o, true);
+        assert_eq!(
+            status,
+            serde_json::json!({"apiVersion": "identityd.io/v1alpha1", "kind": "KeyRotation",
+                "metadata": {"name": "r"}, "status": {"phase": "Pending"}})
+        );
     }
 }

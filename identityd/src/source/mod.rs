@@ -94,9 +94,13 @@ pub async fn open(cfg: &DaemonConfig) -> Result<Arc<dyn ClusterSource>, SourceEr
             })??;
             Arc::new(source)
         }
-        ClusterSourceKind::Kube => {
-            Arc::new(KubeSource::connect(KubeSourceOptions::default()).await?)
-        }
+        ClusterSourceKind::Kube => Arc::new(
+            KubeSource::connect(KubeSourceOptions {
+                secret_namespaces: cfg.secret_namespaces.clone(),
+                ..KubeSourceOptions::default()
+            })
+            .await?,
+        ),
     })
 }
 

@@ -53,7 +53,8 @@ impl std::fmt::Debug for FakeApi {
 /// The URL path of a fixture's kind (its plural).
 pub fn path_of(plural: &str) -> String {
     match plural {
-        "namespaces" | "pods" | "services" | "nodes" | "secrets" => format!("/api/v1/{plural}"),
+        "namespaces" | "pods" | "services" | "nodes" => format!("/api/v1/{plural}"),
+        "secrets" => "/api/v1/namespaces/shop/secrets".to_owned(),
         "ingresses" => format!("/apis/networking.k8s.io/v1/{plural}"),
         "gateways" | "httproutes" | "grpcroutes" => {
             format!("/apis/gateway.networking.k8s.io/v1/{plural}")

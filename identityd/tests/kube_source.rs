@@ -302,6 +302,83 @@ async fn a_burst_of_events_is_folded_into_one_snapshot() {
     task.abort();
 }
 
+/// The same objects through both sources give the same snapshot: the lab's cluster YAML as
+/// files, and as API lists (items without apiVersion/kind, with store metadata).
+#[tokio::test]
+async fn kube_and_file_sources_build_the_same_snapshot() {
+    let text = include_str!("../src/model/testdata/lab-cluster.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
+    let files = identityd::source::FileSource::open(
+        dir.path(),
+        identityd::source::FileSourceOptions::default(),
+    )
+    .unwrap()
+    .snapshot();
+    assert!(files.problems.is_empty(), "{:#?}", files.problems);
+    assert!(files.len() > 10);
+
+    let api = FakeApi::start();
+    let mut items: std::collections::BTreeMap<&str, Vec<serde_json::Value>> =
+        KINDS.iter().map(|k| (*k, Vec::new())).collect();
+    let mut versions = std::collections::BTreeMap::new();
+    for (i, doc) in identityd::source::split_documents(text).iter().enumerate() {
+        let Some(obj) = identityd::source::decode_document(doc).unwrap() else {
+            continue;
+        };
+        let mut v = serde_json::to_value(&obj).unwrap();
+        let m = v.as_object_mut().unwrap();
+        m.remove("apiVersion");
+        m.remove("kind");
+        v["metadata"]["resourceVersion"] = (100 + i).to_string().into();
+        versions.insert(obj.key(), (100 + i).to_string());
+        v["metadata"]["uid"] = format!("uid-{i}").into();
+        let plural = match obj.kind() {
+            identityd::model::Kind::Namespace => "namespaces",
+            identityd::model::Kind::Pod => "pods",
+            identityd::model::Kind::Service => "services",
+            identityd::model::Kind::HttpRoute => "httproutes",
+            identityd::model::Kind::TrafficPolicy => "trafficpolicies",
+            identityd::model::Kind::AuthorizationPolicy => "authorizationpolicies",
+            other => panic!("the lab fixture grew a {other}; map it here"),
+        };
+        items.get_mut(plural).unwrap().push(v);
+    }
+    for (plural, items) in items {
+        api.script(
+            &fake_api::path_of(plural),
+            &[serde_json::json!({"kind": "List", "apiVersion": "v1",
+                "metadata": {"resourceVersion": "500"}, "items": items})],
+            &[],
+        );
+    }
+    let source = Arc::new(KubeSource::new(
+        api.client(),
+        KubeSourceOptions {
+            debounce: Duration::from_millis(20),
+            secret_namespaces: vec!["shop".to_owned()],
+            ..KubeSourceOptions::default()
+        },
+    ));
+    let mut rx = source.subscribe();
+    let task = tokio::spawn(Arc::clone(&source).run());
+    let kube = wait_for(&mut rx, "the first snapshot", |s| s.version() >= 1).await;
+    // The FileSource's objects, with the store's resourceVersions (files have none).
+    let files = ClusterState::from_objects(
+        1,
+        files.origins.keys().map(|k| {
+            let mut o = files.object(k).unwrap();
+            o.meta_mut().resource_version = Some(versions[k].clone());
+            o
+        }),
+    );
+    assert!(
+        kube.same_content(&files),
+        "KubeSource snapshot differs from the FileSource's:\nkube: {kube:#?}\nfiles: {files:#?}"
+    );
+    task.abort();
+}
+
 #[tokio::test]
 async fn node_pod_cidr_reads_the_node_object() {
     let api = FakeApi::start();

@@ -95,6 +95,7 @@ fn main() {
             encryption: Encryption {
                 mode: EncryptionMode::Wireguard,
                 strict_mode: true,
+                node_encryption: false,
             },
             wireguard: Some(Wireguard {
                 interface: "idd1".into(),
@@ -111,6 +112,8 @@ fn main() {
             ca: None,
             envoy: None,
             ingress: Default::default(),
+            mtls: Default::default(),
+            svid_ttl: None,
         };
         let td = TrustDomain::new("cluster.local").expect("td");
         // Real SVIDs for this node's identities (as the CA role would issue them).

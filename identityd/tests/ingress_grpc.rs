@@ -212,7 +212,11 @@ async fn grpc_through_a_grpcroute_over_tls_with_a_certificate_from_identityds_ca
         &td,
         &BTreeMap::new(),
         &bundle.to_pem(),
-        &IngressInputs { ports, certs },
+        &IngressInputs {
+            ports,
+            certs,
+            ..Default::default()
+        },
     );
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(mesh.l7.listeners.len(), 1);

@@ -526,8 +526,8 @@ fn rbac_is_least_privilege() {
 
     let node = one(&objs, "ClusterRole", "identityd-node");
     let mut want = triples(&[
-        ("", &["nodes", "namespaces", "pods", "services"], READ),
-        ("discovery.k8s.io", &["endpointslices"], READ),
+        ("", &["namespaces", "pods", "services"], READ),
+        ("", &["nodes"], &["get"]),
         ("networking.k8s.io", &["ingresses"], READ),
         (
             "gateway.networking.k8s.io",
@@ -545,15 +545,7 @@ fn rbac_is_least_privilege() {
             READ,
         ),
         ("identityd.io", &["identitydnodes"], &["create", "patch"]),
-        (
-            "identityd.io",
-            &[
-                "identitydnodes/status",
-                "trafficpolicies/status",
-                "authorizationpolicies/status",
-            ],
-            &["patch"],
-        ),
+        ("identityd.io", &["identitydnodes/status"], &["patch"]),
     ]);
     assert_eq!(grants(node), want, "node ClusterRole");
     assert!(!can(
@@ -566,9 +558,33 @@ fn rbac_is_least_privilege() {
     let ca = one(&objs, "ClusterRole", "identityd-ca");
     want = triples(&[
         ("authentication.k8s.io", &["tokenreviews"], &["create"]),
-        ("", &["pods", "nodes"], READ),
-        ("identityd.io", &["identitydnodes", "keyrotations"], READ),
-        ("identityd.io", &["keyrotations/status"], &["patch"]),
+        ("", &["namespaces", "pods", "services"], READ),
+        ("networking.k8s.io", &["ingresses"], READ),
+        (
+            "gateway.networking.k8s.io",
+            &["gateways", "httproutes", "grpcroutes"],
+            READ,
+        ),
+        (
+            "identityd.io",
+            &[
+                "identitydnodes",
+                "keyrotations",
+                "trafficpolicies",
+                "authorizationpolicies",
+            ],
+            READ,
+        ),
+        (
+            "identityd.io",
+            &["keyrotations/status", "trafficpolicies/status"],
+            &["patch"],
+        ),
+        (
+            "gateway.networking.k8s.io",
+            &["gateways/status", "httproutes/status", "grpcroutes/status"],
+            &["patch"],
+        ),
     ]);
     assert_eq!(grants(ca), want, "CA ClusterRole");
 
@@ -647,13 +663,30 @@ fn rbac_is_least_privilege() {
             assert_eq!(b["metadata"]["namespace"], ns);
         }
     }
-    for b in all_of(&objs, "RoleBinding")
+    // The opt-in Secret Roles are bound to the node daemons (they serve the certificates) and
+    // to the CA role (it validates the listeners), nobody else.
+    let mut bound: Vec<(String, String)> = all_of(&objs, "RoleBinding")
         .into_iter()
         .filter(|b| b["roleRef"]["name"] == "identityd-node-secrets")
-    {
-        assert_eq!(b["subjects"][0]["name"], "identityd-node");
-        assert_eq!(b["subjects"][0]["namespace"], NAMESPACE);
-    }
+        .map(|b| {
+            assert_eq!(b["subjects"].as_array().map(Vec::len), Some(1));
+            assert_eq!(b["subjects"][0]["namespace"], NAMESPACE);
+            (
+                b["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
+                b["subjects"][0]["name"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    bound.sort();
+    assert_eq!(
+        bound,
+        [
+            ("shop".to_owned(), "identityd-ca".to_owned()),
+            ("shop".to_owned(), "identityd-node".to_owned()),
+            ("web".to_owned(), "identityd-ca".to_owned()),
+            ("web".to_owned(), "identityd-node".to_owned()),
+        ]
+    );
 }
 
 fn find<'a>(list: &'a Value, name: &str) -> &'a Value {

@@ -316,7 +316,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         Arc::clone(&ca),
         &ca_dir,
         Arc::new(authorizer),
-        CaServerOptions::default(),
+        CaServerOptions {
+            default_workload_ttl: cfg.svid_ttl(),
+            ..CaServerOptions::default()
+        },
     )
     .map_err(|e| CaRoleError(e.to_string()))?;
     let _bundle_task = if cfg.cluster_source == ClusterSourceKind::Kube {

@@ -91,6 +91,9 @@ pub struct Encryption {
     /// Drop pod traffic to other nodes that has no encrypted path (default true).
     #[serde(default = "yes")]
     pub strict_mode: bool,
+    /// Also encrypt host-network (node-to-node) traffic. Not built: `true` is refused at start.
+    #[serde(default)]
+    pub node_encryption: bool,
 }
 
 impl Default for Encryption {
@@ -98,9 +101,34 @@ impl Default for Encryption {
         Self {
             mode: EncryptionMode::Wireguard,
             strict_mode: true,
+            node_encryption: false,
         }
     }
 }
+
+/// `mtls:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MtlsSettings {
+    /// mTLS mode of namespaces without the `identityd.io/mtls` annotation (default disabled).
+    #[serde(default = "mtls_default")]
+    pub default_mode: crate::model::MtlsMode,
+}
+
+impl Default for MtlsSettings {
+    fn default() -> Self {
+        Self {
+            default_mode: mtls_default(),
+        }
+    }
+}
+
+fn mtls_default() -> crate::model::MtlsMode {
+    crate::model::MtlsMode::Disabled
+}
+
+/// Default lifetime of workload SVIDs and ingress certificates.
+pub const DEFAULT_SVID_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn yes() -> bool {
     true
@@ -199,6 +227,24 @@ pub struct DaemonConfig {
     /// Role node: ports of the listeners `Ingress` objects share (Gateways name their own).
     #[serde(default)]
     pub ingress: IngressSettings,
+    /// mTLS defaults.
+    #[serde(default)]
+    pub mtls: MtlsSettings,
+    /// Lifetime of workload SVIDs and ingress certificates (duration, e.g. `1h`; 5m–24h).
+    /// Role node: what it asks for; role ca: the default for requests that name none.
+    #[serde(default, rename = "svidTTL", skip_serializing_if = "Option::is_none")]
+    pub svid_ttl: Option<String>,
+}
+
+impl DaemonConfig {
+    /// [`DaemonConfig::svid_ttl`] parsed (checked by [`DaemonConfig::check`]), or the default.
+    #[must_use]
+    pub fn svid_ttl(&self) -> std::time::Duration {
+        self.svid_ttl
+            .as_deref()
+            .and_then(|s| identityd_certs::duration::parse(s).ok())
+            .unwrap_or(DEFAULT_SVID_TTL)
+    }
 }
 
 /// `ingress:` of a node.
@@ -383,6 +429,26 @@ impl DaemonConfig {
                 e.to_string(),
             )
         })?;
+        if self.encryption.node_encryption {
+            return Err((
+                "encryption.nodeEncryption".into(),
+                "true".into(),
+                "encrypting host-network (node-to-node) traffic is not built; pod traffic is encrypted by encryption.mode".into(),
+            ));
+        }
+        if let Some(t) = &self.svid_ttl {
+            match identityd_certs::duration::parse(t) {
+                Ok(d) if (300..=86_400).contains(&d.as_secs()) => {}
+                Ok(_) => {
+                    return Err((
+                        "svidTTL".into(),
+                        t.clone(),
+                        "must be between 5m and 24h".into(),
+                    ));
+                }
+                Err(e) => return Err(("svidTTL".into(), t.clone(), e.to_string())),
+            }
+        }
         if self.name.is_empty() {
             return Err((
                 "name".into(),

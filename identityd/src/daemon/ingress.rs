@@ -849,6 +849,7 @@ spec:
             &IngressInputs {
                 ports: ports(),
                 certs: BTreeMap::new(),
+                ..Default::default()
             },
         );
         assert_eq!(m.l7.listeners.len(), 2, "{problems:?}");
@@ -879,6 +880,7 @@ spec:
             &IngressInputs {
                 ports: ports(),
                 certs,
+                ..Default::default()
             },
         );
         assert!(problems.is_empty(), "{problems:?}");
@@ -998,6 +1000,7 @@ spec:
             &IngressInputs {
                 ports: ports(),
                 certs: BTreeMap::new(),
+                ..Default::default()
             },
         );
         let names: Vec<&str> = m.l7.listeners.iter().map(|l| l.name.as_str()).collect();

@@ -49,9 +49,20 @@ pub fn wanted_identities(
     node: &str,
     td: &TrustDomain,
 ) -> BTreeMap<SpiffeId, (String, String)> {
+    wanted_identities_with(state, node, td, MtlsMode::Disabled)
+}
+
+/// [`wanted_identities`] with the mTLS mode of namespaces that carry no annotation.
+#[must_use]
+pub fn wanted_identities_with(
+    state: &ClusterState,
+    node: &str,
+    td: &TrustDomain,
+    default_mtls: MtlsMode,
+) -> BTreeMap<SpiffeId, (String, String)> {
     let mut out = BTreeMap::new();
     for pod in state.pods_on_node(node) {
-        if state.pod_mtls(pod, MtlsMode::Disabled) == MtlsMode::Disabled || pod.ip().is_none() {
+        if state.pod_mtls(pod, default_mtls) == MtlsMode::Disabled || pod.ip().is_none() {
             continue;
         }
         if let Ok(id) = td.workload_id(pod.namespace(), pod.service_account()) {
@@ -77,13 +88,25 @@ pub fn wanted_identities(
     out
 }
 
-/// What the ingress side of [`plan_mesh_with`] needs besides cluster state.
-#[derive(Debug, Clone, Default)]
+/// What [`plan_mesh_with`] needs besides cluster state and SVIDs.
+#[derive(Debug, Clone)]
 pub struct IngressInputs {
     /// Ports of the listeners `Ingress` objects share.
     pub ports: IngressPorts,
     /// CA-issued serving certificates held, by SDS secret name ([`ingress::CertWant::secret`]).
     pub certs: BTreeMap<String, Arc<ServingCert>>,
+    /// mTLS mode of namespaces without the `identityd.io/mtls` annotation (`mtls.defaultMode`).
+    pub default_mtls: MtlsMode,
+}
+
+impl Default for IngressInputs {
+    fn default() -> Self {
+        Self {
+            ports: IngressPorts::default(),
+            certs: BTreeMap::new(),
+            default_mtls: MtlsMode::Disabled,
+        }
+    }
 }
 
 /// The Envoy mesh config of `node` without ingress certificates, pure.
@@ -130,7 +153,7 @@ pub fn plan_mesh_with(
                 namespace: p.namespace().to_owned(),
                 id: id_of(p.namespace(), p.service_account()),
                 ip: p.ip()?,
-                mtls: emtls(state.pod_mtls(p, MtlsMode::Disabled)),
+                mtls: emtls(state.pod_mtls(p, ingress_in.default_mtls)),
             })
         })
         .collect();
@@ -139,7 +162,7 @@ pub fn plan_mesh_with(
     for se in state.services_with_endpoints() {
         let svc = se.service;
         let ns = svc.namespace().to_owned();
-        let mtls = emtls(state.namespace_mtls(&ns, MtlsMode::Disabled));
+        let mtls = emtls(state.namespace_mtls(&ns, ingress_in.default_mtls));
         for sp in &svc.spec.ports {
             let Ok(port) = u16::try_from(sp.port) else {
                 continue;
@@ -682,7 +705,7 @@ impl Mesh {
             tracing::info!("trust bundle changed");
             self.bundle_pem = current;
         }
-        let wanted = wanted_identities(state, &cfg.name, &self.td);
+        let wanted = wanted_identities_with(state, &cfg.name, &self.td, cfg.mtls.default_mode);
         self.held.retain(|id, _| wanted.contains_key(id));
         for (id, (ns, pod)) in &wanted {
             let due = self.held.get(id).is_none_or(|h| now >= h.refresh_at);
@@ -691,8 +714,7 @@ impl Mesh {
             }
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                self.client
-                    .sign_workload(id, ns, pod, Duration::from_secs(3600)),
+                self.client.sign_workload(id, ns, pod, cfg.svid_ttl()),
             )
             .await;
             match r {
@@ -736,9 +758,11 @@ impl Mesh {
             http: cfg.ingress.http_port,
             https: cfg.ingress.https_port,
         };
-        self.refresh_serving(state, ports, now, &mut errors).await;
+        self.refresh_serving(state, ports, cfg.svid_ttl(), now, &mut errors)
+            .await;
         let inputs = IngressInputs {
             ports,
+            default_mtls: cfg.mtls.default_mode,
             certs: self
                 .serving
                 .iter()
@@ -876,6 +900,7 @@ impl Mesh {
         &mut self,
         state: &ClusterState,
         ports: IngressPorts,
+        ttl: Duration,
         now: SystemTime,
         errors: &mut Vec<String>,
     ) {
@@ -892,13 +917,8 @@ impl Mesh {
             }
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                self.client.sign_serving(
-                    &w.dns_names,
-                    &w.kind,
-                    &w.namespace,
-                    &w.name,
-                    Duration::from_secs(3600),
-                ),
+                self.client
+                    .sign_serving(&w.dns_names, &w.kind, &w.namespace, &w.name, ttl),
             )
             .await;
             match r {

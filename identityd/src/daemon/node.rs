@@ -587,7 +587,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
                 Err(e) => tracing::warn!(rotation = %name, error = %e, "WireGuard key rotation"),
             }
         }
-        let p = plan(&cfg, &state, &key_path, MtlsMode::Disabled);
+        let p = plan(&cfg, &state, &key_path, cfg.mtls.default_mode);
         for e in dp.apply(&cfg, &p) {
             tracing::warn!(error = %e, "apply");
         }

@@ -208,6 +208,7 @@ mod tests {
             encryption: Encryption {
                 mode,
                 strict_mode: true,
+                node_encryption: false,
             },
             wireguard: Some(Wireguard {
                 interface: "idd1".into(),
@@ -224,6 +225,8 @@ mod tests {
             ca: None,
             envoy: None,
             ingress: Default::default(),
+            mtls: Default::default(),
+            svid_ttl: None,
         }
     }
 

@@ -498,6 +498,137 @@ pub fn static_checks(
     out
 }
 
+/// Checks over a Kubernetes cluster's objects as the API server holds them (`audit --kube`):
+/// the static checks, plus what the daemons and the controller wrote back —
+/// `nodes.published` (node daemons publish an `IdentitydNode` with their WireGuard key),
+/// `objects.accepted` (no Gateway, route or TrafficPolicy the controller marked
+/// `Accepted=False`) and `rotations.failed` (KeyRotations that ended `Failed`). Node-local
+/// state (handshakes, SVIDs, Envoy) is only reachable on the nodes: `identityd status` there.
+#[must_use]
+pub fn cluster_checks(state: &ClusterState, opts: &AuditOptions) -> Vec<Finding> {
+    let mut out: Vec<Finding> = static_checks(state, &[], opts)
+        .into_iter()
+        .filter(|f| f.check != "values.encryption")
+        .collect();
+    let mut nodes = Vec::new();
+    if state.nodes.is_empty() {
+        nodes.push("no IdentitydNode is published: is the DaemonSet running?".to_owned());
+    }
+    for (name, n) in &state.nodes {
+        if n.spec.wireguard.is_none() && n.spec.ipsec.is_none() {
+            nodes.push(format!(
+                "IdentitydNode {name}: publishes no WireGuard (or IPsec) key; its pods have no encrypted path"
+            ));
+        }
+    }
+    out.push(finding(
+        "nodes.published",
+        Severity::Error,
+        nodes,
+        "every node daemon published its keys",
+        "nodes without published keys",
+    ));
+    let refused = |kind: &str, key: &dyn std::fmt::Display, conds: &[crate::model::Condition]| {
+        conds
+            .iter()
+            .filter(|c| c.type_ == "Accepted" && c.status == "False")
+            .map(|c| format!("{kind} {key}: {}: {}", c.reason, c.message))
+            .collect::<Vec<_>>()
+    };
+    let mut accepted = Vec::new();
+    for (k, g) in &state.gateways {
+        if let Some(st) = &g.status {
+            accepted.extend(refused("Gateway", k, &st.conditions));
+        }
+    }
+    for (k, r) in &state.http_routes {
+        for p in r.status.iter().flat_map(|s| &s.parents) {
+            accepted.extend(refused("HTTPRoute", k, &p.conditions));
+        }
+    }
+    for (k, r) in &state.grpc_routes {
+        for p in r.status.iter().flat_map(|s| &s.parents) {
+            accepted.extend(refused("GRPCRoute", k, &p.conditions));
+        }
+    }
+    for (k, t) in &state.traffic_policies {
+        if let Some(st) = &t.status {
+            accepted.extend(refused("TrafficPolicy", k, &st.conditions));
+        }
+    }
+    out.push(finding(
+        "objects.accepted",
+        Severity::Error,
+        accepted,
+        "the controller accepted every Gateway, route and TrafficPolicy",
+        "objects the controller refused (never pushed to Envoy)",
+    ));
+    let failed: Vec<String> = state
+        .key_rotations
+        .iter()
+        .filter(|(_, kr)| kr.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .map(|(name, kr)| {
+            let why = kr
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            format!("KeyRotation {name} ({}): {why}", kr.spec.target)
+        })
+        .collect();
+    out.push(finding(
+        "rotations.failed",
+        Severity::Warning,
+        failed,
+        "no key rotation failed",
+        "key rotations that failed",
+    ));
+    out
+}
+
+/// One snapshot of a Kubernetes cluster through the KubeSource (every kind but Secrets), once
+/// every list has answered or `timeout` passed (kinds that could not be listed are problems
+/// in the snapshot).
+///
+/// # Errors
+/// When no snapshot arrives within `timeout`.
+pub async fn kube_snapshot(
+    client: kube::Client,
+    timeout: std::time::Duration,
+) -> Result<std::sync::Arc<ClusterState>, String> {
+    use crate::source::kube::{KubeSource, KubeSourceOptions};
+    let source = std::sync::Arc::new(KubeSource::new(
+        client,
+        KubeSourceOptions {
+            initial_sync_timeout: timeout,
+            ..KubeSourceOptions::default()
+        },
+    ));
+    let mut rx = source.subscribe();
+    let task = tokio::spawn(std::sync::Arc::clone(&source).run());
+    let got = tokio::time::timeout(timeout + std::time::Duration::from_secs(5), async {
+        loop {
+            if rx.borrow_and_update().version() >= 1 {
+                return Some(rx.borrow().clone());
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await;
+    task.abort();
+    match got {
+        Ok(Some(s)) => Ok(s),
+        _ => Err(format!(
+            "no snapshot from the API server within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
+
 /// Loads manifests: a file or a directory (recursively). Values-like documents (a top-level
 /// `encryption:` key) are returned separately; unknown Kubernetes kinds are not problems here.
 ///

@@ -1,12 +1,8 @@
-//! The command-line contract of DESIGN.md. Subcommands that are not built yet say so in
-//! their help and fail with "not implemented yet" — they never pretend to work.
+//! The command-line contract of DESIGN.md.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-/// Marker appended to the help of subcommands that do not exist yet.
-pub const NOT_YET: &str = "[not implemented yet]";
 
 /// identityd — encrypted, authenticated traffic between workloads, without sidecars.
 #[derive(Debug, Parser)]
@@ -154,7 +150,9 @@ pub struct AuditArgs {
     /// A lab or FileSource directory.
     #[arg(long)]
     pub source: Option<PathBuf>,
-    /// [not implemented yet] Read state from Kubernetes.
+    /// Read the cluster from Kubernetes (kubeconfig or in-cluster): static checks plus what
+    /// the daemons and the controller wrote back (published nodes, Accepted conditions, failed
+    /// key rotations).
     #[arg(long)]
     pub kube: bool,
     /// Static manifests to check.

@@ -6,11 +6,6 @@ use identityd::cli::{CaCommand, Cli, Command, LabCommand, Mode, SvidCommand};
 use identityd::daemon::config::{DaemonConfig, Role};
 use identityd::lab;
 
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("identityd {what}: not implemented yet");
-    ExitCode::from(2)
-}
-
 fn report<E: std::fmt::Display>(r: Result<String, E>) -> ExitCode {
     match r {
         Ok(out) => {
@@ -76,11 +71,8 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
 
 fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
     use identityd::audit::{self, AuditOptions, Severity};
-    if args.kube {
-        return not_yet("audit --kube");
-    }
-    if args.source.is_none() && args.manifests.is_none() {
-        eprintln!("error: give --source DIR (a lab) and/or --manifests PATH");
+    if args.source.is_none() && args.manifests.is_none() && !args.kube {
+        eprintln!("error: give --source DIR (a lab), --kube, and/or --manifests PATH");
         return ExitCode::from(2);
     }
     let dur = |flag: &str, v: &str| {
@@ -146,6 +138,22 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
             }
         });
         findings.extend(audit::live(&nodes, &state, &opts));
+    }
+    if args.kube {
+        // The cluster from KUBECONFIG / ~/.kube/config or the in-cluster service account.
+        let snap = runtime().block_on(async {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                format!("Kubernetes client configuration (kubeconfig or in-cluster): {e}")
+            })?;
+            audit::kube_snapshot(client, std::time::Duration::from_secs(20)).await
+        });
+        match snap {
+            Ok(state) => findings.extend(audit::cluster_checks(&state, &opts)),
+            Err(e) => {
+                eprintln!("error: --kube: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     if let Some(m) = &args.manifests {
         match audit::load_manifests(m) {

@@ -315,6 +315,25 @@ fn ingress_is_served_with_ca_issued_certificates(dir: &Path, stdout: &str) {
         !ok && body.contains("not valid for name"),
         "a name the CA did not issue for is refused by the client: {body}"
     );
+    // The Ingress routes by path (/v2 → Service web-v2, whose only pod is web-3) and by host
+    // (another host on its plaintext listener gets Envoy's 404).
+    for _ in 0..5 {
+        let (ok, body) = get("https://10.99.0.11:8444/v2/x", "legacy.shop.example");
+        assert!(
+            ok && body.contains("pod=web-3"),
+            "/v2 goes to web-v2: {body}"
+        );
+    }
+    let (ok, body) = get("http://10.99.0.11:8081/", "legacy.shop.example");
+    assert!(
+        ok,
+        "the Ingress's plaintext listener serves its host: {body}"
+    );
+    let (ok, body) = get("http://10.99.0.11:8081/", "unknown.example");
+    assert!(
+        !ok && body.starts_with("404"),
+        "no rule for this host: {body}"
+    );
 
     // The controller writes Accepted conditions onto the objects.
     let cluster = dir.join("cluster");

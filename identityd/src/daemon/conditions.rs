@@ -36,6 +36,7 @@ pub fn l7_problems(state: &ClusterState, td: &TrustDomain) -> BTreeMap<String, V
     let mut mesh = plan_mesh(state, "", td, &BTreeMap::new(), "");
     mesh.l7.listeners = plan.listeners;
     mesh.l7.routes = plan.routes;
+    mesh.l7.policies = crate::daemon::mesh::mesh_policies(state);
     mesh.l7.tls_secrets = plan
         .certs
         .iter()

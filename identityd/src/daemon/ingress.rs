@@ -895,6 +895,32 @@ spec:
     }
 
     #[test]
+    fn a_traffic_policy_on_a_gateway_applies_to_its_listeners() {
+        let st = state(&format!(
+            "{INGRESS}\n---\napiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: gw-limit, namespace: shop}}\n\
+             spec:\n  targetRef: {{group: gateway.networking.k8s.io, kind: Gateway, name: public, sectionName: http}}\n\
+             \x20 localRateLimit: {{tokens: 3, fillInterval: 1s}}\n"
+        ));
+        let ps: Vec<_> = crate::daemon::mesh::mesh_policies(&st)
+            .into_iter()
+            .filter(|p| p.name == "gw-limit")
+            .collect();
+        assert_eq!(ps.len(), 1);
+        assert_eq!(
+            ps[0].target,
+            l7m::PolicyTarget::Listener("shop/public/http".into())
+        );
+        assert_eq!(ps[0].local_rate_limit.as_ref().map(|l| l.tokens), Some(3));
+        // sectionName is only for Gateways.
+        let bad = crate::source::decode::decode_all(
+            "apiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: x, namespace: shop}\n\
+             spec:\n  targetRef: {kind: Service, name: web, sectionName: http}\n  timeout: 1s\n",
+        );
+        let e = format!("{:?}", bad.into_iter().next().unwrap().1.unwrap_err());
+        assert!(e.contains("spec.targetRef.sectionName"), "{e}");
+    }
+
+    #[test]
     fn what_cannot_be_served_is_a_problem_naming_the_object_and_field() {
         let st = state(
             r#"

@@ -260,7 +260,16 @@ pub fn plan_mesh_with(
         svids,
         bundle_pem: bundle_pem.to_owned(),
         l7: identityd_envoy::l7::L7Config {
-            policies: mesh_policies(state),
+            // A policy on a listener that waits for its certificate waits with it.
+            policies: mesh_policies(state)
+                .into_iter()
+                .filter(|p| match &p.target {
+                    identityd_envoy::l7::PolicyTarget::Listener(n) => {
+                        l7_ingress.listeners.iter().any(|l| &l.name == n)
+                    }
+                    _ => true,
+                })
+                .collect(),
             ..l7_ingress
         },
     };
@@ -372,51 +381,72 @@ pub fn mesh_policies(state: &ClusterState) -> Vec<identityd_envoy::l7::TrafficPo
     let mut out = Vec::new();
     for (key, tp) in &state.traffic_policies {
         let t = &tp.spec.target_ref;
-        let target = match t.kind.as_str() {
-            "Service" => l7m::PolicyTarget::Service {
+        let targets = match t.kind.as_str() {
+            "Service" => vec![l7m::PolicyTarget::Service {
                 name: t.name.clone(),
                 namespace: key.namespace.clone(),
-            },
-            "HTTPRoute" | "GRPCRoute" => l7m::PolicyTarget::Route {
+            }],
+            "HTTPRoute" | "GRPCRoute" => vec![l7m::PolicyTarget::Route {
                 name: t.name.clone(),
                 namespace: key.namespace.clone(),
-            },
+            }],
+            // A Gateway of class identityd: each of its listeners (or the one named).
+            "Gateway" => state
+                .gateways
+                .get(&crate::model::NamespacedName::new(&key.namespace, &t.name))
+                .filter(|g| g.spec.gateway_class_name == ingress::GATEWAY_CLASS)
+                .map(|g| {
+                    g.spec
+                        .listeners
+                        .iter()
+                        .filter(|l| t.section_name.as_ref().is_none_or(|s| *s == l.name))
+                        .map(|l| {
+                            l7m::PolicyTarget::Listener(format!(
+                                "{}/{}/{}",
+                                key.namespace, t.name, l.name
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             _ => continue,
         };
         let s = &tp.spec;
-        out.push(l7m::TrafficPolicy {
-            name: key.name.clone(),
-            namespace: key.namespace.clone(),
-            target,
-            retries: s.retries.as_ref().map(|r| l7m::Retries {
-                attempts: u32_of(r.attempts),
-                per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(ms),
-                retry_on: r.retry_on.clone(),
-                backoff_base_ms: r.backoff.as_ref().and_then(|b| ms(&b.base_interval)),
-                backoff_max_ms: r
-                    .backoff
-                    .as_ref()
-                    .and_then(|b| b.max_interval.as_deref())
-                    .and_then(ms),
-            }),
-            timeout_ms: s.timeout.as_deref().and_then(ms),
-            circuit_breaker: s.circuit_breaker.as_ref().map(|c| l7m::CircuitBreaker {
-                max_connections: c.max_connections.map(u32_of),
-                max_pending_requests: c.max_pending_requests.map(u32_of),
-                max_requests: c.max_requests.map(u32_of),
-                max_retries: c.max_retries.map(u32_of),
-            }),
-            outlier_detection: s.outlier_detection.as_ref().map(|o| l7m::OutlierDetection {
-                consecutive_5xx: o.consecutive_5xx.map(u32_of),
-                base_ejection_time_ms: o.base_ejection_time.as_deref().and_then(ms),
-                max_ejection_percent: o.max_ejection_percent.map(u32_of),
-                interval_ms: o.interval.as_deref().and_then(ms),
-            }),
-            local_rate_limit: s.local_rate_limit.as_ref().map(|l| l7m::LocalRateLimit {
-                tokens: u32_of(l.tokens),
-                fill_interval_ms: ms(&l.fill_interval).unwrap_or(0),
-            }),
-        });
+        for target in targets {
+            out.push(l7m::TrafficPolicy {
+                name: key.name.clone(),
+                namespace: key.namespace.clone(),
+                target,
+                retries: s.retries.as_ref().map(|r| l7m::Retries {
+                    attempts: u32_of(r.attempts),
+                    per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(ms),
+                    retry_on: r.retry_on.clone(),
+                    backoff_base_ms: r.backoff.as_ref().and_then(|b| ms(&b.base_interval)),
+                    backoff_max_ms: r
+                        .backoff
+                        .as_ref()
+                        .and_then(|b| b.max_interval.as_deref())
+                        .and_then(ms),
+                }),
+                timeout_ms: s.timeout.as_deref().and_then(ms),
+                circuit_breaker: s.circuit_breaker.as_ref().map(|c| l7m::CircuitBreaker {
+                    max_connections: c.max_connections.map(u32_of),
+                    max_pending_requests: c.max_pending_requests.map(u32_of),
+                    max_requests: c.max_requests.map(u32_of),
+                    max_retries: c.max_retries.map(u32_of),
+                }),
+                outlier_detection: s.outlier_detection.as_ref().map(|o| l7m::OutlierDetection {
+                    consecutive_5xx: o.consecutive_5xx.map(u32_of),
+                    base_ejection_time_ms: o.base_ejection_time.as_deref().and_then(ms),
+                    max_ejection_percent: o.max_ejection_percent.map(u32_of),
+                    interval_ms: o.interval.as_deref().and_then(ms),
+                }),
+                local_rate_limit: s.local_rate_limit.as_ref().map(|l| l7m::LocalRateLimit {
+                    tokens: u32_of(l.tokens),
+                    fill_interval_ms: ms(&l.fill_interval).unwrap_or(0),
+                }),
+            });
+        }
     }
     out
 }

@@ -283,7 +283,9 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
              \x20   backendRefs: [{{name: web, port: 80}}]\n\
              ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web-legacy\n  namespace: shop\n\
              spec:\n  ingressClassName: identityd\n  tls: [{{hosts: [{LEGACY_HOST}]}}]\n  rules:\n  - host: {LEGACY_HOST}\n\
-             \x20   http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+             \x20   http:\n      paths:\n      - {{path: /v2, pathType: Prefix, backend: {{service: {{name: {v2}, port: {{number: 80}}}}}}}}\n\
+             \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n",
+            v2 = if nodes >= 2 { "web-v2" } else { "web" }
         );
     }
     y

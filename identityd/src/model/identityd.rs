@@ -407,12 +407,17 @@ pub struct PolicyTargetRef {
     /// API group: `""` (core) for Service, `gateway.networking.k8s.io` for routes.
     #[serde(default)]
     pub group: String,
-    /// `Service`, `HTTPRoute` or `GRPCRoute` (AuthorizationPolicy: `Service` only).
-    #[schemars(extend("enum" = ["Service", "HTTPRoute", "GRPCRoute"]))]
+    /// `Service`, `HTTPRoute`, `GRPCRoute` or `Gateway` (TrafficPolicy: a Gateway's listeners
+    /// get its rate limit and its retries/timeout as a fallback; AuthorizationPolicy: `Service`
+    /// only).
+    #[schemars(extend("enum" = ["Service", "HTTPRoute", "GRPCRoute", "Gateway"]))]
     pub kind: String,
     /// Target name, in the policy's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// For a Gateway: only the listener of this name (all of its listeners when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -441,6 +446,15 @@ impl PolicyTargetRef {
                     "spec.targetRef.group",
                     &self.group,
                     format!("must be {want:?} for kind {}", self.kind),
+                );
+            }
+            if let Some(sn) = &self.section_name
+                && self.kind != "Gateway"
+            {
+                errs.push(
+                    "spec.targetRef.sectionName",
+                    sn,
+                    "only a Gateway target has sections (listeners)",
                 );
             }
         }
@@ -658,7 +672,7 @@ impl TrafficPolicy {
     pub(crate) fn check(&self, errs: &mut Errors) {
         let s = &self.spec;
         s.target_ref
-            .check(errs, &["Service", "HTTPRoute", "GRPCRoute"]);
+            .check(errs, &["Service", "HTTPRoute", "GRPCRoute", "Gateway"]);
         if let Some(r) = &s.retries {
             errs.range("spec.retries.attempts", r.attempts, 0, 100);
             if let Some(t) = &r.per_try_timeout {

@@ -145,7 +145,7 @@ fn schemas_carry_enums_minimums_and_required_fields() {
     assert!(strings(&at(&tp, "spec.retries.retryOn.[]")["enum"]).contains(&"connect-failure"));
     assert_eq!(
         strings(&at(&tp, "spec.targetRef.kind")["enum"]),
-        ["Service", "HTTPRoute", "GRPCRoute"]
+        ["Service", "HTTPRoute", "GRPCRoute", "Gateway"]
     );
     assert!(strings(&at(&tp, "spec")["required"]).contains(&"targetRef"));
     assert!(strings(&at(&tp, "spec.targetRef")["required"]).contains(&"name"));

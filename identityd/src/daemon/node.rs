@@ -139,7 +139,7 @@ async fn rotate_wireguard_key(
         let _ = Command::new("kill").arg(pid.to_string()).status();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while pid_alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if pid_alive(pid) {
             return Err(format!("the WireGuard device process {pid} did not stop"));

@@ -223,77 +223,73 @@ fn dir_err(dir: &Path, reason: impl Into<String>) -> Error {
 
 /// The SubjectPublicKeyInfo of a CSR after checking it against the X.509-SVID rules for `id`.
 fn check_csr(csr_der: &[u8], id: &SpiffeId) -> Result<Vec<u8>, Error> {
-    let (rest, csr) = X509CertificationRequest::from_der(csr_der)
-        .map_err(|e| Error::Csr(format!("not a DER PKCS#10 request: {e}")))?;
-    if !rest.is_empty() {
-        return Err(Error::Csr("trailing bytes after the request".to_owned()));
-    }
-    csr.verify_signature().map_err(|_| {
-        Error::Csr("signature does not verify (no proof of possession of the key)".to_owned())
-    })?;
-    let spki = csr.certification_request_info.subject_pki.raw;
-    if !x509::is_p256_spki(spki) {
-        return Err(Error::Csr(format!(
-            "key type: expected ECDSA P-256, got algorithm {}",
-            csr.certification_request_info
-                .subject_pki
-                .algorithm
-                .algorithm
-        )));
-    }
-    if let Some(exts) = csr.requested_extensions() {
-        for ext in exts {
-            match ext {
-                ParsedExtension::SubjectAlternativeName(san) => {
-                    let mut uris = Vec::new();
-                    let mut others = Vec::new();
-                    for n in &san.general_names {
-                        match n {
-                            GeneralName::URI(u) => uris.push((*u).to_owned()),
-                            other => others.push(format!("{other}")),
-                        }
-                    }
-                    if !others.is_empty() {
-                        return Err(Error::Csr(format!(
-                            "subjectAltName: only one URI SAN is allowed, found other SANs {others:?}"
-                        )));
-                    }
-                    if uris.len() > 1 {
-                        return Err(Error::Csr(format!(
-                            "subjectAltName: exactly one URI SAN is allowed, found {}: {uris:?}",
-                            uris.len()
-                        )));
-                    }
-                    if let Some(u) = uris.first()
-                        && *u != id.to_string()
-                    {
-                        return Err(Error::Csr(format!(
-                            "subjectAltName: requests {u}, but the authorized ID is {id}"
-                        )));
-                    }
-                }
-                ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                    return Err(Error::Csr(
-                        "basicConstraints: cA=true requested; an SVID leaf cannot be a CA"
-                            .to_owned(),
-                    ));
-                }
-                ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
-                    return Err(Error::Csr(
-                        "keyUsage: keyCertSign/cRLSign requested; not allowed on a leaf".to_owned(),
-                    ));
-                }
-                // Anything else requested is ignored: the CA sets the SVID's extensions itself.
-                _ => {}
+    check_csr_with(csr_der, "an SVID leaf", |names| {
+        let mut uris = Vec::new();
+        let mut others = Vec::new();
+        for n in names {
+            match n {
+                GeneralName::URI(u) => uris.push((*u).to_owned()),
+                other => others.push(format!("{other}")),
             }
         }
-    }
-    Ok(spki.to_vec())
+        if !others.is_empty() {
+            return Err(Error::Csr(format!(
+                "subjectAltName: only one URI SAN is allowed, found other SANs {others:?}"
+            )));
+        }
+        if uris.len() > 1 {
+            return Err(Error::Csr(format!(
+                "subjectAltName: exactly one URI SAN is allowed, found {}: {uris:?}",
+                uris.len()
+            )));
+        }
+        if let Some(u) = uris.first()
+            && *u != id.to_string()
+        {
+            return Err(Error::Csr(format!(
+                "subjectAltName: requests {u}, but the authorized ID is {id}"
+            )));
+        }
+        Ok(())
+    })
 }
 
 /// Checks a serving-certificate CSR: DER, proof of possession, P-256, and the DNS SANs it
 /// requests (if any) exactly `names` with no other SAN type. Returns the SPKI (DER).
 fn check_serving_csr(csr_der: &[u8], names: &[String]) -> Result<Vec<u8>, Error> {
+    check_csr_with(csr_der, "a serving certificate", |general| {
+        let mut dns = Vec::new();
+        for n in general {
+            match n {
+                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                other => {
+                    return Err(Error::Csr(format!(
+                        "subjectAltName: a serving certificate carries DNS names only, found {other}"
+                    )));
+                }
+            }
+        }
+        let mut want = names.to_vec();
+        want.sort();
+        dns.sort();
+        if dns != want {
+            return Err(Error::Csr(format!(
+                "subjectAltName: requests {dns:?}, but the authorized names are {want:?}"
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// The rules every CSR follows: DER with nothing after it, a signature that verifies (proof
+/// of possession), an ECDSA P-256 key, no CA flags; `san` judges the requested SANs (`leaf`
+/// names the certificate in errors). Anything else requested is ignored: the CA sets the
+/// certificate's extensions itself. Returns the SPKI (DER).
+fn check_csr_with(
+    csr_der: &[u8],
+    leaf: &str,
+    san: impl Fn(&[GeneralName<'_>]) -> Result<(), Error>,
+) -> Result<Vec<u8>, Error> {
     let (rest, csr) = X509CertificationRequest::from_der(csr_der)
         .map_err(|e| Error::Csr(format!("not a DER PKCS#10 request: {e}")))?;
     if !rest.is_empty() {
@@ -315,32 +311,11 @@ fn check_serving_csr(csr_der: &[u8], names: &[String]) -> Result<Vec<u8>, Error>
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {
             match ext {
-                ParsedExtension::SubjectAlternativeName(san) => {
-                    let mut dns = Vec::new();
-                    for n in &san.general_names {
-                        match n {
-                            GeneralName::DNSName(d) => dns.push((*d).to_owned()),
-                            other => {
-                                return Err(Error::Csr(format!(
-                                    "subjectAltName: a serving certificate carries DNS names only, found {other}"
-                                )));
-                            }
-                        }
-                    }
-                    let mut want = names.to_vec();
-                    want.sort();
-                    dns.sort();
-                    if dns != want {
-                        return Err(Error::Csr(format!(
-                            "subjectAltName: requests {dns:?}, but the authorized names are {want:?}"
-                        )));
-                    }
-                }
+                ParsedExtension::SubjectAlternativeName(names) => san(&names.general_names)?,
                 ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                    return Err(Error::Csr(
-                        "basicConstraints: cA=true requested; a serving certificate cannot be a CA"
-                            .to_owned(),
-                    ));
+                    return Err(Error::Csr(format!(
+                        "basicConstraints: cA=true requested; {leaf} cannot be a CA"
+                    )));
                 }
                 ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
                     return Err(Error::Csr(
@@ -606,46 +581,21 @@ impl Ca {
             )));
         }
         let spki = check_csr(csr_der, id)?;
-        let signer = self.signer();
-        let ttl = ttl.min(self.options.max_svid_ttl);
-        if ttl.is_zero() {
-            return Err(Error::Ttl("requested ttl is 0".to_owned()));
-        }
-        let not_after = (now + ttl).min(signer.not_after);
-        if not_after <= now {
-            return Err(Error::Ttl(
-                "the CA's signing certificate has expired; rotate the CA".to_owned(),
-            ));
-        }
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "identityd");
-        p.distinguished_name = dn;
-        p.subject_alt_names = vec![SanType::URI(
-            id.to_string()
-                .try_into()
-                .map_err(|e: rcgen::Error| Error::Cert(e.to_string()))?,
-        )];
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.not_before = odt((now - BACKDATE).max(signer.not_before.min(now)));
-        p.not_after = odt(not_after);
-        p.serial_number = Some(random_serial());
-        p.use_authority_key_identifier_extension = true;
-        let pk = SubjectPublicKeyInfo::from_der(&spki)
-            .map_err(|e| Error::Csr(format!("public key: {e}")))?;
-        let leaf = p
-            .signed_by(&pk, &signer.issuer)
-            .map_err(|e| Error::Cert(e.to_string()))?;
-        let mut chain = vec![leaf.der().clone()];
-        if let Some(i) = &self.intermediate {
-            chain.push(i.cert.clone());
-        }
-        Ok(chain)
+        let uri = id
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| Error::Cert(e.to_string()))?;
+        self.sign_leaf(
+            &spki,
+            None,
+            vec![SanType::URI(uri)],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            ttl,
+            now,
+        )
     }
 
     /// Signs a serving certificate for ingress hostnames from a CSR: DNS SANs exactly `names`
@@ -664,6 +614,37 @@ impl Ca {
     ) -> Result<Vec<CertificateDer<'static>>, Error> {
         crate::serving::check_dns_names(names)?;
         let spki = check_serving_csr(csr_der, names)?;
+        let sans = names
+            .iter()
+            .map(|n| {
+                n.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e: rcgen::Error| Error::Cert(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        self.sign_leaf(
+            &spki,
+            Some(&names[0]),
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            ttl,
+            now,
+        )
+    }
+
+    /// Signs a leaf for `spki` (checked by the caller): O=identityd (and CN when given),
+    /// `sans`, `ekus`, digitalSignature, no CA; the lifetime `ttl` capped by the CA's maximum
+    /// and by the signing certificate's. Returns the chain, leaf first.
+    fn sign_leaf(
+        &self,
+        spki: &[u8],
+        common_name: Option<&str>,
+        sans: Vec<SanType>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<CertificateDer<'static>>, Error> {
         let signer = self.signer();
         let ttl = ttl.min(self.options.max_svid_ttl);
         if ttl.is_zero() {
@@ -678,25 +659,19 @@ impl Ca {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "identityd");
-        dn.push(DnType::CommonName, names[0].clone());
+        if let Some(cn) = common_name {
+            dn.push(DnType::CommonName, cn);
+        }
         p.distinguished_name = dn;
-        p.subject_alt_names = names
-            .iter()
-            .map(|n| {
-                n.clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(|e: rcgen::Error| Error::Cert(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
+        p.subject_alt_names = sans;
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.extended_key_usages = ekus;
         p.not_before = odt((now - BACKDATE).max(signer.not_before.min(now)));
         p.not_after = odt(not_after);
         p.serial_number = Some(random_serial());
         p.use_authority_key_identifier_extension = true;
-        let pk = SubjectPublicKeyInfo::from_der(&spki)
+        let pk = SubjectPublicKeyInfo::from_der(spki)
             .map_err(|e| Error::Csr(format!("public key: {e}")))?;
         let leaf = p
             .signed_by(&pk, &signer.issuer)

@@ -448,6 +448,27 @@ impl Inner {
         Ok((node.to_owned(), id))
     }
 
+    /// A request's lifetime: `ttl_seconds`, or the default for 0.
+    fn requested_ttl(&self, ttl_seconds: u64) -> Duration {
+        if ttl_seconds == 0 {
+            self.options.default_workload_ttl
+        } else {
+            Duration::from_secs(ttl_seconds)
+        }
+    }
+
+    /// Signs with the CA at the clock's now and returns the chain with the bundle of that
+    /// moment (both under one lock, so a concurrent rollover cannot split them).
+    fn issue(
+        &self,
+        sign: impl FnOnce(&Ca, SystemTime) -> Result<Vec<CertificateDer<'static>>, Error>,
+    ) -> Result<(Vec<CertificateDer<'static>>, Bundle), Error> {
+        let now = self.clock.now();
+        let ca = lock(&self.ca);
+        let chain = sign(&ca, now)?;
+        Ok((chain, ca.bundle(now)))
+    }
+
     fn refuse(&self, rpc: &str, node: Option<&str>, status: Status) -> Status {
         Counters::bump(&self.counters.refused);
         warn!(
@@ -593,19 +614,10 @@ impl Inner {
                 )))
             })?;
         }
-        let ttl = if r.ttl_seconds == 0 {
-            self.options.default_workload_ttl
-        } else {
-            Duration::from_secs(r.ttl_seconds)
-        };
-        let now = self.clock.now();
-        let (chain, bundle) = {
-            let ca = lock(&self.ca);
-            let chain = ca
-                .sign_csr(&r.csr_der, &id, ttl, now)
-                .map_err(|e| refuse(issue_status(&e)))?;
-            (chain, ca.bundle(now))
-        };
+        let ttl = self.requested_ttl(r.ttl_seconds);
+        let (chain, bundle) = self
+            .issue(|ca, now| ca.sign_csr(&r.csr_der, &id, ttl, now))
+            .map_err(|e| refuse(issue_status(&e)))?;
         Counters::bump(&self.counters.issued);
         info!(%node, %id, pod = format!("{}/{}", r.pod_namespace, r.pod_name), not_after = not_after_of(&chain), "CA service: workload SVID issued");
         Ok(Response::new(svid_response(&chain, &bundle)))
@@ -635,19 +647,10 @@ impl Inner {
                 r.dns_names, r.kind, r.namespace, r.name
             )))
         })?;
-        let ttl = if r.ttl_seconds == 0 {
-            self.options.default_workload_ttl
-        } else {
-            Duration::from_secs(r.ttl_seconds)
-        };
-        let now = self.clock.now();
-        let (chain, bundle) = {
-            let ca = lock(&self.ca);
-            let chain = ca
-                .sign_serving_csr(&r.csr_der, &r.dns_names, ttl, now)
-                .map_err(|e| refuse(issue_status(&e)))?;
-            (chain, ca.bundle(now))
-        };
+        let ttl = self.requested_ttl(r.ttl_seconds);
+        let (chain, bundle) = self
+            .issue(|ca, now| ca.sign_serving_csr(&r.csr_der, &r.dns_names, ttl, now))
+            .map_err(|e| refuse(issue_status(&e)))?;
         Counters::bump(&self.counters.issued);
         info!(%node, names = ?r.dns_names, object = format!("{} {}/{}", r.kind, r.namespace, r.name), not_after = not_after_of(&chain), "CA service: serving certificate issued");
         Ok(Response::new(svid_response(&chain, &bundle)))
@@ -662,14 +665,9 @@ impl Inner {
             .node_caller(&req, RPC)
             .map_err(|s| self.refuse(RPC, None, s))?;
         let r = req.into_inner();
-        let now = self.clock.now();
-        let (chain, bundle) = {
-            let ca = lock(&self.ca);
-            let chain = ca
-                .sign_csr(&r.csr_der, &id, self.options.node_svid_ttl, now)
-                .map_err(|e| self.refuse(RPC, Some(&node), issue_status(&e)))?;
-            (chain, ca.bundle(now))
-        };
+        let (chain, bundle) = self
+            .issue(|ca, now| ca.sign_csr(&r.csr_der, &id, self.options.node_svid_ttl, now))
+            .map_err(|e| self.refuse(RPC, Some(&node), issue_status(&e)))?;
         Counters::bump(&self.counters.node_renewals);
         info!(%node, not_after = not_after_of(&chain), "CA service: node SVID renewed");
         Ok(Response::new(svid_response(&chain, &bundle)))

@@ -337,27 +337,13 @@ fn ingress_is_served_with_ca_issued_certificates(dir: &Path, stdout: &str) {
 
     // The controller writes Accepted conditions onto the objects.
     let cluster = dir.join("cluster");
-    let wait_file = |name: &str, want: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(cluster.join(name)).unwrap_or_default();
-            if text.contains(want) {
-                return text;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} never showed {want:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
     for f in [
         "httproute-shop-web-public.yaml",
         "httproute-shop-web-split.yaml",
         "gateway-shop-public.yaml",
         "trafficpolicy-shop-web-resilience.yaml",
     ] {
-        let text = wait_file(f, "reason: Accepted");
+        let text = wait_file(&cluster.join(f), "reason: Accepted", 20);
         assert!(text.contains("status: \"True\""), "{f}:\n{text}");
     }
     // A route to a backend that does not exist: Accepted=False naming it, never pushed; the
@@ -368,7 +354,11 @@ fn ingress_is_served_with_ca_issued_certificates(dir: &Path, stdout: &str) {
          spec:\n  parentRefs:\n  - {name: public}\n  hostnames: [broken.shop.example]\n  rules:\n  - backendRefs: [{name: no-such-service, port: 80}]\n",
     )
     .unwrap();
-    let text = wait_file("httproute-shop-broken.yaml", "reason: Invalid");
+    let text = wait_file(
+        &cluster.join("httproute-shop-broken.yaml"),
+        "reason: Invalid",
+        20,
+    );
     assert!(text.contains("no-such-service"), "{text}");
     assert!(
         text.contains("controllerName: identityd.io/gateway-controller"),
@@ -401,15 +391,20 @@ fn ingress_is_served_with_ca_issued_certificates(dir: &Path, stdout: &str) {
 
 /// Waits until the KeyRotation in `file` shows `phase: <phase>`; returns the file.
 fn wait_phase(file: &Path, phase: &str, secs: u64) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    wait_file(file, &format!("phase: {phase}"), secs)
+}
+
+/// Waits until `file` contains `want` (a status the controller writes back); returns it.
+fn wait_file(file: &Path, want: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        if text.contains(&format!("phase: {phase}")) {
+        if text.contains(want) {
             return text;
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "{} did not reach {phase} in {secs}s:\n{text}",
+            Instant::now() < deadline,
+            "{} never showed {want:?} in {secs}s:\n{text}",
             file.display()
         );
         std::thread::sleep(Duration::from_millis(200));

@@ -207,35 +207,39 @@ pub fn status_updates(state: &ClusterState, td: &TrustDomain, now: &str) -> Vec<
             out.push(Object::Gateway(g));
         }
     }
+    // A route's new status, when it changes.
+    let route = |kind: &str,
+                 key: &NamespacedName,
+                 parents: &[ParentRef],
+                 prev: Option<&RouteStatus>,
+                 generation: Option<i64>| {
+        let p = problems.get(&format!("{kind} {}/{}", key.namespace, key.name));
+        let st = route_status(state, &key.namespace, parents, p, prev, now, generation)?;
+        (!route_unchanged(prev, &st)).then_some(st)
+    };
     for (key, r) in &state.http_routes {
-        let p = problems.get(&format!("HTTPRoute {}/{}", key.namespace, key.name));
-        if let Some(st) = route_status(
-            state,
-            &key.namespace,
+        let prev = r.status.as_ref();
+        if let Some(st) = route(
+            "HTTPRoute",
+            key,
             &r.spec.parent_refs,
-            p,
-            r.status.as_ref(),
-            now,
+            prev,
             r.metadata.generation,
-        ) && !route_unchanged(r.status.as_ref(), &st)
-        {
+        ) {
             let mut r = r.clone();
             r.status = Some(st);
             out.push(Object::HttpRoute(r));
         }
     }
     for (key, r) in &state.grpc_routes {
-        let p = problems.get(&format!("GRPCRoute {}/{}", key.namespace, key.name));
-        if let Some(st) = route_status(
-            state,
-            &key.namespace,
+        let prev = r.status.as_ref();
+        if let Some(st) = route(
+            "GRPCRoute",
+            key,
             &r.spec.parent_refs,
-            p,
-            r.status.as_ref(),
-            now,
+            prev,
             r.metadata.generation,
-        ) && !route_unchanged(r.status.as_ref(), &st)
-        {
+        ) {
             let mut r = r.clone();
             r.status = Some(st);
             out.push(Object::GrpcRoute(r));

@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use identityd_envoy::l7 as l7m;
 
+use crate::daemon::mesh::ms;
 use crate::model::gateway::{BackendRef, GrpcRoute, HttpRoute, ParentKind, ParentRef, RouteFilter};
 use crate::model::{ClusterState, NamespacedName};
 
@@ -517,12 +518,6 @@ fn filters(fs: &[RouteFilter]) -> (l7m::HeaderModifier, Option<l7m::Redirect>) {
         }
     }
     (hm, redirect)
-}
-
-fn ms(s: &str) -> Option<i64> {
-    identityd_certs::duration::parse(s)
-        .ok()
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn http_route(

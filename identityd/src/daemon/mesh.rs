@@ -364,7 +364,8 @@ fn ingress_l7(
     )
 }
 
-fn ms(s: &str) -> Option<i64> {
+/// A duration string as signed milliseconds (the Envoy crate's L7 unit), `None` when invalid.
+pub(crate) fn ms(s: &str) -> Option<i64> {
     identityd_certs::duration::parse(s)
         .ok()
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -588,12 +589,12 @@ impl std::fmt::Debug for Mesh {
     }
 }
 
-fn half_life(s: &Svid) -> SystemTime {
-    let life = s
-        .not_after()
-        .duration_since(s.not_before())
+/// When a certificate valid from `not_before` to `not_after` is due for renewal.
+fn half_life(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after
+        .duration_since(not_before)
         .unwrap_or(Duration::ZERO);
-    s.not_before() + life / 2
+    not_before + life / 2
 }
 
 impl Mesh {
@@ -664,7 +665,7 @@ impl Mesh {
             ),
         )
         .map_err(|e| format!("{}: {e}", envoy_cfg.display()))?;
-        let node_refresh_at = half_life(&node_svid);
+        let node_refresh_at = half_life(node_svid.not_before(), node_svid.not_after());
         Ok(Self {
             td,
             client,
@@ -705,7 +706,7 @@ impl Mesh {
             match self.client.renew_node(&self.node_svid).await {
                 Ok(s) => {
                     let _ = s.write_to_dir(&cfg.state_dir.join("node-svid"));
-                    self.node_refresh_at = half_life(&s);
+                    self.node_refresh_at = half_life(s.not_before(), s.not_after());
                     self.node_svid = s;
                 }
                 Err(e) => {
@@ -758,7 +759,7 @@ impl Mesh {
                     {
                         self.last_error = None;
                     }
-                    let refresh_at = half_life(&s);
+                    let refresh_at = half_life(s.not_before(), s.not_after());
                     self.held.insert(
                         id.clone(),
                         Held {
@@ -954,11 +955,7 @@ impl Mesh {
             match r {
                 Ok(Ok(c)) => {
                     tracing::info!(names = ?w.dns_names, object = format!("{} {}/{}", w.kind, w.namespace, w.name), "serving certificate issued");
-                    let life = c
-                        .not_after()
-                        .duration_since(c.not_before())
-                        .unwrap_or(Duration::ZERO);
-                    let refresh_at = c.not_before() + life / 2;
+                    let refresh_at = half_life(c.not_before(), c.not_after());
                     self.serving.insert(
                         w.secret.clone(),
                         HeldServing {

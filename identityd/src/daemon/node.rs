@@ -73,15 +73,19 @@ fn pid_alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// The WireGuard device process recorded in `<runDir>/wg.pid`, when it is alive.
+fn running_wg_pid(cfg: &DaemonConfig) -> Option<u32> {
+    std::fs::read_to_string(cfg.run_dir.join("wg.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|pid| pid_alive(*pid))
+}
+
 /// Starts the WireGuard device process unless one recorded in `wg.pid` is alive. It runs in
 /// its own process group so it outlives this daemon (a restart must not take the tunnel down).
 fn ensure_wg_process(cfg: &DaemonConfig, config_path: &Path) -> Result<u32, NodeError> {
     let pid_file = cfg.run_dir.join("wg.pid");
-    if let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        && pid_alive(pid)
-    {
+    if let Some(pid) = running_wg_pid(cfg) {
         return Ok(pid);
     }
     let log = std::fs::OpenOptions::new()
@@ -130,12 +134,7 @@ async fn rotate_wireguard_key(
     let public_key = key.public_key().to_string();
     drop(key);
     // The device keeps the key it started with: restart it (it re-reads the key file).
-    let pid_file = cfg.run_dir.join("wg.pid");
-    if let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        && pid_alive(pid)
-    {
+    if let Some(pid) = running_wg_pid(cfg) {
         let _ = Command::new("kill").arg(pid.to_string()).status();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while pid_alive(pid) && std::time::Instant::now() < deadline {

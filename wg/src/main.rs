@@ -137,6 +137,9 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         generated = (origin == KeyOrigin::Generated),
         "node key"
     );
+    // The config's mtime before it is read: a change written while the device starts is
+    // then seen by the first tick instead of being missed.
+    let mut seen = mtime(config);
     let (cfg, desired) = load_plan(config, key.public_key())?;
     let dev = Device::start(
         key,
@@ -161,7 +164,6 @@ async fn run(config: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(300));
-    let mut seen = mtime(config);
     loop {
         let reload = tokio::select! {
             _ = hup.recv() => true,

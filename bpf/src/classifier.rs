@@ -173,6 +173,12 @@ impl MtlsMode {
             Self::Strict => types::IDD_MTLS_STRICT,
         }
     }
+
+    fn from_raw(v: u32) -> Option<Self> {
+        [Self::Disabled, Self::Permissive, Self::Strict]
+            .into_iter()
+            .find(|m| m.raw() == v)
+    }
 }
 
 /// The verdict of one packet.
@@ -725,6 +731,65 @@ impl Classifier {
             }
             Err(e) => Err(map_err(ROUTES)(e)),
         }
+    }
+
+    /// Every route installed in the map — what the kernel holds (a pinned map re-adopted
+    /// after a restart included), for callers that diff desired state against the machine.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn routes(&self) -> Result<Vec<(Cidr, Route)>, Error> {
+        let map = self.ebpf.map(ROUTES).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map",
+            name: ROUTES,
+        })?;
+        let trie: LpmTrie<_, [u8; 16], IddRoute> =
+            LpmTrie::try_from(map).map_err(map_err(ROUTES))?;
+        let mut out = Vec::new();
+        for entry in trie.iter() {
+            let (key, r) = entry.map_err(map_err(ROUTES))?;
+            let addr = unmapped(key.data());
+            let len = key
+                .prefix_len()
+                .saturating_sub(if addr.is_ipv4() { 96 } else { 0 });
+            let (Ok(cidr), Some(kind)) = (
+                Cidr::new(addr, u8::try_from(len).unwrap_or(u8::MAX)),
+                RouteKind::from_raw(r.kind),
+            ) else {
+                continue;
+            };
+            out.push((
+                cidr,
+                Route {
+                    kind,
+                    node_id: r.node_id,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every workload installed in the map (see [`Classifier::routes`]).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn workloads(&self) -> Result<Vec<(IpAddr, MtlsMode)>, Error> {
+        let map = self.ebpf.map(WORKLOADS).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map",
+            name: WORKLOADS,
+        })?;
+        let m: BpfHashMap<_, IddAddr, IddWorkload> =
+            BpfHashMap::try_from(map).map_err(map_err(WORKLOADS))?;
+        let mut out = Vec::new();
+        for entry in m.iter() {
+            let (k, v) = entry.map_err(map_err(WORKLOADS))?;
+            if let Some(mode) = MtlsMode::from_raw(v.mtls_mode) {
+                out.push((unmapped(k.addr), mode));
+            }
+        }
+        Ok(out)
     }
 
     /// The route the longest prefix match gives for `addr`, if any.

@@ -8,7 +8,43 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::serving::ServingCert;
 use crate::svid::Svid;
+
+/// A certificate with a validity window, which a [`Rotator`] keeps fresh (SVIDs, node SVIDs,
+/// ingress serving certificates).
+pub trait Validity: Send + Sync {
+    /// Start of validity.
+    fn not_before(&self) -> SystemTime;
+    /// End of validity.
+    fn not_after(&self) -> SystemTime;
+    /// What the certificate is for, in messages (a SPIFFE ID, DNS names).
+    fn subject(&self) -> String;
+}
+
+impl Validity for Svid {
+    fn not_before(&self) -> SystemTime {
+        Svid::not_before(self)
+    }
+    fn not_after(&self) -> SystemTime {
+        Svid::not_after(self)
+    }
+    fn subject(&self) -> String {
+        self.id().to_string()
+    }
+}
+
+impl Validity for ServingCert {
+    fn not_before(&self) -> SystemTime {
+        ServingCert::not_before(self)
+    }
+    fn not_after(&self) -> SystemTime {
+        ServingCert::not_after(self)
+    }
+    fn subject(&self) -> String {
+        self.dns_names().join(",")
+    }
+}
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -126,33 +162,43 @@ impl RefreshPolicy {
 }
 
 /// What a workload identity can serve right now.
-#[derive(Debug, Clone)]
-pub enum SvidState {
+#[derive(Debug)]
+pub enum SvidState<C = Svid> {
     /// No SVID has been obtained yet: refuse TLS handshakes.
     Initializing,
     /// A valid SVID (possibly the last good one while renewal fails).
-    Available(Arc<Svid>),
+    Available(Arc<C>),
     /// No valid SVID: the last one expired and renewal keeps failing.
     Unavailable(Arc<str>),
+}
+
+impl<C> Clone for SvidState<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Initializing => Self::Initializing,
+            Self::Available(c) => Self::Available(Arc::clone(c)),
+            Self::Unavailable(e) => Self::Unavailable(Arc::clone(e)),
+        }
+    }
 }
 
 /// Keeps one identity's SVID fresh. Pure state machine: the caller asks [`Rotator::due`],
 /// performs the issuance however it likes (local CA, CSR over gRPC) and reports the result
 /// with [`Rotator::on_result`].
-pub struct Rotator {
+pub struct Rotator<C = Svid> {
     policy: RefreshPolicy,
     clock: Arc<dyn Clock>,
     sample: Box<dyn FnMut() -> f64 + Send>,
-    current: Option<Arc<Svid>>,
+    current: Option<Arc<C>>,
     next_attempt: SystemTime,
     failures: u32,
     last_error: Option<Arc<str>>,
 }
 
-impl std::fmt::Debug for Rotator {
+impl<C: Validity> std::fmt::Debug for Rotator<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rotator")
-            .field("current", &self.current)
+            .field("current", &self.current.as_ref().map(|c| c.subject()))
             .field("next_attempt", &self.next_attempt)
             .field("failures", &self.failures)
             .field("last_error", &self.last_error)
@@ -160,7 +206,7 @@ impl std::fmt::Debug for Rotator {
     }
 }
 
-impl Rotator {
+impl<C: Validity> Rotator<C> {
     /// A rotator with no SVID yet (due immediately), using random jitter.
     #[must_use]
     pub fn new(policy: RefreshPolicy, clock: Arc<dyn Clock>) -> Self {
@@ -212,9 +258,15 @@ impl Rotator {
         self.failures
     }
 
+    /// The error of the latest failed attempt, while failures last.
+    #[must_use]
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
     /// Records the outcome of a renewal attempt. On success the new SVID is served and the next
     /// renewal scheduled; on failure the last good SVID is kept and a retry scheduled.
-    pub fn on_result(&mut self, result: Result<Svid, String>) {
+    pub fn on_result(&mut self, result: Result<C, String>) {
         let now = self.clock.now();
         match result {
             Ok(svid) => {
@@ -241,13 +293,13 @@ impl Rotator {
 
     /// What can be served now.
     #[must_use]
-    pub fn state(&self) -> SvidState {
+    pub fn state(&self) -> SvidState<C> {
         let now = self.clock.now();
         match &self.current {
             Some(s) if s.not_after() > now => SvidState::Available(Arc::clone(s)),
             Some(s) => {
                 SvidState::Unavailable(self.last_error.clone().unwrap_or_else(|| {
-                    format!("SVID {} expired and was not renewed", s.id()).into()
+                    format!("{} expired and was not renewed", s.subject()).into()
                 }))
             }
             None => match &self.last_error {
@@ -259,7 +311,7 @@ impl Rotator {
 
     /// The SVID being served, if any is valid now.
     #[must_use]
-    pub fn current(&self) -> Option<Arc<Svid>> {
+    pub fn current(&self) -> Option<Arc<C>> {
         match self.state() {
             SvidState::Available(s) => Some(s),
             _ => None,

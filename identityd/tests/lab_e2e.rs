@@ -524,6 +524,110 @@ fn capture_stop(mut c: std::process::Child, path: &Path) -> (usize, Vec<String>)
     (count("").len(), count(identityd::lab::NOT_WIREGUARD_FILTER))
 }
 
+/// The node's tasks are independent: with the CA stalled (SIGSTOP: connections hang, the
+/// worst case for a client), a new peer appearing in the cluster state is configured on every
+/// node within 2 s and status keeps updating; when the CA returns, the identity wanted during
+/// the outage is issued without a restart.
+fn a_stalled_ca_delays_nothing_but_identities(dir: &Path) {
+    let pgrep = Command::new("pgrep")
+        .args(["-f", &format!("{}/ca.yaml", dir.display())])
+        .output()
+        .unwrap();
+    let ca_pid = String::from_utf8_lossy(&pgrep.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("the CA role is running"))
+        .to_owned();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let _ = Command::new("kill").args(["-STOP", &ca_pid]).status();
+    let resume = Resume(ca_pid);
+    // A pod whose identity nobody holds yet: n1 must ask the stalled CA for it.
+    std::fs::write(
+        dir.join("cluster/pod-outage.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: outage\n  namespace: shop\nspec:\n  \
+         nodeName: n1\n  serviceAccountName: outage\nstatus:\n  podIP: 10.244.1.99\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before: Vec<u64> = status(dir)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["cluster_version"].as_u64().unwrap_or(0))
+        .collect();
+    let key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    let added = Instant::now();
+    std::fs::write(
+        dir.join("cluster/identitydnode-n9.yaml"),
+        format!(
+            "apiVersion: identityd.io/v1alpha1\nkind: IdentitydNode\nmetadata:\n  name: n9\nspec:\n  \
+             podCIDRs: [10.244.9.0/24]\n  underlayAddresses: [10.99.0.19]\n  wireguard:\n    \
+             publicKey: {key}\n    port: 51871\n"
+        ),
+    )
+    .unwrap();
+    let configured = |i: usize| {
+        std::fs::read_to_string(dir.join(format!("n{i}/run/wg.json")))
+            .is_ok_and(|j| j.contains("10.244.9.0/24"))
+    };
+    while !(1..=3).all(configured) {
+        assert!(
+            added.elapsed() < Duration::from_secs(2),
+            "with the CA stalled, the new peer must reach every node's WireGuard config within 2s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = added.elapsed();
+    wait_for_status(dir, 3, "status keeps updating with the CA stalled", |st| {
+        st.as_array().unwrap().iter().zip(&before).all(|(n, b)| {
+            n["cluster_version"].as_u64().unwrap_or(0) > *b
+                && n["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x["name"] == "n9"))
+        })
+    });
+    eprintln!("new peer configured on all nodes {took:?} after it appeared, CA stalled");
+    let st = status(dir);
+    assert!(
+        !st[0]["svids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s[0] == "spiffe://cluster.local/ns/shop/sa/outage"),
+        "no SVID can be issued while the CA is stalled: {}",
+        st[0]
+    );
+    drop(resume);
+    wait_for_status(
+        dir,
+        30,
+        "the identity wanted during the outage is issued",
+        |st| {
+            st[0]["svids"].as_array().is_some_and(|v| {
+                v.iter()
+                    .any(|s| s[0] == "spiffe://cluster.local/ns/shop/sa/outage")
+            })
+        },
+    );
+    std::fs::remove_file(dir.join("cluster/identitydnode-n9.yaml")).unwrap();
+    std::fs::remove_file(dir.join("cluster/pod-outage.yaml")).unwrap();
+    wait_for_status(dir, 10, "n9 and the outage pod gone", |st| {
+        st.as_array().unwrap().iter().all(|n| {
+            !n["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|x| x["name"] == "n9"))
+        }) && !st[0]["svids"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|s| s[0] == "spiffe://cluster.local/ns/shop/sa/outage")
+        })
+    });
+}
+
 #[test]
 fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     identityd_tests::require_root();
@@ -670,6 +774,8 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             assert_eq!(p["path"], "wireguard", "{n}");
         }
     }
+
+    a_stalled_ca_delays_nothing_but_identities(&lab.dir);
 
     // ---- a broken YAML file mid-run is reported and ignored ----
     std::fs::write(

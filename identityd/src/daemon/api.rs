@@ -24,6 +24,18 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
 }
 
+/// One task of the node daemon (datapath, identity, mesh) and whether its latest round
+/// went through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// `datapath`, `identity` or `mesh`.
+    pub name: String,
+    /// No errors in its latest round.
+    pub ok: bool,
+    /// The errors of its latest round.
+    pub errors: Vec<String>,
+}
+
 /// A node's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -69,6 +81,13 @@ pub struct NodeStatus {
     /// CA-issued serving certificates of ingress listeners: DNS names → seconds until expiry.
     #[serde(default)]
     pub ingress_certificates: Vec<(String, u64)>,
+    /// Every certificate the identity worker keeps (node SVID, workload SVIDs, serving
+    /// certificates): state, expiry, next attempt, failures.
+    #[serde(default)]
+    pub identities: Vec<crate::daemon::identity::IdentityStatus>,
+    /// Each task's health.
+    #[serde(default)]
+    pub components: Vec<ComponentStatus>,
 }
 
 /// Serves `status` on `path` until the task is aborted.

@@ -1,19 +1,18 @@
-//! The node's mTLS side: identities (SVIDs for local pods in mTLS namespaces, requested from
-//! the CA role by CSR over mTLS with the node's own SVID, renewed at half life), the xDS server
-//! for the node's Envoy (on `<runDir>/xds.sock`), the Envoy process (started and restarted by
-//! the daemon), and the TPROXY plumbing that sends mTLS traffic through it.
+//! The node's mesh side: the xDS server for the node's Envoy (on `<runDir>/xds.sock`), the
+//! Envoy process (through [`crate::daemon::envoy_proc`]), and the TPROXY plumbing that sends
+//! mTLS traffic through it. Certificates come from the identity worker
+//! ([`crate::daemon::identity`]) on a `watch`; this task never talks to the CA.
 //!
 //! [`plan_mesh`] is pure: cluster state + SVIDs in, the Envoy mesh config out.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use identityd_certs::service::CaClient;
-use identityd_certs::{Bundle, ServingCert, SpiffeId, Svid, TrustDomain};
+use identityd_certs::{ServingCert, SpiffeId, Svid, TrustDomain};
 use identityd_envoy::bootstrap::{XdsAddress, XdsFlavour, bootstrap_yaml};
 use identityd_envoy::mesh::{
     AuthzAction, AuthzPolicy, AuthzRule, Endpoint, MeshConfig, MtlsMode as EMtls, Ports, Service,
@@ -21,7 +20,10 @@ use identityd_envoy::mesh::{
 };
 use identityd_envoy::server::{XdsCache, XdsServer};
 
+use tokio::sync::watch;
+
 use crate::daemon::config::DaemonConfig;
+use crate::daemon::identity::Identities;
 use crate::daemon::ingress::{self, IngressPorts};
 use crate::model::{ClusterState, MtlsMode};
 
@@ -29,8 +31,6 @@ use crate::model::{ClusterState, MtlsMode};
 pub const INBOUND_PORT: u16 = identityd_envoy::INBOUND_MTLS_PORT;
 /// Envoy's outbound (TPROXY) port.
 pub const OUTBOUND_PORT: u16 = identityd_envoy::OUTBOUND_PORT;
-/// How often a node asks the CA for its trust bundle.
-pub const BUNDLE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The nftables table for inbound mTLS TPROXY.
 pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
 
@@ -495,7 +495,6 @@ pub fn inbound_nft(wg_iface: &str, pod_cidr: &str, strict_pods: &[IpAddr]) -> St
     s.push_str("\t}\n}\n");
     s
 }
-
 fn run_cmd(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
@@ -536,114 +535,73 @@ fn apply_nft(ruleset: &str) -> Result<(), String> {
     }
 }
 
-/// Where an SVID stands.
-struct Held {
-    svid: Arc<Svid>,
-    refresh_at: SystemTime,
+/// What the mesh task reports to status.
+#[derive(Debug, Clone, Default)]
+pub struct MeshReport {
+    /// xDS state per resource type (version, ACK, NACK).
+    pub xds: Vec<String>,
+    /// Envoy restarts by the daemon.
+    pub envoy_restarts: u32,
+    /// Whether Envoy answers `LIVE` (absent: no Envoy).
+    pub envoy_ready: Option<bool>,
+    /// Workloads (`ns/pod`) the last pushed config gives an inbound mTLS chain.
+    pub inbound: Vec<String>,
+    /// Why the latest mesh config was not pushed, or what of it is not served.
+    pub config_problems: Vec<String>,
+    /// Apply errors of the latest round (xDS socket, Envoy, TPROXY).
+    pub errors: Vec<String>,
 }
 
-/// A serving certificate held for an ingress listener.
-struct HeldServing {
-    want: ingress::CertWant,
-    cert: Arc<ServingCert>,
-    refresh_at: SystemTime,
-}
-
-/// The mTLS side of a node.
-pub struct Mesh {
-    td: TrustDomain,
-    client: CaClient,
-    node_svid: Svid,
-    node_refresh_at: SystemTime,
-    bundle_pem: String,
-    /// When the trust bundle is asked for again (a CA rollover adds a root).
-    bundle_check_at: SystemTime,
-    held: BTreeMap<SpiffeId, Held>,
+/// The node's mesh side: the xDS server for the node's Envoy (on `<runDir>/xds.sock`), the
+/// Envoy process, and the TPROXY plumbing that sends mTLS traffic through it. It plans from
+/// the cluster state and the identity worker's certificates; it never talks to the CA.
+struct MeshRuntime {
     cache: Arc<XdsCache>,
-    envoy: Option<Child>,
-    /// An Envoy left running by a previous daemon (re-adopted: it reconnects to xds.sock).
-    adopted: Option<u32>,
-    envoy_pid_file: PathBuf,
-    admin_port: u16,
-    envoy_cfg: PathBuf,
-    envoy_bin: PathBuf,
-    envoy_log: PathBuf,
+    xds_serving: bool,
+    envoy: crate::daemon::envoy_proc::EnvoyProcess,
     nft: Option<String>,
     routing_applied: bool,
-    /// Envoy restarts.
-    pub envoy_restarts: u32,
-    /// Why the latest mesh config was not pushed (validation problems).
-    pub config_problems: Vec<String>,
     inbound: Vec<String>,
-    /// CA-issued serving certificates of ingress listeners, by SDS secret name.
-    serving: BTreeMap<String, HeldServing>,
-    /// Last issuance error.
-    pub last_error: Option<String>,
+    config_problems: Vec<String>,
+    wants_envoy: bool,
+    has_mtls: bool,
+    strict: Vec<IpAddr>,
 }
 
-impl std::fmt::Debug for Mesh {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh")
-            .field("identities", &self.held.len())
-            .finish_non_exhaustive()
+impl MeshRuntime {
+    fn new(cfg: &DaemonConfig, envoy: &crate::daemon::config::EnvoySettings) -> Self {
+        let bootstrap = cfg.run_dir.join("envoy.yaml");
+        Self {
+            cache: XdsCache::new(),
+            xds_serving: false,
+            envoy: crate::daemon::envoy_proc::EnvoyProcess::new(
+                cfg,
+                &envoy.binary,
+                envoy.admin_port,
+                bootstrap,
+            ),
+            nft: None,
+            routing_applied: false,
+            inbound: Vec::new(),
+            config_problems: Vec::new(),
+            wants_envoy: false,
+            has_mtls: false,
+            strict: Vec::new(),
+        }
     }
-}
 
-/// When a certificate valid from `not_before` to `not_after` is due for renewal.
-fn half_life(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    not_before + life / 2
-}
-
-impl Mesh {
-    /// Joins the CA (first start) or reuses the saved node SVID, connects over mTLS, starts the
-    /// xDS server on `<runDir>/xds.sock` and writes Envoy's bootstrap.
-    ///
-    /// # Errors
-    /// When the CA cannot be joined or reached.
-    pub async fn start(cfg: &DaemonConfig) -> Result<Self, String> {
-        let access = cfg.ca.as_ref().ok_or("no ca: section")?;
-        let envoy = cfg.envoy.as_ref().ok_or("no envoy: section")?;
-        let td = TrustDomain::new(&cfg.trust_domain).map_err(|e| e.to_string())?;
-        let bundle_text = std::fs::read_to_string(&access.bundle_file)
-            .map_err(|e| format!("ca.bundleFile={}: {e}", access.bundle_file.display()))?;
-        let bundle = Bundle::from_pem(td.clone(), &bundle_text)
-            .map_err(|e| format!("ca.bundleFile: {e}"))?;
-        let node_dir = cfg.state_dir.join("node-svid");
-        let node_svid = match Svid::read_from_dir(&node_dir) {
-            Ok(s) if s.not_after() > SystemTime::now() + Duration::from_secs(60) => s,
-            _ => {
-                let joined = crate::daemon::node_auth::join(access, &cfg.name, &bundle).await?;
-                joined
-                    .svid
-                    .write_to_dir(&node_dir)
-                    .map_err(|e| e.to_string())?;
-                let _ = std::fs::remove_file(&access.join_token_file);
-                tracing::info!(id = %joined.svid.id(), "joined the CA; node SVID saved (key 0600)");
-                joined.svid
-            }
-        };
-        let client = CaClient::connect_mtls(&access.endpoint, &node_svid, &bundle)
-            .await
-            .map_err(|e| format!("connecting to the CA at {}: {e}", access.endpoint))?;
-        let bundle_pem = client
-            .fetch_bundle()
-            .await
-            .map(|b| b.to_pem())
-            .unwrap_or(bundle_text);
-
-        let cache = XdsCache::new();
+    /// Binds `<runDir>/xds.sock` (0600), serves xDS on it and writes Envoy's bootstrap.
+    fn start_xds(&mut self, cfg: &DaemonConfig, admin_port: u16) -> Result<(), String> {
         let sock = cfg.run_dir.join("xds.sock");
         let _ = std::fs::remove_file(&sock);
         let listener = tokio::net::UnixListener::bind(&sock)
             .map_err(|e| format!("{}: {e}", sock.display()))?;
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", sock.display()))?;
         }
-        let server = XdsServer::new(Arc::clone(&cache));
+        let server = XdsServer::new(Arc::clone(&self.cache));
         tokio::spawn(async move {
             if let Err(e) = identityd_envoy::server::serve(
                 server,
@@ -660,161 +618,50 @@ impl Mesh {
             bootstrap_yaml(
                 &cfg.name,
                 &XdsAddress::Unix(sock),
-                envoy.admin_port,
+                admin_port,
                 XdsFlavour::Sotw,
             ),
         )
         .map_err(|e| format!("{}: {e}", envoy_cfg.display()))?;
-        let node_refresh_at = half_life(node_svid.not_before(), node_svid.not_after());
-        Ok(Self {
-            td,
-            client,
-            node_svid,
-            node_refresh_at,
-            bundle_pem,
-            bundle_check_at: SystemTime::now() + BUNDLE_CHECK_INTERVAL,
-            held: BTreeMap::new(),
-            cache,
-            envoy: None,
-            adopted: std::fs::read_to_string(cfg.run_dir.join("envoy.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok())
-                .filter(|pid| {
-                    std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("envoy"))
-                }),
-            envoy_pid_file: cfg.run_dir.join("envoy.pid"),
-            admin_port: envoy.admin_port,
-            envoy_cfg,
-            envoy_bin: envoy.binary.clone(),
-            envoy_log: cfg.run_dir.join("envoy.log"),
-            nft: None,
-            routing_applied: false,
-            envoy_restarts: 0,
-            config_problems: Vec::new(),
-            inbound: Vec::new(),
-            serving: BTreeMap::new(),
-            last_error: None,
-        })
+        self.xds_serving = true;
+        Ok(())
     }
 
-    /// Brings SVIDs, xDS, Envoy and TPROXY in line with `state`. Returns errors to log.
-    pub async fn reconcile(&mut self, cfg: &DaemonConfig, state: &ClusterState) -> Vec<String> {
-        let mut errors = Vec::new();
-        let now = SystemTime::now();
-        if now >= self.node_refresh_at {
-            match self.client.renew_node(&self.node_svid).await {
-                Ok(s) => {
-                    let _ = s.write_to_dir(&cfg.state_dir.join("node-svid"));
-                    self.node_refresh_at = half_life(s.not_before(), s.not_after());
-                    self.node_svid = s;
-                }
-                Err(e) => {
-                    self.node_refresh_at = now + Duration::from_secs(5);
-                    errors.push(format!("renewing the node SVID: {e}"));
-                }
-            }
-        }
-        // The trust bundle: asked for every BUNDLE_CHECK_INTERVAL, and taken from the CA's
-        // answers, so a rollover's new root reaches Envoy's validation context before any
-        // SVID issued under it does.
-        if now >= self.bundle_check_at {
-            self.bundle_check_at = now + BUNDLE_CHECK_INTERVAL;
-            if let Ok(Err(e)) =
-                tokio::time::timeout(Duration::from_secs(5), self.client.fetch_bundle()).await
-            {
-                errors.push(format!("fetching the trust bundle: {e}"));
-            }
-        }
-        let current = self
-            .client
-            .bundle()
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .to_pem();
-        if current != self.bundle_pem {
-            tracing::info!("trust bundle changed");
-            self.bundle_pem = current;
-        }
-        let wanted = wanted_identities_with(state, &cfg.name, &self.td, cfg.mtls.default_mode);
-        self.held.retain(|id, _| wanted.contains_key(id));
-        for (id, (ns, pod)) in &wanted {
-            let due = self.held.get(id).is_none_or(|h| now >= h.refresh_at);
-            if !due {
-                continue;
-            }
-            let r = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.client.sign_workload(id, ns, pod, cfg.svid_ttl()),
-            )
-            .await;
-            match r {
-                Ok(Ok(s)) => {
-                    tracing::info!(%id, "SVID issued");
-                    let idstr = id.to_string();
-                    if self
-                        .last_error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with(&format!("SVID for {idstr} ")))
-                    {
-                        self.last_error = None;
-                    }
-                    let refresh_at = half_life(s.not_before(), s.not_after());
-                    self.held.insert(
-                        id.clone(),
-                        Held {
-                            svid: Arc::new(s),
-                            refresh_at,
-                        },
-                    );
-                }
-                Ok(Err(e)) => {
-                    let msg = format!("SVID for {id} (pod {ns}/{pod}): {e}");
-                    // Keep the last good SVID; retry soon.
-                    if let Some(h) = self.held.get_mut(id) {
-                        h.refresh_at = now + Duration::from_secs(5);
-                    }
-                    self.last_error = Some(msg.clone());
-                    errors.push(msg);
-                }
-                Err(_) => errors.push(format!("SVID for {id}: the CA did not answer within 10s")),
-            }
-        }
-        let svids: BTreeMap<SpiffeId, Arc<Svid>> = self
-            .held
-            .iter()
-            .map(|(k, h)| (k.clone(), Arc::clone(&h.svid)))
-            .collect();
-        let ports = IngressPorts {
-            http: cfg.ingress.http_port,
-            https: cfg.ingress.https_port,
-        };
-        self.refresh_serving(state, ports, cfg.svid_ttl(), now, &mut errors)
-            .await;
+    /// Plans the mesh config from `state` and `ids` and pushes it when it is valid (invalid
+    /// routes/policies are never pushed: the last good config keeps serving).
+    fn push(
+        &mut self,
+        cfg: &DaemonConfig,
+        td: &TrustDomain,
+        state: &ClusterState,
+        ids: &Identities,
+    ) {
         let inputs = IngressInputs {
-            ports,
+            ports: IngressPorts {
+                http: cfg.ingress.http_port,
+                https: cfg.ingress.https_port,
+            },
             default_mtls: cfg.mtls.default_mode,
-            certs: self
+            certs: ids
                 .serving
                 .iter()
-                .map(|(k, h)| (k.clone(), Arc::clone(&h.cert)))
+                .map(|(k, (_, c))| (k.clone(), Arc::clone(c)))
                 .collect(),
         };
-        let (mesh, ingress_problems) = plan_mesh_with(
-            state,
-            &cfg.name,
-            &self.td,
-            &svids,
-            &self.bundle_pem,
-            &inputs,
-        );
-        let has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
-        let has_ingress = !mesh.l7.listeners.is_empty();
-        // Invalid routes/policies are never pushed: the last good config keeps serving.
+        let (mesh, ingress_problems) =
+            plan_mesh_with(state, &cfg.name, td, &ids.svids, &ids.bundle_pem, &inputs);
+        self.has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
+        self.wants_envoy = self.has_mtls || !mesh.l7.listeners.is_empty();
+        self.strict = mesh
+            .workloads
+            .iter()
+            .filter(|w| w.mtls == EMtls::Strict)
+            .map(|w| w.ip)
+            .collect();
         match identityd_envoy::translate::translate_checked(&mesh) {
             Ok(snap) => {
                 self.cache.set_snapshot(&cfg.name, snap);
-                self.config_problems.clone_from(&ingress_problems);
+                self.config_problems = ingress_problems;
                 let with_svid: std::collections::BTreeSet<&str> =
                     mesh.svids.iter().map(|s| s.id.as_str()).collect();
                 self.inbound = mesh
@@ -834,207 +681,84 @@ impl Mesh {
             Err(problems) => {
                 self.config_problems = problems.iter().map(ToString::to_string).collect();
                 self.config_problems.extend(ingress_problems);
-                errors.extend(
-                    self.config_problems
-                        .iter()
-                        .map(|p| format!("not pushed to Envoy: {p}")),
-                );
+                for p in &self.config_problems {
+                    tracing::warn!(problem = %p, "not pushed to Envoy");
+                }
             }
         }
+    }
 
-        // Envoy: adopt the one a previous daemon left running, start one, or restart it when
-        // it died.
-        let child_alive = self
-            .envoy
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        let adopted_alive = self.adopted.is_some_and(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-        });
-        if (has_mtls || has_ingress) && !child_alive && !adopted_alive {
-            if self.envoy.is_some() || self.adopted.is_some() {
-                self.envoy_restarts += 1;
-                errors.push("Envoy exited; restarting it".to_owned());
-            }
-            self.adopted = None;
-            match self.spawn_envoy() {
-                Ok(c) => {
-                    let _ = std::fs::write(&self.envoy_pid_file, c.id().to_string());
-                    self.envoy = Some(c);
+    /// Envoy running when the plan needs it; TPROXY routing and the inbound ruleset in place.
+    fn converge(&mut self, cfg: &DaemonConfig, errors: &mut Vec<String>) {
+        if self.wants_envoy {
+            match self.envoy.ensure_running() {
+                Ok(true) if self.envoy.restarts > 0 => {
+                    errors.push("Envoy exited; restarted it".to_owned());
                 }
-                Err(e) => errors.push(e),
+                Ok(_) => {}
+                Err(e) => errors.push(e.to_string()),
             }
+        }
+        if !self.has_mtls {
+            return;
         }
         // TPROXY: outbound by the classifier's proxy mark, inbound from the tunnel on 15008.
-        if has_mtls {
-            if !self.routing_applied {
-                let plan = identityd_bpf::routing::plan(&identityd_bpf::routing::RoutingConfig {
-                    wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
-                    proxy_port: Some(OUTBOUND_PORT),
-                    ipv6: false,
-                    ..identityd_bpf::routing::RoutingConfig::default()
-                });
-                match identityd_bpf::routing::apply(&plan) {
-                    Ok(_) => self.routing_applied = true,
-                    Err(e) => errors.push(format!("proxy routing: {e}")),
+        if !self.routing_applied {
+            let plan = identityd_bpf::routing::plan(&identityd_bpf::routing::RoutingConfig {
+                wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
+                proxy_port: Some(OUTBOUND_PORT),
+                ipv6: false,
+                ..identityd_bpf::routing::RoutingConfig::default()
+            });
+            let mut ok = match identityd_bpf::routing::apply(&plan) {
+                Ok(_) => true,
+                Err(e) => {
+                    errors.push(format!("proxy routing: {e}"));
+                    false
                 }
-                if let (Some(pc), Some(w)) = (&cfg.pod_cidr, &cfg.wireguard) {
-                    // Only for connections arriving from the tunnel: this node's own
-                    // connections to local pods are redirected by nat OUTPUT instead.
-                    let table = identityd_bpf::routing::PROXY_TABLE.to_string();
-                    let port = INBOUND_PORT.to_string();
-                    let args = [
-                        "iif",
-                        w.interface.as_str(),
-                        "to",
-                        pc.as_str(),
-                        "ipproto",
-                        "tcp",
-                        "dport",
-                        &port,
-                        "lookup",
-                        &table,
-                    ];
-                    let _ = run_cmd(Command::new("ip").args(["rule", "del"]).args(args));
-                    if let Err(e) = run_cmd(
-                        Command::new("ip")
-                            .args(["rule", "add", "priority", "99"])
-                            .args(args),
-                    ) {
-                        errors.push(e);
-                    }
-                }
-            }
-            if let (Some(w), Some(pc)) = (&cfg.wireguard, &cfg.pod_cidr) {
-                let strict: Vec<IpAddr> = mesh
-                    .workloads
-                    .iter()
-                    .filter(|w| w.mtls == EMtls::Strict)
-                    .map(|w| w.ip)
-                    .collect();
-                let rs = inbound_nft(&w.interface, pc, &strict);
-                if self.nft.as_deref() != Some(rs.as_str()) {
-                    match apply_nft(&rs) {
-                        Ok(()) => self.nft = Some(rs),
-                        Err(e) => errors.push(e),
-                    }
+            };
+            if let (Some(pc), Some(w)) = (&cfg.pod_cidr, &cfg.wireguard) {
+                // Only for connections arriving from the tunnel: this node's own connections
+                // to local pods are redirected by nat OUTPUT instead.
+                let table = identityd_bpf::routing::PROXY_TABLE.to_string();
+                let port = INBOUND_PORT.to_string();
+                let args = [
+                    "iif",
+                    w.interface.as_str(),
+                    "to",
+                    pc.as_str(),
+                    "ipproto",
+                    "tcp",
+                    "dport",
+                    &port,
+                    "lookup",
+                    &table,
+                ];
+                let _ = run_cmd(Command::new("ip").args(["rule", "del"]).args(args));
+                if let Err(e) = run_cmd(
+                    Command::new("ip")
+                        .args(["rule", "add", "priority", "99"])
+                        .args(args),
+                ) {
+                    errors.push(e);
+                    ok = false;
                 }
             }
+            self.routing_applied = ok;
         }
-        errors
-    }
-
-    /// Asks the CA for the serving certificates the ingress plan needs (new ones, and held
-    /// ones past half life); drops the ones no listener needs any more. A refusal keeps the
-    /// last good certificate.
-    async fn refresh_serving(
-        &mut self,
-        state: &ClusterState,
-        ports: IngressPorts,
-        ttl: Duration,
-        now: SystemTime,
-        errors: &mut Vec<String>,
-    ) {
-        let wants = ingress::cert_wants(state, ports);
-        self.serving
-            .retain(|k, h| wants.iter().any(|w| &w.secret == k && *w == h.want));
-        for w in wants {
-            if self
-                .serving
-                .get(&w.secret)
-                .is_some_and(|h| now < h.refresh_at)
-            {
-                continue;
-            }
-            let r = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.client
-                    .sign_serving(&w.dns_names, &w.kind, &w.namespace, &w.name, ttl),
-            )
-            .await;
-            match r {
-                Ok(Ok(c)) => {
-                    tracing::info!(names = ?w.dns_names, object = format!("{} {}/{}", w.kind, w.namespace, w.name), "serving certificate issued");
-                    let refresh_at = half_life(c.not_before(), c.not_after());
-                    self.serving.insert(
-                        w.secret.clone(),
-                        HeldServing {
-                            want: w,
-                            cert: Arc::new(c),
-                            refresh_at,
-                        },
-                    );
+        if let (Some(w), Some(pc)) = (&cfg.wireguard, &cfg.pod_cidr) {
+            let rs = inbound_nft(&w.interface, pc, &self.strict);
+            if self.nft.as_deref() != Some(rs.as_str()) {
+                match apply_nft(&rs) {
+                    Ok(()) => self.nft = Some(rs),
+                    Err(e) => errors.push(e),
                 }
-                Ok(Err(e)) => {
-                    if let Some(h) = self.serving.get_mut(&w.secret) {
-                        h.refresh_at = now + Duration::from_secs(5);
-                    }
-                    errors.push(format!(
-                        "serving certificate for {:?} ({} {}/{}): {e}",
-                        w.dns_names, w.kind, w.namespace, w.name
-                    ));
-                }
-                Err(_) => errors.push(format!(
-                    "serving certificate for {:?}: the CA did not answer within 10s",
-                    w.dns_names
-                )),
             }
         }
     }
 
-    /// Serving certificates held: (DNS names, not after).
-    #[must_use]
-    pub fn serving_certs(&self) -> Vec<(Vec<String>, SystemTime)> {
-        self.serving
-            .values()
-            .map(|h| (h.want.dns_names.clone(), h.cert.not_after()))
-            .collect()
-    }
-
-    fn spawn_envoy(&self) -> Result<Child, String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.envoy_log)
-            .map_err(|e| format!("{}: {e}", self.envoy_log.display()))?;
-        let child = Command::new(&self.envoy_bin)
-            .arg("-c")
-            .arg(&self.envoy_cfg)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting Envoy {}: {e}", self.envoy_bin.display()))?;
-        tracing::info!(pid = child.id(), "Envoy started");
-        Ok(child)
-    }
-
-    /// Status lines: identities with expiry, xDS versions and NACKs.
-    #[must_use]
-    pub fn status(&self, node: &str) -> (Vec<(String, u64)>, Vec<String>) {
-        let now = SystemTime::now();
-        let svids = self
-            .held
-            .iter()
-            .map(|(id, h)| {
-                (
-                    id.to_string(),
-                    h.svid
-                        .not_after()
-                        .duration_since(now)
-                        .map_or(0, |d| d.as_secs()),
-                )
-            })
-            .collect();
-        let xds = self
-            .cache
+    fn xds_status(&self, node: &str) -> Vec<String> {
+        self.cache
             .status(node)
             .into_iter()
             .map(|t| {
@@ -1053,65 +777,74 @@ impl Mesh {
                     ),
                 }
             })
-            .collect();
-        (svids, xds)
-    }
-
-    /// Seconds until each root of the bundle in use expires.
-    #[must_use]
-    pub fn bundle_roots(&self) -> Vec<u64> {
-        let now = SystemTime::now();
-        identityd_certs::bundle::certs_from_pem(&self.bundle_pem)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| identityd_certs::inspect::describe(c).ok())
-            .map(|i| {
-                let t = std::time::UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(i.not_after_unix).unwrap_or(0));
-                t.duration_since(now).map_or(0, |d| d.as_secs())
-            })
             .collect()
     }
+}
 
-    /// Workloads (`ns/pod`) the last pushed config gives an inbound mTLS chain.
-    #[must_use]
-    pub fn inbound_workloads(&self) -> &[String] {
-        &self.inbound
-    }
-
-    /// On shutdown Envoy keeps running with its last configuration (no gap); the next daemon
-    /// re-adopts it through `envoy.pid` and it reconnects to the new xDS socket.
-    pub fn stop(&mut self) {
-        if let Some(c) = self.envoy.take() {
-            tracing::info!(pid = c.id(), "leaving Envoy running for the next daemon");
+/// Runs the mesh task until `state` closes: replans on every change of the cluster state or
+/// of the identities, supervises Envoy and the TPROXY plumbing each second, and reports on
+/// `out`.
+pub async fn run(
+    cfg: Arc<DaemonConfig>,
+    envoy: crate::daemon::config::EnvoySettings,
+    mut state: watch::Receiver<Arc<ClusterState>>,
+    mut ids: watch::Receiver<Arc<Identities>>,
+    out: watch::Sender<Arc<MeshReport>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let td = match TrustDomain::new(&cfg.trust_domain) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = out.send(Arc::new(MeshReport {
+                errors: vec![format!("trustDomain={}: {e}", cfg.trust_domain)],
+                ..MeshReport::default()
+            }));
+            return;
+        }
+    };
+    let mut rt = MeshRuntime::new(&cfg, &envoy);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut dirty = true;
+    loop {
+        let mut errors = Vec::new();
+        if !rt.xds_serving
+            && let Err(e) = rt.start_xds(&cfg, envoy.admin_port)
+        {
+            errors.push(format!("xDS server: {e}"));
+        }
+        if dirty {
+            let st = state.borrow_and_update().clone();
+            let id = ids.borrow_and_update().clone();
+            rt.push(&cfg, &td, &st, &id);
+            dirty = false;
+        }
+        if rt.xds_serving {
+            rt.converge(&cfg, &mut errors);
+        }
+        for e in &errors {
+            tracing::warn!(error = %e, "mesh");
+        }
+        let envoy_ready = match rt.envoy.pid() {
+            Some(_) => Some(rt.envoy.ready().await),
+            None => None,
+        };
+        let report = MeshReport {
+            xds: rt.xds_status(&cfg.name),
+            envoy_restarts: rt.envoy.restarts,
+            envoy_ready,
+            inbound: rt.inbound.clone(),
+            config_problems: rt.config_problems.clone(),
+            errors,
+        };
+        let _ = out.send(Arc::new(report));
+        tokio::select! {
+            r = state.changed() => { if r.is_err() { break } dirty = true; }
+            r = ids.changed() => { if r.is_err() { break } dirty = true; }
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
         }
     }
-
-    /// Envoy's pid, if one is running.
-    #[must_use]
-    pub fn envoy_pid(&self) -> Option<u32> {
-        self.envoy.as_ref().map(Child::id).or(self.adopted)
-    }
-
-    /// Asks Envoy's admin `/ready` (loopback); `true` when it answers `LIVE` within 500 ms.
-    pub async fn envoy_ready(&self) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let probe = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
-                .await
-                .ok()?;
-            s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .await
-                .ok()?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await.ok()?;
-            Some(String::from_utf8_lossy(&buf).contains("LIVE"))
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_millis(500), probe).await,
-            Ok(Some(true))
-        )
-    }
+    rt.envoy.leave_running();
 }
 
 /// Finds the Envoy binary next to the workspace (`.tools/bin/envoy`) for the lab.

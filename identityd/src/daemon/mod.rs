@@ -4,6 +4,8 @@ pub mod api;
 pub mod ca;
 pub mod conditions;
 pub mod config;
+pub mod envoy_proc;
+pub mod identity;
 pub mod ingress;
 pub mod mesh;
 pub mod metrics;

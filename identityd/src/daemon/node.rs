@@ -12,13 +12,17 @@ use std::time::{Duration, SystemTime};
 use identityd_bpf::classifier::{
     Classifier, ClassifierConfig, MtlsMode as BpfMtls, Route, RouteKind,
 };
+use identityd_bpf::net::Cidr;
 use identityd_bpf::{Direction, routing};
 use identityd_certs::fsutil::write_atomic;
 use identityd_wg::key::NodeKey;
 
-use crate::daemon::api::{self, NodeStatus, PeerStatus};
+use tokio::sync::watch;
+
+use crate::daemon::api::{self, ComponentStatus, NodeStatus, PeerStatus};
 use crate::daemon::config::DaemonConfig;
-use crate::daemon::mesh::Mesh;
+use crate::daemon::identity::Identities;
+use crate::daemon::mesh::MeshReport;
 use crate::daemon::plan::{NodePlan, RoutePath, plan};
 use crate::daemon::rotation;
 use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
@@ -52,8 +56,6 @@ pub type SharedStatus = Arc<Mutex<NodeStatus>>;
 
 struct Datapath {
     classifier: Option<Classifier>,
-    applied_routes: BTreeMap<String, (RoutePath, u32)>,
-    applied_workloads: BTreeMap<IpAddr, MtlsMode>,
     attached: Vec<String>,
     wg_json: Option<String>,
 }
@@ -243,57 +245,67 @@ impl Datapath {
                     }
                 }
             }
-            for (cidr, (path, id)) in &p.routes {
-                if self.applied_routes.get(cidr) == Some(&(*path, *id)) {
-                    continue;
+            // Diff against what the maps hold (pinned maps outlive the daemon, so after a
+            // restart they hold the previous daemon's entries), not against memory.
+            let installed_routes: BTreeMap<Cidr, (RouteKind, u32)> = match c.routes() {
+                Ok(v) => v
+                    .into_iter()
+                    .map(|(cidr, r)| (cidr, (r.kind, r.node_id)))
+                    .collect(),
+                Err(e) => {
+                    errors.push(format!("reading the route map: {e}"));
+                    BTreeMap::new()
                 }
-                match cidr.parse() {
-                    Ok(c2) => match c.set_route(
-                        c2,
-                        Route {
-                            kind: bpf_kind(*path),
-                            node_id: *id,
-                        },
-                    ) {
-                        Ok(()) => {
-                            self.applied_routes.insert(cidr.clone(), (*path, *id));
-                        }
-                        Err(e) => errors.push(format!("route {cidr}: {e}")),
-                    },
+            };
+            let mut wanted_routes = BTreeMap::new();
+            for (cidr, (path, id)) in &p.routes {
+                match cidr.parse::<Cidr>() {
+                    Ok(c2) => {
+                        wanted_routes.insert(c2, (bpf_kind(*path), *id));
+                    }
                     Err(e) => errors.push(format!("route {cidr}: {e}")),
                 }
             }
-            let stale: Vec<String> = self
-                .applied_routes
-                .keys()
-                .filter(|k| !p.routes.contains_key(*k))
-                .cloned()
-                .collect();
-            for cidr in stale {
-                if let Ok(c2) = cidr.parse() {
-                    let _ = c.remove_route(c2);
+            for (cidr, (kind, node_id)) in &wanted_routes {
+                if installed_routes.get(cidr) == Some(&(*kind, *node_id)) {
+                    continue;
                 }
-                self.applied_routes.remove(&cidr);
+                let route = Route {
+                    kind: *kind,
+                    node_id: *node_id,
+                };
+                if let Err(e) = c.set_route(*cidr, route) {
+                    errors.push(format!("route {cidr}: {e}"));
+                }
             }
+            for cidr in installed_routes.keys() {
+                if !wanted_routes.contains_key(cidr)
+                    && let Err(e) = c.remove_route(*cidr)
+                {
+                    // Reported; the next round finds it in the map and tries again.
+                    errors.push(format!("removing route {cidr}: {e}"));
+                }
+            }
+            let installed_workloads: BTreeMap<IpAddr, BpfMtls> = match c.workloads() {
+                Ok(v) => v.into_iter().collect(),
+                Err(e) => {
+                    errors.push(format!("reading the workload map: {e}"));
+                    BTreeMap::new()
+                }
+            };
             for (ip, mode) in &p.workloads {
-                if self.applied_workloads.get(ip) != Some(mode) {
-                    match c.set_workload(*ip, bpf_mtls(*mode)) {
-                        Ok(()) => {
-                            self.applied_workloads.insert(*ip, *mode);
-                        }
-                        Err(e) => errors.push(format!("workload {ip}: {e}")),
-                    }
+                if installed_workloads.get(ip) != Some(&bpf_mtls(*mode))
+                    && let Err(e) = c.set_workload(*ip, bpf_mtls(*mode))
+                {
+                    errors.push(format!("workload {ip}: {e}"));
                 }
             }
-            let gone: Vec<IpAddr> = self
-                .applied_workloads
-                .keys()
-                .filter(|k| !p.workloads.contains_key(*k))
-                .copied()
-                .collect();
-            for ip in gone {
-                let _ = c.remove_workload(ip);
-                self.applied_workloads.remove(&ip);
+            for ip in installed_workloads.keys() {
+                if !p.workloads.contains_key(ip)
+                    && let Err(e) = c.remove_workload(*ip)
+                {
+                    errors.push(format!("removing workload {ip}: {e}"));
+                }
             }
         }
         errors
@@ -379,53 +391,29 @@ fn hex_of_base64(b64: &str) -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn refresh_status(
-    cfg: &DaemonConfig,
-    p: &NodePlan,
-    dp: &Datapath,
-    state: &ClusterState,
-    public_key: &str,
-    status: &SharedStatus,
-) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let uapi = cfg
-        .wireguard
-        .as_ref()
-        .map(|w| uapi_peers(&w.interface))
-        .unwrap_or_default();
-    let peers = p
-        .peers
-        .iter()
-        .map(|peer| {
-            let hex = peer.public_key.map(|k| k.to_hex());
-            let u = uapi.iter().find(|(k, ..)| Some(k) == hex.as_ref());
-            let path = peer.pod_cidrs.first().and_then(|c| p.routes.get(c)).map_or(
-                "unavailable",
-                |(r, _)| match r {
-                    RoutePath::Wireguard => "wireguard",
-                    RoutePath::Unavailable => "dropped (no key yet)",
-                    RoutePath::Plaintext => "plaintext",
-                    RoutePath::Local => "local",
-                },
-            );
-            PeerStatus {
-                name: peer.name.clone(),
-                endpoint: peer.endpoint.map(|e| e.to_string()),
-                path: path.to_owned(),
-                handshake_age_secs: u.and_then(|(_, h, ..)| h.map(|h| now.saturating_sub(h))),
-                rx_bytes: u.map_or(0, |x| x.2),
-                tx_bytes: u.map_or(0, |x| x.3),
-            }
-        })
-        .collect();
-    let counters = dp
-        .classifier
+/// What the datapath task reports: its plan, what it applied, and what failed.
+#[derive(Debug, Clone, Default)]
+pub struct DatapathReport {
+    /// The plan last applied.
+    pub plan: Option<Arc<NodePlan>>,
+    /// The node's WireGuard public key (base64), after any rotation.
+    pub public_key: String,
+    /// Interfaces the classifier is attached to.
+    pub attached: Vec<String>,
+    /// Classifier counters per path: name → (packets, bytes).
+    pub counters: Vec<(String, (u64, u64))>,
+    /// Apply errors of the latest round (failed removals included).
+    pub errors: Vec<String>,
+    /// Version of the cluster state the plan came from.
+    pub cluster_version: u64,
+}
+
+fn classifier_counters(dp: &Datapath) -> Vec<(String, (u64, u64))> {
+    use identityd_bpf::classifier::Path as P;
+    dp.classifier
         .as_ref()
         .and_then(|c| c.counters().ok())
         .map(|pc| {
-            use identityd_bpf::classifier::Path as P;
             [
                 P::WireGuard,
                 P::Ipsec,
@@ -440,24 +428,294 @@ fn refresh_status(
                 (path.name().to_owned(), (s.packets, s.bytes))
             })
             .collect()
-        });
-    let mut st = status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    st.node = cfg.name.clone();
-    st.public_key = public_key.to_owned();
-    st.public_key_hex = hex_of_base64(public_key).unwrap_or_default();
-    st.strict_mode = cfg.encryption.strict_mode;
-    st.cluster_version = state.version();
-    st.peers = peers;
-    st.counters = counters.unwrap_or_default();
-    st.classifier_interfaces = dp.attached.clone();
-    st.problems = p.problems.clone();
+        })
+        .unwrap_or_default()
+}
+
+/// The datapath task: key rotation, the WireGuard device config, the classifier's routes and
+/// workloads. It replans on every cluster state change and re-applies each second; nothing
+/// here waits for the CA or Envoy.
+struct DatapathTask {
+    cfg: Arc<DaemonConfig>,
+    dp: Datapath,
+    key_path: PathBuf,
+    public_key: String,
+    source: Arc<dyn ClusterSource>,
+    tunnel_addr_done: bool,
+}
+
+impl DatapathTask {
+    async fn round(&mut self, state: &ClusterState) -> DatapathReport {
+        let cfg = Arc::clone(&self.cfg);
+        let mut errors = Vec::new();
+        if let Some(name) = rotation::node_pending_rotation(state, &cfg.name) {
+            match rotate_wireguard_key(&cfg, &self.key_path, state, self.source.as_ref(), &name)
+                .await
+            {
+                Ok(pk) => {
+                    tracing::info!(rotation = %name, public_key = %pk, "WireGuard key rotated");
+                    self.public_key = pk;
+                }
+                Err(e) => {
+                    tracing::warn!(rotation = %name, error = %e, "WireGuard key rotation");
+                    errors.push(format!("KeyRotation {name}: {e}"));
+                }
+            }
+        }
+        let p = plan(&cfg, state, &self.key_path, cfg.mtls.default_mode);
+        for e in self.dp.apply(&cfg, &p) {
+            tracing::warn!(error = %e, "apply");
+            errors.push(e);
+        }
+        if !self.tunnel_addr_done
+            && let (Some(addr), Some(w)) = (cfg.tunnel_address, &cfg.wireguard)
+        {
+            self.tunnel_addr_done = ensure_tunnel_address(&w.interface, addr);
+        }
+        DatapathReport {
+            plan: Some(Arc::new(p)),
+            public_key: self.public_key.clone(),
+            attached: self.dp.attached.clone(),
+            counters: classifier_counters(&self.dp),
+            errors,
+            cluster_version: state.version(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut state: watch::Receiver<Arc<ClusterState>>,
+        out: watch::Sender<Arc<DatapathReport>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let st = state.borrow_and_update().clone();
+            let report = self.round(&st).await;
+            let _ = out.send(Arc::new(report));
+            tokio::select! {
+                r = state.changed() => if r.is_err() { break },
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        // Pinned classifier links and the device process stay: no gap until the next start.
+    }
+}
+
+/// Seconds until each root of `bundle_pem` expires.
+fn bundle_roots(bundle_pem: &str, now: SystemTime) -> Vec<u64> {
+    identityd_certs::bundle::certs_from_pem(bundle_pem)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| identityd_certs::inspect::describe(c).ok())
+        .map(|i| {
+            let t = std::time::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(i.not_after_unix).unwrap_or(0));
+            t.duration_since(now).map_or(0, |d| d.as_secs())
+        })
+        .collect()
+}
+
+fn peer_path(p: &NodePlan, peer: &crate::daemon::plan::PeerView) -> &'static str {
+    peer.pod_cidrs
+        .first()
+        .and_then(|c| p.routes.get(c))
+        .map_or("unavailable", |(r, _)| match r {
+            RoutePath::Wireguard => "wireguard",
+            RoutePath::Unavailable => "dropped (no key yet)",
+            RoutePath::Plaintext => "plaintext",
+            RoutePath::Local => "local",
+        })
+}
+
+/// The inputs of one status document: each task's latest report.
+struct StatusInputs<'a> {
+    state: &'a ClusterState,
+    dp: &'a DatapathReport,
+    ids: Option<&'a Identities>,
+    mesh: Option<&'a MeshReport>,
+    uapi: &'a [(String, Option<u64>, u64, u64)],
+}
+
+/// The node's status from each task's latest report. Pure: the clock is passed in.
+fn build_status(
+    cfg: &DaemonConfig,
+    key_path: &Path,
+    i: &StatusInputs<'_>,
+    now: SystemTime,
+) -> NodeStatus {
+    let now_unix = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut st = NodeStatus {
+        node: cfg.name.clone(),
+        public_key: i.dp.public_key.clone(),
+        public_key_hex: hex_of_base64(&i.dp.public_key).unwrap_or_default(),
+        strict_mode: cfg.encryption.strict_mode,
+        cluster_version: i.dp.cluster_version,
+        counters: i.dp.counters.clone(),
+        classifier_interfaces: i.dp.attached.clone(),
+        ..NodeStatus::default()
+    };
+    if let Some(p) = &i.dp.plan {
+        st.peers = p
+            .peers
+            .iter()
+            .map(|peer| {
+                let hex = peer.public_key.map(|k| k.to_hex());
+                let u = i.uapi.iter().find(|(k, ..)| Some(k) == hex.as_ref());
+                PeerStatus {
+                    name: peer.name.clone(),
+                    endpoint: peer.endpoint.map(|e| e.to_string()),
+                    path: peer_path(p, peer).to_owned(),
+                    handshake_age_secs: u
+                        .and_then(|(_, h, ..)| h.map(|h| now_unix.saturating_sub(h))),
+                    rx_bytes: u.map_or(0, |x| x.2),
+                    tx_bytes: u.map_or(0, |x| x.3),
+                }
+            })
+            .collect();
+        st.problems.clone_from(&p.problems);
+    }
     st.problems
-        .extend(state.problems.iter().map(ToString::to_string));
+        .extend(i.state.problems.iter().map(ToString::to_string));
+    st.components.push(ComponentStatus {
+        name: "datapath".into(),
+        ok: i.dp.errors.is_empty() && i.dp.plan.is_some(),
+        errors: i.dp.errors.clone(),
+    });
+    if let Some(ids) = i.ids {
+        let secs_left = |t: SystemTime| t.duration_since(now).map_or(0, |d| d.as_secs());
+        st.svids = ids
+            .svids
+            .iter()
+            .map(|(id, s)| (id.to_string(), secs_left(s.not_after())))
+            .collect();
+        st.bundle_roots = bundle_roots(&ids.bundle_pem, now);
+        st.ingress_certificates = ids
+            .serving
+            .values()
+            .map(|(w, c)| (w.dns_names.join(","), secs_left(c.not_after())))
+            .collect();
+        st.identities.clone_from(&ids.status);
+        let mut errors: Vec<String> = ids
+            .status
+            .iter()
+            .filter_map(|s| {
+                let e = s.error.as_ref()?;
+                Some(format!("{} ({}): {e}", s.name, s.state))
+            })
+            .collect();
+        if let Some(e) = &ids.ca_error {
+            errors.insert(0, format!("CA: {e}"));
+        }
+        if !ids.connected {
+            st.problems.push(format!(
+                "mTLS: {}",
+                ids.ca_error
+                    .as_deref()
+                    .unwrap_or("not connected to the CA yet")
+            ));
+        }
+        st.problems.extend(
+            ids.status
+                .iter()
+                .filter(|s| s.state == "unavailable")
+                .map(|s| {
+                    format!(
+                        "identity {} unavailable (fails closed): {}",
+                        s.name,
+                        s.error.as_deref().unwrap_or("expired")
+                    )
+                }),
+        );
+        st.components.push(ComponentStatus {
+            name: "identity".into(),
+            ok: ids.connected && errors.is_empty(),
+            errors,
+        });
+    }
+    if let Some(m) = i.mesh {
+        st.xds.clone_from(&m.xds);
+        st.envoy_restarts = m.envoy_restarts;
+        st.envoy_ready = m.envoy_ready;
+        st.inbound_workloads.clone_from(&m.inbound);
+        st.problems.extend(
+            m.config_problems
+                .iter()
+                .map(|p| format!("not pushed to Envoy: {p}")),
+        );
+        st.components.push(ComponentStatus {
+            name: "mesh".into(),
+            ok: m.errors.is_empty() && m.config_problems.is_empty(),
+            errors: m.errors.iter().chain(&m.config_problems).cloned().collect(),
+        });
+    }
+    st.key_age_secs = std::fs::metadata(key_path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| d.as_secs());
+    st
+}
+
+/// The status task: each second (and on every report), one status document from the tasks'
+/// latest reports and the device's UAPI counters.
+async fn status_task(
+    cfg: Arc<DaemonConfig>,
+    key_path: PathBuf,
+    state: watch::Receiver<Arc<ClusterState>>,
+    mut dp: watch::Receiver<Arc<DatapathReport>>,
+    ids: Option<watch::Receiver<Arc<Identities>>>,
+    mesh: Option<watch::Receiver<Arc<MeshReport>>>,
+    status: SharedStatus,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let iface = cfg.wireguard.as_ref().map(|w| w.interface.clone());
+        let uapi = match iface {
+            Some(i) => tokio::task::spawn_blocking(move || uapi_peers(&i))
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let st_now = state.borrow().clone();
+        let dp_now = dp.borrow_and_update().clone();
+        let ids_now = ids.as_ref().map(|r| r.borrow().clone());
+        let mesh_now = mesh.as_ref().map(|r| r.borrow().clone());
+        let doc = build_status(
+            &cfg,
+            &key_path,
+            &StatusInputs {
+                state: &st_now,
+                dp: &dp_now,
+                ids: ids_now.as_deref(),
+                mesh: mesh_now.as_deref(),
+                uapi: &uapi,
+            },
+            SystemTime::now(),
+        );
+        *status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = doc;
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = dp.changed() => if r.is_err() { break },
+        }
+    }
 }
 
 /// Runs the node role until SIGTERM/SIGINT.
+///
+/// The node is a set of independent tasks, each fed by the cluster state's `watch`:
+/// - **datapath**: key rotation, the WireGuard device config, classifier routes/workloads;
+/// - **identity** ([`crate::daemon::identity`]): the only task that talks to the CA;
+/// - **mesh** ([`crate::daemon::mesh`]): xDS for the node's Envoy from the state and the
+///   identities, Envoy supervision, TPROXY;
+/// - **status**: the local API's document from the others' reports.
+///
+/// A stalled CA delays only the identity task.
 ///
 /// # Errors
 /// Start-up failures (directories, key, source, classifier load).
@@ -473,7 +731,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     let key_path = cfg.state_dir.join("wireguard.key");
     let (key, origin) =
         NodeKey::load_or_generate(&key_path).map_err(|e| NodeError::Wireguard(e.to_string()))?;
-    let mut public_key = key.public_key().to_string();
+    let public_key = key.public_key().to_string();
     drop(key);
     tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
 
@@ -551,14 +809,13 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             tracing::warn!(error = %e, "policy routing for the WireGuard mark");
         }
     }
-    let mut dp = Datapath {
+    let dp = Datapath {
         classifier,
-        applied_routes: BTreeMap::new(),
-        applied_workloads: BTreeMap::new(),
         attached: Vec::new(),
         wg_json: None,
     };
 
+    let cfg = Arc::new(cfg);
     let status: SharedStatus = Arc::new(Mutex::new(NodeStatus::default()));
     let api_task = tokio::spawn(api::serve(
         cfg.run_dir.join("api.sock"),
@@ -568,110 +825,77 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         .metrics_address
         .map(|a| tokio::spawn(crate::daemon::metrics::serve(a, Arc::clone(&status))));
     let source_task = source.spawn();
-    let mut rx = source.subscribe();
+    let mut state_rx = source.subscribe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (dp_tx, dp_rx) = watch::channel(Arc::new(DatapathReport {
+        public_key: public_key.clone(),
+        ..DatapathReport::default()
+    }));
+    let datapath = DatapathTask {
+        cfg: Arc::clone(&cfg),
+        dp,
+        key_path: key_path.clone(),
+        public_key,
+        source: Arc::clone(&source),
+        tunnel_addr_done: false,
+    };
+    let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
+
+    let (mut id_task, mut mesh_task, mut id_rx, mut mesh_rx) = (None, None, None, None);
+    if let (Some(_), Some(envoy)) = (&cfg.ca, &cfg.envoy) {
+        let (id_tx, rx) = watch::channel(Arc::new(Identities::default()));
+        id_task = Some(tokio::spawn(crate::daemon::identity::run(
+            Arc::clone(&cfg),
+            state_rx.clone(),
+            id_tx,
+        )));
+        let (mesh_tx, mrx) = watch::channel(Arc::new(MeshReport::default()));
+        mesh_task = Some(tokio::spawn(crate::daemon::mesh::run(
+            Arc::clone(&cfg),
+            envoy.clone(),
+            state_rx.clone(),
+            rx.clone(),
+            mesh_tx,
+            stop_rx.clone(),
+        )));
+        id_rx = Some(rx);
+        mesh_rx = Some(mrx);
+    }
+    let status_task = tokio::spawn(status_task(
+        Arc::clone(&cfg),
+        key_path,
+        state_rx.clone(),
+        dp_rx,
+        id_rx,
+        mesh_rx,
+        Arc::clone(&status),
+    ));
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| io("SIGTERM handler", e))?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut mesh: Option<Mesh> = None;
-    let mut mesh_error: Option<String> = None;
-    let mut tunnel_addr_done = false;
     loop {
-        let state = rx.borrow_and_update().clone();
-        if let Some(name) = rotation::node_pending_rotation(&state, &cfg.name) {
-            match rotate_wireguard_key(&cfg, &key_path, &state, source.as_ref(), &name).await {
-                Ok(pk) => {
-                    tracing::info!(rotation = %name, public_key = %pk, "WireGuard key rotated");
-                    public_key = pk;
-                }
-                Err(e) => tracing::warn!(rotation = %name, error = %e, "WireGuard key rotation"),
-            }
-        }
-        let p = plan(&cfg, &state, &key_path, cfg.mtls.default_mode);
-        for e in dp.apply(&cfg, &p) {
-            tracing::warn!(error = %e, "apply");
-        }
-        if !tunnel_addr_done && let (Some(addr), Some(w)) = (cfg.tunnel_address, &cfg.wireguard) {
-            tunnel_addr_done = ensure_tunnel_address(&w.interface, addr);
-        }
-        if cfg.ca.is_some() && cfg.envoy.is_some() && mesh.is_none() {
-            match Mesh::start(&cfg).await {
-                Ok(m) => {
-                    mesh = Some(m);
-                    mesh_error = None;
-                }
-                Err(e) => {
-                    if mesh_error.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(error = %e, "mTLS side not started yet; retrying");
-                    }
-                    mesh_error = Some(e);
-                }
-            }
-        }
-        if let Some(m) = mesh.as_mut() {
-            for e in m.reconcile(&cfg, &state).await {
-                tracing::warn!(error = %e, "mesh");
-            }
-        }
-        let envoy_ready = match &mesh {
-            Some(m) if m.envoy_pid().is_some() => Some(m.envoy_ready().await),
-            _ => None,
-        };
-        refresh_status(&cfg, &p, &dp, &state, &public_key, &status);
-        {
-            let mut st = status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(m) = &mesh {
-                let (svids, xds) = m.status(&cfg.name);
-                st.svids = svids;
-                st.xds = xds;
-                st.envoy_restarts = m.envoy_restarts;
-                st.bundle_roots = m.bundle_roots();
-                st.inbound_workloads = m.inbound_workloads().to_vec();
-                st.envoy_ready = envoy_ready;
-                let now = std::time::SystemTime::now();
-                st.ingress_certificates = m
-                    .serving_certs()
-                    .into_iter()
-                    .map(|(names, not_after)| {
-                        let left = not_after.duration_since(now).unwrap_or_default().as_secs();
-                        (names.join(","), left)
-                    })
-                    .collect();
-                if let Some(e) = &m.last_error {
-                    st.problems.push(e.clone());
-                }
-                st.problems.extend(
-                    m.config_problems
-                        .iter()
-                        .map(|p| format!("not pushed to Envoy: {p}")),
-                );
-            }
-            st.key_age_secs = std::fs::metadata(&key_path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .map(|d| d.as_secs());
-            if let Some(e) = &mesh_error {
-                st.problems.push(format!("mTLS: {e}"));
-            }
-        }
         tokio::select! {
-            r = rx.changed() => if r.is_err() { break },
-            _ = tick.tick() => {}
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping (the WireGuard device and the classifier stay)"); break }
+            r = state_rx.changed() => if r.is_err() { break },
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping (the WireGuard device, the classifier and Envoy stay)"); break }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    let _ = stop_tx.send(true);
+    // The datapath and mesh tasks finish their round and leave the device, the pinned
+    // classifier and Envoy in place; the others hold no state worth a goodbye.
+    let _ = dp_task.await;
+    if let Some(t) = mesh_task.take() {
+        let _ = t.await;
+    }
+    if let Some(t) = id_task.take() {
+        t.abort();
+    }
+    status_task.abort();
     source_task.abort();
     api_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
-    if let Some(m) = mesh.as_mut() {
-        m.stop();
-    }
-    // Pinned classifier links and the device process stay: no gap until the next start.
-    drop(dp);
     Ok(())
 }

@@ -97,7 +97,7 @@ pub enum CertSource {
 }
 
 /// HTTP or gRPC route (gRPC backends are reached over HTTP/2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum RouteKind {
     /// `HTTPRoute` / `Ingress`.
     #[default]
@@ -405,10 +405,37 @@ pub struct LocalRateLimit {
     pub fill_interval_ms: i64,
 }
 
+/// The L7 object a [`Problem`] is about, typed so a caller can map it back to its own
+/// objects without parsing [`Problem::object`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Subject {
+    /// An ingress listener, by [`IngressListener::name`].
+    Listener(String),
+    /// A route.
+    Route {
+        /// HTTP or gRPC.
+        kind: RouteKind,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// A traffic policy.
+    Policy {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
 /// One thing wrong with an L7 object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// `HTTPRoute ns/name`, `TrafficPolicy ns/name`, `listener name`.
+    /// The object, typed.
+    pub subject: Subject,
+    /// `HTTPRoute ns/name`, `TrafficPolicy ns/name`, `listener name` (for messages).
     pub object: String,
     /// The field path (`rules[0].backends`).
     pub field: String,
@@ -423,6 +450,7 @@ impl fmt::Display for Problem {
 }
 
 struct Report<'a> {
+    subject: Subject,
     object: String,
     out: &'a mut Vec<Problem>,
 }
@@ -430,6 +458,7 @@ struct Report<'a> {
 impl Report<'_> {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.out.push(Problem {
+            subject: self.subject.clone(),
             object: self.object.clone(),
             field: field.into(),
             message: message.into(),
@@ -472,6 +501,7 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
     let mut addrs = BTreeMap::new();
     for l in &l7.listeners {
         let mut r = Report {
+            subject: Subject::Listener(l.name.clone()),
             object: format!("listener {}", l.name),
             out: &mut out,
         };
@@ -532,6 +562,11 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
     // Routes.
     for route in &l7.routes {
         let mut r = Report {
+            subject: Subject::Route {
+                kind: route.kind,
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+            },
             object: format!(
                 "{} {}",
                 match route.kind {
@@ -692,6 +727,10 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
     let mut targets: BTreeMap<&PolicyTarget, String> = BTreeMap::new();
     for p in &l7.policies {
         let mut r = Report {
+            subject: Subject::Policy {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+            },
             object: format!("TrafficPolicy {}", p.key()),
             out: &mut out,
         };

@@ -7,35 +7,64 @@
 use std::collections::BTreeMap;
 
 use identityd_certs::TrustDomain;
+use identityd_envoy::l7::Subject;
 use identityd_envoy::mesh::SvidPem;
 
 use crate::daemon::ingress::{self, GATEWAY_CLASS, IngressPorts};
 use crate::daemon::mesh::plan_mesh;
 use crate::model::gateway::{GatewayStatus, ParentKind, ParentRef, RouteParentStatus, RouteStatus};
 use crate::model::identityd::PolicyStatus;
-use crate::model::{ClusterState, Condition, NamespacedName, Object};
+use crate::model::{ClusterState, Condition, Kind, NamespacedName, Object, ObjectKey};
 
 /// `controllerName` identityd writes in route status.
 pub const CONTROLLER_NAME: &str = "identityd.io/gateway-controller";
 
-/// Problems per object (`HTTPRoute ns/name`, `Gateway ns/name`, `TrafficPolicy ns/name`, …),
-/// each `field: message`.
+/// The object an L7 validation problem is about: a listener's problem belongs to the Gateway
+/// it comes from (by the plan's own record, not by its name), a route's and a policy's to
+/// themselves. `None` for listeners of `Ingress` objects, which carry no condition.
+fn owner(s: &Subject, plan: &ingress::IngressPlan) -> Option<ObjectKey> {
+    let key = |kind, namespace: &str, name: &str| ObjectKey {
+        kind,
+        namespace: Some(namespace.to_owned()),
+        name: name.to_owned(),
+    };
+    match s {
+        Subject::Listener(l) => plan
+            .listener_owners
+            .get(l)
+            .map(|gw| key(Kind::Gateway, &gw.namespace, &gw.name)),
+        Subject::Route {
+            kind,
+            namespace,
+            name,
+        } => Some(key(
+            match kind {
+                identityd_envoy::l7::RouteKind::Http => Kind::HttpRoute,
+                identityd_envoy::l7::RouteKind::Grpc => Kind::GrpcRoute,
+            },
+            namespace,
+            name,
+        )),
+        Subject::Policy { namespace, name } => Some(key(Kind::TrafficPolicy, namespace, name)),
+        _ => None,
+    }
+}
+
+/// Problems per object, each `field: message`.
 #[must_use]
-pub fn l7_problems(state: &ClusterState, td: &TrustDomain) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+pub fn l7_problems(state: &ClusterState, td: &TrustDomain) -> BTreeMap<ObjectKey, Vec<String>> {
+    let mut out: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
     let plan = ingress::plan_ingress(state, IngressPorts::default());
     for p in &plan.problems {
-        if let Some((obj, msg)) = p.split_once(": ")
-            && (obj.starts_with("Gateway ") || obj.starts_with("Ingress "))
-        {
-            out.entry(obj.to_owned()).or_default().push(msg.to_owned());
-        }
+        out.entry(p.object.clone())
+            .or_default()
+            .push(format!("{}: {}", p.field, p.message));
     }
     // The node-side validation, over every listener and route of the cluster: certificates
     // and the gateway identity are assumed issued (their absence is not the object's fault).
     let mut mesh = plan_mesh(state, "", td, &BTreeMap::new(), "");
-    mesh.l7.listeners = plan.listeners;
-    mesh.l7.routes = plan.routes;
+    mesh.l7.listeners.clone_from(&plan.listeners);
+    mesh.l7.routes.clone_from(&plan.routes);
     mesh.l7.policies = crate::daemon::mesh::mesh_policies(state);
     mesh.l7.tls_secrets = plan
         .certs
@@ -59,16 +88,8 @@ pub fn l7_problems(state: &ClusterState, td: &TrustDomain) -> BTreeMap<String, V
     });
     mesh.l7.gateway_id = Some(gw);
     for p in identityd_envoy::l7::validate(&mesh) {
-        // A listener's problem belongs to its Gateway (`listener ns/gateway/listener`).
-        let obj = match p.object.strip_prefix("listener ") {
-            Some(l) => {
-                let mut it = l.split('/');
-                match (it.next(), it.next(), it.next()) {
-                    (Some(ns), Some(gw), Some(_)) => format!("Gateway {ns}/{gw}"),
-                    _ => continue,
-                }
-            }
-            None => p.object.clone(),
+        let Some(obj) = owner(&p.subject, &plan) else {
+            continue;
         };
         out.entry(obj)
             .or_default()
@@ -180,6 +201,14 @@ fn route_unchanged(prev: Option<&RouteStatus>, new: &RouteStatus) -> bool {
     })
 }
 
+fn object_key(kind: Kind, key: &NamespacedName) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: Some(key.namespace.clone()),
+        name: key.name.clone(),
+    }
+}
+
 /// The objects whose `Accepted` condition changes, with their new status, ready to write.
 /// `now` is RFC 3339. Pure.
 #[must_use]
@@ -196,7 +225,7 @@ pub fn status_updates(state: &ClusterState, td: &TrustDomain, now: &str) -> Vec<
             .map(|s| s.conditions.as_slice())
             .unwrap_or_default();
         let conds = accepted(
-            problems.get(&format!("Gateway {}/{}", key.namespace, key.name)),
+            problems.get(&object_key(Kind::Gateway, key)),
             prev,
             now,
             gw.metadata.generation,
@@ -208,19 +237,19 @@ pub fn status_updates(state: &ClusterState, td: &TrustDomain, now: &str) -> Vec<
         }
     }
     // A route's new status, when it changes.
-    let route = |kind: &str,
+    let route = |kind: Kind,
                  key: &NamespacedName,
                  parents: &[ParentRef],
                  prev: Option<&RouteStatus>,
                  generation: Option<i64>| {
-        let p = problems.get(&format!("{kind} {}/{}", key.namespace, key.name));
+        let p = problems.get(&object_key(kind, key));
         let st = route_status(state, &key.namespace, parents, p, prev, now, generation)?;
         (!route_unchanged(prev, &st)).then_some(st)
     };
     for (key, r) in &state.http_routes {
         let prev = r.status.as_ref();
         if let Some(st) = route(
-            "HTTPRoute",
+            Kind::HttpRoute,
             key,
             &r.spec.parent_refs,
             prev,
@@ -234,7 +263,7 @@ pub fn status_updates(state: &ClusterState, td: &TrustDomain, now: &str) -> Vec<
     for (key, r) in &state.grpc_routes {
         let prev = r.status.as_ref();
         if let Some(st) = route(
-            "GRPCRoute",
+            Kind::GrpcRoute,
             key,
             &r.spec.parent_refs,
             prev,
@@ -252,7 +281,7 @@ pub fn status_updates(state: &ClusterState, td: &TrustDomain, now: &str) -> Vec<
             .map(|s| s.conditions.as_slice())
             .unwrap_or_default();
         let conds = accepted(
-            problems.get(&format!("TrafficPolicy {}/{}", key.namespace, key.name)),
+            problems.get(&object_key(Kind::TrafficPolicy, key)),
             prev,
             now,
             tp.metadata.generation,
@@ -377,5 +406,94 @@ mod tests {
         let c = &gw.status.as_ref().unwrap().conditions[0];
         assert_eq!(c.status, "False");
         assert!(c.message.contains("spec.listeners[0].hostname"), "{c:?}");
+    }
+
+    /// Every ingress and L7 validation problem reaches its own object's condition, naming the
+    /// field: one bad object per row, each in an otherwise valid cluster.
+    #[test]
+    fn every_problem_reaches_its_objects_condition_with_its_field() {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let gw = |name: &str, listener: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec:\n  gatewayClassName: identityd\n  listeners:\n  - {listener}\n"
+            )
+        };
+        let rows: Vec<(String, &str, &str, &str)> = vec![
+            (gw("g2", "{name: l, port: 9443, protocol: HTTPS}"), "Gateway", "g2", "spec.listeners[0].hostname"),
+            (
+                format!(
+                    "{}---\n{}",
+                    gw("g6a", "{name: l, port: 9500, protocol: HTTP}"),
+                    gw("g6b", "{name: l, port: 9500, protocol: HTTP}")
+                ),
+                "Gateway",
+                "g6b",
+                "spec.listeners[0].port=9500",
+            ),
+            (
+                gw("g4", "{name: l, port: 9445, protocol: TLS, hostname: a.example, tls: {mode: Passthrough}}"),
+                "Gateway",
+                "g4",
+                "spec.listeners[0].tls.mode=Passthrough",
+            ),
+            (
+                gw("g5", "{name: l, port: 9446, protocol: HTTPS, hostname: a.example, tls: {certificateRefs: [{name: missing}]}}"),
+                "Gateway",
+                "g5",
+                "spec.listeners[0].tls.certificateRefs[0].name=missing",
+            ),
+            (
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r1, namespace: shop}\n\
+                 spec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  rules:\n  - backendRefs: [{name: nope, port: 80}]\n"
+                    .to_owned(),
+                "HTTPRoute",
+                "r1",
+                "backend",
+            ),
+            (
+                "apiVersion: identityd.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: zz-dup, namespace: shop}\n\
+                 spec:\n  targetRef: {kind: Service, name: nope}\n  timeout: 1s\n"
+                    .to_owned(),
+                "TrafficPolicy",
+                "zz-dup",
+                "targetRef",
+            ),
+        ];
+        for (yaml, kind, name, field) in rows {
+            let st = state(&yaml);
+            let ups = status_updates(&st, &td, NOW);
+            let cond = ups
+                .iter()
+                .find(|o| o.kind().as_str() == kind && o.meta().name == name)
+                .and_then(|o| match o {
+                    Object::Gateway(g) => g.status.as_ref().map(|s| s.conditions[0].clone()),
+                    Object::HttpRoute(r) => r
+                        .status
+                        .as_ref()
+                        .map(|s| s.parents[0].conditions[0].clone()),
+                    Object::TrafficPolicy(t) => t.status.as_ref().map(|s| s.conditions[0].clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no condition on {kind} {name}: {ups:#?}"));
+            assert_eq!(cond.status, "False", "{kind} {name}: {cond:?}");
+            assert!(
+                cond.message.contains(field),
+                "{kind} {name}: the condition names {field}: {cond:?}"
+            );
+            // No other object is blamed for it.
+            for o in &ups {
+                if o.meta().name != name
+                    && let Object::Gateway(g) = o
+                {
+                    let c = &g.status.as_ref().unwrap().conditions[0];
+                    assert_eq!(
+                        c.status, "True",
+                        "{} blamed for {kind} {name}: {c:?}",
+                        g.metadata.name
+                    );
+                }
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use identityd_envoy::l7 as l7m;
 
 use crate::daemon::mesh::ms;
 use crate::model::gateway::{BackendRef, GrpcRoute, HttpRoute, ParentKind, ParentRef, RouteFilter};
-use crate::model::{ClusterState, NamespacedName};
+use crate::model::{ClusterState, Kind, NamespacedName, ObjectProblem};
 
 /// The `gatewayClassName` / `ingressClassName` identityd serves.
 pub const GATEWAY_CLASS: &str = "identityd";
@@ -96,8 +96,12 @@ pub struct IngressPlan {
     pub certs: Vec<CertWant>,
     /// Certificates from Secrets the listeners refer to (by [`SecretCert::sds`]).
     pub secret_certs: Vec<SecretCert>,
-    /// What could not be served, per object (`Gateway ns/name: spec.listeners[0]…: why`).
-    pub problems: Vec<String>,
+    /// What could not be served, per object and field.
+    pub problems: Vec<ObjectProblem>,
+    /// What the node's own config keeps from being served (`ingress.httpPort` conflicts).
+    pub config_problems: Vec<String>,
+    /// The Gateway each listener comes from (listeners of `Ingress` objects have none).
+    pub listener_owners: BTreeMap<String, NamespacedName>,
 }
 
 /// The CA-issued certificates the cluster's ingress objects need (what the CA authorizes).
@@ -130,18 +134,22 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
         if gw.spec.gateway_class_name != GATEWAY_CLASS {
             continue;
         }
-        let obj = format!("Gateway {}/{}", key.namespace, key.name);
+        let problem =
+            |field: String, message: String| ObjectProblem::new(Kind::Gateway, key, field, message);
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let field = format!("spec.listeners[{i}]");
             let Ok(port) = u16::try_from(l.port) else {
-                plan.problems
-                    .push(format!("{obj}: {field}.port={}: not a port", l.port));
+                plan.problems.push(problem(
+                    format!("{field}.port={}", l.port),
+                    "not a port".to_owned(),
+                ));
                 continue;
             };
             let lname = format!("{}/{}/{}", key.namespace, key.name, l.name);
             if let Some(other) = used_ports.get(&port) {
-                plan.problems.push(format!(
-                    "{obj}: {field}.port={port}: already served by listener {other}; listeners of different Gateways cannot share a port"
+                plan.problems.push(problem(
+                    format!("{field}.port={port}"),
+                    format!("already served by listener {other}; listeners of different Gateways cannot share a port"),
                 ));
                 continue;
             }
@@ -150,8 +158,9 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                 "HTTPS" | "TLS" => {
                     let t = l.tls.clone().unwrap_or_default();
                     if t.mode.as_deref() == Some("Passthrough") {
-                        plan.problems.push(format!(
-                            "{obj}: {field}.tls.mode=Passthrough: not supported (identityd terminates TLS)"
+                        plan.problems.push(problem(
+                            format!("{field}.tls.mode=Passthrough"),
+                            "not supported (identityd terminates TLS)".to_owned(),
                         ));
                         continue;
                     }
@@ -174,7 +183,7 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                             };
                             if let Some(why) = why {
                                 plan.problems
-                                    .push(format!("{obj}: {f}.name={}: {why}", r.name));
+                                    .push(problem(format!("{f}.name={}", r.name), why));
                                 bad = true;
                                 continue;
                             }
@@ -198,6 +207,7 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                             l.name.clone(),
                             port,
                         ));
+                        plan.listener_owners.insert(lname.clone(), key.clone());
                         plan.listeners.push(l7m::IngressListener {
                             name: lname,
                             address: SocketAddr::new(any(), port),
@@ -207,8 +217,9 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                         continue;
                     }
                     let Some(host) = l.hostname.clone() else {
-                        plan.problems.push(format!(
-                            "{obj}: {field}.hostname: required for a certificate from identityd's CA (it is the certificate's DNS name)"
+                        plan.problems.push(problem(
+                            format!("{field}.hostname"),
+                            "required for a certificate from identityd's CA (it is the certificate's DNS name)".to_owned(),
                         ));
                         continue;
                     };
@@ -231,8 +242,10 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                     })
                 }
                 other => {
-                    plan.problems
-                        .push(format!("{obj}: {field}.protocol={other}: not supported"));
+                    plan.problems.push(problem(
+                        format!("{field}.protocol={other}"),
+                        "not supported".to_owned(),
+                    ));
                     continue;
                 }
             };
@@ -242,6 +255,7 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
                 l.name.clone(),
                 port,
             ));
+            plan.listener_owners.insert(lname.clone(), key.clone());
             plan.listeners.push(l7m::IngressListener {
                 name: lname,
                 address: SocketAddr::new(any(), port),
@@ -291,12 +305,15 @@ fn ingress_objects(
     }
     let mut certificates = Vec::new();
     for (key, ing) in &ours {
-        let obj = format!("Ingress {}/{}", key.namespace, key.name);
         for (i, t) in ing.spec.tls.iter().enumerate() {
             if let Some(secret) = &t.secret_name {
                 if let Some(why) = secret_problem(state, &key.namespace, secret) {
-                    plan.problems
-                        .push(format!("{obj}: spec.tls[{i}].secretName={secret}: {why}"));
+                    plan.problems.push(ObjectProblem::new(
+                        Kind::Ingress,
+                        key,
+                        format!("spec.tls[{i}].secretName={secret}"),
+                        why,
+                    ));
                     continue;
                 }
                 let sds = secret_sds_name(&key.namespace, secret);
@@ -312,8 +329,11 @@ fn ingress_objects(
                 continue;
             }
             if t.hosts.is_empty() {
-                plan.problems.push(format!(
-                    "{obj}: spec.tls[{i}].hosts: required for a certificate from identityd's CA"
+                plan.problems.push(ObjectProblem::new(
+                    Kind::Ingress,
+                    key,
+                    format!("spec.tls[{i}].hosts"),
+                    "required for a certificate from identityd's CA",
                 ));
                 continue;
             }
@@ -343,7 +363,7 @@ fn ingress_objects(
     let mut served = Vec::new();
     for (name, port, tls) in listeners {
         if let Some(other) = used_ports.get(&port) {
-            plan.problems.push(format!(
+            plan.config_problems.push(format!(
                 "Ingress listener {name}: port {port} is already served by listener {other}; change ingress.{} in the daemon config",
                 if tls.is_some() { "httpsPort" } else { "httpPort" }
             ));
@@ -939,7 +959,12 @@ spec:
 "#,
         );
         let p = plan_ingress(&st, ports());
-        let all = p.problems.join("\n");
+        let all = p
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         for want in [
             "Gateway shop/a: spec.listeners[1].hostname: required",
             "Gateway shop/a: spec.listeners[2].tls.certificateRefs",
@@ -994,7 +1019,12 @@ spec:
             "Debug redacts Secret values"
         );
         let p = plan_ingress(&st, ports());
-        let all = p.problems.join("\n");
+        let all = p
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(all.contains("spec.listeners[1].tls.certificateRefs[0].name=nope: Secret shop/nope does not exist"), "{all}");
         assert!(
             all.contains("spec.listeners[2].tls.certificateRefs[0].name=own-cert: namespace front"),

@@ -286,7 +286,12 @@ fn ingress_l7(
 ) -> (identityd_envoy::l7::L7Config, Vec<String>) {
     use identityd_envoy::l7::{CertSource, RouteParent};
     let plan = ingress::plan_ingress(state, inputs.ports);
-    let mut problems = plan.problems;
+    let mut problems: Vec<String> = plan
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .chain(plan.config_problems)
+        .collect();
     let mut dropped = std::collections::BTreeSet::new();
     let listeners: Vec<_> = plan
         .listeners

@@ -213,6 +213,45 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// One thing wrong with one object: it travels typed from validation to that object's
+/// condition and to status (no one parses a message to learn which object it is about).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectProblem {
+    /// The object.
+    pub object: ObjectKey,
+    /// The field path, with its value where one is at fault (`spec.listeners[0].port=70000`).
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl ObjectProblem {
+    /// A problem of `kind namespace/name`.
+    #[must_use]
+    pub fn new(
+        kind: Kind,
+        key: &NamespacedName,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            object: ObjectKey {
+                kind,
+                namespace: Some(key.namespace.clone()),
+                name: key.name.clone(),
+            },
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.message)
+    }
+}
+
 /// Any object of the model.
 // Reason: objects are decoded once per document and then moved into the snapshot maps; boxing
 // the larger kinds would only add indirection to every match.

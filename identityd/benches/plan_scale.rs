@@ -71,7 +71,7 @@ fn vm_hwm_kib() -> u64 {
 
 fn main() {
     let mut rows = Vec::new();
-    for (nodes, pods) in [(3usize, 6usize), (50, 200)] {
+    for (nodes, pods) in [(3usize, 6usize), (50, 200), (1000, 10_000)] {
         let text = cluster_yaml(nodes, pods);
         let t0 = Instant::now();
         let objects = identityd::source::decode::decode_all(&text)
@@ -139,21 +139,27 @@ fn main() {
             })
             .collect();
         let bundle = ca.bundle(std::time::SystemTime::now()).to_pem();
-        let t1 = Instant::now();
         let mut peers = 0;
         let mut resources = 0;
-        let iters = 20;
+        let iters: u32 = if nodes >= 1000 { 5 } else { 20 };
+        let (mut planning, mut translating) =
+            (std::time::Duration::ZERO, std::time::Duration::ZERO);
         for _ in 0..iters {
+            let t1 = Instant::now();
             let p = plan(&cfg, &state, Path::new("/s/k"), MtlsMode::Disabled);
             peers = p.wireguard.as_ref().map_or(0, |w| w.peers.len());
             let m = plan_mesh(&state, "n1", &td, &svids, &bundle);
+            let t2 = Instant::now();
             resources = identityd_envoy::translate::translate(&m).len();
+            planning += t2 - t1;
+            translating += t2.elapsed();
         }
-        let per = t1.elapsed() / iters;
         let row = format!(
-            "{{\"nodes\":{nodes},\"pods\":{pods},\"load_ms\":{:.2},\"plan_and_translate_ms\":{:.3},\"wireguard_peers\":{peers},\"envoy_resources\":{resources},\"peak_rss_kib\":{}}}",
+            "{{\"nodes\":{nodes},\"pods\":{pods},\"load_ms\":{:.2},\"plan_ms\":{:.3},\"translate_ms\":{:.3},\"plan_and_translate_ms\":{:.3},\"wireguard_peers\":{peers},\"envoy_resources\":{resources},\"peak_rss_kib\":{}}}",
             load.as_secs_f64() * 1000.0,
-            per.as_secs_f64() * 1000.0,
+            (planning / iters).as_secs_f64() * 1000.0,
+            (translating / iters).as_secs_f64() * 1000.0,
+            ((planning + translating) / iters).as_secs_f64() * 1000.0,
             vm_hwm_kib()
         );
         println!("{row}");

@@ -726,10 +726,25 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Output formats of `identityd audit`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum AuditFormat {
+    /// A table.
+    Text,
+    /// JSON.
+    Json,
+    /// JUnit XML.
+    Junit,
+    /// SARIF 2.1.0.
+    Sarif,
+    /// Markdown.
+    Markdown,
+}
+
 /// Renders findings in one of the formats.
 #[must_use]
-pub fn render(findings: &[Finding], format: crate::cli::AuditFormat) -> String {
-    use crate::cli::AuditFormat as F;
+pub fn render(findings: &[Finding], format: AuditFormat) -> String {
+    use self::AuditFormat as F;
     match format {
         F::Text => {
             let mut s = format!(
@@ -963,13 +978,13 @@ mod tests {
             "a Deployment is not identityd's business: {:?}",
             get("objects.valid")
         );
-        let junit = render(&f, crate::cli::AuditFormat::Junit);
+        let junit = render(&f, AuditFormat::Junit);
         assert!(
             junit.contains("<testsuite name=\"identityd-audit\"") && junit.contains("<failure"),
             "{junit}"
         );
         let sarif: serde_json::Value =
-            serde_json::from_str(&render(&f, crate::cli::AuditFormat::Sarif)).unwrap();
+            serde_json::from_str(&render(&f, AuditFormat::Sarif)).unwrap();
         assert_eq!(sarif["version"], "2.1.0");
         assert!(
             sarif["runs"][0]["results"]
@@ -978,14 +993,12 @@ mod tests {
                 .iter()
                 .any(|r| r["level"] == "error")
         );
-        let json: serde_json::Value =
-            serde_json::from_str(&render(&f, crate::cli::AuditFormat::Json)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render(&f, AuditFormat::Json)).unwrap();
         assert!(json["findings"].as_array().unwrap().len() >= 5);
         assert!(
-            render(&f, crate::cli::AuditFormat::Markdown)
-                .contains("| `routes.backends` | error | ❌ fail |")
+            render(&f, AuditFormat::Markdown).contains("| `routes.backends` | error | ❌ fail |")
         );
-        assert!(render(&f, crate::cli::AuditFormat::Text).contains("FAIL"));
+        assert!(render(&f, AuditFormat::Text).contains("FAIL"));
     }
 }
 

@@ -129,20 +129,8 @@ pub enum LabCommand {
     },
 }
 
-/// Output formats of `audit`.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum AuditFormat {
-    /// A table.
-    Text,
-    /// JSON.
-    Json,
-    /// JUnit XML.
-    Junit,
-    /// SARIF 2.1.0.
-    Sarif,
-    /// Markdown.
-    Markdown,
-}
+/// Output formats of `audit` (owned by the audit module).
+pub use crate::audit::AuditFormat;
 
 /// `identityd audit` arguments.
 #[derive(Debug, Args)]

@@ -3,7 +3,8 @@
 //!
 //! Built today: the CLI contract (each subcommand says whether it is built), the certificate
 //! subcommands (`ca init`, `svid issue|inspect|verify`), the cluster model and FileSource,
-//! the node role of `identityd run` (WireGuard datapath + classifier + local API) and the lab.
+//! the node role of `identityd run` (independent datapath, identity, mesh and status tasks fed
+//! by the cluster state's `watch`; see [`daemon::node::run`]) and the lab.
 #![forbid(unsafe_code)]
 
 pub mod audit;

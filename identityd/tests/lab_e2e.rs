@@ -894,6 +894,7 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         .status();
     wait_for_status(&lab.dir, 20, "Envoy on n3 restarted and serving", |st| {
         st[2]["envoy_restarts"].as_u64().unwrap_or(0) >= 1
+            && st[2]["envoy_ready"] == true
             && get_host("idd-n3-client-3", "http://10.244.1.10:8080/", "web.shop").0
     });
 

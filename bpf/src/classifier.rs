@@ -577,6 +577,14 @@ impl Classifier {
             .map_err(prog_err("typing program", ""))
     }
 
+    fn map_ref(&self, name: &'static str) -> Result<&Map, Error> {
+        self.ebpf.map(name).ok_or(Error::Missing {
+            object: OBJECT,
+            what: "map",
+            name,
+        })
+    }
+
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
         self.ebpf.map_mut(name).ok_or(Error::Missing {
             object: OBJECT,
@@ -739,11 +747,7 @@ impl Classifier {
     /// # Errors
     /// When the map cannot be read.
     pub fn routes(&self) -> Result<Vec<(Cidr, Route)>, Error> {
-        let map = self.ebpf.map(ROUTES).ok_or(Error::Missing {
-            object: OBJECT,
-            what: "map",
-            name: ROUTES,
-        })?;
+        let map = self.map_ref(ROUTES)?;
         let trie: LpmTrie<_, [u8; 16], IddRoute> =
             LpmTrie::try_from(map).map_err(map_err(ROUTES))?;
         let mut out = Vec::new();
@@ -775,11 +779,7 @@ impl Classifier {
     /// # Errors
     /// When the map cannot be read.
     pub fn workloads(&self) -> Result<Vec<(IpAddr, MtlsMode)>, Error> {
-        let map = self.ebpf.map(WORKLOADS).ok_or(Error::Missing {
-            object: OBJECT,
-            what: "map",
-            name: WORKLOADS,
-        })?;
+        let map = self.map_ref(WORKLOADS)?;
         let m: BpfHashMap<_, IddAddr, IddWorkload> =
             BpfHashMap::try_from(map).map_err(map_err(WORKLOADS))?;
         let mut out = Vec::new();
@@ -797,11 +797,7 @@ impl Classifier {
     /// # Errors
     /// When the map cannot be read.
     pub fn lookup_route(&self, addr: IpAddr) -> Result<Option<Route>, Error> {
-        let map = self.ebpf.map(ROUTES).ok_or(Error::Missing {
-            object: OBJECT,
-            what: "map",
-            name: ROUTES,
-        })?;
+        let map = self.map_ref(ROUTES)?;
         let trie: LpmTrie<_, [u8; 16], IddRoute> =
             LpmTrie::try_from(map).map_err(map_err(ROUTES))?;
         match trie.get(&Key::new(128, mapped(addr)), 0) {
@@ -850,11 +846,7 @@ impl Classifier {
     /// # Errors
     /// When the map cannot be read.
     pub fn counters(&self) -> Result<PathCounters, Error> {
-        let map = self.ebpf.map(STATS).ok_or(Error::Missing {
-            object: OBJECT,
-            what: "map",
-            name: STATS,
-        })?;
+        let map = self.map_ref(STATS)?;
         let arr: PerCpuArray<_, IddPathStats> =
             PerCpuArray::try_from(map).map_err(map_err(STATS))?;
         let mut out = PathCounters::default();

@@ -47,6 +47,15 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration string as signed milliseconds (the unit of Envoy's L7 settings), saturating;
+/// `None` when it does not parse.
+#[must_use]
+pub fn millis(s: &str) -> Option<i64> {
+    parse(s)
+        .ok()
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

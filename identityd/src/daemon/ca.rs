@@ -300,7 +300,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         .map_err(|e| CaRoleError(format!("trustDomain: {e}")))?;
     let ca = Ca::load_or_init(&ca_dir, td.clone(), CaOptions::default(), SystemTime::now())
         .map_err(|e| CaRoleError(e.to_string()))?;
-    let source = crate::source::open(&cfg)
+    let source = crate::source::open(&cfg.source_spec())
         .await
         .map_err(|e| CaRoleError(e.to_string()))?;
     let latest: Arc<Mutex<Arc<ClusterState>>> = Arc::new(Mutex::new(source.snapshot()));

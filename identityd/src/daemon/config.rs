@@ -33,15 +33,50 @@ pub const ENV_NODE_NAME: &str = "IDENTITYD_NODE_NAME";
 /// Environment variable overriding `underlayAddress` (a DaemonSet sets it to `status.hostIP`).
 pub const ENV_UNDERLAY_ADDRESS: &str = "IDENTITYD_UNDERLAY_ADDRESS";
 
-/// Where cluster state comes from (`clusterSource:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ClusterSourceKind {
-    /// A directory of YAML (`clusterDir`), the lab's store.
-    #[default]
-    File,
-    /// The Kubernetes API server (in-cluster config or kubeconfig).
-    Kube,
+pub use crate::source::ClusterSourceKind;
+
+/// The node daemons' ServiceAccount unless `ca.nodeServiceAccount` says otherwise.
+pub const DEFAULT_NODE_SERVICE_ACCOUNT: &str = "identityd-system/identityd-node";
+
+/// A ServiceAccount reference `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ServiceAccountRef {
+    /// Parses `NAMESPACE/NAME`.
+    ///
+    /// # Errors
+    /// What is wrong, for `ca.nodeServiceAccount=VALUE: REASON`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ns, name) = s
+            .split_once('/')
+            .ok_or_else(|| "must be NAMESPACE/NAME of a ServiceAccount".to_owned())?;
+        for (what, v) in [("namespace", ns), ("name", name)] {
+            crate::model::validate::check_dns_subdomain(v)
+                .map_err(|e| format!("the {what} {v:?} is not a DNS name: {e}"))?;
+        }
+        Ok(Self {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The TokenReview username of the account.
+    #[must_use]
+    pub fn username(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+}
+
+impl std::fmt::Display for ServiceAccountRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// Which process this is.
@@ -237,6 +272,16 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// What the cluster source needs of this config.
+    #[must_use]
+    pub fn source_spec(&self) -> crate::source::SourceSpec {
+        crate::source::SourceSpec {
+            kind: self.cluster_source,
+            dir: self.cluster_dir.clone(),
+            secret_namespaces: self.secret_namespaces.clone(),
+        }
+    }
+
     /// [`DaemonConfig::svid_ttl`] parsed (checked by [`DaemonConfig::check`]), or the default.
     #[must_use]
     pub fn svid_ttl(&self) -> std::time::Duration {
@@ -309,7 +354,7 @@ pub struct CaAccess {
     pub token_file: Option<PathBuf>,
     /// Role ca (Kubernetes): the ServiceAccount (`NAMESPACE/NAME`) node daemons run as; join
     /// tokens of any other account are refused. Default
-    /// [`crate::daemon::node_auth::DEFAULT_NODE_SERVICE_ACCOUNT`].
+    /// [`DEFAULT_NODE_SERVICE_ACCOUNT`].
     #[serde(default)]
     pub node_service_account: Option<String>,
 }
@@ -474,7 +519,7 @@ impl DaemonConfig {
                 .as_ref()
                 .and_then(|c| c.node_service_account.as_deref())
             {
-                crate::daemon::node_auth::ServiceAccountRef::parse(sa).map_err(|reason| {
+                ServiceAccountRef::parse(sa).map_err(|reason| {
                     ("ca.nodeServiceAccount".to_owned(), sa.to_owned(), reason)
                 })?;
             }

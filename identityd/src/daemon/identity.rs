@@ -28,8 +28,7 @@ use tokio::sync::watch;
 
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::ingress::{self, CertWant, IngressPorts};
-use crate::daemon::mesh::wanted_identities_with;
-use crate::model::ClusterState;
+use crate::model::{ClusterState, MtlsMode};
 
 /// How long one CA call may take before it counts as a failure (and is retried with backoff).
 pub const CA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -337,6 +336,52 @@ impl IdentityTable {
             ..Identities::default()
         }
     }
+}
+
+/// Local identities wanted: SPIFFE ID → (namespace, a pod name carrying it).
+#[must_use]
+pub fn wanted_identities(
+    state: &ClusterState,
+    node: &str,
+    td: &TrustDomain,
+) -> BTreeMap<SpiffeId, (String, String)> {
+    wanted_identities_with(state, node, td, MtlsMode::Disabled)
+}
+
+/// [`wanted_identities`] with the mTLS mode of namespaces that carry no annotation.
+#[must_use]
+pub fn wanted_identities_with(
+    state: &ClusterState,
+    node: &str,
+    td: &TrustDomain,
+    default_mtls: MtlsMode,
+) -> BTreeMap<SpiffeId, (String, String)> {
+    let mut out = BTreeMap::new();
+    for pod in state.pods_on_node(node) {
+        if state.pod_mtls(pod, default_mtls) == MtlsMode::Disabled || pod.ip().is_none() {
+            continue;
+        }
+        if let Ok(id) = td.workload_id(pod.namespace(), pod.service_account()) {
+            out.entry(id)
+                .or_insert_with(|| (pod.namespace().to_owned(), pod.metadata.name.clone()));
+        }
+    }
+    // The ingress listeners present the gateway identity to backends in mTLS namespaces.
+    let has_ingress = state
+        .gateways
+        .values()
+        .any(|g| g.spec.gateway_class_name == ingress::GATEWAY_CLASS)
+        || state
+            .ingresses
+            .values()
+            .any(|i| i.spec.ingress_class_name.as_deref() == Some(ingress::GATEWAY_CLASS));
+    if has_ingress {
+        out.insert(
+            identityd_certs::service::gateway_id(td),
+            (String::new(), String::new()),
+        );
+    }
+    out
 }
 
 /// The workload identities and serving certificates `state` asks of node `cfg.name`.

@@ -14,9 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use identityd_envoy::l7 as l7m;
 
-use crate::daemon::mesh::ms;
 use crate::model::gateway::{BackendRef, GrpcRoute, HttpRoute, ParentKind, ParentRef, RouteFilter};
 use crate::model::{ClusterState, Kind, NamespacedName, ObjectProblem};
+use identityd_certs::duration::millis as ms;
 
 /// The `gatewayClassName` / `ingressClassName` identityd serves.
 pub const GATEWAY_CLASS: &str = "identityd";
@@ -267,20 +267,8 @@ pub fn plan_ingress(state: &ClusterState, ports: IngressPorts) -> IngressPlan {
 
     ingress_objects(state, ports, &mut used_ports, &mut plan);
 
-    for (key, r) in &state.http_routes {
-        let parents = parents_of(&key.namespace, &r.spec.parent_refs, &gw_listeners);
-        if parents.is_empty() {
-            continue;
-        }
-        plan.routes.push(http_route(key, r, parents));
-    }
-    for (key, r) in &state.grpc_routes {
-        let parents = parents_of(&key.namespace, &r.spec.parent_refs, &gw_listeners);
-        if parents.is_empty() {
-            continue;
-        }
-        plan.routes.push(grpc_route(key, r, parents));
-    }
+    attach_routes(&state.http_routes, &gw_listeners, &mut plan.routes);
+    attach_routes(&state.grpc_routes, &gw_listeners, &mut plan.routes);
     plan.certs.sort();
     plan.secret_certs.sort();
     plan.secret_certs.dedup();
@@ -540,110 +528,161 @@ fn filters(fs: &[RouteFilter]) -> (l7m::HeaderModifier, Option<l7m::Redirect>) {
     (hm, redirect)
 }
 
-fn http_route(
-    key: &NamespacedName,
-    r: &HttpRoute,
-    parents: Vec<l7m::RouteParent>,
-) -> l7m::HttpRoute {
-    let ns = &key.namespace;
-    let rules = r
-        .spec
-        .rules
-        .iter()
-        .map(|rule| {
-            let (request_headers, redirect) = filters(&rule.filters);
-            l7m::RouteRule {
-                matches: rule
-                    .matches
-                    .iter()
-                    .map(|m| l7m::RouteMatch {
-                        path: m.path.as_ref().map(|p| {
-                            let v = p.value.clone().unwrap_or_else(|| "/".to_owned());
-                            match p.type_.as_deref().unwrap_or("PathPrefix") {
-                                "Exact" => l7m::PathMatch::Exact(v),
-                                "RegularExpression" => l7m::PathMatch::Regex(v),
-                                _ => l7m::PathMatch::Prefix(v),
-                            }
-                        }),
-                        headers: header_matches(&m.headers),
-                        method: m.method.clone(),
-                    })
-                    .collect(),
-                backends: backends(ns, &rule.backend_refs),
-                request_headers,
-                redirect,
-                timeout_ms: rule
-                    .timeouts
-                    .as_ref()
-                    .and_then(|t| t.request.as_deref())
-                    .and_then(ms),
-            }
-        })
-        .collect();
-    l7m::HttpRoute {
-        name: key.name.clone(),
-        namespace: ns.clone(),
-        kind: l7m::RouteKind::Http,
-        parents,
-        hostnames: r.spec.hostnames.clone(),
-        rules,
+/// What the HTTPRoute and GRPCRoute translations differ in: the route kind, and how a rule's
+/// matches, redirect and timeout read. Everything else (parents, hostnames, backends, header
+/// filters) is one code path in [`route`].
+trait RouteRules {
+    type Rule;
+    const KIND: l7m::RouteKind;
+    fn parent_refs(&self) -> &[ParentRef];
+    fn hostnames(&self) -> &[String];
+    fn rules(&self) -> &[Self::Rule];
+    fn matches(rule: &Self::Rule) -> Vec<l7m::RouteMatch>;
+    fn filters(rule: &Self::Rule) -> &[RouteFilter];
+    fn backend_refs(rule: &Self::Rule) -> &[BackendRef];
+    /// Whether a `RequestRedirect` filter applies (GRPCRoute has none).
+    const REDIRECTS: bool;
+    fn timeout(rule: &Self::Rule) -> Option<&str>;
+}
+
+impl RouteRules for HttpRoute {
+    type Rule = crate::model::gateway::HttpRouteRule;
+    const KIND: l7m::RouteKind = l7m::RouteKind::Http;
+    const REDIRECTS: bool = true;
+
+    fn parent_refs(&self) -> &[ParentRef] {
+        &self.spec.parent_refs
+    }
+    fn hostnames(&self) -> &[String] {
+        &self.spec.hostnames
+    }
+    fn rules(&self) -> &[Self::Rule] {
+        &self.spec.rules
+    }
+    fn matches(rule: &Self::Rule) -> Vec<l7m::RouteMatch> {
+        rule.matches
+            .iter()
+            .map(|m| l7m::RouteMatch {
+                path: m.path.as_ref().map(|p| {
+                    let v = p.value.clone().unwrap_or_else(|| "/".to_owned());
+                    match p.type_.as_deref().unwrap_or("PathPrefix") {
+                        "Exact" => l7m::PathMatch::Exact(v),
+                        "RegularExpression" => l7m::PathMatch::Regex(v),
+                        _ => l7m::PathMatch::Prefix(v),
+                    }
+                }),
+                headers: header_matches(&m.headers),
+                method: m.method.clone(),
+            })
+            .collect()
+    }
+    fn filters(rule: &Self::Rule) -> &[RouteFilter] {
+        &rule.filters
+    }
+    fn backend_refs(rule: &Self::Rule) -> &[BackendRef] {
+        &rule.backend_refs
+    }
+    fn timeout(rule: &Self::Rule) -> Option<&str> {
+        rule.timeouts.as_ref().and_then(|t| t.request.as_deref())
     }
 }
 
-fn grpc_route(
+impl RouteRules for GrpcRoute {
+    type Rule = crate::model::gateway::GrpcRouteRule;
+    const KIND: l7m::RouteKind = l7m::RouteKind::Grpc;
+    const REDIRECTS: bool = false;
+
+    fn parent_refs(&self) -> &[ParentRef] {
+        &self.spec.parent_refs
+    }
+    fn hostnames(&self) -> &[String] {
+        &self.spec.hostnames
+    }
+    fn rules(&self) -> &[Self::Rule] {
+        &self.spec.rules
+    }
+    fn matches(rule: &Self::Rule) -> Vec<l7m::RouteMatch> {
+        rule.matches
+            .iter()
+            .map(|m| {
+                let mut rm = match &m.method {
+                    Some(mm) if mm.type_.as_deref() == Some("RegularExpression") => {
+                        l7m::RouteMatch {
+                            path: Some(l7m::PathMatch::Regex(format!(
+                                "/{}/{}",
+                                mm.service.as_deref().unwrap_or("[^/]+"),
+                                mm.method.as_deref().unwrap_or("[^/]+")
+                            ))),
+                            ..Default::default()
+                        }
+                    }
+                    Some(mm) => match (&mm.service, &mm.method) {
+                        (Some(s), m) => l7m::RouteMatch::grpc(s, m.as_deref()),
+                        (None, Some(m)) => l7m::RouteMatch {
+                            path: Some(l7m::PathMatch::Regex(format!("/[^/]+/{m}"))),
+                            ..Default::default()
+                        },
+                        (None, None) => l7m::RouteMatch::default(),
+                    },
+                    None => l7m::RouteMatch::default(),
+                };
+                rm.headers = header_matches(&m.headers);
+                rm
+            })
+            .collect()
+    }
+    fn filters(rule: &Self::Rule) -> &[RouteFilter] {
+        &rule.filters
+    }
+    fn backend_refs(rule: &Self::Rule) -> &[BackendRef] {
+        &rule.backend_refs
+    }
+    fn timeout(_: &Self::Rule) -> Option<&str> {
+        None
+    }
+}
+
+/// Routes of one kind that attach to a listener or Service, translated, onto `out`.
+fn attach_routes<R: RouteRules>(
+    routes: &BTreeMap<NamespacedName, R>,
+    gw_listeners: &BTreeMap<NamespacedName, Vec<(String, String, u16)>>,
+    out: &mut Vec<l7m::HttpRoute>,
+) {
+    for (key, r) in routes {
+        let parents = parents_of(&key.namespace, r.parent_refs(), gw_listeners);
+        if !parents.is_empty() {
+            out.push(route(key, r, parents));
+        }
+    }
+}
+
+/// An HTTPRoute or GRPCRoute as the Envoy crate's route.
+fn route<R: RouteRules>(
     key: &NamespacedName,
-    r: &GrpcRoute,
+    r: &R,
     parents: Vec<l7m::RouteParent>,
 ) -> l7m::HttpRoute {
     let ns = &key.namespace;
     let rules = r
-        .spec
-        .rules
+        .rules()
         .iter()
         .map(|rule| {
-            let (request_headers, _) = filters(&rule.filters);
+            let (request_headers, redirect) = filters(R::filters(rule));
             l7m::RouteRule {
-                matches: rule
-                    .matches
-                    .iter()
-                    .map(|m| {
-                        let mut rm = match &m.method {
-                            Some(mm) if mm.type_.as_deref() == Some("RegularExpression") => {
-                                l7m::RouteMatch {
-                                    path: Some(l7m::PathMatch::Regex(format!(
-                                        "/{}/{}",
-                                        mm.service.as_deref().unwrap_or("[^/]+"),
-                                        mm.method.as_deref().unwrap_or("[^/]+")
-                                    ))),
-                                    ..Default::default()
-                                }
-                            }
-                            Some(mm) => match (&mm.service, &mm.method) {
-                                (Some(s), m) => l7m::RouteMatch::grpc(s, m.as_deref()),
-                                (None, Some(m)) => l7m::RouteMatch {
-                                    path: Some(l7m::PathMatch::Regex(format!("/[^/]+/{m}"))),
-                                    ..Default::default()
-                                },
-                                (None, None) => l7m::RouteMatch::default(),
-                            },
-                            None => l7m::RouteMatch::default(),
-                        };
-                        rm.headers = header_matches(&m.headers);
-                        rm
-                    })
-                    .collect(),
-                backends: backends(ns, &rule.backend_refs),
+                matches: R::matches(rule),
+                backends: backends(ns, R::backend_refs(rule)),
                 request_headers,
-                ..Default::default()
+                redirect: redirect.filter(|_| R::REDIRECTS),
+                timeout_ms: R::timeout(rule).and_then(ms),
             }
         })
         .collect();
     l7m::HttpRoute {
         name: key.name.clone(),
         namespace: ns.clone(),
-        kind: l7m::RouteKind::Grpc,
+        kind: R::KIND,
         parents,
-        hostnames: r.spec.hostnames.clone(),
+        hostnames: r.hostnames().to_vec(),
         rules,
     }
 }

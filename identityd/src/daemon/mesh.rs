@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use identityd_certs::duration::millis as ms;
 use identityd_certs::{ServingCert, SpiffeId, Svid, TrustDomain};
 use identityd_envoy::bootstrap::{XdsAddress, XdsFlavour, bootstrap_yaml};
 use identityd_envoy::mesh::{
@@ -42,51 +43,7 @@ fn emtls(m: MtlsMode) -> EMtls {
     }
 }
 
-/// Local identities wanted: SPIFFE ID → (namespace, a pod name carrying it).
-#[must_use]
-pub fn wanted_identities(
-    state: &ClusterState,
-    node: &str,
-    td: &TrustDomain,
-) -> BTreeMap<SpiffeId, (String, String)> {
-    wanted_identities_with(state, node, td, MtlsMode::Disabled)
-}
-
-/// [`wanted_identities`] with the mTLS mode of namespaces that carry no annotation.
-#[must_use]
-pub fn wanted_identities_with(
-    state: &ClusterState,
-    node: &str,
-    td: &TrustDomain,
-    default_mtls: MtlsMode,
-) -> BTreeMap<SpiffeId, (String, String)> {
-    let mut out = BTreeMap::new();
-    for pod in state.pods_on_node(node) {
-        if state.pod_mtls(pod, default_mtls) == MtlsMode::Disabled || pod.ip().is_none() {
-            continue;
-        }
-        if let Ok(id) = td.workload_id(pod.namespace(), pod.service_account()) {
-            out.entry(id)
-                .or_insert_with(|| (pod.namespace().to_owned(), pod.metadata.name.clone()));
-        }
-    }
-    // The ingress listeners present the gateway identity to backends in mTLS namespaces.
-    let has_ingress = state
-        .gateways
-        .values()
-        .any(|g| g.spec.gateway_class_name == ingress::GATEWAY_CLASS)
-        || state
-            .ingresses
-            .values()
-            .any(|i| i.spec.ingress_class_name.as_deref() == Some(ingress::GATEWAY_CLASS));
-    if has_ingress {
-        out.insert(
-            identityd_certs::service::gateway_id(td),
-            (String::new(), String::new()),
-        );
-    }
-    out
-}
+pub use crate::daemon::identity::{wanted_identities, wanted_identities_with};
 
 /// What [`plan_mesh_with`] needs besides cluster state and SVIDs.
 #[derive(Debug, Clone)]
@@ -367,13 +324,6 @@ fn ingress_l7(
         },
         problems,
     )
-}
-
-/// A duration string as signed milliseconds (the Envoy crate's L7 unit), `None` when invalid.
-pub(crate) fn ms(s: &str) -> Option<i64> {
-    identityd_certs::duration::parse(s)
-        .ok()
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn u32_of(v: i64) -> u32 {

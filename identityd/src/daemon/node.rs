@@ -735,7 +735,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     drop(key);
     tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
 
-    let source = crate::source::open(&cfg)
+    let source = crate::source::open(&cfg.source_spec())
         .await
         .map_err(|e| NodeError::Source(e.to_string()))?;
     if cfg.pod_cidr.is_none() {

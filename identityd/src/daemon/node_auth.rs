@@ -26,12 +26,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::daemon::config::{CaAccess, NodeAuth};
+pub use crate::daemon::config::{DEFAULT_NODE_SERVICE_ACCOUNT, ServiceAccountRef};
 use crate::source::{FIELD_MANAGER, SourceError};
 
 /// The audience node tokens are projected for (the chart's `serviceAccountToken.audience`).
 pub const CA_AUDIENCE: &str = "identityd-ca";
-/// The node daemons' ServiceAccount unless `ca.nodeServiceAccount` says otherwise.
-pub const DEFAULT_NODE_SERVICE_ACCOUNT: &str = "identityd-system/identityd-node";
 /// The ConfigMap the CA publishes its trust bundle to (in its own namespace).
 pub const BUNDLE_CONFIGMAP: &str = "identityd-ca-bundle";
 /// The key of the bundle PEM in [`BUNDLE_CONFIGMAP`].
@@ -42,47 +41,6 @@ pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 /// TokenReview `user.extra` key: the node that pod runs on.
 pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
-
-/// A ServiceAccount reference `NAMESPACE/NAME`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceAccountRef {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ServiceAccountRef {
-    /// Parses `NAMESPACE/NAME`.
-    ///
-    /// # Errors
-    /// What is wrong, for `ca.nodeServiceAccount=VALUE: REASON`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (ns, name) = s
-            .split_once('/')
-            .ok_or_else(|| "must be NAMESPACE/NAME of a ServiceAccount".to_owned())?;
-        for (what, v) in [("namespace", ns), ("name", name)] {
-            crate::model::validate::check_dns_subdomain(v)
-                .map_err(|e| format!("the {what} {v:?} is not a DNS name: {e}"))?;
-        }
-        Ok(Self {
-            namespace: ns.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-
-    /// The TokenReview username of the account.
-    #[must_use]
-    pub fn username(&self) -> String {
-        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
-    }
-}
-
-impl fmt::Display for ServiceAccountRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// What an admitted token proved.
 #[derive(Debug, Clone, PartialEq, Eq)]

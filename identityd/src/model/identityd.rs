@@ -623,25 +623,8 @@ pub struct LocalRateLimit {
     pub fill_interval: String,
 }
 
-/// Retry-on values Envoy understands (HTTP and gRPC).
-pub const RETRY_ON: &[&str] = &[
-    "5xx",
-    "gateway-error",
-    "reset",
-    "reset-before-request",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-];
+/// Retry-on values Envoy understands (HTTP and gRPC): the Envoy crate's list, one definition.
+pub use identityd_envoy::l7::RETRY_ON;
 
 /// `status` of the policy kinds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -24,8 +24,30 @@ pub use decode::{DocError, Document, decode_document, decode_value, split_docume
 pub use file::{FileSource, FileSourceOptions, SourceError};
 pub use kube::{FIELD_MANAGER, KubeSource, KubeSourceOptions};
 
-use crate::daemon::config::{ClusterSourceKind, DaemonConfig};
 use crate::model::{ClusterState, Object};
+
+/// Where cluster state comes from (`clusterSource:` in the daemon config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterSourceKind {
+    /// A directory of YAML (`clusterDir`), the lab's store.
+    #[default]
+    File,
+    /// The Kubernetes API server (in-cluster config or kubeconfig).
+    Kube,
+}
+
+/// What [`open`] needs to know: which source, and its settings. The daemon config builds one
+/// (`DaemonConfig::source_spec`); sources know nothing of the daemon's config.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceSpec {
+    /// Which source.
+    pub kind: ClusterSourceKind,
+    /// The FileSource's directory.
+    pub dir: std::path::PathBuf,
+    /// Namespaces whose `kubernetes.io/tls` Secrets the KubeSource watches.
+    pub secret_namespaces: Vec<String>,
+}
 
 /// What the daemon roles need from a source of cluster state: snapshots, a watch loop, and
 /// writes (publishing an object, writing an object's status).
@@ -81,10 +103,10 @@ impl dyn ClusterSource {
 ///
 /// # Errors
 /// The directory cannot be listed, or no Kubernetes client configuration is found.
-pub async fn open(cfg: &DaemonConfig) -> Result<Arc<dyn ClusterSource>, SourceError> {
-    Ok(match cfg.cluster_source {
+pub async fn open(spec: &SourceSpec) -> Result<Arc<dyn ClusterSource>, SourceError> {
+    Ok(match spec.kind {
         ClusterSourceKind::File => {
-            let dir = cfg.cluster_dir.clone();
+            let dir = spec.dir.clone();
             let source = tokio::task::spawn_blocking(move || {
                 FileSource::open(dir, FileSourceOptions::default())
             })
@@ -96,7 +118,7 @@ pub async fn open(cfg: &DaemonConfig) -> Result<Arc<dyn ClusterSource>, SourceEr
         }
         ClusterSourceKind::Kube => Arc::new(
             KubeSource::connect(KubeSourceOptions {
-                secret_namespaces: cfg.secret_namespaces.clone(),
+                secret_namespaces: spec.secret_namespaces.clone(),
                 ..KubeSourceOptions::default()
             })
             .await?,

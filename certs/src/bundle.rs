@@ -8,7 +8,7 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use crate::id::TrustDomain;
-use crate::verify::{Position, check_signing};
+use crate::rules::{Position, check_signing};
 use crate::{Error, x509};
 
 /// The roots trusted for one trust domain. During a CA rollover it holds the old and the new

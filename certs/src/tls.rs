@@ -20,6 +20,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::bundle::Bundle;
 use crate::id::SpiffeId;
+use crate::provider::provider;
 use crate::svid::Svid;
 use crate::verify::{VerifyError, verify_svid};
 use crate::{Error, id::TrustDomain};
@@ -61,10 +62,6 @@ pub const PLACEHOLDER_SERVER_NAME: &str = "spiffe.identityd.invalid";
 pub fn server_name() -> ServerName<'static> {
     ServerName::try_from(PLACEHOLDER_SERVER_NAME)
         .unwrap_or_else(|_| unreachable!("a valid DNS name"))
-}
-
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Presents the current SVID; updated in place on rotation. Until the first SVID is set it

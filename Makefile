@@ -12,8 +12,11 @@ demo: bootstrap
 	@cargo build --quiet --bins
 	@bash scripts/demo
 
-# Everything CI checks: format, lints, all unit/component/e2e tests.
+# Everything CI checks: format, lints, the dependency policy (deny.toml: licenses, bans incl.
+# duplicate versions, sources; not advisories, whose database the build machines cannot reach),
+# all unit/component/e2e tests.
 test: bootstrap
 	cargo fmt --all --check
 	cargo clippy --all-targets --locked -- -D warnings
+	cargo deny --all-features check licenses bans sources
 	cargo nextest run --workspace --locked --no-fail-fast

@@ -15,6 +15,15 @@
 //! The blackhole in table 202 keeps WireGuard-marked packets from falling through to the
 //! main table (and the underlay, in clear) while the WireGuard interface is missing, e.g.
 //! during a restart.
+//!
+//! The inbound half (when [`RoutingConfig::inbound`] is set):
+//!
+//! ```text
+//! from the tunnel to the pod CIDR, tcp dport 15008   ip rule iif <wg> to <podCIDR> … lookup 203
+//! this node's own connections to a pod's :15008     nft (table identityd-inbound) nat output:
+//!                                                   redirect to :15008
+//! other TCP from the tunnel to a strict pod          nft prerouting: counter drop
+//! ```
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -34,6 +43,26 @@ pub const RULE_PRIORITY: u32 = 100;
 pub const NFT_TABLE: &str = "identityd";
 /// Metric of the fallback blackhole route in the WireGuard table.
 pub const BLACKHOLE_METRIC: u32 = 4_000_000;
+/// Envoy's inbound mTLS port.
+pub const INBOUND_PORT: u16 = 15008;
+/// Priority of the inbound rule (before the mark rules: it matches by interface and port).
+pub const INBOUND_RULE_PRIORITY: u32 = 99;
+/// The nftables table (family `inet`) of the inbound mTLS plumbing.
+pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
+
+/// The inbound mTLS plumbing of a node: connections from the tunnel to local pods' inbound
+/// port are delivered to Envoy; plaintext TCP from the tunnel to strict pods is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundConfig {
+    /// The tunnel interface connections arrive on.
+    pub interface: String,
+    /// The node's pod CIDR (`10.244.1.0/24`).
+    pub pod_cidr: String,
+    /// Envoy's inbound port (15008).
+    pub port: u16,
+    /// Local pods of strict namespaces: other TCP to them from the tunnel is dropped.
+    pub strict_pods: Vec<std::net::IpAddr>,
+}
 
 /// What the node has, as the plan needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +81,8 @@ pub struct RoutingConfig {
     pub nft_table: String,
     /// Plan IPv6 rules and routes too (default on; off for nodes with IPv6 disabled).
     pub ipv6: bool,
+    /// The inbound mTLS plumbing, when the node runs Envoy for mTLS.
+    pub inbound: Option<InboundConfig>,
 }
 
 impl Default for RoutingConfig {
@@ -64,6 +95,7 @@ impl Default for RoutingConfig {
             rule_priority: RULE_PRIORITY,
             nft_table: NFT_TABLE.to_owned(),
             ipv6: true,
+            inbound: None,
         }
     }
 }
@@ -124,6 +156,82 @@ impl Rule {
     }
 }
 
+/// `ip rule add priority P iif IFACE to CIDR ipproto tcp dport PORT lookup T`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRule {
+    /// Family.
+    pub family: Family,
+    /// Priority.
+    pub priority: u32,
+    /// Incoming interface.
+    pub iif: String,
+    /// Destination CIDR.
+    pub to: String,
+    /// TCP destination port.
+    pub dport: u16,
+    /// Table.
+    pub table: u32,
+}
+
+impl PortRule {
+    /// The `ip rule` arguments after `add`/`del`.
+    #[must_use]
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "priority".into(),
+            self.priority.to_string(),
+            "iif".into(),
+            self.iif.clone(),
+            "to".into(),
+            self.to.clone(),
+            "ipproto".into(),
+            "tcp".into(),
+            "dport".into(),
+            self.dport.to_string(),
+            "lookup".into(),
+            self.table.to_string(),
+        ]
+    }
+
+    /// How `ip rule show` prints it (after the `PRIORITY:` prefix).
+    fn shown(&self) -> String {
+        format!(
+            "from all to {} iif {} ipproto tcp dport {} lookup {}",
+            self.to, self.iif, self.dport, self.table
+        )
+    }
+}
+
+/// The inbound nftables table: nat OUTPUT redirects this node's own connections to a local
+/// pod's inbound port to Envoy (the listener restores the original destination); prerouting
+/// drops other TCP arriving from the tunnel for strict pods.
+#[must_use]
+pub fn inbound_nft(table: &str, c: &InboundConfig) -> String {
+    let port = c.port;
+    let mut s = format!(
+        "table inet {table} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tip daddr {} tcp dport {port} redirect to :{port}\n\t}}\n\
+         \tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n",
+        c.pod_cidr
+    );
+    let v4: Vec<String> = c
+        .strict_pods
+        .iter()
+        .filter(|i| i.is_ipv4())
+        .map(ToString::to_string)
+        .collect();
+    if !v4.is_empty() {
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{}\" ip daddr {{ {} }} tcp dport != {port} counter drop",
+            c.interface,
+            v4.join(", ")
+        );
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
 /// What kind of route.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteType {
@@ -170,6 +278,10 @@ impl TableRoute {
 pub struct RoutingPlan {
     /// Policy rules, in priority order.
     pub rules: Vec<Rule>,
+    /// Port-selected policy rules (the inbound mTLS rule).
+    pub port_rules: Vec<PortRule>,
+    /// The inbound nftables table definition, when [`RoutingConfig::inbound`] is set.
+    pub inbound_nftables: Option<String>,
     /// Routes of the policy tables.
     pub routes: Vec<TableRoute>,
     /// The nftables table definition (`table inet NAME { … }`), when the proxy path is used.
@@ -254,6 +366,17 @@ pub fn plan(config: &RoutingConfig) -> RoutingPlan {
         let _ = writeln!(nft, "}}");
         p.nftables = Some(nft);
     }
+    if let Some(inb) = &config.inbound {
+        p.port_rules.push(PortRule {
+            family: Family::V4,
+            priority: INBOUND_RULE_PRIORITY,
+            iif: inb.interface.clone(),
+            to: inb.pod_cidr.clone(),
+            dport: inb.port,
+            table: config.proxy_table,
+        });
+        p.inbound_nftables = Some(inbound_nft(NFT_INBOUND_TABLE, inb));
+    }
     p
 }
 
@@ -291,6 +414,8 @@ pub struct ApplyReport {
     pub routes_replaced: usize,
     /// Whether the nftables table was (re)written.
     pub nftables_written: bool,
+    /// Whether the inbound nftables table was (re)written.
+    pub inbound_nftables_written: bool,
 }
 
 fn run(program: &str, args: &[String], stdin: Option<&str>) -> Result<String, RoutingError> {
@@ -377,6 +502,29 @@ pub fn apply(plan: &RoutingPlan) -> Result<ApplyReport, RoutingError> {
             report.rules_added += 1;
         }
     }
+    for rule in &plan.port_rules {
+        let present = rules_at(rule.family, rule.priority)?;
+        let want = rule.shown();
+        let mut have = false;
+        for line in present {
+            if line == want {
+                have = true;
+            } else if line.contains(" dport ") {
+                // An inbound rule of an older plan (another CIDR or interface): replace it.
+                let mut args = strings(&[rule.family.flag(), "rule", "del", "priority"]);
+                args.push(rule.priority.to_string());
+                args.extend(line.split_whitespace().map(str::to_owned));
+                run("ip", &args, None)?;
+                report.rules_removed += 1;
+            }
+        }
+        if !have {
+            let mut args = strings(&[rule.family.flag(), "rule", "add"]);
+            args.extend(rule.args());
+            run("ip", &args, None)?;
+            report.rules_added += 1;
+        }
+    }
     for route in &plan.routes {
         let mut args = strings(&[route.family.flag(), "route", "replace"]);
         args.extend(route.args());
@@ -391,6 +539,12 @@ pub fn apply(plan: &RoutingPlan) -> Result<ApplyReport, RoutingError> {
         );
         run("nft", &strings(&["-f", "-"]), Some(&text))?;
         report.nftables_written = true;
+    }
+    if let Some(nft) = &plan.inbound_nftables {
+        let text =
+            format!("table inet {NFT_INBOUND_TABLE}\ndelete table inet {NFT_INBOUND_TABLE}\n{nft}");
+        run("nft", &strings(&["-f", "-"]), Some(&text))?;
+        report.inbound_nftables_written = true;
     }
     Ok(report)
 }
@@ -417,11 +571,24 @@ pub fn remove(plan: &RoutingPlan) -> Result<(), RoutingError> {
             Err(e) => return Err(e),
         }
     }
+    for rule in &plan.port_rules {
+        let mut args = strings(&[rule.family.flag(), "rule", "del"]);
+        args.extend(rule.args());
+        match run("ip", &args, None) {
+            Ok(_) | Err(RoutingError::Failed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     if plan.nftables.is_some() {
         let text = format!(
             "table inet {t}\ndelete table inet {t}\n",
             t = plan.nft_table
         );
+        run("nft", &strings(&["-f", "-"]), Some(&text))?;
+    }
+    if plan.inbound_nftables.is_some() {
+        let text =
+            format!("table inet {NFT_INBOUND_TABLE}\ndelete table inet {NFT_INBOUND_TABLE}\n");
         run("nft", &strings(&["-f", "-"]), Some(&text))?;
     }
     Ok(())
@@ -513,6 +680,49 @@ mod tests {
         assert!(p.rules.iter().all(|r| r.family == Family::V4));
         assert!(p.routes.iter().all(|r| r.family == Family::V4));
         assert!(!p.nftables.unwrap().contains("ip6"));
+    }
+
+    #[test]
+    fn inbound_rule_and_ruleset_redirect_local_and_drop_plaintext_to_strict_pods() {
+        let inbound = InboundConfig {
+            interface: "idd1".into(),
+            pod_cidr: "10.244.1.0/24".into(),
+            port: INBOUND_PORT,
+            strict_pods: vec!["10.244.1.10".parse().unwrap()],
+        };
+        let p = plan(&RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            proxy_port: Some(PROXY_PORT),
+            ipv6: false,
+            inbound: Some(inbound.clone()),
+            ..RoutingConfig::default()
+        });
+        assert_eq!(
+            p.port_rules[0].args().join(" "),
+            "priority 99 iif idd1 to 10.244.1.0/24 ipproto tcp dport 15008 lookup 203"
+        );
+        // As `ip rule show` prints it (checked against iproute2).
+        assert_eq!(
+            p.port_rules[0].shown(),
+            "from all to 10.244.1.0/24 iif idd1 ipproto tcp dport 15008 lookup 203"
+        );
+        let rs = p.inbound_nftables.unwrap();
+        assert!(rs.starts_with("table inet identityd-inbound {"), "{rs}");
+        assert!(
+            rs.contains("ip daddr 10.244.1.0/24 tcp dport 15008 redirect to :15008"),
+            "{rs}"
+        );
+        assert!(
+            rs.contains(
+                "iifname \"idd1\" ip daddr { 10.244.1.10 } tcp dport != 15008 counter drop"
+            ),
+            "{rs}"
+        );
+        let none = InboundConfig {
+            strict_pods: vec![],
+            ..inbound
+        };
+        assert!(!inbound_nft(NFT_INBOUND_TABLE, &none).contains("drop"));
     }
 
     #[test]

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ pub const INBOUND_PORT: u16 = identityd_envoy::INBOUND_MTLS_PORT;
 /// Envoy's outbound (TPROXY) port.
 pub const OUTBOUND_PORT: u16 = identityd_envoy::OUTBOUND_PORT;
 /// The nftables table for inbound mTLS TPROXY.
-pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
+pub const NFT_INBOUND_TABLE: &str = identityd_bpf::routing::NFT_INBOUND_TABLE;
 
 fn emtls(m: MtlsMode) -> EMtls {
     match m {
@@ -424,72 +423,6 @@ pub fn mesh_routes(state: &ClusterState) -> Vec<identityd_envoy::l7::HttpRoute> 
         .collect()
 }
 
-/// The inbound ruleset. Connections from other nodes to a local pod's :15008 are delivered
-/// to Envoy's inbound listener by the policy rule `iif <wg> to <podCIDR> ipproto tcp dport
-/// 15008 lookup 203`; connections this node's own Envoy makes to a local pod's :15008 are
-/// redirected to it here (the listener restores the original destination). Under strict
-/// mTLS, other TCP arriving from the tunnel for strict pods is dropped.
-#[must_use]
-pub fn inbound_nft(wg_iface: &str, pod_cidr: &str, strict_pods: &[IpAddr]) -> String {
-    let mut s = format!(
-        "table inet {NFT_INBOUND_TABLE} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
-         \t\tip daddr {pod_cidr} tcp dport {INBOUND_PORT} redirect to :{INBOUND_PORT}\n\t}}\n\
-         \tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n"
-    );
-    let v4: Vec<String> = strict_pods
-        .iter()
-        .filter(|i| i.is_ipv4())
-        .map(ToString::to_string)
-        .collect();
-    if !v4.is_empty() {
-        s.push_str(&format!(
-            "\t\tiifname \"{wg_iface}\" ip daddr {{ {} }} tcp dport != {INBOUND_PORT} counter drop\n",
-            v4.join(", ")
-        ));
-    }
-    s.push_str("\t}\n}\n");
-    s
-}
-fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn apply_nft(ruleset: &str) -> Result<(), String> {
-    use std::io::Write;
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", NFT_INBOUND_TABLE])
-        .stderr(Stdio::null())
-        .status();
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft -f: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// What the mesh task reports to status.
 #[derive(Debug, Clone, Default)]
 pub struct MeshReport {
@@ -514,8 +447,8 @@ struct MeshRuntime {
     cache: Arc<XdsCache>,
     xds_serving: bool,
     envoy: crate::daemon::envoy_proc::EnvoyProcess,
-    nft: Option<String>,
-    routing_applied: bool,
+    /// The routing plan last applied in full (re-applied when it changes or failed).
+    routing: Option<identityd_bpf::routing::RoutingPlan>,
     inbound: Vec<String>,
     config_problems: Vec<String>,
     wants_envoy: bool,
@@ -535,8 +468,7 @@ impl MeshRuntime {
                 envoy.admin_port,
                 bootstrap,
             ),
-            nft: None,
-            routing_applied: false,
+            routing: None,
             inbound: Vec::new(),
             config_problems: Vec::new(),
             wants_envoy: false,
@@ -657,57 +589,29 @@ impl MeshRuntime {
         if !self.has_mtls {
             return;
         }
-        // TPROXY: outbound by the classifier's proxy mark, inbound from the tunnel on 15008.
-        if !self.routing_applied {
-            let plan = identityd_bpf::routing::plan(&identityd_bpf::routing::RoutingConfig {
-                wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
-                proxy_port: Some(OUTBOUND_PORT),
-                ipv6: false,
-                ..identityd_bpf::routing::RoutingConfig::default()
-            });
-            let mut ok = match identityd_bpf::routing::apply(&plan) {
-                Ok(_) => true,
-                Err(e) => {
-                    errors.push(format!("proxy routing: {e}"));
-                    false
-                }
-            };
-            if let (Some(pc), Some(w)) = (&cfg.pod_cidr, &cfg.wireguard) {
-                // Only for connections arriving from the tunnel: this node's own connections
-                // to local pods are redirected by nat OUTPUT instead.
-                let table = identityd_bpf::routing::PROXY_TABLE.to_string();
-                let port = INBOUND_PORT.to_string();
-                let args = [
-                    "iif",
-                    w.interface.as_str(),
-                    "to",
-                    pc.as_str(),
-                    "ipproto",
-                    "tcp",
-                    "dport",
-                    &port,
-                    "lookup",
-                    &table,
-                ];
-                let _ = run_cmd(Command::new("ip").args(["rule", "del"]).args(args));
-                if let Err(e) = run_cmd(
-                    Command::new("ip")
-                        .args(["rule", "add", "priority", "99"])
-                        .args(args),
-                ) {
-                    errors.push(e);
-                    ok = false;
-                }
-            }
-            self.routing_applied = ok;
-        }
-        if let (Some(w), Some(pc)) = (&cfg.wireguard, &cfg.pod_cidr) {
-            let rs = inbound_nft(&w.interface, pc, &self.strict);
-            if self.nft.as_deref() != Some(rs.as_str()) {
-                match apply_nft(&rs) {
-                    Ok(()) => self.nft = Some(rs),
-                    Err(e) => errors.push(e),
-                }
+        // TPROXY: outbound by the classifier's proxy mark; inbound from the tunnel on 15008
+        // (and plaintext to strict pods dropped): one plan, applied when it changes.
+        use identityd_bpf::routing::{self, InboundConfig, RoutingConfig};
+        let plan = routing::plan(&RoutingConfig {
+            wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
+            proxy_port: Some(OUTBOUND_PORT),
+            ipv6: false,
+            inbound: cfg
+                .wireguard
+                .as_ref()
+                .zip(cfg.pod_cidr.as_ref())
+                .map(|(w, pc)| InboundConfig {
+                    interface: w.interface.clone(),
+                    pod_cidr: pc.clone(),
+                    port: INBOUND_PORT,
+                    strict_pods: self.strict.clone(),
+                }),
+            ..RoutingConfig::default()
+        });
+        if self.routing.as_ref() != Some(&plan) {
+            match routing::apply(&plan) {
+                Ok(_) => self.routing = Some(plan),
+                Err(e) => errors.push(format!("proxy routing: {e}")),
             }
         }
     }
@@ -857,21 +761,5 @@ mod tests {
         assert!(!m.policies.is_empty(), "the AuthorizationPolicy is mapped");
         // The translation of the plan passes the Envoy crate's validation.
         identityd_envoy::translate::translate_checked(&m).expect("valid mesh config");
-    }
-
-    #[test]
-    fn inbound_ruleset_redirects_local_and_drops_plaintext_to_strict_pods() {
-        let rs = inbound_nft("idd1", "10.244.1.0/24", &["10.244.1.10".parse().unwrap()]);
-        assert!(
-            rs.contains("ip daddr 10.244.1.0/24 tcp dport 15008 redirect to :15008"),
-            "{rs}"
-        );
-        assert!(
-            rs.contains(
-                "iifname \"idd1\" ip daddr { 10.244.1.10 } tcp dport != 15008 counter drop"
-            ),
-            "{rs}"
-        );
-        assert!(!inbound_nft("idd1", "10.244.1.0/24", &[]).contains("drop"));
     }
 }

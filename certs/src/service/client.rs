@@ -27,9 +27,9 @@ use crate::tls::{PeerPolicy, SharedBundle, SvidResolver, client_config, server_n
 use crate::{Bundle, Error, verify_svid};
 
 /// TCP + TLS connect timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-request timeout.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `error` and its sources, joined with `: ` (tonic's transport errors say little on top).
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {

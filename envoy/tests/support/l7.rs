@@ -16,13 +16,13 @@ use identityd_tests::envoy::Envoy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
-pub const NODE: &str = "l7-node";
+pub(crate) const NODE: &str = "l7-node";
 
-pub fn ip(last: u8) -> IpAddr {
+pub(crate) fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-pub fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -30,14 +30,14 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// One Envoy and the xDS server feeding it. Envoy is killed on drop.
-pub struct Harness {
-    pub cache: Arc<XdsCache>,
-    pub envoy: Envoy,
+pub(crate) struct Harness {
+    pub(crate) cache: Arc<XdsCache>,
+    pub(crate) envoy: Envoy,
     _tmp: tempfile::TempDir,
 }
 
 impl Harness {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let cache = XdsCache::new();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -58,7 +58,7 @@ impl Harness {
     }
 
     /// Validates and translates `mesh`, pushes it, and waits until Envoy ACKed every type.
-    pub async fn push(&self, mesh: &MeshConfig) {
+    pub(crate) async fn push(&self, mesh: &MeshConfig) {
         let snap = translate_checked(mesh).unwrap_or_else(|p| panic!("invalid config: {p:#?}"));
         self.cache.set_snapshot(NODE, snap);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -100,7 +100,7 @@ impl Harness {
     }
 
     /// The value of the counter whose name ends with `suffix` and contains `contains`.
-    pub fn stat(&self, contains: &str, suffix: &str) -> u64 {
+    pub(crate) fn stat(&self, contains: &str, suffix: &str) -> u64 {
         let (_, body) = self.envoy.admin_get("/stats");
         body.lines()
             .filter_map(|l| l.split_once(": "))
@@ -111,7 +111,7 @@ impl Harness {
 }
 
 /// A plain mesh config with no workloads (only ingress), `services` and `l7`.
-pub fn ingress_mesh(services: Vec<Service>, l7: identityd_envoy::l7::L7Config) -> MeshConfig {
+pub(crate) fn ingress_mesh(services: Vec<Service>, l7: identityd_envoy::l7::L7Config) -> MeshConfig {
     MeshConfig {
         trust_domain: "cluster.local".into(),
         services,
@@ -121,7 +121,7 @@ pub fn ingress_mesh(services: Vec<Service>, l7: identityd_envoy::l7::L7Config) -
 }
 
 /// A plaintext service `name.ns` on `port` with endpoints `ips` listening on `target_port`.
-pub fn service(name: &str, ns: &str, port: u16, target_port: u16, ips: &[IpAddr]) -> Service {
+pub(crate) fn service(name: &str, ns: &str, port: u16, target_port: u16, ips: &[IpAddr]) -> Service {
     Service {
         name: name.into(),
         namespace: ns.into(),
@@ -143,7 +143,7 @@ pub fn service(name: &str, ns: &str, port: u16, target_port: u16, ips: &[IpAddr]
 
 /// What a backend does with each request.
 #[derive(Clone, Copy, Debug)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     /// 200 with its name as the body.
     Ok,
     /// 503 on odd-numbered requests (1st, 3rd, …), 200 on the others.
@@ -156,7 +156,7 @@ pub enum Behaviour {
 
 /// An HTTP/1.1 backend (keep-alive, GET without body) on `addr`; answers `<name>` plus the
 /// request head as body. Returns its request counter.
-pub async fn backend(addr: SocketAddr, name: &'static str, b: Behaviour) -> Arc<AtomicU64> {
+pub(crate) async fn backend(addr: SocketAddr, name: &'static str, b: Behaviour) -> Arc<AtomicU64> {
     let l = TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("bind backend {addr}: {e}"));
@@ -210,7 +210,7 @@ pub async fn backend(addr: SocketAddr, name: &'static str, b: Behaviour) -> Arc<
 }
 
 /// Binds one port on several loopback addresses (for a service with several endpoints).
-pub fn shared_port(ips: &[IpAddr]) -> u16 {
+pub(crate) fn shared_port(ips: &[IpAddr]) -> u16 {
     for _ in 0..50 {
         let first = std::net::TcpListener::bind(SocketAddr::new(ips[0], 0)).unwrap();
         let port = first.local_addr().unwrap().port();
@@ -226,14 +226,14 @@ pub fn shared_port(ips: &[IpAddr]) -> u16 {
 
 /// A response: status, head (lower-cased header lines) and body.
 #[derive(Debug, Clone)]
-pub struct Resp {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
 }
 
 /// One HTTP/1.1 request (new connection, `Connection: close`) from `from` to `to`.
-pub async fn request(
+pub(crate) async fn request(
     from: IpAddr,
     to: SocketAddr,
     method: &str,
@@ -276,12 +276,12 @@ pub async fn request(
 }
 
 /// GET `path` with `Host: host` from 127.0.0.1.
-pub async fn get(to: SocketAddr, host: &str, path: &str) -> Resp {
+pub(crate) async fn get(to: SocketAddr, host: &str, path: &str) -> Resp {
     request(ip(1), to, "GET", host, path, &[]).await
 }
 
 /// Polls until a GET answers `status` (listeners and clusters warm after the ACK).
-pub async fn wait_status(h: &Harness, to: SocketAddr, host: &str, path: &str, status: u16) {
+pub(crate) async fn wait_status(h: &Harness, to: SocketAddr, host: &str, path: &str, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = get(to, host, path).await;

@@ -14,12 +14,12 @@ use kube::client::Body;
 
 /// One request as the API server saw it.
 #[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub content_type: Option<String>,
-    pub body: serde_json::Value,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: serde_json::Value,
 }
 
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ struct State {
 
 /// The fake API server; clone-able handle to its state.
 #[derive(Clone)]
-pub struct FakeApi {
+pub(crate) struct FakeApi {
     state: Arc<Mutex<State>>,
     client: kube::Client,
 }
@@ -51,7 +51,7 @@ impl std::fmt::Debug for FakeApi {
 }
 
 /// The URL path of a fixture's kind (its plural).
-pub fn path_of(plural: &str) -> String {
+pub(crate) fn path_of(plural: &str) -> String {
     match plural {
         "namespaces" | "pods" | "services" | "nodes" => format!("/api/v1/{plural}"),
         "secrets" => "/api/v1/namespaces/shop/secrets".to_owned(),
@@ -73,7 +73,7 @@ fn status_body(code: u16, reason: &str, message: &str) -> String {
 
 impl FakeApi {
     /// Starts the server task on the current runtime.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let state = Arc::new(Mutex::new(State::default()));
         let st = Arc::clone(&state);
@@ -137,12 +137,12 @@ impl FakeApi {
     }
 
     /// A client talking to this server.
-    pub fn client(&self) -> kube::Client {
+    pub(crate) fn client(&self) -> kube::Client {
         self.client.clone()
     }
 
     /// Scripts `tests/fixtures/kube/<plural>.json`: `{"lists": [List…], "watches": [[event…]…]}`.
-    pub fn script_fixture(&self, plural: &str) {
+    pub(crate) fn script_fixture(&self, plural: &str) {
         let file = format!(
             "{}/tests/fixtures/kube/{plural}.json",
             env!("CARGO_MANIFEST_DIR")
@@ -166,7 +166,7 @@ impl FakeApi {
     }
 
     /// Scripts `path` with list responses and watch bodies (each a list of events).
-    pub fn script(
+    pub(crate) fn script(
         &self,
         path: &str,
         lists: &[serde_json::Value],
@@ -183,7 +183,7 @@ impl FakeApi {
     }
 
     /// Every request to `path` gets `404 NotFound`.
-    pub fn not_found(&self, path: &str) {
+    pub(crate) fn not_found(&self, path: &str) {
         self.state
             .lock()
             .unwrap()
@@ -197,7 +197,7 @@ impl FakeApi {
     }
 
     /// Every request to `path` gets `200` with `body`.
-    pub fn get(&self, path: &str, body: &str) {
+    pub(crate) fn get(&self, path: &str, body: &str) {
         self.state
             .lock()
             .unwrap()
@@ -208,7 +208,7 @@ impl FakeApi {
     }
 
     /// Every request to `path` gets `code` with `body`.
-    pub fn respond(&self, path: &str, code: u16, body: &str) {
+    pub(crate) fn respond(&self, path: &str, code: u16, body: &str) {
         self.state
             .lock()
             .unwrap()
@@ -219,17 +219,17 @@ impl FakeApi {
     }
 
     /// PATCH requests are answered with their own body (plus a resourceVersion).
-    pub fn echo_patches(&self) {
+    pub(crate) fn echo_patches(&self) {
         self.state.lock().unwrap().echo_patches = true;
     }
 
     /// The requests seen so far.
-    pub fn requests(&self) -> Vec<Seen> {
+    pub(crate) fn requests(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
     }
 
     /// Forgets the requests seen so far.
-    pub fn clear_requests(&self) {
+    pub(crate) fn clear_requests(&self) {
         self.state.lock().unwrap().seen.clear();
     }
 }

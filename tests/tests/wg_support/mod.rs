@@ -13,11 +13,11 @@ use identityd_tests::netns::Topology;
 use identityd_tests::tools;
 
 /// The WireGuard port the devices listen on (DESIGN.md default).
-pub const WG_PORT: u16 = 51871;
+pub(crate) const WG_PORT: u16 = 51871;
 
 /// The `identityd-wg` binary: `$IDENTITYD_WG_BIN`, or next to this test's `deps/` folder
 /// (cargo builds it whenever `identityd-wg` is in the tested packages, e.g. `--workspace`).
-pub fn wg_bin() -> PathBuf {
+pub(crate) fn wg_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("IDENTITYD_WG_BIN") {
         return PathBuf::from(p);
     }
@@ -38,27 +38,27 @@ pub fn wg_bin() -> PathBuf {
 
 /// One node: its namespace, its pod, its device.
 #[derive(Debug)]
-pub struct Node {
-    pub ns: String,
-    pub pod_ns: String,
-    pub iface: String,
-    pub underlay_ip: Ipv4Addr,
-    pub pod_ip: Ipv4Addr,
-    pub pod_cidr: String,
-    pub key_path: PathBuf,
-    pub config_path: PathBuf,
-    pub public_key: String,
-    pub child: Option<usize>,
+pub(crate) struct Node {
+    pub(crate) ns: String,
+    pub(crate) pod_ns: String,
+    pub(crate) iface: String,
+    pub(crate) underlay_ip: Ipv4Addr,
+    pub(crate) pod_ip: Ipv4Addr,
+    pub(crate) pod_cidr: String,
+    pub(crate) key_path: PathBuf,
+    pub(crate) config_path: PathBuf,
+    pub(crate) public_key: String,
+    pub(crate) child: Option<usize>,
 }
 
 /// Nodes + pods + underlay, with one device process per node.
 #[derive(Debug)]
-pub struct Cluster {
-    pub topo: Topology,
-    pub underlay_ns: String,
-    pub bridge: String,
-    pub nodes: Vec<Node>,
-    pub dir: tempfile::TempDir,
+pub(crate) struct Cluster {
+    pub(crate) topo: Topology,
+    pub(crate) underlay_ns: String,
+    pub(crate) bridge: String,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 fn disable_ipv6(t: &Topology, ns: &str) {
@@ -74,7 +74,7 @@ impl Cluster {
     /// on each with every other node as a peer. Each node also has a default route to the
     /// underlay gateway (10.99.0.1), so anything not routed into the tunnel *would* leave in
     /// clear — which is what the captures look for.
-    pub fn new(test: &str, n: usize) -> Self {
+    pub(crate) fn new(test: &str, n: usize) -> Self {
         identityd_tests::require_root();
         // Fail (never skip) when a tool is missing.
         let _ = (tools::ip(), tools::wg(), tools::ping(), tools::tcpdump());
@@ -152,7 +152,7 @@ impl Cluster {
     }
 
     /// Writes node `i`'s config with `peers` (indices) as its peers.
-    pub fn write_config(&self, i: usize, peers: &[usize]) {
+    pub(crate) fn write_config(&self, i: usize, peers: &[usize]) {
         let node = &self.nodes[i];
         let peers: Vec<serde_json::Value> = peers
             .iter()
@@ -186,7 +186,7 @@ impl Cluster {
     }
 
     /// Starts node `i`'s device and waits until `wg show` answers on its UAPI socket.
-    pub fn start(&mut self, i: usize) {
+    pub(crate) fn start(&mut self, i: usize) {
         let bin = wg_bin();
         let (ns, cfg) = (self.nodes[i].ns.clone(), self.nodes[i].config_path.clone());
         let idx = self.topo.spawn(
@@ -230,7 +230,7 @@ impl Cluster {
     }
 
     /// Kills node `i`'s device (SIGKILL: no chance to clean up, the worst case).
-    pub fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         let idx = self.nodes[i].child.take().expect("device running");
         let c = self.topo.child(idx);
         let _ = c.kill();
@@ -238,7 +238,7 @@ impl Cluster {
     }
 
     /// `wg show <iface> <what>` output.
-    pub fn wg_show(&self, i: usize, what: &str) -> String {
+    pub(crate) fn wg_show(&self, i: usize, what: &str) -> String {
         let out = Command::new(tools::wg())
             .args(["show", &self.nodes[i].iface, what])
             .output()
@@ -252,7 +252,7 @@ impl Cluster {
     }
 
     /// Peer public key → latest handshake (unix seconds, 0 = never), from `wg show`.
-    pub fn handshakes(&self, i: usize) -> Vec<(String, u64)> {
+    pub(crate) fn handshakes(&self, i: usize) -> Vec<(String, u64)> {
         self.wg_show(i, "latest-handshakes")
             .lines()
             .filter_map(|l| {
@@ -263,7 +263,7 @@ impl Cluster {
     }
 
     /// Pings `to` from pod `from`: `count` packets with the given payload pattern.
-    pub fn ping(&self, from: usize, to: Ipv4Addr, count: u32, pattern_hex: &str) -> bool {
+    pub(crate) fn ping(&self, from: usize, to: Ipv4Addr, count: u32, pattern_hex: &str) -> bool {
         self.topo
             .try_exec(
                 &self.nodes[from].pod_ns,
@@ -285,7 +285,7 @@ impl Cluster {
     }
 
     /// Pings until one succeeds (first packets may wait for a handshake), up to `secs`.
-    pub fn ping_until(&self, from: usize, to: Ipv4Addr, secs: u64, pattern_hex: &str) -> bool {
+    pub(crate) fn ping_until(&self, from: usize, to: Ipv4Addr, secs: u64, pattern_hex: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
             if self.ping(from, to, 1, pattern_hex) {
@@ -297,7 +297,7 @@ impl Cluster {
 
     /// Listens on TCP `port` in pod `to`, connects from pod `from`, sends `payload`, and
     /// returns what the server received (None when the connection failed).
-    pub fn tcp_send(&self, from: usize, to: usize, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn tcp_send(&self, from: usize, to: usize, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
         let addr = SocketAddr::from((self.nodes[to].pod_ip, port));
         let listener = self.topo.run_in(&self.nodes[to].pod_ns, || {
             TcpListener::bind(addr).expect("bind in pod")
@@ -346,14 +346,14 @@ impl Drop for Cluster {
 /// A tcpdump capture on the underlay bridge (promiscuous, so it sees every frame the bridge
 /// forwards between nodes; `-i any` inside a namespace does not).
 #[derive(Debug)]
-pub struct Capture {
+pub(crate) struct Capture {
     pid: u32,
     idx: usize,
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Capture {
-    pub fn start(c: &mut Cluster, name: &str) -> Self {
+    pub(crate) fn start(c: &mut Cluster, name: &str) -> Self {
         let path = c.dir.path().join(format!("{name}.pcap"));
         let bridge = c.bridge.clone();
         let idx = c.topo.spawn(
@@ -383,7 +383,7 @@ impl Capture {
     }
 
     /// Stops tcpdump (SIGINT, so it flushes) and returns the raw file and its packets.
-    pub fn stop(self, c: &mut Cluster) -> (Vec<u8>, Vec<Packet>) {
+    pub(crate) fn stop(self, c: &mut Cluster) -> (Vec<u8>, Vec<Packet>) {
         std::thread::sleep(Duration::from_millis(200));
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
         #[allow(unsafe_code)]
@@ -405,14 +405,14 @@ impl Capture {
 
 /// One captured frame: its network-layer protocol and bytes from the network header on.
 #[derive(Debug, Clone)]
-pub struct Packet {
-    pub ethertype: u16,
-    pub l3: Vec<u8>,
+pub(crate) struct Packet {
+    pub(crate) ethertype: u16,
+    pub(crate) l3: Vec<u8>,
 }
 
 impl Packet {
     /// IPv4 (src, dst, protocol, src port, dst port) when this is IPv4.
-    pub fn ipv4(&self) -> Option<(Ipv4Addr, Ipv4Addr, u8, u16, u16)> {
+    pub(crate) fn ipv4(&self) -> Option<(Ipv4Addr, Ipv4Addr, u8, u16, u16)> {
         if self.ethertype != 0x0800 || self.l3.len() < 20 {
             return None;
         }
@@ -433,7 +433,7 @@ impl Packet {
 }
 
 /// Parses a pcap file (Ethernet, Linux cooked v1 or v2 link types).
-pub fn parse_pcap(b: &[u8]) -> Vec<Packet> {
+pub(crate) fn parse_pcap(b: &[u8]) -> Vec<Packet> {
     assert!(b.len() >= 24, "capture file too short ({} bytes)", b.len());
     let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
     assert!(
@@ -467,14 +467,14 @@ pub fn parse_pcap(b: &[u8]) -> Vec<Packet> {
 }
 
 /// Whether `needle` occurs anywhere in `hay`.
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Asserts the capture holds only ARP and WireGuard UDP between `nodes` on `WG_PORT`, no
 /// packet to or from a pod address, and none of `canaries` anywhere in the captured bytes.
 /// Returns the number of WireGuard packets seen.
-pub fn assert_only_wireguard(
+pub(crate) fn assert_only_wireguard(
     raw: &[u8],
     pkts: &[Packet],
     nodes: &[Ipv4Addr],
@@ -522,7 +522,7 @@ fn pod(ip: Ipv4Addr) -> bool {
 }
 
 /// Unix time now, in seconds.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -530,7 +530,7 @@ pub fn now_secs() -> u64 {
 }
 
 /// The bytes of a ping `-p` pattern (hex) as they appear in the ICMP payload.
-pub fn pattern_bytes(hex: &str) -> Vec<u8> {
+pub(crate) fn pattern_bytes(hex: &str) -> Vec<u8> {
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())

@@ -127,8 +127,8 @@ pub struct SvidPem {
     pub id: String,
     /// Certificate chain, leaf first.
     pub chain_pem: String,
-    /// Private key (PKCS#8 PEM).
-    pub key_pem: String,
+    /// Private key (PKCS#8 PEM), zeroized on drop: it is copied only into the SDS message.
+    pub key_pem: zeroize::Zeroizing<String>,
 }
 
 impl std::fmt::Debug for SvidPem {

@@ -49,7 +49,7 @@ fn svid_pem(ca: &Ca, id: &str) -> SvidPem {
     SvidPem {
         id: id.to_owned(),
         chain_pem: s.chain_pem(),
-        key_pem: s.key().to_pem().to_string(),
+        key_pem: s.key().to_pem(),
     }
 }
 

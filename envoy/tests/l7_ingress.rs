@@ -214,7 +214,7 @@ fn server_cert(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, hosts: &[&s
     SvidPem {
         id: hosts[0].to_owned(),
         chain_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
     }
 }
 
@@ -472,7 +472,7 @@ async fn ingress_reaches_a_strict_mtls_backend_with_the_gateway_identity() {
         SvidPem {
             id: id.to_owned(),
             chain_pem: s.chain_pem(),
-            key_pem: s.key().to_pem().to_string(),
+            key_pem: s.key().to_pem(),
         }
     };
     let h = Harness::start().await;
@@ -585,7 +585,7 @@ async fn grpc_route_on_a_service_splits_mesh_grpc_over_mtls() {
         SvidPem {
             id: id.to_owned(),
             chain_pem: s.chain_pem(),
-            key_pem: s.key().to_pem().to_string(),
+            key_pem: s.key().to_pem(),
         }
     };
     let h = Harness::start().await;

@@ -72,19 +72,19 @@ pub fn l7_problems(state: &ClusterState, td: &TrustDomain) -> BTreeMap<ObjectKey
         .map(|w| SvidPem {
             id: w.secret.clone(),
             chain_pem: String::new(),
-            key_pem: String::new(),
+            key_pem: zeroize::Zeroizing::default(),
         })
         .chain(plan.secret_certs.iter().map(|c| SvidPem {
             id: c.sds.clone(),
             chain_pem: String::new(),
-            key_pem: String::new(),
+            key_pem: zeroize::Zeroizing::default(),
         }))
         .collect();
     let gw = identityd_certs::service::gateway_id(td).to_string();
     mesh.svids.push(SvidPem {
         id: gw.clone(),
         chain_pem: String::new(),
-        key_pem: String::new(),
+        key_pem: zeroize::Zeroizing::default(),
     });
     mesh.l7.gateway_id = Some(gw);
     for p in identityd_envoy::l7::validate(&mesh) {

@@ -200,7 +200,7 @@ pub fn plan_mesh_with(
         .map(|s| SvidPem {
             id: s.id().to_string(),
             chain_pem: s.chain_pem(),
-            key_pem: s.key().to_pem().to_string(),
+            key_pem: s.key().to_pem(),
         })
         .collect();
     let mesh = MeshConfig {
@@ -296,7 +296,7 @@ fn ingress_l7(
             Some(SvidPem {
                 id: w.secret.clone(),
                 chain_pem: c.chain_pem(),
-                key_pem: c.key().to_pem().to_string(),
+                key_pem: c.key().to_pem(),
             })
         })
         .chain(plan.secret_certs.iter().filter_map(|s| {
@@ -307,7 +307,7 @@ fn ingress_l7(
             Some(SvidPem {
                 id: s.sds.clone(),
                 chain_pem,
-                key_pem: key_pem.to_string(),
+                key_pem,
             })
         }))
         .collect();

@@ -111,7 +111,10 @@ impl Harness {
 }
 
 /// A plain mesh config with no workloads (only ingress), `services` and `l7`.
-pub(crate) fn ingress_mesh(services: Vec<Service>, l7: identityd_envoy::l7::L7Config) -> MeshConfig {
+pub(crate) fn ingress_mesh(
+    services: Vec<Service>,
+    l7: identityd_envoy::l7::L7Config,
+) -> MeshConfig {
     MeshConfig {
         trust_domain: "cluster.local".into(),
         services,
@@ -121,7 +124,13 @@ pub(crate) fn ingress_mesh(services: Vec<Service>, l7: identityd_envoy::l7::L7Co
 }
 
 /// A plaintext service `name.ns` on `port` with endpoints `ips` listening on `target_port`.
-pub(crate) fn service(name: &str, ns: &str, port: u16, target_port: u16, ips: &[IpAddr]) -> Service {
+pub(crate) fn service(
+    name: &str,
+    ns: &str,
+    port: u16,
+    target_port: u16,
+    ips: &[IpAddr],
+) -> Service {
     Service {
         name: name.into(),
         namespace: ns.into(),

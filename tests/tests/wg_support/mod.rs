@@ -285,7 +285,13 @@ impl Cluster {
     }
 
     /// Pings until one succeeds (first packets may wait for a handshake), up to `secs`.
-    pub(crate) fn ping_until(&self, from: usize, to: Ipv4Addr, secs: u64, pattern_hex: &str) -> bool {
+    pub(crate) fn ping_until(
+        &self,
+        from: usize,
+        to: Ipv4Addr,
+        secs: u64,
+        pattern_hex: &str,
+    ) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
             if self.ping(from, to, 1, pattern_hex) {
@@ -297,7 +303,13 @@ impl Cluster {
 
     /// Listens on TCP `port` in pod `to`, connects from pod `from`, sends `payload`, and
     /// returns what the server received (None when the connection failed).
-    pub(crate) fn tcp_send(&self, from: usize, to: usize, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn tcp_send(
+        &self,
+        from: usize,
+        to: usize,
+        port: u16,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
         let addr = SocketAddr::from((self.nodes[to].pod_ip, port));
         let listener = self.topo.run_in(&self.nodes[to].pod_ns, || {
             TcpListener::bind(addr).expect("bind in pod")

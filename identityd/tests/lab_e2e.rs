@@ -1,16 +1,37 @@
-//! The lab end to end, as a user runs it: `identityd lab up` builds 3 nodes with WireGuard and
-//! the strict classifier; cross-node pod traffic works and the underlay shows no plaintext; a
-//! broken YAML file dropped in mid-run is reported and ignored; `kill -9` of a node daemon under
-//! traffic leaks nothing and the node keeps its WireGuard key; `lab down` leaves nothing.
+//! The lab end to end, as a user runs it: one `identityd lab up` (3 nodes, WireGuard, the strict
+//! classifier, Envoys, the CA) for the whole binary, then one named trial per capability, run
+//! one at a time in this order (later trials change the lab: kill daemons, rotate keys, turn
+//! strict mode off), and `lab down` last. A failure names the capability that broke.
+//!
+//! `harness = false` with libtest-mimic: nextest runs every test in its own process, which would
+//! mean one lab per trial, so `make test` runs this binary with `cargo test` and excludes it
+//! from nextest.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_identityd");
 
+/// The one lab of this binary: its directory, what `lab up` printed, and daemons the trials
+/// started themselves (waited for after `lab down`).
 struct Lab {
     dir: PathBuf,
+    stdout: String,
+    children: Mutex<Vec<std::process::Child>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    fn adopt(&self, c: std::process::Child) {
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(c);
+    }
 }
 
 impl Drop for Lab {
@@ -628,35 +649,17 @@ fn a_stalled_ca_delays_nothing_but_identities(dir: &Path) {
     });
 }
 
-#[test]
-fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
-    identityd_tests::require_root();
-    assert!(
-        !Path::new("/sys/class/net/idd-fabric").exists(),
-        "another lab is up (bridge idd-fabric exists): run `identityd lab down` first"
-    );
-    let tmp = tempfile::tempdir().unwrap();
-    let lab = Lab {
-        dir: tmp.path().join("lab"),
-    };
-
-    // ---- up ----
-    let out = Command::new(BIN)
-        .args(["lab", "up", "--nodes", "3", "--dir"])
-        .arg(&lab.dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "lab up failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn lab_up_leaves_no_plaintext_on_the_underlay(lab: &Lab) {
+    let stdout = &lab.stdout;
     assert!(
         stdout.contains(" 0 neither WireGuard (UDP/51871) nor TLS to the CA"),
         "no plaintext on the underlay:\n{stdout}"
     );
     assert!(stdout.contains("marker found in clear: no"), "{stdout}");
+}
+
+fn every_request_goes_over_mtls_with_the_callers_spiffe_id(lab: &Lab) {
+    let stdout = &lab.stdout;
     assert_eq!(
         stdout.matches("across nodes  OK").count(),
         6,
@@ -669,10 +672,18 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             == 9,
         "every request, across nodes and on the same node, went over mTLS and the server saw the caller's SPIFFE ID:\n{stdout}"
     );
+}
+
+fn an_identity_the_authorization_policy_does_not_allow_gets_403(lab: &Lab) {
     assert!(
-        stdout.contains("→ web.shop: HTTP 403"),
-        "an identity the AuthorizationPolicy does not allow gets 403:\n{stdout}"
+        lab.stdout.contains("→ web.shop: HTTP 403"),
+        "an identity the AuthorizationPolicy does not allow gets 403:\n{}",
+        lab.stdout
     );
+}
+
+fn the_httproute_splits_traffic_90_10(lab: &Lab) {
+    let stdout = &lab.stdout;
     let split = stdout
         .lines()
         .find(|l| l.starts_with("traffic split:"))
@@ -691,11 +702,12 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         (1..=25).contains(&to_v2),
         "the 90/10 HTTPRoute sends some but few requests to v2: {split}"
     );
-    node_authorization_is_enforced(&lab.dir);
-    ingress_is_served_with_ca_issued_certificates(&lab.dir, &stdout);
-    // Strict mTLS on the server side: plaintext TCP that reaches a strict pod's node through
-    // the tunnel without going through the node's Envoy (here: from n1's own namespace, which
-    // the classifier does not proxy) is dropped by the inbound ruleset.
+}
+
+/// Strict mTLS on the server side: plaintext TCP that reaches a strict pod's node through the
+/// tunnel without going through the node's Envoy (here: from n1's own namespace, which the
+/// classifier does not proxy) is dropped by the inbound ruleset.
+fn plaintext_through_the_tunnel_to_a_strict_pod_is_dropped(_lab: &Lab) {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -715,7 +727,10 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "plaintext to a strict pod bypassing mTLS must not get through: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // Flow visibility: the classifiers' events, resolved to pods and identities.
+}
+
+/// Flow visibility: the classifiers' events, resolved to pods and identities.
+fn observe_shows_flows_with_their_path_and_the_callers_identity(lab: &Lab) {
     let out = Command::new(BIN)
         .args(["observe", "--json", "--dir"])
         .arg(&lab.dir)
@@ -739,7 +754,10 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             .any(|l| l.contains("\"verdict\":\"wireguard\"")),
         "WireGuard flows (the readiness pings)"
     );
-    // The audit agrees: live on the lab, static on its manifests.
+}
+
+/// The audit agrees: live on the lab, static on its manifests.
+fn the_live_and_static_audits_pass_on_a_healthy_lab(lab: &Lab) {
     let out = Command::new(BIN)
         .args(["audit", "--format", "junit", "--source"])
         .arg(&lab.dir)
@@ -760,26 +778,28 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "static audit:\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+fn every_node_is_strict_with_a_wireguard_path_to_every_peer(lab: &Lab) {
     let st = status(&lab.dir);
-    let keys: Vec<String> = st
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["public_key"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(keys.len(), 3);
+    assert_eq!(st.as_array().map(Vec::len), Some(3), "{st}");
     for n in st.as_array().unwrap() {
         assert_eq!(n["strict_mode"], true);
         for p in n["peers"].as_array().unwrap() {
             assert_eq!(p["path"], "wireguard", "{n}");
         }
+        let components = n["components"].as_array().unwrap();
+        assert!(
+            components.iter().all(|c| c["ok"] == true),
+            "every task of the node is healthy: {components:?}"
+        );
     }
+}
 
-    a_stalled_ca_delays_nothing_but_identities(&lab.dir);
-
-    // ---- a broken YAML file mid-run is reported and ignored ----
+fn a_broken_yaml_file_mid_run_is_reported_and_ignored(lab: &Lab) {
+    let broken = lab.dir.join("cluster/broken.yaml");
     std::fs::write(
-        lab.dir.join("cluster/broken.yaml"),
+        &broken,
         "apiVersion: v1\nkind: Pod\nmetadata: [this is not a map\n",
     )
     .unwrap();
@@ -790,12 +810,23 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         })
     });
     let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
+    std::fs::remove_file(&broken).unwrap();
     assert!(
         ok,
         "traffic still works with a broken file in the cluster dir: {body}"
     );
+}
 
-    // ---- kill -9 a node daemon under traffic: no plaintext, same key after restart ----
+/// `kill -9` of a node daemon under traffic: no plaintext, same key after restart, Envoy and
+/// SVIDs re-adopted.
+fn a_killed_node_daemon_leaks_nothing_and_comes_back_with_its_key(lab: &Lab) {
+    let keys: Vec<String> = status(&lab.dir)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["public_key"].as_str().unwrap().to_owned())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
     let pcap = tmp.path().join("restart.pcap");
     let cap = capture_start(&pcap);
     // n2's daemon, found by its config path (lab.json's pids also hold the CA and workloads).
@@ -829,14 +860,16 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     assert!(ok, "the tunnel outlives the killed daemon: {body}");
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(lab.dir.join("n2/daemon-restart.log")).unwrap();
-    let mut restarted = Command::new("nsenter")
-        .args(["--net=/run/netns/idd-n2", "--", BIN, "run", "--config"])
-        .arg(lab.dir.join("n2/node.yaml"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    lab.adopt(
+        Command::new("nsenter")
+            .args(["--net=/run/netns/idd-n2", "--", BIN, "run", "--config"])
+            .arg(lab.dir.join("n2/node.yaml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
     wait_for_status(
         &lab.dir,
         15,
@@ -865,7 +898,11 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     );
     let (ok, body) = get_host("idd-n3-client-3", "http://10.244.2.10:8080/", "web.shop");
     assert!(ok, "after the restart: {body}");
-    // The restarted daemon re-adopted its Envoy and SVIDs: mTLS requests keep working.
+    // The restarted daemon re-adopted its Envoy and holds its SVIDs again (the identity task
+    // reconnects to the CA on its own; status reports the datapath before that).
+    wait_for_status(&lab.dir, 15, "restarted n2 holds its SVIDs again", |st| {
+        st[1]["svids"].as_array().map(Vec::len) == Some(3)
+    });
     let st = status(&lab.dir);
     assert_eq!(
         st[1]["envoy_restarts"], 0,
@@ -886,8 +923,9 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             "mTLS from n2 after the restart: {body}"
         );
     }
+}
 
-    // ---- the daemon restarts an Envoy that dies ----
+fn the_daemon_restarts_an_envoy_that_dies(lab: &Lab) {
     let envoy_pid = std::fs::read_to_string(lab.dir.join("n3/run/envoy.pid")).unwrap();
     let _ = Command::new("kill")
         .args(["-KILL", envoy_pid.trim()])
@@ -897,15 +935,15 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             && st[2]["envoy_ready"] == true
             && get_host("idd-n3-client-3", "http://10.244.1.10:8080/", "web.shop").0
     });
-
-    // Every daemon answers (only n2's was killed, and it is back).
+    // Every daemon answers.
     let st = status(&lab.dir);
     assert!(
         st.as_array().unwrap().iter().all(|n| n["error"].is_null()),
         "{st}"
     );
-    // ---- the audit fails for the right reasons, in every format ----
-    std::fs::remove_file(lab.dir.join("cluster/broken.yaml")).unwrap();
+}
+
+fn the_audit_fails_for_the_right_reasons_in_every_format(lab: &Lab) {
     sarif_validation_catches_a_broken_log(&lab.dir);
     assert_audit(&lab.dir, &[], None);
     assert_audit(
@@ -922,15 +960,25 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
     wait_for_status(&lab.dir, 15, "n1 notices its Envoy stopped", |st| {
         st[0]["envoy_ready"] == false
     });
-    assert_audit(&lab.dir, &[], Some("proxy.envoy-ready"));
+    let stopped =
+        std::panic::catch_unwind(|| assert_audit(&lab.dir, &[], Some("proxy.envoy-ready")));
     let _ = Command::new("kill").args(["-CONT", &envoy1]).status();
     wait_for_status(&lab.dir, 15, "n1's Envoy back", |st| {
         st[0]["envoy_ready"] == true
     });
-    // Key rotation (after the clean audits: the device restarts drop a few packets, which the
-    // strict-drops check rightly reports).
+    if let Err(e) = stopped {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// Key rotation (after the clean audits: the device restarts drop a few packets, which the
+/// strict-drops check rightly reports).
+fn a_wireguard_key_rotation_completes_through_the_file_source(lab: &Lab) {
     key_rotation_through_the_file_source(&lab.dir);
-    // Strict mode off on n3 (its daemon restarted with the changed config).
+}
+
+/// Strict mode off on n3 (its daemon restarted with the changed config) fails the audit.
+fn strict_mode_off_on_a_node_fails_the_audit(lab: &Lab) {
     let cfg3 = lab.dir.join("n3/node.yaml");
     std::fs::write(
         &cfg3,
@@ -947,20 +995,26 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         ])
         .status();
     std::thread::sleep(Duration::from_millis(300));
+    use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(lab.dir.join("n3/daemon-nonstrict.log")).unwrap();
-    let mut nonstrict = Command::new("nsenter")
-        .args(["--net=/run/netns/idd-n3", "--", BIN, "run", "--config"])
-        .arg(&cfg3)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    lab.adopt(
+        Command::new("nsenter")
+            .args(["--net=/run/netns/idd-n3", "--", BIN, "run", "--config"])
+            .arg(&cfg3)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
     wait_for_status(&lab.dir, 15, "n3 back without strict mode", |st| {
         st[2]["strict_mode"] == false
     });
     assert_audit(&lab.dir, &[], Some("encryption.strict-mode"));
-    // A running node whose IdentitydNode disappears: its peers drop it.
+}
+
+/// A running node whose IdentitydNode disappears: its peers drop it, and the audit says so.
+fn a_removed_identitydnode_is_dropped_by_its_peers(lab: &Lab) {
     std::fs::remove_file(lab.dir.join("cluster/identitydnode-n3.yaml")).unwrap();
     wait_for_status(&lab.dir, 15, "n1 drops peer n3", |st| {
         !st[0]["peers"]
@@ -968,8 +1022,9 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             .is_some_and(|p| p.iter().any(|x| x["name"] == "n3"))
     });
     assert_audit(&lab.dir, &[], Some("nodes.published"));
+}
 
-    // ---- down leaves nothing ----
+fn lab_down_leaves_nothing(lab: &Lab) {
     let out = Command::new(BIN)
         .args(["lab", "down", "--dir"])
         .arg(&lab.dir)
@@ -980,9 +1035,15 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `lab down` killed everything in the node namespaces, the restarted daemon included.
-    let _ = restarted.wait();
-    let _ = nonstrict.wait();
+    // `lab down` killed everything in the node namespaces, the restarted daemons included.
+    for c in lab
+        .children
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter_mut()
+    {
+        let _ = c.wait();
+    }
     let ns = String::from_utf8_lossy(
         &Command::new("ip")
             .args(["netns", "list"])
@@ -1023,4 +1084,153 @@ fn lab_up_traffic_broken_yaml_daemon_kill_and_down() {
             .any(|l| l.contains(&dir_s) && !l.contains("ps -eo")),
         "processes left:\n{ps}"
     );
+}
+
+/// One capability: its name and its check.
+type Check = (&'static str, fn(&Lab));
+
+/// The trials, in the order they run.
+const TRIALS: &[Check] = &[
+    (
+        "lab_up_leaves_no_plaintext_on_the_underlay",
+        lab_up_leaves_no_plaintext_on_the_underlay,
+    ),
+    (
+        "every_request_goes_over_mtls_with_the_callers_spiffe_id",
+        every_request_goes_over_mtls_with_the_callers_spiffe_id,
+    ),
+    (
+        "an_identity_the_authorization_policy_does_not_allow_gets_403",
+        an_identity_the_authorization_policy_does_not_allow_gets_403,
+    ),
+    (
+        "the_httproute_splits_traffic_90_10",
+        the_httproute_splits_traffic_90_10,
+    ),
+    ("node_authorization_is_enforced", |l| {
+        node_authorization_is_enforced(&l.dir)
+    }),
+    ("ingress_is_served_with_ca_issued_certificates", |l| {
+        ingress_is_served_with_ca_issued_certificates(&l.dir, &l.stdout)
+    }),
+    (
+        "plaintext_through_the_tunnel_to_a_strict_pod_is_dropped",
+        plaintext_through_the_tunnel_to_a_strict_pod_is_dropped,
+    ),
+    (
+        "observe_shows_flows_with_their_path_and_the_callers_identity",
+        observe_shows_flows_with_their_path_and_the_callers_identity,
+    ),
+    (
+        "the_live_and_static_audits_pass_on_a_healthy_lab",
+        the_live_and_static_audits_pass_on_a_healthy_lab,
+    ),
+    (
+        "every_node_is_strict_with_a_wireguard_path_to_every_peer",
+        every_node_is_strict_with_a_wireguard_path_to_every_peer,
+    ),
+    ("a_stalled_ca_delays_nothing_but_identities", |l| {
+        a_stalled_ca_delays_nothing_but_identities(&l.dir)
+    }),
+    (
+        "a_broken_yaml_file_mid_run_is_reported_and_ignored",
+        a_broken_yaml_file_mid_run_is_reported_and_ignored,
+    ),
+    (
+        "a_killed_node_daemon_leaks_nothing_and_comes_back_with_its_key",
+        a_killed_node_daemon_leaks_nothing_and_comes_back_with_its_key,
+    ),
+    (
+        "the_daemon_restarts_an_envoy_that_dies",
+        the_daemon_restarts_an_envoy_that_dies,
+    ),
+    (
+        "the_audit_fails_for_the_right_reasons_in_every_format",
+        the_audit_fails_for_the_right_reasons_in_every_format,
+    ),
+    (
+        "a_wireguard_key_rotation_completes_through_the_file_source",
+        a_wireguard_key_rotation_completes_through_the_file_source,
+    ),
+    (
+        "strict_mode_off_on_a_node_fails_the_audit",
+        strict_mode_off_on_a_node_fails_the_audit,
+    ),
+    (
+        "a_removed_identitydnode_is_dropped_by_its_peers",
+        a_removed_identitydnode_is_dropped_by_its_peers,
+    ),
+    ("lab_down_leaves_nothing", lab_down_leaves_nothing),
+];
+
+/// Brings the lab up once; `None` with the reason when it does not come up (every trial then
+/// fails with that reason).
+fn lab_up() -> Result<Lab, String> {
+    identityd_tests::require_root();
+    if Path::new("/sys/class/net/idd-fabric").exists() {
+        return Err(
+            "another lab is up (bridge idd-fabric exists): run `identityd lab down` first".into(),
+        );
+    }
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tmp.path().join("lab");
+    let out = Command::new(BIN)
+        .args(["lab", "up", "--nodes", "3", "--dir"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lab = Lab {
+        dir,
+        stdout,
+        children: Mutex::new(Vec::new()),
+        _tmp: tmp,
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "lab up failed:\n{}\n{}",
+            lab.stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(lab)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let names = || TRIALS.iter().map(|(n, _)| *n);
+    // Listing (nextest, `--list`) or a filter that selects nothing must not build a lab.
+    let selected = names().any(|n| {
+        !args.skip.iter().any(|s| n.contains(s.as_str()))
+            && args.filter.as_deref().is_none_or(
+                |f| {
+                    if args.exact { n == f } else { n.contains(f) }
+                },
+            )
+    });
+    if args.list || !selected {
+        let trials = names().map(|n| Trial::test(n, || Ok(()))).collect();
+        libtest_mimic::run(&args, trials).exit();
+    }
+    let lab = std::sync::Arc::new(lab_up());
+    let trials = TRIALS
+        .iter()
+        .map(|&(name, f)| {
+            let lab = std::sync::Arc::clone(&lab);
+            Trial::test(name, move || match lab.as_ref() {
+                Ok(l) => {
+                    f(l);
+                    Ok(())
+                }
+                Err(e) => Err(Failed::from(e)),
+            })
+        })
+        .collect();
+    let args = Arguments {
+        test_threads: Some(1),
+        ..args
+    };
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(lab);
+    conclusion.exit();
 }

@@ -29,26 +29,68 @@ use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
 use crate::model::{ClusterState, IdentitydNode, MtlsMode, Object};
 use crate::source::ClusterSource;
 
-/// Errors that stop the node daemon at start-up.
+/// Errors that stop the node daemon at start-up (and of the WireGuard device process).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
     /// A file or directory.
-    #[error("{0}")]
-    Io(String),
+    #[error("{what}: {source}")]
+    Io {
+        /// The file, directory or handler.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file written atomically (pid files).
+    #[error("{what}: {source}")]
+    Write {
+        /// The file.
+        what: String,
+        /// The write error.
+        #[source]
+        source: identityd_certs::Error,
+    },
     /// The cluster source.
     #[error("cluster source: {0}")]
-    Source(String),
-    /// The WireGuard key or device.
-    #[error("wireguard: {0}")]
-    Wireguard(String),
+    Source(#[from] crate::source::SourceError),
+    /// `podCIDR` is not configured and the store assigns none.
+    #[error("podCIDR is not configured and Node {node} has no spec.podCIDR")]
+    NoPodCidr {
+        /// The node.
+        node: String,
+    },
+    /// Publishing this node's `IdentitydNode`.
+    #[error("publishing IdentitydNode {node}: {source}")]
+    Publish {
+        /// The node.
+        node: String,
+        /// The store's refusal.
+        #[source]
+        source: crate::source::SourceError,
+    },
+    /// The WireGuard node key.
+    #[error("wireguard key: {0}")]
+    Key(#[from] identityd_wg::key::KeyError),
+    /// The WireGuard device process did not start.
+    #[error("starting the WireGuard device {binary}: {source}")]
+    Device {
+        /// The `identityd-wg` binary.
+        binary: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The classifier.
     #[error("classifier: {0}")]
-    Classifier(String),
+    Classifier(#[from] identityd_bpf::Error),
 }
 
-fn io(what: &str, e: impl std::fmt::Display) -> NodeError {
-    NodeError::Io(format!("{what}: {e}"))
+fn io(what: &str, source: std::io::Error) -> NodeError {
+    NodeError::Io {
+        what: what.to_owned(),
+        source,
+    }
 }
 
 /// The running node's shared status (read by the local API).
@@ -108,10 +150,18 @@ fn ensure_wg_process(cfg: &DaemonConfig, config_path: &Path) -> Result<u32, Node
             .stderr(log2)
             .process_group(0)
             .spawn()
-            .map_err(|e| NodeError::Wireguard(format!("starting {}: {e}", bin.display())))?
+            .map_err(|source| NodeError::Device {
+                binary: bin.clone(),
+                source,
+            })?
     };
     let pid = child.id();
-    write_atomic(&pid_file, pid.to_string().as_bytes(), 0o644).map_err(|e| io("wg.pid", e))?;
+    write_atomic(&pid_file, pid.to_string().as_bytes(), 0o644).map_err(|source| {
+        NodeError::Write {
+            what: "wg.pid".to_owned(),
+            source,
+        }
+    })?;
     tracing::info!(pid, binary = %bin.display(), "started the WireGuard device process");
     Ok(pid)
 }
@@ -729,26 +779,19 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             .map_err(|e| io(&d.display().to_string(), e))?;
     }
     let key_path = cfg.state_dir.join("wireguard.key");
-    let (key, origin) =
-        NodeKey::load_or_generate(&key_path).map_err(|e| NodeError::Wireguard(e.to_string()))?;
+    let (key, origin) = NodeKey::load_or_generate(&key_path)?;
     let public_key = key.public_key().to_string();
     drop(key);
     tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
 
-    let source = crate::source::open(&cfg.source_spec())
-        .await
-        .map_err(|e| NodeError::Source(e.to_string()))?;
+    let source = crate::source::open(&cfg.source_spec()).await?;
     if cfg.pod_cidr.is_none() {
         // clusterSource: kube without podCIDR: the Node object's spec.podCIDR.
-        cfg.pod_cidr = source
-            .node_pod_cidr(&cfg.name)
-            .await
-            .map_err(|e| NodeError::Source(e.to_string()))?;
+        cfg.pod_cidr = source.node_pod_cidr(&cfg.name).await?;
         if cfg.pod_cidr.is_none() {
-            return Err(NodeError::Source(format!(
-                "podCIDR is not configured and Node {} has no spec.podCIDR",
-                cfg.name
-            )));
+            return Err(NodeError::NoPodCidr {
+                node: cfg.name.clone(),
+            });
         }
     }
     // Publish this node.
@@ -771,7 +814,10 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             spec,
         )))
         .await
-        .map_err(|e| NodeError::Source(format!("publishing IdentitydNode {}: {e}", cfg.name)))?;
+        .map_err(|source| NodeError::Publish {
+            node: cfg.name.clone(),
+            source,
+        })?;
 
     let classifier = {
         let ccfg = ClassifierConfig {
@@ -797,7 +843,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             },
             ..ClassifierConfig::default()
         };
-        Some(Classifier::load(&ccfg).map_err(|e| NodeError::Classifier(e.to_string()))?)
+        Some(Classifier::load(&ccfg)?)
     };
     if let Some(w) = &cfg.wireguard {
         let rplan = routing::plan(&routing::RoutingConfig {

@@ -338,132 +338,205 @@ pub struct UpOptions {
     pub manifests: Option<PathBuf>,
 }
 
-/// `identityd lab up`.
+/// `identityd lab up`, as named steps: prepare, topology, cluster state, CA, node daemons,
+/// workloads, ready, sample traffic, report. Each step records what it created in `lab.json`
+/// before the next starts, so `lab down` removes a half-built lab too.
 ///
 /// # Errors
 /// Not root, a lab already up, a failed step (everything created so far is recorded for
 /// `lab down`).
 pub fn up(opts: &UpOptions) -> Result<(), LabError> {
-    if !is_root() {
-        return Err(LabError::NotRoot);
+    let mut up = Up::prepare(opts)?;
+    let r = up.topology();
+    save(up.dir, &up.st)?;
+    r?;
+    up.write_cluster_state()?;
+    if up.mtls {
+        up.start_ca()?;
     }
-    let dir = &opts.dir;
-    if dir.join("lab.json").exists() {
-        return Err(LabError::AlreadyUp(dir.display().to_string()));
-    }
-    if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
-        return Err(LabError::AlreadyUp(format!(
-            "another directory (bridge {BRIDGE} exists; find its lab.json and run `identityd lab down --dir` there)"
-        )));
-    }
-    if !(1..=9).contains(&opts.nodes) {
-        return Err(LabError::Io(format!(
-            "--nodes={}: between 1 and 9",
-            opts.nodes
-        )));
-    }
-    let started = Instant::now();
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("cluster")).map_err(|e| io_err(dir, e))?;
-    let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
-    let wg_bin = exe
-        .parent()
-        .map(|d| d.join("identityd-wg"))
-        .unwrap_or_default();
-    if !wg_bin.exists() {
-        return Err(LabError::Io(format!(
-            "{} not found: build it with `cargo build --bins` (the README's commands do)",
-            wg_bin.display()
-        )));
-    }
-    let mut st = LabState::default();
-    println!(
-        "identityd lab up: {} nodes, encryption {} (strict mode on), dir {}",
-        opts.nodes,
-        opts.encryption,
-        dir.display()
-    );
+    up.start_node_daemons()?;
+    up.start_workloads()?;
+    up.wait_ready()?;
+    let samples = up.sample_traffic()?;
+    up.report(&samples)
+}
 
-    // ---- topology ----
-    let r = build_topology(dir, opts, &mut st);
-    save(dir, &st)?;
-    let pods = r?;
+/// A lab being brought up: the options, the binaries, and what has been created so far.
+struct Up<'a> {
+    opts: &'a UpOptions,
+    dir: &'a Path,
+    exe: PathBuf,
+    exe_s: String,
+    wg_bin: PathBuf,
+    envoy: Option<PathBuf>,
+    mtls: bool,
+    st: LabState,
+    pods: Vec<LabPod>,
+    started: Instant,
+}
 
-    // ---- cluster state ----
-    let envoy = crate::daemon::mesh::lab_envoy_binary(&exe);
-    if envoy.is_none() {
-        progress(
-            "Envoy not found (.tools/bin/envoy or $IDENTITYD_ENVOY): mTLS is off in this lab; run scripts/bootstrap",
+/// What the sample traffic showed.
+struct Samples {
+    /// (client, its node, server, its node, answered, what the server saw).
+    results: Vec<(String, usize, String, usize, bool, String)>,
+    /// The status code of the request the AuthorizationPolicy refuses.
+    rbac: Option<String>,
+    /// (answered, went to v2) of the split requests.
+    split: Option<(u32, u32)>,
+    capture: PathBuf,
+    total: usize,
+    not_wg: usize,
+    marker: bool,
+    ingress: Vec<(String, bool, String)>,
+}
+
+impl<'a> Up<'a> {
+    /// Checks (root, no lab up, node count, binaries) and a fresh lab directory.
+    fn prepare(opts: &'a UpOptions) -> Result<Self, LabError> {
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let dir = opts.dir.as_path();
+        if dir.join("lab.json").exists() {
+            return Err(LabError::AlreadyUp(dir.display().to_string()));
+        }
+        if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+            return Err(LabError::AlreadyUp(format!(
+                "another directory (bridge {BRIDGE} exists; find its lab.json and run `identityd lab down --dir` there)"
+            )));
+        }
+        if !(1..=9).contains(&opts.nodes) {
+            return Err(LabError::Io(format!(
+                "--nodes={}: between 1 and 9",
+                opts.nodes
+            )));
+        }
+        let started = Instant::now();
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("cluster")).map_err(|e| io_err(dir, e))?;
+        let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
+        let wg_bin = exe
+            .parent()
+            .map(|d| d.join("identityd-wg"))
+            .unwrap_or_default();
+        if !wg_bin.exists() {
+            return Err(LabError::Io(format!(
+                "{} not found: build it with `cargo build --bins` (the README's commands do)",
+                wg_bin.display()
+            )));
+        }
+
+        let envoy = crate::daemon::mesh::lab_envoy_binary(&exe);
+        if envoy.is_none() {
+            progress(
+                "Envoy not found (.tools/bin/envoy or $IDENTITYD_ENVOY): mTLS is off in this lab; run scripts/bootstrap",
+            );
+        }
+        println!(
+            "identityd lab up: {} nodes, encryption {} (strict mode on), dir {}",
+            opts.nodes,
+            opts.encryption,
+            dir.display()
         );
+
+        Ok(Self {
+            opts,
+            dir,
+            exe_s: exe.display().to_string(),
+            exe,
+            wg_bin,
+            mtls: envoy.is_some(),
+            envoy,
+            st: LabState::default(),
+            pods: Vec::new(),
+            started,
+        })
     }
-    let mtls = envoy.is_some();
-    // One object per file, as `kubectl apply` users keep them: the controller can then write
-    // each object's status back into its own file.
-    for doc in cluster_yaml(opts.nodes, &pods, mtls).split("\n---\n") {
-        let key = crate::source::decode::decode_all(doc)
-            .into_iter()
-            .find_map(|(_, r)| r.ok().flatten())
-            .map(|o| o.key())
-            .ok_or_else(|| LabError::Io(format!("the lab's own manifest is invalid:\n{doc}")))?;
-        std::fs::write(
-            dir.join("cluster")
-                .join(crate::source::file::file_name(&key)),
-            format!("{}\n", doc.trim_end()),
-        )
-        .map_err(|e| io_err(dir, e))?;
+
+    /// The bridge, node and pod namespaces.
+    fn topology(&mut self) -> Result<(), LabError> {
+        self.pods = build_topology(self.dir, self.opts, &mut self.st)?;
+        Ok(())
     }
-    if let Some(m) = &opts.manifests {
-        let entries = std::fs::read_dir(m).map_err(|e| io_err(m, e))?;
-        for e in entries.filter_map(Result::ok) {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                let to = dir
-                    .join("cluster")
-                    .join(format!("user-{}", e.file_name().to_string_lossy()));
-                std::fs::copy(&p, &to).map_err(|e| io_err(&p, e))?;
+
+    /// The cluster's YAML, one object per file, plus the user's manifests.
+    fn write_cluster_state(&mut self) -> Result<(), LabError> {
+        let (dir, opts, mtls) = (self.dir, self.opts, self.mtls);
+        // ---- cluster state ----
+        // One object per file, as `kubectl apply` users keep them: the controller can then write
+        // each object's status back into its own file.
+        for doc in cluster_yaml(opts.nodes, &self.pods, mtls).split("\n---\n") {
+            let key = crate::source::decode::decode_all(doc)
+                .into_iter()
+                .find_map(|(_, r)| r.ok().flatten())
+                .map(|o| o.key())
+                .ok_or_else(|| {
+                    LabError::Io(format!("the lab's own manifest is invalid:\n{doc}"))
+                })?;
+            std::fs::write(
+                dir.join("cluster")
+                    .join(crate::source::file::file_name(&key)),
+                format!("{}\n", doc.trim_end()),
+            )
+            .map_err(|e| io_err(dir, e))?;
+        }
+        if let Some(m) = &opts.manifests {
+            let entries = std::fs::read_dir(m).map_err(|e| io_err(m, e))?;
+            for e in entries.filter_map(Result::ok) {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                    let to = dir
+                        .join("cluster")
+                        .join(format!("user-{}", e.file_name().to_string_lossy()));
+                    std::fs::copy(&p, &to).map_err(|e| io_err(&p, e))?;
+                }
             }
         }
-    }
-    progress(&format!(
-        "wrote the cluster ({} pods, 2 namespaces, a Service) to {}/cluster",
-        pods.len(),
-        dir.display()
-    ));
+        progress(&format!(
+            "wrote the cluster ({} self.pods, 2 namespaces, a Service) to {}/cluster",
+            self.pods.len(),
+            dir.display()
+        ));
 
-    // ---- the CA role (root namespace, on the bridge address) and one join token per node ----
-    let exe_s = exe.display().to_string();
-    if mtls {
-        let now = std::time::SystemTime::now();
-        let td = identityd_certs::TrustDomain::new("cluster.local")
-            .map_err(|e| LabError::Io(e.to_string()))?;
-        identityd_certs::Ca::load_or_init(
-            &dir.join("ca"),
-            td,
-            identityd_certs::CaOptions::default(),
-            now,
-        )
-        .map_err(|e| LabError::Io(e.to_string()))?;
-        for i in 1..=opts.nodes {
-            let state = dir.join(format!("n{i}/state"));
-            {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&state)
-                    .map_err(|e| io_err(&state, e))?;
-            }
-            identityd_certs::service::tokens::mint_to_file(
+        Ok(())
+    }
+
+    /// The CA role (root namespace, on the bridge address) and one join token per node.
+    fn start_ca(&mut self) -> Result<(), LabError> {
+        let (dir, opts, exe) = (self.dir, self.opts, &self.exe);
+        // ---- the CA role (root namespace, on the bridge address) and one join token per node ----
+        {
+            let now = std::time::SystemTime::now();
+            let td = identityd_certs::TrustDomain::new("cluster.local")
+                .map_err(|e| LabError::Io(e.to_string()))?;
+            identityd_certs::Ca::load_or_init(
                 &dir.join("ca"),
-                &format!("n{i}"),
-                &state.join("join-token"),
-                identityd_certs::service::tokens::DEFAULT_TOKEN_TTL,
+                td,
+                identityd_certs::CaOptions::default(),
                 now,
             )
             .map_err(|e| LabError::Io(e.to_string()))?;
-        }
-        let ca_cfg = dir.join("ca.yaml");
-        std::fs::write(
+            for i in 1..=opts.nodes {
+                let state = dir.join(format!("n{i}/state"));
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&state)
+                        .map_err(|e| io_err(&state, e))?;
+                }
+                identityd_certs::service::tokens::mint_to_file(
+                    &dir.join("ca"),
+                    &format!("n{i}"),
+                    &state.join("join-token"),
+                    identityd_certs::service::tokens::DEFAULT_TOKEN_TTL,
+                    now,
+                )
+                .map_err(|e| LabError::Io(e.to_string()))?;
+            }
+            let ca_cfg = dir.join("ca.yaml");
+            std::fs::write(
             &ca_cfg,
             format!(
                 "role: ca\nname: ca\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\ncaDir: {}\nlisten: {CA_LISTEN}\n",
@@ -474,373 +547,436 @@ pub fn up(opts: &UpOptions) -> Result<(), LabError> {
             ),
         )
         .map_err(|e| io_err(&ca_cfg, e))?;
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::File::create(dir.join("ca.log")).map_err(|e| io_err(dir, e))?;
-        let log2 = log.try_clone().map_err(|e| io_err(dir, e))?;
-        let child = Command::new(&exe)
-            .args(["run", "--config"])
-            .arg(&ca_cfg)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| LabError::Command {
-                cmd: "identityd run (ca)".into(),
-                reason: e.to_string(),
-            })?;
-        st.pids.push(child.id());
-        save(dir, &st)?;
+            use std::os::unix::process::CommandExt;
+            let log = std::fs::File::create(dir.join("ca.log")).map_err(|e| io_err(dir, e))?;
+            let log2 = log.try_clone().map_err(|e| io_err(dir, e))?;
+            let child = Command::new(exe)
+                .args(["run", "--config"])
+                .arg(&ca_cfg)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0)
+                .spawn()
+                .map_err(|e| LabError::Command {
+                    cmd: "identityd run (ca)".into(),
+                    reason: e.to_string(),
+                })?;
+            self.st.pids.push(child.id());
+            save(dir, &self.st)?;
+            progress(&format!(
+                "started the CA role on {CA_LISTEN} (the only holder of the CA key; log: {}/ca.log); minted one join token per node",
+                dir.display()
+            ));
+        }
+
+        Ok(())
+    }
+
+    /// One node daemon per node namespace.
+    fn start_node_daemons(&mut self) -> Result<(), LabError> {
+        let (dir, opts, exe_s, wg_bin, envoy) =
+            (self.dir, self.opts, &self.exe_s, &self.wg_bin, &self.envoy);
+        // ---- daemons and workloads ----
+        for i in 1..=opts.nodes {
+            let node_dir = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir).map_err(|e| io_err(&node_dir, e))?;
+            let cfg = node_dir.join("node.yaml");
+            std::fs::write(
+                &cfg,
+                node_config(
+                    dir,
+                    i,
+                    opts.nodes,
+                    true,
+                    &opts.encryption,
+                    wg_bin,
+                    envoy.as_deref(),
+                ),
+            )
+            .map_err(|e| io_err(&cfg, e))?;
+            let pid = spawn_in_netns_only(
+                &format!("idd-n{i}"),
+                &node_dir.join("daemon.log"),
+                &[exe_s, "run", "--config", &cfg.display().to_string()],
+            )?;
+            self.st.pids.push(pid);
+            self.st.wg_interfaces.push(format!("idd{i}"));
+            self.st.bpf_pins.push(format!("/sys/fs/bpf/identityd/n{i}"));
+            self.st.nodes.push((format!("n{i}"), node_dir.join("run")));
+            save(dir, &self.st)?;
+        }
         progress(&format!(
-            "started the CA role on {CA_LISTEN} (the only holder of the CA key; log: {}/ca.log); minted one join token per node",
+            "started {} node daemons (logs: {}/n*/daemon.log)",
+            opts.nodes,
             dir.display()
         ));
+
+        Ok(())
     }
 
-    // ---- daemons and workloads ----
-    for i in 1..=opts.nodes {
-        let node_dir = dir.join(format!("n{i}"));
-        std::fs::create_dir_all(&node_dir).map_err(|e| io_err(&node_dir, e))?;
-        let cfg = node_dir.join("node.yaml");
-        std::fs::write(
-            &cfg,
-            node_config(
-                dir,
-                i,
-                opts.nodes,
-                true,
-                &opts.encryption,
-                &wg_bin,
-                envoy.as_deref(),
-            ),
-        )
-        .map_err(|e| io_err(&cfg, e))?;
-        let pid = spawn_in_netns_only(
-            &format!("idd-n{i}"),
-            &node_dir.join("daemon.log"),
-            &[&exe_s, "run", "--config", &cfg.display().to_string()],
-        )?;
-        st.pids.push(pid);
-        st.wg_interfaces.push(format!("idd{i}"));
-        st.bpf_pins.push(format!("/sys/fs/bpf/identityd/n{i}"));
-        st.nodes.push((format!("n{i}"), node_dir.join("run")));
-        save(dir, &st)?;
-    }
-    progress(&format!(
-        "started {} node daemons (logs: {}/n*/daemon.log)",
-        opts.nodes,
-        dir.display()
-    ));
-    for p in &pods {
-        let log = dir
-            .join(format!("n{}", p.node))
-            .join(format!("{}.log", p.name));
-        let listen = format!("0.0.0.0:{WORKLOAD_PORT}");
-        let pid = spawn_in(
-            &p.netns(),
-            &log,
-            &[
-                &exe_s, "lab", "workload", "--name", &p.name, "--listen", &listen,
-            ],
-        )?;
-        st.pids.push(pid);
-    }
-    save(dir, &st)?;
-    progress(&format!("started {} workloads", pods.len()));
+    /// A workload server in every pod.
+    fn start_workloads(&mut self) -> Result<(), LabError> {
+        let (dir, exe_s) = (self.dir, &self.exe_s);
+        for p in &self.pods {
+            let log = dir
+                .join(format!("n{}", p.node))
+                .join(format!("{}.log", p.name));
+            let listen = format!("0.0.0.0:{WORKLOAD_PORT}");
+            let pid = spawn_in(
+                &p.netns(),
+                &log,
+                &[
+                    exe_s, "lab", "workload", "--name", &p.name, "--listen", &listen,
+                ],
+            )?;
+            self.st.pids.push(pid);
+        }
+        save(dir, &self.st)?;
+        progress(&format!("started {} workloads", self.pods.len()));
 
-    // ---- ready: every node sees every other with a handshake ----
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Traffic makes WireGuard handshake: ping each remote pod from each node's first pod.
-    loop {
-        let mut missing = Vec::new();
-        for (name, run) in &st.nodes {
-            match api::fetch(&run.join("api.sock")) {
-                Ok(s) => {
-                    if s.peers.len() + 1 < opts.nodes {
-                        missing.push(format!("{name} knows {} peers", s.peers.len()));
-                    }
-                    if mtls && s.svids.len() < 2 {
-                        missing.push(format!("{name} holds {} SVIDs", s.svids.len()));
-                    }
-                    if mtls
-                        && (s.xds.is_empty()
-                            || s.xds
-                                .iter()
-                                .any(|x| x.contains("NACK") || x.contains("acked -")))
-                    {
-                        missing.push(format!("{name} Envoy not configured yet: {:?}", s.xds));
-                    }
-                    for p in &s.peers {
-                        if p.handshake_age_secs.is_none() {
-                            missing.push(format!("{name}→{} no handshake", p.name));
+        Ok(())
+    }
+
+    /// Every node sees every other with a handshake, holds its SVIDs and has Envoy configured.
+    fn wait_ready(&mut self) -> Result<(), LabError> {
+        let (opts, mtls, started) = (self.opts, self.mtls, self.started);
+        // ---- ready: every node sees every other with a handshake ----
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Traffic makes WireGuard handshake: ping each remote pod from each node's first pod.
+        loop {
+            let mut missing = Vec::new();
+            for (name, run) in &self.st.nodes {
+                match api::fetch(&run.join("api.sock")) {
+                    Ok(s) => {
+                        if s.peers.len() + 1 < opts.nodes {
+                            missing.push(format!("{name} knows {} peers", s.peers.len()));
+                        }
+                        if mtls && s.svids.len() < 2 {
+                            missing.push(format!("{name} holds {} SVIDs", s.svids.len()));
+                        }
+                        if mtls
+                            && (s.xds.is_empty()
+                                || s.xds
+                                    .iter()
+                                    .any(|x| x.contains("NACK") || x.contains("acked -")))
+                        {
+                            missing.push(format!("{name} Envoy not configured yet: {:?}", s.xds));
+                        }
+                        for p in &s.peers {
+                            if p.handshake_age_secs.is_none() {
+                                missing.push(format!("{name}→{} no handshake", p.name));
+                            }
                         }
                     }
+                    Err(e) => missing.push(format!("{name}: {e}")),
                 }
-                Err(e) => missing.push(format!("{name}: {e}")),
             }
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::NotReady {
+                    secs: 60,
+                    what: missing.join("; "),
+                });
+            }
+            // Ping only once every node has every peer in its device: before that, strict mode
+            // rightly drops the packet (and the drop would show in `identityd audit`).
+            let all_peers = !missing
+                .iter()
+                .any(|m| m.contains(" peers") || m.contains(": "));
+            for a in self.pods.iter().filter(|p| all_peers && p.app == "client") {
+                for b in self
+                    .pods
+                    .iter()
+                    .filter(|p| p.node != a.node && p.app == "web")
+                {
+                    let _ = Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            &a.netns(),
+                            "ping",
+                            "-c",
+                            "1",
+                            "-W",
+                            "1",
+                            &b.ip,
+                        ])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
-        if missing.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(LabError::NotReady {
-                secs: 60,
-                what: missing.join("; "),
-            });
-        }
-        // Ping only once every node has every peer in its device: before that, strict mode
-        // rightly drops the packet (and the drop would show in `identityd audit`).
-        let all_peers = !missing
-            .iter()
-            .any(|m| m.contains(" peers") || m.contains(": "));
-        for a in pods.iter().filter(|p| all_peers && p.app == "client") {
-            for b in pods.iter().filter(|p| p.node != a.node && p.app == "web") {
-                let _ = Command::new("ip")
+        progress(&format!(
+            "ready in {:.1}s: every node pair has a WireGuard handshake",
+            started.elapsed().as_secs_f64()
+        ));
+
+        Ok(())
+    }
+
+    /// Requests between pods with an underlay capture, the authorization and split checks,
+    /// then ingress from the host.
+    fn sample_traffic(&mut self) -> Result<Samples, LabError> {
+        let (dir, opts, mtls, exe_s) = (self.dir, self.opts, self.mtls, &self.exe_s);
+        // ---- sample traffic with an underlay capture ----
+        let capture = dir.join("underlay.pcap");
+        let mut tcpdump = Command::new("tcpdump")
+            .args(["-i", BRIDGE, "-U", "-s", "0", "-w"])
+            .arg(&capture)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| LabError::Command {
+                cmd: "tcpdump".into(),
+                reason: e.to_string(),
+            })?;
+        std::thread::sleep(Duration::from_millis(700));
+        let mut results = Vec::new();
+        for a in self.pods.iter().filter(|p| p.app == "client") {
+            for b in self.pods.iter().filter(|p| p.app == "web") {
+                let url = format!("http://{}:{WORKLOAD_PORT}/hello", b.ip);
+                let out = Command::new("ip")
                     .args([
                         "netns",
                         "exec",
                         &a.netns(),
-                        "ping",
-                        "-c",
-                        "1",
-                        "-W",
-                        "1",
-                        &b.ip,
+                        exe_s,
+                        "lab",
+                        "get",
+                        &url,
+                        "--payload",
+                        PAYLOAD_MARKER,
                     ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                    .args(if mtls {
+                        &["--host", "web.shop"][..]
+                    } else {
+                        &[][..]
+                    })
+                    .output();
+                let (ok, line) = match out {
+                    Ok(o) if o.status.success() => {
+                        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                        let first = text.lines().next().unwrap_or("").to_owned();
+                        let answered = first
+                            .split_whitespace()
+                            .find(|w| w.starts_with("pod="))
+                            .unwrap_or("")
+                            .to_owned();
+                        let caller = text
+                            .lines()
+                            .find(|l| {
+                                l.trim_start()
+                                    .to_ascii_lowercase()
+                                    .starts_with("x-forwarded-client-cert")
+                            })
+                            .and_then(|l| l.split(';').find_map(|kv| kv.strip_prefix("URI=")))
+                            .map_or("plain HTTP (no client identity)".to_owned(), |u| {
+                                format!("server saw caller {u}")
+                            });
+                        (true, format!("{answered}  {caller}"))
+                    }
+                    Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+                    Err(e) => (false, e.to_string()),
+                };
+                results.push((a.name.clone(), a.node, b.name.clone(), b.node, ok, line));
             }
         }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    progress(&format!(
-        "ready in {:.1}s: every node pair has a WireGuard handshake",
-        started.elapsed().as_secs_f64()
-    ));
-
-    // ---- sample traffic with an underlay capture ----
-    let capture = dir.join("underlay.pcap");
-    let mut tcpdump = Command::new("tcpdump")
-        .args(["-i", BRIDGE, "-U", "-s", "0", "-w"])
-        .arg(&capture)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| LabError::Command {
-            cmd: "tcpdump".into(),
-            reason: e.to_string(),
-        })?;
-    std::thread::sleep(Duration::from_millis(700));
-    let mut results = Vec::new();
-    for a in pods.iter().filter(|p| p.app == "client") {
-        for b in pods.iter().filter(|p| p.app == "web") {
-            let url = format!("http://{}:{WORKLOAD_PORT}/hello", b.ip);
+        // Authorization: a web pod (service account shop/web) is not allowed to call web.
+        let rbac = if mtls {
+            let from = self
+                .pods
+                .iter()
+                .find(|p| p.app == "web" && p.node == 1)
+                .map(LabPod::netns)
+                .unwrap_or_default();
+            let to = self
+                .pods
+                .iter()
+                .find(|p| p.app == "web" && p.node != 1)
+                .map(|p| p.ip.clone())
+                .unwrap_or_default();
             let out = Command::new("ip")
                 .args([
                     "netns",
                     "exec",
-                    &a.netns(),
-                    &exe_s,
-                    "lab",
-                    "get",
-                    &url,
-                    "--payload",
-                    PAYLOAD_MARKER,
-                ])
-                .args(if mtls {
-                    &["--host", "web.shop"][..]
-                } else {
-                    &[][..]
-                })
-                .output();
-            let (ok, line) = match out {
-                Ok(o) if o.status.success() => {
-                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-                    let first = text.lines().next().unwrap_or("").to_owned();
-                    let answered = first
-                        .split_whitespace()
-                        .find(|w| w.starts_with("pod="))
-                        .unwrap_or("")
-                        .to_owned();
-                    let caller = text
-                        .lines()
-                        .find(|l| {
-                            l.trim_start()
-                                .to_ascii_lowercase()
-                                .starts_with("x-forwarded-client-cert")
-                        })
-                        .and_then(|l| l.split(';').find_map(|kv| kv.strip_prefix("URI=")))
-                        .map_or("plain HTTP (no client identity)".to_owned(), |u| {
-                            format!("server saw caller {u}")
-                        });
-                    (true, format!("{answered}  {caller}"))
-                }
-                Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-                Err(e) => (false, e.to_string()),
-            };
-            results.push((a.name.clone(), a.node, b.name.clone(), b.node, ok, line));
-        }
-    }
-    // Authorization: a web pod (service account shop/web) is not allowed to call web.
-    let rbac = if mtls {
-        let from = pods
-            .iter()
-            .find(|p| p.app == "web" && p.node == 1)
-            .map(LabPod::netns)
-            .unwrap_or_default();
-        let to = pods
-            .iter()
-            .find(|p| p.app == "web" && p.node != 1)
-            .map(|p| p.ip.clone())
-            .unwrap_or_default();
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &from,
-                &exe_s,
-                "lab",
-                "get",
-                &format!("http://{to}:{WORKLOAD_PORT}/"),
-                "--host",
-                "web.shop",
-            ])
-            .output();
-        let status = out.map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        });
-        Some(status.unwrap_or_default())
-    } else {
-        None
-    };
-    // Traffic splitting: the HTTPRoute on Service web sends 90/10 to web-v1/web-v2.
-    let split = if mtls && opts.nodes >= 2 {
-        let from = pods
-            .iter()
-            .find(|p| p.app == "client" && p.node == 1)
-            .map(LabPod::netns)
-            .unwrap_or_default();
-        let to = pods
-            .iter()
-            .find(|p| p.app == "web" && p.node != 1)
-            .map(|p| p.ip.clone())
-            .unwrap_or_default();
-        let v2 = format!("pod=web-{}", opts.nodes);
-        let (mut ok, mut to_v2) = (0u32, 0u32);
-        for _ in 0..100 {
-            if let Ok(o) = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
                     &from,
-                    &exe_s,
+                    exe_s,
                     "lab",
                     "get",
                     &format!("http://{to}:{WORKLOAD_PORT}/"),
                     "--host",
                     "web.shop",
                 ])
-                .output()
-                && o.status.success()
-            {
-                ok += 1;
-                if String::from_utf8_lossy(&o.stdout).contains(&v2) {
-                    to_v2 += 1;
+                .output();
+            let status = out.map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            });
+            Some(status.unwrap_or_default())
+        } else {
+            None
+        };
+        // Traffic splitting: the HTTPRoute on Service web sends 90/10 to web-v1/web-v2.
+        let split = if mtls && opts.nodes >= 2 {
+            let from = self
+                .pods
+                .iter()
+                .find(|p| p.app == "client" && p.node == 1)
+                .map(LabPod::netns)
+                .unwrap_or_default();
+            let to = self
+                .pods
+                .iter()
+                .find(|p| p.app == "web" && p.node != 1)
+                .map(|p| p.ip.clone())
+                .unwrap_or_default();
+            let v2 = format!("pod=web-{}", opts.nodes);
+            let (mut ok, mut to_v2) = (0u32, 0u32);
+            for _ in 0..100 {
+                if let Ok(o) = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &from,
+                        exe_s,
+                        "lab",
+                        "get",
+                        &format!("http://{to}:{WORKLOAD_PORT}/"),
+                        "--host",
+                        "web.shop",
+                    ])
+                    .output()
+                    && o.status.success()
+                {
+                    ok += 1;
+                    if String::from_utf8_lossy(&o.stdout).contains(&v2) {
+                        to_v2 += 1;
+                    }
                 }
             }
-        }
-        Some((ok, to_v2))
-    } else {
-        None
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill")
-        .args(["-INT", &tcpdump.id().to_string()])
-        .status();
-    let _ = tcpdump.wait();
-    let (total, not_wg, marker) = inspect_capture(&capture);
-    // Ingress from outside the cluster (the root namespace dials node addresses), after the
-    // capture: this traffic arrives over the underlay by design (TLS or plaintext ingress).
-    let ingress = if mtls {
-        ingress_samples(&exe_s, dir, opts.nodes)
-    } else {
-        Vec::new()
-    };
-
-    // ---- report ----
-    if mtls {
-        println!(
-            "\nsample requests (client pod dials a web pod with Host web.shop; the node's Envoy sends it over mTLS):"
-        );
-    } else {
-        println!("\nsample requests (client pod → web pod, HTTP with a marker payload):");
-    }
-    for (a, an, b, bn, ok, line) in &results {
-        let path = if an == bn {
-            "same node"
+            Some((ok, to_v2))
         } else {
-            "across nodes"
+            None
         };
-        println!(
-            "  {a:<10} (n{an}) → {b:<8} (n{bn})  {path:<12}  {}  {line}",
-            if *ok { "OK  " } else { "FAIL" }
-        );
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = Command::new("kill")
+            .args(["-INT", &tcpdump.id().to_string()])
+            .status();
+        let _ = tcpdump.wait();
+        let (total, not_wg, marker) = inspect_capture(&capture);
+        // Ingress from outside the cluster (the root namespace dials node addresses), after the
+        // capture: this traffic arrives over the underlay by design (TLS or plaintext ingress).
+        let ingress = if mtls {
+            ingress_samples(exe_s, dir, opts.nodes)
+        } else {
+            Vec::new()
+        };
+
+        Ok(Samples {
+            results,
+            rbac,
+            split,
+            capture,
+            total,
+            not_wg,
+            marker,
+            ingress,
+        })
     }
-    println!(
-        "\nunderlay capture ({}): {total} packets, {not_wg} neither WireGuard (UDP/51871) nor TLS to the CA, marker found in clear: {}",
-        capture.display(),
-        if marker { "YES" } else { "no" }
-    );
-    println!();
-    for (_, run) in &st.nodes {
-        if let Ok(s) = api::fetch(&run.join("api.sock")) {
-            print!("{}", api::render(&s));
+
+    /// The report, and an error when anything failed.
+    fn report(&self, s: &Samples) -> Result<(), LabError> {
+        let (dir, opts, mtls, exe_s, started) =
+            (self.dir, self.opts, self.mtls, &self.exe_s, self.started);
+        let Samples {
+            results,
+            rbac,
+            split,
+            capture,
+            total,
+            not_wg,
+            marker,
+            ingress,
+        } = s;
+        let (split, not_wg, marker, total) = (*split, *not_wg, *marker, *total);
+        // ---- report ----
+        if mtls {
+            println!(
+                "\nsample requests (client pod dials a web pod with Host web.shop; the node's Envoy sends it over mTLS):"
+            );
+        } else {
+            println!("\nsample requests (client pod → web pod, HTTP with a marker payload):");
         }
-    }
-    println!(
-        "\nexplore:  identityd lab status --dir {d}\n          ip netns exec idd-n1 wg show idd1\n          ip netns exec idd-n1-client-1 {exe_s} lab get http://10.244.2.10:{WORKLOAD_PORT}/ --host web.shop\n          ip netns exec idd-n1 {exe_s} lab get http://127.0.0.1:9962/metrics\n\
+        for (a, an, b, bn, ok, line) in results {
+            let path = if an == bn {
+                "same node"
+            } else {
+                "across nodes"
+            };
+            println!(
+                "  {a:<10} (n{an}) → {b:<8} (n{bn})  {path:<12}  {}  {line}",
+                if *ok { "OK  " } else { "FAIL" }
+            );
+        }
+        println!(
+            "\nunderlay capture ({}): {total} packets, {not_wg} neither WireGuard (UDP/51871) nor TLS to the CA, marker found in clear: {}",
+            capture.display(),
+            if marker { "YES" } else { "no" }
+        );
+        println!();
+        for (_, run) in &self.st.nodes {
+            if let Ok(s) = api::fetch(&run.join("api.sock")) {
+                print!("{}", api::render(&s));
+            }
+        }
+        println!(
+            "\nexplore:  identityd lab status --dir {d}\n          ip netns exec idd-n1 wg show idd1\n          ip netns exec idd-n1-client-1 {exe_s} lab get http://10.244.2.10:{WORKLOAD_PORT}/ --host web.shop\n          ip netns exec idd-n1 {exe_s} lab get http://127.0.0.1:9962/metrics\n\
          tear down: identityd lab down --dir {d}",
-        d = dir.display()
-    );
-    if let Some((ok, to_v2)) = split {
-        println!(
-            "traffic split: HTTPRoute shop/web-split (web-v1 90 / web-v2 10) → of {ok} requests from client-1, {} went to v1 and {to_v2} to v2 (web-{})",
-            ok - to_v2,
-            opts.nodes
+            d = dir.display()
         );
-    }
-    if !ingress.is_empty() {
-        println!(
-            "\ningress (from the host to node addresses; TLS verified against the lab's bundle):"
-        );
-        for (what, ok, line) in &ingress {
-            println!("  {what:<58} {}  {line}", if *ok { "OK  " } else { "FAIL" });
+        if let Some((ok, to_v2)) = split {
+            println!(
+                "traffic split: HTTPRoute shop/web-split (web-v1 90 / web-v2 10) → of {ok} requests from client-1, {} went to v1 and {to_v2} to v2 (web-{})",
+                ok - to_v2,
+                opts.nodes
+            );
         }
-    }
-    if let Some(code) = &rbac {
-        println!(
-            "authorization: web-1 (spiffe://cluster.local/ns/shop/sa/web) → web.shop: HTTP {code} \
+        if !ingress.is_empty() {
+            println!(
+                "\ningress (from the host to node addresses; TLS verified against the lab's bundle):"
+            );
+            for (what, ok, line) in ingress {
+                println!("  {what:<58} {}  {line}", if *ok { "OK  " } else { "FAIL" });
+            }
+        }
+        if let Some(code) = &rbac {
+            println!(
+                "authorization: web-1 (spiffe://cluster.local/ns/shop/sa/web) → web.shop: HTTP {code} \
              (AuthorizationPolicy shop/web-callers allows only front/client)"
-        );
+            );
+        }
+        let failed = results.iter().filter(|r| !r.4).count()
+            + ingress.iter().filter(|r| !r.1).count()
+            + split.map_or(0, |(ok, _)| 100 - ok as usize)
+            + usize::from(rbac.as_deref().is_some_and(|c| c != "403"));
+        if failed > 0 || not_wg > 0 || marker {
+            return Err(LabError::NotReady {
+                secs: started.elapsed().as_secs(),
+                what: format!(
+                    "{failed} failed requests, {not_wg} non-WireGuard packets on the underlay, marker in clear: {marker}"
+                ),
+            });
+        }
+        Ok(())
     }
-    let failed = results.iter().filter(|r| !r.4).count()
-        + ingress.iter().filter(|r| !r.1).count()
-        + split.map_or(0, |(ok, _)| 100 - ok as usize)
-        + usize::from(rbac.as_deref().is_some_and(|c| c != "403"));
-    if failed > 0 || not_wg > 0 || marker {
-        return Err(LabError::NotReady {
-            secs: started.elapsed().as_secs(),
-            what: format!(
-                "{failed} failed requests, {not_wg} non-WireGuard packets on the underlay, marker in clear: {marker}"
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Requests through the ingress listeners of every node: the Gateway's HTTPS listener (CA-issued

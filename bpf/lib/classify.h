@@ -45,6 +45,14 @@ struct {
 	__type(value, struct idd_path_stats);
 } idd_path_stats SEC(".maps");
 
+/* Ifindexes of this node's tunnel interfaces (0: unused slot), set by the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IDD_TUNNELS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} idd_tunnels SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -58,6 +66,9 @@ struct idd_pkt {
 	__u16 dport;
 	__u8 protocol;
 	__u8 family;
+	/* TCP: SYN without ACK (a new connection), or a packet whose TCP header is not
+	 * visible (a later fragment, IPv6 extension headers), which is judged like one. */
+	__u8 tcp_open;
 };
 
 static __always_inline void idd_map_v4(struct idd_addr *a, __be32 v4)
@@ -76,6 +87,9 @@ static __always_inline void idd_ports(void *l4, void *end, __u8 proto, struct id
 		if ((void *)(th + 1) <= end) {
 			p->sport = bpf_ntohs(th->source);
 			p->dport = bpf_ntohs(th->dest);
+			p->tcp_open = th->syn && !th->ack;
+		} else {
+			p->tcp_open = 1;
 		}
 	} else if (proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
@@ -108,6 +122,8 @@ static __always_inline int idd_parse(struct __sk_buff *skb, struct idd_pkt *p)
 		/* Only the first fragment carries ports. */
 		if (!(ip->frag_off & bpf_htons(0x1fff)))
 			idd_ports((void *)ip + ip->ihl * 4, end, ip->protocol, p);
+		else if (ip->protocol == IPPROTO_TCP)
+			p->tcp_open = 1;
 		return 0;
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -122,6 +138,10 @@ static __always_inline int idd_parse(struct __sk_buff *skb, struct idd_pkt *p)
 		p->protocol = ip6->nexthdr;
 		p->family = 6;
 		idd_ports(ip6 + 1, end, ip6->nexthdr, p);
+		/* A TCP header behind extension headers is not looked for: judged as new. */
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP &&
+		    ip6->nexthdr != IPPROTO_ICMPV6)
+			p->tcp_open = 1;
 		return 0;
 	}
 	return -1;
@@ -266,6 +286,67 @@ out:
 	idd_account(path, skb->len);
 	idd_emit(skb, &p, path, reason, node_id);
 	return path == IDD_PATH_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+pass:
+	idd_account(IDD_PATH_PASS, skb->len);
+	return TC_ACT_OK;
+}
+
+/* Whether `ifindex` is one of this node's tunnel interfaces. */
+static __always_inline int idd_from_tunnel(__u32 ifindex)
+{
+	__u32 i;
+
+	if (!ifindex)
+		return 0;
+#pragma unroll
+	for (i = 0; i < IDD_TUNNELS_MAX; i++) {
+		__u32 k = i;
+		__u32 *t = bpf_map_lookup_elem(&idd_tunnels, &k);
+
+		if (t && *t == ifindex)
+			return 1;
+	}
+	return 0;
+}
+
+/* Ingress strict, on the pod-facing veth's egress (packets going into a local pod):
+ * - encryption: a packet whose source lies in a remote node's pod CIDR is accepted only
+ *   if it came out of a tunnel (or was made on this node, e.g. by its Envoy's transparent
+ *   outbound listener); from the underlay it is dropped (`IDD_DROP_NOT_ENCRYPTED`);
+ * - mTLS: a new TCP connection into a pod of a strict namespace is accepted only when the
+ *   node's Envoy made it (`IDD_MARK_FROM_PROXY`, set with SO_MARK, which takes
+ *   CAP_NET_ADMIN); anything else is dropped (`IDD_DROP_NOT_MTLS`).
+ * Replies to connections the pod opened, UDP, ICMP and other protocols pass the mTLS rule. */
+static __always_inline int idd_guard_pod(struct __sk_buff *skb)
+{
+	struct idd_pkt p = {};
+	struct idd_route *src;
+	struct idd_workload *dw;
+	__u32 reason = IDD_DROP_NONE, node_id = 0;
+
+	if (idd_parse(skb, &p) < 0)
+		goto pass;
+	if (!IDD_STRICT)
+		goto pass;
+	src = idd_route_of(&p.saddr);
+	if (src && src->kind != IDD_ROUTE_LOCAL && src->kind != IDD_ROUTE_PLAINTEXT &&
+	    skb->ingress_ifindex && !idd_from_tunnel(skb->ingress_ifindex)) {
+		node_id = src->node_id;
+		reason = IDD_DROP_NOT_ENCRYPTED;
+		goto drop;
+	}
+	if (p.protocol != IPPROTO_TCP || !p.tcp_open)
+		goto pass;
+	dw = bpf_map_lookup_elem(&idd_workloads, &p.daddr);
+	if (!dw || dw->mtls_mode != IDD_MTLS_STRICT)
+		goto pass;
+	if ((skb->mark & IDD_MARK_MASK) == IDD_MARK_FROM_PROXY)
+		goto pass;
+	reason = IDD_DROP_NOT_MTLS;
+drop:
+	idd_account(IDD_PATH_DROP, skb->len);
+	idd_emit(skb, &p, IDD_PATH_DROP, reason, node_id);
+	return TC_ACT_SHOT;
 pass:
 	idd_account(IDD_PATH_PASS, skb->len);
 	return TC_ACT_OK;

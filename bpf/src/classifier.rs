@@ -27,7 +27,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
@@ -35,8 +35,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::net::{Cidr, mapped, unmapped};
 use crate::types::{
-    self, IddAddr, IddFlowEvent, IddPathStats, IddRoute, IddWorkload, SK_BUFF_MARK_OFFSET,
-    SK_BUFF_SIZE,
+    self, IddAddr, IddFlowEvent, IddPathStats, IddRoute, IddWorkload,
+    SK_BUFF_INGRESS_IFINDEX_OFFSET, SK_BUFF_MARK_OFFSET, SK_BUFF_SIZE,
 };
 use crate::{Direction, Error};
 
@@ -46,16 +46,21 @@ pub static CLASSIFIER_OBJ: &[u8] =
 
 const OBJECT: &str = "classifier";
 const PROG: &str = "idd_classifier";
+/// Ingress strict: the program on the pod veths' egress (packets into the pod).
+const TO_POD: &str = "idd_to_pod";
+const TUNNELS: &str = "idd_tunnels";
 const ROUTES: &str = "idd_routes";
 const WORKLOADS: &str = "idd_workloads";
 const STATS: &str = "idd_path_stats";
 const EVENTS: &str = "idd_flow_events";
-const PINNED_MAPS: [&str; 4] = [ROUTES, WORKLOADS, STATS, EVENTS];
+const PINNED_MAPS: [&str; 5] = [ROUTES, WORKLOADS, STATS, EVENTS, TUNNELS];
 
 /// Default capacity of the route trie (`idd_routes`).
 pub const DEFAULT_MAX_ROUTES: u32 = 65_536;
 /// The default parent of pin directories: `/sys/fs/bpf/identityd`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/identityd";
+/// How many tunnel interfaces [`Classifier::set_tunnels`] takes.
+pub const TUNNELS_MAX: usize = types::IDD_TUNNELS_MAX as usize;
 /// Bumped whenever a pinned map's layout changes, so a new daemon never adopts a map of
 /// another layout: pins live under `<pin dir>/v<PIN_LAYOUT_VERSION>/`.
 pub const PIN_LAYOUT_VERSION: u32 = 1;
@@ -257,6 +262,11 @@ pub enum DropReason {
     NoPath,
     /// Strict mode: the route says plaintext.
     PlaintextRoute,
+    /// Ingress strict: from a remote pod CIDR but not out of a tunnel (`ingress-not-encrypted`).
+    NotEncrypted,
+    /// Ingress strict: a new TCP connection into a strict pod not made by the node's Envoy
+    /// (`ingress-not-mtls`).
+    NotMtls,
     /// A reason this loader does not know (a newer program).
     Other(u8),
 }
@@ -326,6 +336,8 @@ impl FlowEvent {
             types::IDD_DROP_NONE => None,
             types::IDD_DROP_NO_PATH => Some(DropReason::NoPath),
             types::IDD_DROP_PLAINTEXT_ROUTE => Some(DropReason::PlaintextRoute),
+            types::IDD_DROP_NOT_ENCRYPTED => Some(DropReason::NotEncrypted),
+            types::IDD_DROP_NOT_MTLS => Some(DropReason::NotMtls),
             other => Some(DropReason::Other(other)),
         };
         Some(Self {
@@ -471,7 +483,7 @@ enum Attachment {
 pub struct Classifier {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
-    attachments: HashMap<(String, Direction), Attachment>,
+    attachments: HashMap<(String, Direction, &'static str), Attachment>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> Error {
@@ -526,16 +538,18 @@ impl Classifier {
             object: OBJECT,
             source: Box::new(e),
         })?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG)
-            .ok_or(Error::Missing {
-                object: OBJECT,
-                what: "program",
-                name: PROG,
-            })?
-            .try_into()
-            .map_err(prog_err("typing program", ""))?;
-        prog.load().map_err(prog_err("loading program", ""))?;
+        for name in [PROG, TO_POD] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::Missing {
+                    object: OBJECT,
+                    what: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(prog_err("typing program", ""))?;
+            prog.load().map_err(prog_err("loading program", ""))?;
+        }
         let mut c = Self {
             ebpf,
             pin_dir: pin_maps,
@@ -553,25 +567,29 @@ impl Classifier {
         Ok(c)
     }
 
-    fn prog(&self) -> Result<&SchedClassifier, Error> {
+    fn prog_named(&self, name: &'static str) -> Result<&SchedClassifier, Error> {
         self.ebpf
-            .program(PROG)
+            .program(name)
             .ok_or(Error::Missing {
                 object: OBJECT,
                 what: "program",
-                name: PROG,
+                name,
             })?
             .try_into()
             .map_err(prog_err("typing program", ""))
     }
 
-    fn prog_mut(&mut self) -> Result<&mut SchedClassifier, Error> {
+    fn prog(&self) -> Result<&SchedClassifier, Error> {
+        self.prog_named(PROG)
+    }
+
+    fn prog_mut_named(&mut self, name: &'static str) -> Result<&mut SchedClassifier, Error> {
         self.ebpf
-            .program_mut(PROG)
+            .program_mut(name)
             .ok_or(Error::Missing {
                 object: OBJECT,
                 what: "program",
-                name: PROG,
+                name,
             })?
             .try_into()
             .map_err(prog_err("typing program", ""))
@@ -593,11 +611,10 @@ impl Classifier {
         })
     }
 
-    fn link_pin(&self, iface: &str, ifindex: u32, dir: Direction) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|d| {
-            d.join("links")
-                .join(format!("{iface}-{ifindex}-{}", dir.name()))
-        })
+    fn link_pin(&self, iface: &str, ifindex: u32, tag: &str) -> Option<PathBuf> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(format!("{iface}-{ifindex}-{tag}")))
     }
 
     /// Attaches to `iface` (in the calling thread's network namespace) on `dir`. Idempotent:
@@ -608,14 +625,41 @@ impl Classifier {
     /// # Errors
     /// When the interface does not exist or the kernel refuses the attachment.
     pub fn attach(&mut self, iface: &str, dir: Direction) -> Result<(), Error> {
-        let key = (iface.to_owned(), dir);
+        self.attach_prog(iface, dir, PROG)
+    }
+
+    /// Attaches ingress strict (`idd_to_pod`) to the egress of the pod-facing veth `iface`:
+    /// packets going into the pod. Idempotent and re-adopting like [`Classifier::attach`].
+    ///
+    /// # Errors
+    /// As [`Classifier::attach`].
+    pub fn attach_to_pod(&mut self, iface: &str) -> Result<(), Error> {
+        self.attach_prog(iface, Direction::Egress, TO_POD)
+    }
+
+    /// Removes ingress strict from `iface` (see [`Classifier::attach_to_pod`]).
+    ///
+    /// # Errors
+    /// As [`Classifier::detach`].
+    pub fn detach_to_pod(&mut self, iface: &str) -> Result<(), Error> {
+        self.detach_prog(iface, Direction::Egress, TO_POD)
+    }
+
+    fn attach_prog(
+        &mut self,
+        iface: &str,
+        dir: Direction,
+        prog_name: &'static str,
+    ) -> Result<(), Error> {
+        let tag = pin_tag(dir, prog_name);
+        let key = (iface.to_owned(), dir, prog_name);
         if self.attachments.contains_key(&key) {
             return Ok(());
         }
         let ifindex = crate::pin::ifindex(iface)?;
-        let Some(pin) = self.link_pin(iface, ifindex, dir) else {
+        let Some(pin) = self.link_pin(iface, ifindex, &tag) else {
             let id = self
-                .prog_mut()?
+                .prog_mut_named(prog_name)?
                 .attach_with_options(
                     iface,
                     dir.into(),
@@ -625,8 +669,8 @@ impl Classifier {
             self.attachments.insert(key, Attachment::Owned(id));
             return Ok(());
         };
-        remove_stale_link_pins(&pin, iface, ifindex, dir)?;
-        let prog = self.prog_mut()?;
+        remove_stale_link_pins(&pin, iface, ifindex, &tag)?;
+        let prog = self.prog_mut_named(prog_name)?;
         let id = match PinnedLink::from_pin(&pin) {
             Ok(old) => {
                 let link =
@@ -686,9 +730,19 @@ impl Classifier {
     /// # Errors
     /// When the kernel refuses the detachment or a pin cannot be removed.
     pub fn detach(&mut self, iface: &str, dir: Direction) -> Result<(), Error> {
-        match self.attachments.remove(&(iface.to_owned(), dir)) {
+        self.detach_prog(iface, dir, PROG)
+    }
+
+    fn detach_prog(
+        &mut self,
+        iface: &str,
+        dir: Direction,
+        prog_name: &'static str,
+    ) -> Result<(), Error> {
+        let tag = pin_tag(dir, prog_name);
+        match self.attachments.remove(&(iface.to_owned(), dir, prog_name)) {
             Some(Attachment::Owned(id)) => {
-                self.prog_mut()?
+                self.prog_mut_named(prog_name)?
                     .detach(id)
                     .map_err(prog_err("detaching", iface))?;
             }
@@ -698,7 +752,7 @@ impl Classifier {
             }
             None => {
                 if let Ok(ifindex) = crate::pin::ifindex(iface)
-                    && let Some(pin) = self.link_pin(iface, ifindex, dir)
+                    && let Some(pin) = self.link_pin(iface, ifindex, &tag)
                     && pin.exists()
                 {
                     crate::pin::remove_file(&pin)?;
@@ -841,6 +895,46 @@ impl Classifier {
         }
     }
 
+    /// Sets the interfaces packets out of a tunnel arrive on (WireGuard, IPsec): ingress
+    /// strict accepts remote pods' packets only from these. At most [`TUNNELS_MAX`].
+    ///
+    /// # Errors
+    /// When there are more than [`TUNNELS_MAX`] or the map refuses the update.
+    pub fn set_tunnels(&mut self, ifindexes: &[u32]) -> Result<(), Error> {
+        if ifindexes.len() > TUNNELS_MAX {
+            return Err(Error::Map {
+                map: TUNNELS,
+                source: Box::new(MapError::OutOfBounds {
+                    index: u32::try_from(ifindexes.len()).unwrap_or(u32::MAX),
+                    max_entries: types::IDD_TUNNELS_MAX,
+                }),
+            });
+        }
+        let mut a: Array<_, u32> =
+            Array::try_from(self.map_mut(TUNNELS)?).map_err(map_err(TUNNELS))?;
+        for i in 0..types::IDD_TUNNELS_MAX {
+            let v = ifindexes.get(i as usize).copied().unwrap_or(0);
+            a.set(i, v, 0).map_err(map_err(TUNNELS))?;
+        }
+        Ok(())
+    }
+
+    /// The tunnel interfaces set with [`Classifier::set_tunnels`] (non-zero slots).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn tunnels(&self) -> Result<Vec<u32>, Error> {
+        let a: Array<_, u32> = Array::try_from(self.map_ref(TUNNELS)?).map_err(map_err(TUNNELS))?;
+        let mut out = Vec::new();
+        for i in 0..types::IDD_TUNNELS_MAX {
+            let v = a.get(&i, 0).map_err(map_err(TUNNELS))?;
+            if v != 0 {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
     /// Packets and bytes per path, summed over CPUs.
     ///
     /// # Errors
@@ -882,8 +976,35 @@ impl Classifier {
     /// # Errors
     /// When the kernel refuses the test run (too short a packet, no `CAP_BPF`).
     pub fn test_run(&self, packet: &[u8], mark: u32, repeat: u32) -> Result<TestRunOutcome, Error> {
+        self.test_run_prog(PROG, packet, mark, 0, repeat)
+    }
+
+    /// [`Classifier::test_run`] for ingress strict (`idd_to_pod`), with the interface the
+    /// packet arrived on (`skb->ingress_ifindex`; 0: made on this node).
+    ///
+    /// # Errors
+    /// As [`Classifier::test_run`].
+    pub fn test_run_to_pod(
+        &self,
+        packet: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+    ) -> Result<TestRunOutcome, Error> {
+        self.test_run_prog(TO_POD, packet, mark, ingress_ifindex, 1)
+    }
+
+    fn test_run_prog(
+        &self,
+        prog_name: &'static str,
+        packet: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, Error> {
         let mut ctx_in = [0u8; SK_BUFF_SIZE];
         ctx_in[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        ctx_in[SK_BUFF_INGRESS_IFINDEX_OFFSET..SK_BUFF_INGRESS_IFINDEX_OFFSET + 4]
+            .copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let mut ctx_out = [0u8; SK_BUFF_SIZE];
         let mut data_out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
@@ -895,7 +1016,7 @@ impl Classifier {
             ..TestRunOptions::default()
         };
         let r = self
-            .prog()?
+            .prog_named(prog_name)?
             .test_run(opts)
             .map_err(prog_err("BPF_PROG_TEST_RUN", ""))?;
         let mut m = [0u8; 4];
@@ -928,19 +1049,24 @@ impl Classifier {
 
 /// Removes pins of links to an earlier interface of the same name (deleted and re-created:
 /// another ifindex), whose links the kernel has already detached.
-fn remove_stale_link_pins(
-    pin: &FsPath,
-    iface: &str,
-    ifindex: u32,
-    dir: Direction,
-) -> Result<(), Error> {
+/// The suffix of a link pin: the direction for the classifier (`…-ingress`), `to-pod` for
+/// ingress strict.
+fn pin_tag(dir: Direction, prog_name: &str) -> String {
+    if prog_name == TO_POD {
+        "to-pod".to_owned()
+    } else {
+        dir.name().to_owned()
+    }
+}
+
+fn remove_stale_link_pins(pin: &FsPath, iface: &str, ifindex: u32, tag: &str) -> Result<(), Error> {
     let Some(links) = pin.parent() else {
         return Ok(());
     };
     let Ok(entries) = std::fs::read_dir(links) else {
         return Ok(());
     };
-    let (prefix, suffix) = (format!("{iface}-"), format!("-{}", dir.name()));
+    let (prefix, suffix) = (format!("{iface}-"), format!("-{tag}"));
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let stale = name

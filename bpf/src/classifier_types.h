@@ -13,6 +13,12 @@
 #define IDD_MARK_IPSEC 0x0d00
 #define IDD_MARK_PROXY 0x0c00
 #define IDD_MARK_PLAINTEXT 0x0b00
+/* Set (SO_MARK) by the node's Envoy on its connections to local pods after mTLS
+ * termination: the only source of new TCP connections a strict pod accepts. */
+#define IDD_MARK_FROM_PROXY 0x0a00
+
+/* Entries of the `idd_tunnels` array: ifindexes packets out of a tunnel arrive on. */
+#define IDD_TUNNELS_MAX 4
 
 /* What a pod CIDR in the `idd_routes` trie leads to (`struct idd_route.kind`). */
 #define IDD_ROUTE_UNAVAILABLE 0 /* a pod CIDR with no usable path (yet) */
@@ -34,6 +40,8 @@
 #define IDD_DROP_NONE 0
 #define IDD_DROP_NO_PATH 1	   /* strict: remote pod CIDR without an encrypted path */
 #define IDD_DROP_PLAINTEXT_ROUTE 2 /* strict: the route says plaintext */
+#define IDD_DROP_NOT_ENCRYPTED 3   /* ingress strict: from a remote pod CIDR, not out of a tunnel */
+#define IDD_DROP_NOT_MTLS 4	   /* ingress strict: new TCP into a strict pod not from the node's Envoy */
 
 /* Workload mTLS modes (`struct idd_workload.mtls_mode`). */
 #define IDD_MTLS_DISABLED 0

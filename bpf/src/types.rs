@@ -32,6 +32,10 @@ pub const IDD_MARK_IPSEC: u32 = 0x0d00;
 pub const IDD_MARK_PROXY: u32 = 0x0c00;
 /// `IDD_MARK_PLAINTEXT`.
 pub const IDD_MARK_PLAINTEXT: u32 = 0x0b00;
+/// `IDD_MARK_FROM_PROXY`: set (SO_MARK) by the node's Envoy on connections to local pods.
+pub const IDD_MARK_FROM_PROXY: u32 = 0x0a00;
+/// `IDD_TUNNELS_MAX`: slots of the `idd_tunnels` array.
+pub const IDD_TUNNELS_MAX: u32 = 4;
 
 /// `IDD_ROUTE_*`: what a pod CIDR leads to.
 pub const IDD_ROUTE_UNAVAILABLE: u32 = 0;
@@ -65,6 +69,10 @@ pub const IDD_DROP_NONE: u8 = 0;
 pub const IDD_DROP_NO_PATH: u8 = 1;
 /// `IDD_DROP_PLAINTEXT_ROUTE`.
 pub const IDD_DROP_PLAINTEXT_ROUTE: u8 = 2;
+/// `IDD_DROP_NOT_ENCRYPTED`.
+pub const IDD_DROP_NOT_ENCRYPTED: u8 = 3;
+/// `IDD_DROP_NOT_MTLS`.
+pub const IDD_DROP_NOT_MTLS: u8 = 4;
 
 /// `IDD_MTLS_DISABLED`.
 pub const IDD_MTLS_DISABLED: u32 = 0;
@@ -166,6 +174,8 @@ pub struct IddFlowEvent {
 pub const SK_BUFF_SIZE: usize = 192;
 /// `offsetof(struct __sk_buff, mark)`.
 pub const SK_BUFF_MARK_OFFSET: usize = 8;
+/// `offsetof(struct __sk_buff, ingress_ifindex)`.
+pub const SK_BUFF_INGRESS_IFINDEX_OFFSET: usize = 36;
 
 // SAFETY (all impls below): each type is `repr(C)`, has only integer (array) fields and no
 // implicit padding (checked by the layout test), so every bit pattern is a valid value, as
@@ -275,6 +285,8 @@ pub fn constants() -> Vec<(&'static str, u64)> {
         ("IDD_MARK_IPSEC", IDD_MARK_IPSEC.into()),
         ("IDD_MARK_PROXY", IDD_MARK_PROXY.into()),
         ("IDD_MARK_PLAINTEXT", IDD_MARK_PLAINTEXT.into()),
+        ("IDD_MARK_FROM_PROXY", IDD_MARK_FROM_PROXY.into()),
+        ("IDD_TUNNELS_MAX", IDD_TUNNELS_MAX.into()),
         ("IDD_ROUTE_UNAVAILABLE", IDD_ROUTE_UNAVAILABLE.into()),
         ("IDD_ROUTE_LOCAL", IDD_ROUTE_LOCAL.into()),
         ("IDD_ROUTE_WIREGUARD", IDD_ROUTE_WIREGUARD.into()),
@@ -290,6 +302,8 @@ pub fn constants() -> Vec<(&'static str, u64)> {
         ("IDD_DROP_NONE", IDD_DROP_NONE.into()),
         ("IDD_DROP_NO_PATH", IDD_DROP_NO_PATH.into()),
         ("IDD_DROP_PLAINTEXT_ROUTE", IDD_DROP_PLAINTEXT_ROUTE.into()),
+        ("IDD_DROP_NOT_ENCRYPTED", IDD_DROP_NOT_ENCRYPTED.into()),
+        ("IDD_DROP_NOT_MTLS", IDD_DROP_NOT_MTLS.into()),
         ("IDD_MTLS_DISABLED", IDD_MTLS_DISABLED.into()),
         ("IDD_MTLS_PERMISSIVE", IDD_MTLS_PERMISSIVE.into()),
         ("IDD_MTLS_STRICT", IDD_MTLS_STRICT.into()),

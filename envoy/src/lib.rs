@@ -37,3 +37,7 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Inbound mTLS listener.
 pub const INBOUND_MTLS_PORT: u16 = 15008;
+/// `SO_MARK` of the node's Envoy on its connections to local pods (after mTLS termination):
+/// the classifier's ingress strict accepts new TCP into strict pods only with this mark. Equal
+/// to the bpf crate's `IDD_MARK_FROM_PROXY` (checked by a test in the daemon, which knows both).
+pub const FROM_PROXY_MARK: u32 = 0x0a00;

@@ -23,9 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, DataSource, Locality,
-    SocketAddress, TransportSocket, TypedExtensionConfig, address, config_source, data_source,
-    socket_address, transport_socket,
+    Address, AggregatedConfigSource, ApiVersion, BindConfig, CidrRange, ConfigSource, DataSource,
+    Locality, SocketAddress, SocketOption, TransportSocket, TypedExtensionConfig, address,
+    config_source, data_source, socket_address, socket_option, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -242,6 +242,34 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Cluster {
             }],
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// Connections to a local pod carry [`crate::FROM_PROXY_MARK`] (`SO_MARK`, set before bind),
+/// so the pod's ingress strict knows they come from this Envoy after mTLS termination.
+fn from_proxy_bind(pod: IpAddr) -> BindConfig {
+    let any = if pod.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    let Some(address::Address::SocketAddress(source)) = socket(SocketAddr::new(any, 0)).address
+    else {
+        unreachable!("socket() builds a socket address")
+    };
+    BindConfig {
+        source_address: Some(source),
+        socket_options: vec![SocketOption {
+            description: "SO_MARK: from the node's Envoy (ingress strict)".to_owned(),
+            level: 1, // SOL_SOCKET
+            name: 36, // SO_MARK
+            state: socket_option::SocketState::StatePrebind as i32,
+            value: Some(socket_option::Value::IntValue(i64::from(
+                crate::FROM_PROXY_MARK,
+            ))),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -528,6 +556,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
         for (port, services) in ports {
             let cluster = inbound_cluster(w, port);
             let mut c = static_cluster(&cluster, SocketAddr::new(w.ip, port));
+            c.upstream_bind_config = Some(from_proxy_bind(w.ip));
             l7::same_protocol_as_client(&mut c);
             snap.insert(type_url::CLUSTER, cluster.clone(), pack_any(c));
             let policies: Vec<&AuthzPolicy> = mesh

@@ -184,6 +184,26 @@ pub fn live(
         "strict mode is on on every node",
         "nodes without strict mode",
     ));
+    let unguarded: Vec<String> = ok
+        .iter()
+        .filter(|s| !s.ingress_strict_in_place)
+        .map(|s| {
+            format!(
+                "{}: {}",
+                s.node,
+                s.ingress_strict_problem
+                    .as_deref()
+                    .unwrap_or("the daemon does not report ingress strict")
+            )
+        })
+        .collect();
+    out.push(finding(
+        "encryption.ingress-strict",
+        Severity::Error,
+        unguarded,
+        "every node guards its pods: remote pods' packets only out of the tunnel, new TCP into strict pods only from its Envoy",
+        "nodes whose pods are not guarded by ingress strict",
+    ));
     let count = |s: &NodeStatus, path: &str| {
         s.counters
             .iter()
@@ -195,7 +215,7 @@ pub fn live(
         .filter(|s| count(s, "drop") > 0)
         .map(|s| {
             format!(
-                "{}: {} packets dropped (no encrypted path)",
+                "{}: {} packets dropped by strict mode",
                 s.node,
                 count(s, "drop")
             )
@@ -856,6 +876,7 @@ mod tests {
         NodeStatus {
             node: node.into(),
             strict_mode: true,
+            ingress_strict_in_place: true,
             peers: peers
                 .iter()
                 .map(|(n, h)| PeerStatus {
@@ -910,6 +931,8 @@ mod tests {
         bad1.svids = vec![("spiffe://cluster.local/ns/shop/sa/web".into(), 30)];
         bad1.xds = vec!["Cluster v3 NACK: bad".into()];
         bad1.counters = vec![("drop".into(), (4, 400))];
+        bad1.ingress_strict_in_place = false;
+        bad1.ingress_strict_problem = Some("not attached to p-web-1".into());
         let f = live(
             &[Ok(bad1), Err("n2: connection refused".into())],
             &st,
@@ -925,6 +948,7 @@ mod tests {
             "encryption.node-pairs",
             "encryption.strict-mode",
             "encryption.strict-drops",
+            "encryption.ingress-strict",
             "identity.svid-expiry",
             "xds.nacks",
         ] {

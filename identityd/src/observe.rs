@@ -76,6 +76,8 @@ pub fn resolve(node: &str, e: &FlowEvent, state: &ClusterState, trust_domain: &s
         drop_reason: e.drop_reason.map(|r| match r {
             DropReason::NoPath => "no encrypted path (strict mode)".to_owned(),
             DropReason::PlaintextRoute => "plaintext route (strict mode)".to_owned(),
+            DropReason::NotEncrypted => "ingress-not-encrypted".to_owned(),
+            DropReason::NotMtls => "ingress-not-mtls".to_owned(),
             DropReason::Other(n) => format!("reason {n}"),
         }),
         len: e.len,

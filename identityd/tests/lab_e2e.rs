@@ -788,6 +788,11 @@ fn every_node_is_strict_with_a_wireguard_path_to_every_peer(lab: &Lab) {
         for p in n["peers"].as_array().unwrap() {
             assert_eq!(p["path"], "wireguard", "{n}");
         }
+        assert_eq!(
+            n["ingress_strict_in_place"], true,
+            "ingress strict guards every pod of {}: {}",
+            n["node"], n["ingress_strict_problem"]
+        );
         let components = n["components"].as_array().unwrap();
         assert!(
             components.iter().all(|c| c["ok"] == true),
@@ -971,6 +976,136 @@ fn the_audit_fails_for_the_right_reasons_in_every_format(lab: &Lab) {
     }
 }
 
+/// The underlay bypass, tried as an attacker on the node network would (the root namespace
+/// is on the lab's bridge): with a route to n2's pod CIDR, its packets reach n2's pods (ICMP
+/// answers), but no TCP connection into a strict pod is accepted (so a forged XFCC header
+/// never reaches the workload), and a packet spoofing a remote pod's source address reaches
+/// no pod at all; both drops are counted with their reason and the audit reports them.
+fn an_underlay_host_reaches_no_strict_pod_and_no_spoofed_pod_source_gets_in(lab: &Lab) {
+    struct Undo(Vec<Vec<&'static str>>);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            for args in &self.0 {
+                let _ = Command::new("ip").args(args).status();
+            }
+        }
+    }
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["route", "add", "10.244.2.0/24", "via", "10.99.0.12"]);
+    let _undo = Undo(vec![
+        vec!["route", "del", "10.244.2.0/24", "via", "10.99.0.12"],
+        vec!["addr", "del", "10.244.1.77/32", "dev", "idd-fabric"],
+    ]);
+    let ping = |from: Option<&str>, to: &str| {
+        let mut args = vec!["-c", "1", "-W", "2"];
+        if let Some(f) = from {
+            args.extend(["-I", f]);
+        }
+        args.push(to);
+        Command::new("ping")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    // The attack's packets arrive: the strict pod answers ICMP from the underlay host.
+    assert!(
+        ping(None, "10.244.2.10"),
+        "the underlay host reaches web-2 (10.244.2.10) through the route it added"
+    );
+    // TCP with a forged caller identity. Without the defence (namespace shop switched to
+    // permissive, which accepts plaintext by design) the workload answers and sees the forged
+    // XFCC as if it were the caller's; strict again, the same request is never answered.
+    let forged = || {
+        let out = Command::new("timeout")
+            .args([
+                "4",
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/10.244.2.10/8080 && printf 'GET / HTTP/1.0\\r\\nHost: web.shop\\r\\n\
+                 x-forwarded-client-cert: By=spiffe://cluster.local/ns/shop/sa/web;URI=spiffe://cluster.local/ns/front/sa/client\\r\\n\\r\\n' >&3 && cat <&3",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ns_file = lab.dir.join("cluster/namespace-shop.yaml");
+    let strict_ns = std::fs::read_to_string(&ns_file).unwrap();
+    assert!(
+        strict_ns.contains("identityd.io/mtls: strict"),
+        "{strict_ns}"
+    );
+    std::fs::write(
+        &ns_file,
+        strict_ns.replace("mtls: strict", "mtls: permissive"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut answer = forged();
+    while !answer.contains("HTTP/") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        answer = forged();
+    }
+    std::fs::write(&ns_file, &strict_ns).unwrap();
+    assert!(
+        answer.contains("HTTP/")
+            && answer.contains("URI=spiffe://cluster.local/ns/front/sa/client"),
+        "without ingress strict (permissive), the forged identity reaches the workload:\n{answer}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut answer = forged();
+    while answer.contains("HTTP/") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        answer = forged();
+    }
+    assert!(
+        !answer.contains("HTTP/"),
+        "plaintext TCP from the underlay into a strict pod must not be accepted: {answer}"
+    );
+    // A packet spoofing a remote pod's source (n1's pod CIDR) from the underlay: reaches no
+    // pod, not even one of a WireGuard-only path (ICMP).
+    ip(&["addr", "add", "10.244.1.77/32", "dev", "idd-fabric"]);
+    assert!(
+        !ping(Some("10.244.1.77"), "10.244.2.11"),
+        "a packet from the underlay with a remote pod's source address must not reach client-2"
+    );
+    // Counted, with their reasons, on n2.
+    let out = Command::new(BIN)
+        .args(["observe", "--json", "--dir"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    let flows = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains("ingress-not-mtls") && l.contains("10.244.2.10")),
+        "the refused TCP is a flow event with reason ingress-not-mtls:\n{}",
+        flows.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains("ingress-not-encrypted") && l.contains("10.244.1.77")),
+        "the spoofed packet is a flow event with reason ingress-not-encrypted:\n{}",
+        flows.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+    );
+    assert_audit(
+        &lab.dir,
+        &["--fail-on", "warning"],
+        Some("encryption.strict-drops"),
+    );
+}
+
 /// Key rotation (after the clean audits: the device restarts drop a few packets, which the
 /// strict-drops check rightly reports).
 fn a_wireguard_key_rotation_completes_through_the_file_source(lab: &Lab) {
@@ -1147,6 +1282,10 @@ const TRIALS: &[Check] = &[
     (
         "the_audit_fails_for_the_right_reasons_in_every_format",
         the_audit_fails_for_the_right_reasons_in_every_format,
+    ),
+    (
+        "an_underlay_host_reaches_no_strict_pod_and_no_spoofed_pod_source_gets_in",
+        an_underlay_host_reaches_no_strict_pod_and_no_spoofed_pod_source_gets_in,
     ),
     (
         "a_wireguard_key_rotation_completes_through_the_file_source",

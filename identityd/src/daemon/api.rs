@@ -88,6 +88,13 @@ pub struct NodeStatus {
     /// Each task's health.
     #[serde(default)]
     pub components: Vec<ComponentStatus>,
+    /// Ingress strict guards every pod veth (read back from the maps and attachments; absent
+    /// from older daemons, which counts as not in place).
+    #[serde(default)]
+    pub ingress_strict_in_place: bool,
+    /// Why it is not.
+    #[serde(default)]
+    pub ingress_strict_problem: Option<String>,
 }
 
 /// Serves `status` on `path` until the task is aborted.

@@ -730,6 +730,14 @@ mod tests {
     }
 
     #[test]
+    fn envoy_marks_its_connections_to_pods_with_the_mark_ingress_strict_admits() {
+        assert_eq!(
+            identityd_envoy::FROM_PROXY_MARK,
+            identityd_bpf::types::IDD_MARK_FROM_PROXY
+        );
+    }
+
+    #[test]
     fn mesh_plan_from_the_lab_cluster() {
         let st = state();
         let td = TrustDomain::new("cluster.local").unwrap();

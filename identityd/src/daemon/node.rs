@@ -286,12 +286,31 @@ impl Datapath {
         if let Some(c) = self.classifier.as_mut() {
             for iface in pod_interfaces(&cfg.pod_interface_prefix) {
                 if !self.attached.contains(&iface) {
-                    match c.attach(&iface, Direction::Ingress) {
+                    // Both directions: the path classifier on packets leaving the pod, ingress
+                    // strict on packets going into it.
+                    match c
+                        .attach(&iface, Direction::Ingress)
+                        .and_then(|()| c.attach_to_pod(&iface))
+                    {
                         Ok(()) => {
-                            tracing::info!(iface, "classifier attached");
+                            tracing::info!(iface, "classifier and ingress strict attached");
                             self.attached.push(iface);
                         }
                         Err(e) => errors.push(format!("attach {iface}: {e}")),
+                    }
+                }
+            }
+            // The tunnel packets from remote pods must arrive on (ingress strict).
+            let tunnels: Vec<u32> = cfg
+                .wireguard
+                .iter()
+                .filter_map(|w| identityd_bpf::pin::ifindex(&w.interface).ok())
+                .collect();
+            match c.tunnels() {
+                Ok(t) if t == tunnels => {}
+                _ => {
+                    if let Err(e) = c.set_tunnels(&tunnels) {
+                        errors.push(format!("tunnel interfaces {tunnels:?}: {e}"));
                     }
                 }
             }
@@ -456,6 +475,8 @@ pub struct DatapathReport {
     pub errors: Vec<String>,
     /// Version of the cluster state the plan came from.
     pub cluster_version: u64,
+    /// Why ingress strict is not in place on every pod veth (`None`: it is).
+    pub ingress_strict_problem: Option<String>,
 }
 
 fn classifier_counters(dp: &Datapath) -> Vec<(String, (u64, u64))> {
@@ -522,7 +543,9 @@ impl DatapathTask {
         {
             self.tunnel_addr_done = ensure_tunnel_address(&w.interface, addr);
         }
+        let ingress_strict_problem = ingress_strict_problem(&cfg, &self.dp);
         DatapathReport {
+            ingress_strict_problem,
             plan: Some(Arc::new(p)),
             public_key: self.public_key.clone(),
             attached: self.dp.attached.clone(),
@@ -551,6 +574,33 @@ impl DatapathTask {
         }
         // Pinned classifier links and the device process stay: no gap until the next start.
     }
+}
+
+/// Whether ingress strict guards every pod veth of this node, read back from the machine:
+/// strict mode on, the program attached to every pod interface, and the tunnel interfaces
+/// known to it. `None` when it is in place, else why not.
+fn ingress_strict_problem(cfg: &DaemonConfig, dp: &Datapath) -> Option<String> {
+    if !cfg.encryption.strict_mode {
+        return Some("strict mode is off".to_owned());
+    }
+    let Some(c) = dp.classifier.as_ref() else {
+        return Some("no classifier".to_owned());
+    };
+    let missing: Vec<String> = pod_interfaces(&cfg.pod_interface_prefix)
+        .into_iter()
+        .filter(|i| !dp.attached.contains(i))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!("not attached to {}", missing.join(", ")));
+    }
+    if cfg.wireguard.is_some() {
+        match c.tunnels() {
+            Ok(t) if !t.is_empty() => {}
+            Ok(_) => return Some("the WireGuard interface is not known to it yet".to_owned()),
+            Err(e) => return Some(format!("reading the tunnel map: {e}")),
+        }
+    }
+    None
 }
 
 /// Seconds until each root of `bundle_pem` expires.
@@ -606,6 +656,8 @@ fn build_status(
         cluster_version: i.dp.cluster_version,
         counters: i.dp.counters.clone(),
         classifier_interfaces: i.dp.attached.clone(),
+        ingress_strict_in_place: i.dp.plan.is_some() && i.dp.ingress_strict_problem.is_none(),
+        ingress_strict_problem: i.dp.ingress_strict_problem.clone(),
         ..NodeStatus::default()
     };
     if let Some(p) = &i.dp.plan {

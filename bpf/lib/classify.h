@@ -45,6 +45,14 @@ struct {
 	__type(value, struct idd_path_stats);
 } idd_path_stats SEC(".maps");
 
+/* Ports of local strict pods that the node's own processes may open TCP to (probes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct idd_probe);
+	__type(value, __u32);
+} idd_probe_ports SEC(".maps");
+
 /* Ifindexes of this node's tunnel interfaces (0: unused slot), set by the daemon. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -315,7 +323,8 @@ static __always_inline int idd_from_tunnel(__u32 ifindex)
  *   outbound listener); from the underlay it is dropped (`IDD_DROP_NOT_ENCRYPTED`);
  * - mTLS: a new TCP connection into a pod of a strict namespace is accepted only when the
  *   node's Envoy made it (`IDD_MARK_FROM_PROXY`, set with SO_MARK, which takes
- *   CAP_NET_ADMIN); anything else is dropped (`IDD_DROP_NOT_MTLS`).
+ *   CAP_NET_ADMIN), or by a process of this node to a port the pod's probes use
+ *   (`idd_probe_ports`, allowNodeProbes); anything else is dropped (`IDD_DROP_NOT_MTLS`).
  * Replies to connections the pod opened, UDP, ICMP and other protocols pass the mTLS rule. */
 static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 {
@@ -342,6 +351,14 @@ static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 		goto pass;
 	if ((skb->mark & IDD_MARK_MASK) == IDD_MARK_FROM_PROXY)
 		goto pass;
+	if (!skb->ingress_ifindex) {
+		/* Made on this node: only to a port the pod's probes use (the kubelet). */
+		struct idd_probe k = { .port = p.dport };
+
+		__builtin_memcpy(k.addr, p.daddr.addr, 16);
+		if (bpf_map_lookup_elem(&idd_probe_ports, &k))
+			goto pass;
+	}
 	reason = IDD_DROP_NOT_MTLS;
 drop:
 	idd_account(IDD_PATH_DROP, skb->len);

@@ -35,7 +35,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::net::{Cidr, mapped, unmapped};
 use crate::types::{
-    self, IddAddr, IddFlowEvent, IddPathStats, IddRoute, IddWorkload,
+    self, IddAddr, IddFlowEvent, IddPathStats, IddProbe, IddRoute, IddWorkload,
     SK_BUFF_INGRESS_IFINDEX_OFFSET, SK_BUFF_MARK_OFFSET, SK_BUFF_SIZE,
 };
 use crate::{Direction, Error};
@@ -49,11 +49,12 @@ const PROG: &str = "idd_classifier";
 /// Ingress strict: the program on the pod veths' egress (packets into the pod).
 const TO_POD: &str = "idd_to_pod";
 const TUNNELS: &str = "idd_tunnels";
+const PROBES: &str = "idd_probe_ports";
 const ROUTES: &str = "idd_routes";
 const WORKLOADS: &str = "idd_workloads";
 const STATS: &str = "idd_path_stats";
 const EVENTS: &str = "idd_flow_events";
-const PINNED_MAPS: [&str; 5] = [ROUTES, WORKLOADS, STATS, EVENTS, TUNNELS];
+const PINNED_MAPS: [&str; 6] = [ROUTES, WORKLOADS, STATS, EVENTS, TUNNELS, PROBES];
 
 /// Default capacity of the route trie (`idd_routes`).
 pub const DEFAULT_MAX_ROUTES: u32 = 65_536;
@@ -917,6 +918,57 @@ impl Classifier {
             a.set(i, v, 0).map_err(map_err(TUNNELS))?;
         }
         Ok(())
+    }
+
+    /// Lets this node's own processes (the kubelet's probes) open TCP connections to `port`
+    /// of the local pod at `addr` through ingress strict.
+    ///
+    /// # Errors
+    /// When the map refuses it (full).
+    pub fn set_probe_port(&mut self, addr: IpAddr, port: u16) -> Result<(), Error> {
+        let mut m: BpfHashMap<_, IddProbe, u32> =
+            BpfHashMap::try_from(self.map_mut(PROBES)?).map_err(map_err(PROBES))?;
+        let key = IddProbe {
+            addr: mapped(addr),
+            port,
+            _pad: 0,
+        };
+        m.insert(key, 1, 0).map_err(map_err(PROBES))
+    }
+
+    /// Forgets a probe port. Removing a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the map refuses the operation.
+    pub fn remove_probe_port(&mut self, addr: IpAddr, port: u16) -> Result<(), Error> {
+        let mut m: BpfHashMap<_, IddProbe, u32> =
+            BpfHashMap::try_from(self.map_mut(PROBES)?).map_err(map_err(PROBES))?;
+        match m.remove(&IddProbe {
+            addr: mapped(addr),
+            port,
+            _pad: 0,
+        }) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(PROBES)(e)),
+        }
+    }
+
+    /// Every probe port installed in the map.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn probe_ports(&self) -> Result<Vec<(IpAddr, u16)>, Error> {
+        let m: BpfHashMap<_, IddProbe, u32> =
+            BpfHashMap::try_from(self.map_ref(PROBES)?).map_err(map_err(PROBES))?;
+        let mut out = Vec::new();
+        for k in m.keys() {
+            let k = k.map_err(map_err(PROBES))?;
+            out.push((unmapped(k.addr), k.port));
+        }
+        Ok(out)
     }
 
     /// The tunnel interfaces set with [`Classifier::set_tunnels`] (non-zero slots).

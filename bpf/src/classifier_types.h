@@ -74,6 +74,14 @@ struct idd_workload {
 	__u32 _pad;
 };
 
+/* Key of `idd_probe_ports`: a local pod's address and a port its probes use, which the
+ * node's own processes (the kubelet) may open new TCP connections to (allowNodeProbes). */
+struct idd_probe {
+	__u8 addr[16]; /* IPv4-mapped for IPv4 */
+	__u16 port;    /* host byte order */
+	__u16 _pad;
+};
+
 struct idd_path_stats {
 	__u64 packets;
 	__u64 bytes;

@@ -127,6 +127,18 @@ pub struct IddWorkload {
     pub _pad: u32,
 }
 
+/// `struct idd_probe` (the `idd_probe_ports` key).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IddProbe {
+    /// IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
 /// `struct idd_path_stats` (a slot of the `idd_path_stats` per-CPU array).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,6 +201,8 @@ unsafe impl aya::Pod for IddRoute {}
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for IddWorkload {}
 #[allow(unsafe_code)]
+unsafe impl aya::Pod for IddProbe {}
+#[allow(unsafe_code)]
 unsafe impl aya::Pod for IddPathStats {}
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for IddFlowEvent {}
@@ -236,6 +250,15 @@ pub fn layouts() -> Vec<Layout> {
             vec![
                 ("mtls_mode", offset_of!(IddWorkload, mtls_mode)),
                 ("_pad", offset_of!(IddWorkload, _pad)),
+            ],
+        ),
+        (
+            "idd_probe",
+            size_of::<IddProbe>(),
+            vec![
+                ("addr", offset_of!(IddProbe, addr)),
+                ("port", offset_of!(IddProbe, port)),
+                ("_pad", offset_of!(IddProbe, _pad)),
             ],
         ),
         (

@@ -334,3 +334,41 @@ fn without_a_known_tunnel_remote_pods_get_in_from_nowhere() {
         assert!(c.test_run_to_pod(&buf, 0, ingress).unwrap().dropped());
     }
 }
+
+#[test]
+fn node_processes_reach_a_strict_pod_only_on_its_probe_ports() {
+    let mut c = load();
+    c.set_probe_port(ip("10.244.1.10"), 8081).unwrap();
+    assert_eq!(c.probe_ports().unwrap(), [(ip("10.244.1.10"), 8081)]);
+    let mut buf = Vec::new();
+    let syn = |buf: &mut Vec<u8>, port| {
+        packet::build(
+            buf,
+            ip("10.244.1.1"),
+            ip("10.244.1.10"),
+            L4::Tcp,
+            (40000, port),
+            8,
+        );
+    };
+    syn(&mut buf, 8081);
+    assert!(
+        c.test_run_to_pod(&buf, 0, LOCAL).unwrap().passed(),
+        "the kubelet's probe on the declared port"
+    );
+    assert!(
+        c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().dropped(),
+        "the probe port from the underlay"
+    );
+    syn(&mut buf, 8080);
+    assert!(
+        c.test_run_to_pod(&buf, 0, LOCAL).unwrap().dropped(),
+        "a node process on a port no probe declares"
+    );
+    c.remove_probe_port(ip("10.244.1.10"), 8081).unwrap();
+    syn(&mut buf, 8081);
+    assert!(
+        c.test_run_to_pod(&buf, 0, LOCAL).unwrap().dropped(),
+        "once the probe is gone"
+    );
+}

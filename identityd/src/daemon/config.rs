@@ -148,12 +148,22 @@ pub struct MtlsSettings {
     /// mTLS mode of namespaces without the `identityd.io/mtls` annotation (default disabled).
     #[serde(default = "mtls_default")]
     pub default_mode: crate::model::MtlsMode,
+    /// Let the node's own processes (the kubelet) open TCP to the ports strict pods' probes
+    /// declare (`livenessProbe`, `readinessProbe`, `startupProbe`); every other plaintext
+    /// connection into a strict pod is refused (default true).
+    #[serde(default = "allow_node_probes_default")]
+    pub allow_node_probes: bool,
+}
+
+fn allow_node_probes_default() -> bool {
+    true
 }
 
 impl Default for MtlsSettings {
     fn default() -> Self {
         Self {
             default_mode: mtls_default(),
+            allow_node_probes: allow_node_probes_default(),
         }
     }
 }

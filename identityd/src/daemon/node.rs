@@ -376,6 +376,24 @@ impl Datapath {
                     errors.push(format!("removing workload {ip}: {e}"));
                 }
             }
+            let installed_probes: std::collections::BTreeSet<(IpAddr, u16)> = match c.probe_ports()
+            {
+                Ok(v) => v.into_iter().collect(),
+                Err(e) => {
+                    errors.push(format!("reading the probe-port map: {e}"));
+                    std::collections::BTreeSet::new()
+                }
+            };
+            for (ip, port) in p.probe_ports.difference(&installed_probes) {
+                if let Err(e) = c.set_probe_port(*ip, *port) {
+                    errors.push(format!("probe port {ip}:{port}: {e}"));
+                }
+            }
+            for (ip, port) in installed_probes.difference(&p.probe_ports) {
+                if let Err(e) = c.remove_probe_port(*ip, *port) {
+                    errors.push(format!("removing probe port {ip}:{port}: {e}"));
+                }
+            }
         }
         errors
     }

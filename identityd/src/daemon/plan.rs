@@ -50,6 +50,8 @@ pub struct NodePlan {
     pub routes: BTreeMap<String, (RoutePath, u32)>,
     /// Classifier workloads: local pod IP → mTLS mode.
     pub workloads: BTreeMap<IpAddr, MtlsMode>,
+    /// Ports of local strict pods the node's own processes may open TCP to (their probes).
+    pub probe_ports: std::collections::BTreeSet<(IpAddr, u16)>,
     /// Things that kept a peer or pod out of the plan.
     pub problems: Vec<String>,
 }
@@ -171,9 +173,14 @@ pub fn plan(
     };
 
     let mut workloads = BTreeMap::new();
+    let mut probe_ports = std::collections::BTreeSet::new();
     for pod in state.pods_on_node(&cfg.name) {
         if let Some(ip) = pod.ip() {
-            workloads.insert(ip, state.pod_mtls(pod, default_mtls));
+            let mode = state.pod_mtls(pod, default_mtls);
+            workloads.insert(ip, mode);
+            if mode == MtlsMode::Strict && cfg.mtls.allow_node_probes {
+                probe_ports.extend(pod.probe_ports().into_iter().map(|p| (ip, p)));
+            }
         }
     }
     NodePlan {
@@ -181,6 +188,7 @@ pub fn plan(
         wireguard,
         routes,
         workloads,
+        probe_ports,
         problems,
     }
 }
@@ -333,5 +341,28 @@ mod tests {
         );
         assert!(p.wireguard.is_none());
         assert_eq!(p.routes["10.244.2.0/24"].0, RoutePath::Plaintext);
+    }
+
+    #[test]
+    fn probe_ports_of_strict_pods_are_planned_for_ingress_strict() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {identityd.io/mtls: strict}}\n---\n\
+            apiVersion: v1\nkind: Namespace\nmetadata: {name: open}\n---\n\
+            apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    ports: [{name: health, containerPort: 8081}]\n    livenessProbe: {httpGet: {path: /healthz, port: health}, periodSeconds: 5}\n    readinessProbe: {tcpSocket: {port: 8080}}\nstatus: {podIP: 10.244.1.10}\n---\n\
+            apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: open}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    readinessProbe: {tcpSocket: {port: 9000}}\nstatus: {podIP: 10.244.1.11}\n";
+        let objects = crate::source::decode::decode_all(text)
+            .into_iter()
+            .map(|(_, r)| r.expect("valid").expect("object"));
+        let state = ClusterState::from_objects(1, objects);
+        let mut cfg = cfg(EncryptionMode::Wireguard);
+        let p = plan(&cfg, &state, Path::new("/nonexistent"), MtlsMode::Disabled);
+        let web: IpAddr = "10.244.1.10".parse().unwrap();
+        assert_eq!(
+            p.probe_ports.iter().copied().collect::<Vec<_>>(),
+            [(web, 8080), (web, 8081)],
+            "the named and the numbered probe port of the strict pod, nothing of the other"
+        );
+        cfg.mtls.allow_node_probes = false;
+        let p = plan(&cfg, &state, Path::new("/nonexistent"), MtlsMode::Disabled);
+        assert!(p.probe_ports.is_empty());
     }
 }

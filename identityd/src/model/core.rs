@@ -162,6 +162,37 @@ pub struct Container {
     /// Declared ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
+    /// `livenessProbe` (only its port matters here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// `readinessProbe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// `startupProbe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A container probe: the kubelet connects from the node to one port of the pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// `httpGet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<ProbePort>,
+    /// `tcpSocket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<ProbePort>,
+    /// `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<ProbePort>,
+}
+
+/// The port of a probe handler (a number, or a container port's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbePort {
+    /// Port.
+    pub port: IntOrString,
 }
 
 /// A declared container port.
@@ -276,6 +307,24 @@ impl Pod {
             self.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         )
+    }
+
+    /// The ports the kubelet's probes of this pod connect to (named ports resolved).
+    #[must_use]
+    pub fn probe_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| [&c.liveness_probe, &c.readiness_probe, &c.startup_probe])
+            .flatten()
+            .flat_map(|p| [&p.http_get, &p.tcp_socket, &p.grpc])
+            .flatten()
+            .filter_map(|h| self.resolve_port(&h.port))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Resolves a Service `targetPort` against the pod's declared ports.

@@ -99,6 +99,8 @@ pub type SharedStatus = Arc<Mutex<NodeStatus>>;
 struct Datapath {
     classifier: Option<Classifier>,
     attached: Vec<String>,
+    /// The pod interfaces the latest apply found.
+    pod_ifaces: Vec<String>,
     wg_json: Option<String>,
 }
 
@@ -284,7 +286,8 @@ impl Datapath {
         }
         // Classifier: attach to new pod veths, then diff routes and workloads.
         if let Some(c) = self.classifier.as_mut() {
-            for iface in pod_interfaces(&cfg.pod_interface_prefix) {
+            self.pod_ifaces = pod_interfaces(&cfg.pod_interface_prefix);
+            for iface in self.pod_ifaces.clone() {
                 if !self.attached.contains(&iface) {
                     // Both directions: the path classifier on packets leaving the pod, ingress
                     // strict on packets going into it.
@@ -604,9 +607,11 @@ fn ingress_strict_problem(cfg: &DaemonConfig, dp: &Datapath) -> Option<String> {
     let Some(c) = dp.classifier.as_ref() else {
         return Some("no classifier".to_owned());
     };
-    let missing: Vec<String> = pod_interfaces(&cfg.pod_interface_prefix)
-        .into_iter()
+    let missing: Vec<String> = dp
+        .pod_ifaces
+        .iter()
         .filter(|i| !dp.attached.contains(i))
+        .cloned()
         .collect();
     if !missing.is_empty() {
         return Some(format!("not attached to {}", missing.join(", ")));
@@ -928,6 +933,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     let dp = Datapath {
         classifier,
         attached: Vec::new(),
+        pod_ifaces: Vec::new(),
         wg_json: None,
     };
 

@@ -471,6 +471,38 @@ fn rules_at(family: Family, priority: u32) -> Result<Vec<String>, RoutingError> 
         .collect())
 }
 
+/// Makes the rules at `priority` of `family` hold the one shown as `want` (added with
+/// `add_args`): rules there that contain `ours` but differ are an older plan's and are
+/// removed; others are left alone.
+fn ensure_rule(
+    family: Family,
+    priority: u32,
+    want: &str,
+    add_args: Vec<String>,
+    ours: &str,
+    report: &mut ApplyReport,
+) -> Result<(), RoutingError> {
+    let mut have = false;
+    for line in rules_at(family, priority)? {
+        if line == want {
+            have = true;
+        } else if line.contains(ours) {
+            let mut args = strings(&[family.flag(), "rule", "del", "priority"]);
+            args.push(priority.to_string());
+            args.extend(line.split_whitespace().map(str::to_owned));
+            run("ip", &args, None)?;
+            report.rules_removed += 1;
+        }
+    }
+    if !have {
+        let mut args = strings(&[family.flag(), "rule", "add"]);
+        args.extend(add_args);
+        run("ip", &args, None)?;
+        report.rules_added += 1;
+    }
+    Ok(())
+}
+
 /// Makes the kernel match `plan`: adds missing rules and removes stale ones at the plan's
 /// priorities, replaces the table routes, and atomically replaces the nftables table.
 /// Running it again changes nothing (`rules_added == 0`).
@@ -480,50 +512,26 @@ fn rules_at(family: Family, priority: u32) -> Result<Vec<String>, RoutingError> 
 pub fn apply(plan: &RoutingPlan) -> Result<ApplyReport, RoutingError> {
     let mut report = ApplyReport::default();
     for rule in &plan.rules {
-        let present = rules_at(rule.family, rule.priority)?;
-        let want = rule.shown();
-        let mut have = false;
-        for line in present {
-            if line == want {
-                have = true;
-            } else if line.contains("fwmark") {
-                // One of ours from an older plan at this priority: replace it.
-                let mut args = strings(&[rule.family.flag(), "rule", "del", "priority"]);
-                args.push(rule.priority.to_string());
-                args.extend(line.split_whitespace().map(str::to_owned));
-                run("ip", &args, None)?;
-                report.rules_removed += 1;
-            }
-        }
-        if !have {
-            let mut args = strings(&[rule.family.flag(), "rule", "add"]);
-            args.extend(rule.args());
-            run("ip", &args, None)?;
-            report.rules_added += 1;
-        }
+        // One of ours from an older plan at this priority is a mark rule.
+        ensure_rule(
+            rule.family,
+            rule.priority,
+            &rule.shown(),
+            rule.args(),
+            "fwmark",
+            &mut report,
+        )?;
     }
     for rule in &plan.port_rules {
-        let present = rules_at(rule.family, rule.priority)?;
-        let want = rule.shown();
-        let mut have = false;
-        for line in present {
-            if line == want {
-                have = true;
-            } else if line.contains(" dport ") {
-                // An inbound rule of an older plan (another CIDR or interface): replace it.
-                let mut args = strings(&[rule.family.flag(), "rule", "del", "priority"]);
-                args.push(rule.priority.to_string());
-                args.extend(line.split_whitespace().map(str::to_owned));
-                run("ip", &args, None)?;
-                report.rules_removed += 1;
-            }
-        }
-        if !have {
-            let mut args = strings(&[rule.family.flag(), "rule", "add"]);
-            args.extend(rule.args());
-            run("ip", &args, None)?;
-            report.rules_added += 1;
-        }
+        // An inbound rule of an older plan (another CIDR or interface) selects a port.
+        ensure_rule(
+            rule.family,
+            rule.priority,
+            &rule.shown(),
+            rule.args(),
+            " dport ",
+            &mut report,
+        )?;
     }
     for route in &plan.routes {
         let mut args = strings(&[route.family.flag(), "route", "replace"]);

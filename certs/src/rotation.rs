@@ -266,7 +266,7 @@ impl<C: Validity> Rotator<C> {
 
     /// Records the outcome of a renewal attempt. On success the new SVID is served and the next
     /// renewal scheduled; on failure the last good SVID is kept and a retry scheduled.
-    pub fn on_result(&mut self, result: Result<C, String>) {
+    pub fn on_result<E: std::fmt::Display>(&mut self, result: Result<C, E>) {
         let now = self.clock.now();
         match result {
             Ok(svid) => {
@@ -279,7 +279,7 @@ impl<C: Validity> Rotator<C> {
             }
             Err(e) => {
                 self.failures += 1;
-                self.last_error = Some(e.into());
+                self.last_error = Some(e.to_string().into());
                 let mut next = now + self.policy.retry_delay(self.failures);
                 if let Some(cur) = &self.current
                     && cur.not_after() > now

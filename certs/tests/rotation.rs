@@ -76,7 +76,7 @@ fn keeps_last_good_svid_while_renewal_fails() {
 
     clock.set(r.next_attempt());
     assert!(r.due());
-    r.on_result(Err("CA unreachable".into()));
+    r.on_result(Err::<identityd_certs::Svid, _>("CA unreachable"));
     assert_eq!(r.failures(), 1);
     let still = r.current().expect("last good SVID kept");
     assert!(Arc::ptr_eq(&still, &first));
@@ -88,7 +88,7 @@ fn keeps_last_good_svid_while_renewal_fails() {
         if clock.now() >= first.not_after() {
             break;
         }
-        r.on_result(Err("CA unreachable".into()));
+        r.on_result(Err::<identityd_certs::Svid, _>("CA unreachable"));
         assert!(r.next_attempt() <= first.not_after().max(clock.now() + Duration::from_secs(60)));
     }
     clock.set(first.not_after() + Duration::from_secs(1));

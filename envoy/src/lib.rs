@@ -33,6 +33,15 @@ pub use envoy_types;
 
 /// Envoy admin port (loopback only).
 pub const ADMIN_PORT: u16 = 15000;
+/// Envoy's flags besides `-c <bootstrap>` wherever the project starts one (the daemon's
+/// supervisor, the test harness): one worker, no hot restart (its supervisor restarts it).
+pub const ENVOY_ARGS: [&str; 5] = [
+    "--disable-hot-restart",
+    "--concurrency",
+    "1",
+    "--log-level",
+    "warn",
+];
 /// Outbound capture listener.
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Inbound mTLS listener.

@@ -190,7 +190,10 @@ async fn a_node_joins_the_real_ca_with_its_projected_token() {
     assert!(token_file.exists(), "the projected token is not consumed");
 
     // The same token cannot join as another node: the CA's refusal names why.
-    let e = node_auth::join(&access, "n2", &bundle).await.unwrap_err();
+    let e = node_auth::join(&access, "n2", &bundle)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bound to node \"n1\", not \"n2\""), "{e}");
     assert!(!e.contains(TOKEN), "{e}");
     assert_eq!(server.counters().joins, 1);
@@ -200,6 +203,17 @@ async fn a_node_joins_the_real_ca_with_its_projected_token() {
     let mut missing = access.clone();
     missing.token_file = Some(dir.path().join("nope"));
     let e = node_auth::join(&missing, "n1", &bundle).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            node_auth::JoinError::Credential {
+                field: "ca.tokenFile",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = e.to_string();
     assert!(e.starts_with("ca.tokenFile="), "{e}");
     serving.abort();
 }

@@ -33,13 +33,7 @@ impl Envoy {
             .arg(&cfg)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-            ])
+            .args(identityd_envoy::ENVOY_ARGS)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

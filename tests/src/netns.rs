@@ -10,7 +10,41 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use identityd_topology::{ClusterSpec, Created, Names, PodAddressing, Underlay};
+
 use crate::tools;
+
+/// A topology's names for the shared cluster shape: the topology's prefix for namespaces and
+/// its tag for interfaces (≤ 15 bytes: tag 6 + role 1 + indices).
+struct TaggedNames {
+    prefix: String,
+    tag: String,
+}
+
+impl Names for TaggedNames {
+    fn node_ns(&self, node: usize) -> String {
+        format!("{}-n{node}", self.prefix)
+    }
+    fn uplink(&self, node: usize) -> (String, String) {
+        (
+            format!("{}u{node}", self.tag),
+            format!("{}e{node}", self.tag),
+        )
+    }
+    fn pod_ns(&self, node: usize, pod: usize, _name: &str) -> String {
+        if pod == 1 {
+            format!("{}-p{node}", self.prefix)
+        } else {
+            format!("{}-p{node}x{pod}", self.prefix)
+        }
+    }
+    fn pod_link(&self, node: usize, pod: usize, _name: &str) -> (String, String) {
+        (
+            format!("{}h{node}x{pod}", self.tag),
+            format!("{}p{node}x{pod}", self.tag),
+        )
+    }
+}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -202,6 +236,40 @@ impl Topology {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
+    }
+
+    /// Builds the cluster shape the lab uses (one plan, [`identityd_topology`]) inside this
+    /// topology: an underlay namespace `u` with a bridge at 10.99.0.1/24, node namespaces
+    /// `n{i}` at 10.99.0.(10+i) with a default route via the bridge (so anything not sent
+    /// into a tunnel *would* leave in clear), and one pod namespace `p{i}` per node at
+    /// 10.244.i.2/24 behind the node's 10.244.i.1; IPv6 off everywhere (no stray router
+    /// solicitations in captures). Returns the spec (namespace and interface names, addresses).
+    pub fn add_cluster(&mut self, nodes: usize) -> ClusterSpec {
+        let names = TaggedNames {
+            prefix: self.prefix.clone(),
+            tag: self.tag.clone(),
+        };
+        let mut spec = ClusterSpec::standard(
+            Underlay::Namespace {
+                ns: self.ns_name("u"),
+                bridge: format!("{}br0", self.tag),
+            },
+            nodes,
+            &["pod"],
+            2,
+            PodAddressing::Subnet,
+            &names,
+        );
+        spec.node_default_route = true;
+        spec.disable_ipv6 = true;
+        let steps = identityd_topology::plan(&spec).unwrap_or_else(|e| panic!("{e}"));
+        let namespaces = &mut self.namespaces;
+        identityd_topology::apply(&tools::ip(), &steps, |c| match c {
+            Created::Namespace(n) => namespaces.push(n),
+            Created::RootLink(l) => panic!("a test topology made root-namespace link {l}"),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        spec
     }
 
     /// The namespaces this topology created (full names).

@@ -128,20 +128,48 @@ pub async fn serve(path: PathBuf, status: Arc<Mutex<NodeStatus>>) {
     }
 }
 
+/// Why a node's status could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The socket cannot be reached or read.
+    #[error("{}: {source}", path.display())]
+    Socket {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It answered something that is not a status document.
+    #[error("{}: not a status document: {source}", path.display())]
+    NotStatus {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Reads the status from a node's API socket.
 ///
 /// # Errors
 /// When the socket cannot be reached or answers something else than a status.
-pub fn fetch(path: &Path) -> Result<NodeStatus, String> {
+pub fn fetch(path: &Path) -> Result<NodeStatus, FetchError> {
     use std::io::Read;
-    let mut s = std::os::unix::net::UnixStream::connect(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let socket = |source| FetchError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(socket)?;
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(3)));
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_slice(&buf)
-        .map_err(|e| format!("{}: not a status document: {e}", path.display()))
+    s.read_to_end(&mut buf).map_err(socket)?;
+    serde_json::from_slice(&buf).map_err(|source| FetchError::NotStatus {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Renders a status as a table.

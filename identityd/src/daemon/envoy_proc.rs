@@ -8,14 +8,7 @@ use std::time::Duration;
 
 use crate::daemon::config::DaemonConfig;
 
-/// Envoy's flags besides `-c <bootstrap>`: one worker, no hot restart (the daemon restarts it).
-pub const ENVOY_ARGS: [&str; 5] = [
-    "--disable-hot-restart",
-    "--concurrency",
-    "1",
-    "--log-level",
-    "warn",
-];
+pub use identityd_envoy::ENVOY_ARGS;
 
 /// Why Envoy could not be started.
 #[derive(Debug, Clone, thiserror::Error)]

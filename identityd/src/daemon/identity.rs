@@ -39,6 +39,56 @@ pub const MAX_CONCURRENT_ISSUANCE: usize = 16;
 /// The longest the worker sleeps without looking at its clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
+/// Why a call to the CA (or the setup before it) failed. Kept per identity as its last error
+/// (status shows it) while the last good certificate stays in service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// The node config has no `ca:` section.
+    #[error("the node config has no ca: section")]
+    NotConfigured,
+    /// The bootstrap trust bundle (`ca.bundleFile`) cannot be read or parsed.
+    #[error("ca.bundleFile={}: {reason}", path.display())]
+    BootstrapBundle {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The node could not join the CA.
+    #[error(transparent)]
+    Join(#[from] crate::daemon::node_auth::JoinError),
+    /// The node SVID could not be saved.
+    #[error("{}: {source}", path.display())]
+    SaveNodeSvid {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: identityd_certs::Error,
+    },
+    /// The node SVID expired: the node must join again.
+    #[error("the node SVID expired; the node must join again")]
+    NodeSvidExpired,
+    /// The CA did not answer in time.
+    #[error("{rpc}: the CA at {endpoint} did not answer within {}s", CA_CALL_TIMEOUT.as_secs())]
+    Timeout {
+        /// The call (`SignWorkload`, `Join`, `Connect`, …).
+        rpc: &'static str,
+        /// The CA endpoint.
+        endpoint: String,
+    },
+    /// The CA answered with an error (refusal, transport).
+    #[error("{rpc}: {source}")]
+    Rpc {
+        /// The call.
+        rpc: &'static str,
+        /// The CA's answer.
+        #[source]
+        source: identityd_certs::service::ServiceError,
+    },
+}
+
 /// One workload identity the node wants: a pod that carries it (the CA checks that the pod is
 /// scheduled on this node).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,19 +142,20 @@ pub trait Issuer: Sync {
         id: &SpiffeId,
         want: &WorkloadWant,
         ttl: Duration,
-    ) -> impl Future<Output = Result<Svid, String>> + Send;
+    ) -> impl Future<Output = Result<Svid, CaError>> + Send;
     /// A serving certificate for an ingress listener.
     fn sign_serving(
         &self,
         want: &CertWant,
         ttl: Duration,
-    ) -> impl Future<Output = Result<ServingCert, String>> + Send;
+    ) -> impl Future<Output = Result<ServingCert, CaError>> + Send;
 }
 
 /// The CA service, reached over mTLS with the node SVID.
 #[derive(Debug)]
 pub struct CaIssuer {
     client: CaClient,
+    endpoint: String,
 }
 
 impl Issuer for CaIssuer {
@@ -113,18 +164,20 @@ impl Issuer for CaIssuer {
         id: &SpiffeId,
         want: &WorkloadWant,
         ttl: Duration,
-    ) -> Result<Svid, String> {
+    ) -> Result<Svid, CaError> {
         with_timeout(
             "SignWorkload",
+            &self.endpoint,
             self.client
                 .sign_workload(id, &want.namespace, &want.pod, ttl),
         )
         .await
     }
 
-    async fn sign_serving(&self, w: &CertWant, ttl: Duration) -> Result<ServingCert, String> {
+    async fn sign_serving(&self, w: &CertWant, ttl: Duration) -> Result<ServingCert, CaError> {
         with_timeout(
             "SignServing",
+            &self.endpoint,
             self.client
                 .sign_serving(&w.dns_names, &w.kind, &w.namespace, &w.name, ttl),
         )
@@ -132,17 +185,27 @@ impl Issuer for CaIssuer {
     }
 }
 
-async fn with_timeout<T, E: std::fmt::Display>(
-    rpc: &str,
+async fn with_timeout<T, E: Into<CaError>>(
+    rpc: &'static str,
+    endpoint: &str,
     f: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, CaError> {
     match tokio::time::timeout(CA_CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{rpc}: {e}")),
-        Err(_) => Err(format!(
-            "{rpc}: the CA did not answer within {}s",
-            CA_CALL_TIMEOUT.as_secs()
-        )),
+        Ok(Err(e)) => Err(match e.into() {
+            CaError::Rpc { source, .. } => CaError::Rpc { rpc, source },
+            other => other,
+        }),
+        Err(_) => Err(CaError::Timeout {
+            rpc,
+            endpoint: endpoint.to_owned(),
+        }),
+    }
+}
+
+impl From<identityd_certs::service::ServiceError> for CaError {
+    fn from(source: identityd_certs::service::ServiceError) -> Self {
+        Self::Rpc { rpc: "", source }
     }
 }
 
@@ -243,7 +306,7 @@ impl IdentityTable {
             .map(|(w, _)| w.clone())
             .collect();
         let n = due_w.len() + due_s.len();
-        let results: Vec<(SpiffeId, Result<Svid, String>)> = futures::stream::iter(due_w)
+        let results: Vec<(SpiffeId, Result<Svid, CaError>)> = futures::stream::iter(due_w)
             .map(|(id, w)| async move {
                 let r = issuer.sign_workload(&id, &w, ttl).await;
                 (id, r)
@@ -262,7 +325,7 @@ impl IdentityTable {
                 rot.on_result(r);
             }
         }
-        let results: Vec<(String, Result<ServingCert, String>)> = futures::stream::iter(due_s)
+        let results: Vec<(String, Result<ServingCert, CaError>)> = futures::stream::iter(due_s)
             .map(|w| async move {
                 let r = issuer.sign_serving(&w, ttl).await;
                 (w.secret, r)
@@ -404,8 +467,12 @@ pub fn wanted(
 
 /// The node SVID (from `<stateDir>/node-svid`, or a fresh join) and a client connected to the
 /// CA over mTLS with it.
-async fn connect(cfg: &DaemonConfig, bootstrap: &Bundle) -> Result<(Svid, CaClient), String> {
-    let access = cfg.ca.as_ref().ok_or("no ca: section")?;
+async fn connect(cfg: &DaemonConfig, bootstrap: &Bundle) -> Result<(Svid, CaClient), CaError> {
+    let access = cfg.ca.as_ref().ok_or(CaError::NotConfigured)?;
+    let timeout = |rpc| CaError::Timeout {
+        rpc,
+        endpoint: access.endpoint.clone(),
+    };
     let node_dir = cfg.state_dir.join("node-svid");
     let node_svid = match Svid::read_from_dir(&node_dir) {
         Ok(s) if s.not_after() > SystemTime::now() + Duration::from_secs(60) => s,
@@ -415,36 +482,40 @@ async fn connect(cfg: &DaemonConfig, bootstrap: &Bundle) -> Result<(Svid, CaClie
                 crate::daemon::node_auth::join(access, &cfg.name, bootstrap),
             )
             .await
-            .map_err(|_| format!("joining the CA at {}: no answer", access.endpoint))??;
+            .map_err(|_| timeout("Join"))??;
             joined
                 .svid
                 .write_to_dir(&node_dir)
-                .map_err(|e| format!("{}: {e}", node_dir.display()))?;
+                .map_err(|source| CaError::SaveNodeSvid {
+                    path: node_dir.clone(),
+                    source,
+                })?;
             let _ = std::fs::remove_file(&access.join_token_file);
             tracing::info!(id = %joined.svid.id(), "joined the CA; node SVID saved (key 0600)");
             joined.svid
         }
     };
-    let client = tokio::time::timeout(
-        CA_CALL_TIMEOUT,
+    let client = with_timeout(
+        "Connect",
+        &access.endpoint,
         CaClient::connect_mtls(&access.endpoint, &node_svid, bootstrap),
     )
-    .await
-    .map_err(|_| format!("connecting to the CA at {}: no answer", access.endpoint))?
-    .map_err(|e| format!("connecting to the CA at {}: {e}", access.endpoint))?;
+    .await?;
     Ok((node_svid, client))
 }
 
 /// The bootstrap trust bundle (`ca.bundleFile`) as PEM and parsed.
 ///
 /// # Errors
-/// `ca.bundleFile=PATH: reason`.
-pub fn bootstrap_bundle(cfg: &DaemonConfig, td: &TrustDomain) -> Result<(String, Bundle), String> {
-    let access = cfg.ca.as_ref().ok_or("no ca: section")?;
-    let text = std::fs::read_to_string(&access.bundle_file)
-        .map_err(|e| format!("ca.bundleFile={}: {e}", access.bundle_file.display()))?;
-    let bundle = Bundle::from_pem(td.clone(), &text)
-        .map_err(|e| format!("ca.bundleFile={}: {e}", access.bundle_file.display()))?;
+/// [`CaError::BootstrapBundle`] naming `ca.bundleFile` and the path.
+pub fn bootstrap_bundle(cfg: &DaemonConfig, td: &TrustDomain) -> Result<(String, Bundle), CaError> {
+    let access = cfg.ca.as_ref().ok_or(CaError::NotConfigured)?;
+    let bad = |reason: String| CaError::BootstrapBundle {
+        path: access.bundle_file.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&access.bundle_file).map_err(|e| bad(e.to_string()))?;
+    let bundle = Bundle::from_pem(td.clone(), &text).map_err(|e| bad(e.to_string()))?;
     Ok((text, bundle))
 }
 
@@ -496,7 +567,7 @@ pub async fn run(
                 }
                 let _ = out.send(Arc::new(Identities {
                     bundle_pem: pem,
-                    ca_error: Some(e),
+                    ca_error: Some(e.to_string()),
                     ..Identities::default()
                 }));
                 let wait = policy.retry_delay(failures);
@@ -510,8 +581,15 @@ pub async fn run(
     tracing::info!(id = %node_svid.id(), "identity: connected to the CA");
     let node_dir = cfg.state_dir.join("node-svid");
     let mut node = Rotator::<Svid>::new(policy, Arc::clone(&clock));
-    node.on_result(Ok(node_svid));
-    let issuer = CaIssuer { client };
+    node.on_result(Ok::<_, CaError>(node_svid));
+    let issuer = CaIssuer {
+        client,
+        endpoint: cfg
+            .ca
+            .as_ref()
+            .map(|a| a.endpoint.clone())
+            .unwrap_or_default(),
+    };
     let mut table = IdentityTable::new(policy, Arc::clone(&clock), cfg.svid_ttl());
     let mut bundle_check_at = clock.now() + BUNDLE_CHECK_INTERVAL;
     let mut bundle_error: Option<String> = None;
@@ -521,8 +599,15 @@ pub async fn run(
         table.set_wanted(w, s);
         if node.due() {
             let r = match node.current() {
-                Some(cur) => with_timeout("RenewNode", issuer.client.renew_node(&cur)).await,
-                None => Err("the node SVID expired; the node must join again".to_owned()),
+                Some(cur) => {
+                    with_timeout(
+                        "RenewNode",
+                        &issuer.endpoint,
+                        issuer.client.renew_node(&cur),
+                    )
+                    .await
+                }
+                None => Err(CaError::NodeSvidExpired),
             };
             if let Ok(s) = &r
                 && let Err(e) = s.write_to_dir(&node_dir)
@@ -533,9 +618,10 @@ pub async fn run(
         }
         if clock.now() >= bundle_check_at {
             bundle_check_at = clock.now() + BUNDLE_CHECK_INTERVAL;
-            bundle_error = with_timeout("Bundle", issuer.client.fetch_bundle())
+            bundle_error = with_timeout("Bundle", &issuer.endpoint, issuer.client.fetch_bundle())
                 .await
-                .err();
+                .err()
+                .map(|e| e.to_string());
         }
         table.renew_due(&issuer).await;
         // The CA's answers carry its bundle: a rollover's new root reaches Envoy's validation

@@ -208,37 +208,72 @@ impl JoinAuthenticator for TokenReviewAuthenticator {
     }
 }
 
+/// Why a node could not join the CA.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// A credential file named by the config cannot be read or is empty.
+    #[error("{field}={}: {reason}", path.display())]
+    Credential {
+        /// The config field (`ca.joinTokenFile`, `ca.tokenFile`).
+        field: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `ca.auth=serviceAccountToken` without `ca.tokenFile`.
+    #[error("ca.tokenFile is required when ca.auth=serviceAccountToken")]
+    NoTokenFile,
+    /// The CA refused or could not be reached.
+    #[error("joining the CA at {endpoint}: {source}")]
+    Refused {
+        /// The CA endpoint.
+        endpoint: String,
+        /// The CA's answer.
+        #[source]
+        source: identityd_certs::service::ServiceError,
+    },
+}
+
 /// Node side: joins the CA as `node` with the credential `access.auth` names — the join token
 /// file, or the projected ServiceAccount token file (re-read each time: the kubelet rotates it).
 ///
 /// # Errors
-/// A message naming the config field (`ca.tokenFile=PATH: …`) or the CA's refusal.
-pub async fn join(access: &CaAccess, node: &str, bundle: &Bundle) -> Result<NodeIdentity, String> {
-    let refused = |e: identityd_certs::service::ServiceError| {
-        format!("joining the CA at {}: {e}", access.endpoint)
+/// [`JoinError`], naming the config field (`ca.tokenFile=PATH: …`) or the CA's refusal.
+pub async fn join(
+    access: &CaAccess,
+    node: &str,
+    bundle: &Bundle,
+) -> Result<NodeIdentity, JoinError> {
+    let refused = |source| JoinError::Refused {
+        endpoint: access.endpoint.clone(),
+        source,
     };
     match access.auth {
         NodeAuth::JoinToken => {
-            let token = JoinToken::read(&access.join_token_file).map_err(|e| {
-                format!("ca.joinTokenFile={}: {e}", access.join_token_file.display())
-            })?;
+            let token =
+                JoinToken::read(&access.join_token_file).map_err(|e| JoinError::Credential {
+                    field: "ca.joinTokenFile",
+                    path: access.join_token_file.clone(),
+                    reason: e.to_string(),
+                })?;
             CaClient::join(&access.endpoint, node, &token, bundle)
                 .await
                 .map_err(refused)
         }
         NodeAuth::ServiceAccountToken => {
-            let path = access.token_file.as_deref().ok_or_else(|| {
-                "ca.tokenFile is required when ca.auth=serviceAccountToken".to_owned()
-            })?;
+            let path = access.token_file.as_deref().ok_or(JoinError::NoTokenFile)?;
+            let credential = |reason: String| JoinError::Credential {
+                field: "ca.tokenFile",
+                path: path.to_path_buf(),
+                reason,
+            };
             let token = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("ca.tokenFile={}: {e}", path.display()))?,
+                std::fs::read_to_string(path).map_err(|e| credential(e.to_string()))?,
             );
             if token.trim().is_empty() {
-                return Err(format!(
-                    "ca.tokenFile={}: the file is empty",
-                    path.display()
-                ));
+                return Err(credential("the file is empty".into()));
             }
             CaClient::join_with_credential(&access.endpoint, node, token.trim(), bundle)
                 .await

@@ -70,6 +70,9 @@ pub enum LabError {
     /// A file.
     #[error("{0}")]
     Io(String),
+    /// The topology cannot be built as specified.
+    #[error("lab topology: {0}")]
+    Topology(#[from] identityd_topology::PlanError),
     /// The lab did not become ready.
     #[error("not ready after {secs}s: {what}")]
     NotReady {
@@ -135,10 +138,6 @@ fn sh(cmd: &mut Command) -> Result<String, LabError> {
 
 fn ip(args: &[&str]) -> Result<String, LabError> {
     sh(Command::new("ip").args(args))
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Result<String, LabError> {
-    sh(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
 fn io_err(what: &Path, e: impl std::fmt::Display) -> LabError {
@@ -455,7 +454,7 @@ impl<'a> Up<'a> {
 
     /// The bridge, node and pod namespaces.
     fn topology(&mut self) -> Result<(), LabError> {
-        self.pods = build_topology(self.dir, self.opts, &mut self.st)?;
+        self.pods = build_topology(self.opts, &mut self.st)?;
         Ok(())
     }
 
@@ -1059,130 +1058,75 @@ fn inspect_capture(path: &Path) -> (usize, usize, bool) {
     (total, not_wg, marker)
 }
 
-fn build_topology(
-    dir: &Path,
-    opts: &UpOptions,
-    st: &mut LabState,
-) -> Result<Vec<LabPod>, LabError> {
-    let _ = dir;
-    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-    st.root_links.push(BRIDGE.into());
-    ip(&["addr", "add", "10.99.0.1/24", "dev", BRIDGE])?;
-    ip(&["link", "set", BRIDGE, "up"])?;
-    let mut pods = Vec::new();
-    for i in 1..=opts.nodes {
-        let ns = format!("idd-n{i}");
-        ip(&["netns", "add", &ns])?;
-        st.namespaces.push(ns.clone());
-        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
-        in_ns(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        let up_link = format!("idd-n{i}-u");
-        ip(&[
-            "link", "add", &up_link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ])?;
-        st.root_links.push(up_link.clone());
-        ip(&["link", "set", &up_link, "master", BRIDGE])?;
-        ip(&["link", "set", &up_link, "up"])?;
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.99.0.{}/24", 10 + i),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
-        for (k, (app, nsname, sa)) in [("web", "shop", "web"), ("client", "front", "client")]
-            .into_iter()
-            .enumerate()
-        {
-            let pod = LabPod {
-                node: i,
-                name: format!("{app}-{i}"),
-                namespace: nsname,
-                service_account: sa,
-                app,
-                ip: format!("10.244.{i}.{}", 10 + k),
-            };
-            let pns = pod.netns();
-            ip(&["netns", "add", &pns])?;
-            st.namespaces.push(pns.clone());
-            in_ns(&pns, &["ip", "link", "set", "lo", "up"])?;
-            let veth = pod.veth();
-            in_ns(
-                &ns,
-                &[
-                    "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                    &pns,
-                ],
-            )?;
-            in_ns(
-                &ns,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("10.244.{i}.1/32"),
-                    "dev",
-                    &veth,
-                ],
-            )?;
-            in_ns(&ns, &["ip", "link", "set", &veth, "up"])?;
-            in_ns(
-                &ns,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    &format!("{}/32", pod.ip),
-                    "dev",
-                    &veth,
-                ],
-            )?;
-            in_ns(
-                &pns,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{}/32", pod.ip),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            in_ns(&pns, &["ip", "link", "set", "eth0", "up"])?;
-            in_ns(
-                &pns,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    &format!("10.244.{i}.1"),
-                    "dev",
-                    "eth0",
-                    "scope",
-                    "link",
-                ],
-            )?;
-            in_ns(
-                &pns,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.244.{i}.1"),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            pods.push(pod);
-        }
+/// The lab's names: readable and fixed (one lab per machine).
+struct LabNames;
+
+impl identityd_topology::Names for LabNames {
+    fn node_ns(&self, node: usize) -> String {
+        format!("idd-n{node}")
     }
+    fn uplink(&self, node: usize) -> (String, String) {
+        (format!("idd-n{node}-u"), "eth0".into())
+    }
+    fn pod_ns(&self, node: usize, _pod: usize, app: &str) -> String {
+        lab_pod(node, app, String::new()).netns()
+    }
+    fn pod_link(&self, node: usize, _pod: usize, app: &str) -> (String, String) {
+        (lab_pod(node, app, String::new()).veth(), "eth0".into())
+    }
+}
+
+/// The lab's pods on each node: (app, namespace, service account).
+const LAB_APPS: [(&str, &str, &str); 2] = [("web", "shop", "web"), ("client", "front", "client")];
+
+fn lab_pod(node: usize, app: &str, ip: String) -> LabPod {
+    let (app, namespace, service_account) = LAB_APPS
+        .iter()
+        .copied()
+        .find(|(a, ..)| *a == app)
+        .unwrap_or(LAB_APPS[0]);
+    LabPod {
+        node,
+        name: format!("{app}-{node}"),
+        namespace,
+        service_account,
+        app,
+        ip,
+    }
+}
+
+fn build_topology(opts: &UpOptions, st: &mut LabState) -> Result<Vec<LabPod>, LabError> {
+    let apps = LAB_APPS.map(|(a, ..)| a);
+    let spec = identityd_topology::ClusterSpec::standard(
+        identityd_topology::Underlay::Root {
+            bridge: BRIDGE.into(),
+        },
+        opts.nodes,
+        &apps,
+        10,
+        identityd_topology::PodAddressing::Routed,
+        &LabNames,
+    );
+    let steps = identityd_topology::plan(&spec)?;
+    identityd_topology::apply(Path::new("ip"), &steps, |c| match c {
+        identityd_topology::Created::Namespace(n) => st.namespaces.push(n),
+        identityd_topology::Created::RootLink(l) => st.root_links.push(l),
+    })
+    .map_err(|e| LabError::Command {
+        cmd: e.command,
+        reason: e.detail,
+    })?;
+    let pods: Vec<LabPod> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, node)| {
+            node.pods
+                .iter()
+                .zip(apps)
+                .map(move |(pod, app)| lab_pod(i + 1, app, pod.ip.to_string()))
+        })
+        .collect();
     progress(&format!(
         "built {} node namespaces and {} pod namespaces on bridge {BRIDGE} (10.99.0.0/24)",
         opts.nodes,
@@ -1211,7 +1155,7 @@ pub fn status(dir: &Path, json: bool) -> Result<String, LabError> {
             }
             Err(e) => {
                 let _ = writeln!(out, "node {name}: daemon not answering: {e}");
-                all.push(serde_json::json!({ "node": name, "error": e }));
+                all.push(serde_json::json!({ "node": name, "error": e.to_string() }));
             }
         }
     }

@@ -120,36 +120,9 @@ impl Bed {
         let mut topo = Topology::new(&format!("wgb{}", &mode.key()[..3]));
         let dir = std::env::temp_dir().join(format!("idd-wg-bench-{}", topo.tag()));
         std::fs::create_dir_all(&dir)?;
-        let u = topo.add_ns("u");
-        let br = topo.add_bridge(&u, Some("10.99.0.1/24"));
-        let mut nodes = Vec::new();
-        let mut pods = Vec::new();
-        for i in 1..=2u8 {
-            let n = topo.add_ns(&format!("n{i}"));
-            let p = topo.add_ns(&format!("p{i}"));
-            let (_, ue) = topo.link(&n, Some(&format!("10.99.0.1{i}/24")), &u, None);
-            topo.enslave(&u, &ue, &br);
-            topo.link(
-                &n,
-                Some(&format!("10.244.{i}.1/24")),
-                &p,
-                Some(&format!("10.244.{i}.2/24")),
-            );
-            topo.exec(
-                &p,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.244.{i}.1"),
-                ],
-            );
-            topo.exec(&n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-            nodes.push(n);
-            pods.push(p);
-        }
+        let spec = topo.add_cluster(2);
+        let nodes: Vec<String> = spec.nodes.iter().map(|n| n.ns.clone()).collect();
+        let pods: Vec<String> = spec.nodes.iter().map(|n| n.pods[0].ns.clone()).collect();
         Ok(Self {
             topo,
             nodes: [nodes[0].clone(), nodes[1].clone()],

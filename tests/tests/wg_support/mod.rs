@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use identityd_tests::netns::Topology;
 use identityd_tests::tools;
+use identityd_topology::Underlay;
 
 /// The WireGuard port the devices listen on (DESIGN.md default).
 pub(crate) const WG_PORT: u16 = 51871;
@@ -61,14 +62,6 @@ pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
 }
 
-fn disable_ipv6(t: &Topology, ns: &str) {
-    t.exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    t.exec(
-        ns,
-        &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
-    );
-}
-
 impl Cluster {
     /// Builds `n` nodes (10.99.0.1X on the underlay, pods 10.244.X.2/24) and starts a device
     /// on each with every other node as a peer. Each node also has a default route to the
@@ -81,38 +74,19 @@ impl Cluster {
         let bin = wg_bin();
         let mut topo = Topology::new(test);
         let dir = tempfile::tempdir().expect("tempdir");
-        let underlay_ns = topo.add_ns("u");
-        disable_ipv6(&topo, &underlay_ns);
-        let br = topo.add_bridge(&underlay_ns, Some("10.99.0.1/24"));
+        let spec = topo.add_cluster(n);
+        let Underlay::Namespace {
+            ns: underlay_ns,
+            bridge: br,
+        } = spec.underlay.clone()
+        else {
+            unreachable!("add_cluster puts the underlay in a namespace")
+        };
         let mut nodes = Vec::new();
-        for i in 1..=n {
-            let ns = topo.add_ns(&format!("n{i}"));
-            let pod_ns = topo.add_ns(&format!("p{i}"));
-            disable_ipv6(&topo, &ns);
-            disable_ipv6(&topo, &pod_ns);
-            let underlay_ip = Ipv4Addr::new(10, 99, 0, 10 + u8::try_from(i).unwrap());
-            let (_, u_end) = topo.link(&ns, Some(&format!("{underlay_ip}/24")), &underlay_ns, None);
-            topo.enslave(&underlay_ns, &u_end, &br);
-            let pod_ip = Ipv4Addr::new(10, 244, u8::try_from(i).unwrap(), 2);
-            topo.link(
-                &ns,
-                Some(&format!("10.244.{i}.1/24")),
-                &pod_ns,
-                Some(&format!("{pod_ip}/24")),
-            );
-            topo.exec(
-                &pod_ns,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.244.{i}.1"),
-                ],
-            );
-            topo.exec(&ns, &["ip", "route", "add", "default", "via", "10.99.0.1"]);
-            topo.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (k, node) in spec.nodes.iter().enumerate() {
+            let i = k + 1;
+            let (ns, pod) = (node.ns.clone(), &node.pods[0]);
+            let (pod_ns, underlay_ip, pod_ip) = (pod.ns.clone(), node.underlay_ip, pod.ip);
             let key_path = dir.path().join(format!("n{i}/state/wg.key"));
             let out = Command::new(&bin)
                 .args(["pubkey", "--key"])

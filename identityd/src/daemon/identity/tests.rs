@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use identityd_certs::rotation::{Clock, ManualClock, RefreshPolicy};
 use identityd_certs::{Ca, CaOptions, ServingCert, SpiffeId, Svid, TrustDomain};
 
-use super::{Identities, IdentityTable, Issuer, WorkloadWant};
+use super::{CaError, Identities, IdentityTable, Issuer, WorkloadWant};
 use crate::daemon::ingress::CertWant;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -43,30 +43,39 @@ impl FakeCa {
     }
 }
 
+fn stalled(rpc: &'static str) -> CaError {
+    CaError::Timeout {
+        rpc,
+        endpoint: "https://ca.test:15012".into(),
+    }
+}
+
 impl Issuer for FakeCa {
     async fn sign_workload(
         &self,
         id: &SpiffeId,
         _want: &WorkloadWant,
         ttl: Duration,
-    ) -> Result<Svid, String> {
+    ) -> Result<Svid, CaError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err("SignWorkload: the CA did not answer within 10s".to_owned());
+            return Err(stalled("SignWorkload"));
         }
-        self.ca
+        Ok(self
+            .ca
             .issue(id, ttl, self.clock.now())
-            .map_err(|e| e.to_string())
+            .expect("the test CA issues"))
     }
 
-    async fn sign_serving(&self, w: &CertWant, ttl: Duration) -> Result<ServingCert, String> {
+    async fn sign_serving(&self, w: &CertWant, ttl: Duration) -> Result<ServingCert, CaError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err("SignServing: the CA did not answer within 10s".to_owned());
+            return Err(stalled("SignServing"));
         }
-        self.ca
+        Ok(self
+            .ca
             .issue_serving(&w.dns_names, ttl, self.clock.now())
-            .map_err(|e| e.to_string())
+            .expect("the test CA issues"))
     }
 }
 

@@ -51,7 +51,8 @@ pub const INBOUND_RULE_PRIORITY: u32 = 99;
 pub const NFT_INBOUND_TABLE: &str = "identityd-inbound";
 
 /// The inbound mTLS plumbing of a node: connections from the tunnel to local pods' inbound
-/// port are delivered to Envoy; plaintext TCP from the tunnel to strict pods is dropped.
+/// port are delivered to Envoy. (What may reach a strict pod is enforced by the classifier's
+/// ingress strict on the pod's veth, for every source, not here.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundConfig {
     /// The tunnel interface connections arrive on.
@@ -60,8 +61,6 @@ pub struct InboundConfig {
     pub pod_cidr: String,
     /// Envoy's inbound port (15008).
     pub port: u16,
-    /// Local pods of strict namespaces: other TCP to them from the tunnel is dropped.
-    pub strict_pods: Vec<std::net::IpAddr>,
 }
 
 /// What the node has, as the plan needs it.
@@ -203,33 +202,15 @@ impl PortRule {
 }
 
 /// The inbound nftables table: nat OUTPUT redirects this node's own connections to a local
-/// pod's inbound port to Envoy (the listener restores the original destination); prerouting
-/// drops other TCP arriving from the tunnel for strict pods.
+/// pod's inbound port to Envoy (the listener restores the original destination).
 #[must_use]
 pub fn inbound_nft(table: &str, c: &InboundConfig) -> String {
     let port = c.port;
-    let mut s = format!(
+    format!(
         "table inet {table} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
-         \t\tip daddr {} tcp dport {port} redirect to :{port}\n\t}}\n\
-         \tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n",
+         \t\tip daddr {} tcp dport {port} redirect to :{port}\n\t}}\n}}\n",
         c.pod_cidr
-    );
-    let v4: Vec<String> = c
-        .strict_pods
-        .iter()
-        .filter(|i| i.is_ipv4())
-        .map(ToString::to_string)
-        .collect();
-    if !v4.is_empty() {
-        let _ = writeln!(
-            s,
-            "\t\tiifname \"{}\" ip daddr {{ {} }} tcp dport != {port} counter drop",
-            c.interface,
-            v4.join(", ")
-        );
-    }
-    s.push_str("\t}\n}\n");
-    s
+    )
 }
 
 /// What kind of route.
@@ -691,12 +672,11 @@ mod tests {
     }
 
     #[test]
-    fn inbound_rule_and_ruleset_redirect_local_and_drop_plaintext_to_strict_pods() {
+    fn inbound_rule_and_ruleset_redirect_local_connections_and_drop_nothing() {
         let inbound = InboundConfig {
             interface: "idd1".into(),
             pod_cidr: "10.244.1.0/24".into(),
             port: INBOUND_PORT,
-            strict_pods: vec!["10.244.1.10".parse().unwrap()],
         };
         let p = plan(&RoutingConfig {
             wireguard_interface: Some("idd1".into()),
@@ -720,17 +700,8 @@ mod tests {
             rs.contains("ip daddr 10.244.1.0/24 tcp dport 15008 redirect to :15008"),
             "{rs}"
         );
-        assert!(
-            rs.contains(
-                "iifname \"idd1\" ip daddr { 10.244.1.10 } tcp dport != 15008 counter drop"
-            ),
-            "{rs}"
-        );
-        let none = InboundConfig {
-            strict_pods: vec![],
-            ..inbound
-        };
-        assert!(!inbound_nft(NFT_INBOUND_TABLE, &none).contains("drop"));
+        // A mode change never leaves a drop behind: enforcement is the classifier's.
+        assert!(!rs.contains("drop"), "{rs}");
     }
 
     #[test]

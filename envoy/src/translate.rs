@@ -55,8 +55,10 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
+mod l4;
 mod l7;
 
+pub use l4::{DETECTION_TIMEOUT_MS, PASSTHROUGH, inbound_tcp_sni, outbound_tcp_cluster};
 pub use l7::{RATE_LIMIT_FILTER, ingress_cluster, ingress_route};
 
 use crate::mesh::{AuthzAction, AuthzPolicy, AuthzRule, MeshConfig, MtlsMode, Service, Workload};
@@ -170,12 +172,13 @@ fn dur(ms: u64) -> Duration {
 }
 
 /// The TLS transport socket toward a service's endpoints in an mTLS namespace: presents
-/// `caller`'s SVID, sets the inbound SNI of the target port, and accepts only the endpoints'
-/// SPIFFE IDs (validated against the bundle).
-fn mtls_upstream(s: &Service, caller: &str, bundle_name: &str) -> TransportSocket {
+/// `caller`'s SVID, sets `sni` (which inbound chain: [`inbound_sni`] for HTTP,
+/// [`l4::inbound_tcp_sni`] for TCP), and accepts only the endpoints' SPIFFE IDs (validated
+/// against the bundle).
+fn mtls_upstream(s: &Service, caller: &str, bundle_name: &str, sni: String) -> TransportSocket {
     let sans: BTreeSet<&str> = s.endpoints.iter().map(|e| e.id.as_str()).collect();
     let tls = UpstreamTlsContext {
-        sni: inbound_sni(s.target_port),
+        sni,
         common_tls_context: Some(CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![sds(caller)],
             validation_context_type: Some(
@@ -614,9 +617,11 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     ..Default::default()
                 }),
                 filters: vec![hcm_filter(hcm)],
-                transport_socket: Some(tls_socket(tls)),
+                transport_socket: Some(tls_socket(tls.clone())),
                 ..Default::default()
             });
+            // The same port as opaque TCP (the caller's Envoy found no HTTP).
+            inbound_chains.push(l4::inbound_chain(td, w.ip, port, &cluster, &policies, tls));
         }
     }
     // Envoy refuses a listener without filter chains: no local mTLS workload, no inbound listener.
@@ -679,7 +684,12 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
             if endpoints_done.insert(cluster_name.clone()) {
                 let mut c = eds_cluster(&cluster_name);
                 if mtls {
-                    c.transport_socket = Some(mtls_upstream(s, &w.id, &bundle_name));
+                    c.transport_socket = Some(mtls_upstream(
+                        s,
+                        &w.id,
+                        &bundle_name,
+                        inbound_sni(s.target_port),
+                    ));
                 }
                 l7::same_protocol_as_client(&mut c);
                 policies.apply_cluster(s, &mut c);
@@ -744,17 +754,87 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
             },
             ..Default::default()
         };
+        let http_protocols: Vec<String> =
+            l4::HTTP_PROTOCOLS.iter().map(|p| (*p).to_owned()).collect();
+        // Opaque TCP to pods of mTLS services: by destination pod and target port, one chain
+        // per service port of this caller (Envoy matches the destination before the
+        // protocol, so each also carries an HTTP twin to keep HTTP on the L7 path).
+        if have_svid.contains(w.id.as_str()) {
+            let mut claimed: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+            for s in mesh.services.iter().filter(|s| s.mtls.offers_mtls()) {
+                let Some(c) = l4::mtls_cluster(s, &w.id, &bundle_name) else {
+                    continue;
+                };
+                let dests: Vec<IpAddr> = s
+                    .endpoints
+                    .iter()
+                    .map(|e| e.ip)
+                    .filter(|ip| claimed.insert((*ip, s.target_port)))
+                    .collect();
+                if dests.is_empty() {
+                    continue;
+                }
+                let cluster_name = c.name.clone();
+                if endpoints_done.insert(cluster_name.clone()) {
+                    snap.insert(type_url::CLUSTER, cluster_name.clone(), pack_any(c));
+                }
+                let dest_match = |protocols: Vec<String>| FilterChainMatch {
+                    destination_port: Some(UInt32Value {
+                        value: u32::from(s.target_port),
+                    }),
+                    prefix_ranges: dests.iter().map(|ip| cidr(*ip)).collect(),
+                    application_protocols: protocols,
+                    source_prefix_ranges: vec![cidr(w.ip)],
+                    ..Default::default()
+                };
+                outbound_chains.push(FilterChain {
+                    name: format!("{cluster_name}|http"),
+                    filter_chain_match: Some(dest_match(http_protocols.clone())),
+                    filters: vec![hcm_filter(hcm.clone())],
+                    ..Default::default()
+                });
+                outbound_chains.push(FilterChain {
+                    name: cluster_name.clone(),
+                    filter_chain_match: Some(dest_match(Vec::new())),
+                    filters: vec![l4::tcp_proxy(
+                        &format!("outbound_tcp_{}_{}", w.namespace, w.name),
+                        &cluster_name,
+                    )],
+                    ..Default::default()
+                });
+            }
+        }
         outbound_chains.push(FilterChain {
             name: format!("outbound|{}/{}", w.namespace, w.name),
             filter_chain_match: Some(FilterChainMatch {
+                application_protocols: http_protocols,
                 source_prefix_ranges: vec![cidr(w.ip)],
                 ..Default::default()
             }),
             filters: vec![hcm_filter(hcm)],
             ..Default::default()
         });
+        // Any other TCP: to its original destination (WireGuard between nodes; a strict pod
+        // refuses it there).
+        outbound_chains.push(FilterChain {
+            name: format!("passthrough|{}/{}", w.namespace, w.name),
+            filter_chain_match: Some(FilterChainMatch {
+                source_prefix_ranges: vec![cidr(w.ip)],
+                ..Default::default()
+            }),
+            filters: vec![l4::tcp_proxy(
+                &format!("passthrough_{}_{}", w.namespace, w.name),
+                l4::PASSTHROUGH,
+            )],
+            ..Default::default()
+        });
     }
     if !outbound_chains.is_empty() {
+        snap.insert(
+            type_url::CLUSTER,
+            l4::PASSTHROUGH,
+            pack_any(l4::passthrough_cluster()),
+        );
         snap.insert(
             type_url::LISTENER,
             OUTBOUND,
@@ -764,6 +844,11 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 transparent: Some(BoolValue {
                     value: mesh.ports.transparent,
                 }),
+                // HTTP or not, from the first bytes; a client that sends nothing in time
+                // (server-first protocols) is TCP.
+                listener_filters: vec![l4::http_inspector()],
+                listener_filters_timeout: Some(dur(l4::DETECTION_TIMEOUT_MS)),
+                continue_on_listener_filters_timeout: true,
                 filter_chains: outbound_chains,
                 ..Default::default()
             }),

@@ -112,6 +112,18 @@ pub enum LabCommand {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// (internal) A TCP line exchange from inside a lab pod (the lab's TCP protocols).
+    #[command(hide = true)]
+    Tcp {
+        /// `IP:PORT`.
+        addr: std::net::SocketAddr,
+        /// Read the server's greeting line before sending (a server-first protocol).
+        #[arg(long)]
+        greeting: bool,
+        /// A line to send (repeatable); one line is read back for each.
+        #[arg(long)]
+        send: Vec<String>,
+    },
     /// (internal) An HTTP GET from inside a lab pod.
     #[command(hide = true)]
     Get {

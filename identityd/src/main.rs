@@ -220,8 +220,26 @@ fn main() -> ExitCode {
         Command::Lab(LabCommand::Down { dir }) => {
             report(lab::down(&dir.unwrap_or_else(lab::default_dir)))
         }
+        Command::Lab(LabCommand::Tcp {
+            addr,
+            greeting,
+            send,
+        }) => match runtime().block_on(lab::workload::tcp_exchange(addr, greeting, &send)) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Lab(LabCommand::Workload { name, listen }) => {
-            match runtime().block_on(lab::workload::serve(name, listen)) {
+            let tcp = lab::workload::serve_tcp(name.clone(), listen.ip());
+            let http = lab::workload::serve(name, listen);
+            match runtime().block_on(async { tokio::try_join!(http, tcp).map(drop) }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: --listen={listen}: {e}");

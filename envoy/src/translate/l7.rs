@@ -692,6 +692,7 @@ pub(super) fn ingress(mesh: &MeshConfig, policies: &Policies<'_>, snap: &mut Sna
                         s,
                         id,
                         &super::bundle_secret_name(&mesh.trust_domain),
+                        super::inbound_sni(s.target_port),
                     ));
                 }
                 if r.kind == RouteKind::Grpc {

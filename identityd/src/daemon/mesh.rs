@@ -453,7 +453,6 @@ struct MeshRuntime {
     config_problems: Vec<String>,
     wants_envoy: bool,
     has_mtls: bool,
-    strict: Vec<IpAddr>,
 }
 
 impl MeshRuntime {
@@ -473,7 +472,6 @@ impl MeshRuntime {
             config_problems: Vec::new(),
             wants_envoy: false,
             has_mtls: false,
-            strict: Vec::new(),
         }
     }
 
@@ -539,12 +537,6 @@ impl MeshRuntime {
             plan_mesh_with(state, &cfg.name, td, &ids.svids, &ids.bundle_pem, &inputs);
         self.has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
         self.wants_envoy = self.has_mtls || !mesh.l7.listeners.is_empty();
-        self.strict = mesh
-            .workloads
-            .iter()
-            .filter(|w| w.mtls == EMtls::Strict)
-            .map(|w| w.ip)
-            .collect();
         match identityd_envoy::translate::translate_checked(&mesh) {
             Ok(snap) => {
                 self.cache.set_snapshot(&cfg.name, snap);
@@ -586,12 +578,20 @@ impl MeshRuntime {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        use identityd_bpf::routing::{self, InboundConfig, RoutingConfig};
         if !self.has_mtls {
+            // No mTLS namespace left on this node: what an earlier plan installed goes (the
+            // installed state follows the current modes; nothing stays behind a mode change).
+            if let Some(old) = &self.routing {
+                match routing::remove(old) {
+                    Ok(()) => self.routing = None,
+                    Err(e) => errors.push(format!("proxy routing removal: {e}")),
+                }
+            }
             return;
         }
-        // TPROXY: outbound by the classifier's proxy mark; inbound from the tunnel on 15008
-        // (and plaintext to strict pods dropped): one plan, applied when it changes.
-        use identityd_bpf::routing::{self, InboundConfig, RoutingConfig};
+        // TPROXY: outbound by the classifier's proxy mark; inbound from the tunnel on 15008:
+        // one plan, applied when it changes. Enforcement is the classifier's ingress strict.
         let plan = routing::plan(&RoutingConfig {
             wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
             proxy_port: Some(OUTBOUND_PORT),
@@ -604,7 +604,6 @@ impl MeshRuntime {
                     interface: w.interface.clone(),
                     pod_cidr: pc.clone(),
                     port: INBOUND_PORT,
-                    strict_pods: self.strict.clone(),
                 }),
             ..RoutingConfig::default()
         });

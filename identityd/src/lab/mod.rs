@@ -243,6 +243,13 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
         y,
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: {WORKLOAD_PORT}\n"
     );
+    // Non-HTTP TCP on the same pods: a client-first and a server-first protocol.
+    for (svc, port) in [("kv", workload::KV_PORT), ("mail", workload::GREETER_PORT)] {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: shop\nspec:\n  selector:\n    app: web\n  ports:\n  - name: tcp\n    port: {port}\n    targetPort: {port}\n"
+        );
+    }
     if mtls {
         y.push_str(
             "---\napiVersion: identityd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: web-callers\n  namespace: shop\n\

@@ -1,4 +1,6 @@
-//! The lab's pod workload (a small HTTP server) and client, so the lab needs no other tools.
+//! The lab's pod workloads — a small HTTP server, a Redis-protocol-like TCP server (client
+//! speaks first) and an SMTP-like greeter (server speaks first) — and their clients, so the
+//! lab needs no other tools.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,6 +41,111 @@ pub async fn serve(name: String, listen: SocketAddr) -> std::io::Result<()> {
             let _ = s.write_all(resp.as_bytes()).await;
         });
     }
+}
+
+/// Port of the lab's client-first TCP protocol (`PING [text]` → `+PONG pod=… peer=… [text]`).
+pub const KV_PORT: u16 = 6379;
+/// Port of the lab's server-first TCP protocol (`220 pod=… peer=… ready`, then `250 <line>`).
+pub const GREETER_PORT: u16 = 2525;
+
+/// Serves the two TCP protocols on `ip`: [`KV_PORT`] and [`GREETER_PORT`].
+///
+/// # Errors
+/// When a port cannot be bound.
+pub async fn serve_tcp(name: String, ip: std::net::IpAddr) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let kv = tokio::net::TcpListener::bind(SocketAddr::new(ip, KV_PORT)).await?;
+    let greeter = tokio::net::TcpListener::bind(SocketAddr::new(ip, GREETER_PORT)).await?;
+    let line_server = |l: tokio::net::TcpListener, name: String, greet: bool| async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                if greet
+                    && w.write_all(format!("220 pod={name} peer={peer} ready\r\n").as_bytes())
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Ok(Some(line))) =
+                    tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
+                {
+                    let reply = if greet {
+                        if line.eq_ignore_ascii_case("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        format!("250 {line}\r\n")
+                    } else if let Some(rest) = line.strip_prefix("PING") {
+                        format!("+PONG pod={name} peer={peer}{rest}\r\n")
+                    } else {
+                        "-ERR unknown command\r\n".to_owned()
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    };
+    tokio::join!(
+        line_server(kv, name.clone(), false),
+        line_server(greeter, name, true)
+    );
+    Ok(())
+}
+
+/// A line exchange over plain TCP with `addr`: when `greeting`, first reads the server's
+/// greeting line; then sends each of `send` (CRLF-terminated) and reads one line back for
+/// each. Returns every line read, in order.
+///
+/// # Errors
+/// No connection within 5 s, or the connection closed (or silent for 5 s) before a line.
+pub async fn tcp_exchange(
+    addr: SocketAddr,
+    greeting: bool,
+    send: &[String],
+) -> Result<Vec<String>, String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{addr}: connect timed out"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let (r, mut w) = s.into_split();
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    let mut out = Vec::new();
+    let mut read_line = async |out: &mut Vec<String>| -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            Ok(Ok(Some(l))) => {
+                out.push(l);
+                Ok(())
+            }
+            Ok(Ok(None)) => Err(format!(
+                "{addr}: closed by the peer after {} lines",
+                out.len()
+            )),
+            Ok(Err(e)) => Err(format!("{addr}: {e} after {} lines", out.len())),
+            Err(_) => Err(format!(
+                "{addr}: no line within 5s after {} lines",
+                out.len()
+            )),
+        }
+    };
+    if greeting {
+        read_line(&mut out).await?;
+    }
+    for line in send {
+        w.write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        read_line(&mut out).await?;
+    }
+    Ok(out)
 }
 
 /// GETs `url` (`http://` or `https://`) with an optional `x-payload` header and `Host`;

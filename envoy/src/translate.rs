@@ -277,6 +277,16 @@ fn from_proxy_bind(pod: IpAddr) -> BindConfig {
     }
 }
 
+fn original_dst_filter() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.original_dst".to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 fn lb_endpoint_of(addr: SocketAddr, weight: u32) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -639,13 +649,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     // Connections a node's own Envoy makes to a local pod's :15008 are
                     // redirected (nat OUTPUT) to this listener; the original destination (the
                     // pod IP) is restored so the filter chain of that pod matches.
-                    ListenerFilter {
-                        name: "envoy.filters.listener.original_dst".to_owned(),
-                        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
-                            envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst::default(),
-                        ))),
-                        ..Default::default()
-                    },
+                    original_dst_filter(),
                     ListenerFilter {
                         name: "envoy.filters.listener.tls_inspector".to_owned(),
                         config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
@@ -846,7 +850,9 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 }),
                 // HTTP or not, from the first bytes; a client that sends nothing in time
                 // (server-first protocols) is TCP.
-                listener_filters: vec![l4::http_inspector()],
+                // original_dst marks the TPROXY'd destination as restored, so the L4
+                // clusters (ORIGINAL_DST) may use it.
+                listener_filters: vec![original_dst_filter(), l4::http_inspector()],
                 listener_filters_timeout: Some(dur(l4::DETECTION_TIMEOUT_MS)),
                 continue_on_listener_filters_timeout: true,
                 filter_chains: outbound_chains,
@@ -940,3 +946,6 @@ pub fn grpc_client_resources(services: &[Service]) -> Snapshot {
 /// Unused-import guard for `Any` in docs.
 #[doc(hidden)]
 pub type AnyResource = Any;
+
+#[cfg(test)]
+mod tests;

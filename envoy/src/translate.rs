@@ -800,7 +800,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 outbound_chains.push(FilterChain {
                     name: cluster_name.clone(),
                     filter_chain_match: Some(dest_match(Vec::new())),
-                    filters: vec![l4::tcp_proxy(
+                    filters: vec![l4::tcp_tunnel(
                         &format!("outbound_tcp_{}_{}", w.namespace, w.name),
                         &cluster_name,
                     )],

@@ -43,6 +43,18 @@ impl Severity {
     }
 }
 
+/// What a check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It examined something and found nothing wrong.
+    Pass,
+    /// It found something wrong.
+    Fail,
+    /// It had nothing to examine (never a pass: `--require` makes it fail).
+    Skipped,
+}
+
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -50,12 +62,22 @@ pub struct Finding {
     pub check: String,
     /// Severity when it fails.
     pub severity: Severity,
-    /// Passed?
+    /// `pass`, `fail` or `skipped`.
+    pub result: Outcome,
+    /// Passed? (`result == pass`.)
     pub passed: bool,
-    /// What was found.
+    /// What was found, or why nothing could be examined.
     pub message: String,
     /// Details (one per offending item).
     pub details: Vec<String>,
+}
+
+impl Finding {
+    /// Did it fail?
+    #[must_use]
+    pub fn is_failure(&self) -> bool {
+        self.result == Outcome::Fail
+    }
 }
 
 fn finding(check: &str, severity: Severity, details: Vec<String>, ok: &str, bad: &str) -> Finding {
@@ -63,6 +85,7 @@ fn finding(check: &str, severity: Severity, details: Vec<String>, ok: &str, bad:
     Finding {
         check: check.to_owned(),
         severity,
+        result: if passed { Outcome::Pass } else { Outcome::Fail },
         passed,
         message: if passed {
             ok.to_owned()
@@ -70,6 +93,18 @@ fn finding(check: &str, severity: Severity, details: Vec<String>, ok: &str, bad:
             format!("{bad} ({})", details.len())
         },
         details,
+    }
+}
+
+/// A check that had nothing to examine: `reason` says what was missing.
+fn skipped(check: &str, severity: Severity, reason: &str) -> Finding {
+    Finding {
+        check: check.to_owned(),
+        severity,
+        result: Outcome::Skipped,
+        passed: false,
+        message: format!("skipped: {reason}"),
+        details: Vec::new(),
     }
 }
 
@@ -88,6 +123,10 @@ pub struct AuditOptions {
     pub max_key_age_secs: u64,
     /// Flows behind strict-mode drops (from `identityd observe`), shown as evidence.
     pub drop_flows: Vec<String>,
+    /// `config.encryption` fails unless host-network traffic is encrypted too.
+    pub require_node_encryption: bool,
+    /// `config.encryption` fails when `mtls.defaultMode` is weaker than this.
+    pub min_default_mtls: Option<MtlsMode>,
 }
 
 impl Default for AuditOptions {
@@ -99,6 +138,8 @@ impl Default for AuditOptions {
             trust_domain: "cluster.local".to_owned(),
             max_key_age_secs: 90 * 24 * 3600,
             drop_flows: Vec::new(),
+            require_node_encryption: false,
+            min_default_mtls: None,
         }
     }
 }
@@ -416,61 +457,190 @@ pub fn live(
     out
 }
 
-/// Static checks over manifests (and optional values-like documents).
-#[must_use]
-pub fn static_checks(
-    state: &ClusterState,
-    values: &[serde_json::Value],
-    opts: &AuditOptions,
-) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut enc = Vec::new();
-    for v in values {
+fn mode_str(m: MtlsMode) -> &'static str {
+    match m {
+        MtlsMode::Disabled => "disabled",
+        MtlsMode::Permissive => "permissive",
+        MtlsMode::Strict => "strict",
+    }
+}
+
+fn mtls_rank(m: MtlsMode) -> u8 {
+    match m {
+        MtlsMode::Disabled => 0,
+        MtlsMode::Permissive => 1,
+        MtlsMode::Strict => 2,
+    }
+}
+
+/// The `config.encryption` check over what the input deploys: Helm values files and the
+/// node daemon configs of rendered ConfigMaps. Skipped when the input has neither.
+fn config_encryption(m: &Manifests, opts: &AuditOptions) -> Finding {
+    const CHECK: &str = "config.encryption";
+    if m.values.is_empty() && m.node_configs.is_empty() {
+        return skipped(
+            CHECK,
+            Severity::Error,
+            "no Helm values file and no rendered node ConfigMap (config.yaml with role: node) in the input",
+        );
+    }
+    let mut bad = Vec::new();
+    let weaker = |mode: MtlsMode| {
+        opts.min_default_mtls
+            .is_some_and(|min| mtls_rank(mode) < mtls_rank(min))
+    };
+    for (origin, v) in &m.values {
         let e = &v["encryption"];
         if e["mode"].as_str() == Some("disabled") {
-            enc.push("encryption.mode=disabled".to_owned());
+            bad.push(format!("{origin}: encryption.mode=disabled"));
         }
         if e["strictMode"].as_bool() == Some(false) {
-            enc.push("encryption.strictMode=false".to_owned());
+            bad.push(format!("{origin}: encryption.strictMode=false"));
+        }
+        if opts.require_node_encryption && e["nodeEncryption"].as_bool() != Some(true) {
+            bad.push(format!(
+                "{origin}: encryption.nodeEncryption={} (required on)",
+                e["nodeEncryption"].as_bool().unwrap_or(false)
+            ));
+        }
+        if let Some(d) = v["mtls"]["defaultMode"].as_str()
+            && let Ok(mode) = serde_json::from_value::<MtlsMode>(serde_json::json!(d))
+            && weaker(mode)
+        {
+            bad.push(format!(
+                "{origin}: mtls.defaultMode={d} (weaker than required)"
+            ));
         }
     }
-    out.push(finding(
-        "values.encryption",
-        Severity::Error,
-        enc,
-        "encryption on with strict mode (or no values given)",
-        "encryption weakened in values",
-    ));
+    for (origin, cfg) in &m.node_configs {
+        match cfg {
+            Err(e) => bad.push(format!("{origin}: does not load in the daemon: {e}")),
+            Ok(c) => {
+                use crate::daemon::config::EncryptionMode;
+                if c.encryption.mode == EncryptionMode::Disabled {
+                    bad.push(format!("{origin} encryption.mode=disabled"));
+                }
+                if !c.encryption.strict_mode {
+                    bad.push(format!("{origin} encryption.strictMode=false"));
+                }
+                if opts.require_node_encryption && !c.encryption.node_encryption {
+                    bad.push(format!(
+                        "{origin} encryption.nodeEncryption=false (required on)"
+                    ));
+                }
+                if weaker(c.mtls.default_mode) {
+                    bad.push(format!(
+                        "{origin} mtls.defaultMode={} (weaker than required)",
+                        mode_str(c.mtls.default_mode)
+                    ));
+                }
+            }
+        }
+    }
+    let what = format!(
+        "encryption on with strict mode in {} values file(s) and {} node config(s)",
+        m.values.len(),
+        m.node_configs.len()
+    );
+    finding(CHECK, Severity::Error, bad, &what, "encryption weakened")
+}
+
+/// Static checks over what a CI job would deploy: rendered manifests (`helm template`
+/// output: the node ConfigMap parsed with the daemon's own config parser, the cluster
+/// objects) and Helm values files. A check with nothing to examine is skipped, never passed.
+#[must_use]
+pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
+    let state = &m.state;
+    let mut out = vec![config_encryption(m, opts)];
     let mut unannotated = Vec::new();
     let mut required_missing = Vec::new();
     for (name, ns) in &state.namespaces {
-        if ns.mtls_mode().is_none() {
-            if opts.require_mtls.contains(name) {
-                required_missing.push(format!("namespace {name}: identityd.io/mtls required"));
-            } else {
-                unannotated.push(format!("namespace {name}: no identityd.io/mtls annotation"));
+        let required = opts.require_mtls.contains(name);
+        match ns.mtls_mode() {
+            None if required => {
+                required_missing.push(format!(
+                    "Namespace {name}: metadata.annotations identityd.io/mtls missing (required strict)"
+                ));
             }
+            None => unannotated.push(format!("Namespace {name}: no identityd.io/mtls annotation")),
+            Some(m) if required && m != MtlsMode::Strict => required_missing.push(format!(
+                "Namespace {name}: metadata.annotations identityd.io/mtls={} (required strict)",
+                mode_str(m)
+            )),
+            Some(_) => {}
         }
     }
     for r in &opts.require_mtls {
         if !state.namespaces.contains_key(r) {
-            required_missing.push(format!("namespace {r}: required but not in the manifests"));
+            required_missing.push(format!("Namespace {r}: required but not in the manifests"));
         }
     }
-    out.push(finding(
-        "namespaces.mtls-required",
-        Severity::Error,
-        required_missing,
-        "every required namespace is annotated",
-        "required namespaces without mTLS",
-    ));
-    out.push(finding(
-        "namespaces.mtls-annotation",
-        Severity::Warning,
-        unannotated,
-        "every namespace says its mTLS mode",
-        "namespaces without identityd.io/mtls",
-    ));
+    out.push(if opts.require_mtls.is_empty() {
+        skipped(
+            "namespaces.mtls-required",
+            Severity::Error,
+            "no namespace is required to be strict (--require-mtls)",
+        )
+    } else {
+        finding(
+            "namespaces.mtls-required",
+            Severity::Error,
+            required_missing,
+            "every required namespace is strict",
+            "required namespaces not strict",
+        )
+    });
+    out.push(if state.namespaces.is_empty() {
+        skipped(
+            "namespaces.mtls-annotation",
+            Severity::Warning,
+            "no Namespace in the input",
+        )
+    } else {
+        finding(
+            "namespaces.mtls-annotation",
+            Severity::Warning,
+            unannotated,
+            "every namespace says its mTLS mode",
+            "namespaces without identityd.io/mtls",
+        )
+    });
+    // An AuthorizationPolicy that allows every caller on a strict service makes its identity
+    // check a formality.
+    let mut allow_all = Vec::new();
+    for (key, p) in &state.authorization_policies {
+        let strict = state
+            .namespaces
+            .get(&key.namespace)
+            .and_then(crate::model::Namespace::mtls_mode)
+            == Some(MtlsMode::Strict);
+        for (i, r) in p.spec.allow.iter().enumerate() {
+            let from_anyone = r.from.as_ref().is_none_or(|f| {
+                f.spiffe_ids.is_empty() && f.namespaces.is_empty() && f.service_accounts.is_empty()
+            });
+            if strict && from_anyone {
+                allow_all.push(format!(
+                    "AuthorizationPolicy {key}: spec.allow[{i}] allows every identity on Service {}/{} (strict namespace)",
+                    key.namespace, p.spec.target_ref.name
+                ));
+            }
+        }
+    }
+    out.push(if state.authorization_policies.is_empty() {
+        skipped(
+            "policies.allow-all",
+            Severity::Error,
+            "no AuthorizationPolicy in the input",
+        )
+    } else {
+        finding(
+            "policies.allow-all",
+            Severity::Error,
+            allow_all,
+            "no AuthorizationPolicy allows every identity on a strict service",
+            "AuthorizationPolicies allowing every identity",
+        )
+    });
     let mut dangling = Vec::new();
     for (key, r) in &state.http_routes {
         for rule in &r.spec.rules {
@@ -491,13 +661,21 @@ pub fn static_checks(
             }
         }
     }
-    out.push(finding(
-        "routes.backends",
-        Severity::Error,
-        dangling,
-        "every route points at an existing Service",
-        "routes pointing at missing Services",
-    ));
+    out.push(if state.http_routes.is_empty() {
+        skipped(
+            "routes.backends",
+            Severity::Error,
+            "no HTTPRoute in the input",
+        )
+    } else {
+        finding(
+            "routes.backends",
+            Severity::Error,
+            dangling,
+            "every route points at an existing Service",
+            "routes pointing at missing Services",
+        )
+    });
     let invalid: Vec<String> = state
         .problems
         .iter()
@@ -508,13 +686,21 @@ pub fn static_checks(
         })
         .map(ToString::to_string)
         .collect();
-    out.push(finding(
-        "objects.valid",
-        Severity::Error,
-        invalid,
-        "every identityd and mesh object is valid",
-        "invalid objects",
-    ));
+    out.push(if m.objects == 0 && invalid.is_empty() {
+        skipped(
+            "objects.valid",
+            Severity::Error,
+            "no Kubernetes object identityd reads in the input",
+        )
+    } else {
+        finding(
+            "objects.valid",
+            Severity::Error,
+            invalid,
+            "every identityd and mesh object is valid",
+            "invalid objects",
+        )
+    });
     out
 }
 
@@ -526,9 +712,14 @@ pub fn static_checks(
 /// state (handshakes, SVIDs, Envoy) is only reachable on the nodes: `identityd status` there.
 #[must_use]
 pub fn cluster_checks(state: &ClusterState, opts: &AuditOptions) -> Vec<Finding> {
-    let mut out: Vec<Finding> = static_checks(state, &[], opts)
+    let m = Manifests {
+        state: state.clone(),
+        objects: 1,
+        ..Manifests::default()
+    };
+    let mut out: Vec<Finding> = static_checks(&m, opts)
         .into_iter()
-        .filter(|f| f.check != "values.encryption")
+        .filter(|f| f.check != "config.encryption")
         .collect();
     let mut nodes = Vec::new();
     if state.nodes.is_empty() {
@@ -649,28 +840,60 @@ pub async fn kube_snapshot(
     }
 }
 
-/// Loads manifests: a file or a directory (recursively). Values-like documents (a top-level
-/// `encryption:` key) are returned separately; unknown Kubernetes kinds are not problems here.
+/// What `audit --manifests` examines.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// The cluster objects identityd reads.
+    pub state: ClusterState,
+    /// How many documents were such objects.
+    pub objects: usize,
+    /// Helm values documents (a top-level `encryption:` key), by origin (`values FILE`).
+    pub values: Vec<(String, serde_json::Value)>,
+    /// Node daemon configs from rendered ConfigMaps (`config.yaml` with `role: node`), parsed
+    /// by the daemon's own parser, by origin (`ConfigMap NS/NAME: config.yaml`).
+    pub node_configs: Vec<(String, Result<crate::daemon::config::DaemonConfig, String>)>,
+}
+
+/// Loads manifests: a file, a directory (recursively), or `-` for standard input
+/// (`helm template … | identityd audit --manifests -`). Values documents and the node config
+/// of rendered ConfigMaps are kept apart; unknown Kubernetes kinds are not problems here.
 ///
 /// # Errors
-/// When the path cannot be read.
-pub fn load_manifests(path: &Path) -> Result<(ClusterState, Vec<serde_json::Value>), String> {
-    let mut files = Vec::new();
-    collect(path, &mut files).map_err(|e| format!("--manifests={}: {e}", path.display()))?;
+/// When the path (or stdin) cannot be read.
+pub fn load_manifests(path: &Path) -> Result<Manifests, String> {
+    let mut texts = Vec::new();
+    if path == Path::new("-") {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| format!("--manifests=-: reading stdin: {e}"))?;
+        texts.push(("stdin".to_owned(), t));
+    } else {
+        let mut files = Vec::new();
+        collect(path, &mut files).map_err(|e| format!("--manifests={}: {e}", path.display()))?;
+        for f in files {
+            let t = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            texts.push((f.display().to_string(), t));
+        }
+    }
+    let mut m = Manifests::default();
     let mut objects = Vec::new();
-    let mut values = Vec::new();
     let mut state_problems = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+    for (file, text) in texts {
         for (doc, r) in crate::source::decode::decode_all(&text) {
+            let value = || serde_saphyr::from_str::<serde_json::Value>(&doc.text).ok();
             match r {
                 Ok(Some(o)) => objects.push(o),
                 Ok(None) => {}
                 Err(e) => {
-                    if let Ok(v) = serde_saphyr::from_str::<serde_json::Value>(&doc.text)
-                        && v.get("encryption").is_some()
-                    {
-                        values.push(v);
+                    let Some(v) = value() else {
+                        continue;
+                    };
+                    if v.get("encryption").is_some() && v.get("kind").is_none() {
+                        m.values.push((format!("values {file}"), v));
+                        continue;
+                    }
+                    if v["kind"] == "ConfigMap" {
+                        node_config_of(&v, &mut m);
                         continue;
                     }
                     // Only documents of kinds identityd knows are its business (a Deployment
@@ -684,17 +907,13 @@ pub fn load_manifests(path: &Path) -> Result<(ClusterState, Vec<serde_json::Valu
                         _ => Some("object".to_owned()),
                     };
                     if let Some(kind) = kind {
-                        state_problems.push((
-                            f.display().to_string(),
-                            doc.index,
-                            kind,
-                            e.to_string(),
-                        ));
+                        state_problems.push((file.clone(), doc.index, kind, e.to_string()));
                     }
                 }
             }
         }
     }
+    m.objects = objects.len();
     let mut state = ClusterState::from_objects(1, objects);
     for (file, index, kind, reason) in state_problems {
         state.push_problem(crate::model::state::Problem {
@@ -710,7 +929,53 @@ pub fn load_manifests(path: &Path) -> Result<(ClusterState, Vec<serde_json::Valu
             reason,
         });
     }
-    Ok((state, values))
+    m.state = state;
+    Ok(m)
+}
+
+/// A ConfigMap carrying a node daemon config (`data."config.yaml"` with `role: node`): parsed
+/// by the daemon's parser, with placeholders for what the DaemonSet supplies at run time (the
+/// node name and underlay address from the downward API).
+fn node_config_of(v: &serde_json::Value, m: &mut Manifests) {
+    let Some(text) = v["data"]["config.yaml"].as_str() else {
+        return;
+    };
+    let is_node =
+        serde_saphyr::from_str::<serde_json::Value>(text).is_ok_and(|c| c["role"] == "node");
+    if !is_node {
+        return;
+    }
+    let origin = format!(
+        "ConfigMap {}/{}: config.yaml",
+        v["metadata"]["namespace"].as_str().unwrap_or("default"),
+        v["metadata"]["name"].as_str().unwrap_or("?")
+    );
+    // The DaemonSet supplies these from the downward API at run time (a documentation
+    // address stands in for the node's).
+    let env = |k: &str| match k {
+        k if k == crate::daemon::config::ENV_NODE_NAME => Some("audit".to_owned()),
+        k if k == crate::daemon::config::ENV_UNDERLAY_ADDRESS => Some("192.0.2.1".to_owned()),
+        _ => None,
+    };
+    let cfg = crate::daemon::config::DaemonConfig::from_text_with_env(text, &origin, env)
+        .map_err(|e| format!("{}={}: {}", e.field, e.value, e.reason));
+    m.node_configs.push((origin, cfg));
+}
+
+/// The check ids a `--require` list may name that the given findings do not satisfy: each
+/// required check must have run and passed (skipped or absent fails).
+#[must_use]
+pub fn unmet_requirements(findings: &[Finding], require: &[String]) -> Vec<String> {
+    require
+        .iter()
+        .filter_map(|r| match findings.iter().find(|f| &f.check == r) {
+            None => Some(format!("{r}: required, but no such check ran")),
+            Some(f) if f.result == Outcome::Skipped => {
+                Some(format!("{r}: required, but {}", f.message))
+            }
+            Some(_) => None,
+        })
+        .collect()
 }
 
 fn collect(path: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
@@ -733,10 +998,114 @@ fn collect(path: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()
     Ok(())
 }
 
+/// Every check: (id, what it proves and how to fix a failure).
+pub const CHECKS: &[(&str, &str)] = &[
+    (
+        "daemons.reachable",
+        "Every node daemon of the lab answers on its API socket.\nFix: start the node daemon (`identityd run --config …`); look at its log.",
+    ),
+    (
+        "nodes.published",
+        "Every running node daemon has published its IdentitydNode (WireGuard key, endpoint, pod CIDR), so its peers can reach it.\nFix: check the daemon's log for publish errors (RBAC on identitydnodes in a cluster).",
+    ),
+    (
+        "encryption.node-pairs",
+        "Every pair of nodes has a WireGuard path with a handshake newer than --max-handshake-age.\nFix: check UDP 51871 between the nodes, the peers' keys in `identityd status`, and the WireGuard device's log.",
+    ),
+    (
+        "encryption.strict-mode",
+        "Every node runs with strict mode on: pod traffic with no encrypted path is dropped, never sent in clear.\nFix: set encryption.strictMode=true (the default) and restart the node daemon.",
+    ),
+    (
+        "encryption.ingress-strict",
+        "Ingress strict is in place on every strict pod: only tunnel traffic from remote pods and only the node Envoy's connections reach it.\nFix: look at `identityd status` (ingress_strict_problem) on the node named.",
+    ),
+    (
+        "encryption.strict-drops",
+        "No packet was dropped by strict mode (a drop means a pod tried to send without an encrypted path; the flows are the evidence).\nFix: find the flow's source; a missing peer or a pod outside every pod CIDR are the usual causes.",
+    ),
+    (
+        "encryption.plaintext",
+        "No classifier counted a plaintext path to another node.\nFix: turn strict mode on; check encryption.mode.",
+    ),
+    (
+        "identity.svid-expiry",
+        "Every SVID a node serves lives longer than --min-svid-lifetime.\nFix: check that the node reaches the CA (`identityd status`, identities).",
+    ),
+    (
+        "identity.strict-workloads",
+        "Every workload in a strict namespace holds its SVID.\nFix: check the CA connection of the workload's node and the pod's service account.",
+    ),
+    (
+        "identity.inbound-mtls",
+        "Every strict workload behind a Service has an inbound mTLS listener in its node's Envoy.\nFix: check `identityd status` (xDS state, NACKs) on the node.",
+    ),
+    (
+        "identity.bundle",
+        "The trust bundle holds 1–2 valid roots.\nFix: finish or restart a CA rollover (KeyRotation target: ca).",
+    ),
+    (
+        "keys.age",
+        "No WireGuard key is older than the maximum key age.\nFix: apply a KeyRotation {target: wireguard}.",
+    ),
+    (
+        "proxy.envoy-ready",
+        "Every node's Envoy is LIVE.\nFix: look at the node's envoy.log; the daemon restarts an Envoy that exits.",
+    ),
+    (
+        "xds.nacks",
+        "No Envoy rejected the configuration its daemon sent.\nFix: the NACK message names the resource; report it with the cluster objects involved.",
+    ),
+    (
+        "cluster.problems",
+        "No cluster object was refused by the daemons.\nFix: each problem names the object, field and value.",
+    ),
+    (
+        "config.encryption",
+        "What the input deploys keeps encryption on: no Helm values file and no rendered node ConfigMap sets encryption.mode=disabled or strictMode=false (and, when asked, nodeEncryption is on and mtls.defaultMode is at least --min-default-mtls). Skipped when the input has neither.\nFix: remove the weakening from the values (`--set encryption.mode=wireguard`).",
+    ),
+    (
+        "namespaces.mtls-required",
+        "Every namespace given with --require-mtls exists and is annotated identityd.io/mtls=strict. Skipped without --require-mtls.\nFix: `kubectl annotate ns NAME identityd.io/mtls=strict`.",
+    ),
+    (
+        "namespaces.mtls-annotation",
+        "Every namespace says its mTLS mode explicitly. Skipped when the input has no Namespace.\nFix: annotate it (strict, permissive or disabled).",
+    ),
+    (
+        "policies.allow-all",
+        "No AuthorizationPolicy allow rule on a Service in a strict namespace accepts every identity (a rule without `from`). Skipped when the input has no AuthorizationPolicy.\nFix: name the callers (spiffeIds, namespaces or serviceAccounts).",
+    ),
+    (
+        "routes.backends",
+        "Every HTTPRoute backend names an existing Service. Skipped when the input has no HTTPRoute.\nFix: correct the backendRef or add the Service.",
+    ),
+    (
+        "objects.valid",
+        "Every identityd and mesh object in the input is valid. Skipped when there is none.\nFix: each problem names the object, field and value.",
+    ),
+    (
+        "objects.accepted",
+        "No Gateway, route or TrafficPolicy is Accepted=False (--kube).\nFix: the condition's message names the field.",
+    ),
+    (
+        "rotations.failed",
+        "No KeyRotation ended Failed (--kube).\nFix: the rotation's status says why; apply a new one.",
+    ),
+];
+
+/// What `check` proves and how to fix a failure.
+#[must_use]
+pub fn explain(check: &str) -> Option<&'static str> {
+    CHECKS.iter().find(|(c, _)| *c == check).map(|(_, t)| *t)
+}
+
 /// Whether any failed check is at or above `fail_on`.
 #[must_use]
 pub fn failed(findings: &[Finding], fail_on: Severity) -> bool {
-    findings.iter().any(|f| !f.passed && f.severity >= fail_on)
+    findings
+        .iter()
+        .any(|f| f.is_failure() && f.severity >= fail_on)
 }
 
 fn xml(s: &str) -> String {
@@ -777,7 +1146,11 @@ pub fn render(findings: &[Finding], format: AuditFormat) -> String {
                     "{:<28} {:<8} {:<7} {}",
                     f.check,
                     f.severity.as_str(),
-                    if f.passed { "pass" } else { "FAIL" },
+                    match f.result {
+                        Outcome::Pass => "pass",
+                        Outcome::Fail => "FAIL",
+                        Outcome::Skipped => "skip",
+                    },
                     f.message
                 );
                 for d in &f.details {
@@ -789,9 +1162,13 @@ pub fn render(findings: &[Finding], format: AuditFormat) -> String {
         F::Json => serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
             .unwrap_or_default(),
         F::Junit => {
-            let failures = findings.iter().filter(|f| !f.passed).count();
+            let failures = findings.iter().filter(|f| f.is_failure()).count();
+            let skips = findings
+                .iter()
+                .filter(|f| f.result == Outcome::Skipped)
+                .count();
             let mut s = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"identityd-audit\" tests=\"{}\" failures=\"{failures}\">\n",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"identityd-audit\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skips}\">\n",
                 findings.len()
             );
             for f in findings {
@@ -800,7 +1177,13 @@ pub fn render(findings: &[Finding], format: AuditFormat) -> String {
                     "  <testcase classname=\"identityd.audit\" name=\"{}\"",
                     xml(&f.check)
                 );
-                if f.passed {
+                if f.result == Outcome::Skipped {
+                    let _ = write!(
+                        s,
+                        ">\n    <skipped message=\"{}\"/>\n  </testcase>\n",
+                        xml(&f.message)
+                    );
+                } else if f.passed {
                     s.push_str("/>\n");
                 } else {
                     let _ = write!(
@@ -820,9 +1203,20 @@ pub fn render(findings: &[Finding], format: AuditFormat) -> String {
                 .iter()
                 .map(|f| serde_json::json!({ "id": f.check, "shortDescription": { "text": f.check } }))
                 .collect();
+            let not_applicable = findings
+                .iter()
+                .filter(|f| f.result == Outcome::Skipped)
+                .map(|f| {
+                    serde_json::json!({
+                        "ruleId": f.check,
+                        "kind": "notApplicable",
+                        "level": "none",
+                        "message": { "text": f.message },
+                    })
+                });
             let results: Vec<_> = findings
                 .iter()
-                .filter(|f| !f.passed)
+                .filter(|f| f.is_failure())
                 .flat_map(|f| {
                     let details = if f.details.is_empty() { vec![f.message.clone()] } else { f.details.clone() };
                     details.into_iter().map(move |d| {
@@ -833,6 +1227,7 @@ pub fn render(findings: &[Finding], format: AuditFormat) -> String {
                         })
                     })
                 })
+                .chain(not_applicable)
                 .collect();
             serde_json::to_string_pretty(&serde_json::json!({
                 "version": "2.1.0",
@@ -850,11 +1245,15 @@ pub fn render(findings: &[Finding], format: AuditFormat) -> String {
                     "| `{}` | {} | {} | {} |",
                     f.check,
                     f.severity.as_str(),
-                    if f.passed { "✅ pass" } else { "❌ fail" },
+                    match f.result {
+                        Outcome::Pass => "✅ pass",
+                        Outcome::Fail => "❌ fail",
+                        Outcome::Skipped => "⏭ skipped",
+                    },
                     f.message.replace('|', "\\|")
                 );
             }
-            for f in findings.iter().filter(|f| !f.passed) {
+            for f in findings.iter().filter(|f| f.is_failure()) {
                 let _ = writeln!(s, "\n<details><summary>{}</summary>\n", f.check);
                 for d in &f.details {
                     let _ = writeln!(s, "- {}", d.replace('|', "\\|"));
@@ -982,15 +1381,25 @@ mod tests {
              encryption: {mode: disabled, strictMode: false}\n",
         )
         .unwrap();
-        let (state, values) = load_manifests(dir.path()).unwrap();
+        let m = load_manifests(dir.path()).unwrap();
         let opts = AuditOptions {
             require_mtls: vec!["shop".into(), "pay".into()],
             ..AuditOptions::default()
         };
-        let f = static_checks(&state, &values, &opts);
+        let f = static_checks(&m, &opts);
         let get = |c: &str| f.iter().find(|x| x.check == c).unwrap();
-        assert!(!get("values.encryption").passed);
-        assert_eq!(get("values.encryption").details.len(), 2);
+        assert!(get("config.encryption").is_failure());
+        assert_eq!(get("config.encryption").details.len(), 2);
+        assert!(
+            get("config.encryption").details[0].starts_with("values "),
+            "names where it came from: {:?}",
+            get("config.encryption").details
+        );
+        assert_eq!(
+            get("policies.allow-all").result,
+            Outcome::Skipped,
+            "nothing to examine is not a pass"
+        );
         assert!(!get("namespaces.mtls-required").passed);
         assert!(
             !get("routes.backends").passed,
@@ -1033,14 +1442,14 @@ mod static_sets {
     fn failing(yaml: &str, require: &[&str]) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
-        let (state, values) = load_manifests(dir.path()).unwrap();
+        let m = load_manifests(dir.path()).unwrap();
         let opts = AuditOptions {
             require_mtls: require.iter().map(|s| (*s).to_owned()).collect(),
             ..AuditOptions::default()
         };
-        static_checks(&state, &values, &opts)
+        static_checks(&m, &opts)
             .into_iter()
-            .filter(|f| !f.passed)
+            .filter(Finding::is_failure)
             .map(|f| f.check)
             .collect()
     }
@@ -1077,12 +1486,70 @@ mod static_sets {
         assert_eq!(
             got,
             [
+                "config.encryption",
                 "namespaces.mtls-annotation",
                 "namespaces.mtls-required",
                 "objects.valid",
                 "routes.backends",
-                "values.encryption"
             ],
+        );
+    }
+
+    #[test]
+    fn every_check_is_explained() {
+        let src = include_str!("audit.rs");
+        for line in src.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix('"')
+                && let Some(id) = rest.strip_suffix("\",")
+                && id.contains('.')
+                && !id.contains(' ')
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '-')
+            {
+                assert!(explain(id).is_some(), "check {id} has no --explain entry");
+            }
+        }
+        assert!(explain("config.encryption").unwrap().contains("Fix:"));
+    }
+
+    #[test]
+    fn a_skipped_check_fails_only_when_required() {
+        let m = Manifests::default();
+        let f = static_checks(&m, &AuditOptions::default());
+        assert!(!failed(&f, Severity::Info), "nothing failed");
+        let enc = f.iter().find(|x| x.check == "config.encryption").unwrap();
+        assert_eq!(enc.result, Outcome::Skipped);
+        assert!(!enc.passed);
+        assert_eq!(
+            unmet_requirements(&f, &["config.encryption".into()]),
+            [
+                "config.encryption: required, but skipped: no Helm values file and no rendered node ConfigMap (config.yaml with role: node) in the input"
+            ]
+        );
+        let junit = render(&f, AuditFormat::Junit);
+        assert!(
+            junit.contains("<skipped message=\"skipped: no Helm values"),
+            "{junit}"
+        );
+        let sarif: serde_json::Value =
+            serde_json::from_str(&render(&f, AuditFormat::Sarif)).unwrap();
+        assert!(
+            sarif["runs"][0]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["ruleId"] == "config.encryption" && r["kind"] == "notApplicable"),
+            "{sarif}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render(&f, AuditFormat::Json)).unwrap();
+        assert!(
+            json["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["check"] == "config.encryption" && x["result"] == "skipped")
         );
     }
 }

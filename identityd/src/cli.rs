@@ -112,6 +112,40 @@ pub enum LabCommand {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// Measure the mesh's latency cost on a running lab: fixed-rate load client-1 → web-2
+    /// through (a) WireGuard only, (b) L4 mTLS, (c) L7 mTLS; writes a JSON report.
+    BenchMesh {
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Target rates (requests per second).
+        #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+        rates: Vec<u32>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Report file.
+        #[arg(long, default_value = "target/bench-reports/mesh_latency.json")]
+        out: PathBuf,
+    },
+    /// (internal) Fixed-rate (open-loop) load from inside a lab pod; prints a JSON report.
+    #[command(hide = true)]
+    Load {
+        /// `IP:PORT`.
+        addr: std::net::SocketAddr,
+        /// `http` (GET, one per connection) or `tcp` (the kv protocol's PING).
+        #[arg(long, default_value = "http")]
+        kind: String,
+        /// Host header for http.
+        #[arg(long, default_value = "web.shop")]
+        host: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// (internal) A TCP line exchange from inside a lab pod (the lab's TCP protocols).
     #[command(hide = true)]
     Tcp {
@@ -155,9 +189,22 @@ pub struct AuditArgs {
     /// key rotations).
     #[arg(long)]
     pub kube: bool,
-    /// Static manifests to check.
+    /// What a CI job deploys: rendered manifests (`helm template` output), Helm values
+    /// files, or cluster YAML — a file, a directory, or `-` for standard input.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Checks that must run and pass, comma-separated: a skipped (or absent) one fails.
+    #[arg(long, value_delimiter = ',')]
+    pub require: Vec<String>,
+    /// `config.encryption` fails unless host-network traffic is encrypted too.
+    #[arg(long)]
+    pub require_node_encryption: bool,
+    /// `config.encryption` fails when `mtls.defaultMode` is weaker than this.
+    #[arg(long, value_parser = ["strict", "permissive", "disabled"])]
+    pub min_default_mtls: Option<String>,
+    /// Print what CHECK proves and how to fix a failure, then exit.
+    #[arg(long, value_name = "CHECK")]
+    pub explain: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
     pub format: AuditFormat,

@@ -71,6 +71,31 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
 
 fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
     use identityd::audit::{self, AuditOptions, Severity};
+    if let Some(check) = &args.explain {
+        return match audit::explain(check) {
+            Some(text) => {
+                println!("{check}\n\n{text}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "error: --explain={check}: no such check; the checks are: {}",
+                    audit::CHECKS
+                        .iter()
+                        .map(|(c, _)| *c)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
+    for r in &args.require {
+        if audit::explain(r).is_none() {
+            eprintln!("error: --require={r}: no such check (see --explain)");
+            return ExitCode::from(2);
+        }
+    }
     if args.source.is_none() && args.manifests.is_none() && !args.kube {
         eprintln!("error: give --source DIR (a lab), --kube, and/or --manifests PATH");
         return ExitCode::from(2);
@@ -92,6 +117,11 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
     };
     let opts = AuditOptions {
         require_mtls: args.require_mtls.clone(),
+        require_node_encryption: args.require_node_encryption,
+        min_default_mtls: args
+            .min_default_mtls
+            .as_deref()
+            .and_then(|m| serde_json::from_value(serde_json::Value::String(m.to_owned())).ok()),
         max_handshake_age_secs: max_hs,
         min_svid_lifetime_secs: min_svid,
         ..AuditOptions::default()
@@ -157,7 +187,7 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
     }
     if let Some(m) = &args.manifests {
         match audit::load_manifests(m) {
-            Ok((state, values)) => findings.extend(audit::static_checks(&state, &values, &opts)),
+            Ok(m) => findings.extend(audit::static_checks(&m, &opts)),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
@@ -170,7 +200,11 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
         identityd::cli::FailOn::Warning => Severity::Warning,
         identityd::cli::FailOn::Info => Severity::Info,
     };
-    if audit::failed(&findings, fail_on) {
+    let unmet = audit::unmet_requirements(&findings, &args.require);
+    for u in &unmet {
+        eprintln!("audit: {u}");
+    }
+    if audit::failed(&findings, fail_on) || !unmet.is_empty() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -219,6 +253,44 @@ fn main() -> ExitCode {
         }
         Command::Lab(LabCommand::Down { dir }) => {
             report(lab::down(&dir.unwrap_or_else(lab::default_dir)))
+        }
+        Command::Lab(LabCommand::BenchMesh {
+            dir,
+            rates,
+            seconds,
+            out,
+        }) => report(lab::bench::mesh(
+            &dir.unwrap_or_else(lab::default_dir),
+            &lab::bench::MeshBenchOptions {
+                rates,
+                seconds,
+                out,
+            },
+        )),
+        Command::Lab(LabCommand::Load {
+            addr,
+            kind,
+            host,
+            rate,
+            seconds,
+        }) => {
+            let kind = match kind.as_str() {
+                "http" => lab::workload::LoadKind::Http,
+                "tcp" => lab::workload::LoadKind::Tcp,
+                other => {
+                    eprintln!("error: --kind={other}: must be http or tcp");
+                    return ExitCode::from(2);
+                }
+            };
+            let r = runtime().block_on(lab::workload::load(
+                addr,
+                kind,
+                &host,
+                rate,
+                std::time::Duration::from_secs(seconds),
+            ));
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            ExitCode::SUCCESS
         }
         Command::Lab(LabCommand::Tcp {
             addr,

@@ -5,9 +5,12 @@
 //! retries, RBAC on paths). Anything else — a database, a broker, a binary protocol, or a
 //! server-first protocol whose client sends nothing before [`DETECTION_TIMEOUT_MS`] — is proxied
 //! as opaque TCP:
-//! - to a pod of a service in an mTLS namespace (destination pod IP and target port): an mTLS
-//!   connection with the caller's SVID to the pod's node Envoy (`<pod-ip>:15008`, SNI
-//!   [`inbound_tcp_sni`]), accepting only the service's SPIFFE IDs;
+//! - to a pod of a service in an mTLS namespace (destination pod IP and target port): an HTTP/2
+//!   `CONNECT` stream inside an mTLS connection with the caller's SVID to the pod's node Envoy
+//!   (`<pod-ip>:15008`, SNI [`inbound_tcp_sni`]), accepting only the service's SPIFFE IDs. The
+//!   mTLS connection is pooled per (caller identity, destination pod, port) — never shared
+//!   between callers, since its client certificate *is* the caller — so a new TCP connection
+//!   costs a stream, not a TLS handshake (the HBONE idea of Istio ambient);
 //! - anywhere else: passed through to the original destination (over WireGuard when it is on
 //!   another node; a strict pod refuses it there, fail closed).
 //!
@@ -15,23 +18,33 @@
 //! (selected by SNI): TLS with a client SVID required, the network RBAC filter from the
 //! authorization policies (on identities; rules that need HTTP attributes — paths, methods —
 //! never allow at L4, and deny rules apply on their identities alone: stricter, never looser),
-//! then a TCP proxy to the pod marked as coming from the node's Envoy (ingress strict).
+//! then an HTTP/2 connection manager that terminates each `CONNECT` stream into a TCP
+//! connection to that one pod port (the chain fixes the target; the stream's authority cannot
+//! redirect it), marked as coming from the node's Envoy (ingress strict).
 
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
-use super::{dur, mtls_upstream, rule_policy, tls_socket};
+use super::{dur, hcm_filter, mtls_upstream, router_filter, rule_policy, tls_socket};
 use crate::mesh::{AuthzAction, AuthzPolicy, AuthzRule, Service};
 
 /// How long the outbound listener waits for a client's first bytes to tell HTTP from other
@@ -70,14 +83,92 @@ pub(super) fn http_inspector() -> ListenerFilter {
 
 /// `envoy.filters.network.tcp_proxy` to `cluster`.
 pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    tcp_proxy_with(stat_prefix, cluster, None)
+}
+
+/// `envoy.filters.network.tcp_proxy` to `cluster`, as an HTTP/2 `CONNECT` stream to the
+/// connection's original destination (the authority names the dialled pod and port).
+pub(super) fn tcp_tunnel(stat_prefix: &str, cluster: &str) -> Filter {
+    tcp_proxy_with(
+        stat_prefix,
+        cluster,
+        Some(tcp_proxy::TunnelingConfig {
+            hostname: "%DOWNSTREAM_LOCAL_ADDRESS%".to_owned(),
+            ..Default::default()
+        }),
+    )
+}
+
+fn tcp_proxy_with(
+    stat_prefix: &str,
+    cluster: &str,
+    tunneling_config: Option<tcp_proxy::TunnelingConfig>,
+) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
             stat_prefix: stat_prefix.to_owned(),
             cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+            tunneling_config,
             ..Default::default()
         }))),
     }
+}
+
+/// The inbound end of the tunnel: an HTTP/2 connection manager that accepts only `CONNECT`
+/// and turns each stream into a TCP connection to `cluster` (one pod port). No route or
+/// stream timeouts: a TCP connection lives as long as its peers keep it.
+fn connect_terminator(stat_prefix: &str, cluster: &str) -> Filter {
+    let connect = || http_connection_manager::UpgradeConfig {
+        upgrade_type: "CONNECT".to_owned(),
+        ..Default::default()
+    };
+    hcm_filter(HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: http_connection_manager::CodecType::Http2 as i32,
+        http2_protocol_options: Some(Http2ProtocolOptions {
+            allow_connect: true,
+            ..Default::default()
+        }),
+        upgrade_configs: vec![connect()],
+        stream_idle_timeout: Some(dur(0)),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+            RouteConfiguration {
+                name: format!("{cluster}|connect"),
+                virtual_hosts: vec![VirtualHost {
+                    name: "connect".to_owned(),
+                    domains: vec!["*".to_owned()],
+                    routes: vec![Route {
+                        r#match: Some(RouteMatch {
+                            path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+                                route_match::ConnectMatcher {},
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(route::Action::Route(RouteAction {
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                                cluster.to_owned(),
+                            )),
+                            timeout: Some(dur(0)),
+                            upgrade_configs: vec![route_action::UpgradeConfig {
+                                upgrade_type: "CONNECT".to_owned(),
+                                connect_config: Some(
+                                    route_action::upgrade_config::ConnectConfig::default(),
+                                ),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        http_filters: vec![router_filter()],
+        ..Default::default()
+    })
 }
 
 /// The rule as it can be evaluated on a connection (identities only), or `None` when it can
@@ -149,7 +240,7 @@ pub(super) fn inbound_chain(
     let mut filters = Vec::new();
     filters.extend(network_rbac(td, &stat, policies, AuthzAction::Deny));
     filters.extend(network_rbac(td, &stat, policies, AuthzAction::Allow));
-    filters.push(tcp_proxy(&stat, cluster));
+    filters.push(connect_terminator(&stat, cluster));
     FilterChain {
         name: format!("{cluster}|tcp"),
         filter_chain_match: Some(FilterChainMatch {
@@ -194,6 +285,13 @@ pub(super) fn mtls_cluster(s: &Service, caller: &str, bundle_name: &str) -> Opti
             },
         )),
         transport_socket: Some(ts),
+        // The tunnel: HTTP/2 to the pod's node Envoy, one pooled connection per pod for
+        // this caller, each TCP connection a CONNECT stream.
+        typed_extension_protocol_options: std::iter::once((
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            super::l7::h2_options(),
+        ))
+        .collect(),
         ..Default::default()
     })
 }

@@ -543,7 +543,7 @@ pub(super) fn outbound_vhost(
     })
 }
 
-fn h2_options() -> Any {
+pub(super) fn h2_options() -> Any {
     pack_any(HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(

@@ -122,6 +122,19 @@ fn non_http_tcp_to_an_mtls_pod_gets_an_l4_mtls_chain_and_the_rest_passes_through
     assert_eq!(m.source_prefix_ranges[0].address_prefix, "10.244.1.11");
     assert!(m.application_protocols.is_empty());
     assert_eq!(tcp.filters[0].name, "envoy.filters.network.tcp_proxy");
+    let Some(filter::ConfigType::TypedConfig(any)) = &tcp.filters[0].config_type else {
+        panic!("untyped tcp_proxy")
+    };
+    let proxy =
+        envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy::decode(
+            any.value.as_slice(),
+        )
+        .unwrap();
+    assert_eq!(
+        proxy.tunneling_config.expect("a CONNECT tunnel").hostname,
+        "%DOWNSTREAM_LOCAL_ADDRESS%",
+        "the stream names the dialled pod and port"
+    );
     // Its HTTP twin keeps HTTP on the L7 path for the same destination.
     let twin = chain(&out, &format!("{cluster_name}|http"));
     assert_eq!(
@@ -147,6 +160,11 @@ fn non_http_tcp_to_an_mtls_pod_gets_an_l4_mtls_chain_and_the_rest_passes_through
         panic!("no original-dst config")
     };
     assert_eq!(o.upstream_port_override.as_ref().unwrap().value, 15008);
+    assert!(
+        c.typed_extension_protocol_options
+            .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+        "HTTP/2 to the peer Envoy: one pooled connection per pod for this caller"
+    );
     let ts = c.transport_socket.as_ref().unwrap();
     let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
         any,
@@ -174,7 +192,8 @@ fn non_http_tcp_to_an_mtls_pod_gets_an_l4_mtls_chain_and_the_rest_passes_through
     assert_eq!(allow.rules.unwrap().policies.len(), 1);
     assert_eq!(
         l4.filters.last().unwrap().name,
-        "envoy.filters.network.tcp_proxy"
+        "envoy.filters.network.http_connection_manager",
+        "the inbound end terminates the CONNECT tunnel"
     );
 }
 

@@ -453,8 +453,27 @@ impl DaemonConfig {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err("(file)", "", e.to_string()))?;
+        Self::from_text_with_env(&text, &path.display().to_string(), env)
+    }
+
+    /// [`DaemonConfig::load_with_env`] of a config's text (`origin` names where it came from
+    /// in errors: a file, or `ConfigMap ns/name: config.yaml` for the audit).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field and value.
+    pub fn from_text_with_env(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let err = |field: &str, value: &str, reason: String| ConfigError {
+            path: origin.to_owned(),
+            field: field.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
         let mut cfg: Self =
-            serde_saphyr::from_str(&text).map_err(|e| err("(yaml)", "", e.to_string()))?;
+            serde_saphyr::from_str(text).map_err(|e| err("(yaml)", "", e.to_string()))?;
         if let Some(name) = env(ENV_NODE_NAME).filter(|v| !v.is_empty()) {
             cfg.name = name;
         }

@@ -8,6 +8,7 @@
 //! sample traffic while capturing the underlay, and prints what it saw. Everything it creates
 //! is recorded in `<dir>/lab.json`, which `lab down` uses to remove it all.
 
+pub mod bench;
 pub mod workload;
 
 use std::fmt::Write as _;

@@ -264,3 +264,156 @@ async fn tls_connect(
         .await
         .map_err(|e| format!("TLS with {name}: {e}"))
 }
+
+/// What [`load`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadKind {
+    /// `GET /` with a `Host` header, one request per connection (the lab server closes).
+    Http,
+    /// The kv protocol: connect, `PING`, read the `+PONG` line, close.
+    Tcp,
+}
+
+/// An open-loop load run's result: latencies measured from each request's *scheduled* start
+/// (so a stall is not hidden by the generator waiting: no coordinated omission).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadReport {
+    /// Target rate, requests per second.
+    pub rate: u32,
+    /// Requests scheduled.
+    pub scheduled: usize,
+    /// Requests that completed with the expected answer.
+    pub ok: usize,
+    /// Requests that failed (connect error, wrong answer, timeout).
+    pub errors: usize,
+    /// The first few error messages.
+    pub first_errors: Vec<String>,
+    /// Achieved rate of successful requests over the run, per second.
+    pub achieved_rate: f64,
+    /// Latency percentiles of successful requests, microseconds.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// Maximum, µs.
+    pub max_us: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a slice of at most millions of samples"
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Sends requests to `addr` at a fixed `rate` for `duration`, open loop: every request starts
+/// at its scheduled time on its own connection, whatever the earlier ones are doing.
+pub async fn load(
+    addr: SocketAddr,
+    kind: LoadKind,
+    host: &str,
+    rate: u32,
+    duration: Duration,
+) -> LoadReport {
+    let rate = rate.max(1);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let count = usize::try_from((duration.as_secs_f64() * f64::from(rate)).round() as u64)
+        .unwrap_or(usize::MAX);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let host = host.to_owned();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = start + interval.mul_f64(i as f64);
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let r =
+                tokio::time::timeout(Duration::from_secs(5), one_request(addr, kind, &host)).await;
+            let took = tokio::time::Instant::now().duration_since(at);
+            match r {
+                Ok(Ok(())) => Ok(u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("no answer within 5s".to_owned()),
+            }
+        }));
+    }
+    let mut lat = Vec::with_capacity(count);
+    let mut first_errors = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(us)) => lat.push(us),
+            Ok(Err(e)) => {
+                errors += 1;
+                if first_errors.len() < 5 {
+                    first_errors.push(e);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if first_errors.len() < 5 {
+                    first_errors.push(e.to_string());
+                }
+            }
+        }
+    }
+    let elapsed = tokio::time::Instant::now().duration_since(start);
+    lat.sort_unstable();
+    LoadReport {
+        rate,
+        scheduled: count,
+        ok: lat.len(),
+        errors,
+        first_errors,
+        achieved_rate: lat.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_us: percentile(&lat, 0.50),
+        p90_us: percentile(&lat, 0.90),
+        p99_us: percentile(&lat, 0.99),
+        max_us: lat.last().copied().unwrap_or(0),
+    }
+}
+
+async fn one_request(addr: SocketAddr, kind: LoadKind, host: &str) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let (req, want): (String, &[u8]) = match kind {
+        LoadKind::Http => (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            b"HTTP/1.1 200",
+        ),
+        LoadKind::Tcp => ("PING\r\n".to_owned(), b"+PONG"),
+    };
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 4096];
+    loop {
+        let n = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if kind == LoadKind::Tcp && buf.contains(&b'\n') {
+            break;
+        }
+    }
+    if buf.starts_with(want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(60)])
+        ))
+    }
+}

@@ -1,0 +1,296 @@
+//! `identityd audit --manifests -` as a CI gate over what is deployed: the real chart rendered
+//! by `helm template` (real helm) with each weakening a user could pass, plus the
+//! application manifests of `tests/fixtures/audit/`, piped in on stdin. Each weakened install
+//! fails with the expected check naming the object and field; the untouched chart passes;
+//! input with nothing to examine is `skipped` (never a pass) and fails under `--require`; the
+//! JUnit and SARIF outputs validate (junitparser, SARIF multitool) with the skipped state.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use identityd_tests::tools;
+
+const BIN: &str = env!("CARGO_BIN_EXE_identityd");
+
+fn fixture(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/audit")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn helm_template(sets: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(tools::helm());
+    cmd.args(["template", "identityd"])
+        .arg(tools::workspace_root().join("charts/identityd"))
+        .args(["--namespace", "identityd-system"])
+        .env("HOME", home.path())
+        .env("XDG_CACHE_HOME", home.path().join("cache"))
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .env_remove("KUBECONFIG");
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("helm (scripts/bootstrap installs it)");
+    assert!(
+        out.status.success(),
+        "helm template {sets:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `identityd audit --manifests - ARGS` with `input` on stdin: (exit ok, stdout, stderr).
+fn audit(input: &str, args: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["audit", "--manifests", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn findings(input: &str, args: &[&str]) -> (bool, Vec<serde_json::Value>) {
+    let mut a = vec!["--format", "json"];
+    a.extend_from_slice(args);
+    let (ok, out, err) = audit(input, &a);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("audit json: {e}\n{out}\n{err}"));
+    (ok, v["findings"].as_array().unwrap().clone())
+}
+
+fn check<'a>(f: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    f.iter()
+        .find(|x| x["check"] == id)
+        .unwrap_or_else(|| panic!("no check {id} in {f:#?}"))
+}
+
+fn details(f: &serde_json::Value) -> String {
+    f["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const REQUIRE: &[&str] = &["--require-mtls", "shop"];
+
+#[test]
+fn the_untouched_chart_and_its_application_pass_with_nothing_skipped_that_matters() {
+    let input = format!(
+        "{}\n---\n{}",
+        helm_template(&[]),
+        fixture("shop-strict.yaml")
+    );
+    let (ok, f) = findings(&input, REQUIRE);
+    assert!(ok, "{f:#?}");
+    let enc = check(&f, "config.encryption");
+    assert_eq!(enc["result"], "pass", "{enc}");
+    assert!(
+        enc["message"].as_str().unwrap().contains("1 node config"),
+        "the rendered node ConfigMap was examined: {enc}"
+    );
+    for id in [
+        "namespaces.mtls-required",
+        "policies.allow-all",
+        "routes.backends",
+        "objects.valid",
+    ] {
+        assert_eq!(check(&f, id)["result"], "pass", "{id}: {}", check(&f, id));
+    }
+}
+
+#[test]
+fn every_weakened_install_fails_naming_the_object_and_field() {
+    let app = fixture("shop-strict.yaml");
+    // (helm --set values, extra manifests, extra audit args, failing check, detail it names)
+    let cases: &[(&[&str], String, &[&str], &str, &str)] = &[
+        (
+            &["encryption.mode=disabled"],
+            app.clone(),
+            &[],
+            "config.encryption",
+            "ConfigMap identityd-system/identityd-node-config: config.yaml encryption.mode=disabled",
+        ),
+        (
+            &["encryption.strictMode=false"],
+            app.clone(),
+            &[],
+            "config.encryption",
+            "ConfigMap identityd-system/identityd-node-config: config.yaml encryption.strictMode=false",
+        ),
+        (
+            &["mtls.defaultMode=disabled"],
+            app.clone(),
+            &["--min-default-mtls", "permissive"],
+            "config.encryption",
+            "ConfigMap identityd-system/identityd-node-config: config.yaml mtls.defaultMode=disabled (weaker than required)",
+        ),
+        (
+            &[],
+            app.clone(),
+            &["--require-node-encryption"],
+            "config.encryption",
+            "config.yaml encryption.nodeEncryption=false (required on)",
+        ),
+        (
+            &[],
+            app.replace("identityd.io/mtls: strict", "identityd.io/mtls: permissive"),
+            &[],
+            "namespaces.mtls-required",
+            "Namespace shop: metadata.annotations identityd.io/mtls=permissive (required strict)",
+        ),
+        (
+            &[],
+            format!("{app}\n---\n{}", fixture("allow-all.yaml")),
+            &[],
+            "policies.allow-all",
+            "AuthorizationPolicy shop/anyone: spec.allow[0] allows every identity on Service shop/web",
+        ),
+        (
+            &[],
+            format!("{app}\n---\n{}", fixture("missing-backend.yaml")),
+            &[],
+            "routes.backends",
+            "HTTPRoute shop/broken: backendRef shop/no-such-service does not exist",
+        ),
+    ];
+    for (sets, extra, args, id, named) in cases {
+        let input = format!("{}\n---\n{extra}", helm_template(sets));
+        let mut a = REQUIRE.to_vec();
+        a.extend_from_slice(args);
+        let (ok, f) = findings(&input, &a);
+        let c = check(&f, id);
+        assert!(!ok, "{sets:?} {args:?}: the audit must fail; {c}");
+        assert_eq!(c["result"], "fail", "{sets:?}: {c}");
+        assert!(
+            details(c).contains(named),
+            "{sets:?}: {id} names {named:?}; got:\n{}",
+            details(c)
+        );
+    }
+}
+
+#[test]
+fn input_with_nothing_to_examine_is_skipped_and_fails_when_required() {
+    // A rendered Deployment only: nothing identityd can judge.
+    let input = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n";
+    let (ok, f) = findings(input, &[]);
+    let enc = check(&f, "config.encryption");
+    assert_eq!(enc["result"], "skipped", "{enc}");
+    assert_eq!(enc["passed"], false);
+    assert!(ok, "skipped is not a failure unless required");
+    let (ok, _, err) = audit(input, &["--require", "config.encryption"]);
+    assert!(!ok, "a required check that was skipped fails");
+    assert!(
+        err.contains("config.encryption: required, but skipped"),
+        "{err}"
+    );
+    let (ok, _, err) = audit(input, &["--require", "no.such-check"]);
+    assert!(
+        !ok && err.contains("--require=no.such-check: no such check"),
+        "{err}"
+    );
+    // --explain says what a check proves and how to fix it.
+    let out = Command::new(BIN)
+        .args(["audit", "--explain", "config.encryption"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("Fix:"), "{text}");
+}
+
+#[test]
+fn junit_and_sarif_of_the_corpus_validate_with_the_skipped_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{}\n---\n{}",
+        helm_template(&["encryption.mode=disabled"]),
+        fixture("shop-strict.yaml")
+    );
+    // No --require-mtls: namespaces.mtls-required is skipped, config.encryption fails.
+    let (_, junit, _) = audit(&input, &["--format", "junit"]);
+    let file = dir.path().join("audit.xml");
+    std::fs::write(&file, &junit).unwrap();
+    let py = "import sys\nfrom junitparser import JUnitXml, TestSuite, Failure, Skipped\n\
+              x = JUnitXml.fromfile(sys.argv[1])\n\
+              suites = [x] if isinstance(x, TestSuite) else list(x)\n\
+              for suite in suites:\n    for case in suite:\n        \
+              r = case.result\n        \
+              print(('FAILED' if any(isinstance(i, Failure) for i in r) else 'SKIPPED' if any(isinstance(i, Skipped) for i in r) else 'PASSED'), case.name)\n";
+    let out = Command::new(tools::python())
+        .args(["-c", py])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "junitparser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(parsed.contains("FAILED config.encryption"), "{parsed}");
+    assert!(
+        parsed.contains("SKIPPED namespaces.mtls-required"),
+        "{parsed}"
+    );
+    assert!(parsed.contains("PASSED routes.backends"), "{parsed}");
+    let (_, sarif, _) = audit(&input, &["--format", "sarif"]);
+    let file = dir.path().join("audit.sarif");
+    let report = dir.path().join("validation.sarif");
+    std::fs::write(&file, &sarif).unwrap();
+    let out = Command::new(tools::sarif_multitool())
+        .arg("validate")
+        .arg(&file)
+        .arg("--json-schema")
+        .arg(tools::sarif_multitool().with_file_name("sarif-2.1.0.json"))
+        .arg("--output")
+        .arg(&report)
+        .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Sarif.Multitool validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let errors: Vec<&serde_json::Value> = v["runs"][0]["results"]
+        .as_array()
+        .map(|r| r.iter().filter(|x| x["level"] == "error").collect())
+        .unwrap_or_default();
+    assert!(errors.is_empty(), "SARIF validation errors: {errors:#?}");
+    let log: serde_json::Value = serde_json::from_str(&sarif).unwrap();
+    let results = log["runs"][0]["results"].as_array().unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| r["ruleId"] == "namespaces.mtls-required" && r["kind"] == "notApplicable")
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r["ruleId"] == "config.encryption" && r["level"] == "error")
+    );
+}

@@ -123,7 +123,8 @@ fn the_untouched_chart_and_its_application_pass_with_nothing_skipped_that_matter
 fn every_weakened_install_fails_naming_the_object_and_field() {
     let app = fixture("shop-strict.yaml");
     // (helm --set values, extra manifests, extra audit args, failing check, detail it names)
-    let cases: &[(&[&str], String, &[&str], &str, &str)] = &[
+    type Case<'a> = (&'a [&'a str], String, &'a [&'a str], &'a str, &'a str);
+    let cases: &[Case] = &[
         (
             &["encryption.mode=disabled"],
             app.clone(),

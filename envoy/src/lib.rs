@@ -34,13 +34,19 @@ pub use envoy_types;
 /// Envoy admin port (loopback only).
 pub const ADMIN_PORT: u16 = 15000;
 /// Envoy's flags besides `-c <bootstrap>` wherever the project starts one (the daemon's
-/// supervisor, the test harness): one worker, no hot restart (its supervisor restarts it).
-pub const ENVOY_ARGS: [&str; 5] = [
+/// supervisor, the test harness): one worker, no hot restart (its supervisor restarts it), and
+/// immediate draining: when a filter chain changes (an AuthorizationPolicy, a mode), its
+/// existing connections get GOAWAY at once, so pooled mTLS connections — the L4 tunnels —
+/// carry no new stream under the old policy (the default gradual drain would keep some for up
+/// to the drain time, 10 minutes).
+pub const ENVOY_ARGS: [&str; 7] = [
     "--disable-hot-restart",
     "--concurrency",
     "1",
     "--log-level",
     "warn",
+    "--drain-strategy",
+    "immediate",
 ];
 /// Outbound capture listener.
 pub const OUTBOUND_PORT: u16 = 15001;

@@ -591,6 +591,10 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     RouteConfiguration {
                         name: cluster.clone(),
                         virtual_hosts: vec![route_to(&cluster, vec!["*".to_owned()], "inbound")],
+                        // The cluster comes in the same snapshot; Envoy may apply the listener
+                        // first, and an inline route is otherwise checked against the clusters
+                        // it has (a NACK of the whole listener, kept until the next change).
+                        validate_clusters: Some(BoolValue { value: false }),
                         ..Default::default()
                     },
                 )),

@@ -135,6 +135,10 @@ fn connect_terminator(stat_prefix: &str, cluster: &str) -> Filter {
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {
                 name: format!("{cluster}|connect"),
+                // See the HTTP inbound route: the cluster may arrive after the listener.
+                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue {
+                    value: false,
+                }),
                 virtual_hosts: vec![VirtualHost {
                     name: "connect".to_owned(),
                     domains: vec!["*".to_owned()],

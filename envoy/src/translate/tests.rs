@@ -195,6 +195,20 @@ fn non_http_tcp_to_an_mtls_pod_gets_an_l4_mtls_chain_and_the_rest_passes_through
         "envoy.filters.network.http_connection_manager",
         "the inbound end terminates the CONNECT tunnel"
     );
+    // Inline routes do not validate their clusters: the listener may be applied before the
+    // clusters of the same snapshot (a NACK would otherwise stick until the next change).
+    for name in ["inbound|6379|shop/web-1|tcp", "inbound|6379|shop/web-1"] {
+        let c = chain(&inb, name);
+        let Some(filter::ConfigType::TypedConfig(any)) = &c.filters.last().unwrap().config_type
+        else {
+            panic!("untyped HCM")
+        };
+        let hcm = envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
+            panic!("{name}: inline route expected")
+        };
+        assert_eq!(rc.validate_clusters.map(|v| v.value), Some(false), "{name}");
+    }
 }
 
 #[test]

@@ -767,7 +767,12 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
         // Opaque TCP to pods of mTLS services: by destination pod and target port, one chain
         // per service port of this caller (Envoy matches the destination before the
         // protocol, so each also carries an HTTP twin to keep HTTP on the L7 path).
-        if have_svid.contains(w.id.as_str()) {
+        // A caller without an SVID (yet) gets the same matches with its TCP passed through in
+        // plaintext: a permissive server accepts it, a strict one's ingress strict refuses it.
+        // (Without its own chains, the destination match of other callers' chains would
+        // leave it no chain at all.)
+        {
+            let with_svid = have_svid.contains(w.id.as_str());
             let mut claimed: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
             for s in mesh.services.iter().filter(|s| s.mtls.offers_mtls()) {
                 let Some(c) = l4::mtls_cluster(s, &w.id, &bundle_name) else {
@@ -782,10 +787,21 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 if dests.is_empty() {
                     continue;
                 }
-                let cluster_name = c.name.clone();
-                if endpoints_done.insert(cluster_name.clone()) {
-                    snap.insert(type_url::CLUSTER, cluster_name.clone(), pack_any(c));
-                }
+                let cluster_name = if with_svid {
+                    let name = c.name.clone();
+                    if endpoints_done.insert(name.clone()) {
+                        snap.insert(type_url::CLUSTER, name.clone(), pack_any(c));
+                    }
+                    name
+                } else {
+                    format!(
+                        "passthrough|{}|{}|{}/{}",
+                        s.target_port,
+                        s.key(),
+                        w.namespace,
+                        w.name
+                    )
+                };
                 let dest_match = |protocols: Vec<String>| FilterChainMatch {
                     destination_port: Some(UInt32Value {
                         value: u32::from(s.target_port),
@@ -801,13 +817,15 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     filters: vec![hcm_filter(hcm.clone())],
                     ..Default::default()
                 });
+                let stat = format!("outbound_tcp_{}_{}", w.namespace, w.name);
                 outbound_chains.push(FilterChain {
                     name: cluster_name.clone(),
                     filter_chain_match: Some(dest_match(Vec::new())),
-                    filters: vec![l4::tcp_tunnel(
-                        &format!("outbound_tcp_{}_{}", w.namespace, w.name),
-                        &cluster_name,
-                    )],
+                    filters: vec![if with_svid {
+                        l4::tcp_tunnel(&stat, &cluster_name)
+                    } else {
+                        l4::tcp_proxy(&stat, l4::PASSTHROUGH)
+                    }],
                     ..Default::default()
                 });
             }

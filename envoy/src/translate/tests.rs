@@ -250,7 +250,7 @@ fn an_allow_rule_that_needs_http_allows_no_tcp_and_a_deny_rule_denies_on_identit
 }
 
 #[test]
-fn a_caller_without_an_svid_gets_no_l4_mtls_chain() {
+fn a_caller_without_an_svid_gets_no_l4_mtls_chain_but_its_own_plaintext_chains() {
     let mut m = mesh(AuthzRule::default());
     m.svids.retain(|s| s.id != CLIENT);
     let snap = translate(&m);
@@ -259,6 +259,22 @@ fn a_caller_without_an_svid_gets_no_l4_mtls_chain() {
         !out.filter_chains
             .iter()
             .any(|c| c.name.starts_with("outbound-tcp|") && c.name.contains(CLIENT)),
-        "fail closed: no mTLS chain without the caller's SVID"
+        "no mTLS chain without the caller's SVID"
     );
+    // It still has chains for the destinations other callers match on (Envoy matches the
+    // destination first): its TCP passes through in plaintext, which a strict server's ingress
+    // strict refuses and a permissive one accepts.
+    let own = chain(&out, "passthrough|6379|kv.shop|front/client-1");
+    assert_eq!(
+        own.filter_chain_match
+            .as_ref()
+            .unwrap()
+            .source_prefix_ranges[0]
+            .address_prefix,
+        "10.244.1.11"
+    );
+    assert!(!snap.resources(type_url::CLUSTER).is_some_and(|r| {
+        r.keys()
+            .any(|k| k.contains(CLIENT) && k.starts_with("outbound-tcp"))
+    }));
 }

@@ -395,6 +395,8 @@ struct Samples {
     not_wg: usize,
     marker: bool,
     ingress: Vec<(String, bool, String)>,
+    /// Raw TCP exchanges (what, answered, the first line the client read).
+    tcp: Vec<(String, bool, String)>,
 }
 
 impl<'a> Up<'a> {
@@ -793,6 +795,62 @@ impl<'a> Up<'a> {
                 results.push((a.name.clone(), a.node, b.name.clone(), b.node, ok, line));
             }
         }
+        // Raw TCP (not HTTP): a client-first and a server-first protocol, same node and across
+        // nodes, carrying the marker (the capture must not find it).
+        let mut tcp = Vec::new();
+        if let Some(client) = self.pods.iter().find(|p| p.app == "client" && p.node == 1) {
+            for web in self
+                .pods
+                .iter()
+                .filter(|p| p.app == "web" && (p.node == 1 || p.node == opts.nodes))
+            {
+                for (port, greeting, sends) in [
+                    (
+                        workload::KV_PORT,
+                        false,
+                        vec![format!("PING {PAYLOAD_MARKER}")],
+                    ),
+                    (
+                        workload::GREETER_PORT,
+                        true,
+                        vec![format!("HELO {PAYLOAD_MARKER}"), "QUIT".to_owned()],
+                    ),
+                ] {
+                    let mut cmd = Command::new("ip");
+                    cmd.args(["netns", "exec", &client.netns(), exe_s, "lab", "tcp"])
+                        .arg(format!("{}:{port}", web.ip));
+                    if greeting {
+                        cmd.arg("--greeting");
+                    }
+                    for l in &sends {
+                        cmd.args(["--send", l]);
+                    }
+                    let what = format!(
+                        "{} → {}:{port} ({})",
+                        client.name,
+                        web.name,
+                        if greeting {
+                            "server speaks first"
+                        } else {
+                            "client speaks first"
+                        }
+                    );
+                    let (ok, line) = match cmd.output() {
+                        Ok(o) if o.status.success() => (
+                            true,
+                            String::from_utf8_lossy(&o.stdout)
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                                .replace(PAYLOAD_MARKER, "<marker>"),
+                        ),
+                        Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+                        Err(e) => (false, e.to_string()),
+                    };
+                    tcp.push((what, ok, line));
+                }
+            }
+        }
         // Authorization: a web pod (service account shop/web) is not allowed to call web.
         let rbac = if mtls {
             let from = self
@@ -896,6 +954,7 @@ impl<'a> Up<'a> {
             not_wg,
             marker,
             ingress,
+            tcp,
         })
     }
 
@@ -912,6 +971,7 @@ impl<'a> Up<'a> {
             not_wg,
             marker,
             ingress,
+            tcp,
         } = s;
         let (split, not_wg, marker, total) = (*split, *not_wg, *marker, *total);
         // ---- report ----
@@ -932,6 +992,17 @@ impl<'a> Up<'a> {
                 "  {a:<10} (n{an}) → {b:<8} (n{bn})  {path:<12}  {}  {line}",
                 if *ok { "OK  " } else { "FAIL" }
             );
+        }
+        println!(
+            "\nraw TCP between pods ({}; the server's peer is the node Envoy on the mTLS path):",
+            if mtls {
+                "any TCP in an mTLS namespace goes over mTLS, not only HTTP"
+            } else {
+                "plain TCP over WireGuard"
+            }
+        );
+        for (what, ok, line) in tcp {
+            println!("  {what:<44} {}  {line}", if *ok { "OK  " } else { "FAIL" });
         }
         println!(
             "\nunderlay capture ({}): {total} packets, {not_wg} neither WireGuard (UDP/51871) nor TLS to the CA, marker found in clear: {}",
@@ -972,6 +1043,7 @@ impl<'a> Up<'a> {
         }
         let failed = results.iter().filter(|r| !r.4).count()
             + ingress.iter().filter(|r| !r.1).count()
+            + tcp.iter().filter(|r| !r.1).count()
             + split.map_or(0, |(ok, _)| 100 - ok as usize)
             + usize::from(rbac.as_deref().is_some_and(|c| c != "403"));
         if failed > 0 || not_wg > 0 || marker {

@@ -228,23 +228,10 @@ fn junit_and_sarif_of_the_corpus_validate_with_the_skipped_state() {
     let (_, junit, _) = audit(&input, &["--format", "junit"]);
     let file = dir.path().join("audit.xml");
     std::fs::write(&file, &junit).unwrap();
-    let py = "import sys\nfrom junitparser import JUnitXml, TestSuite, Failure, Skipped\n\
-              x = JUnitXml.fromfile(sys.argv[1])\n\
-              suites = [x] if isinstance(x, TestSuite) else list(x)\n\
-              for suite in suites:\n    for case in suite:\n        \
-              r = case.result\n        \
-              print(('FAILED' if any(isinstance(i, Failure) for i in r) else 'SKIPPED' if any(isinstance(i, Skipped) for i in r) else 'PASSED'), case.name)\n";
-    let out = Command::new(tools::python())
-        .args(["-c", py])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let parsed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "junitparser: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let parsed: String = identityd_tests::reports::junit_cases(&file)
+        .iter()
+        .map(|(r, n)| format!("{r} {n}\n"))
+        .collect();
     assert!(parsed.contains("FAILED config.encryption"), "{parsed}");
     assert!(
         parsed.contains("SKIPPED namespaces.mtls-required"),
@@ -255,28 +242,9 @@ fn junit_and_sarif_of_the_corpus_validate_with_the_skipped_state() {
     let file = dir.path().join("audit.sarif");
     let report = dir.path().join("validation.sarif");
     std::fs::write(&file, &sarif).unwrap();
-    let out = Command::new(tools::sarif_multitool())
-        .arg("validate")
-        .arg(&file)
-        .arg("--json-schema")
-        .arg(tools::sarif_multitool().with_file_name("sarif-2.1.0.json"))
-        .arg("--output")
-        .arg(&report)
-        .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "Sarif.Multitool validate: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let errors = identityd_tests::reports::sarif_errors(
+        &identityd_tests::reports::sarif_validation(&file, &report),
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let errors: Vec<&serde_json::Value> = v["runs"][0]["results"]
-        .as_array()
-        .map(|r| r.iter().filter(|x| x["level"] == "error").collect())
-        .unwrap_or_default();
     assert!(errors.is_empty(), "SARIF validation errors: {errors:#?}");
     let log: serde_json::Value = serde_json::from_str(&sarif).unwrap();
     let results = log["runs"][0]["results"].as_array().unwrap();

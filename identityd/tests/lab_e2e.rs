@@ -186,22 +186,8 @@ fn assert_audit(dir: &Path, extra: &[&str], failing: Option<&str>) {
         if format == "junit" {
             let file = dir.join("audit-junit.xml");
             std::fs::write(&file, &text).unwrap();
-            let py = "import sys\nfrom junitparser import JUnitXml, TestSuite, Failure\n\
-                      x = JUnitXml.fromfile(sys.argv[1])\n\
-                      suites = [x] if isinstance(x, TestSuite) else list(x)\n\
-                      for suite in suites:\n    for case in suite:\n        \
-                      print(('FAILED' if any(isinstance(r, Failure) for r in case.result) else 'PASSED'), case.name)\n";
-            let out = Command::new(identityd_tests::tools::python())
-                .args(["-c", py])
-                .arg(&file)
-                .output()
-                .unwrap();
-            let parsed = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
-                out.status.success(),
-                "junitparser: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let cases = identityd_tests::reports::junit_cases(&file);
+            let parsed: String = cases.iter().map(|(r, n)| format!("{r} {n}\n")).collect();
             assert!(
                 parsed.lines().count() >= 8,
                 "one testcase per check:\n{parsed}"
@@ -217,34 +203,9 @@ fn assert_audit(dir: &Path, extra: &[&str], failing: Option<&str>) {
             let file = dir.join("audit.sarif");
             let report = dir.join("audit-validation.sarif");
             std::fs::write(&file, &text).unwrap();
-            let _ = std::fs::remove_file(&report);
-            let out = Command::new(identityd_tests::tools::sarif_multitool())
-                .arg("validate")
-                .arg(&file)
-                .arg("--json-schema")
-                .arg(identityd_tests::tools::sarif_multitool().with_file_name("sarif-2.1.0.json"))
-                .arg("--output")
-                .arg(&report)
-                .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "Sarif.Multitool validate: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+            let errors = identityd_tests::reports::sarif_errors(
+                &identityd_tests::reports::sarif_validation(&file, &report),
             );
-            let rep: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-            let errors: Vec<_> = rep["runs"][0]["results"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .filter(|x| x["level"] == "error")
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
             assert!(errors.is_empty(), "SARIF validation errors: {errors:?}");
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert_eq!(v["version"], "2.1.0");
@@ -263,23 +224,7 @@ fn sarif_validation_catches_a_broken_log(dir: &Path) {
     let file = dir.join("broken.sarif");
     let report = dir.join("broken-validation.sarif");
     std::fs::write(&file, r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"x","version":"1"}},"results":[{"ruleId":"a","level":"error"}]}]}"#).unwrap();
-    let _ = std::fs::remove_file(&report);
-    let tool = identityd_tests::tools::sarif_multitool();
-    let out = Command::new(&tool)
-        .args(["validate"])
-        .arg(&file)
-        .arg("--json-schema")
-        .arg(tool.with_file_name("sarif-2.1.0.json"))
-        .arg("--output")
-        .arg(&report)
-        .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let _ = identityd_tests::reports::sarif_validation(&file, &report);
     let rep = std::fs::read_to_string(&report).unwrap();
     assert!(
         rep.contains("JSON1002"),

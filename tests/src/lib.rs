@@ -7,6 +7,7 @@
 
 pub mod envoy;
 pub mod netns;
+pub mod reports;
 pub mod tools;
 
 /// Panics with a clear message unless the test runs as root (CI does).

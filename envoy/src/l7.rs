@@ -843,4 +843,4 @@ pub fn validate(mesh: &MeshConfig) -> Vec<Problem> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

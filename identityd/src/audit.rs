@@ -96,6 +96,21 @@ fn finding(check: &str, severity: Severity, details: Vec<String>, ok: &str, bad:
     }
 }
 
+/// [`skipped`] with `absent` (the reason) when there was nothing to examine, else [`finding`].
+fn finding_or_skip(
+    absent: Option<&str>,
+    check: &str,
+    severity: Severity,
+    details: Vec<String>,
+    ok: &str,
+    bad: &str,
+) -> Finding {
+    match absent {
+        Some(reason) => skipped(check, severity, reason),
+        None => finding(check, severity, details, ok, bad),
+    }
+}
+
 /// A check that had nothing to examine: `reason` says what was missing.
 fn skipped(check: &str, severity: Severity, reason: &str) -> Finding {
     Finding {
@@ -575,36 +590,27 @@ pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
             required_missing.push(format!("Namespace {r}: required but not in the manifests"));
         }
     }
-    out.push(if opts.require_mtls.is_empty() {
-        skipped(
-            "namespaces.mtls-required",
-            Severity::Error,
-            "no namespace is required to be strict (--require-mtls)",
-        )
-    } else {
-        finding(
-            "namespaces.mtls-required",
-            Severity::Error,
-            required_missing,
-            "every required namespace is strict",
-            "required namespaces not strict",
-        )
-    });
-    out.push(if state.namespaces.is_empty() {
-        skipped(
-            "namespaces.mtls-annotation",
-            Severity::Warning,
-            "no Namespace in the input",
-        )
-    } else {
-        finding(
-            "namespaces.mtls-annotation",
-            Severity::Warning,
-            unannotated,
-            "every namespace says its mTLS mode",
-            "namespaces without identityd.io/mtls",
-        )
-    });
+    out.push(finding_or_skip(
+        opts.require_mtls
+            .is_empty()
+            .then_some("no namespace is required to be strict (--require-mtls)"),
+        "namespaces.mtls-required",
+        Severity::Error,
+        required_missing,
+        "every required namespace is strict",
+        "required namespaces not strict",
+    ));
+    out.push(finding_or_skip(
+        state
+            .namespaces
+            .is_empty()
+            .then_some("no Namespace in the input"),
+        "namespaces.mtls-annotation",
+        Severity::Warning,
+        unannotated,
+        "every namespace says its mTLS mode",
+        "namespaces without identityd.io/mtls",
+    ));
     // An AuthorizationPolicy that allows every caller on a strict service makes its identity
     // check a formality.
     let mut allow_all = Vec::new();
@@ -626,21 +632,17 @@ pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
             }
         }
     }
-    out.push(if state.authorization_policies.is_empty() {
-        skipped(
-            "policies.allow-all",
-            Severity::Error,
-            "no AuthorizationPolicy in the input",
-        )
-    } else {
-        finding(
-            "policies.allow-all",
-            Severity::Error,
-            allow_all,
-            "no AuthorizationPolicy allows every identity on a strict service",
-            "AuthorizationPolicies allowing every identity",
-        )
-    });
+    out.push(finding_or_skip(
+        state
+            .authorization_policies
+            .is_empty()
+            .then_some("no AuthorizationPolicy in the input"),
+        "policies.allow-all",
+        Severity::Error,
+        allow_all,
+        "no AuthorizationPolicy allows every identity on a strict service",
+        "AuthorizationPolicies allowing every identity",
+    ));
     let mut dangling = Vec::new();
     for (key, r) in &state.http_routes {
         for rule in &r.spec.rules {
@@ -661,21 +663,17 @@ pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
             }
         }
     }
-    out.push(if state.http_routes.is_empty() {
-        skipped(
-            "routes.backends",
-            Severity::Error,
-            "no HTTPRoute in the input",
-        )
-    } else {
-        finding(
-            "routes.backends",
-            Severity::Error,
-            dangling,
-            "every route points at an existing Service",
-            "routes pointing at missing Services",
-        )
-    });
+    out.push(finding_or_skip(
+        state
+            .http_routes
+            .is_empty()
+            .then_some("no HTTPRoute in the input"),
+        "routes.backends",
+        Severity::Error,
+        dangling,
+        "every route points at an existing Service",
+        "routes pointing at missing Services",
+    ));
     let invalid: Vec<String> = state
         .problems
         .iter()
@@ -686,21 +684,15 @@ pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
         })
         .map(ToString::to_string)
         .collect();
-    out.push(if m.objects == 0 && invalid.is_empty() {
-        skipped(
-            "objects.valid",
-            Severity::Error,
-            "no Kubernetes object identityd reads in the input",
-        )
-    } else {
-        finding(
-            "objects.valid",
-            Severity::Error,
-            invalid,
-            "every identityd and mesh object is valid",
-            "invalid objects",
-        )
-    });
+    out.push(finding_or_skip(
+        (m.objects == 0 && invalid.is_empty())
+            .then_some("no Kubernetes object identityd reads in the input"),
+        "objects.valid",
+        Severity::Error,
+        invalid,
+        "every identityd and mesh object is valid",
+        "invalid objects",
+    ));
     out
 }
 

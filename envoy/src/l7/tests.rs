@@ -289,7 +289,13 @@ fn other_bad_values_are_reported() {
     );
 }
 
-fn decode<T: Message + Default>(snap: &crate::server::Snapshot, t: &str, name: &str) -> T {
+/// Resource `name` of type `t` in `snap`, decoded (panics when absent); shared by the
+/// translation tests.
+pub(crate) fn decode<T: Message + Default>(
+    snap: &crate::server::Snapshot,
+    t: &str,
+    name: &str,
+) -> T {
     let any = snap
         .resources(t)
         .and_then(|r| r.get(name))

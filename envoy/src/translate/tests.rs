@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 use prost::Message;
 
 use super::*;
+use crate::l7::tests::decode;
 use crate::mesh::{Endpoint, SvidPem};
 
 const CLIENT: &str = "spiffe://td/ns/front/sa/client";
@@ -64,14 +65,6 @@ fn mesh(policy_rule: AuthzRule) -> MeshConfig {
         svids: vec![svid(CLIENT), svid(WEB)],
         ..Default::default()
     }
-}
-
-fn decode<T: Message + Default>(snap: &crate::server::Snapshot, t: &str, name: &str) -> T {
-    let any = snap
-        .resources(t)
-        .and_then(|r| r.get(name))
-        .unwrap_or_else(|| panic!("no {t} {name}"));
-    T::decode(any.value.as_slice()).unwrap()
 }
 
 fn chain<'a>(l: &'a Listener, name: &str) -> &'a FilterChain {

@@ -38,6 +38,14 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// Parses an RFC 3339 time (as [`rfc3339`] writes it); `None` when it is not one.
+#[must_use]
+pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(std::time::SystemTime::from)
+}
+
 /// Summarises a certificate.
 ///
 /// # Errors

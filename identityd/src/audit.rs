@@ -12,13 +12,13 @@
 //! The checks are pure functions of their inputs; rendering is text, JSON, JUnit, SARIF 2.1.0
 //! or Markdown.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::daemon::api::NodeStatus;
+use crate::model::report::NodeReport;
 use crate::model::{ClusterState, Kind, MtlsMode};
 
 /// How bad a failed check is.
@@ -142,6 +142,8 @@ pub struct AuditOptions {
     pub require_node_encryption: bool,
     /// `config.encryption` fails when `mtls.defaultMode` is weaker than this.
     pub min_default_mtls: Option<MtlsMode>,
+    /// An `IdentitydNodeReport` older than this fails `nodes.reporting` (`--kube`).
+    pub max_report_age_secs: u64,
 }
 
 impl Default for AuditOptions {
@@ -155,22 +157,35 @@ impl Default for AuditOptions {
             drop_flows: Vec::new(),
             require_node_encryption: false,
             min_default_mtls: None,
+            max_report_age_secs: 600,
         }
     }
 }
 
-/// Live checks over node statuses and the cluster state.
+/// Live checks over node statuses (fetched from each daemon's API) and the cluster state:
+/// each status is summarised the way the daemon summarises itself for its
+/// `IdentitydNodeReport` ([`crate::daemon::report::summarise`], every example kept), then
+/// the same [`report_checks`] as `audit --kube` run over the summaries.
 #[must_use]
 pub fn live(
     nodes: &[Result<NodeStatus, String>],
     state: &ClusterState,
     opts: &AuditOptions,
 ) -> Vec<Finding> {
+    let now = std::time::SystemTime::now();
     let mut unreachable = Vec::new();
-    let ok: Vec<&NodeStatus> = nodes
+    let limits = crate::daemon::report::SummaryLimits {
+        max_items: usize::MAX,
+        handshake_max_age_secs: opts.max_handshake_age_secs,
+        svid_min_lifetime_secs: opts.min_svid_lifetime_secs,
+    };
+    let reports: Vec<(String, NodeReport)> = nodes
         .iter()
         .filter_map(|n| match n {
-            Ok(s) => Some(s),
+            Ok(s) => Some((
+                s.node.clone(),
+                crate::daemon::report::summarise(s, state, &opts.trust_domain, &limits, now),
+            )),
             Err(e) => {
                 unreachable.push(e.clone());
                 None
@@ -184,16 +199,82 @@ pub fn live(
         "every node daemon answered",
         "node daemons not answering",
     )];
+    out.extend(report_checks(&reports, state, opts, now));
+    out.push(cluster_problems(state));
+    out
+}
 
-    let names: BTreeSet<&str> = state.nodes.keys().map(String::as_str).collect();
-    let unpublished: Vec<String> = ok
+/// `nodes.reporting`, then [`report_checks`], over the `IdentitydNodeReport`s a cluster holds
+/// (`audit --kube`): every IdentitydNode must have a report newer than
+/// `opts.max_report_age_secs`; a node without one is only that finding, not a pass of the
+/// others.
+#[must_use]
+pub fn report_live(
+    reports: &[(String, NodeReport)],
+    state: &ClusterState,
+    opts: &AuditOptions,
+    now: std::time::SystemTime,
+) -> Vec<Finding> {
+    let mut stale = Vec::new();
+    for name in state.nodes.keys() {
+        match reports.iter().find(|(n, _)| n == name) {
+            None => stale.push(format!(
+                "IdentitydNodeReport {name}: none (the node's daemon never reported)"
+            )),
+            Some((_, r)) => match identityd_certs::inspect::parse_rfc3339(&r.reported_at) {
+                None => stale.push(format!(
+                    "IdentitydNodeReport {name}: spec.reportedAt={:?} is not an RFC 3339 time",
+                    r.reported_at
+                )),
+                Some(t) => {
+                    let age = now.duration_since(t).map_or(0, |d| d.as_secs());
+                    if age > opts.max_report_age_secs {
+                        stale.push(format!(
+                            "IdentitydNodeReport {name}: spec.reportedAt={} is {age}s old (the daemon stopped reporting; limit {}s)",
+                            r.reported_at, opts.max_report_age_secs
+                        ));
+                    }
+                }
+            },
+        }
+    }
+    let mut out = vec![finding(
+        "nodes.reporting",
+        Severity::Error,
+        stale,
+        "every node reported its live state recently",
+        "nodes whose live state is missing or stale",
+    )];
+    out.extend(report_checks(reports, state, opts, now));
+    out
+}
+
+fn age_of(now: std::time::SystemTime, t: Option<&str>) -> Option<u64> {
+    let t = identityd_certs::inspect::parse_rfc3339(t?)?;
+    Some(now.duration_since(t).map_or(0, |d| d.as_secs()))
+}
+
+fn left_of(now: std::time::SystemTime, t: Option<&str>) -> Option<u64> {
+    let t = identityd_certs::inspect::parse_rfc3339(t?)?;
+    Some(t.duration_since(now).map_or(0, |d| d.as_secs()))
+}
+
+/// The live checks over node summaries (`(node, report)`), at `now`. Times in a report are
+/// absolute, so an old report is judged by the audit's clock (a handshake or an SVID that was
+/// fine when reported can have aged since).
+#[must_use]
+pub fn report_checks(
+    reports: &[(String, NodeReport)],
+    state: &ClusterState,
+    opts: &AuditOptions,
+    now: std::time::SystemTime,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let unpublished: Vec<String> = reports
         .iter()
-        .filter(|s| !names.contains(s.node.as_str()))
-        .map(|s| {
-            format!(
-                "{}: runs but has no IdentitydNode (its peers cannot encrypt to it)",
-                s.node
-            )
+        .filter(|(n, _)| !state.nodes.contains_key(n))
+        .map(|(n, _)| {
+            format!("{n}: runs but has no IdentitydNode (its peers cannot encrypt to it)")
         })
         .collect();
     out.push(finding(
@@ -204,20 +285,25 @@ pub fn live(
         "running nodes that peers do not know",
     ));
     let mut pairs = Vec::new();
-    for s in &ok {
-        for other in names.iter().filter(|n| **n != s.node) {
-            match s.peers.iter().find(|p| p.name == *other) {
-                None => pairs.push(format!("{} → {other}: no peer", s.node)),
-                Some(p) if p.path != "wireguard" => {
-                    pairs.push(format!("{} → {other}: path {}", s.node, p.path))
-                }
-                Some(p) => match p.handshake_age_secs {
-                    None => pairs.push(format!("{} → {other}: no handshake", s.node)),
-                    Some(a) if a > opts.max_handshake_age_secs => {
-                        pairs.push(format!("{} → {other}: handshake {a}s ago", s.node));
-                    }
-                    Some(_) => {}
-                },
+    for (n, r) in reports {
+        let p = &r.peers;
+        for w in &p.worst {
+            pairs.push(format!("{n} → {}: {}", w.name, w.problem));
+        }
+        let more = p.unhealthy.saturating_sub(p.worst.len() as u64);
+        if more > 0 {
+            pairs.push(format!(
+                "{n}: … and {more} more peers without a recent handshake"
+            ));
+        }
+        if p.handshake_max_age_secs > opts.max_handshake_age_secs && p.recent > 0 {
+            // Counted with a looser threshold than this audit's: judge the report's age too.
+            let age = age_of(now, Some(&r.reported_at)).unwrap_or(0);
+            if age + p.handshake_max_age_secs > opts.max_handshake_age_secs {
+                pairs.push(format!(
+                    "{n}: {} peers counted recent within {}s, looser than --max-handshake-age {}s",
+                    p.recent, p.handshake_max_age_secs, opts.max_handshake_age_secs
+                ));
             }
         }
     }
@@ -228,10 +314,10 @@ pub fn live(
         "every node pair has a WireGuard path with a recent handshake",
         "node pairs without a recent encrypted path",
     ));
-    let not_strict: Vec<String> = ok
+    let not_strict: Vec<String> = reports
         .iter()
-        .filter(|s| !s.strict_mode)
-        .map(|s| s.node.clone())
+        .filter(|(_, r)| !r.strict_mode)
+        .map(|(n, r)| format!("{n} (encryption {})", r.encryption_mode))
         .collect();
     out.push(finding(
         "encryption.strict-mode",
@@ -240,14 +326,13 @@ pub fn live(
         "strict mode is on on every node",
         "nodes without strict mode",
     ));
-    let unguarded: Vec<String> = ok
+    let unguarded: Vec<String> = reports
         .iter()
-        .filter(|s| !s.ingress_strict_in_place)
-        .map(|s| {
+        .filter(|(_, r)| !r.ingress_strict_in_place)
+        .map(|(n, r)| {
             format!(
-                "{}: {}",
-                s.node,
-                s.ingress_strict_problem
+                "{n}: {}",
+                r.ingress_strict_problem
                     .as_deref()
                     .unwrap_or("the daemon does not report ingress strict")
             )
@@ -260,22 +345,16 @@ pub fn live(
         "every node guards its pods: remote pods' packets only out of the tunnel, new TCP into strict pods only from its Envoy",
         "nodes whose pods are not guarded by ingress strict",
     ));
-    let count = |s: &NodeStatus, path: &str| {
-        s.counters
+    let count = |r: &NodeReport, path: &str| {
+        r.packets
             .iter()
-            .find(|(n, _)| n == path)
-            .map_or(0, |(_, (p, _))| *p)
+            .find(|c| c.path == path)
+            .map_or(0, |c| c.packets)
     };
-    let mut drops: Vec<String> = ok
+    let mut drops: Vec<String> = reports
         .iter()
-        .filter(|s| count(s, "drop") > 0)
-        .map(|s| {
-            format!(
-                "{}: {} packets dropped by strict mode",
-                s.node,
-                count(s, "drop")
-            )
-        })
+        .filter(|(_, r)| count(r, "drop") > 0)
+        .map(|(n, r)| format!("{n}: {} packets dropped by strict mode", count(r, "drop")))
         .collect();
     if !drops.is_empty() {
         drops.extend(
@@ -292,14 +371,13 @@ pub fn live(
         "no strict-mode drops",
         "strict-mode drops happened",
     ));
-    let plain: Vec<String> = ok
+    let plain: Vec<String> = reports
         .iter()
-        .filter(|s| count(s, "plaintext") > 0)
-        .map(|s| {
+        .filter(|(_, r)| count(r, "plaintext") > 0)
+        .map(|(n, r)| {
             format!(
-                "{}: {} packets on the plaintext path",
-                s.node,
-                count(s, "plaintext")
+                "{n}: {} packets on the plaintext path",
+                count(r, "plaintext")
             )
         })
         .collect();
@@ -311,15 +389,20 @@ pub fn live(
         "pod traffic left in clear",
     ));
 
-    let expiring: Vec<String> = ok
-        .iter()
-        .flat_map(|s| {
-            s.svids
-                .iter()
-                .filter(|(_, left)| *left < opts.min_svid_lifetime_secs)
-                .map(move |(id, left)| format!("{}: {id} expires in {left}s", s.node))
-        })
-        .collect();
+    let mut expiring = Vec::new();
+    for (n, r) in reports {
+        expiring.extend(r.svids.expiring.lines(&format!("{n}: ")));
+        // Fine when reported, expiring by now.
+        if r.svids.expiring.count == 0
+            && let (Some(left), Some(id)) = (
+                left_of(now, r.svids.earliest_expiry.as_deref()),
+                &r.svids.earliest_id,
+            )
+            && left < opts.min_svid_lifetime_secs
+        {
+            expiring.push(format!("{n}: {id} expires in {left}s"));
+        }
+    }
     out.push(finding(
         "identity.svid-expiry",
         Severity::Error,
@@ -327,31 +410,16 @@ pub fn live(
         "no SVID expires soon",
         "SVIDs about to expire",
     ));
-
-    let td = &opts.trust_domain;
-    let mut missing = Vec::new();
-    for pod in state.pods.values() {
-        if state.pod_mtls(pod, MtlsMode::Disabled) != MtlsMode::Strict {
-            continue;
-        }
-        let node = pod.spec.node_name.as_deref().unwrap_or("");
-        let id = format!(
-            "spiffe://{td}/ns/{}/sa/{}",
-            pod.namespace(),
-            pod.service_account()
-        );
-        let has = ok
-            .iter()
-            .find(|s| s.node == node)
-            .is_some_and(|s| s.svids.iter().any(|(i, _)| *i == id));
-        if !has {
-            missing.push(format!(
-                "{}/{} on {node}: no SVID {id}",
-                pod.namespace(),
-                pod.metadata.name
-            ));
-        }
-    }
+    let missing: Vec<String> = reports
+        .iter()
+        .flat_map(|(n, r)| {
+            r.svids
+                .missing
+                .lines("")
+                .into_iter()
+                .map(move |l| format!("{l} (on {n})"))
+        })
+        .collect();
     out.push(finding(
         "identity.strict-workloads",
         Severity::Error,
@@ -359,29 +427,15 @@ pub fn live(
         "every workload of a strict namespace holds its SVID",
         "strict workloads without an SVID",
     ));
-    let mut no_inbound = Vec::new();
-    for pod in state.pods.values() {
-        if state.pod_mtls(pod, MtlsMode::Disabled) != MtlsMode::Strict || pod.ip().is_none() {
-            continue;
-        }
-        let backs_a_service = state.services_with_endpoints().iter().any(|se| {
-            se.endpoints.iter().any(|e| {
-                e.pod.metadata.name == pod.metadata.name && e.pod.namespace() == pod.namespace()
-            })
-        });
-        if !backs_a_service {
-            continue;
-        }
-        let node = pod.spec.node_name.as_deref().unwrap_or("");
-        let key = format!("{}/{}", pod.namespace(), pod.metadata.name);
-        if !ok
-            .iter()
-            .find(|s| s.node == node)
-            .is_some_and(|s| s.inbound_workloads.contains(&key))
-        {
-            no_inbound.push(format!("{key} on {node}: no inbound mTLS listener"));
-        }
-    }
+    let no_inbound: Vec<String> = reports
+        .iter()
+        .flat_map(|(n, r)| {
+            r.inbound_missing
+                .lines("")
+                .into_iter()
+                .map(move |l| format!("{l} (on {n})"))
+        })
+        .collect();
     out.push(finding(
         "identity.inbound-mtls",
         Severity::Error,
@@ -389,15 +443,12 @@ pub fn live(
         "every strict workload behind a Service has an inbound mTLS listener",
         "strict workloads without an inbound mTLS listener",
     ));
-    let old_keys: Vec<String> = ok
+    let old_keys: Vec<String> = reports
         .iter()
-        .filter(|s| s.key_age_secs.is_some_and(|a| a > opts.max_key_age_secs))
-        .map(|s| {
-            format!(
-                "{}: WireGuard key {} days old",
-                s.node,
-                s.key_age_secs.unwrap_or(0) / 86_400
-            )
+        .filter_map(|(n, r)| {
+            let a = age_of(now, r.key_created_at.as_deref())?;
+            (a > opts.max_key_age_secs)
+                .then(|| format!("{n}: WireGuard key {} days old", a / 86_400))
         })
         .collect();
     out.push(finding(
@@ -408,22 +459,21 @@ pub fn live(
         "node keys older than the maximum",
     ));
     let mut bundles = Vec::new();
-    for s in &ok {
-        if s.svids.is_empty() && s.bundle_roots.is_empty() {
+    for (n, r) in reports {
+        if r.svids.count == 0 && r.bundle.roots == 0 {
             continue;
         }
-        match s.bundle_roots.len() {
-            0 => bundles.push(format!("{}: no trust bundle", s.node)),
+        match r.bundle.roots {
+            0 => bundles.push(format!("{n}: no trust bundle")),
             1 | 2 => {}
-            n => bundles.push(format!(
-                "{}: {n} roots in the bundle (at most the old and the new during a rollover)",
-                s.node
+            k => bundles.push(format!(
+                "{n}: {k} roots in the bundle (at most the old and the new during a rollover)"
             )),
         }
-        for left in &s.bundle_roots {
-            if *left < opts.min_svid_lifetime_secs {
-                bundles.push(format!("{}: a bundle root expires in {left}s", s.node));
-            }
+        if let Some(left) = left_of(now, r.bundle.earliest_expiry.as_deref())
+            && left < opts.min_svid_lifetime_secs
+        {
+            bundles.push(format!("{n}: a bundle root expires in {left}s"));
         }
     }
     out.push(finding(
@@ -433,10 +483,10 @@ pub fn live(
         "trust bundles hold 1–2 valid roots",
         "trust bundle problems",
     ));
-    let not_ready: Vec<String> = ok
+    let not_ready: Vec<String> = reports
         .iter()
-        .filter(|s| s.envoy_ready == Some(false))
-        .map(|s| format!("{}: Envoy does not answer LIVE on its admin /ready", s.node))
+        .filter(|(_, r)| r.envoy_ready == Some(false))
+        .map(|(n, _)| format!("{n}: Envoy does not answer LIVE on its admin /ready"))
         .collect();
     out.push(finding(
         "proxy.envoy-ready",
@@ -445,14 +495,9 @@ pub fn live(
         "every node's Envoy is LIVE",
         "Envoys not ready",
     ));
-    let nacks: Vec<String> = ok
+    let nacks: Vec<String> = reports
         .iter()
-        .flat_map(|s| {
-            s.xds
-                .iter()
-                .filter(|x| x.contains("NACK"))
-                .map(move |x| format!("{}: {x}", s.node))
-        })
+        .flat_map(|(n, r)| r.xds_nacks.lines(&format!("{n}: ")))
         .collect();
     out.push(finding(
         "xds.nacks",
@@ -461,15 +506,18 @@ pub fn live(
         "no outstanding xDS NACKs",
         "Envoy rejected configuration",
     ));
+    out
+}
+
+fn cluster_problems(state: &ClusterState) -> Finding {
     let problems: Vec<String> = state.problems.iter().map(ToString::to_string).collect();
-    out.push(finding(
+    finding(
         "cluster.problems",
         Severity::Warning,
         problems,
         "every cluster object is valid",
         "invalid cluster objects",
-    ));
-    out
+    )
 }
 
 fn mode_str(m: MtlsMode) -> &'static str {
@@ -995,6 +1043,10 @@ pub const CHECKS: &[(&str, &str)] = &[
     (
         "daemons.reachable",
         "Every node daemon of the lab answers on its API socket.\nFix: start the node daemon (`identityd run --config …`); look at its log.",
+    ),
+    (
+        "nodes.reporting",
+        "(--kube) Every IdentitydNode has an IdentitydNodeReport newer than --max-report-age: the bounded live-state summary its daemon writes when a summarised value changes and at least every heartbeat (5 min by default). The live checks below then run on those summaries, with the audit's clock for every time they carry.\nFix: a missing or old report means the node's daemon is not running or cannot write (RBAC: identitydnodereports create/patch for the node role); look at its log.",
     ),
     (
         "nodes.published",

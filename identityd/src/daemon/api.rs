@@ -45,6 +45,9 @@ pub struct NodeStatus {
     pub public_key: String,
     /// The same, hex (as `wg` prints it in dumps).
     pub public_key_hex: String,
+    /// Encryption mode (`wireguard`, `disabled`).
+    #[serde(default)]
+    pub encryption_mode: String,
     /// Strict mode.
     pub strict_mode: bool,
     /// Version of the cluster state last applied.

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod node;
 pub mod node_auth;
 pub mod plan;
+pub mod report;
 pub mod rotation;

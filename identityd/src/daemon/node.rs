@@ -675,6 +675,12 @@ fn build_status(
         node: cfg.name.clone(),
         public_key: i.dp.public_key.clone(),
         public_key_hex: hex_of_base64(&i.dp.public_key).unwrap_or_default(),
+        encryption_mode: match cfg.encryption.mode {
+            crate::daemon::config::EncryptionMode::Wireguard => "wireguard",
+            crate::daemon::config::EncryptionMode::Ipsec => "ipsec",
+            crate::daemon::config::EncryptionMode::Disabled => "disabled",
+        }
+        .to_owned(),
         strict_mode: cfg.encryption.strict_mode,
         cluster_version: i.dp.cluster_version,
         counters: i.dp.counters.clone(),

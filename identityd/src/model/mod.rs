@@ -16,6 +16,7 @@ pub mod crd;
 pub mod gateway;
 pub mod identityd;
 pub mod meta;
+pub mod report;
 pub mod state;
 pub mod validate;
 

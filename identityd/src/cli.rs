@@ -184,6 +184,11 @@ pub struct AuditArgs {
     /// A lab or FileSource directory.
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// With --source: run the live checks on the node reports the daemons wrote
+    /// (`cluster/.reports/`, what `--kube` reads from the API server) instead of asking each
+    /// daemon.
+    #[arg(long, requires = "source")]
+    pub from_reports: bool,
     /// Read the cluster from Kubernetes (kubeconfig or in-cluster): static checks plus what
     /// the daemons and the controller wrote back (published nodes, Accepted conditions, failed
     /// key rotations).
@@ -220,6 +225,10 @@ pub struct AuditArgs {
     /// An SVID expiring sooner than this fails (live), e.g. `10m`.
     #[arg(long, default_value = "10m")]
     pub min_svid_lifetime: String,
+    /// An IdentitydNodeReport older than this fails `nodes.reporting` (`--kube`,
+    /// `--from-reports`), e.g. `10m` (twice the daemons' default heartbeat).
+    #[arg(long, default_value = "10m")]
+    pub max_report_age: String,
 }
 
 /// `--fail-on`.

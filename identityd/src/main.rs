@@ -105,12 +105,13 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
             .map(|d| d.as_secs())
             .map_err(|e| format!("--{flag}={v}: {e}"))
     };
-    let (max_hs, min_svid) = match (
+    let (max_hs, min_svid, max_report) = match (
         dur("max-handshake-age", &args.max_handshake_age),
         dur("min-svid-lifetime", &args.min_svid_lifetime),
+        dur("max-report-age", &args.max_report_age),
     ) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
@@ -124,6 +125,7 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
             .and_then(|m| serde_json::from_value(serde_json::Value::String(m.to_owned())).ok()),
         max_handshake_age_secs: max_hs,
         min_svid_lifetime_secs: min_svid,
+        max_report_age_secs: max_report,
         ..AuditOptions::default()
     };
     let mut findings = Vec::new();
@@ -167,7 +169,25 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
                     .push(l.split_whitespace().collect::<Vec<_>>().join(" "));
             }
         });
-        findings.extend(audit::live(&nodes, &state, &opts));
+        if args.from_reports {
+            match identityd::source::file::read_reports(&dir.join("cluster")) {
+                Ok(reports) => {
+                    findings.extend(audit::report_live(
+                        &reports,
+                        &state,
+                        &opts,
+                        std::time::SystemTime::now(),
+                    ));
+                    findings.push(audit::cluster_problems(&state));
+                }
+                Err(e) => {
+                    eprintln!("error: --from-reports: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        } else {
+            findings.extend(audit::live(&nodes, &state, &opts));
+        }
     }
     if args.kube {
         // The cluster from KUBECONFIG / ~/.kube/config or the in-cluster service account.
@@ -175,10 +195,29 @@ fn run_audit(args: &identityd::cli::AuditArgs) -> ExitCode {
             let client = kube::Client::try_default().await.map_err(|e| {
                 format!("Kubernetes client configuration (kubeconfig or in-cluster): {e}")
             })?;
-            audit::kube_snapshot(client, std::time::Duration::from_secs(20)).await
+            let state =
+                audit::kube_snapshot(client.clone(), std::time::Duration::from_secs(20)).await?;
+            let reports = identityd::source::kube::list_reports(client)
+                .await
+                .map_err(|e| format!("{e} (are the chart's CRDs installed?)"));
+            Ok::<_, String>((state, reports))
         });
         match snap {
-            Ok(state) => findings.extend(audit::cluster_checks(&state, &opts)),
+            Ok((state, reports)) => {
+                findings.extend(audit::cluster_checks(&state, &opts));
+                match reports {
+                    Ok(r) => findings.extend(audit::report_live(
+                        &r,
+                        &state,
+                        &opts,
+                        std::time::SystemTime::now(),
+                    )),
+                    Err(e) => {
+                        eprintln!("error: --kube: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("error: --kube: {e}");
                 return ExitCode::from(2);

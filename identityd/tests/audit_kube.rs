@@ -142,3 +142,212 @@ async fn refused_objects_failed_rotations_missing_keys_and_unannotated_namespace
         assert!(out.contains("objects.accepted"), "{format:?}: {out}");
     }
 }
+
+// --- Whole-cluster live state: IdentitydNodeReports -------------------------------------
+
+use identityd::daemon::api::{NodeStatus, PeerStatus};
+use identityd::daemon::report::{SummaryLimits, summarise};
+use identityd::model::report::NodeReport;
+use std::time::SystemTime;
+
+const NODES: [&str; 3] = ["w1", "w2", "w3"];
+
+/// Three published nodes with keys; `reports` as the API server holds them.
+fn serve_live(api: &FakeApi, reports: &[(String, NodeReport)]) {
+    let mut items: std::collections::BTreeMap<&str, Vec<Value>> =
+        KINDS.iter().map(|k| (*k, Vec::new())).collect();
+    for (i, n) in NODES.iter().enumerate() {
+        items.get_mut("identitydnodes").unwrap().push(json!({
+            "metadata": {"name": n, "resourceVersion": format!("{}", 10 + i)},
+            "spec": {"podCIDRs": [format!("10.244.{}.0/24", i + 1)],
+                "underlayAddresses": [format!("192.0.2.{}", 11 + i)],
+                "wireguard": {"publicKey": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", "port": 51871}}}));
+    }
+    for (plural, items) in items {
+        api.script(&path_of(plural), &[list(items)], &[]);
+    }
+    let docs: Vec<Value> = reports
+        .iter()
+        .map(|(n, r)| {
+            json!({"apiVersion": "identityd.io/v1alpha1", "kind": "IdentitydNodeReport",
+                "metadata": {"name": n, "resourceVersion": "50"}, "spec": r})
+        })
+        .collect();
+    api.script(&path_of("identitydnodereports"), &[list(docs)], &[]);
+}
+
+/// What node `n`'s daemon would report: every peer handshaked 20 s ago, strict, guarded.
+fn healthy_status(n: &str) -> NodeStatus {
+    NodeStatus {
+        node: n.into(),
+        encryption_mode: "wireguard".into(),
+        strict_mode: true,
+        ingress_strict_in_place: true,
+        cluster_version: 7,
+        envoy_ready: Some(true),
+        peers: NODES
+            .iter()
+            .filter(|p| **p != n)
+            .map(|p| PeerStatus {
+                name: (*p).into(),
+                path: "wireguard".into(),
+                handshake_age_secs: Some(20),
+                ..PeerStatus::default()
+            })
+            .collect(),
+        counters: vec![
+            ("wireguard".into(), (5000, 500_000)),
+            ("drop".into(), (0, 0)),
+        ],
+        ..NodeStatus::default()
+    }
+}
+
+/// The reports through the fake API server (list), then the live checks of `audit --kube`.
+async fn live_findings(statuses: Vec<(NodeStatus, SystemTime)>) -> Vec<Finding> {
+    // The cluster state the daemons summarise against (the same one the auditor reads).
+    let api = FakeApi::start();
+    serve_live(&api, &[]);
+    let state = audit::kube_snapshot(api.client(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let reports: Vec<(String, NodeReport)> = statuses
+        .iter()
+        .map(|(s, at)| {
+            (
+                s.node.clone(),
+                summarise(s, &state, "cluster.local", &SummaryLimits::default(), *at),
+            )
+        })
+        .collect();
+    let api = FakeApi::start();
+    serve_live(&api, &reports);
+    let state = audit::kube_snapshot(api.client(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let listed = identityd::source::kube::list_reports(api.client())
+        .await
+        .unwrap();
+    assert_eq!(listed, reports, "the reports survive the API round trip");
+    audit::report_live(&listed, &state, &AuditOptions::default(), SystemTime::now())
+}
+
+#[tokio::test]
+async fn node_reports_of_a_healthy_cluster_pass_every_live_check() {
+    let now = SystemTime::now();
+    let f = live_findings(NODES.iter().map(|n| (healthy_status(n), now)).collect()).await;
+    for c in [
+        "nodes.reporting",
+        "encryption.node-pairs",
+        "encryption.strict-mode",
+        "encryption.ingress-strict",
+        "encryption.strict-drops",
+        "encryption.plaintext",
+        "proxy.envoy-ready",
+        "xds.nacks",
+    ] {
+        assert!(by_check(&f, c).passed, "{c}: {:?}", by_check(&f, c));
+    }
+    assert!(!audit::failed(&f, Severity::Warning), "{f:#?}");
+}
+
+#[tokio::test]
+async fn a_stale_node_a_missing_handshake_and_strict_mode_off_are_each_their_own_failure() {
+    let now = SystemTime::now();
+    // w1: healthy, but it has never completed a handshake with w3.
+    let mut w1 = healthy_status("w1");
+    w1.peers
+        .iter_mut()
+        .find(|p| p.name == "w3")
+        .unwrap()
+        .handshake_age_secs = None;
+    // w2: strict mode off.
+    let mut w2 = healthy_status("w2");
+    w2.strict_mode = false;
+    // w3: its daemon stopped reporting an hour ago.
+    let w3 = healthy_status("w3");
+    let f = live_findings(vec![
+        (w1, now),
+        (w2, now),
+        (w3, now - Duration::from_secs(3600)),
+    ])
+    .await;
+    let failed: Vec<&str> = f
+        .iter()
+        .filter(|x| x.is_failure())
+        .map(|x| x.check.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "nodes.reporting",
+            "encryption.node-pairs",
+            "encryption.strict-mode"
+        ],
+        "{f:#?}"
+    );
+    let rep = by_check(&f, "nodes.reporting");
+    assert_eq!(rep.details.len(), 1, "{rep:?}");
+    assert!(
+        rep.details[0].starts_with("IdentitydNodeReport w3: spec.reportedAt=")
+            && rep.details[0].contains("old"),
+        "{rep:?}"
+    );
+    let pairs = by_check(&f, "encryption.node-pairs");
+    assert_eq!(pairs.details, ["w1 → w3: no handshake"], "{pairs:?}");
+    let strict = by_check(&f, "encryption.strict-mode");
+    assert_eq!(strict.details, ["w2 (encryption wireguard)"], "{strict:?}");
+}
+
+#[tokio::test]
+async fn a_node_that_never_reported_fails_nodes_reporting() {
+    let now = SystemTime::now();
+    let f = live_findings(vec![
+        (healthy_status("w1"), now),
+        (healthy_status("w2"), now),
+    ])
+    .await;
+    let rep = by_check(&f, "nodes.reporting");
+    assert!(!rep.passed, "{rep:?}");
+    assert_eq!(
+        rep.details,
+        ["IdentitydNodeReport w3: none (the node's daemon never reported)"]
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_writes_its_report_by_server_side_apply() {
+    let api = FakeApi::start();
+    api.echo_patches();
+    let state = identityd::model::ClusterState::default();
+    let report = summarise(
+        &healthy_status("w1"),
+        &state,
+        "cluster.local",
+        &SummaryLimits::default(),
+        SystemTime::now(),
+    );
+    identityd::source::kube::write_report(api.client(), "w1", &report)
+        .await
+        .unwrap();
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let r = &seen[0];
+    assert_eq!(r.method, "PATCH");
+    assert_eq!(
+        r.path,
+        "/apis/identityd.io/v1alpha1/identitydnodereports/w1"
+    );
+    assert!(
+        r.query.contains("fieldManager=identityd") && r.query.contains("force=true"),
+        "{}",
+        r.query
+    );
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert_eq!(r.body["kind"], "IdentitydNodeReport");
+    let back: NodeReport = serde_json::from_value(r.body["spec"].clone()).unwrap();
+    assert_eq!(back, report);
+}

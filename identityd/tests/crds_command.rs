@@ -1,4 +1,4 @@
-//! `identityd crds` prints exactly the chart's `crds/identityd.io.yaml`.
+//! `identityd crds` prints exactly the chart's `crds/identityd.io.yaml` (five CRDs).
 
 use std::path::Path;
 use std::process::Command;
@@ -28,5 +28,5 @@ fn crds_command_output_equals_the_chart_crds_file() {
          cargo run -p identityd -- crds > charts/identityd/crds/identityd.io.yaml"
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 4);
+    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 5);
 }

@@ -141,6 +141,81 @@ impl Default for Encryption {
     }
 }
 
+/// `report:`: the node's `IdentitydNodeReport` (live-state summary for `identityd audit
+/// --kube`). Durations like `30s`, `5m`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReportSettings {
+    /// Write reports at all (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// At most one write per this (default `30s`; at least `1s`).
+    #[serde(default = "report_min_interval")]
+    pub min_interval: String,
+    /// At least one write per this, changed or not (default `5m`; at least `minInterval`).
+    #[serde(default = "report_heartbeat")]
+    pub heartbeat: String,
+    /// Peers with a handshake at most this old count as recent (default `3m`).
+    #[serde(default = "report_handshake_max_age")]
+    pub handshake_max_age: String,
+}
+
+fn report_min_interval() -> String {
+    "30s".to_owned()
+}
+fn report_heartbeat() -> String {
+    "5m".to_owned()
+}
+fn report_handshake_max_age() -> String {
+    "3m".to_owned()
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_interval: report_min_interval(),
+            heartbeat: report_heartbeat(),
+            handshake_max_age: report_handshake_max_age(),
+        }
+    }
+}
+
+impl ReportSettings {
+    /// `(minInterval, heartbeat, handshakeMaxAge)` in seconds, checked.
+    ///
+    /// # Errors
+    /// `(field, value, reason)` for a bad duration.
+    pub fn seconds(&self) -> Result<(u64, u64, u64), (String, String, String)> {
+        let d = |field: &str, v: &str| {
+            identityd_certs::duration::parse(v)
+                .map(|d| d.as_secs())
+                .map_err(|e| (format!("report.{field}"), v.to_owned(), e.to_string()))
+        };
+        let min = d("minInterval", &self.min_interval)?;
+        let hb = d("heartbeat", &self.heartbeat)?;
+        let hs = d("handshakeMaxAge", &self.handshake_max_age)?;
+        if min == 0 {
+            return Err((
+                "report.minInterval".into(),
+                self.min_interval.clone(),
+                "must be at least 1s".into(),
+            ));
+        }
+        if hb < min {
+            return Err((
+                "report.heartbeat".into(),
+                self.heartbeat.clone(),
+                format!(
+                    "must not be shorter than report.minInterval ({})",
+                    self.min_interval
+                ),
+            ));
+        }
+        Ok((min, hb, hs))
+    }
+}
+
 /// `mtls:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -279,6 +354,9 @@ pub struct DaemonConfig {
     /// Role node: what it asks for; role ca: the default for requests that name none.
     #[serde(default, rename = "svidTTL", skip_serializing_if = "Option::is_none")]
     pub svid_ttl: Option<String>,
+    /// Role node: the live-state report for `identityd audit --kube`.
+    #[serde(default)]
+    pub report: ReportSettings,
 }
 
 impl DaemonConfig {
@@ -510,6 +588,7 @@ impl DaemonConfig {
                 "encrypting host-network (node-to-node) traffic is not built; pod traffic is encrypted by encryption.mode".into(),
             ));
         }
+        self.report.seconds()?;
         if let Some(t) = &self.svid_ttl {
             match identityd_certs::duration::parse(t) {
                 Ok(d) if (300..=86_400).contains(&d.as_secs()) => {}

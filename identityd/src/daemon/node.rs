@@ -837,6 +837,65 @@ async fn status_task(
     }
 }
 
+/// The report task: every few seconds, the node's summary ([`crate::daemon::report`]) from
+/// its latest status; written as its `IdentitydNodeReport` when the throttle says so. A write
+/// that fails is retried on the next tick (logged once per distinct error).
+async fn report_task(
+    cfg: Arc<DaemonConfig>,
+    source: Arc<dyn crate::source::ClusterSource>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    status: SharedStatus,
+) {
+    use crate::daemon::report::{ReportThrottle, SummaryLimits, summarise};
+    let Ok((min, heartbeat, handshake)) = cfg.report.seconds() else {
+        return; // refused by DaemonConfig::check before the node starts
+    };
+    let limits = SummaryLimits {
+        handshake_max_age_secs: handshake,
+        ..SummaryLimits::default()
+    };
+    let mut throttle = ReportThrottle::new(min, heartbeat);
+    let start = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(min.clamp(1, 10)));
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        let st = status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // Nothing to say before the first status document.
+        if st.node.is_empty() || st.cluster_version == 0 {
+            continue;
+        }
+        let snapshot = state.borrow().clone();
+        let report = summarise(
+            &st,
+            &snapshot,
+            &cfg.trust_domain,
+            &limits,
+            SystemTime::now(),
+        );
+        let now = start.elapsed().as_secs();
+        if !throttle.due(now, &report) {
+            continue;
+        }
+        match source.write_report(&cfg.name, &report).await {
+            Ok(()) => {
+                throttle.written(now, &report);
+                last_error.clear();
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if e != last_error {
+                    tracing::warn!(error = %e, "writing the node report (retrying)");
+                    last_error = e;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the node role until SIGTERM/SIGINT.
 ///
 /// The node is a set of independent tasks, each fed by the cluster state's `watch`:
@@ -999,6 +1058,14 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         mesh_rx,
         Arc::clone(&status),
     ));
+    let report_task = cfg.report.enabled.then(|| {
+        tokio::spawn(report_task(
+            Arc::clone(&cfg),
+            Arc::clone(&source),
+            state_rx.clone(),
+            Arc::clone(&status),
+        ))
+    });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| io("SIGTERM handler", e))?;
@@ -1020,6 +1087,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         t.abort();
     }
     status_task.abort();
+    if let Some(t) = report_task {
+        t.abort();
+    }
     source_task.abort();
     api_task.abort();
     if let Some(t) = metrics_task {

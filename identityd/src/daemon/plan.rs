@@ -235,6 +235,7 @@ mod tests {
             ingress: Default::default(),
             mtls: Default::default(),
             svid_ttl: None,
+            report: crate::daemon::config::ReportSettings::default(),
         }
     }
 

@@ -149,7 +149,7 @@ pub fn summarise(
         n,
     );
     let backed = state.services_with_endpoints();
-    let inbound_missing = Examples::of(
+    let served = || {
         strict_here()
             .filter(|pod| pod.ip().is_some())
             .filter(|pod| {
@@ -160,11 +160,13 @@ pub fn summarise(
                     })
                 })
             })
-            .filter_map(|pod| {
-                let key = format!("{}/{}", pod.namespace(), pod.metadata.name);
-                (!status.inbound_workloads.contains(&key))
-                    .then(|| format!("{key}: no inbound mTLS listener"))
-            }),
+    };
+    let inbound_missing = Examples::of(
+        served().filter_map(|pod| {
+            let key = format!("{}/{}", pod.namespace(), pod.metadata.name);
+            (!status.inbound_workloads.contains(&key))
+                .then(|| format!("{key}: no inbound mTLS listener"))
+        }),
         n,
     );
     NodeReport {
@@ -194,6 +196,8 @@ pub fn summarise(
             min_lifetime_secs: limits.svid_min_lifetime_secs,
             missing,
         },
+        strict_workloads: strict_here().count() as u64,
+        strict_served: served().count() as u64,
         inbound_missing,
         bundle: BundleSummary {
             roots: status.bundle_roots.len() as u64,

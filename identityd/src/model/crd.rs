@@ -19,8 +19,8 @@ pub use super::identityd::{
 /// The chart file generated from [`crds_yaml`], relative to the repository root.
 pub const CHART_CRDS_FILE: &str = "charts/identityd/crds/identityd.io.yaml";
 
-/// The four CRDs, in a fixed order (IdentitydNode, KeyRotation, TrafficPolicy,
-/// AuthorizationPolicy).
+/// The five CRDs, in a fixed order (IdentitydNode, KeyRotation, TrafficPolicy,
+/// AuthorizationPolicy, IdentitydNodeReport).
 #[must_use]
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut node = IdentitydNodeCrd::crd();
@@ -41,7 +41,13 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     {
         kind.enum_ = Some(vec![JSON(serde_json::Value::String("Service".to_owned()))]);
     }
-    vec![node, KeyRotationCrd::crd(), TrafficPolicyCrd::crd(), authz]
+    vec![
+        node,
+        KeyRotationCrd::crd(),
+        TrafficPolicyCrd::crd(),
+        authz,
+        super::report::IdentitydNodeReportCrd::crd(),
+    ]
 }
 
 /// `spec` of the (single) version's OpenAPI schema.

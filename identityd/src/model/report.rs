@@ -55,6 +55,12 @@ pub struct NodeReport {
     pub packets: Vec<PathCount>,
     /// Workload SVIDs.
     pub svids: SvidSummary,
+    /// Workloads of strict namespaces on this node (what `svids.missing` examined).
+    #[serde(default)]
+    pub strict_workloads: u64,
+    /// Of those, the ones behind a Service (what `inboundMissing` examined).
+    #[serde(default)]
+    pub strict_served: u64,
     /// Strict workloads of this node behind a Service without an inbound mTLS listener.
     pub inbound_missing: Examples,
     /// Trust bundle roots.

@@ -350,6 +350,103 @@ impl super::ClusterSource for FileSource {
     ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(async move { self.write_status(object).map(drop) })
     }
+
+    fn write_report<'a>(
+        &'a self,
+        node: &'a str,
+        report: &'a crate::model::report::NodeReport,
+    ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move { FileSource::write_report(self, node, report).map(drop) })
+    }
+}
+
+/// The directory of node reports inside a FileSource directory.
+pub const REPORTS_DIR: &str = ".reports";
+
+/// One `IdentitydNodeReport` document.
+fn report_document(node: &str, report: &crate::model::report::NodeReport) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "identityd.io/v1alpha1",
+        "kind": "IdentitydNodeReport",
+        "metadata": {"name": node},
+        "spec": report,
+    })
+}
+
+/// Reads the node reports of FileSource directory `dir` (`.reports/*.yaml`): `(node, report)`
+/// per file; a missing directory is no reports.
+///
+/// # Errors
+/// A file that cannot be read or is not a report, naming it.
+pub fn read_reports(
+    dir: &Path,
+) -> Result<Vec<(String, crate::model::report::NodeReport)>, SourceError> {
+    let rdir = dir.join(REPORTS_DIR);
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(&rdir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(SourceError::Io {
+                path: rdir,
+                source: Arc::new(e),
+            });
+        }
+    };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| SourceError::Io {
+            path: f.clone(),
+            source: Arc::new(e),
+        })?;
+        let bad = |reason: String| SourceError::Io {
+            path: f.clone(),
+            source: Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)),
+        };
+        let v: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let name = v["metadata"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("metadata.name: missing".to_owned()))?
+            .to_owned();
+        let report =
+            serde_json::from_value(v["spec"].clone()).map_err(|e| bad(format!("spec: {e}")))?;
+        out.push((name, report));
+    }
+    Ok(out)
+}
+
+impl FileSource {
+    /// Writes `node`'s report to `.reports/NODE.yaml` (atomic, 0644).
+    ///
+    /// # Errors
+    /// [`SourceError::Write`] on I/O failure.
+    pub fn write_report(
+        &self,
+        node: &str,
+        report: &crate::model::report::NodeReport,
+    ) -> Result<PathBuf, SourceError> {
+        let rdir = self.dir.join(REPORTS_DIR);
+        std::fs::create_dir_all(&rdir).map_err(|e| SourceError::Io {
+            path: rdir.clone(),
+            source: Arc::new(e),
+        })?;
+        let path = rdir.join(format!("{node}.yaml"));
+        let text = serde_saphyr::to_string(&report_document(node, report)).map_err(|e| {
+            SourceError::Unavailable(format!("serializing the report of {node}: {e}"))
+        })?;
+        identityd_certs::fsutil::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
+            SourceError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(path)
+    }
 }
 
 impl FileSource {

@@ -590,6 +590,65 @@ impl super::ClusterSource for KubeSource {
     ) -> BoxFuture<'a, Result<Option<String>, SourceError>> {
         Box::pin(KubeSource::node_pod_cidr(self, name))
     }
+
+    fn write_report<'a>(
+        &'a self,
+        node: &'a str,
+        report: &'a crate::model::report::NodeReport,
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(write_report(self.client.clone(), node, report))
+    }
+}
+
+/// Server-side applies `node`'s `IdentitydNodeReport` (cluster-scoped, named after the node;
+/// field manager [`FIELD_MANAGER`]).
+///
+/// # Errors
+/// [`SourceError::Kube`] when the API server refuses it.
+pub async fn write_report(
+    client: kube::Client,
+    node: &str,
+    report: &crate::model::report::NodeReport,
+) -> Result<(), SourceError> {
+    let api: Api<crate::model::report::IdentitydNodeReportCrd> = Api::all(client);
+    let body = serde_json::json!({
+        "apiVersion": "identityd.io/v1alpha1",
+        "kind": "IdentitydNodeReport",
+        "metadata": {"name": node},
+        "spec": report,
+    });
+    api.patch(
+        node,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| {
+        kube_err(
+            format!("server-side apply of IdentitydNodeReport {node}"),
+            e,
+        )
+    })
+}
+
+/// Lists every `IdentitydNodeReport` as `(node, report)`.
+///
+/// # Errors
+/// [`SourceError::Kube`] when they cannot be listed (the CRD missing included).
+pub async fn list_reports(
+    client: kube::Client,
+) -> Result<Vec<(String, crate::model::report::NodeReport)>, SourceError> {
+    let api: Api<crate::model::report::IdentitydNodeReportCrd> = Api::all(client);
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| kube_err("listing IdentitydNodeReports".to_owned(), e))?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|r| (r.metadata.name.unwrap_or_default(), r.spec))
+        .collect())
 }
 
 #[cfg(test)]

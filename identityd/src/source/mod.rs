@@ -76,6 +76,18 @@ pub trait ClusterSource: fmt::Debug + Send + Sync + 'static {
     /// [`SourceError::NotFound`] when the object does not exist, or the store refusing the write.
     fn write_status<'a>(&'a self, object: &'a Object) -> BoxFuture<'a, Result<(), SourceError>>;
 
+    /// Writes node `node`'s live-state summary as its `IdentitydNodeReport` (whole, replacing
+    /// the previous one). The FileSource writes `.reports/NODE.yaml` in its directory (hidden,
+    /// so the source itself never reads it); the KubeSource uses server-side apply.
+    ///
+    /// # Errors
+    /// The store refusing the write.
+    fn write_report<'a>(
+        &'a self,
+        node: &'a str,
+        report: &'a crate::model::report::NodeReport,
+    ) -> BoxFuture<'a, Result<(), SourceError>>;
+
     /// The pod CIDR the store assigns to node `name` (Kubernetes: the Node's `spec.podCIDR`);
     /// `None` when the store has no such notion (the FileSource) or none is assigned yet.
     ///

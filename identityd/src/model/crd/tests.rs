@@ -385,3 +385,33 @@ fn the_schemas_refuse_what_the_model_refuses() {
         );
     }
 }
+
+#[test]
+fn a_node_report_as_the_daemon_writes_it_validates_against_its_crd() {
+    use crate::model::report::{Examples, NodeReport, PeerProblem};
+    let mut r = NodeReport {
+        reported_at: "2026-12-02T05:00:00Z".into(),
+        encryption_mode: "wireguard".into(),
+        strict_mode: true,
+        ingress_strict_in_place: false,
+        ingress_strict_problem: Some("not attached to p-web-1".into()),
+        cluster_version: 42,
+        key_created_at: Some("2026-11-30T05:00:00Z".into()),
+        envoy_ready: Some(true),
+        xds_nacks: Examples::of(["Cluster v3 NACK: bad".to_owned()], 5),
+        ..NodeReport::default()
+    };
+    r.peers.expected = 2;
+    r.peers.unhealthy = 1;
+    r.peers.worst.push(PeerProblem {
+        name: "n2".into(),
+        problem: "handshake 900s ago".into(),
+        last_handshake: Some("2026-12-02T04:45:00Z".into()),
+    });
+    let doc = serde_json::json!({
+        "apiVersion": "identityd.io/v1alpha1", "kind": "IdentitydNodeReport",
+        "metadata": {"name": "n1"}, "spec": r});
+    let yaml = serde_saphyr::to_string(&doc).unwrap();
+    let errs = structural_errors(&yaml);
+    assert!(errs.is_empty(), "{errs:?}\n{yaml}");
+}

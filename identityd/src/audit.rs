@@ -12,6 +12,7 @@
 //! The checks are pure functions of their inputs; rendering is text, JSON, JUnit, SARIF 2.1.0
 //! or Markdown.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -621,7 +622,7 @@ fn config_encryption(m: &Manifests, opts: &AuditOptions) -> Finding {
     }
     for (origin, cfg) in &m.node_configs {
         match cfg {
-            Err(e) => bad.push(format!("{origin}: does not load in the daemon: {e}")),
+            Err(e) => bad.push(format!("{origin}: {e}")),
             Ok(c) => {
                 use crate::daemon::config::EncryptionMode;
                 if c.encryption.mode == EncryptionMode::Disabled {
@@ -962,6 +963,8 @@ pub fn load_manifests(path: &Path) -> Result<Manifests, String> {
     let mut m = Manifests::default();
     let mut objects = Vec::new();
     let mut state_problems = Vec::new();
+    let mut config_maps = Vec::new();
+    let mut daemon_sets = Vec::new();
     for (file, text) in texts {
         for (doc, r) in crate::source::decode::decode_all(&text) {
             let value = || serde_saphyr::from_str::<serde_json::Value>(&doc.text).ok();
@@ -977,7 +980,11 @@ pub fn load_manifests(path: &Path) -> Result<Manifests, String> {
                         continue;
                     }
                     if v["kind"] == "ConfigMap" {
-                        node_config_of(&v, &mut m);
+                        config_maps.push(v);
+                        continue;
+                    }
+                    if v["kind"] == "DaemonSet" {
+                        daemon_sets.push(v);
                         continue;
                     }
                     // Only documents of kinds identityd knows are its business (a Deployment
@@ -997,6 +1004,7 @@ pub fn load_manifests(path: &Path) -> Result<Manifests, String> {
             }
         }
     }
+    node_configs(&config_maps, &daemon_sets, &mut m);
     m.objects = objects.len();
     let mut state = ClusterState::from_objects(1, objects);
     for (file, index, kind, reason) in state_problems {
@@ -1017,33 +1025,151 @@ pub fn load_manifests(path: &Path) -> Result<Manifests, String> {
     Ok(m)
 }
 
-/// A ConfigMap carrying a node daemon config (`data."config.yaml"` with `role: node`): parsed
-/// by the daemon's parser, with placeholders for what the DaemonSet supplies at run time (the
-/// node name and underlay address from the downward API).
-fn node_config_of(v: &serde_json::Value, m: &mut Manifests) {
-    let Some(text) = v["data"]["config.yaml"].as_str() else {
-        return;
-    };
-    let is_node =
-        serde_saphyr::from_str::<serde_json::Value>(text).is_ok_and(|c| c["role"] == "node");
-    if !is_node {
-        return;
-    }
-    let origin = format!(
-        "ConfigMap {}/{}: config.yaml",
-        v["metadata"]["namespace"].as_str().unwrap_or("default"),
-        v["metadata"]["name"].as_str().unwrap_or("?")
-    );
-    // The DaemonSet supplies these from the downward API at run time (a documentation
-    // address stands in for the node's).
-    let env = |k: &str| match k {
-        k if k == crate::daemon::config::ENV_NODE_NAME => Some("audit".to_owned()),
-        k if k == crate::daemon::config::ENV_UNDERLAY_ADDRESS => Some("192.0.2.1".to_owned()),
+fn meta_of(v: &serde_json::Value) -> (String, String) {
+    (
+        v["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned(),
+        v["metadata"]["name"].as_str().unwrap_or("?").to_owned(),
+    )
+}
+
+/// The node daemon configs of the input, each parsed by the daemon's own parser
+/// ([`crate::daemon::config::DaemonConfig::from_text_with_env`]):
+/// - for each DaemonSet container running `identityd run --config PATH`: the ConfigMap key
+///   mounted at PATH, with the container's literal `env` values (values the downward API
+///   supplies at run time get a documentation stand-in); a `--config` the input does not
+///   provide from a ConfigMap is itself a finding;
+/// - every other ConfigMap holding a `config.yaml` with `role: node`.
+fn node_configs(
+    config_maps: &[serde_json::Value],
+    daemon_sets: &[serde_json::Value],
+    m: &mut Manifests,
+) {
+    use crate::daemon::config::{DaemonConfig, ENV_NODE_NAME, ENV_UNDERLAY_ADDRESS};
+    let stand_in = |k: &str| match k {
+        k if k == ENV_NODE_NAME => Some("audit".to_owned()),
+        k if k == ENV_UNDERLAY_ADDRESS => Some("192.0.2.1".to_owned()),
         _ => None,
     };
-    let cfg = crate::daemon::config::DaemonConfig::from_text_with_env(text, &origin, env)
-        .map_err(|e| format!("{}={}: {}", e.field, e.value, e.reason));
-    m.node_configs.push((origin, cfg));
+    let parse = |text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>| {
+        DaemonConfig::from_text_with_env(text, origin, env).map_err(|e| {
+            format!(
+                "does not load in the daemon: {}={}: {}",
+                e.field, e.value, e.reason
+            )
+        })
+    };
+    let mut used = BTreeSet::new();
+    for ds in daemon_sets {
+        let (ns, name) = meta_of(ds);
+        let pod = &ds["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().into_iter().flatten() {
+            let argv: Vec<&str> = c["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(c["args"].as_array().into_iter().flatten())
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            if !argv.contains(&"run") {
+                continue;
+            }
+            let cname = c["name"].as_str().unwrap_or("?");
+            let origin = format!("DaemonSet {ns}/{name} container {cname}");
+            let path = argv
+                .iter()
+                .position(|a| *a == "--config")
+                .and_then(|i| argv.get(i + 1).copied())
+                .or_else(|| argv.iter().find_map(|a| a.strip_prefix("--config=")));
+            let Some(path) = path else {
+                m.node_configs.push((
+                    origin,
+                    Err(
+                        "args: `run` without --config (the daemon needs its config file)"
+                            .to_owned(),
+                    ),
+                ));
+                continue;
+            };
+            // The mount that holds PATH, its volume, and the ConfigMap key it projects.
+            let found = c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|vm| {
+                    let mount = vm["mountPath"].as_str()?.trim_end_matches('/');
+                    let key = path.strip_prefix(mount)?.strip_prefix('/')?;
+                    let vol = pod["volumes"]
+                        .as_array()?
+                        .iter()
+                        .find(|v| v["name"] == vm["name"])?;
+                    let cm = vol["configMap"]["name"].as_str()?;
+                    Some((cm.to_owned(), key.to_owned()))
+                });
+            let Some((cm, key)) = found else {
+                m.node_configs.push((
+                    origin,
+                    Err(format!("--config {path}: not mounted from a ConfigMap of the input, so what the daemon runs with cannot be checked")),
+                ));
+                continue;
+            };
+            let Some(text) = config_maps
+                .iter()
+                .find(|v| meta_of(v) == (ns.clone(), cm.clone()))
+                .and_then(|v| v["data"][key.as_str()].as_str())
+            else {
+                m.node_configs.push((
+                    origin,
+                    Err(format!(
+                        "--config {path}: ConfigMap {ns}/{cm} key {key} is not in the input"
+                    )),
+                ));
+                continue;
+            };
+            used.insert((ns.clone(), cm.clone()));
+            // Literal env values are what the daemon sees; downward-API ones get stand-ins.
+            let literal: Vec<(String, String)> = c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    Some((
+                        e["name"].as_str()?.to_owned(),
+                        e["value"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            let env = |k: &str| {
+                literal
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| stand_in(k))
+            };
+            let origin = format!("{origin} → ConfigMap {ns}/{cm}: {key}");
+            let cfg = parse(text, &origin, &env);
+            m.node_configs.push((origin, cfg));
+        }
+    }
+    for v in config_maps {
+        let id = meta_of(v);
+        if used.contains(&id) {
+            continue;
+        }
+        let Some(text) = v["data"]["config.yaml"].as_str() else {
+            continue;
+        };
+        let is_node =
+            serde_saphyr::from_str::<serde_json::Value>(text).is_ok_and(|c| c["role"] == "node");
+        if !is_node {
+            continue;
+        }
+        let origin = format!("ConfigMap {}/{}: config.yaml", id.0, id.1);
+        let cfg = parse(text, &origin, &stand_in);
+        m.node_configs.push((origin, cfg));
+    }
 }
 
 /// The check ids a `--require` list may name that the given findings do not satisfy: each

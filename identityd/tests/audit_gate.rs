@@ -126,7 +126,8 @@ fn every_weakened_install_fails_naming_the_object_and_field() {
             app.clone(),
             &[],
             "config.encryption",
-            "ConfigMap identityd-system/identityd-node-config: config.yaml encryption.mode=disabled",
+            // Found through the DaemonSet: its `run --config` path, the mount, the ConfigMap.
+            "DaemonSet identityd-system/identityd-node container identityd → ConfigMap identityd-system/identityd-node-config: config.yaml encryption.mode=disabled",
         ),
         (
             &["encryption.strictMode=false"],
@@ -185,6 +186,44 @@ fn every_weakened_install_fails_naming_the_object_and_field() {
             details(c)
         );
     }
+}
+
+/// The DaemonSet decides what the daemon runs with: a `--config` the input does not provide
+/// from a ConfigMap cannot be vouched for, and the container's literal env is what the
+/// daemon's parser sees.
+#[test]
+fn the_daemonset_args_and_env_are_what_is_checked() {
+    let chart = helm_template(&[]);
+    let app = fixture("shop-strict.yaml");
+    let args = "args: [run, --config, /etc/identityd/config/config.yaml]";
+    assert!(chart.contains(args), "the chart's DaemonSet args changed");
+    let moved = chart.replace(args, "args: [run, --config, /host/etc/identityd.yaml]");
+    let (ok, f) = findings(&format!("{moved}\n---\n{app}"), REQUIRE);
+    let c = check(&f, "config.encryption");
+    assert!(!ok && c["result"] == "fail", "{c}");
+    assert!(
+        details(c).contains("DaemonSet identityd-system/identityd-node container identityd: --config /host/etc/identityd.yaml: not mounted from a ConfigMap of the input"),
+        "{}",
+        details(c)
+    );
+
+    let from_api = "            - name: IDENTITYD_UNDERLAY_ADDRESS\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.hostIP\n";
+    assert!(
+        chart.contains(from_api),
+        "the chart's DaemonSet env changed"
+    );
+    let literal = chart.replace(
+        from_api,
+        "            - name: IDENTITYD_UNDERLAY_ADDRESS\n              value: not-an-address\n",
+    );
+    let (ok, f) = findings(&format!("{literal}\n---\n{app}"), REQUIRE);
+    let c = check(&f, "config.encryption");
+    assert!(!ok && c["result"] == "fail", "{c}");
+    assert!(
+        details(c).contains("does not load in the daemon") && details(c).contains("not-an-address"),
+        "{}",
+        details(c)
+    );
 }
 
 #[test]

@@ -92,6 +92,52 @@ fn wait_for_status(dir: &Path, secs: u64, what: &str, cond: impl Fn(&serde_json:
     }
 }
 
+/// `identityd audit --source DIR [--from-reports] --format json`: check id → result.
+fn audit_results(dir: &Path, from_reports: bool) -> std::collections::BTreeMap<String, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["audit", "--format", "json", "--source"]).arg(dir);
+    if from_reports {
+        cmd.arg("--from-reports");
+    }
+    let out = cmd.output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit json: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let list = v["findings"]
+        .as_array()
+        .or(v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap_or_default().to_owned(),
+                f["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the audit over the daemons' own reports gives `check` the result `want`.
+fn wait_for_report_verdict(dir: &Path, check: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = audit_results(dir, true);
+        if r.get(check).map(String::as_str) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {secs}s: {check} {want} from the node reports: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn get_host(from_pod_ns: &str, url: &str, host: &str) -> (bool, String) {
     let out = Command::new("ip")
         .args([
@@ -952,6 +998,32 @@ fn the_live_and_static_audits_pass_on_a_healthy_lab(lab: &Lab) {
         out.status.success() && junit.contains("<testsuite") && !junit.contains("<failure"),
         "live audit:\n{junit}"
     );
+    // What each daemon wrote as its IdentitydNodeReport gives the same verdicts as asking the
+    // daemons (only how the nodes were reached differs).
+    let live = audit_results(&lab.dir, false);
+    let reported = audit_results(&lab.dir, true);
+    assert_eq!(
+        reported.get("nodes.reporting").map(String::as_str),
+        Some("pass"),
+        "{reported:?}"
+    );
+    let strip = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "daemons.reachable" | "nodes.reporting" | "nodes.published"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&reported), strip(&live), "reports vs daemons");
+    assert!(
+        reported.values().all(|v| v != "fail")
+            && reported.values().filter(|v| *v == "pass").count() >= 10,
+        "{reported:?}"
+    );
     let out = Command::new(BIN)
         .args(["audit", "--require-mtls", "shop,front", "--manifests"])
         .arg(lab.dir.join("cluster"))
@@ -1330,6 +1402,8 @@ fn strict_mode_off_on_a_node_fails_the_audit(lab: &Lab) {
         st[2]["strict_mode"] == false
     });
     assert_audit(&lab.dir, &[], Some("encryption.strict-mode"));
+    // n3's own report says so too, within its minimum write interval.
+    wait_for_report_verdict(&lab.dir, "encryption.strict-mode", "fail", 20);
 }
 
 /// A running node whose IdentitydNode disappears: its peers drop it, and the audit says so.

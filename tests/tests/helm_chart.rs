@@ -547,7 +547,11 @@ fn rbac_is_least_privilege() {
         ("identityd.io", &["identitydnodes"], &["create", "patch"]),
         ("identityd.io", &["identitydnodes/status"], &["patch"]),
         // Its live-state report (write only: no daemon reads another's).
-        ("identityd.io", &["identitydnodereports"], &["create", "patch"]),
+        (
+            "identityd.io",
+            &["identitydnodereports"],
+            &["create", "patch"],
+        ),
     ]);
     assert_eq!(grants(node), want, "node ClusterRole");
     assert!(!can(

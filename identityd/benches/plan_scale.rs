@@ -114,6 +114,7 @@ fn main() {
             ingress: Default::default(),
             mtls: Default::default(),
             svid_ttl: None,
+            report: identityd::daemon::config::ReportSettings::default(),
         };
         let td = TrustDomain::new("cluster.local").expect("td");
         // Real SVIDs for this node's identities (as the CA role would issue them).

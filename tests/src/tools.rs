@@ -131,6 +131,18 @@ pub fn sarif_multitool() -> PathBuf {
     )
 }
 
+/// `podman` (Debian's package; runs the identityd image).
+#[must_use]
+pub fn podman() -> PathBuf {
+    system("podman", "podman")
+}
+
+/// `buildah` (Debian's package; builds the identityd image).
+#[must_use]
+pub fn buildah() -> PathBuf {
+    system("buildah", "buildah")
+}
+
 /// `ip` from iproute2.
 #[must_use]
 pub fn ip() -> PathBuf {

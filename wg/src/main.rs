@@ -22,6 +22,7 @@ use identityd_wg::routes::Netlink;
 #[derive(Parser, Debug)]
 #[command(
     name = "identityd-wg",
+    version,
     about = "identityd's userspace WireGuard device"
 )]
 struct Cli {

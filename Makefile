@@ -27,6 +27,8 @@ test: bootstrap
 	cargo deny --all-features check licenses bans sources
 	# The image first: tests/tests/image.rs runs its binaries inside it.
 	bash scripts/image
-	cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(lab_e2e)'
+	cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(lab_e2e) and not binary(lab_image_e2e)'
 	# One lab for all of its named trials: nextest would run each trial in its own process.
 	cargo test -p identityd --locked --test lab_e2e
+	# The lab again with every daemon from the image (one lab at a time: the bridge is global).
+	cargo test -p identityd --locked --test lab_image_e2e

@@ -86,6 +86,11 @@ pub enum LabCommand {
         /// Extra manifests to apply.
         #[arg(long)]
         manifests: Option<PathBuf>,
+        /// Run the CA role and every node daemon (with its WireGuard device and Envoy) as
+        /// podman containers of this identityd image (`make image`; `. scripts/containers-env`
+        /// first so podman finds its storage).
+        #[arg(long)]
+        image: Option<String>,
     },
     /// Show the lab's status (every node daemon's view).
     Status {

@@ -259,6 +259,7 @@ fn main() -> ExitCode {
             mode,
             dir,
             manifests,
+            image,
         }) => {
             let encryption = match mode {
                 Mode::Wireguard => "wireguard",
@@ -275,6 +276,7 @@ fn main() -> ExitCode {
                 encryption: encryption.to_owned(),
                 dir: dir.unwrap_or_else(lab::default_dir),
                 manifests,
+                image,
             };
             match lab::up(&opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -89,6 +89,8 @@ fn the_binaries_run_inside_the_image() {
     // The tools the daemon executes load too.
     let v = run_in_image(&["--entrypoint", "/usr/sbin/ip"], &["-V"]);
     assert!(v.contains("iproute2"), "{v}");
+    let v = run_in_image(&["--entrypoint", "/usr/sbin/nft"], &["--version"]);
+    assert!(v.starts_with("nftables"), "{v}");
     let crds = run_in_image(&[], &["crds"]);
     let file =
         std::fs::read_to_string(root().join("charts/identityd/crds/identityd.io.yaml")).unwrap();
@@ -179,17 +181,19 @@ fn image_files() -> Vec<String> {
 }
 
 /// What the image may hold: the binaries, their libraries, and these files of /etc.
-const ETC: [&str; 4] = [
+const ETC: [&str; 5] = [
+    "etc/protocols",
     "etc/passwd",
     "etc/group",
     "etc/nsswitch.conf",
     "etc/ssl/certs/ca-certificates.crt",
 ];
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
     "usr/local/bin/identityd",
     "usr/local/bin/identityd-wg",
     "usr/local/bin/envoy",
     "usr/sbin/ip",
+    "usr/sbin/nft",
     "usr/bin/kill",
 ];
 

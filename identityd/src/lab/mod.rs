@@ -9,6 +9,7 @@
 //! is recorded in `<dir>/lab.json`, which `lab down` uses to remove it all.
 
 pub mod bench;
+pub mod image;
 pub mod workload;
 
 use std::fmt::Write as _;
@@ -99,6 +100,9 @@ pub struct LabState {
     pub bpf_pins: Vec<String>,
     /// Nodes: name → run dir.
     pub nodes: Vec<(String, PathBuf)>,
+    /// podman containers (`lab up --image`).
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 /// A pod of the lab.
@@ -343,6 +347,9 @@ pub struct UpOptions {
     pub dir: PathBuf,
     /// Extra manifests copied into the cluster directory.
     pub manifests: Option<PathBuf>,
+    /// Run the CA role and the node daemons as containers of this identityd image
+    /// ([`image`]) instead of this binary.
+    pub image: Option<String>,
 }
 
 /// `identityd lab up`, as named steps: prepare, topology, cluster state, CA, node daemons,
@@ -435,6 +442,9 @@ impl<'a> Up<'a> {
             )));
         }
 
+        if let Some(img) = &opts.image {
+            image::check(img)?;
+        }
         let envoy = crate::daemon::mesh::lab_envoy_binary(&exe);
         if envoy.is_none() {
             progress(
@@ -442,10 +452,13 @@ impl<'a> Up<'a> {
             );
         }
         println!(
-            "identityd lab up: {} nodes, encryption {} (strict mode on), dir {}",
+            "identityd lab up: {} nodes, encryption {} (strict mode on), dir {}{}",
             opts.nodes,
             opts.encryption,
-            dir.display()
+            dir.display(),
+            opts.image
+                .as_deref()
+                .map_or(String::new(), |i| format!(", daemons from image {i}"))
         );
 
         Ok(Self {
@@ -556,22 +569,30 @@ impl<'a> Up<'a> {
             ),
         )
         .map_err(|e| io_err(&ca_cfg, e))?;
-            use std::os::unix::process::CommandExt;
-            let log = std::fs::File::create(dir.join("ca.log")).map_err(|e| io_err(dir, e))?;
-            let log2 = log.try_clone().map_err(|e| io_err(dir, e))?;
-            let child = Command::new(exe)
-                .args(["run", "--config"])
-                .arg(&ca_cfg)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .process_group(0)
-                .spawn()
-                .map_err(|e| LabError::Command {
-                    cmd: "identityd run (ca)".into(),
-                    reason: e.to_string(),
-                })?;
-            self.st.pids.push(child.id());
+            if let Some(img) = &opts.image {
+                image::prepare_ca_dirs(dir)?;
+                self.st.containers.push(image::container_name(0));
+                save(dir, &self.st)?;
+                let pid = image::start(&image::ca_args(img, dir, &ca_cfg))?;
+                self.st.pids.push(pid);
+            } else {
+                use std::os::unix::process::CommandExt;
+                let log = std::fs::File::create(dir.join("ca.log")).map_err(|e| io_err(dir, e))?;
+                let log2 = log.try_clone().map_err(|e| io_err(dir, e))?;
+                let child = Command::new(exe)
+                    .args(["run", "--config"])
+                    .arg(&ca_cfg)
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(log2)
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| LabError::Command {
+                        cmd: "identityd run (ca)".into(),
+                        reason: e.to_string(),
+                    })?;
+                self.st.pids.push(child.id());
+            }
             save(dir, &self.st)?;
             progress(&format!(
                 "started the CA role on {CA_LISTEN} (the only holder of the CA key; log: {}/ca.log); minted one join token per node",
@@ -599,16 +620,36 @@ impl<'a> Up<'a> {
                     opts.nodes,
                     true,
                     &opts.encryption,
-                    wg_bin,
-                    envoy.as_deref(),
+                    // In the image, the binaries the daemon starts are the image's own.
+                    if opts.image.is_some() {
+                        Path::new(image::IMAGE_WG_BINARY)
+                    } else {
+                        wg_bin
+                    },
+                    envoy.as_deref().map(|e| {
+                        if opts.image.is_some() {
+                            Path::new(image::IMAGE_ENVOY_BINARY)
+                        } else {
+                            e
+                        }
+                    }),
                 ),
             )
             .map_err(|e| io_err(&cfg, e))?;
-            let pid = spawn_in_netns_only(
-                &format!("idd-n{i}"),
-                &node_dir.join("daemon.log"),
-                &[exe_s, "run", "--config", &cfg.display().to_string()],
-            )?;
+            let pid = if let Some(img) = &opts.image {
+                if i == 1 {
+                    image::write_node_seccomp_profile(&dir.join("seccomp-node.json"))?;
+                }
+                self.st.containers.push(image::container_name(i));
+                save(dir, &self.st)?;
+                image::start(&image::node_args(img, i, dir, &cfg))?
+            } else {
+                spawn_in_netns_only(
+                    &format!("idd-n{i}"),
+                    &node_dir.join("daemon.log"),
+                    &[exe_s, "run", "--config", &cfg.display().to_string()],
+                )?
+            };
             self.st.pids.push(pid);
             self.st.wg_interfaces.push(format!("idd{i}"));
             self.st.bpf_pins.push(format!("/sys/fs/bpf/identityd/n{i}"));
@@ -1255,7 +1296,9 @@ pub fn down(dir: &Path) -> Result<String, LabError> {
             .map_err(|_| LabError::NotUp(dir.display().to_string()))?,
     )
     .map_err(|e| LabError::Io(e.to_string()))?;
-    // Processes first (daemons, workloads, and the WireGuard devices the daemons started).
+    // Containers first (`--image`: with everything they started), then processes (daemons,
+    // workloads, and the WireGuard devices the daemons started).
+    image::remove(&st.containers);
     let mut pids = st.pids.clone();
     for (_, run) in &st.nodes {
         if let Some(p) = std::fs::read_to_string(run.join("wg.pid"))

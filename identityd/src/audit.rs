@@ -215,6 +215,7 @@ pub fn live(
         "running nodes that peers do not know",
     ));
     out.extend(report_checks(&reports, opts, now));
+    out.push(node_conflicts(state));
     out.push(cluster_problems(state));
     out
 }
@@ -269,6 +270,7 @@ pub fn report_live(
         "nodes whose live state is missing or stale",
     )];
     out.extend(report_checks(reports, opts, now));
+    out.push(node_conflicts(state));
     out
 }
 
@@ -552,6 +554,21 @@ pub fn report_checks(
     out
 }
 
+/// `nodes.cidr-conflicts`: no two IdentitydNodes claim overlapping pod CIDRs or the same
+/// WireGuard key (each later claim is one the nodes leave out; [`crate::model::conflicts`]).
+#[must_use]
+pub fn node_conflicts(state: &ClusterState) -> Finding {
+    let c = crate::model::conflicts::node_conflicts(state, None);
+    finding_or_skip(
+        (state.nodes.len() < 2).then_some("fewer than two IdentitydNodes"),
+        "nodes.cidr-conflicts",
+        Severity::Error,
+        c.rejected.into_values().collect(),
+        "no two nodes claim overlapping pod CIDRs or the same key",
+        "IdentitydNodes the nodes leave out (conflicting claims)",
+    )
+}
+
 /// `cluster.problems`: every object of the state is valid.
 #[must_use]
 pub fn cluster_problems(state: &ClusterState) -> Finding {
@@ -659,7 +676,7 @@ fn config_encryption(m: &Manifests, opts: &AuditOptions) -> Finding {
 #[must_use]
 pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
     let state = &m.state;
-    let mut out = vec![config_encryption(m, opts)];
+    let mut out = vec![config_encryption(m, opts), node_conflicts(state)];
     let mut unannotated = Vec::new();
     let mut required_missing = Vec::new();
     for (name, ns) in &state.namespaces {
@@ -1217,6 +1234,10 @@ pub const CHECKS: &[(&str, &str)] = &[
     (
         "nodes.reporting",
         "(--kube) Every IdentitydNode has an IdentitydNodeReport newer than --max-report-age: the bounded live-state summary its daemon writes when a summarised value changes and at least every heartbeat (5 min by default). The live checks below then run on those summaries, with the audit's clock for every time they carry.\nFix: a missing or old report means the node's daemon is not running or cannot write (RBAC: identitydnodereports create/patch for the node role); look at its log.",
+    ),
+    (
+        "nodes.cidr-conflicts",
+        "No two IdentitydNodes claim overlapping pod CIDRs or the same WireGuard key. Each node leaves a later claim out whole (the first owner by creationTimestamp, then name, keeps it; a node's own config always wins for its own CIDR), so a conflicting object never takes traffic from its owner nor freezes the device config, but its node has no encrypted path. Skipped with fewer than two nodes.\nFix: the finding names both objects and the field; delete or correct the later one.",
     ),
     (
         "nodes.published",

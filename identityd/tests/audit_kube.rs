@@ -151,6 +151,12 @@ use identityd::model::report::NodeReport;
 use std::time::SystemTime;
 
 const NODES: [&str; 3] = ["w1", "w2", "w3"];
+/// One WireGuard key per node (a shared key is a conflict the audit reports).
+const KEYS: [&str; 3] = [
+    "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+    "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+    "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=",
+];
 
 /// Three published nodes with keys; `reports` as the API server holds them.
 fn serve_live(api: &FakeApi, reports: &[(String, NodeReport)]) {
@@ -161,7 +167,7 @@ fn serve_live(api: &FakeApi, reports: &[(String, NodeReport)]) {
             "metadata": {"name": n, "resourceVersion": format!("{}", 10 + i)},
             "spec": {"podCIDRs": [format!("10.244.{}.0/24", i + 1)],
                 "underlayAddresses": [format!("192.0.2.{}", 11 + i)],
-                "wireguard": {"publicKey": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", "port": 51871}}}));
+                "wireguard": {"publicKey": KEYS[i], "port": 51871}}}));
     }
     for (plural, items) in items {
         api.script(&path_of(plural), &[list(items)], &[]);
@@ -238,6 +244,7 @@ async fn node_reports_of_a_healthy_cluster_pass_every_live_check() {
     let f = live_findings(NODES.iter().map(|n| (healthy_status(n), now)).collect()).await;
     for c in [
         "nodes.reporting",
+        "nodes.cidr-conflicts",
         "encryption.node-pairs",
         "encryption.strict-mode",
         "encryption.ingress-strict",

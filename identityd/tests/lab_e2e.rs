@@ -1364,8 +1364,112 @@ fn an_underlay_host_reaches_no_strict_pod_and_no_spoofed_pod_source_gets_in(lab:
 
 /// Key rotation (after the clean audits: the device restarts drop a few packets, which the
 /// strict-drops check rightly reports).
+/// The file of the rogue IdentitydNode the conflict trial leaves for the rotation trial.
+const ROGUE: &str = "cluster/identitydnode-a-rogue.yaml";
+
+/// One bad IdentitydNode: `a-rogue` claims n1's pod CIDR (before this was handled, n1 took its
+/// own pods for a peer's — same-node requests lost mTLS — and every device refused the whole
+/// new config). Now every node leaves the object out, names the conflict, keeps applying
+/// other changes (a genuine new node n9 published after it appears everywhere), n1's pods keep
+/// mTLS on the same node and across nodes, and the static audit fails
+/// `nodes.cidr-conflicts`. The rogue object stays for the key-rotation trial, which must
+/// complete beside it and removes it.
+fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
+    let doc = |name: &str, cidr: &str, underlay: &str, key: &str| {
+        format!(
+            "apiVersion: identityd.io/v1alpha1\nkind: IdentitydNode\nmetadata: {{name: {name}}}\n\
+             spec: {{podCIDRs: [{cidr}], underlayAddresses: [{underlay}], wireguard: {{publicKey: \"{key}\", port: 51871}}}}\n"
+        )
+    };
+    // Written by hand: no creation time, so each is the newest claim.
+    std::fs::write(
+        lab.dir.join(ROGUE),
+        doc(
+            "a-rogue",
+            "10.244.1.0/24",
+            "10.99.0.99",
+            "ZW1gK0HpMBOhsJmB6oFmtBSaYmCm+tmWcSNyAtqbnAs=",
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let n9 = lab.dir.join("cluster/identitydnode-n9.yaml");
+    std::fs::write(
+        &n9,
+        doc(
+            "n9",
+            "10.244.9.0/24",
+            "10.99.0.19",
+            "Q2hvb3NlIGFub3RoZXIga2V5IGZvciBuOSAwMTIzNDU=",
+        ),
+    )
+    .unwrap();
+    let conflict = "IdentitydNode a-rogue: spec.podCIDRs 10.244.1.0/24 overlaps 10.244.1.0/24 of IdentitydNode n1";
+    wait_for_status(
+        &lab.dir,
+        20,
+        "every node applies n9, leaves a-rogue out and names the conflict",
+        |st| {
+            st.as_array().is_some_and(|nodes| {
+                nodes.iter().all(|n| {
+                    let peers: Vec<&str> = n["peers"]
+                        .as_array()
+                        .map(|p| p.iter().filter_map(|x| x["name"].as_str()).collect())
+                        .unwrap_or_default();
+                    peers.contains(&"n9")
+                        && !peers.contains(&"a-rogue")
+                        && n["problems"].as_array().is_some_and(|p| {
+                            p.iter()
+                                .any(|x| x.as_str().is_some_and(|x| x.contains(conflict)))
+                        })
+                })
+            })
+        },
+    );
+    // n1's own pods: same node and from n2, still mTLS with the caller's identity.
+    for (from, what) in [
+        ("idd-n1-client-1", "same node"),
+        ("idd-n2-client-2", "from n2"),
+    ] {
+        let (ok, body) = get_host(from, "http://10.244.1.10:8080/", "web.shop");
+        assert!(
+            ok && body.contains("URI=spiffe://cluster.local/ns/front/sa/client"),
+            "{what}: web-1 answers over mTLS with the caller's SPIFFE ID beside a-rogue:\n{body}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["audit", "--format", "json", "--manifests"])
+        .arg(lab.dir.join("cluster"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "nodes.cidr-conflicts")
+        .cloned()
+        .unwrap();
+    assert!(!out.status.success() && c["result"] == "fail", "{c}");
+    assert!(c.to_string().contains(conflict), "{c}");
+    // n9 has no daemon: remove it again (its peers drop it).
+    std::fs::remove_file(&n9).unwrap();
+    wait_for_status(&lab.dir, 20, "every node drops n9", |st| {
+        st.as_array().is_some_and(|nodes| {
+            nodes.iter().all(|n| {
+                !n["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x["name"] == "n9"))
+            })
+        })
+    });
+}
+
 fn a_wireguard_key_rotation_completes_through_the_file_source(lab: &Lab) {
+    // With the conflict trial's rogue object still there (when that trial ran): one bad
+    // IdentitydNode must not stop a rotation from completing.
     key_rotation_through_the_file_source(&lab.dir);
+    let _ = std::fs::remove_file(lab.dir.join(ROGUE));
 }
 
 /// Strict mode off on n3 (its daemon restarted with the changed config) fails the audit.
@@ -1554,6 +1658,10 @@ const TRIALS: &[Check] = &[
     (
         "mode_changes_keep_http_and_tcp_working",
         mode_changes_keep_http_and_tcp_working,
+    ),
+    (
+        "a_conflicting_identitydnode_takes_nothing_from_its_owner",
+        a_conflicting_identitydnode_takes_nothing_from_its_owner,
     ),
     (
         "a_wireguard_key_rotation_completes_through_the_file_source",

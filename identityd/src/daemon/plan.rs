@@ -78,7 +78,15 @@ pub fn plan(
     let ids = node_ids(state);
     let mut problems = Vec::new();
     let mut peers = Vec::new();
+    // A peer that claims a CIDR or key someone else already has (this node first, with its
+    // own config) is left out whole; the others are applied as usual.
+    let own_cidrs: Vec<String> = cfg.pod_cidr.iter().cloned().collect();
+    let conflicts = crate::model::conflicts::node_conflicts(state, Some((&cfg.name, &own_cidrs)));
+    problems.extend(conflicts.rejected.values().cloned());
     for node in state.other_nodes(&cfg.name) {
+        if conflicts.is_rejected(&node.metadata.name) {
+            continue;
+        }
         let name = node.metadata.name.clone();
         let public_key =
             node.spec

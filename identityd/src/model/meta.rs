@@ -29,6 +29,10 @@ pub struct ObjectMeta {
     /// Opaque store version, when the store tracks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
+    /// When the store created the object (RFC 3339), when it says; orders claims on a pod
+    /// CIDR or key ([`super::conflicts`]): the first owner keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 impl ObjectMeta {

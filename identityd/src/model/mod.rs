@@ -11,6 +11,7 @@
 //! ([`FieldError`]); durations (`2s`, `100ms`) are checked with
 //! [`identityd_certs::duration::parse`].
 
+pub mod conflicts;
 pub mod core;
 pub mod crd;
 pub mod gateway;

@@ -300,6 +300,19 @@ impl FileSource {
                 .files
                 .iter()
                 .find(|(_, e)| e.objects.iter().any(|(_, o)| o.key() == key));
+            // Like an API server: the store stamps a new object's creation time and keeps it
+            // on updates (it orders conflicting claims, see `model::conflicts`).
+            let stored = defined_in.and_then(|(_, e)| {
+                e.objects
+                    .iter()
+                    .find(|(_, o)| o.key() == key)
+                    .and_then(|(_, o)| o.meta().creation_timestamp.clone())
+            });
+            if object.meta().creation_timestamp.is_none() {
+                object.meta_mut().creation_timestamp = Some(stored.unwrap_or_else(|| {
+                    identityd_certs::inspect::rfc3339(std::time::SystemTime::now())
+                }));
+            }
             match defined_in {
                 Some((file, e)) if e.documents <= 1 => file.clone(),
                 Some((file, _)) => {

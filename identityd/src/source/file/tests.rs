@@ -245,6 +245,17 @@ fn apply_round_trips_and_other_sources_see_it() {
     assert_eq!(path, d.path().join("identitydnode-n1.yaml"));
     let s = src.snapshot();
     assert_eq!(s.version(), 2);
+    // The store stamps a new object's creation time, like an API server.
+    let created = s.node("n1").unwrap().metadata.creation_timestamp.clone();
+    assert!(
+        created
+            .as_deref()
+            .and_then(identityd_certs::inspect::parse_rfc3339)
+            .is_some(),
+        "{created:?}"
+    );
+    let mut node = node;
+    node.metadata.creation_timestamp.clone_from(&created);
     assert_eq!(s.node("n1"), Some(&node));
     assert_eq!(
         std::fs::read_dir(d.path()).unwrap().count(),
@@ -255,9 +266,10 @@ fn apply_round_trips_and_other_sources_see_it() {
     let seen = other.poll().unwrap().unwrap();
     assert_eq!(seen.node("n1"), Some(&node));
 
-    // Re-applying updates in place.
-    let updated = wg_node("n1", 51872);
+    // Re-applying updates in place, keeping the creation time.
+    let mut updated = wg_node("n1", 51872);
     assert_eq!(src.apply(&updated.clone().into()).unwrap(), path);
+    updated.metadata.creation_timestamp = created;
     assert_eq!(src.snapshot().node("n1"), Some(&updated));
     assert_eq!(src.snapshot().version(), 3);
     // Applying the same object again changes nothing.

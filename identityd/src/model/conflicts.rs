@@ -1,0 +1,209 @@
+//! Conflicting IdentitydNodes: overlapping or duplicate pod CIDRs, a WireGuard key another
+//! node already has. Pure.
+//!
+//! The first owner keeps what it claims and the later object is rejected as a whole (none of
+//! its CIDRs, key or endpoint is applied), with a problem naming both objects and the field.
+//! "First" is the earliest `metadata.creationTimestamp` (the API server's; the FileSource
+//! stamps objects it creates the same way), then the name; an object without one counts as the
+//! newest. A node judging its peers puts itself first, with the pod CIDR of its own
+//! config: nothing published can take its own pods from it. Every other peer keeps being
+//! applied, so one bad object never freezes the device config.
+
+use std::collections::BTreeMap;
+
+use super::validate::Cidr;
+
+use super::ClusterState;
+
+fn overlaps(a: &Cidr, b: &Cidr) -> bool {
+    a.contains(b.addr) || b.contains(a.addr)
+}
+
+fn show(c: &Cidr) -> String {
+    format!("{}/{}", c.addr, c.prefix)
+}
+
+/// The IdentitydNodes to leave out: name → why (naming the object it conflicts with).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeConflicts {
+    /// Rejected node → the problem.
+    pub rejected: BTreeMap<String, String>,
+}
+
+impl NodeConflicts {
+    /// Whether node `name` is rejected.
+    #[must_use]
+    pub fn is_rejected(&self, name: &str) -> bool {
+        self.rejected.contains_key(name)
+    }
+}
+
+/// The conflicts among `state`'s IdentitydNodes. With `this = Some((name, pod CIDRs))`, node
+/// `name` comes first with those CIDRs (its own config) and is never rejected.
+#[must_use]
+pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> NodeConflicts {
+    struct Owner<'a> {
+        name: &'a str,
+        cidrs: Vec<Cidr>,
+        key: Option<&'a str>,
+    }
+    let parse = |cs: &[String]| -> Vec<Cidr> { cs.iter().filter_map(|c| c.parse().ok()).collect() };
+    let key_of = |name: &str| {
+        state
+            .nodes
+            .get(name)
+            .and_then(|n| n.spec.wireguard.as_ref())
+            .map(|w| w.public_key.trim())
+    };
+    let mut owners: Vec<Owner<'_>> = Vec::new();
+    if let Some((name, cidrs)) = this {
+        owners.push(Owner {
+            name,
+            cidrs: parse(cidrs),
+            key: key_of(name),
+        });
+    }
+    let mut order: Vec<_> = state
+        .nodes
+        .values()
+        .filter(|n| this.is_none_or(|(t, _)| n.metadata.name != t))
+        .collect();
+    let rank = |n: &&super::IdentitydNode| {
+        (
+            n.metadata.creation_timestamp.is_none(),
+            n.metadata.creation_timestamp.clone(),
+            n.metadata.name.clone(),
+        )
+    };
+    order.sort_by_key(rank);
+    let mut out = NodeConflicts::default();
+    for n in order {
+        let name = n.metadata.name.as_str();
+        let cidrs = parse(&n.spec.pod_cidrs);
+        let key = n.spec.wireguard.as_ref().map(|w| w.public_key.trim());
+        let own = |o: &Owner<'_>| {
+            if this.is_some_and(|(t, _)| t == o.name) {
+                format!(
+                    "IdentitydNode {} (this node's own, from its config)",
+                    o.name
+                )
+            } else {
+                format!("IdentitydNode {}", o.name)
+            }
+        };
+        let mut why = None;
+        'owners: for o in &owners {
+            for c in &cidrs {
+                if let Some(oc) = o.cidrs.iter().find(|oc| overlaps(oc, c)) {
+                    why = Some(format!(
+                        "IdentitydNode {name}: spec.podCIDRs {} overlaps {} of {}; {} keeps it and {name} is not applied",
+                        show(c),
+                        show(oc),
+                        own(o),
+                        o.name
+                    ));
+                    break 'owners;
+                }
+            }
+            if key.is_some() && key == o.key {
+                why = Some(format!(
+                    "IdentitydNode {name}: spec.wireguard.publicKey={} is also {}'s; {} keeps it and {name} is not applied",
+                    key.unwrap_or_default(),
+                    own(o),
+                    o.name
+                ));
+                break;
+            }
+        }
+        match why {
+            Some(w) => {
+                out.rejected.insert(name.to_owned(), w);
+            }
+            None => owners.push(Owner { name, cidrs, key }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IdentitydNode, IdentitydNodeSpec, Object, WireguardSpec};
+
+    const K1: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+    const K2: &str = "+4bCzYtTN6VnYEoEDEqKA3s9/vfKRQW6x42NoEGXmAQ=";
+    const K3: &str = "ZW1gK0HpMBOhsJmB6oFmtBSaYmCm+tmWcSNyAtqbnAs=";
+
+    fn node(name: &str, cidr: &str, key: &str, created: Option<&str>) -> Object {
+        let mut n = IdentitydNode::new(
+            name,
+            IdentitydNodeSpec {
+                pod_cidrs: vec![cidr.into()],
+                underlay_addresses: vec!["192.0.2.1".into()],
+                wireguard: Some(WireguardSpec {
+                    public_key: key.into(),
+                    port: 51871,
+                }),
+                ipsec: None,
+            },
+        );
+        n.metadata.creation_timestamp = created.map(str::to_owned);
+        Object::IdentitydNode(n)
+    }
+
+    #[test]
+    fn the_later_claim_is_rejected_naming_both_and_this_node_always_keeps_its_own() {
+        let state = ClusterState::from_objects(
+            1,
+            vec![
+                node("n1", "10.244.1.0/24", K1, Some("2026-12-01T10:00:00Z")),
+                node("n2", "10.244.2.0/24", K2, Some("2026-12-01T10:00:01Z")),
+                // Created earlier than n2 in name order, but later in time: n2 keeps its CIDR.
+                node(
+                    "a-evil",
+                    "10.244.2.128/25",
+                    K3,
+                    Some("2026-12-02T00:00:00Z"),
+                ),
+                // n1's key under another name.
+                node("n9", "10.244.9.0/24", K1, Some("2026-12-02T00:00:01Z")),
+            ],
+        );
+        let c = node_conflicts(&state, None);
+        assert_eq!(c.rejected.len(), 2, "{c:#?}");
+        assert!(
+            c.rejected["a-evil"].contains("overlaps 10.244.2.0/24 of IdentitydNode n2"),
+            "{c:#?}"
+        );
+        assert!(
+            c.rejected["n9"].contains("spec.wireguard.publicKey"),
+            "{c:#?}"
+        );
+        assert!(!c.is_rejected("n1") && !c.is_rejected("n2"));
+
+        // An object claiming n1's CIDR, judged by n1: n1's config wins even if the object is
+        // older than n1's own IdentitydNode.
+        let state = ClusterState::from_objects(
+            1,
+            vec![
+                node("n1", "10.244.1.0/24", K1, Some("2026-12-01T10:00:00Z")),
+                node("n0", "10.244.1.0/24", K2, Some("2026-01-01T00:00:00Z")),
+            ],
+        );
+        let mine = ["10.244.1.0/24".to_owned()];
+        let c = node_conflicts(&state, Some(("n1", &mine)));
+        assert_eq!(c.rejected.keys().collect::<Vec<_>>(), ["n0"]);
+        assert!(c.rejected["n0"].contains("this node's own"), "{c:#?}");
+        // Without the node's own view, the older object wins (a conflict either way).
+        assert!(node_conflicts(&state, None).is_rejected("n1"));
+        // An object without a creation time (written by hand) counts as the newest.
+        let state = ClusterState::from_objects(
+            1,
+            vec![
+                node("n1", "10.244.1.0/24", K1, Some("2026-12-01T10:00:00Z")),
+                node("a", "10.244.1.0/24", K2, None),
+            ],
+        );
+        assert!(node_conflicts(&state, None).is_rejected("a"));
+    }
+}

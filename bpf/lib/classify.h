@@ -61,6 +61,24 @@ struct {
 	__type(value, __u32);
 } idd_tunnels SEC(".maps");
 
+/* TCP connections a remote peer opened directly (not through this node's Envoy) into a local
+ * mesh pod, recorded by idd_to_pod when their SYN goes in: the pod's packets of such a
+ * connection are replies and take the normal path back, not the node's Envoy (which would
+ * answer a SYN-ACK with a reset). LRU: closed connections age out. */
+struct idd_ct_key {
+	__u8 peer[16];
+	__u8 pod[16];
+	__u16 peer_port;
+	__u16 pod_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct idd_ct_key);
+	__type(value, __u32);
+} idd_inbound_direct SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -206,6 +224,16 @@ static __always_inline void idd_set_mark(struct __sk_buff *skb, __u32 mark)
 	skb->mark = (skb->mark & ~IDD_MARK_MASK) | mark;
 }
 
+/* Whether `p` (from a local pod) belongs to a connection a remote peer opened directly. */
+static __always_inline int idd_inbound_reply(const struct idd_pkt *p)
+{
+	struct idd_ct_key k = { .peer_port = p->dport, .pod_port = p->sport };
+
+	__builtin_memcpy(k.peer, p->daddr.addr, 16);
+	__builtin_memcpy(k.pod, p->saddr.addr, 16);
+	return bpf_map_lookup_elem(&idd_inbound_direct, &k) != 0;
+}
+
 /* Classifies one packet: sets its mark, accounts it, and returns the tc verdict. */
 static __always_inline int idd_classify(struct __sk_buff *skb)
 {
@@ -254,7 +282,7 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 
 	wl = bpf_map_lookup_elem(&idd_workloads, &p.saddr);
 	if (wl && wl->mtls_mode != IDD_MTLS_DISABLED && p.protocol == IPPROTO_TCP &&
-	    dst->kind != IDD_ROUTE_UNAVAILABLE) {
+	    dst->kind != IDD_ROUTE_UNAVAILABLE && !idd_inbound_reply(&p)) {
 		/* The node's Envoy originates mTLS; its own traffic to the remote
 		 * pod is classified again on the node's egress. */
 		path = IDD_PATH_PROXY;
@@ -335,9 +363,20 @@ static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 
 	if (idd_parse(skb, &p) < 0)
 		goto pass;
+	src = idd_route_of(&p.saddr);
+	/* A remote peer opening TCP straight to a pod (not via this node's Envoy): remember it, so
+	 * the pod's replies are not sent to the Envoy (see idd_inbound_direct). */
+	if (p.protocol == IPPROTO_TCP && p.tcp_open && src && src->kind != IDD_ROUTE_LOCAL &&
+	    (skb->mark & IDD_MARK_MASK) != IDD_MARK_FROM_PROXY) {
+		struct idd_ct_key k = { .peer_port = p.sport, .pod_port = p.dport };
+		__u32 one = 1;
+
+		__builtin_memcpy(k.peer, p.saddr.addr, 16);
+		__builtin_memcpy(k.pod, p.daddr.addr, 16);
+		bpf_map_update_elem(&idd_inbound_direct, &k, &one, BPF_ANY);
+	}
 	if (!IDD_STRICT)
 		goto pass;
-	src = idd_route_of(&p.saddr);
 	if (src && src->kind != IDD_ROUTE_LOCAL && src->kind != IDD_ROUTE_PLAINTEXT &&
 	    skb->ingress_ifindex && !idd_from_tunnel(skb->ingress_ifindex)) {
 		node_id = src->node_id;

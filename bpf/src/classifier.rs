@@ -54,7 +54,16 @@ const ROUTES: &str = "idd_routes";
 const WORKLOADS: &str = "idd_workloads";
 const STATS: &str = "idd_path_stats";
 const EVENTS: &str = "idd_flow_events";
-const PINNED_MAPS: [&str; 6] = [ROUTES, WORKLOADS, STATS, EVENTS, TUNNELS, PROBES];
+const INBOUND_DIRECT: &str = "idd_inbound_direct";
+const PINNED_MAPS: [&str; 7] = [
+    ROUTES,
+    WORKLOADS,
+    STATS,
+    EVENTS,
+    TUNNELS,
+    PROBES,
+    INBOUND_DIRECT,
+];
 
 /// Default capacity of the route trie (`idd_routes`).
 pub const DEFAULT_MAX_ROUTES: u32 = 65_536;

@@ -938,6 +938,22 @@ fn mode_changes_keep_http_and_tcp_working(lab: &Lab) {
             failures.push(format!(
                 "shop={shop} front={front}: want {want:?}, saw {seen:?}"
             ));
+            continue;
+        }
+        // Converged means every new connection works, not one in a few: before, a mesh
+        // pod's SYN-ACK to a caller that came in directly went to the node's Envoy, which
+        // reset it (permissive server, disabled client).
+        let broken: Vec<String> = (0..8)
+            .filter_map(|_| match observe() {
+                Ok(p) if p == (want, want) => None,
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
+        if !broken.is_empty() {
+            failures.push(format!(
+                "shop={shop} front={front}: {} of 8 new connections after convergence failed: {broken:?}",
+                broken.len()
+            ));
         }
     }
     for (f, t) in files.iter().zip(&strict) {

@@ -141,9 +141,12 @@ pub fn controller_steps(state: &ClusterState, now: &str) -> Vec<Step> {
                 ));
             }
             (_, Some(RotationTarget::Wireguard)) => {
+                // An object every node leaves out (a conflicting claim) is no node to wait for.
+                let conflicts = crate::model::conflicts::node_conflicts(state, None);
                 let nodes: Vec<&IdentitydNode> = selected_nodes(state, kr)
                     .into_iter()
                     .filter(|n| n.spec.wireguard.is_some())
+                    .filter(|n| !conflicts.is_rejected(&n.metadata.name))
                     .collect();
                 if nodes.is_empty() {
                     out.push(step(
@@ -296,7 +299,13 @@ mod tests {
                 pod_cidrs: vec![],
                 underlay_addresses: vec!["10.99.0.11".into()],
                 wireguard: Some(WireguardSpec {
-                    public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
+                    // One key per node (a shared key is a conflict: the node would be left out).
+                    public_key: {
+                        use base64::Engine as _;
+                        let mut k = [7_u8; 32];
+                        k[..name.len()].copy_from_slice(name.as_bytes());
+                        base64::engine::general_purpose::STANDARD.encode(k)
+                    },
                     port: 51871,
                 }),
                 ipsec: None,

@@ -270,6 +270,21 @@ pub fn prepare_ca_dirs(dir: &Path) -> Result<(), LabError> {
         }
         Ok(())
     };
+    // The CA's user must be able to walk down to the lab directory.
+    for a in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(a)
+            .map_err(|e| LabError::Io(format!("{}: {e}", a.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(LabError::Io(format!(
+                "--image: {} (mode {:o}) is not traversable by others, so the CA container (uid {CA_UID}) cannot reach {}; use a --dir under a world-traversable directory or chmod o+x it",
+                a.display(),
+                mode & 0o777,
+                dir.display()
+            )));
+        }
+    }
     let ca = dir.join("ca");
     let mut stack = vec![ca.clone()];
     while let Some(p) = stack.pop() {

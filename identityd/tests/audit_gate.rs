@@ -21,26 +21,7 @@ fn fixture(name: &str) -> String {
 }
 
 fn helm_template(sets: &[&str]) -> String {
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(tools::helm());
-    cmd.args(["template", "identityd"])
-        .arg(tools::workspace_root().join("charts/identityd"))
-        .args(["--namespace", "identityd-system"])
-        .env("HOME", home.path())
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env_remove("KUBECONFIG");
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd.output().expect("helm (scripts/bootstrap installs it)");
-    assert!(
-        out.status.success(),
-        "helm template {sets:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    tools::helm_template(sets)
 }
 
 /// Runs `identityd audit --manifests - ARGS` with `input` on stdin: (exit ok, stdout, stderr).

@@ -10,49 +10,14 @@
 //! `cargo test` after `lab_e2e`, never beside it, and excludes it from nextest.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use identityd_tests::tools;
 
 const BIN: &str = env!("CARGO_BIN_EXE_identityd");
 
-fn image_name() -> String {
-    let root = tools::workspace_root();
-    let chart = std::fs::read_to_string(root.join("charts/identityd/Chart.yaml")).unwrap();
-    let version = chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:"))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .unwrap();
-    let values = std::fs::read_to_string(root.join("charts/identityd/values.yaml")).unwrap();
-    let repo = values
-        .lines()
-        .find_map(|l| l.strip_prefix("  repository: "))
-        .unwrap()
-        .trim()
-        .to_owned();
-    format!("{repo}:{version}")
-}
-
-/// The containers configuration `scripts/containers-env` writes (and `make image` used).
-fn with_containers_env(cmd: &mut Command) -> &mut Command {
-    let dir = tools::workspace_root().join("target/containers");
-    assert!(
-        dir.join("storage.conf").is_file(),
-        "{} has no storage.conf: build the image with `make image` first",
-        dir.display()
-    );
-    cmd.env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
-        .env("CONTAINERS_CONF", dir.join("containers.conf"))
-}
-
-fn podman(args: &[&str]) -> Output {
-    with_containers_env(&mut Command::new(tools::podman()))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use identityd_tests::image::{containers_env as with_containers_env, podman};
 
 fn inspect(name: &str, format: &str) -> String {
     let out = podman(&["inspect", "--format", format, name]);
@@ -79,20 +44,8 @@ fn sees_the_image(pid: u32) -> bool {
 
 /// The capabilities the chart's DaemonSet adds (rendered by real helm).
 fn chart_node_capabilities() -> Vec<String> {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(tools::helm())
-        .args(["template", "identityd"])
-        .arg(tools::workspace_root().join("charts/identityd"))
-        .args(["--namespace", "identityd-system"])
-        .env("HOME", home.path())
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        serde_saphyr::from_multiple(&tools::helm_template(&[])).unwrap();
     let ds = docs
         .iter()
         .find(|d| d["kind"] == "DaemonSet")
@@ -128,7 +81,7 @@ fn the_lab_runs_from_the_image() {
         !Path::new("/sys/class/net/idd-fabric").exists(),
         "another lab is up (bridge idd-fabric exists): run `identityd lab down` first"
     );
-    let image = image_name();
+    let image = identityd_tests::image::name();
     let tmp = tempfile::tempdir().unwrap();
     // The CA runs as 65532: it must be able to walk to its directory.
     std::fs::set_permissions(

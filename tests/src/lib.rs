@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod envoy;
+pub mod image;
 pub mod netns;
 pub mod reports;
 pub mod tools;

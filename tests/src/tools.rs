@@ -4,6 +4,7 @@
 //! missing tool is a loud test failure, never a silent skip.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The workspace root (the folder holding `Cargo.toml`, `scripts/`, `.tools/`).
 #[must_use]
@@ -207,4 +208,44 @@ pub fn clang() -> PathBuf {
 #[must_use]
 pub fn bpftool() -> PathBuf {
     system("bpftool", "bpftool")
+}
+
+/// `helm template identityd charts/identityd --namespace identityd-system [--set S]…` with a
+/// throw-away HOME (no user config, no kubeconfig): the rendered YAML; panics with helm's
+/// message when it fails.
+#[must_use]
+pub fn helm_template(sets: &[&str]) -> String {
+    let home = tempfile_dir();
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "identityd"])
+        .arg(workspace_root().join("charts/identityd"))
+        .args(["--namespace", "identityd-system"])
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG");
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("helm (scripts/bootstrap installs it)");
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(
+        out.status.success(),
+        "helm template {sets:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "identityd-helm-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&d).expect("a temporary HOME for helm");
+    d
 }

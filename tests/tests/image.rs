@@ -6,8 +6,9 @@
 //! the command that builds it.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use identityd_tests::image::{self, podman};
 use identityd_tests::tools;
 use serde_json::Value;
 
@@ -17,45 +18,7 @@ fn root() -> PathBuf {
 
 /// `(image name, OCI archive)` as `scripts/image` names them from the chart.
 fn image() -> (String, PathBuf) {
-    let chart = std::fs::read_to_string(root().join("charts/identityd/Chart.yaml")).unwrap();
-    let version = chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:"))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .expect("appVersion in Chart.yaml");
-    let values = std::fs::read_to_string(root().join("charts/identityd/values.yaml")).unwrap();
-    let repo = values
-        .lines()
-        .find_map(|l| l.strip_prefix("  repository: "))
-        .expect("image.repository in values.yaml")
-        .trim()
-        .to_owned();
-    let archive = root().join(format!("target/image/identityd-{version}.oci.tar"));
-    assert!(
-        archive.is_file(),
-        "{} is missing: build the image with `make image` (scripts/image)",
-        archive.display()
-    );
-    (format!("{repo}:{version}"), archive)
-}
-
-fn containers_env(cmd: &mut Command) -> &mut Command {
-    let dir = root().join("target/containers");
-    let storage = dir.join("storage.conf");
-    assert!(
-        storage.is_file(),
-        "{} is missing: build the image with `make image`",
-        storage.display()
-    );
-    cmd.env("CONTAINERS_STORAGE_CONF", storage)
-        .env("CONTAINERS_CONF", dir.join("containers.conf"))
-}
-
-fn podman(args: &[&str]) -> Output {
-    containers_env(&mut Command::new(tools::podman()))
-        .args(args)
-        .output()
-        .expect("podman (scripts/bootstrap installs it)")
+    (image::name(), image::archive())
 }
 
 /// `podman run --rm --network none [extra] IMAGE args…`; panics unless it succeeds.
@@ -232,24 +195,7 @@ fn the_image_holds_the_binaries_their_libraries_and_no_secret() {
 }
 
 fn helm_objects() -> Vec<Value> {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(tools::helm())
-        .args(["template", "identityd"])
-        .arg(root().join("charts/identityd"))
-        .args(["--namespace", "identityd-system"])
-        .env("HOME", home.path())
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .output()
-        .expect("helm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&tools::helm_template(&[])).unwrap();
     docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 

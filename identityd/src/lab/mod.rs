@@ -576,22 +576,12 @@ impl<'a> Up<'a> {
                 let pid = image::start(&image::ca_args(img, dir, &ca_cfg))?;
                 self.st.pids.push(pid);
             } else {
-                use std::os::unix::process::CommandExt;
-                let log = std::fs::File::create(dir.join("ca.log")).map_err(|e| io_err(dir, e))?;
-                let log2 = log.try_clone().map_err(|e| io_err(dir, e))?;
-                let child = Command::new(exe)
-                    .args(["run", "--config"])
-                    .arg(&ca_cfg)
-                    .stdin(Stdio::null())
-                    .stdout(log)
-                    .stderr(log2)
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| LabError::Command {
-                        cmd: "identityd run (ca)".into(),
-                        reason: e.to_string(),
-                    })?;
-                self.st.pids.push(child.id());
+                let pid = spawn_with(
+                    &mut Command::new(exe),
+                    &dir.join("ca.log"),
+                    &["run", "--config", &ca_cfg.display().to_string()],
+                )?;
+                self.st.pids.push(pid);
             }
             save(dir, &self.st)?;
             progress(&format!(

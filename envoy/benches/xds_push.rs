@@ -238,6 +238,7 @@ async fn main() {
     let xds = l.local_addr().expect("addr");
     tokio::spawn(serve(
         XdsServer::new(Arc::clone(&cache)),
+        None,
         tokio_stream::wrappers::TcpListenerStream::new(l),
     ));
     let tmp = std::env::temp_dir().join(format!("idd-xds-bench-{}", std::process::id()));

@@ -27,6 +27,7 @@ pub mod bootstrap;
 pub mod l7;
 pub mod mesh;
 pub mod server;
+pub mod telemetry;
 pub mod translate;
 
 pub use envoy_types;

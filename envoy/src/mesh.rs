@@ -182,4 +182,7 @@ pub struct MeshConfig {
     /// L7 traffic management: ingress listeners, routes (ingress and mesh), traffic policies
     /// and ingress certificates. Default: none (the mesh routes each service as a whole).
     pub l7: L7Config,
+    /// Stream an access-log entry per request and per mTLS TCP connection to the daemon
+    /// ([`crate::telemetry`]); off: no access logs (the overhead baseline).
+    pub access_logs: bool,
 }

@@ -856,11 +856,16 @@ impl SecretDiscoveryService for XdsServer {
     }
 }
 
-/// Serves ADS and SDS over `incoming` (a unix or TCP listener stream) until it ends.
+/// Serves ADS and SDS (and, with `als`, the Access Log Service) over `incoming` (a unix or
+/// TCP listener stream) until it ends.
 ///
 /// # Errors
 /// Transport errors.
-pub async fn serve<I, IO, IE>(server: XdsServer, incoming: I) -> Result<(), tonic::transport::Error>
+pub async fn serve<I, IO, IE>(
+    server: XdsServer,
+    als: Option<crate::telemetry::AlsServer>,
+    incoming: I,
+) -> Result<(), tonic::transport::Error>
 where
     I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
     IO: tokio::io::AsyncRead
@@ -874,6 +879,7 @@ where
     tonic::transport::Server::builder()
         .add_service(server.ads_service())
         .add_service(server.sds_service())
+        .add_optional_service(als.map(|a| a.service()))
         .serve_with_incoming(incoming)
         .await
 }

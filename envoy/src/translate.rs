@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, BindConfig, CidrRange, ConfigSource, DataSource,
@@ -63,6 +64,7 @@ pub use l7::{RATE_LIMIT_FILTER, ingress_cluster, ingress_route};
 
 use crate::mesh::{AuthzAction, AuthzPolicy, AuthzRule, MeshConfig, MtlsMode, Service, Workload};
 use crate::server::{Snapshot, type_url};
+use crate::telemetry::{self, Direction};
 
 /// Name of the inbound listener.
 pub const INBOUND: &str = "inbound";
@@ -161,6 +163,24 @@ fn tls_socket<T: prost::Name + prost::Message>(ctx: T) -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    }
+}
+
+/// The HTTP access logs of a connection manager: the daemon's stream when enabled.
+fn http_logs(mesh: &MeshConfig, direction: Direction) -> Vec<AccessLog> {
+    if mesh.access_logs {
+        vec![telemetry::http_access_log(direction)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The TCP access logs of a TCP proxy: the daemon's stream when enabled.
+fn tcp_logs(mesh: &MeshConfig, direction: Direction) -> Vec<AccessLog> {
+    if mesh.access_logs {
+        vec![telemetry::tcp_access_log(direction)]
+    } else {
+        Vec::new()
     }
 }
 
@@ -607,6 +627,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                         ..Default::default()
                     },
                 ),
+                access_log: http_logs(mesh, Direction::Inbound),
                 ..Default::default()
             };
             let tls = DownstreamTlsContext {
@@ -635,7 +656,15 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                 ..Default::default()
             });
             // The same port as opaque TCP (the caller's Envoy found no HTTP).
-            inbound_chains.push(l4::inbound_chain(td, w.ip, port, &cluster, &policies, tls));
+            inbound_chains.push(l4::inbound_chain(
+                td,
+                w.ip,
+                port,
+                &cluster,
+                &policies,
+                tls,
+                http_logs(mesh, Direction::Inbound),
+            ));
         }
     }
     // Envoy refuses a listener without filter chains: no local mTLS workload, no inbound listener.
@@ -760,6 +789,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
             } else {
                 vec![router_filter()]
             },
+            access_log: http_logs(mesh, Direction::Outbound),
             ..Default::default()
         };
         let http_protocols: Vec<String> =
@@ -822,7 +852,7 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     name: cluster_name.clone(),
                     filter_chain_match: Some(dest_match(Vec::new())),
                     filters: vec![if with_svid {
-                        l4::tcp_tunnel(&stat, &cluster_name)
+                        l4::tcp_tunnel(&stat, &cluster_name, tcp_logs(mesh, Direction::Outbound))
                     } else {
                         l4::tcp_proxy(&stat, l4::PASSTHROUGH)
                     }],

@@ -126,7 +126,7 @@ async fn mtls_between_two_envoys_with_xfcc_rbac_rotation_and_nack() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let xds_addr = l.local_addr().unwrap();
     let server = XdsServer::new(Arc::clone(&cache));
-    tokio::spawn(serve(server, tokio_stream_listener(l)));
+    tokio::spawn(serve(server, None, tokio_stream_listener(l)));
 
     let app_port = echo_server().await;
     let (in_b, out_b, out_a, in_a) = (free_port(), free_port(), free_port(), free_port());
@@ -173,6 +173,7 @@ async fn mtls_between_two_envoys_with_xfcc_rbac_rotation_and_nack() {
         svids: vec![web_svid],
         bundle_pem: bundle_pem.clone(),
         l7: Default::default(),
+        access_logs: false,
     };
     let mesh_a = MeshConfig {
         trust_domain: TD.into(),
@@ -202,6 +203,7 @@ async fn mtls_between_two_envoys_with_xfcc_rbac_rotation_and_nack() {
         svids: vec![svid_pem(&ca, CLIENT), svid_pem(&ca, INTRUDER)],
         bundle_pem: bundle_pem.clone(),
         l7: Default::default(),
+        access_logs: false,
     };
     let first_web = svid_pem(&ca, WEB);
     cache.set_snapshot("node-b", translate(&mesh_b(first_web.clone())));

@@ -64,6 +64,7 @@ mod fuzz_corpus {
         let addr = l.local_addr().unwrap();
         tokio::spawn(serve(
             XdsServer::new(Arc::clone(&cache)),
+            None,
             tokio_stream::wrappers::TcpListenerStream::new(l),
         ));
         Channel::from_shared(format!("http://{addr}"))

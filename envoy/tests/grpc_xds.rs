@@ -16,6 +16,7 @@ async fn grpc_xds_client_resolves_a_service() {
     let xds = l.local_addr().unwrap();
     tokio::spawn(serve(
         XdsServer::new(Arc::clone(&cache)),
+        None,
         tokio_stream::wrappers::TcpListenerStream::new(l),
     ));
     let port = std::net::TcpListener::bind("127.0.0.1:0")

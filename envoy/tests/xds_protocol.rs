@@ -31,6 +31,7 @@ async fn start() -> (Arc<XdsCache>, Channel) {
     let addr = l.local_addr().unwrap();
     tokio::spawn(serve(
         XdsServer::new(Arc::clone(&cache)),
+        None,
         tokio_stream::wrappers::TcpListenerStream::new(l),
     ));
     let ch = Channel::from_shared(format!("http://{addr}"))

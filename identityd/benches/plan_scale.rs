@@ -115,6 +115,7 @@ fn main() {
             mtls: Default::default(),
             svid_ttl: None,
             report: identityd::daemon::config::ReportSettings::default(),
+            telemetry: identityd::daemon::config::TelemetrySettings::default(),
         };
         let td = TrustDomain::new("cluster.local").expect("td");
         // Real SVIDs for this node's identities (as the CA role would issue them).

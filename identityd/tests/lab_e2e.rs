@@ -1537,6 +1537,135 @@ fn a_removed_identitydnode_is_dropped_by_its_peers(lab: &Lab) {
     assert_audit(&lab.dir, &[], Some("nodes.published"));
 }
 
+/// `GET /metrics` of a node (its underlay address, port 9962) with an `Accept` header: the
+/// content type and the body.
+fn scrape(node: usize, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(format!("10.99.0.{}:9962", 10 + node))
+        .unwrap_or_else(|e| panic!("metrics of n{node}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nhost: n{node}\r\naccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_default()
+        .to_owned();
+    (ctype, body.to_owned())
+}
+
+/// Sum of the samples of `name` whose labels include every `label="value"` of `want`.
+fn metric_sum(body: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every request a caller sends through the mesh is counted once on the caller's node
+/// (outbound) and once on the callee's (inbound), labelled with both SPIFFE IDs; paths never
+/// become labels; every endpoint passes `promtool check metrics` and speaks OpenMetrics when
+/// asked.
+fn request_metrics_count_every_request_per_identity_pair(_lab: &Lab) {
+    const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/client";
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    let counts = || {
+        let out = metric_sum(
+            &scrape(1, "text/plain").1,
+            "identityd_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("source_identity", CLIENT),
+                ("destination_identity", WEB),
+                ("response_code_class", "2xx"),
+            ],
+        );
+        let inb: f64 = (1..=3)
+            .map(|n| {
+                metric_sum(
+                    &scrape(n, "text/plain").1,
+                    "identityd_requests_total",
+                    &[
+                        ("direction", "inbound"),
+                        ("source_identity", CLIENT),
+                        ("destination_service", "web.shop"),
+                        ("response_code_class", "2xx"),
+                    ],
+                )
+            })
+            .sum();
+        (out, inb)
+    };
+    let series = || {
+        metric_sum(
+            &scrape(1, "text/plain").1,
+            "identityd_telemetry_series",
+            &[],
+        )
+    };
+    // Let earlier trials' entries arrive first (Envoy flushes every 250 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    let (out0, in0) = counts();
+    let series0 = series();
+    const N: usize = 25;
+    for i in 0..N {
+        let (ok, body) = get_host(
+            "idd-n1-client-1",
+            &format!("http://10.244.2.10:8080/path-{i}?q={i}"),
+            "web.shop",
+        );
+        assert!(ok && body.contains("pod="), "request {i}: {body}");
+    }
+    let want = (out0 + N as f64, in0 + N as f64);
+    let arrived = eventually(10, || counts() == want);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        arrived && counts() == want,
+        "{N} requests from {CLIENT} to web.shop: counters went from {:?} to {:?}",
+        (out0, in0),
+        counts()
+    );
+    assert_eq!(
+        series(),
+        series0,
+        "{N} distinct paths of one caller and route add no series"
+    );
+    for n in 1..=3 {
+        let (ctype, body) = scrape(n, "text/plain;version=0.0.4");
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &body).unwrap();
+        let check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(tmp.path()).unwrap())
+            .output()
+            .expect("promtool (scripts/bootstrap installs Debian's prometheus)");
+        assert!(
+            check.status.success(),
+            "promtool check metrics on n{n}: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let (ctype, om) = scrape(
+            n,
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        );
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        assert!(om.ends_with("# EOF\n"), "n{n}: OpenMetrics ends with # EOF");
+        assert!(om.contains("# TYPE identityd_requests counter"), "n{n}");
+    }
+}
+
 fn lab_down_leaves_nothing(lab: &Lab) {
     let out = Command::new(BIN)
         .args(["lab", "down", "--dir"])
@@ -1633,6 +1762,10 @@ const TRIALS: &[Check] = &[
     (
         "observe_shows_flows_with_their_path_and_the_callers_identity",
         observe_shows_flows_with_their_path_and_the_callers_identity,
+    ),
+    (
+        "request_metrics_count_every_request_per_identity_pair",
+        request_metrics_count_every_request_per_identity_pair,
     ),
     (
         "the_live_and_static_audits_pass_on_a_healthy_lab",

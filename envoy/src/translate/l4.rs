@@ -24,6 +24,7 @@
 
 use std::net::SocketAddr;
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -83,12 +84,12 @@ pub(super) fn http_inspector() -> ListenerFilter {
 
 /// `envoy.filters.network.tcp_proxy` to `cluster`.
 pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
-    tcp_proxy_with(stat_prefix, cluster, None)
+    tcp_proxy_with(stat_prefix, cluster, None, Vec::new())
 }
 
 /// `envoy.filters.network.tcp_proxy` to `cluster`, as an HTTP/2 `CONNECT` stream to the
 /// connection's original destination (the authority names the dialled pod and port).
-pub(super) fn tcp_tunnel(stat_prefix: &str, cluster: &str) -> Filter {
+pub(super) fn tcp_tunnel(stat_prefix: &str, cluster: &str, access_log: Vec<AccessLog>) -> Filter {
     tcp_proxy_with(
         stat_prefix,
         cluster,
@@ -96,6 +97,7 @@ pub(super) fn tcp_tunnel(stat_prefix: &str, cluster: &str) -> Filter {
             hostname: "%DOWNSTREAM_LOCAL_ADDRESS%".to_owned(),
             ..Default::default()
         }),
+        access_log,
     )
 }
 
@@ -103,6 +105,7 @@ fn tcp_proxy_with(
     stat_prefix: &str,
     cluster: &str,
     tunneling_config: Option<tcp_proxy::TunnelingConfig>,
+    access_log: Vec<AccessLog>,
 ) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".to_owned(),
@@ -110,6 +113,7 @@ fn tcp_proxy_with(
             stat_prefix: stat_prefix.to_owned(),
             cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
             tunneling_config,
+            access_log,
             ..Default::default()
         }))),
     }
@@ -118,7 +122,7 @@ fn tcp_proxy_with(
 /// The inbound end of the tunnel: an HTTP/2 connection manager that accepts only `CONNECT`
 /// and turns each stream into a TCP connection to `cluster` (one pod port). No route or
 /// stream timeouts: a TCP connection lives as long as its peers keep it.
-fn connect_terminator(stat_prefix: &str, cluster: &str) -> Filter {
+fn connect_terminator(stat_prefix: &str, cluster: &str, access_log: Vec<AccessLog>) -> Filter {
     let connect = || http_connection_manager::UpgradeConfig {
         upgrade_type: "CONNECT".to_owned(),
         ..Default::default()
@@ -171,6 +175,7 @@ fn connect_terminator(stat_prefix: &str, cluster: &str) -> Filter {
             },
         )),
         http_filters: vec![router_filter()],
+        access_log,
         ..Default::default()
     })
 }
@@ -239,12 +244,13 @@ pub(super) fn inbound_chain(
     cluster: &str,
     policies: &[&AuthzPolicy],
     tls: DownstreamTlsContext,
+    access_log: Vec<AccessLog>,
 ) -> FilterChain {
     let stat = format!("inbound_tcp_{port}_{pod}");
     let mut filters = Vec::new();
     filters.extend(network_rbac(td, &stat, policies, AuthzAction::Deny));
     filters.extend(network_rbac(td, &stat, policies, AuthzAction::Allow));
-    filters.push(connect_terminator(&stat, cluster));
+    filters.push(connect_terminator(&stat, cluster, access_log));
     FilterChain {
         name: format!("{cluster}|tcp"),
         filter_chain_match: Some(FilterChainMatch {

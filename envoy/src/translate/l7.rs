@@ -764,6 +764,7 @@ pub(super) fn ingress(mesh: &MeshConfig, policies: &Policies<'_>, snap: &mut Sna
             strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
                 true,
             )),
+            access_log: super::http_logs(mesh, crate::telemetry::Direction::Ingress),
             ..Default::default()
         };
         let alpn: Vec<String> = match l.http {

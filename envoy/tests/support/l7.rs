@@ -44,6 +44,7 @@ impl Harness {
         let xds = l.local_addr().unwrap();
         tokio::spawn(serve(
             XdsServer::new(Arc::clone(&cache)),
+            None,
             tokio_stream::wrappers::TcpListenerStream::new(l),
         ));
         let envoy = Envoy::start(

@@ -357,6 +357,26 @@ pub struct DaemonConfig {
     /// Role node: the live-state report for `identityd audit --kube`.
     #[serde(default)]
     pub report: ReportSettings,
+    /// Role node: request telemetry from the node's Envoy.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// `telemetry:` of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Envoy streams an access-log entry per request and per mTLS TCP connection to the
+    /// daemon (Access Log Service on the node-local xDS socket), which exports them as
+    /// identity-labelled metrics, `identityd stat`/`top` and `observe --l7` (default true).
+    #[serde(default = "yes")]
+    pub access_logs: bool,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { access_logs: true }
+    }
 }
 
 impl DaemonConfig {

@@ -53,6 +53,8 @@ pub struct IngressInputs {
     pub certs: BTreeMap<String, Arc<ServingCert>>,
     /// mTLS mode of namespaces without the `identityd.io/mtls` annotation (`mtls.defaultMode`).
     pub default_mtls: MtlsMode,
+    /// Envoy streams access logs to the daemon (`telemetry.accessLogs`).
+    pub access_logs: bool,
 }
 
 impl Default for IngressInputs {
@@ -61,6 +63,7 @@ impl Default for IngressInputs {
             ports: IngressPorts::default(),
             certs: BTreeMap::new(),
             default_mtls: MtlsMode::Disabled,
+            access_logs: false,
         }
     }
 }
@@ -228,6 +231,7 @@ pub fn plan_mesh_with(
                 .collect(),
             ..l7_ingress
         },
+        access_logs: ingress_in.access_logs,
     };
     (mesh, problems)
 }
@@ -453,10 +457,15 @@ struct MeshRuntime {
     config_problems: Vec<String>,
     wants_envoy: bool,
     has_mtls: bool,
+    telemetry: crate::daemon::telemetry::Telemetry,
 }
 
 impl MeshRuntime {
-    fn new(cfg: &DaemonConfig, envoy: &crate::daemon::config::EnvoySettings) -> Self {
+    fn new(
+        cfg: &DaemonConfig,
+        envoy: &crate::daemon::config::EnvoySettings,
+        telemetry: crate::daemon::telemetry::Telemetry,
+    ) -> Self {
         let bootstrap = cfg.run_dir.join("envoy.yaml");
         Self {
             cache: XdsCache::new(),
@@ -472,6 +481,7 @@ impl MeshRuntime {
             config_problems: Vec::new(),
             wants_envoy: false,
             has_mtls: false,
+            telemetry,
         }
     }
 
@@ -487,9 +497,14 @@ impl MeshRuntime {
                 .map_err(|e| format!("{}: {e}", sock.display()))?;
         }
         let server = XdsServer::new(Arc::clone(&self.cache));
+        let als = cfg
+            .telemetry
+            .access_logs
+            .then(|| identityd_envoy::telemetry::AlsServer::new(Arc::new(self.telemetry.clone())));
         tokio::spawn(async move {
             if let Err(e) = identityd_envoy::server::serve(
                 server,
+                als,
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
             )
             .await
@@ -532,7 +547,19 @@ impl MeshRuntime {
                 .iter()
                 .map(|(k, (_, c))| (k.clone(), Arc::clone(c)))
                 .collect(),
+            access_logs: cfg.telemetry.access_logs,
         };
+        self.telemetry
+            .set_resolver(crate::daemon::telemetry::Resolver::new(
+                state,
+                &cfg.name,
+                match cfg.encryption.mode {
+                    crate::daemon::config::EncryptionMode::Wireguard => "wireguard",
+                    crate::daemon::config::EncryptionMode::Ipsec => "ipsec",
+                    crate::daemon::config::EncryptionMode::Disabled => "plaintext",
+                },
+                &cfg.trust_domain,
+            ));
         let (mesh, ingress_problems) =
             plan_mesh_with(state, &cfg.name, td, &ids.svids, &ids.bundle_pem, &inputs);
         self.has_mtls = mesh.workloads.iter().any(|w| w.mtls != EMtls::Disabled);
@@ -645,6 +672,7 @@ impl MeshRuntime {
 pub async fn run(
     cfg: Arc<DaemonConfig>,
     envoy: crate::daemon::config::EnvoySettings,
+    telemetry: crate::daemon::telemetry::Telemetry,
     mut state: watch::Receiver<Arc<ClusterState>>,
     mut ids: watch::Receiver<Arc<Identities>>,
     out: watch::Sender<Arc<MeshReport>>,
@@ -660,7 +688,7 @@ pub async fn run(
             return;
         }
     };
-    let mut rt = MeshRuntime::new(&cfg, &envoy);
+    let mut rt = MeshRuntime::new(&cfg, &envoy, telemetry);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut dirty = true;
     loop {

@@ -4,110 +4,163 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::daemon::api::NodeStatus;
+use crate::daemon::expo::{Exposition, Format, Kind, Labels};
+use crate::daemon::telemetry::Telemetry;
 
-type Labels = Vec<(String, String)>;
-
-fn family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<i64>> {
-    let f = Family::<Labels, Gauge<i64>>::default();
-    reg.register(name, help, f.clone());
-    f
+#[allow(clippy::cast_precision_loss)]
+fn f(v: u64) -> f64 {
+    v as f64
 }
 
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// The node's metrics for a status (and its request telemetry, when it has some).
+#[must_use]
+pub fn exposition(st: &NodeStatus, telemetry: Option<&Telemetry>) -> Exposition {
+    let mut e = Exposition::new();
+    let node = || vec![("node".to_owned(), st.node.clone())];
+    let peer = |p: &str| -> Labels {
+        vec![
+            ("node".to_owned(), st.node.clone()),
+            ("peer".to_owned(), p.to_owned()),
+        ]
+    };
+    e.family(
+        "identityd_wireguard_peers",
+        "WireGuard peers of this node",
+        Kind::Gauge,
+    )
+    .set(node(), f(st.peers.len() as u64));
+    {
+        let mut hs = e.family(
+            "identityd_wireguard_handshake_age_seconds",
+            "Seconds since the last handshake with a peer (-1: never)",
+            Kind::Gauge,
+        );
+        for p in &st.peers {
+            hs.set(peer(&p.name), p.handshake_age_secs.map_or(-1.0, f));
+        }
+    }
+    for (name, help, rx) in [
+        (
+            "identityd_wireguard_received_bytes",
+            "Bytes received from a peer (resets when the device restarts)",
+            true,
+        ),
+        (
+            "identityd_wireguard_sent_bytes",
+            "Bytes sent to a peer (resets when the device restarts)",
+            false,
+        ),
+    ] {
+        let mut fam = e.family(name, help, Kind::Counter);
+        for p in &st.peers {
+            fam.set(peer(&p.name), f(if rx { p.rx_bytes } else { p.tx_bytes }));
+        }
+    }
+    {
+        let mut path = e.family(
+            "identityd_peer_path",
+            "1 for the path a peer's pod CIDRs take",
+            Kind::Gauge,
+        );
+        for p in &st.peers {
+            let mut l = peer(&p.name);
+            l.push(("path".to_owned(), p.path.clone()));
+            path.set(l, 1.0);
+        }
+    }
+    for (name, help, packets) in [
+        (
+            "identityd_classifier_packets",
+            "Packets per classifier path (drop = strict-mode drops)",
+            true,
+        ),
+        (
+            "identityd_classifier_bytes",
+            "Bytes per classifier path",
+            false,
+        ),
+    ] {
+        let mut fam = e.family(name, help, Kind::Counter);
+        for (path, (pk, by)) in &st.counters {
+            fam.set(
+                vec![
+                    ("node".to_owned(), st.node.clone()),
+                    ("path".to_owned(), path.clone()),
+                ],
+                f(if packets { *pk } else { *by }),
+            );
+        }
+    }
+    {
+        let mut exp = e.family(
+            "identityd_svid_expiry_seconds",
+            "Seconds until a workload SVID expires",
+            Kind::Gauge,
+        );
+        for (id, left) in &st.svids {
+            exp.set(
+                vec![
+                    ("node".to_owned(), st.node.clone()),
+                    ("spiffe_id".to_owned(), id.clone()),
+                ],
+                f(*left),
+            );
+        }
+    }
+    e.family(
+        "identityd_xds_nacked_types",
+        "Resource types whose latest version Envoy NACKed",
+        Kind::Gauge,
+    )
+    .set(
+        node(),
+        f(st.xds.iter().filter(|x| x.contains("NACK")).count() as u64),
+    );
+    e.family(
+        "identityd_envoy_restarts",
+        "Envoy restarts by the daemon",
+        Kind::Counter,
+    )
+    .set(node(), f(u64::from(st.envoy_restarts)));
+    e.family(
+        "identityd_problems",
+        "Problems in the cluster state or the plan",
+        Kind::Gauge,
+    )
+    .set(node(), f(st.problems.len() as u64));
+    if let Some(t) = telemetry {
+        t.export(&mut e);
+    }
+    e
 }
 
-/// The metrics text for a status.
+/// The metrics text for a status, classic format.
 #[must_use]
 pub fn render(st: &NodeStatus) -> String {
-    let mut reg = Registry::with_prefix("identityd");
-    let node = || vec![("node".to_owned(), st.node.clone())];
-    let peers = family(&mut reg, "wireguard_peers", "WireGuard peers of this node");
-    peers.get_or_create(&node()).set(i(st.peers.len() as u64));
-    let hs = family(
-        &mut reg,
-        "wireguard_handshake_age_seconds",
-        "Seconds since the last handshake with a peer (-1: never)",
-    );
-    let rx = family(&mut reg, "wireguard_rx_bytes", "Bytes received from a peer");
-    let tx = family(&mut reg, "wireguard_tx_bytes", "Bytes sent to a peer");
-    let path = family(
-        &mut reg,
-        "peer_path",
-        "1 for the path a peer's pod CIDRs take",
-    );
-    for p in &st.peers {
-        let l = vec![
-            ("node".to_owned(), st.node.clone()),
-            ("peer".to_owned(), p.name.clone()),
-        ];
-        hs.get_or_create(&l).set(p.handshake_age_secs.map_or(-1, i));
-        rx.get_or_create(&l).set(i(p.rx_bytes));
-        tx.get_or_create(&l).set(i(p.tx_bytes));
-        let mut lp = l.clone();
-        lp.push(("path".to_owned(), p.path.clone()));
-        path.get_or_create(&lp).set(1);
-    }
-    let pk = family(
-        &mut reg,
-        "classifier_packets",
-        "Packets per classifier path (drop = strict-mode drops)",
-    );
-    let by = family(&mut reg, "classifier_bytes", "Bytes per classifier path");
-    for (name, (packets, bytes)) in &st.counters {
-        let l = vec![
-            ("node".to_owned(), st.node.clone()),
-            ("path".to_owned(), name.clone()),
-        ];
-        pk.get_or_create(&l).set(i(*packets));
-        by.get_or_create(&l).set(i(*bytes));
-    }
-    let exp = family(
-        &mut reg,
-        "svid_expiry_seconds",
-        "Seconds until a workload SVID expires",
-    );
-    for (id, left) in &st.svids {
-        exp.get_or_create(&vec![
-            ("node".to_owned(), st.node.clone()),
-            ("spiffe_id".to_owned(), id.clone()),
-        ])
-        .set(i(*left));
-    }
-    let nacks = family(
-        &mut reg,
-        "xds_nacked_types",
-        "Resource types whose latest version Envoy NACKed",
-    );
-    nacks.get_or_create(&node()).set(i(
-        st.xds.iter().filter(|x| x.contains("NACK")).count() as u64
-    ));
-    let restarts = family(&mut reg, "envoy_restarts", "Envoy restarts by the daemon");
-    restarts
-        .get_or_create(&node())
-        .set(i64::from(st.envoy_restarts));
-    let problems = family(
-        &mut reg,
-        "problems",
-        "Problems in the cluster state or the plan",
-    );
-    problems
-        .get_or_create(&node())
-        .set(i(st.problems.len() as u64));
-    let mut out = String::new();
-    let _ = encode(&mut out, &reg);
-    out
+    exposition(st, None).render(Format::Classic)
 }
 
-/// Serves `GET /metrics` on `addr` until aborted.
-pub async fn serve(addr: SocketAddr, status: Arc<Mutex<NodeStatus>>) {
+/// The request line and the `Accept` header of an HTTP request head.
+#[must_use]
+pub fn request_head(head: &str) -> (Option<&str>, Option<&str>) {
+    let mut lines = head.split("\r\n");
+    let path = lines.next().and_then(|l| l.split_whitespace().nth(1));
+    let accept = lines.take_while(|l| !l.is_empty()).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("accept").then(|| v.trim())
+    });
+    (path, accept)
+}
+
+/// Serves `GET /metrics` on `addr` until aborted, rendering `body` per request in the format
+/// the scraper's `Accept` asks for.
+pub async fn serve_with<F>(addr: SocketAddr, body: F)
+where
+    F: Fn(Format) -> String + Send + Sync + 'static,
+{
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -115,25 +168,53 @@ pub async fn serve(addr: SocketAddr, status: Arc<Mutex<NodeStatus>>) {
             return;
         }
     };
+    let body = Arc::new(body);
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             continue;
         };
-        let body = render(
-            &status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let body = Arc::clone(&body);
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let mut buf = Vec::with_capacity(1024);
+            let mut tmp = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut tmp))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&tmp[..n]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf);
+            let (path, accept) = request_head(&head);
+            let resp = match path {
+                Some("/metrics" | "/") => {
+                    let format = Format::from_accept(accept);
+                    let text = body(format);
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        format.content_type(),
+                        text.len()
+                    )
+                }
+                _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_owned(),
+            };
             let _ = s.write_all(resp.as_bytes()).await;
         });
     }
+}
+
+/// Serves the node's metrics on `addr` until aborted.
+pub async fn serve(addr: SocketAddr, status: Arc<Mutex<NodeStatus>>, telemetry: Telemetry) {
+    serve_with(addr, move |format| {
+        let st = status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        exposition(&st, Some(&telemetry)).render(format)
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -163,17 +244,30 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("identityd_classifier_packets{node=\"n1\",path=\"drop\"} 5"),
+            t.contains("identityd_classifier_packets_total{node=\"n1\",path=\"drop\"} 5"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE identityd_classifier_packets_total counter"),
             "{t}"
         );
         assert!(t.contains("identityd_svid_expiry_seconds{node=\"n1\",spiffe_id=\"spiffe://cluster.local/ns/shop/sa/web\"} 3500"), "{t}");
-        assert!(t.ends_with("# EOF\n"), "{t}");
+        assert!(!t.contains("# EOF"), "{t}");
+        let om = exposition(&st, None).render(Format::OpenMetrics);
+        assert!(
+            om.contains("# TYPE identityd_classifier_packets counter"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"), "{om}");
     }
 }
 
 #[cfg(test)]
 mod dashboard {
-    /// The Grafana dashboard (`charts/identityd/dashboards/`) queries only exported metrics.
+    use crate::daemon::telemetry::Telemetry;
+    use identityd_envoy::telemetry::{AccessRecord, Direction, RecordKind};
+
+    /// The Grafana dashboard (`charts/identityd/dashboards/`) queries only exported series.
     #[test]
     fn dashboard_uses_exported_metrics() {
         let path = concat!(
@@ -182,16 +276,37 @@ mod dashboard {
         );
         let dash: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let full = super::render(&crate::daemon::api::NodeStatus {
-            node: "n".into(),
-            peers: vec![crate::daemon::api::PeerStatus {
-                name: "p".into(),
+        let t = Telemetry::new("n");
+        t.ingest_at(
+            vec![
+                AccessRecord {
+                    direction: Some(Direction::Outbound),
+                    kind: Some(RecordKind::Http),
+                    status: 200,
+                    ..Default::default()
+                },
+                AccessRecord {
+                    direction: Some(Direction::Outbound),
+                    kind: Some(RecordKind::Tcp),
+                    ..Default::default()
+                },
+            ],
+            100,
+        );
+        let names = super::exposition(
+            &crate::daemon::api::NodeStatus {
+                node: "n".into(),
+                peers: vec![crate::daemon::api::PeerStatus {
+                    name: "p".into(),
+                    ..Default::default()
+                }],
+                counters: vec![("drop".into(), (0, 0))],
+                svids: vec![("spiffe://td/x".into(), 1)],
                 ..Default::default()
-            }],
-            counters: vec![("drop".into(), (0, 0))],
-            svids: vec![("spiffe://td/x".into(), 1)],
-            ..Default::default()
-        });
+            },
+            Some(&t),
+        )
+        .series_names();
         let mut n = 0;
         for p in dash["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
@@ -200,14 +315,13 @@ mod dashboard {
                     if word.starts_with("identityd_") {
                         n += 1;
                         assert!(
-                            full.contains(&format!("{word}{{"))
-                                || full.contains(&format!("{word} ")),
-                            "{word} is not exported"
+                            names.iter().any(|s| s == word),
+                            "{word} is not exported (exported: {names:?})"
                         );
                     }
                 }
             }
         }
-        assert!(n >= 8, "the dashboard queries identityd metrics ({n})");
+        assert!(n >= 12, "the dashboard queries identityd metrics ({n})");
     }
 }

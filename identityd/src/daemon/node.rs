@@ -1008,9 +1008,18 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         cfg.run_dir.join("api.sock"),
         Arc::clone(&status),
     ));
-    let metrics_task = cfg
-        .metrics_address
-        .map(|a| tokio::spawn(crate::daemon::metrics::serve(a, Arc::clone(&status))));
+    let telemetry = crate::daemon::telemetry::Telemetry::new(&cfg.name);
+    let telemetry_task = tokio::spawn(crate::daemon::telemetry::serve(
+        cfg.run_dir.join("telemetry.sock"),
+        telemetry.clone(),
+    ));
+    let metrics_task = cfg.metrics_address.map(|a| {
+        tokio::spawn(crate::daemon::metrics::serve(
+            a,
+            Arc::clone(&status),
+            telemetry.clone(),
+        ))
+    });
     let source_task = source.spawn();
     let mut state_rx = source.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1041,6 +1050,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         mesh_task = Some(tokio::spawn(crate::daemon::mesh::run(
             Arc::clone(&cfg),
             envoy.clone(),
+            telemetry.clone(),
             state_rx.clone(),
             rx.clone(),
             mesh_tx,
@@ -1092,6 +1102,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     }
     source_task.abort();
     api_task.abort();
+    telemetry_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }

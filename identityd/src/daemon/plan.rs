@@ -244,6 +244,7 @@ mod tests {
             mtls: Default::default(),
             svid_ttl: None,
             report: crate::daemon::config::ReportSettings::default(),
+            telemetry: crate::daemon::config::TelemetrySettings::default(),
         }
     }
 

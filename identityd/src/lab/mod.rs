@@ -320,7 +320,7 @@ fn node_config(
         "role: node\nname: n{i}\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\n\
          underlayAddress: 10.99.0.{}\npodCIDR: 10.244.{i}.0/24\nclusterCIDRs: [{}]\n\
          encryption: {{ mode: {encryption}, strictMode: {strict} }}\nwireguard: {{ interface: idd{i}, port: 51871 }}\n\
-         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\ntunnelAddress: 10.244.{i}.1\nmetricsAddress: 127.0.0.1:9962\nflowEvents: all\nreport: {{ minInterval: 2s, heartbeat: 30s }}\n{}",
+         podInterfacePrefix: \"p-\"\nwireguardBinary: {}\ntunnelAddress: 10.244.{i}.1\nmetricsAddress: 0.0.0.0:9962\nflowEvents: all\nreport: {{ minInterval: 2s, heartbeat: 30s }}\n{}",
         dir.join("cluster").display(),
         node_dir.join("state").display(),
         node_dir.join("run").display(),

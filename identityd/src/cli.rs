@@ -49,7 +49,30 @@ pub enum Command {
         /// Keep streaming.
         #[arg(long)]
         follow: bool,
+        /// L7 flow records from the node Envoys (requests and L4 mTLS connections with both
+        /// SPIFFE IDs, status, latency, path) instead of the classifiers' L3/L4 verdicts.
+        #[arg(long)]
+        l7: bool,
         /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Success rate, request rate and latency percentiles per service (and caller identity)
+    /// over a recent window, from the node Envoys' request telemetry (like `linkerd viz stat`).
+    Stat {
+        /// Window, seconds (at most 60).
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+        /// `outbound` (the callers' side, default), `inbound` (the callees') or `ingress`.
+        #[arg(long, default_value = "outbound")]
+        direction: String,
+        /// One row per caller identity.
+        #[arg(long)]
+        by_caller: bool,
+        /// JSON.
         #[arg(long)]
         json: bool,
         /// Lab directory.

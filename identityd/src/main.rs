@@ -412,9 +412,49 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Observe { follow, json, dir } => {
+        Command::Stat {
+            window,
+            direction,
+            by_caller,
+            json,
+            dir,
+        } => {
             let dir = dir.unwrap_or_else(lab::default_dir);
-            match identityd::observe::run(&dir, follow, json, |l| println!("{l}")) {
+            if !["outbound", "inbound", "ingress"].contains(&direction.as_str()) {
+                eprintln!("error: --direction={direction}: want outbound, inbound or ingress");
+                return ExitCode::FAILURE;
+            }
+            match identityd::observe::stat(&dir, window, &direction, by_caller) {
+                Ok(rows) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&rows).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", identityd::observe::stat_table(&rows));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Observe {
+            follow,
+            l7,
+            json,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(lab::default_dir);
+            let res = if l7 {
+                identityd::observe::run_l7(&dir, follow, json, |l| println!("{l}"))
+            } else {
+                identityd::observe::run(&dir, follow, json, |l| println!("{l}"))
+            };
+            match res {
                 Ok(n) => {
                     if !json {
                         eprintln!("{n} flows");

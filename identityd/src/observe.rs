@@ -155,3 +155,217 @@ pub fn run(
         }
     }
 }
+
+fn lab_nodes(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+    let lab: crate::lab::LabState = serde_json::from_slice(
+        &std::fs::read(dir.join("lab.json"))
+            .map_err(|e| format!("--dir={}: no lab ({e})", dir.display()))?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(lab
+        .nodes
+        .iter()
+        .map(|(name, _)| (name.clone(), dir.join(name).join("run/telemetry.sock")))
+        .collect())
+}
+
+/// Renders one L7 flow record as a line.
+#[must_use]
+pub fn l7_line(r: &crate::daemon::telemetry::FlowRecord) -> String {
+    format!(
+        "{} {:<3} {:<8} {:<4} {:<18} {} → {:<18} {} {} {} {:>3} {:>8.2}ms {}{}",
+        r.time,
+        r.node,
+        r.key.direction,
+        r.key.kind,
+        r.source_pod.as_deref().unwrap_or("-"),
+        if r.key.source_identity.is_empty() {
+            "-"
+        } else {
+            &r.key.source_identity
+        },
+        if r.key.destination_service.is_empty() {
+            "-"
+        } else {
+            &r.key.destination_service
+        },
+        r.destination_pod.as_deref().unwrap_or("-"),
+        r.method.as_deref().unwrap_or("tcp"),
+        r.authority.as_deref().unwrap_or(""),
+        r.status,
+        r.latency_ms,
+        r.path,
+        if r.flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", r.flags.join(","))
+        }
+    )
+}
+
+/// `observe --l7`: the L7 flow records of every node of a lab (HTTP requests and L4 mTLS
+/// connections through the node Envoys). Without `follow`, what is buffered.
+///
+/// # Errors
+/// When the lab or a node's telemetry socket cannot be read.
+pub fn run_l7(
+    dir: &Path,
+    follow: bool,
+    json: bool,
+    mut out: impl FnMut(&str),
+) -> Result<usize, String> {
+    let nodes = lab_nodes(dir)?;
+    let mut seen = vec![0u64; nodes.len()];
+    let mut n = 0;
+    loop {
+        let mut got = 0;
+        for (i, (_, sock)) in nodes.iter().enumerate() {
+            let recs: Vec<crate::daemon::telemetry::FlowRecord> =
+                crate::daemon::telemetry::ask(sock, &format!("records {}", seen[i]))?;
+            for r in &recs {
+                seen[i] = seen[i].max(r.seq);
+                out(&if json {
+                    serde_json::to_string(r).unwrap_or_default()
+                } else {
+                    l7_line(r)
+                });
+            }
+            got += recs.len();
+        }
+        n += got;
+        if !follow {
+            return Ok(n);
+        }
+        if got == 0 {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// One row of `identityd stat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatRow {
+    /// `http` or `tcp` (L4 mTLS: connections, no status).
+    pub kind: String,
+    /// The service.
+    pub service: String,
+    /// The caller's SPIFFE ID (empty: grouped over callers, or none).
+    pub source_identity: String,
+    /// Requests or connections in the window.
+    pub count: u64,
+    /// Share of requests that were not 5xx nor unanswered (HTTP).
+    pub success_rate: Option<f64>,
+    /// 4xx answers.
+    pub client_errors: u64,
+    /// 5xx answers.
+    pub server_errors: u64,
+    /// Per second over the window.
+    pub rps: f64,
+    /// Latency percentiles, milliseconds (estimated from fine buckets).
+    pub p50_ms: Option<f64>,
+    /// 95th.
+    pub p95_ms: Option<f64>,
+    /// 99th.
+    pub p99_ms: Option<f64>,
+}
+
+/// A stat group: aggregate, 4xx, 5xx, unanswered, seconds covered.
+type Group = (crate::daemon::telemetry::Agg, u64, u64, u64, f64);
+
+/// `identityd stat`: per service (and caller identity with `by_caller`) over the last
+/// `window` seconds, from each node's `direction` records (default: the callers' side).
+///
+/// # Errors
+/// When the lab or a node's telemetry socket cannot be read.
+pub fn stat(
+    dir: &Path,
+    window: u64,
+    direction: &str,
+    by_caller: bool,
+) -> Result<Vec<StatRow>, String> {
+    use crate::daemon::telemetry::{Agg, WindowRow};
+    let mut groups: std::collections::BTreeMap<(String, String, String), Group> =
+        std::collections::BTreeMap::new();
+    for (_, sock) in lab_nodes(dir)? {
+        let rows: Vec<WindowRow> =
+            crate::daemon::telemetry::ask(&sock, &format!("window {window}"))?;
+        for r in rows.into_iter().filter(|r| r.key.direction == direction) {
+            let caller = if by_caller {
+                r.key.source_identity.clone()
+            } else {
+                String::new()
+            };
+            let g = groups
+                .entry((
+                    r.key.kind.clone(),
+                    r.key.destination_service.clone(),
+                    caller,
+                ))
+                .or_insert_with(|| (Agg::default(), 0, 0, 0, 0.0));
+            g.0.merge(&r.agg);
+            match r.key.response_code_class.as_str() {
+                "4xx" => g.1 += r.agg.count,
+                "5xx" => g.2 += r.agg.count,
+                "none" => g.3 += r.agg.count,
+                _ => {}
+            }
+            g.4 = g.4.max(r.secs);
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok(groups
+        .into_iter()
+        .map(
+            |((kind, service, source_identity), (a, c4, c5, none, secs))| StatRow {
+                success_rate: (kind == "http" && a.count > 0)
+                    .then(|| (a.count - c5 - none) as f64 / a.count as f64),
+                client_errors: c4,
+                server_errors: c5,
+                rps: a.count as f64 / secs.max(1.0),
+                p50_ms: a.quantile(0.5).map(|s| s * 1000.0),
+                p95_ms: a.quantile(0.95).map(|s| s * 1000.0),
+                p99_ms: a.quantile(0.99).map(|s| s * 1000.0),
+                count: a.count,
+                kind,
+                service,
+                source_identity,
+            },
+        )
+        .collect())
+}
+
+/// `stat` as a table.
+#[must_use]
+pub fn stat_table(rows: &[StatRow]) -> String {
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}ms"));
+    let mut out = format!(
+        "{:<4} {:<16} {:<44} {:>6} {:>8} {:>5} {:>5} {:>8} {:>9} {:>9} {:>9}\n",
+        "kind", "service", "caller", "count", "success", "4xx", "5xx", "rps", "p50", "p95", "p99"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<4} {:<16} {:<44} {:>6} {:>8} {:>5} {:>5} {:>8.2} {:>9} {:>9} {:>9}\n",
+            r.kind,
+            if r.service.is_empty() {
+                "-"
+            } else {
+                &r.service
+            },
+            if r.source_identity.is_empty() {
+                "*"
+            } else {
+                &r.source_identity
+            },
+            r.count,
+            r.success_rate
+                .map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0)),
+            r.client_errors,
+            r.server_errors,
+            r.rps,
+            ms(r.p50_ms),
+            ms(r.p95_ms),
+            ms(r.p99_ms)
+        ));
+    }
+    out
+}

@@ -1576,7 +1576,7 @@ fn metric_sum(body: &str, name: &str, want: &[(&str, &str)]) -> f64 {
 /// (outbound) and once on the callee's (inbound), labelled with both SPIFFE IDs; paths never
 /// become labels; every endpoint passes `promtool check metrics` and speaks OpenMetrics when
 /// asked.
-fn request_metrics_count_every_request_per_identity_pair(_lab: &Lab) {
+fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
     const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/client";
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
     let counts = || {
@@ -1664,6 +1664,72 @@ fn request_metrics_count_every_request_per_identity_pair(_lab: &Lab) {
         assert!(om.ends_with("# EOF\n"), "n{n}: OpenMetrics ends with # EOF");
         assert!(om.contains("# TYPE identityd_requests counter"), "n{n}");
     }
+    // `stat` (callers' side, per caller): both sides of the 90/10 split answered for the
+    // client; web's own call (refused by the AuthorizationPolicy) is a 4xx for web's identity.
+    let (_, body) = get_host("idd-n1-web-1", "http://10.244.2.10:8080/", "web.shop");
+    assert!(body.contains("403"), "web's own call is refused: {body}");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = Command::new(BIN)
+        .args(["stat", "--json", "--by-caller", "--dir"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |svc: &str, caller: &str| {
+        rows.iter()
+            .find(|r| r["service"] == svc && r["source_identity"] == caller && r["kind"] == "http")
+            .unwrap_or_else(|| panic!("stat has no row for {svc} from {caller}: {rows:#?}"))
+    };
+    for svc in ["web-v1.shop", "web-v2.shop"] {
+        let r = row(svc, CLIENT);
+        assert!(r["count"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["server_errors"], 0, "{r}");
+        assert!(r["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let refused = rows
+        .iter()
+        .filter(|r| r["source_identity"] == WEB && r["kind"] == "http")
+        .map(|r| r["client_errors"].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(
+        refused >= 1,
+        "the 403 to web's identity is a 4xx in stat: {rows:#?}"
+    );
+    // `observe --l7 --json`: a request of this trial with both SPIFFE IDs, status and path.
+    let out = Command::new(BIN)
+        .args(["observe", "--l7", "--json", "--dir"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let flows: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let seen = flows.iter().find(|f| {
+        f["direction"] == "outbound"
+            && f["source_identity"] == CLIENT
+            && f["destination_identity"] == WEB
+            && f["status"] == 200
+            && f["source_pod"] == "front/client-1"
+            && f["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("mtls over "))
+    });
+    assert!(
+        seen.is_some(),
+        "observe --l7 lists the client's requests:\n{text}"
+    );
 }
 
 fn lab_down_leaves_nothing(lab: &Lab) {

@@ -277,6 +277,9 @@ pub struct Resolver {
     pods: HashMap<IpAddr, PodInfo>,
     /// (namespace, name) → (endpoint IP, target port).
     services: BTreeMap<(String, String), Vec<(IpAddr, u16)>>,
+    /// Published pod CIDRs (IPv4 network, prefix length) → node: a caller's node Envoy
+    /// connects from its tunnel address, inside its node's pod CIDR.
+    cidrs: Vec<(u32, u8, String)>,
 }
 
 impl Resolver {
@@ -315,25 +318,58 @@ impl Resolver {
             }
             services.insert((s.namespace().to_owned(), s.metadata.name.clone()), eps);
         }
+        let mut cidrs = Vec::new();
+        for (name, n) in &state.nodes {
+            for c in &n.spec.pod_cidrs {
+                if let Some((ip, len)) = c.split_once('/')
+                    && let (Ok(ip), Ok(len)) = (ip.parse::<std::net::Ipv4Addr>(), len.parse::<u8>())
+                    && len <= 32
+                {
+                    cidrs.push((u32::from(ip), len, name.clone()));
+                }
+            }
+        }
         Self {
             node: node.to_owned(),
             network: network.to_owned(),
             pods,
             services,
+            cidrs,
         }
+    }
+
+    /// The node whose pod CIDR holds `ip`.
+    fn node_of(&self, ip: Option<IpAddr>) -> Option<&str> {
+        let Some(IpAddr::V4(v4)) = ip else {
+            return None;
+        };
+        let a = u32::from(v4);
+        self.cidrs
+            .iter()
+            .filter(|(net, len, _)| {
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(*len))
+                };
+                a & mask == net & mask
+            })
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, n)| n.as_str())
     }
 
     fn pod(&self, ip: Option<IpAddr>) -> Option<&PodInfo> {
         self.pods.get(&ip?)
     }
 
-    /// The Service a request to `pod_ip:port` with `authority` was for: the authority's
+    /// The Service a request to `pod_ip:port` (any port: `None`) with `authority` was for: the authority's
     /// service when it has that endpoint, else the first service with it (by namespace/name).
-    fn service_of(&self, authority: &str, pod_ip: IpAddr, port: u16) -> String {
+    fn service_of(&self, authority: &str, pod_ip: IpAddr, port: Option<u16>) -> String {
         let has = |k: &(String, String)| {
-            self.services
-                .get(k)
-                .is_some_and(|e| e.contains(&(pod_ip, port)))
+            self.services.get(k).is_some_and(|e| {
+                e.iter()
+                    .any(|(ip, p)| *ip == pod_ip && port.is_none_or(|want| want == *p))
+            })
         };
         let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
             if p.chars().all(|c| c.is_ascii_digit()) {
@@ -462,13 +498,17 @@ impl Resolver {
                 if let Some(d) = dst {
                     key.destination_identity.clone_from(&d.id);
                     key.destination_namespace.clone_from(&d.namespace);
-                    if let (Some(port), Some(ip)) = (port, r.downstream_local.map(|a| a.ip())) {
+                    // No cluster (RBAC refused the request before routing): any port of the pod.
+                    if let Some(ip) = r.downstream_local.map(|a| a.ip()) {
                         key.destination_service = self.service_of(&r.authority, ip, port);
                     }
                 }
                 // The caller's node: the peer's node when its address is a pod's.
-                path = match src {
-                    Some(s) if s.node == self.node => "node-local".to_owned(),
+                let from = src
+                    .map(|s| s.node.as_str())
+                    .or_else(|| self.node_of(r.downstream_remote.map(|a| a.ip())));
+                path = match from {
+                    Some(n) if n == self.node => "node-local".to_owned(),
                     Some(_) => self.network.clone(),
                     None => "unknown".to_owned(),
                 };

@@ -1540,13 +1540,18 @@ fn a_removed_identitydnode_is_dropped_by_its_peers(lab: &Lab) {
 /// `GET /metrics` of a node (its underlay address, port 9962) with an `Accept` header: the
 /// content type and the body.
 fn scrape(node: usize, accept: &str) -> (String, String) {
+    scrape_at(&format!("10.99.0.{}:9962", 10 + node), accept)
+}
+
+/// `GET /metrics` of `addr`.
+fn scrape_at(addr: &str, accept: &str) -> (String, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(format!("10.99.0.{}:9962", 10 + node))
-        .unwrap_or_else(|e| panic!("metrics of n{node}: {e}"));
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("metrics of {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nhost: n{node}\r\naccept: {accept}\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nhost: {addr}\r\naccept: {accept}\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -1640,8 +1645,20 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
         series0,
         "{N} distinct paths of one caller and route add no series"
     );
-    for n in 1..=3 {
-        let (ctype, body) = scrape(n, "text/plain;version=0.0.4");
+    let (_, ca) = scrape_at("10.99.0.1:9963", "text/plain");
+    assert!(
+        metric_sum(&ca, "identityd_ca_issued_total", &[("request", "workload")]) >= 3.0,
+        "the CA counts the lab's workload SVIDs:\n{ca}"
+    );
+    assert!(
+        metric_sum(&ca, "identityd_ca_root_expiry_seconds", &[]) > 0.0,
+        "{ca}"
+    );
+    for (n, body) in (1..=3)
+        .map(|n| (format!("n{n}"), scrape(n, "text/plain;version=0.0.4")))
+        .chain([("ca".to_owned(), scrape_at("10.99.0.1:9963", "text/plain"))])
+    {
+        let (ctype, body) = body;
         assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
         let tmp = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(tmp.path(), &body).unwrap();
@@ -1652,17 +1669,20 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
             .expect("promtool (scripts/bootstrap installs Debian's prometheus)");
         assert!(
             check.status.success(),
-            "promtool check metrics on n{n}: {}{}",
+            "promtool check metrics on {n}: {}{}",
             String::from_utf8_lossy(&check.stdout),
             String::from_utf8_lossy(&check.stderr)
         );
-        let (ctype, om) = scrape(
-            n,
+        let Some(i) = n.strip_prefix('n') else {
+            continue; // the CA: classic text only checked
+        };
+        let (ctype, om) = scrape_at(
+            &format!("10.99.0.1{i}:9962"),
             "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
         );
         assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-        assert!(om.ends_with("# EOF\n"), "n{n}: OpenMetrics ends with # EOF");
-        assert!(om.contains("# TYPE identityd_requests counter"), "n{n}");
+        assert!(om.ends_with("# EOF\n"), "{n}: OpenMetrics ends with # EOF");
+        assert!(om.contains("# TYPE identityd_requests counter"), "{n}");
     }
     // `stat` (callers' side, per caller): both sides of the 90/10 split answered for the
     // client; web's own call (refused by the AuthorizationPolicy) is a 4xx for web's identity.

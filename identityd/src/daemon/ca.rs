@@ -312,6 +312,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         td: td.clone(),
     };
     let ca = Arc::new(Mutex::new(ca));
+    let ca_for_metrics = Arc::clone(&ca);
     let server = CaServer::new(
         Arc::clone(&ca),
         &ca_dir,
@@ -344,6 +345,22 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
             controller.step(&s).await;
         }
     });
+    let _metrics = cfg.metrics_address.map(|addr| {
+        let server = server.clone();
+        tokio::spawn(crate::daemon::metrics::serve_with(addr, move |format| {
+            let not_after = ca_for_metrics
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .not_after();
+            exposition(
+                &server.counters(),
+                not_after,
+                &server.bundle().to_pem(),
+                SystemTime::now(),
+            )
+            .render(format)
+        }))
+    });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CaRoleError(format!("listen={listen}: {e}")))?;
@@ -356,11 +373,124 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
     }
 }
 
+/// The CA role's metrics (`metricsAddress` of role ca): issuance and refusals by request,
+/// failed TLS handshakes, and how long the signing certificate and each root stay valid.
+#[must_use]
+pub fn exposition(
+    c: &identityd_certs::service::CounterSnapshot,
+    signer_not_after: SystemTime,
+    bundle_pem: &str,
+    now: SystemTime,
+) -> crate::daemon::expo::Exposition {
+    use crate::daemon::expo::{Exposition, Kind, labels};
+    #[allow(clippy::cast_precision_loss)]
+    let f = |v: u64| v as f64;
+    let left = |t: SystemTime| t.duration_since(now).map_or(0.0, |d| d.as_secs_f64());
+    let mut e = Exposition::new();
+    e.family(
+        "identityd_ca_issued",
+        "Certificates the CA issued: workload SVIDs (and serving certificates), node SVIDs for join tokens, node SVID renewals",
+        Kind::Counter,
+    )
+    .set(labels(&[("request", "workload")]), f(c.issued))
+    .set(labels(&[("request", "join")]), f(c.joins))
+    .set(labels(&[("request", "node_renewal")]), f(c.node_renewals));
+    e.family(
+        "identityd_ca_refused",
+        "Requests the CA refused: signing (authentication, authorization, CSR rules) and joins (bad, used or expired token, bad CSR)",
+        Kind::Counter,
+    )
+    .set(labels(&[("request", "sign")]), f(c.refused))
+    .set(labels(&[("request", "join")]), f(c.failed_joins));
+    e.family(
+        "identityd_ca_tls_handshake_failures",
+        "TLS handshakes to the CA that failed or timed out",
+        Kind::Counter,
+    )
+    .set(Vec::new(), f(c.tls_failures));
+    e.family(
+        "identityd_ca_signer_expiry_seconds",
+        "Seconds until the certificate that signs SVIDs expires",
+        Kind::Gauge,
+    )
+    .set(Vec::new(), left(signer_not_after));
+    let mut roots = e.family(
+        "identityd_ca_root_expiry_seconds",
+        "Seconds until each root of the trust bundle expires",
+        Kind::Gauge,
+    );
+    for (i, cert) in identityd_certs::bundle::certs_from_pem(bundle_pem)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if let Ok(d) = identityd_certs::inspect::describe(cert) {
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(d.not_after_unix).unwrap_or(0));
+            roots.set(labels(&[("root", &i.to_string())]), left(t));
+        }
+    }
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Object, Pod};
     use identityd_certs::SpiffeId;
+
+    #[test]
+    fn ca_metrics_count_issuance_and_pass_promtool() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let ca = Ca::load_or_init(dir.path(), td, CaOptions::default(), now).unwrap();
+        let c = identityd_certs::service::CounterSnapshot {
+            issued: 7,
+            refused: 2,
+            joins: 3,
+            ..Default::default()
+        };
+        let text = exposition(&c, ca.not_after(), &ca.bundle(now).to_pem(), now)
+            .render(crate::daemon::expo::Format::Classic);
+        assert!(
+            text.contains("identityd_ca_issued_total{request=\"workload\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("identityd_ca_refused_total{request=\"sign\"} 2"),
+            "{text}"
+        );
+        let root = text
+            .lines()
+            .find(|l| l.starts_with("identityd_ca_root_expiry_seconds{root=\"0\"}"))
+            .unwrap_or_else(|| panic!("a root expiry: {text}"));
+        let secs: f64 = root.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(secs > 86_400.0, "{root}");
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (scripts/bootstrap installs Debian's prometheus)");
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     #[test]
     fn only_pods_of_the_node_with_their_own_identity() {

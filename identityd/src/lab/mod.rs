@@ -25,6 +25,8 @@ use crate::daemon::api;
 pub const BRIDGE: &str = "idd-fabric";
 /// Where the lab's CA role listens (the bridge address in the root namespace).
 pub const CA_LISTEN: &str = "10.99.0.1:8443";
+/// Where the lab's CA role serves its metrics.
+pub const CA_METRICS: &str = "10.99.0.1:9963";
 /// Port of the pods' HTTP workload.
 pub const WORKLOAD_PORT: u16 = 8080;
 /// A tcpdump filter for underlay packets that are neither WireGuard, nor the nodes' TLS
@@ -561,7 +563,7 @@ impl<'a> Up<'a> {
             std::fs::write(
             &ca_cfg,
             format!(
-                "role: ca\nname: ca\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\ncaDir: {}\nlisten: {CA_LISTEN}\n",
+                "role: ca\nname: ca\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\ncaDir: {}\nlisten: {CA_LISTEN}\nmetricsAddress: {CA_METRICS}\n",
                 dir.join("cluster").display(),
                 dir.join("ca-state").display(),
                 dir.join("ca-run").display(),

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves HTTP on `listen`: every request gets `pod=<name> peer=<addr>` and the request's
-/// headers (so a server behind Envoy shows `x-forwarded-client-cert`).
+/// headers (so a server behind Envoy shows `x-forwarded-client-cert`); `/delay/<ms>` answers
+/// that much later.
 ///
 /// # Errors
 /// When the address cannot be bound.
@@ -27,6 +28,15 @@ pub async fn serve(name: String, listen: SocketAddr) -> std::io::Result<()> {
                 }
             }
             let req = String::from_utf8_lossy(&buf);
+            // `GET /delay/<ms>` answers after that long (timeouts, latency in `identityd stat`).
+            if let Some(ms) = req
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.strip_prefix("/delay/"))
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
+            }
             let headers: String = req
                 .lines()
                 .skip(1)

@@ -1688,23 +1688,6 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
     // client; web's own call (refused by the AuthorizationPolicy) is a 4xx for web's identity.
     let (_, body) = get_host("idd-n1-web-1", "http://10.244.2.10:8080/", "web.shop");
     assert!(body.contains("403"), "web's own call is refused: {body}");
-    // A request slower than the route's timeout (TrafficPolicy web-resilience: 1 s per try,
-    // 3 s in all) is a 504 from the caller's Envoy: a 5xx in stat, with its latency.
-    let t0 = Instant::now();
-    let (_, body) = get_host(
-        "idd-n1-client-1",
-        "http://10.244.2.10:8080/delay/5000",
-        "web.shop",
-    );
-    assert!(
-        body.contains("504"),
-        "a request past the timeout gets 504: {body}"
-    );
-    assert!(
-        t0.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        t0.elapsed()
-    );
     std::thread::sleep(Duration::from_secs(1));
     let out = Command::new(BIN)
         .args(["stat", "--json", "--by-caller", "--dir"])
@@ -1725,14 +1708,9 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
     for svc in ["web-v1.shop", "web-v2.shop"] {
         let r = row(svc, CLIENT);
         assert!(r["count"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["server_errors"], 0, "{r}");
         assert!(r["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
     }
-    assert!(
-        rows.iter().any(|r| r["source_identity"] == CLIENT
-            && r["kind"] == "http"
-            && r["server_errors"].as_u64() > Some(0)),
-        "the 504 is a 5xx for the client in stat: {rows:#?}"
-    );
     let refused = rows
         .iter()
         .filter(|r| r["source_identity"] == WEB && r["kind"] == "http")
@@ -1771,14 +1749,6 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
     assert!(
         seen.is_some(),
         "observe --l7 lists the client's requests:\n{text}"
-    );
-    assert!(
-        flows.iter().any(|f| f["direction"] == "outbound"
-            && f["source_identity"] == CLIENT
-            && f["status"] == 504
-            && f["response_code_class"] == "5xx"
-            && f["latency_ms"].as_f64().is_some_and(|ms| ms >= 900.0)),
-        "observe --l7 shows the 504 with its latency:\n{text}"
     );
 }
 

@@ -190,6 +190,16 @@ async fn a_join_token_works_only_once() {
     assert!(msg.contains("invalid, already used or expired"), "{msg}");
     let c = lab.server.counters();
     assert_eq!((c.joins, c.failed_joins), (1, 1));
+    assert!(
+        c.refusals
+            .contains(&("join", "authentication", 1)),
+        "{:?}",
+        c.refusals
+    );
+    let join = c.latency.iter().find(|l| l.request == "join").unwrap();
+    assert_eq!(join.count, 2, "both answers are timed: {join:?}");
+    assert_eq!(join.buckets.iter().sum::<u64>(), 2, "{join:?}");
+    assert!(join.sum_seconds > 0.0, "{join:?}");
 }
 
 #[tokio::test]
@@ -226,7 +236,21 @@ async fn an_authorized_pod_gets_an_svid_with_the_requested_id() {
     assert_eq!(verify_svid(svid.chain(), &lab.bundle, now).unwrap(), want);
     let life = svid.not_after().duration_since(now).unwrap();
     assert!(life <= Duration::from_secs(600), "{life:?}");
-    assert_eq!(lab.server.counters().issued, 1);
+    let c = lab.server.counters();
+    assert_eq!(c.issued, 1);
+    // The node's mTLS connection is open and counted under its name; it goes when the client
+    // is dropped.
+    assert_eq!(c.connected_nodes.get("node-a"), Some(&1), "{c:?}");
+    drop(client);
+    let mut left = false;
+    for _ in 0..100 {
+        if lab.server.counters().connected_nodes.is_empty() {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(left, "a closed connection is not counted: {:?}", lab.server.counters());
 }
 
 #[tokio::test]
@@ -277,6 +301,11 @@ async fn a_pod_on_another_node_is_permission_denied_and_counted() {
     assert!(msg.contains("reserved"), "{msg}");
     let c = lab.server.counters();
     assert_eq!((c.issued, c.refused), (0, 3));
+    assert!(
+        c.refusals.contains(&("workload", "authorization", 3)),
+        "{:?}",
+        c.refusals
+    );
 }
 
 #[tokio::test]
@@ -301,7 +330,14 @@ async fn sign_workload_without_a_client_certificate_is_refused() {
     // Bundle is public: it works without a client certificate.
     let b = anonymous.fetch_bundle().await.unwrap();
     assert_eq!(b.roots(), lab.bundle.roots());
-    assert_eq!(lab.server.counters().refused, 1);
+    let c = lab.server.counters();
+    assert_eq!(c.refused, 1);
+    assert!(
+        c.refusals.contains(&("workload", "authentication", 1)),
+        "{:?}",
+        c.refusals
+    );
+    assert!(c.connected_nodes.is_empty(), "no node SVID, not counted: {c:?}");
 }
 
 #[tokio::test]

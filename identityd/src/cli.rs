@@ -59,6 +59,10 @@ pub enum Command {
         /// Lab directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// With `--l7`: read one node daemon's telemetry socket (`<runDir>/telemetry.sock`,
+        /// the local API on a node) instead of a lab's.
+        #[arg(long, requires = "l7")]
+        socket: Option<PathBuf>,
     },
     /// Success rate, request rate and latency percentiles per service (and caller identity)
     /// over a recent window, from the node Envoys' request telemetry (like `linkerd viz stat`).
@@ -78,6 +82,39 @@ pub enum Command {
         /// Lab directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Read one node daemon's telemetry socket (`<runDir>/telemetry.sock`) instead of a
+        /// lab's.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Live table of the busiest routes (requests per second, success, p50/p99), refreshed in
+    /// the terminal (like `linkerd viz top`).
+    Top {
+        /// Window, seconds (at most 60).
+        #[arg(long, default_value_t = 10)]
+        window: u64,
+        /// `outbound` (the callers' side, default), `inbound` or `ingress`.
+        #[arg(long, default_value = "outbound")]
+        direction: String,
+        /// Rows shown.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        iterations: u64,
+        /// One JSON array of rows per refresh, one per line.
+        #[arg(long)]
+        json: bool,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Read one node daemon's telemetry socket (`<runDir>/telemetry.sock`) instead of a
+        /// lab's.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -340,7 +377,7 @@ mod tests {
     fn help_lists_every_subcommand_of_the_contract() {
         let help = Cli::command().render_long_help().to_string();
         for sub in [
-            "run", "lab", "status", "audit", "ca", "svid", "crds", "observe",
+            "run", "lab", "status", "audit", "ca", "svid", "crds", "observe", "stat", "top",
         ] {
             assert!(
                 help.contains(sub),

@@ -418,13 +418,21 @@ fn main() -> ExitCode {
             by_caller,
             json,
             dir,
+            socket,
         } => {
             let dir = dir.unwrap_or_else(lab::default_dir);
             if !["outbound", "inbound", "ingress"].contains(&direction.as_str()) {
                 eprintln!("error: --direction={direction}: want outbound, inbound or ingress");
                 return ExitCode::FAILURE;
             }
-            match identityd::observe::stat(&dir, window, &direction, by_caller) {
+            let group = if by_caller {
+                identityd::observe::StatGroup::Caller
+            } else {
+                identityd::observe::StatGroup::Service
+            };
+            match identityd::observe::telemetry_sockets(&dir, socket.as_deref())
+                .and_then(|nodes| identityd::observe::stat(&nodes, window, &direction, group))
+            {
                 Ok(rows) => {
                     if json {
                         println!(
@@ -442,15 +450,69 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Top {
+            window,
+            direction,
+            limit,
+            interval,
+            iterations,
+            json,
+            dir,
+            socket,
+        } => {
+            use std::io::IsTerminal;
+            let dir = dir.unwrap_or_else(lab::default_dir);
+            if !["outbound", "inbound", "ingress"].contains(&direction.as_str()) {
+                eprintln!("error: --direction={direction}: want outbound, inbound or ingress");
+                return ExitCode::FAILURE;
+            }
+            let nodes = match identityd::observe::telemetry_sockets(&dir, socket.as_deref()) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let tty = std::io::stdout().is_terminal();
+            let mut done = 0u64;
+            loop {
+                match identityd::observe::top(&nodes, window, &direction, limit) {
+                    Ok(rows) if json => {
+                        println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+                    }
+                    Ok(rows) => {
+                        if tty {
+                            print!("\x1b[H\x1b[2J");
+                        }
+                        print!(
+                            "{}",
+                            identityd::observe::top_table(&rows, window, &direction)
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                done += 1;
+                if iterations != 0 && done >= iterations {
+                    return ExitCode::SUCCESS;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(interval.max(1)));
+            }
+        }
         Command::Observe {
             follow,
             l7,
             json,
             dir,
+            socket,
         } => {
             let dir = dir.unwrap_or_else(lab::default_dir);
             let res = if l7 {
-                identityd::observe::run_l7(&dir, follow, json, |l| println!("{l}"))
+                identityd::observe::telemetry_sockets(&dir, socket.as_deref()).and_then(|nodes| {
+                    identityd::observe::run_l7(&nodes, follow, json, |l| println!("{l}"))
+                })
             } else {
                 identityd::observe::run(&dir, follow, json, |l| println!("{l}"))
             };

@@ -156,7 +156,26 @@ pub fn run(
     }
 }
 
-fn lab_nodes(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+/// The telemetry sockets to read: `socket` (a node daemon's `<run>/telemetry.sock`, the local
+/// API on a real node) or, without it, every node of the lab in `dir`.
+///
+/// # Errors
+/// When there is no lab in `dir`, or `socket` does not exist.
+pub fn telemetry_sockets(
+    dir: &Path,
+    socket: Option<&Path>,
+) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+    match socket {
+        Some(s) if s.exists() => Ok(vec![("local".to_owned(), s.to_path_buf())]),
+        Some(s) => Err(format!(
+            "--socket={}: no such socket (a node daemon serves <runDir>/telemetry.sock)",
+            s.display()
+        )),
+        None => lab_node_sockets(dir),
+    }
+}
+
+fn lab_node_sockets(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, String> {
     let lab: crate::lab::LabState = serde_json::from_slice(
         &std::fs::read(dir.join("lab.json"))
             .map_err(|e| format!("--dir={}: no lab ({e})", dir.display()))?,
@@ -209,12 +228,11 @@ pub fn l7_line(r: &crate::daemon::telemetry::FlowRecord) -> String {
 /// # Errors
 /// When the lab or a node's telemetry socket cannot be read.
 pub fn run_l7(
-    dir: &Path,
+    nodes: &[(String, std::path::PathBuf)],
     follow: bool,
     json: bool,
     mut out: impl FnMut(&str),
 ) -> Result<usize, String> {
-    let nodes = lab_nodes(dir)?;
     let mut seen = vec![0u64; nodes.len()];
     let mut n = 0;
     loop {
@@ -251,6 +269,8 @@ pub struct StatRow {
     pub service: String,
     /// The caller's SPIFFE ID (empty: grouped over callers, or none).
     pub source_identity: String,
+    /// The route (grouped by route only: `top`; empty otherwise or for the default route).
+    pub route: String,
     /// Requests or connections in the window.
     pub count: u64,
     /// Share of requests that were not 5xx nor unanswered (HTTP).
@@ -272,34 +292,46 @@ pub struct StatRow {
 /// A stat group: aggregate, 4xx, 5xx, unanswered, seconds covered.
 type Group = (crate::daemon::telemetry::Agg, u64, u64, u64, f64);
 
-/// `identityd stat`: per service (and caller identity with `by_caller`) over the last
-/// `window` seconds, from each node's `direction` records (default: the callers' side).
+/// How `stat` groups rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatGroup {
+    /// One row per service.
+    Service,
+    /// One row per service and caller identity.
+    Caller,
+    /// One row per service and route (`top`).
+    Route,
+}
+
+/// `identityd stat`: per service (and caller identity or route) over the last `window`
+/// seconds, from the `direction` records of each node in `nodes` (default: the callers' side).
 ///
 /// # Errors
-/// When the lab or a node's telemetry socket cannot be read.
+/// When a node's telemetry socket cannot be read.
 pub fn stat(
-    dir: &Path,
+    nodes: &[(String, std::path::PathBuf)],
     window: u64,
     direction: &str,
-    by_caller: bool,
+    group: StatGroup,
 ) -> Result<Vec<StatRow>, String> {
     use crate::daemon::telemetry::{Agg, WindowRow};
-    let mut groups: std::collections::BTreeMap<(String, String, String), Group> =
+    let mut groups: std::collections::BTreeMap<(String, String, String, String), Group> =
         std::collections::BTreeMap::new();
-    for (_, sock) in lab_nodes(dir)? {
+    for (_, sock) in nodes {
         let rows: Vec<WindowRow> =
-            crate::daemon::telemetry::ask(&sock, &format!("window {window}"))?;
+            crate::daemon::telemetry::ask(sock, &format!("window {window}"))?;
         for r in rows.into_iter().filter(|r| r.key.direction == direction) {
-            let caller = if by_caller {
-                r.key.source_identity.clone()
-            } else {
-                String::new()
+            let (caller, route) = match group {
+                StatGroup::Service => (String::new(), String::new()),
+                StatGroup::Caller => (r.key.source_identity.clone(), String::new()),
+                StatGroup::Route => (String::new(), r.key.route.clone()),
             };
             let g = groups
                 .entry((
                     r.key.kind.clone(),
                     r.key.destination_service.clone(),
                     caller,
+                    route,
                 ))
                 .or_insert_with(|| (Agg::default(), 0, 0, 0, 0.0));
             g.0.merge(&r.agg);
@@ -316,7 +348,7 @@ pub fn stat(
     Ok(groups
         .into_iter()
         .map(
-            |((kind, service, source_identity), (a, c4, c5, none, secs))| StatRow {
+            |((kind, service, source_identity, route), (a, c4, c5, none, secs))| StatRow {
                 success_rate: (kind == "http" && a.count > 0)
                     .then(|| (a.count - c5 - none) as f64 / a.count as f64),
                 client_errors: c4,
@@ -329,9 +361,64 @@ pub fn stat(
                 kind,
                 service,
                 source_identity,
+                route,
             },
         )
         .collect())
+}
+
+/// `identityd top`: the `limit` busiest routes (by requests or connections in the window),
+/// busiest first.
+///
+/// # Errors
+/// When a node's telemetry socket cannot be read.
+pub fn top(
+    nodes: &[(String, std::path::PathBuf)],
+    window: u64,
+    direction: &str,
+    limit: usize,
+) -> Result<Vec<StatRow>, String> {
+    let mut rows = stat(nodes, window, direction, StatGroup::Route)?;
+    rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| (&a.service, &a.route).cmp(&(&b.service, &b.route)))
+    });
+    rows.truncate(limit);
+    Ok(rows)
+}
+
+/// `top` as a table (one screen of it).
+#[must_use]
+pub fn top_table(rows: &[StatRow], window: u64, direction: &str) -> String {
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}ms"));
+    let mut out = format!(
+        "identityd top: busiest routes ({direction}, last {window}s)\n{:<4} {:<16} {:<36} {:>7} {:>8} {:>8} {:>5} {:>9} {:>9}\n",
+        "kind", "service", "route", "count", "rps", "success", "5xx", "p50", "p99"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<4} {:<16} {:<36} {:>7} {:>8.2} {:>8} {:>5} {:>9} {:>9}\n",
+            r.kind,
+            if r.service.is_empty() { "-" } else { &r.service },
+            if r.route.is_empty() {
+                "(default)"
+            } else {
+                &r.route
+            },
+            r.count,
+            r.rps,
+            r.success_rate
+                .map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0)),
+            r.server_errors,
+            ms(r.p50_ms),
+            ms(r.p99_ms)
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("(no requests in the window)\n");
+    }
+    out
 }
 
 /// `stat` as a table.

@@ -1752,6 +1752,201 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
     );
 }
 
+/// A running Prometheus server (Debian's `prometheus`) that scrapes the lab's three node
+/// daemons and its CA every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n\
+             scrape_configs:\n\
+             - job_name: identityd-node\n  static_configs:\n  - targets: ['10.99.0.11:9962', '10.99.0.12:9962', '10.99.0.13:9962']\n\
+             - job_name: identityd-ca\n  static_configs:\n  - targets: ['10.99.0.1:9963']\n",
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (scripts/bootstrap installs Debian's prometheus)");
+        Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// `GET path` of Prometheus's HTTP API, as JSON.
+    fn api(&self, path: &str) -> Option<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        // The API answers with a length or in chunks.
+        if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            return serde_json::from_str(body).ok();
+        }
+        let mut rest = body;
+        let mut joined = String::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n")?;
+            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            joined.push_str(after.get(..size)?);
+            rest = after.get(size + 2..)?;
+        }
+        serde_json::from_str(&joined).ok()
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let enc: String = expr
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let v = self
+            .api(&format!("/api/v1/query?query={enc}"))
+            .unwrap_or_else(|| panic!("Prometheus did not answer the query {expr}"));
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The value of a query that sums to one sample (0 when it has none).
+    fn scalar(&self, expr: &str) -> f64 {
+        self.query(expr)
+            .first()
+            .and_then(|r| r["value"][1].as_str()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A real Prometheus scrapes every node daemon and the CA: all targets are up, every PromQL
+/// expression of the dashboard returns at least one series, and the request counter it holds
+/// grows by exactly the number of requests sent, per identity pair.
+fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data(lab: &Lab) {
+    const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/client";
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    let prom = Prometheus::start(&lab.dir);
+    let up = eventually(30, || {
+        prom.api("/api/v1/targets").is_some_and(|t| {
+            let active = t["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            active.len() == 4 && active.iter().all(|a| a["health"] == "up")
+        })
+    });
+    assert!(
+        up,
+        "Prometheus has all four targets up: {:?}\n{}",
+        prom.api("/api/v1/targets"),
+        std::fs::read_to_string(lab.dir.join("prometheus.log")).unwrap_or_default()
+    );
+    // Exact counts per identity pair, as Prometheus sees them.
+    let pair = |src: &str, dst: &str, class: &str| {
+        prom.scalar(&format!(
+            "sum(identityd_requests_total{{direction=\"outbound\",source_identity=\"{src}\",destination_identity=\"{dst}\",response_code_class=\"{class}\"}})"
+        ))
+    };
+    // Let the scrapes catch up with what the earlier trials sent.
+    std::thread::sleep(Duration::from_secs(3));
+    let ok0 = pair(CLIENT, WEB, "2xx");
+    let denied0 = prom.scalar(&format!(
+        "sum(identityd_requests_total{{direction=\"inbound\",source_identity=\"{WEB}\",destination_service=\"web.shop\",response_code_class=\"4xx\"}})"
+    ));
+    const N: usize = 20;
+    const REFUSED: usize = 3;
+    for i in 0..N {
+        let (ok, body) = get_host(
+            "idd-n1-client-1",
+            &format!("http://10.244.2.10:8080/prom-{i}"),
+            "web.shop",
+        );
+        assert!(ok && body.contains("pod="), "request {i}: {body}");
+    }
+    for _ in 0..REFUSED {
+        let (_, body) = get_host("idd-n1-web-1", "http://10.244.2.10:8080/", "web.shop");
+        assert!(body.contains("403"), "web's own call is refused: {body}");
+    }
+    let want = (ok0 + N as f64, denied0 + REFUSED as f64);
+    let current = || {
+        (
+            pair(CLIENT, WEB, "2xx"),
+            prom.scalar(&format!(
+                "sum(identityd_requests_total{{direction=\"inbound\",source_identity=\"{WEB}\",destination_service=\"web.shop\",response_code_class=\"4xx\"}})"
+            )),
+        )
+    };
+    let seen = eventually(15, || current() == want);
+    assert!(
+        seen,
+        "{N} requests {CLIENT} → {WEB} and {REFUSED} refused from {WEB}: Prometheus went from {:?} to {:?} (want {want:?})",
+        (ok0, denied0),
+        current()
+    );
+    // Two more scrapes so every rate() has samples after the traffic.
+    std::thread::sleep(Duration::from_secs(3));
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/identityd/dashboards/identityd.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut empty = Vec::new();
+    let mut n = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            n += 1;
+            if prom.query(expr).is_empty() {
+                empty.push(format!("{}: {expr}", p["title"]));
+            }
+        }
+    }
+    assert!(n >= 20, "the dashboard has its queries ({n})");
+    assert!(
+        empty.is_empty(),
+        "dashboard queries with no series in Prometheus:\n{}",
+        empty.join("\n")
+    );
+}
+
 fn lab_down_leaves_nothing(lab: &Lab) {
     let out = Command::new(BIN)
         .args(["lab", "down", "--dir"])
@@ -1852,6 +2047,10 @@ const TRIALS: &[Check] = &[
     (
         "request_metrics_count_every_request_per_identity_pair",
         request_metrics_count_every_request_per_identity_pair,
+    ),
+    (
+        "prometheus_scrapes_the_lab_and_every_dashboard_query_has_data",
+        prometheus_scrapes_the_lab_and_every_dashboard_query_has_data,
     ),
     (
         "the_live_and_static_audits_pass_on_a_healthy_lab",

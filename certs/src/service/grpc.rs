@@ -55,7 +55,12 @@ macro_rules! unary {
                 .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), None);
             let svc = Unary(move |r: tonic::Request<$msg>| {
                 let inner = Arc::clone(&inner);
-                async move { inner.$method(r).await }
+                async move {
+                    let started = std::time::Instant::now();
+                    let out = Arc::clone(&inner).$method(r).await;
+                    inner.observed(stringify!($method), started.elapsed());
+                    out
+                }
             });
             Ok(grpc.unary(svc, req).await)
         })

@@ -198,6 +198,32 @@ pub trait JoinAuthenticator: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Denied>> + Send + 'a>>;
 }
 
+/// Upper bounds (seconds) of the issuance latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The requests the CA answers, as counted: `workload` (workload SVIDs and serving
+/// certificates), `join` (node SVIDs for join tokens), `node_renewal`.
+pub const REQUESTS: [&str; 3] = ["workload", "join", "node_renewal"];
+
+/// Why a request was refused, from the gRPC status it was refused with: `authentication`
+/// (no, or an unverifiable, client certificate or join credential), `authorization` (the
+/// caller may not have what it asked for), `invalid_request` (CSR, ID or lifetime rules),
+/// `internal` (the CA could not do it).
+pub const REFUSAL_REASONS: [&str; 4] = ["authentication", "authorization", "invalid_request", "internal"];
+
+/// The [`REFUSAL_REASONS`] entry for a status code.
+#[must_use]
+pub fn refusal_reason(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unauthenticated => "authentication",
+        tonic::Code::PermissionDenied => "authorization",
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => "invalid_request",
+        _ => "internal",
+    }
+}
+
 /// Issuance counters of a [`CaServer`].
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -207,10 +233,24 @@ pub struct Counters {
     failed_joins: AtomicU64,
     node_renewals: AtomicU64,
     tls_failures: AtomicU64,
+    /// Refusals per (request, reason): `REQUESTS.len() × REFUSAL_REASONS.len()`.
+    refusals: [[AtomicU64; 4]; 3],
+    /// Latency of answered requests per request kind: bucket counts (cumulative at
+    /// snapshot), count, and the sum in microseconds.
+    latency: [Latency; 3],
+    /// Open TLS connections per node name (node SVIDs only).
+    connected: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
 }
 
 /// A copy of the [`Counters`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct CounterSnapshot {
     /// Workload SVIDs issued.
     pub issued: u64,
@@ -224,6 +264,31 @@ pub struct CounterSnapshot {
     pub node_renewals: u64,
     /// TLS handshakes that failed or timed out (e.g. a client certificate from another CA).
     pub tls_failures: u64,
+    /// Refusals as (request, reason, count), every pair of [`REQUESTS`] × [`REFUSAL_REASONS`].
+    pub refusals: Vec<(&'static str, &'static str, u64)>,
+    /// Latency of every answered request (issued or refused) per request kind.
+    pub latency: Vec<LatencySnapshot>,
+    /// Nodes with an open TLS connection to the CA (by node SVID), with the number of
+    /// connections each.
+    pub connected_nodes: std::collections::BTreeMap<String, u64>,
+}
+
+/// One request kind's latency histogram.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LatencySnapshot {
+    /// The request kind (one of [`REQUESTS`]).
+    pub request: &'static str,
+    /// Observations per [`LATENCY_BUCKETS`] bucket (not cumulative), then one more for those
+    /// above the largest bound.
+    pub buckets: Vec<u64>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of the observations in seconds.
+    pub sum_seconds: f64,
+}
+
+fn request_index(request: &str) -> usize {
+    REQUESTS.iter().position(|r| *r == request).unwrap_or(0)
 }
 
 impl Counters {
@@ -231,10 +296,59 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one refusal of `request` (one of [`REQUESTS`]) for `reason`.
+    fn refusal(&self, request: &str, reason: &str) {
+        let r = REFUSAL_REASONS.iter().position(|x| *x == reason).unwrap_or(3);
+        Self::bump(&self.refusals[request_index(request)][r]);
+    }
+
+    /// Records how long one answered `request` took.
+    fn observe(&self, request: &str, took: std::time::Duration) {
+        let l = &self.latency[request_index(request)];
+        let secs = took.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            Self::bump(&l.buckets[i]);
+        }
+        Self::bump(&l.count);
+        l.sum_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, u64>> {
+        self.connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The current values.
     #[must_use]
     pub fn snapshot(&self) -> CounterSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut refusals = Vec::new();
+        for (i, req) in REQUESTS.iter().enumerate() {
+            for (j, reason) in REFUSAL_REASONS.iter().enumerate() {
+                refusals.push((*req, *reason, g(&self.refusals[i][j])));
+            }
+        }
+        let latency = REQUESTS
+            .iter()
+            .zip(&self.latency)
+            .map(|(req, l)| {
+                let mut buckets: Vec<u64> = l.buckets.iter().map(g).collect();
+                let count = g(&l.count);
+                buckets.push(count.saturating_sub(buckets.iter().sum()));
+                #[allow(clippy::cast_precision_loss)]
+                let sum_seconds = g(&l.sum_micros) as f64 / 1e6;
+                LatencySnapshot {
+                    request: req,
+                    buckets,
+                    count,
+                    sum_seconds,
+                }
+            })
+            .collect();
         CounterSnapshot {
             issued: g(&self.issued),
             refused: g(&self.refused),
@@ -242,6 +356,9 @@ impl Counters {
             failed_joins: g(&self.failed_joins),
             node_renewals: g(&self.node_renewals),
             tls_failures: g(&self.tls_failures),
+            refusals,
+            latency,
+            connected_nodes: self.connections().clone(),
         }
     }
 }

@@ -317,7 +317,7 @@ impl CaServer {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    tx: mpsc::Sender<Result<Tracked, std::io::Error>>,
     inner: Arc<Inner>,
 ) {
     loop {
@@ -338,7 +338,8 @@ async fn accept_loop(
             match tokio::time::timeout(inner.options.handshake_timeout, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
+                    let tracked = Tracked::new(tls, &inner);
+                    let _ = tx.send(Ok(tracked)).await;
                 }
                 Ok(Err(e)) => {
                     Counters::bump(&inner.counters.tls_failures);
@@ -350,6 +351,96 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// A client connection, counted in `connected_nodes` under its node SVID's name while it is
+/// open (connections without a node SVID are not counted).
+struct Tracked {
+    io: TlsStream<TcpStream>,
+    node: Option<(String, Arc<Inner>)>,
+}
+
+impl Tracked {
+    fn new(io: TlsStream<TcpStream>, inner: &Arc<Inner>) -> Self {
+        let node = crate::tls::peer_id(io.get_ref().1.peer_certificates())
+            .ok()
+            .and_then(|id| node_name_of(&id).map(str::to_owned));
+        if let Some(n) = &node {
+            *inner.counters.connections().entry(n.clone()).or_default() += 1;
+        }
+        Self {
+            io,
+            node: node.map(|n| (n, Arc::clone(inner))),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some((node, inner)) = &self.node {
+            let mut c = inner.counters.connections();
+            if let Some(v) = c.get_mut(node) {
+                *v = v.saturating_sub(1);
+                if *v == 0 {
+                    c.remove(node);
+                }
+            }
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Tracked {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -469,8 +560,26 @@ impl Inner {
         Ok((chain, ca.bundle(now)))
     }
 
+    /// Records the latency of one answered request of handler `method`.
+    pub(super) fn observed(&self, method: &str, took: Duration) {
+        let request = match method {
+            "join" => "join",
+            "renew_node" => "node_renewal",
+            "sign_workload" | "sign_serving" => "workload",
+            _ => return,
+        };
+        self.counters.observe(request, took);
+    }
+
     fn refuse(&self, rpc: &str, node: Option<&str>, status: Status) -> Status {
         Counters::bump(&self.counters.refused);
+        let request = if rpc == "RenewNode" {
+            "node_renewal"
+        } else {
+            "workload"
+        };
+        self.counters
+            .refusal(request, super::refusal_reason(status.code()));
         warn!(
             rpc,
             node = node.unwrap_or("<unauthenticated>"),
@@ -496,6 +605,7 @@ impl Inner {
             && let Err(d) = auth.authenticate(&r.node_name, &r.token).await
         {
             Counters::bump(&self.counters.failed_joins);
+            self.counters.refusal("join", "authentication");
             warn!(?peer, node = %r.node_name, reason = %d, "CA service: join refused");
             return Err(Status::unauthenticated(format!(
                 "join refused for node {:?}: {d}",
@@ -516,6 +626,8 @@ impl Inner {
             }
             Err((node, status)) => {
                 Counters::bump(&self.counters.failed_joins);
+                self.counters
+                    .refusal("join", super::refusal_reason(status.code()));
                 warn!(?peer, node, code = ?status.code(), reason = status.message(), "CA service: join refused");
                 Err(status)
             }

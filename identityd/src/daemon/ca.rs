@@ -395,13 +395,47 @@ pub fn exposition(
     .set(labels(&[("request", "workload")]), f(c.issued))
     .set(labels(&[("request", "join")]), f(c.joins))
     .set(labels(&[("request", "node_renewal")]), f(c.node_renewals));
+    {
+        let mut fam = e.family(
+            "identityd_ca_refused",
+            "Requests the CA refused, by request and reason: authentication (no or an unverifiable client certificate or join credential), authorization (the node may not have what it asked for), invalid_request (CSR, ID or lifetime rules), internal",
+            Kind::Counter,
+        );
+        for (request, reason, n) in &c.refusals {
+            fam.set(labels(&[("request", request), ("reason", reason)]), f(*n));
+        }
+    }
+    {
+        let mut fam = e.family(
+            "identityd_ca_request_duration_seconds",
+            "Time the CA took to answer a request (issued or refused), by request",
+            Kind::Histogram,
+        );
+        for l in &c.latency {
+            fam.histogram(
+                labels(&[("request", l.request)]),
+                &identityd_certs::service::LATENCY_BUCKETS,
+                l.buckets.clone(),
+                l.sum_seconds,
+            );
+        }
+    }
     e.family(
-        "identityd_ca_refused",
-        "Requests the CA refused: signing (authentication, authorization, CSR rules) and joins (bad, used or expired token, bad CSR)",
-        Kind::Counter,
+        "identityd_ca_connected_nodes",
+        "Nodes with an open mTLS connection to the CA (by node SVID)",
+        Kind::Gauge,
     )
-    .set(labels(&[("request", "sign")]), f(c.refused))
-    .set(labels(&[("request", "join")]), f(c.failed_joins));
+    .set(Vec::new(), f(c.connected_nodes.len() as u64));
+    {
+        let mut fam = e.family(
+            "identityd_ca_node_connections",
+            "Open mTLS connections to the CA per node",
+            Kind::Gauge,
+        );
+        for (node, n) in &c.connected_nodes {
+            fam.set(labels(&[("node", node)]), f(*n));
+        }
+    }
     e.family(
         "identityd_ca_tls_handshake_failures",
         "TLS handshakes to the CA that failed or timed out",
@@ -449,6 +483,21 @@ mod tests {
             issued: 7,
             refused: 2,
             joins: 3,
+            refusals: vec![
+                ("workload", "authorization", 2),
+                ("join", "authentication", 0),
+            ],
+            latency: vec![identityd_certs::service::LatencySnapshot {
+                request: "workload",
+                buckets: {
+                    let mut b = vec![0; identityd_certs::service::LATENCY_BUCKETS.len() + 1];
+                    b[3] = 7;
+                    b
+                },
+                count: 7,
+                sum_seconds: 0.021,
+            }],
+            connected_nodes: [("n1".to_owned(), 2), ("n2".to_owned(), 1)].into(),
             ..Default::default()
         };
         let text = exposition(&c, ca.not_after(), &ca.bundle(now).to_pem(), now)
@@ -458,7 +507,19 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("identityd_ca_refused_total{request=\"sign\"} 2"),
+            text.contains(
+                "identityd_ca_refused_total{request=\"workload\",reason=\"authorization\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "identityd_ca_request_duration_seconds_bucket{request=\"workload\",le=\"0.005\"} 7"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("identityd_ca_connected_nodes 2"),
             "{text}"
         );
         let root = text

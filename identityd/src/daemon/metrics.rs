@@ -293,7 +293,7 @@ mod dashboard {
             ],
             100,
         );
-        let names = super::exposition(
+        let mut names = super::exposition(
             &crate::daemon::api::NodeStatus {
                 node: "n".into(),
                 peers: vec![crate::daemon::api::PeerStatus {
@@ -307,6 +307,17 @@ mod dashboard {
             Some(&t),
         )
         .series_names();
+        // The CA role's panels query the CA's own endpoint.
+        let now = std::time::SystemTime::now();
+        names.extend(
+            crate::daemon::ca::exposition(
+                &identityd_certs::service::Counters::default().snapshot(),
+                now,
+                "",
+                now,
+            )
+            .series_names(),
+        );
         let mut n = 0;
         for p in dash["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {

@@ -191,8 +191,7 @@ async fn a_join_token_works_only_once() {
     let c = lab.server.counters();
     assert_eq!((c.joins, c.failed_joins), (1, 1));
     assert!(
-        c.refusals
-            .contains(&("join", "authentication", 1)),
+        c.refusals.contains(&("join", "authentication", 1)),
         "{:?}",
         c.refusals
     );
@@ -250,7 +249,11 @@ async fn an_authorized_pod_gets_an_svid_with_the_requested_id() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(left, "a closed connection is not counted: {:?}", lab.server.counters());
+    assert!(
+        left,
+        "a closed connection is not counted: {:?}",
+        lab.server.counters()
+    );
 }
 
 #[tokio::test]
@@ -337,7 +340,10 @@ async fn sign_workload_without_a_client_certificate_is_refused() {
         "{:?}",
         c.refusals
     );
-    assert!(c.connected_nodes.is_empty(), "no node SVID, not counted: {c:?}");
+    assert!(
+        c.connected_nodes.is_empty(),
+        "no node SVID, not counted: {c:?}"
+    );
 }
 
 #[tokio::test]

@@ -400,7 +400,11 @@ pub fn top_table(rows: &[StatRow], window: u64, direction: &str) -> String {
         out.push_str(&format!(
             "{:<4} {:<16} {:<36} {:>7} {:>8.2} {:>8} {:>5} {:>9} {:>9}\n",
             r.kind,
-            if r.service.is_empty() { "-" } else { &r.service },
+            if r.service.is_empty() {
+                "-"
+            } else {
+                &r.service
+            },
             if r.route.is_empty() {
                 "(default)"
             } else {

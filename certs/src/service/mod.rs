@@ -211,7 +211,12 @@ pub const REQUESTS: [&str; 3] = ["workload", "join", "node_renewal"];
 /// (no, or an unverifiable, client certificate or join credential), `authorization` (the
 /// caller may not have what it asked for), `invalid_request` (CSR, ID or lifetime rules),
 /// `internal` (the CA could not do it).
-pub const REFUSAL_REASONS: [&str; 4] = ["authentication", "authorization", "invalid_request", "internal"];
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "authentication",
+    "authorization",
+    "invalid_request",
+    "internal",
+];
 
 /// The [`REFUSAL_REASONS`] entry for a status code.
 #[must_use]
@@ -298,7 +303,10 @@ impl Counters {
 
     /// Counts one refusal of `request` (one of [`REQUESTS`]) for `reason`.
     fn refusal(&self, request: &str, reason: &str) {
-        let r = REFUSAL_REASONS.iter().position(|x| *x == reason).unwrap_or(3);
+        let r = REFUSAL_REASONS
+            .iter()
+            .position(|x| *x == reason)
+            .unwrap_or(3);
         Self::bump(&self.refusals[request_index(request)][r]);
     }
 

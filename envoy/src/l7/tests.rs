@@ -408,6 +408,14 @@ fn a_route_on_a_service_splits_the_mesh_per_caller() {
         },
         vec![backend("v1", 1), backend("v2", 3)],
     ));
+    // A TrafficPolicy on the Service the callers address governs the split's route (the
+    // backends have none of their own).
+    let mut p = policy(PolicyTarget::Service {
+        name: "web".into(),
+        namespace: "shop".into(),
+    });
+    p.timeout_ms = Some(3000);
+    m.l7.policies.push(p);
     let snap = translate(&m);
     let rc: RouteConfiguration = decode(&snap, type_url::ROUTE, "outbound|front/c-0");
     let vh = rc
@@ -423,6 +431,11 @@ fn a_route_on_a_service_splits_the_mesh_per_caller() {
     };
     let names: Vec<&str> = w.clusters.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, vec!["outbound|80|v1.shop", "outbound|80|v2.shop"]);
+    assert_eq!(
+        a.timeout.as_ref().map(|d| (d.seconds, d.nanos)),
+        Some((3, 0)),
+        "web's TrafficPolicy timeout on the split route: {a:?}"
+    );
     // Other services keep their single route.
     let vh = rc
         .virtual_hosts

@@ -113,15 +113,22 @@ impl<'a> Policies<'a> {
             .copied()
     }
 
-    /// The policy that governs a rule: the route's own, else the one of its only backend
+    /// The policy that governs a rule: the route's own, else the one of the Service the caller
+    /// addressed (`frontend`: the mesh route's parent Service), else the one of its only backend
     /// service, else the listener's.
     fn for_rule(
         &self,
         r: &HttpRoute,
         rule: &RouteRule,
+        frontend: Option<(&str, &str)>,
         listener: Option<&str>,
     ) -> Option<&'a TrafficPolicy> {
         if let Some(p) = self.route(r) {
+            return Some(p);
+        }
+        if let Some((n, ns)) = frontend
+            && let Some(p) = self.service(n, ns)
+        {
             return Some(p);
         }
         let services: BTreeSet<(&str, &str)> = rule
@@ -528,7 +535,7 @@ pub(super) fn outbound_vhost(
                     r,
                     i,
                     rule,
-                    policies.for_rule(r, rule, None),
+                    policies.for_rule(r, rule, Some((&s.name, &s.namespace)), None),
                     &backend_cluster,
                 ));
             }
@@ -593,7 +600,7 @@ fn listener_vhosts(
                 r,
                 i,
                 rule,
-                policies.for_rule(r, rule, Some(&l.name)),
+                policies.for_rule(r, rule, None, Some(&l.name)),
                 &|b| cluster_of(b, r.kind),
             ));
         }

@@ -518,10 +518,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(
-            text.contains("identityd_ca_connected_nodes 2"),
-            "{text}"
-        );
+        assert!(text.contains("identityd_ca_connected_nodes 2"), "{text}");
         let root = text
             .lines()
             .find(|l| l.starts_with("identityd_ca_root_expiry_seconds{root=\"0\"}"))

@@ -1074,6 +1074,24 @@ impl<'a> Up<'a> {
              (AuthorizationPolicy shop/web-callers allows only front/client)"
             );
         }
+        if mtls {
+            // The same requests as the node Envoys reported them (flushed every 250 ms).
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let socks: Vec<(String, PathBuf)> = self
+                .st
+                .nodes
+                .iter()
+                .map(|(n, run)| (n.clone(), run.join("telemetry.sock")))
+                .collect();
+            match crate::observe::stat(&socks, 60, "outbound", crate::observe::StatGroup::Service) {
+                Ok(rows) => print!(
+                    "\nlatency and success per service (callers' side, from the node Envoys; `identityd stat --dir {}`):\n{}",
+                    dir.display(),
+                    crate::observe::stat_table(&rows)
+                ),
+                Err(e) => println!("\nrequest telemetry unavailable: {e}"),
+            }
+        }
         let failed = results.iter().filter(|r| !r.4).count()
             + ingress.iter().filter(|r| !r.1).count()
             + tcp.iter().filter(|r| !r.1).count()

@@ -87,6 +87,11 @@ fn the_charts_node_and_ca_configs_load_in_the_daemon() {
         assert_eq!(node.wireguard.is_some(), mode == "wireguard", "{mode}");
         let ca = load(&config_of(&objs, "identityd-ca-config"));
         assert_eq!(ca.role, Role::Ca);
+        assert_eq!(
+            ca.metrics_address.map(|a| a.port()),
+            Some(9963),
+            "the CA serves its metrics"
+        );
         assert_eq!(ca.svid_ttl().as_secs(), 1800);
         assert_eq!(ca.secret_namespaces, ["shop"]);
     }

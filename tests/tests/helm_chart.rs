@@ -883,6 +883,31 @@ fn service_monitor_selects_the_metrics_service() {
         svc["spec"]["selector"],
         ds["spec"]["selector"]["matchLabels"]
     );
+    // The CA's: selects the CA Service (and nothing else) on its metrics port 9963.
+    let sm = one(&objs, "ServiceMonitor", "identityd-ca");
+    let ca = one(&objs, "Service", "identityd-ca");
+    let ca_labels = ca["metadata"]["labels"].as_object().expect("labels");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            ca_labels.get(k),
+            Some(v),
+            "CA Service lacks selected label {k}"
+        );
+        assert!(
+            svc_labels.get(k).is_none_or(|n| n != v) || k != "app.kubernetes.io/component",
+            "the CA ServiceMonitor does not select the node metrics Service"
+        );
+    }
+    let port = ca["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == sm["spec"]["endpoints"][0]["port"])
+        .expect("the CA Service has the ServiceMonitor's port");
+    assert_eq!(port["port"], 9963);
 
     let objs = objects(&render(&[]));
     assert!(all_of(&objs, "ServiceMonitor").is_empty(), "off by default");

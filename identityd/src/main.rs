@@ -421,8 +421,7 @@ fn main() -> ExitCode {
             socket,
         } => {
             let dir = dir.unwrap_or_else(lab::default_dir);
-            if !["outbound", "inbound", "ingress"].contains(&direction.as_str()) {
-                eprintln!("error: --direction={direction}: want outbound, inbound or ingress");
+            if !direction_is_known(&direction) {
                 return ExitCode::FAILURE;
             }
             let group = if by_caller {
@@ -462,8 +461,7 @@ fn main() -> ExitCode {
         } => {
             use std::io::IsTerminal;
             let dir = dir.unwrap_or_else(lab::default_dir);
-            if !["outbound", "inbound", "ingress"].contains(&direction.as_str()) {
-                eprintln!("error: --direction={direction}: want outbound, inbound or ingress");
+            if !direction_is_known(&direction) {
                 return ExitCode::FAILURE;
             }
             let nodes = match identityd::observe::telemetry_sockets(&dir, socket.as_deref()) {
@@ -557,4 +555,14 @@ fn main() -> ExitCode {
             trust_domain.as_deref(),
         )),
     }
+}
+
+/// `--direction` of `stat` and `top`: `outbound`, `inbound` or `ingress`; anything else is
+/// reported, naming the value.
+fn direction_is_known(direction: &str) -> bool {
+    let ok = ["outbound", "inbound", "ingress"].contains(&direction);
+    if !ok {
+        eprintln!("error: --direction={direction}: want outbound, inbound or ingress");
+    }
+    ok
 }

@@ -391,7 +391,6 @@ pub fn top(
 /// `top` as a table (one screen of it).
 #[must_use]
 pub fn top_table(rows: &[StatRow], window: u64, direction: &str) -> String {
-    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}ms"));
     let mut out = format!(
         "identityd top: busiest routes ({direction}, last {window}s)\n{:<4} {:<16} {:<36} {:>7} {:>8} {:>8} {:>5} {:>9} {:>9}\n",
         "kind", "service", "route", "count", "rps", "success", "5xx", "p50", "p99"
@@ -412,8 +411,7 @@ pub fn top_table(rows: &[StatRow], window: u64, direction: &str) -> String {
             },
             r.count,
             r.rps,
-            r.success_rate
-                .map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0)),
+            percent(r.success_rate),
             r.server_errors,
             ms(r.p50_ms),
             ms(r.p99_ms)
@@ -425,10 +423,19 @@ pub fn top_table(rows: &[StatRow], window: u64, direction: &str) -> String {
     out
 }
 
+/// Milliseconds for a table cell (`-`: none).
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.2}ms"))
+}
+
+/// A share as a percentage for a table cell (`-`: none).
+fn percent(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0))
+}
+
 /// `stat` as a table.
 #[must_use]
 pub fn stat_table(rows: &[StatRow]) -> String {
-    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}ms"));
     let mut out = format!(
         "{:<4} {:<16} {:<44} {:>6} {:>8} {:>5} {:>5} {:>8} {:>9} {:>9} {:>9}\n",
         "kind", "service", "caller", "count", "success", "4xx", "5xx", "rps", "p50", "p95", "p99"
@@ -448,8 +455,7 @@ pub fn stat_table(rows: &[StatRow]) -> String {
                 &r.source_identity
             },
             r.count,
-            r.success_rate
-                .map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0)),
+            percent(r.success_rate),
             r.client_errors,
             r.server_errors,
             r.rps,

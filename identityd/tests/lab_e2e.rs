@@ -1577,6 +1577,19 @@ fn metric_sum(body: &str, name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Runs `identityd <args> <last>` and returns its stdout; fails the trial, with its stderr, when
+/// it does not succeed.
+fn identityd_ok(args: &[&str], last: &Path) -> Vec<u8> {
+    let out = Command::new(BIN).args(args).arg(last).output().unwrap();
+    assert!(
+        out.status.success(),
+        "identityd {args:?} {}: {}",
+        last.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Every request a caller sends through the mesh is counted once on the caller's node
 /// (outbound) and once on the callee's (inbound), labelled with both SPIFFE IDs; paths never
 /// become labels; every endpoint passes `promtool check metrics` and speaks OpenMetrics when
@@ -1708,17 +1721,8 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
         t0.elapsed()
     );
     std::thread::sleep(Duration::from_secs(1));
-    let out = Command::new(BIN)
-        .args(["stat", "--json", "--by-caller", "--dir"])
-        .arg(&lab.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = identityd_ok(&["stat", "--json", "--by-caller", "--dir"], &lab.dir);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&stdout).unwrap();
     let row = |svc: &str, caller: &str| {
         rows.iter()
             .find(|r| r["service"] == svc && r["source_identity"] == caller && r["kind"] == "http")
@@ -1757,8 +1761,8 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
         "lab up's table has the split's services with a success rate:\n{table}"
     );
     // `top --json`: the split's routes among the busiest, with their counts; one refresh.
-    let out = Command::new(BIN)
-        .args([
+    let stdout = identityd_ok(
+        &[
             "top",
             "--json",
             "--iterations",
@@ -1766,17 +1770,11 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
             "--window",
             "60",
             "--dir",
-        ])
-        .arg(&lab.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &lab.dir,
     );
     let top: Vec<serde_json::Value> =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        serde_json::from_str(String::from_utf8_lossy(&stdout).trim()).unwrap();
     assert!(
         top.iter()
             .any(|r| r["service"] == "web-v1.shop" && r["count"].as_u64().unwrap_or(0) > 0),
@@ -1789,33 +1787,15 @@ fn request_metrics_count_every_request_per_identity_pair(lab: &Lab) {
     );
     // The same from one node's local API (its telemetry socket).
     let sock = lab.dir.join("n1/run/telemetry.sock");
-    let out = Command::new(BIN)
-        .args(["stat", "--json", "--socket"])
-        .arg(&sock)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let local: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = identityd_ok(&["stat", "--json", "--socket"], &sock);
+    let local: Vec<serde_json::Value> = serde_json::from_slice(&stdout).unwrap();
     assert!(
         local.iter().any(|r| r["service"] == "web-v1.shop"),
         "n1's own socket has the client's calls: {local:#?}"
     );
     // `observe --l7 --json`: a request of this trial with both SPIFFE IDs, status and path.
-    let out = Command::new(BIN)
-        .args(["observe", "--l7", "--json", "--dir"])
-        .arg(&lab.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let stdout = identityd_ok(&["observe", "--l7", "--json", "--dir"], &lab.dir);
+    let text = String::from_utf8_lossy(&stdout);
     let flows: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -192,6 +192,10 @@ pub enum LabCommand {
         /// Report file.
         #[arg(long, default_value = "target/bench-reports/mesh_latency.json")]
         out: PathBuf,
+        /// Also run the mTLS paths with n1's and n2's daemons restarted on
+        /// `telemetry.accessLogs: false`, and report the telemetry overhead.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        telemetry_ab: bool,
     },
     /// (internal) Fixed-rate (open-loop) load from inside a lab pod; prints a JSON report.
     #[command(hide = true)]

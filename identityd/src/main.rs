@@ -300,12 +300,14 @@ fn main() -> ExitCode {
             rates,
             seconds,
             out,
+            telemetry_ab,
         }) => report(lab::bench::mesh(
             &dir.unwrap_or_else(lab::default_dir),
             &lab::bench::MeshBenchOptions {
                 rates,
                 seconds,
                 out,
+                telemetry_ab,
             },
         )),
         Command::Lab(LabCommand::Load {

@@ -47,6 +47,14 @@ fn default_mtu() -> u32 {
 fn default_table() -> u32 {
     254
 }
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn default_true() -> bool {
     true
 }
@@ -88,6 +96,12 @@ pub struct DeviceConfig {
     /// receives are batched too (UDP GSO/GRO).
     #[serde(default)]
     pub offload: bool,
+    /// The handshake flood defence (mac1 first, cookies under load, per-source limits).
+    /// On by default; `false` only to measure what a flood costs without it.
+    /// Written only when off, so a device binary older than the option reads the daemon's
+    /// configuration unchanged.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub handshake_protection: bool,
     /// Backend choice.
     #[serde(default)]
     pub backend: BackendMode,

@@ -18,6 +18,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
+use crate::dos::{HandshakeGuard, Verdict};
 use crate::key::{NodeKey, PublicKey};
 use crate::offload;
 use crate::plan::{Cidr, PeerChange, PeerConfig, diff_peers};
@@ -73,6 +74,8 @@ pub struct DeviceSettings {
     pub persist: bool,
     /// Use TUN segmentation/checksum offload (one read per TCP super-packet).
     pub offload: bool,
+    /// The handshake flood defence ([`crate::dos`]); off only to measure the attack.
+    pub handshake_protection: bool,
 }
 
 /// What [`Device::apply_peers`] changed.
@@ -172,6 +175,7 @@ struct Inner {
     peers: RwLock<PeerTable>,
     next_index: AtomicU32,
     counters: Counters,
+    guard: HandshakeGuard,
     /// Serialises configuration changes (UAPI and config reloads).
     config_lock: Mutex<()>,
 }
@@ -265,6 +269,7 @@ impl Device {
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             counters: Counters::default(),
+            guard: HandshakeGuard::new(&public, settings.handshake_protection),
             config_lock: Mutex::new(()),
         });
         let dev = Self { inner };
@@ -303,6 +308,12 @@ impl Device {
     #[must_use]
     pub fn listen_port(&self) -> u16 {
         self.inner.listen_port
+    }
+
+    /// The handshake flood defence's counters.
+    #[must_use]
+    pub fn handshake_counters(&self) -> &crate::dos::HandshakeCounters {
+        &self.inner.guard.counters
     }
 
     /// Datapath counters.
@@ -358,7 +369,7 @@ impl Device {
             None,
             keepalive,
             index,
-            None,
+            self.inner.guard.shared_limiter(),
         );
         Arc::new(Peer {
             key,
@@ -475,11 +486,15 @@ impl Device {
         }
     }
 
-    fn find_peer(&self, datagram: &[u8]) -> Option<Arc<Peer>> {
-        let packet = Tunn::parse_incoming_packet(datagram).ok()?;
+    fn find_peer(&self, packet: Packet<'_>) -> Option<Arc<Peer>> {
         let table = read(&self.inner.peers);
         match packet {
             Packet::HandshakeInit(p) => {
+                self.inner
+                    .guard
+                    .counters
+                    .public_key_operations
+                    .fetch_add(1, Ordering::Relaxed);
                 let hh =
                     parse_handshake_anon(self.inner.key.secret(), &self.inner.public, &p).ok()?;
                 table
@@ -496,6 +511,7 @@ impl Device {
     fn udp_loop(&self) {
         let mut src = vec![0u8; BUF_LEN];
         let mut dst = vec![0u8; BUF_LEN];
+        let mut cookie = vec![0u8; 256];
         loop {
             let (n, from) = match self.inner.udp.recv_from(&mut src) {
                 Ok((n, from)) => (n, SocketAddr::new(from.ip().to_canonical(), from.port())),
@@ -506,7 +522,22 @@ impl Device {
                 }
             };
             let datagram = &src[..n];
-            let Some(peer) = self.find_peer(datagram) else {
+            // mac1, cookies under load and per-source limits before any public-key work.
+            let packet = match self.inner.guard.check(from.ip(), datagram, &mut cookie) {
+                Verdict::Process(p) => p,
+                Verdict::CookieReply(reply) => {
+                    self.send(reply, from);
+                    continue;
+                }
+                Verdict::Drop(_) => {
+                    self.inner
+                        .counters
+                        .dropped_invalid
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let Some(peer) = self.find_peer(packet) else {
                 self.inner
                     .counters
                     .dropped_invalid
@@ -565,6 +596,7 @@ impl Device {
         let mut dst = vec![0u8; BUF_LEN];
         loop {
             std::thread::sleep(TIMER_TICK);
+            self.inner.guard.tick();
             let peers: Vec<Arc<Peer>> = read(&self.inner.peers).by_key.values().cloned().collect();
             for p in peers {
                 let endpoint = *read(&p.endpoint);
@@ -643,12 +675,36 @@ impl Device {
                     };
                     zeroize::Zeroizing::new(format!("errno={errno}\n\n"))
                 }
+                uapi::GET_COUNTERS => zeroize::Zeroizing::new(self.format_counters()),
                 _ => zeroize::Zeroizing::new(format!("errno={}\n\n", uapi::EINVAL)),
             };
             if out.write_all(answer.as_bytes()).is_err() {
                 return;
             }
         }
+    }
+
+    /// The device's drop and handshake-defence counters, `key=value` lines (answer to
+    /// [`uapi::GET_COUNTERS`], an identityd extension the `wg` tool never sends).
+    fn format_counters(&self) -> String {
+        let c = &self.inner.counters;
+        let h = &self.inner.guard.counters;
+        let mut out = String::new();
+        for (k, v) in [
+            ("dropped_no_peer", &c.dropped_no_peer),
+            ("dropped_no_endpoint", &c.dropped_no_endpoint),
+            ("dropped_invalid", &c.dropped_invalid),
+            ("dropped_not_allowed", &c.dropped_not_allowed),
+            ("dropped_malformed", &c.dropped_malformed),
+            ("handshake_invalid_mac", &h.invalid_mac),
+            ("handshake_cookie_replies", &h.cookie_replies),
+            ("handshake_rate_limited", &h.rate_limited),
+            ("handshake_public_key_operations", &h.public_key_operations),
+        ] {
+            out.push_str(&format!("{k}={}\n", v.load(Ordering::Relaxed)));
+        }
+        out.push_str("errno=0\n\n");
+        out
     }
 
     fn uapi_set(&self, body: &str) -> Result<(), UapiError> {

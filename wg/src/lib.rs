@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod config;
 pub mod device;
+pub mod dos;
 pub mod key;
 pub mod offload;
 pub mod plan;

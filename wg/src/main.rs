@@ -149,6 +149,7 @@ async fn run(config: &Path) -> anyhow::Result<()> {
             listen_port: cfg.listen_port,
             persist: cfg.persist,
             offload: cfg.offload,
+            handshake_protection: cfg.handshake_protection,
         },
     )
     .with_context(|| format!("start device {}", cfg.interface))?;

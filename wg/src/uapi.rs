@@ -23,6 +23,10 @@ pub fn socket_path(iface: &str) -> std::path::PathBuf {
     std::path::Path::new(SOCKET_DIR).join(format!("{iface}.sock"))
 }
 
+/// identityd's extension request: the device's drop and handshake-defence counters as
+/// `key=value` lines (never sent by the `wg` tool).
+pub const GET_COUNTERS: &str = "get=identityd-counters";
+
 /// errno values returned on the socket.
 pub(crate) const EINVAL: i32 = 22;
 pub(crate) const EPERM: i32 = 1;

@@ -98,6 +98,10 @@ pub struct NodeStatus {
     /// Why it is not.
     #[serde(default)]
     pub ingress_strict_problem: Option<String>,
+    /// The userspace WireGuard device's drop and handshake-defence counters (name → value;
+    /// empty for the kernel device).
+    #[serde(default)]
+    pub wireguard_counters: Vec<(String, u64)>,
 }
 
 /// Serves `status` on `path` until the task is aborted.

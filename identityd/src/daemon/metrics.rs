@@ -59,6 +59,57 @@ pub fn exposition(st: &NodeStatus, telemetry: Option<&Telemetry>) -> Exposition 
             fam.set(peer(&p.name), f(if rx { p.rx_bytes } else { p.tx_bytes }));
         }
     }
+    if !st.wireguard_counters.is_empty() {
+        // The userspace device's handshake flood defence and drops (absent: kernel device).
+        let c = |k: &str| {
+            st.wireguard_counters
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+        };
+        if let Some(v) = c("handshake_public_key_operations") {
+            e.family(
+                "identityd_wireguard_handshake_key_operations",
+                "Handshake initiations that reached the public-key step (each costs X25519 work)",
+                Kind::Counter,
+            )
+            .set(node(), f(v));
+        }
+        let mut refused = e.family(
+            "identityd_wireguard_handshakes_refused",
+            "Handshake messages dropped before any public-key work: invalid_mac (mac1 wrong), cookie (under load, no valid mac2: a cookie reply was sent), rate_limited (under load, over the source's rate)",
+            Kind::Counter,
+        );
+        for (reason, key) in [
+            ("invalid_mac", "handshake_invalid_mac"),
+            ("cookie", "handshake_cookie_replies"),
+            ("rate_limited", "handshake_rate_limited"),
+        ] {
+            if let Some(v) = c(key) {
+                let mut l = node();
+                l.push(("reason".to_owned(), reason.to_owned()));
+                refused.set(l, f(v));
+            }
+        }
+        let mut dropped = e.family(
+            "identityd_wireguard_dropped_packets",
+            "Packets the userspace device dropped: no_peer/no_endpoint (from the TUN, never sent in clear), invalid (from the network: no peer, bad MAC or decryption), not_allowed (source outside the peer's allowed IPs), malformed",
+            Kind::Counter,
+        );
+        for (reason, key) in [
+            ("no_peer", "dropped_no_peer"),
+            ("no_endpoint", "dropped_no_endpoint"),
+            ("invalid", "dropped_invalid"),
+            ("not_allowed", "dropped_not_allowed"),
+            ("malformed", "dropped_malformed"),
+        ] {
+            if let Some(v) = c(key) {
+                let mut l = node();
+                l.push(("reason".to_owned(), reason.to_owned()));
+                dropped.set(l, f(v));
+            }
+        }
+    }
     {
         let mut path = e.family(
             "identityd_peer_path",
@@ -236,9 +287,26 @@ mod tests {
             }],
             counters: vec![("drop".into(), (5, 500))],
             svids: vec![("spiffe://cluster.local/ns/shop/sa/web".into(), 3500)],
+            wireguard_counters: vec![
+                ("handshake_invalid_mac".into(), 7),
+                ("handshake_rate_limited".into(), 2),
+                ("handshake_public_key_operations".into(), 4),
+                ("dropped_invalid".into(), 9),
+            ],
             ..NodeStatus::default()
         };
         let t = render(&st);
+        for want in [
+            "identityd_wireguard_handshakes_refused_total{node=\"n1\",reason=\"invalid_mac\"} 7",
+            "identityd_wireguard_handshakes_refused_total{node=\"n1\",reason=\"rate_limited\"} 2",
+            "identityd_wireguard_handshake_key_operations_total{node=\"n1\"} 4",
+            "identityd_wireguard_dropped_packets_total{node=\"n1\",reason=\"invalid\"} 9",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
+        // Kernel device: no such counters, no such series.
+        let kernel = render(&NodeStatus::default());
+        assert!(!kernel.contains("handshakes_refused"), "{kernel}");
         assert!(
             t.contains("identityd_wireguard_handshake_age_seconds{node=\"n1\",peer=\"n2\"} 3"),
             "{t}"

@@ -475,6 +475,39 @@ fn uapi_peers(iface: &str) -> Vec<(String, Option<u64>, u64, u64)> {
     out
 }
 
+/// The userspace device's drop and handshake-defence counters (`get=identityd-counters`);
+/// empty for a device that does not answer it (the kernel's).
+fn uapi_counters(iface: &str) -> Vec<(String, u64)> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = identityd_wg::uapi::socket_path(iface);
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&path) else {
+        return Vec::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("{}\n\n", identityd_wg::uapi::GET_COUNTERS).as_bytes())
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for line in BufReader::new(s).lines().map_while(Result::ok) {
+        if line.is_empty() {
+            break;
+        }
+        match line.split_once('=') {
+            Some(("errno", "0")) => {}
+            Some(("errno", _)) => return Vec::new(),
+            Some((k, v)) => {
+                if let Ok(v) = v.parse() {
+                    out.push((k.to_owned(), v));
+                }
+            }
+            None => {}
+        }
+    }
+    out
+}
+
 fn hex_of_base64(b64: &str) -> Option<String> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
@@ -805,17 +838,17 @@ async fn status_task(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let iface = cfg.wireguard.as_ref().map(|w| w.interface.clone());
-        let uapi = match iface {
-            Some(i) => tokio::task::spawn_blocking(move || uapi_peers(&i))
+        let (uapi, device_counters) = match iface {
+            Some(i) => tokio::task::spawn_blocking(move || (uapi_peers(&i), uapi_counters(&i)))
                 .await
                 .unwrap_or_default(),
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         let st_now = state.borrow().clone();
         let dp_now = dp.borrow_and_update().clone();
         let ids_now = ids.as_ref().map(|r| r.borrow().clone());
         let mesh_now = mesh.as_ref().map(|r| r.borrow().clone());
-        let doc = build_status(
+        let mut doc = build_status(
             &cfg,
             &key_path,
             &StatusInputs {
@@ -827,6 +860,7 @@ async fn status_task(
             },
             SystemTime::now(),
         );
+        doc.wireguard_counters = device_counters;
         *status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = doc;

@@ -174,6 +174,7 @@ pub fn plan(
             route_table: 254,
             persist: true,
             offload: false,
+            handshake_protection: true,
             backend: identityd_wg::backend::BackendMode::default(),
             peers: wg_peers,
         }),

@@ -6,6 +6,13 @@
 //! - (b) L4 mTLS: both `strict`, the kv TCP protocol (Envoy TCP proxy on both nodes);
 //! - (c) L7 mTLS: both `strict`, HTTP (Envoy HTTP connection manager on both nodes).
 //!
+//! With `telemetry_ab` (the default) the two mTLS paths run a second time with the node
+//! daemons of n1 and n2 restarted on `telemetry: {accessLogs: false}` (SIGTERM: the WireGuard
+//! device, the classifier and Envoy stay; the daemon's next start adopts them and serves Envoy
+//! a configuration without access loggers), then the daemons are restarted on their own
+//! configuration again. The report's `telemetry_overhead` compares the two, same rates, same
+//! lab, same run.
+//!
 //! Every request opens its own connection (the lab's HTTP server closes after each answer),
 //! so the figures include the connection set-up each path adds. CPU of both node Envoys and
 //! both node daemons is read from `/proc` around each run. The namespaces are put back as they
@@ -30,6 +37,8 @@ pub struct MeshBenchOptions {
     pub seconds: u64,
     /// Where the JSON report goes.
     pub out: PathBuf,
+    /// Run the mTLS paths again with access-log streaming off (`telemetry_overhead`).
+    pub telemetry_ab: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +73,24 @@ struct Added {
     added_p99_us: i64,
 }
 
+/// One mTLS path with request telemetry on against the same path with it off.
+#[derive(Debug, Serialize)]
+struct Overhead {
+    protocol: &'static str,
+    path: &'static str,
+    rate: u32,
+    p50_us_off: u64,
+    p50_us_on: u64,
+    p99_us_off: u64,
+    p99_us_on: u64,
+    /// Both node daemons, per 1,000 successful requests.
+    daemon_ms_per_1k_off: f64,
+    daemon_ms_per_1k_on: f64,
+    /// Both Envoys (they encode and send the records), per 1,000 successful requests.
+    envoy_ms_per_1k_off: f64,
+    envoy_ms_per_1k_on: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     bench: &'static str,
@@ -71,7 +98,11 @@ struct Report {
     note: &'static str,
     runs: Vec<Run>,
     added_over_wireguard_only: Vec<Added>,
+    telemetry_overhead: Vec<Overhead>,
 }
+
+/// The telemetry-on path a `-no-telemetry` run is compared with.
+const NO_TELEMETRY: &str = "-no-telemetry";
 
 /// Puts the namespace files back when dropped.
 struct Restore(Vec<(PathBuf, String)>);
@@ -142,6 +173,142 @@ fn via_envoy() -> Option<bool> {
     out.status
         .success()
         .then(|| !line.contains("peer=10.244.1.11:"))
+}
+
+/// Node daemons whose configuration the bench changed: when dropped (a step failed), they
+/// are put back on their own configuration, best effort.
+struct DaemonsBack<'a> {
+    dir: &'a Path,
+    originals: Vec<(usize, PathBuf, String)>,
+    armed: bool,
+}
+
+impl Drop for DaemonsBack<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for (node, f, t) in &self.originals {
+                let _ = std::fs::write(f, t);
+                let _ = restart_daemon(self.dir, *node);
+            }
+        }
+    }
+}
+
+/// Stops node `n<node>`'s daemon with SIGTERM (the WireGuard device, the classifier and Envoy
+/// stay), starts it again on its `node.yaml` in the node's network namespace, records the new
+/// process in `lab.json` for `lab down`, and waits until its Envoy is configured again.
+fn restart_daemon(dir: &Path, node: usize) -> Result<(), LabError> {
+    let old = pids(dir)[node + 1].clone();
+    if old.is_empty() {
+        return Err(LabError::Io(format!("no daemon process found for n{node}")));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &old])
+        .status()
+        .map_err(|e| LabError::Io(format!("kill: {e}")))?;
+    if !status.success() {
+        return Err(LabError::Io(format!(
+            "kill -TERM {old} (n{node}'s daemon) failed"
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(&old) {
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady {
+                secs: 20,
+                what: format!("n{node}'s daemon (pid {old}) to stop on SIGTERM"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let node_dir = dir.join(format!("n{node}"));
+    let cfg = node_dir.join("node.yaml").display().to_string();
+    let new = super::spawn_in_netns_only(
+        &format!("idd-n{node}"),
+        &node_dir.join("daemon-bench.log"),
+        &[&exe()?, "run", "--config", &cfg],
+    )?;
+    let state = dir.join("lab.json");
+    let mut st: super::LabState =
+        serde_json::from_slice(&std::fs::read(&state).map_err(|e| super::io_err(&state, e))?)
+            .map_err(|e| LabError::Io(format!("{}: {e}", state.display())))?;
+    st.pids.retain(|p| p.to_string() != old);
+    st.pids.push(new);
+    super::save(dir, &st)?;
+    let run = node_dir.join("run/api.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = crate::daemon::api::fetch(&run).is_ok_and(|s| {
+            s.svids.len() >= 2
+                && !s.xds.is_empty()
+                && !s
+                    .xds
+                    .iter()
+                    .any(|x| x.contains("NACK") || x.contains("acked -"))
+        });
+        if ready && via_envoy() == Some(true) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady {
+                secs: 60,
+                what: format!("n{node}'s restarted daemon to configure its Envoy"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Whether process `pid` exists and has not exited: a daemon this bench started and stopped
+/// stays a zombie (this process is its parent and does not wait for it) until the bench ends.
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map_or("", |(_, r)| r).trim_start();
+        !(state.starts_with('Z') || state.starts_with('X'))
+    })
+}
+
+/// `identityd_telemetry_records_total` of node `n<node>` (its metrics on the lab's underlay).
+fn telemetry_records(node: usize) -> Result<f64, LabError> {
+    use std::io::{Read, Write};
+    let addr = format!("10.99.0.1{node}:9962");
+    let err = |e: std::io::Error| LabError::Io(format!("GET {addr}/metrics: {e}"));
+    let mut c = std::net::TcpStream::connect(&addr).map_err(err)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(err)?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: node\r\n\r\n")
+        .map_err(err)?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).map_err(err)?;
+    body.lines()
+        .find(|l| l.starts_with("identityd_telemetry_records_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            LabError::Io(format!(
+                "{addr}/metrics has no identityd_telemetry_records_total"
+            ))
+        })
+}
+
+/// Sets `telemetry.accessLogs` in n1's and n2's node configuration and restarts both daemons.
+fn set_access_logs(
+    dir: &Path,
+    on: bool,
+    originals: &[(usize, PathBuf, String)],
+) -> Result<(), LabError> {
+    for (node, f, t) in originals {
+        let text = if on {
+            t.clone()
+        } else {
+            format!("{t}\ntelemetry:\n  accessLogs: false\n")
+        };
+        std::fs::write(f, text).map_err(|e| super::io_err(f, e))?;
+        restart_daemon(dir, *node)?;
+    }
+    Ok(())
 }
 
 fn set_modes(dir: &Path, mode: &str, originals: &[(PathBuf, String)]) -> Result<(), LabError> {
@@ -256,9 +423,89 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
             runs.push(one_run(dir, path_http, "http", rate, opts.seconds)?);
         }
     }
+    if opts.telemetry_ab {
+        let mut configs = Vec::new();
+        for node in [1, 2] {
+            let f = dir.join(format!("n{node}/node.yaml"));
+            let t = std::fs::read_to_string(&f).map_err(|e| super::io_err(&f, e))?;
+            if t.contains("telemetry:") {
+                return Err(LabError::Io(format!(
+                    "{}: the bench expects no telemetry: section (access logs on by default)",
+                    f.display()
+                )));
+            }
+            configs.push((node, f, t));
+        }
+        let mut back = DaemonsBack {
+            dir,
+            originals: configs.clone(),
+            armed: true,
+        };
+        set_access_logs(dir, false, &configs)?;
+        for &rate in &opts.rates {
+            runs.push(one_run(
+                dir,
+                "b-l4-mtls-no-telemetry",
+                "tcp",
+                rate,
+                opts.seconds,
+            )?);
+            runs.push(one_run(
+                dir,
+                "c-l7-mtls-no-telemetry",
+                "http",
+                rate,
+                opts.seconds,
+            )?);
+        }
+        // The runs above really had no access logs: the restarted daemons aggregated nothing.
+        for node in [1, 2] {
+            let n = telemetry_records(node)?;
+            if n > 0.0 {
+                return Err(LabError::Io(format!(
+                    "n{node} aggregated {n} access-log records with telemetry.accessLogs: false"
+                )));
+            }
+        }
+        set_access_logs(dir, true, &configs)?;
+        back.armed = false;
+    }
     drop(restore);
+    let mut overhead = Vec::new();
+    for off in runs.iter().filter(|r| r.path.ends_with(NO_TELEMETRY)) {
+        let on_path = off.path.trim_end_matches(NO_TELEMETRY);
+        if let Some(on) = runs.iter().find(|r| {
+            r.path == on_path && r.protocol == off.protocol && r.load.rate == off.load.rate
+        }) {
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "milliseconds and request counts far below 2^52"
+            )]
+            let per_1k = |r: &Run, ms: u64| ms as f64 * 1000.0 / (r.load.ok.max(1) as f64);
+            let round = |x: f64| (x * 10.0).round() / 10.0;
+            overhead.push(Overhead {
+                protocol: off.protocol,
+                path: on.path,
+                rate: off.load.rate,
+                p50_us_off: off.load.p50_us,
+                p50_us_on: on.load.p50_us,
+                p99_us_off: off.load.p99_us,
+                p99_us_on: on.load.p99_us,
+                daemon_ms_per_1k_off: round(per_1k(
+                    off,
+                    off.cpu.daemon_n1_ms + off.cpu.daemon_n2_ms,
+                )),
+                daemon_ms_per_1k_on: round(per_1k(on, on.cpu.daemon_n1_ms + on.cpu.daemon_n2_ms)),
+                envoy_ms_per_1k_off: round(per_1k(off, off.cpu.envoy_n1_ms + off.cpu.envoy_n2_ms)),
+                envoy_ms_per_1k_on: round(per_1k(on, on.cpu.envoy_n1_ms + on.cpu.envoy_n2_ms)),
+            });
+        }
+    }
     let mut added = Vec::new();
-    for r in runs.iter().filter(|r| r.path != "a-wireguard-only") {
+    for r in runs
+        .iter()
+        .filter(|r| r.path != "a-wireguard-only" && !r.path.ends_with(NO_TELEMETRY))
+    {
         if let Some(base) = runs.iter().find(|b| {
             b.path == "a-wireguard-only" && b.protocol == r.protocol && b.load.rate == r.load.rate
         }) {
@@ -289,6 +536,7 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
         note: "one host: no network latency, so percentages overstate the cost; compare added_p50_us",
         runs,
         added_over_wireguard_only: added,
+        telemetry_overhead: overhead,
     };
     if let Some(parent) = opts.out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| super::io_err(parent, e))?;
@@ -298,7 +546,7 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
     let mut summary = format!("wrote {}\n", opts.out.display());
     for r in &report.runs {
         summary.push_str(&format!(
-            "  {:<18} {:<4} {:>5}/s  ok {:>6} err {:>4}  p50 {:>6} µs  p90 {:>6} µs  p99 {:>7} µs  cpu {:>6.0} ms/1k req\n",
+            "  {:<22} {:<4} {:>5}/s  ok {:>6} err {:>4}  p50 {:>6} µs  p90 {:>6} µs  p99 {:>7} µs  cpu {:>6.0} ms/1k req\n",
             r.path,
             r.protocol,
             r.load.rate,
@@ -314,6 +562,22 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
         summary.push_str(&format!(
             "  {} {} at {}/s adds {} µs p50 ({:+.1}%), {} µs p99\n",
             a.path, a.protocol, a.rate, a.added_p50_us, a.added_p50_percent, a.added_p99_us
+        ));
+    }
+    for o in &report.telemetry_overhead {
+        summary.push_str(&format!(
+            "  telemetry on vs off, {} {} at {}/s: p50 {} vs {} µs, p99 {} vs {} µs, daemons {:.1} vs {:.1} ms/1k req, Envoys {:.1} vs {:.1} ms/1k req\n",
+            o.path,
+            o.protocol,
+            o.rate,
+            o.p50_us_on,
+            o.p50_us_off,
+            o.p99_us_on,
+            o.p99_us_off,
+            o.daemon_ms_per_1k_on,
+            o.daemon_ms_per_1k_off,
+            o.envoy_ms_per_1k_on,
+            o.envoy_ms_per_1k_off
         ));
     }
     Ok(summary)

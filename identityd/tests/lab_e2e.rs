@@ -163,9 +163,12 @@ fn get_host(from_pod_ns: &str, url: &str, host: &str) -> (bool, String) {
     )
 }
 
-/// A node asking the CA for the SVID of a pod scheduled on another node is refused (with its
-/// own node SVID, over mTLS, as a compromised node would ask).
-fn node_authorization_is_enforced(dir: &Path) {
+/// Asks the CA, as node n1 (its own node SVID, over mTLS, as a compromised node would ask),
+/// for the SVID of web's service account on pod `shop/<pod>`.
+fn n1_asks_the_ca_for_web_on(
+    dir: &Path,
+    pod: &str,
+) -> Result<(), identityd_certs::service::ServiceError> {
     use identityd_certs::service::CaClient;
     use identityd_certs::{Bundle, SpiffeId, Svid, TrustDomain};
     let td = TrustDomain::new("cluster.local").unwrap();
@@ -184,20 +187,23 @@ fn node_authorization_is_enforced(dir: &Path) {
             .await
             .unwrap();
         let web = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
-        let own = client
-            .sign_workload(&web, "shop", "web-1", Duration::from_secs(600))
-            .await;
-        assert!(
-            own.is_ok(),
-            "n1 may get the SVID of its own pod web-1: {own:?}"
-        );
-        let err = client
-            .sign_workload(&web, "shop", "web-2", Duration::from_secs(600))
+        client
+            .sign_workload(&web, "shop", pod, Duration::from_secs(600))
             .await
-            .unwrap_err();
-        assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
-        assert!(err.to_string().contains("web-2"), "{err}");
-    });
+            .map(|_| ())
+    })
+}
+
+/// A node asking the CA for the SVID of a pod scheduled on another node is refused.
+fn node_authorization_is_enforced(dir: &Path) {
+    let own = n1_asks_the_ca_for_web_on(dir, "web-1");
+    assert!(
+        own.is_ok(),
+        "n1 may get the SVID of its own pod web-1: {own:?}"
+    );
+    let err = n1_asks_the_ca_for_web_on(dir, "web-2").unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("web-2"), "{err}");
 }
 
 /// Runs `identityd audit --source` in every format; with `failing = None` it must pass, else it
@@ -1998,6 +2004,24 @@ fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data(lab: &Lab) {
         "{N} requests {CLIENT} → {WEB} and {REFUSED} refused from {WEB}: Prometheus went from {:?} to {:?} (want {want:?})",
         (ok0, denied0),
         current()
+    );
+    // The CA counts each refusal by request and reason: n1 asking for a pod of n2, K times.
+    let ca_refused = || {
+        prom.scalar(
+            "sum(identityd_ca_refused_total{request=\"workload\",reason=\"authorization\"})",
+        )
+    };
+    let refused0 = ca_refused();
+    const CA_REFUSALS: usize = 4;
+    for _ in 0..CA_REFUSALS {
+        let err = n1_asks_the_ca_for_web_on(&lab.dir, "web-2").unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+    }
+    let want = refused0 + CA_REFUSALS as f64;
+    assert!(
+        eventually(15, || ca_refused() == want),
+        "{CA_REFUSALS} refused workload requests: Prometheus went from {refused0} to {} (want {want})",
+        ca_refused()
     );
     // Two more scrapes so every rate() has samples after the traffic.
     std::thread::sleep(Duration::from_secs(3));

@@ -75,38 +75,37 @@ pub fn exposition(st: &NodeStatus, telemetry: Option<&Telemetry>) -> Exposition 
             )
             .set(node(), f(v));
         }
-        let mut refused = e.family(
-            "identityd_wireguard_handshakes_refused",
-            "Handshake messages dropped before any public-key work: invalid_mac (mac1 wrong), cookie (under load, no valid mac2: a cookie reply was sent), rate_limited (under load, over the source's rate)",
-            Kind::Counter,
-        );
-        for (reason, key) in [
+        let refused: &[(&str, &str)] = &[
             ("invalid_mac", "handshake_invalid_mac"),
             ("cookie", "handshake_cookie_replies"),
             ("rate_limited", "handshake_rate_limited"),
-        ] {
-            if let Some(v) = c(key) {
-                let mut l = node();
-                l.push(("reason".to_owned(), reason.to_owned()));
-                refused.set(l, f(v));
-            }
-        }
-        let mut dropped = e.family(
-            "identityd_wireguard_dropped_packets",
-            "Packets the userspace device dropped: no_peer/no_endpoint (from the TUN, never sent in clear), invalid (from the network: no peer, bad MAC or decryption), not_allowed (source outside the peer's allowed IPs), malformed",
-            Kind::Counter,
-        );
-        for (reason, key) in [
+        ];
+        let dropped: &[(&str, &str)] = &[
             ("no_peer", "dropped_no_peer"),
             ("no_endpoint", "dropped_no_endpoint"),
             ("invalid", "dropped_invalid"),
             ("not_allowed", "dropped_not_allowed"),
             ("malformed", "dropped_malformed"),
+        ];
+        for (name, help, reasons) in [
+            (
+                "identityd_wireguard_handshakes_refused",
+                "Handshake messages dropped before any public-key work: invalid_mac (mac1 wrong), cookie (under load, no valid mac2: a cookie reply was sent), rate_limited (under load, over the source's rate)",
+                refused,
+            ),
+            (
+                "identityd_wireguard_dropped_packets",
+                "Packets the userspace device dropped: no_peer/no_endpoint (from the TUN, never sent in clear), invalid (from the network: no peer, bad MAC or decryption), not_allowed (source outside the peer's allowed IPs), malformed",
+                dropped,
+            ),
         ] {
-            if let Some(v) = c(key) {
-                let mut l = node();
-                l.push(("reason".to_owned(), reason.to_owned()));
-                dropped.set(l, f(v));
+            let mut fam = e.family(name, help, Kind::Counter);
+            for (reason, key) in reasons {
+                if let Some(v) = c(key) {
+                    let mut l = node();
+                    l.push(("reason".to_owned(), (*reason).to_owned()));
+                    fam.set(l, f(v));
+                }
             }
         }
     }

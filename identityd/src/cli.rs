@@ -196,6 +196,36 @@ pub enum LabCommand {
         /// `telemetry.accessLogs: false`, and report the telemetry overhead.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         telemetry_ab: bool,
+        /// Interleaved (off, on) rounds of the telemetry A/B; medians are compared.
+        #[arg(long, default_value_t = 2)]
+        ab_rounds: u32,
+    },
+    /// Measure packet loss on a running lab while n2's WireGuard side is disturbed (its device
+    /// killed, its daemon and device killed and the daemon restarted, a key rotation), under a
+    /// fixed-rate ping from client-1 to a pod on n2 and on n3; writes a JSON report.
+    BenchRecovery {
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Scenarios to run: device-kill, daemon-device-kill, rotation.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "device-kill,daemon-device-kill,rotation"
+        )]
+        scenarios: Vec<String>,
+        /// Packets per second of each flow.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds of each flow.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// How long n2's daemon stays dead in daemon-device-kill, milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        restart_delay_ms: u64,
+        /// Report file.
+        #[arg(long, default_value = "target/bench-reports/recovery.json")]
+        out: PathBuf,
     },
     /// (internal) Fixed-rate (open-loop) load from inside a lab pod; prints a JSON report.
     #[command(hide = true)]

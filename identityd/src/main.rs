@@ -301,6 +301,7 @@ fn main() -> ExitCode {
             seconds,
             out,
             telemetry_ab,
+            ab_rounds,
         }) => report(lab::bench::mesh(
             &dir.unwrap_or_else(lab::default_dir),
             &lab::bench::MeshBenchOptions {
@@ -308,6 +309,24 @@ fn main() -> ExitCode {
                 seconds,
                 out,
                 telemetry_ab,
+                ab_rounds,
+            },
+        )),
+        Command::Lab(LabCommand::BenchRecovery {
+            dir,
+            scenarios,
+            rate,
+            seconds,
+            restart_delay_ms,
+            out,
+        }) => report(lab::recovery::recovery(
+            &dir.unwrap_or_else(lab::default_dir),
+            &lab::recovery::RecoveryBenchOptions {
+                scenarios,
+                rate,
+                seconds,
+                restart_delay: std::time::Duration::from_millis(restart_delay_ms),
+                out,
             },
         )),
         Command::Lab(LabCommand::Load {

@@ -67,6 +67,13 @@ pub struct DeviceConfig {
     pub interface: String,
     /// Node key file (generated 0600 if missing).
     pub key_path: PathBuf,
+    /// The key the node is rotating to, while it rotates (generated 0600 if missing): the
+    /// device answers handshakes addressed to it beside the current key's. When the
+    /// rotation ends the daemon names it in `key_path` and removes this; sessions peers built
+    /// to it are kept. Written only when set, so older device binaries read the daemon's
+    /// configuration unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_key_path: Option<PathBuf>,
     /// UDP port.
     #[serde(default = "default_port")]
     pub listen_port: u16,

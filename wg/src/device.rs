@@ -23,7 +23,7 @@ use crate::key::{NodeKey, PublicKey};
 use crate::offload;
 use crate::plan::{Cidr, PeerChange, PeerConfig, diff_peers};
 use crate::tun::{Tun, TunError};
-use crate::uapi::{self, PeerStatus, UapiError};
+use crate::uapi::{self, LinkStatus, PeerStatus, UapiError};
 
 /// Largest packet handled (IP maximum) plus WireGuard overhead.
 const BUF_LEN: usize = 65_535 + 256;
@@ -112,12 +112,45 @@ pub struct Counters {
     pub dropped_not_allowed: AtomicU64,
     /// TUN reads that could not be split into packets (offload mode).
     pub dropped_malformed: AtomicU64,
+    /// Handshakes started as soon as a peer was added (at start, after a crash, or a new key).
+    pub handshakes_initiated_on_add: AtomicU64,
+}
+
+/// One of this node's static keys: the current one (it initiates) and, while the node
+/// rotates, the next one (it only answers initiations addressed to it, until it becomes the
+/// current key).
+struct LocalKey {
+    key: Arc<NodeKey>,
+    public: x25519::PublicKey,
+}
+
+/// One Noise state machine between one of this node's keys and one of a peer's keys.
+/// boringtun's `Tunn` holds one local and one remote static key and cannot change either
+/// without losing its sessions, so a rotation (ours or the peer's) is carried by a second link
+/// beside the first: handshakes are routed by mac1 (which local key) and the decrypted
+/// static key (which remote key), data by receiver index. Transport sessions do not depend
+/// on static keys, so the old link keeps carrying traffic until the new one has a session.
+struct Link {
+    local: x25519::PublicKey,
+    remote: PublicKey,
+    index: u32,
+    tunn: Mutex<Tunn>,
+}
+
+impl Link {
+    /// How long ago its current session was established, if it has one that is still valid.
+    fn session_age(&self) -> Option<Duration> {
+        lock(&self.tunn).time_since_last_handshake()
+    }
 }
 
 struct Peer {
+    /// Its current key (what `wg show` lists and the configuration is keyed by).
     key: PublicKey,
-    index: u32,
-    tunn: Mutex<Tunn>,
+    /// Its next key, while it rotates.
+    next: Option<PublicKey>,
+    /// One link per (local key, peer key) pair.
+    links: Vec<Arc<Link>>,
     endpoint: RwLock<Option<SocketAddr>>,
     config: RwLock<PeerConfig>,
 }
@@ -129,18 +162,68 @@ impl Peer {
             .iter()
             .any(|c| c.contains(ip))
     }
+
+    /// The peer's keys, newest first.
+    fn remote_keys(&self) -> Vec<PublicKey> {
+        self.next
+            .into_iter()
+            .chain(std::iter::once(self.key))
+            .collect()
+    }
+
+    /// The link this node initiates on: its current key to the peer's newest key.
+    fn initiating_link(&self, current: &x25519::PublicKey) -> Option<&Arc<Link>> {
+        let newest = self.next.unwrap_or(self.key);
+        self.links
+            .iter()
+            .find(|l| l.local == *current && l.remote == newest)
+    }
+
+    /// The link to send on: among links with a valid session, the one to the peer's newest
+    /// key, then from this node's newest key (a next key has a session only once the peer
+    /// handshook to it, which shows the peer knows it), then the freshest session; without
+    /// any session, the initiating link (the packet is queued and a handshake started).
+    fn sending_link(&self, current: &x25519::PublicKey) -> Option<Arc<Link>> {
+        let newest_remote = self.next.unwrap_or(self.key);
+        self.links
+            .iter()
+            .filter_map(|l| l.session_age().map(|age| (l, age)))
+            .max_by_key(|(l, age)| {
+                (
+                    l.remote == newest_remote,
+                    l.local != *current,
+                    std::cmp::Reverse(*age),
+                )
+            })
+            .map(|(l, _)| Arc::clone(l))
+            .or_else(|| self.initiating_link(current).cloned())
+    }
 }
 
 #[derive(Default)]
 struct PeerTable {
+    /// By current key.
     by_key: BTreeMap<PublicKey, Arc<Peer>>,
-    by_idx: HashMap<u32, Arc<Peer>>,
+    /// By every key (current and next).
+    by_remote: HashMap<PublicKey, Arc<Peer>>,
+    by_idx: HashMap<u32, (Arc<Peer>, Arc<Link>)>,
     /// Longest prefix first.
     routes: Vec<(Cidr, Arc<Peer>)>,
 }
 
 impl PeerTable {
-    fn rebuild_routes(&mut self) {
+    /// Rebuilds the indexes and the routes from `by_key`.
+    fn reindex(&mut self) {
+        self.by_remote.clear();
+        self.by_idx.clear();
+        for p in self.by_key.values() {
+            for k in p.remote_keys() {
+                self.by_remote.insert(k, Arc::clone(p));
+            }
+            for l in &p.links {
+                self.by_idx.insert(l.index, (Arc::clone(p), Arc::clone(l)));
+            }
+        }
         let mut routes: Vec<(Cidr, Arc<Peer>)> = self
             .by_key
             .values()
@@ -166,8 +249,8 @@ impl PeerTable {
 
 struct Inner {
     name: String,
-    key: NodeKey,
-    public: x25519::PublicKey,
+    /// This node's keys: the current one first, then the next one while it rotates.
+    keys: RwLock<Vec<LocalKey>>,
     tun: Tun,
     udp: UdpSocket,
     listen_port: u16,
@@ -176,7 +259,7 @@ struct Inner {
     next_index: AtomicU32,
     counters: Counters,
     guard: HandshakeGuard,
-    /// Serialises configuration changes (UAPI and config reloads).
+    /// Serialises configuration changes (UAPI, config reloads, key changes).
     config_lock: Mutex<()>,
 }
 
@@ -190,7 +273,8 @@ impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device")
             .field("interface", &self.inner.name)
-            .field("public_key", &self.inner.key.public_key())
+            .field("public_key", &self.public_key())
+            .field("next_public_key", &self.next_public_key())
             .field("listen_port", &self.inner.listen_port)
             .finish_non_exhaustive()
     }
@@ -260,8 +344,10 @@ impl Device {
         let public = x25519::PublicKey::from(key.secret());
         let inner = Arc::new(Inner {
             name: tun.name().to_owned(),
-            key,
-            public,
+            keys: RwLock::new(vec![LocalKey {
+                key: Arc::new(key),
+                public,
+            }]),
             tun,
             udp,
             listen_port,
@@ -298,10 +384,79 @@ impl Device {
         &self.inner.name
     }
 
-    /// This device's public key.
+    /// This device's (current) public key.
     #[must_use]
     pub fn public_key(&self) -> PublicKey {
-        self.inner.key.public_key()
+        self.current_key().key.public_key()
+    }
+
+    /// The next key's public key, while the node rotates.
+    #[must_use]
+    pub fn next_public_key(&self) -> Option<PublicKey> {
+        read(&self.inner.keys).get(1).map(|k| k.key.public_key())
+    }
+
+    fn current_key(&self) -> LocalKey {
+        let keys = read(&self.inner.keys);
+        LocalKey {
+            key: Arc::clone(&keys[0].key),
+            public: keys[0].public,
+        }
+    }
+
+    /// Sets this node's keys: `current` initiates, `next` (while rotating) answers the
+    /// initiations addressed to it. Links of a key that is no longer listed are dropped with
+    /// their sessions; links of a key that stays keep theirs (a next key that becomes the
+    /// current one keeps the sessions peers built to it). Returns whether anything changed.
+    pub fn set_keys(&self, current: NodeKey, next: Option<NodeKey>) -> bool {
+        let _guard = lock(&self.inner.config_lock);
+        let mut wanted = vec![current];
+        if let Some(n) = next
+            && n.public_key() != wanted[0].public_key()
+        {
+            wanted.push(n);
+        }
+        let have: Vec<PublicKey> = read(&self.inner.keys)
+            .iter()
+            .map(|k| k.key.public_key())
+            .collect();
+        let want: Vec<PublicKey> = wanted.iter().map(NodeKey::public_key).collect();
+        if have == want {
+            return false;
+        }
+        let keys: Vec<LocalKey> = wanted
+            .into_iter()
+            .map(|key| {
+                let public = x25519::PublicKey::from(key.secret());
+                LocalKey {
+                    key: Arc::new(key),
+                    public,
+                }
+            })
+            .collect();
+        let publics: Vec<x25519::PublicKey> = keys.iter().map(|k| k.public).collect();
+        self.inner.guard.set_keys(&publics);
+        *write(&self.inner.keys) = keys;
+        tracing::info!(
+            interface = %self.inner.name,
+            current = %want[0],
+            next = ?want.get(1).map(ToString::to_string),
+            "node keys set"
+        );
+        // Every peer's links follow the new key set.
+        let mut table = write(&self.inner.peers);
+        let peers: Vec<Arc<Peer>> = table.by_key.values().cloned().collect();
+        let mut fresh = Vec::new();
+        for p in peers {
+            let (peer, new_links) =
+                self.build_peer(Some(&p), p.key, p.next, read(&p.config).clone());
+            fresh.extend(new_links.into_iter().map(|l| (Arc::clone(&peer), l)));
+            table.by_key.insert(peer.key, peer);
+        }
+        table.reindex();
+        drop(table);
+        self.initiate_fresh(&fresh);
+        true
     }
 
     /// The UDP port in use.
@@ -337,7 +492,8 @@ impl Device {
             .collect()
     }
 
-    /// Live status of every peer.
+    /// Live status of every peer (one entry per peer, under its current key: the latest
+    /// handshake and the byte counts of all its links).
     #[must_use]
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         let now = SystemTime::now();
@@ -345,7 +501,16 @@ impl Device {
             .by_key
             .values()
             .map(|p| {
-                let (since, tx, rx, _, _) = lock(&p.tunn).stats();
+                let (mut since, mut tx, mut rx) = (None::<Duration>, 0_u64, 0_u64);
+                for l in &p.links {
+                    let (s, t, r, _, _) = lock(&l.tunn).stats();
+                    since = match (since, s) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    tx += t as u64;
+                    rx += r as u64;
+                }
                 let cfg = read(&p.config);
                 PeerStatus {
                     public_key: p.key,
@@ -353,35 +518,108 @@ impl Device {
                     allowed_ips: cfg.allowed_ips.clone(),
                     keepalive: cfg.keepalive,
                     last_handshake: since.and_then(|d| now.checked_sub(d)),
-                    rx_bytes: rx as u64,
-                    tx_bytes: tx as u64,
+                    rx_bytes: rx,
+                    tx_bytes: tx,
                 }
             })
             .collect()
     }
 
-    fn new_peer(&self, key: PublicKey, cfg: PeerConfig) -> Arc<Peer> {
+    /// Every link of every peer: (peer's current key, local public key, remote key, age of
+    /// the link's session). What the node daemon reads to know which peers have handshaken
+    /// with its next key.
+    #[must_use]
+    pub fn link_status(&self) -> Vec<LinkStatus> {
+        let current = self.current_key().public;
+        read(&self.inner.peers)
+            .by_key
+            .values()
+            .flat_map(|p| {
+                let sending = p.sending_link(&current).map(|l| l.index);
+                p.links
+                    .iter()
+                    .map(|l| LinkStatus {
+                        peer: p.key,
+                        local: PublicKey::from(*l.local.as_bytes()),
+                        remote: l.remote,
+                        session_age: l.session_age(),
+                        sending: sending == Some(l.index),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn new_link(&self, local: &LocalKey, remote: PublicKey, keepalive: u16) -> Arc<Link> {
         let index = self.inner.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
-        let keepalive = (cfg.keepalive != 0).then_some(cfg.keepalive);
+        let keepalive = (keepalive != 0).then_some(keepalive);
         let tunn = Tunn::new(
-            self.inner.key.secret().clone(),
-            key.to_x25519(),
+            local.key.secret().clone(),
+            remote.to_x25519(),
             None,
             keepalive,
             index,
-            self.inner.guard.shared_limiter(),
+            self.inner.guard.shared_limiter(&local.public),
         );
-        Arc::new(Peer {
-            key,
+        Arc::new(Link {
+            local: local.public,
+            remote,
             index,
             tunn: Mutex::new(tunn),
-            endpoint: RwLock::new(cfg.endpoint),
-            config: RwLock::new(cfg),
         })
     }
 
+    /// The peer `key` (next key `next`) with configuration `cfg`: one link per (local key,
+    /// peer key), those of `old` that still fit kept with their sessions, the others new.
+    /// Returns the peer and its new links.
+    fn build_peer(
+        &self,
+        old: Option<&Peer>,
+        key: PublicKey,
+        next: Option<PublicKey>,
+        cfg: PeerConfig,
+    ) -> (Arc<Peer>, Vec<Arc<Link>>) {
+        let keys = read(&self.inner.keys);
+        let mut links = Vec::new();
+        let mut fresh = Vec::new();
+        let remotes: Vec<PublicKey> = next.into_iter().chain(std::iter::once(key)).collect();
+        for local in keys.iter() {
+            for remote in &remotes {
+                let kept = old.and_then(|o| {
+                    o.links
+                        .iter()
+                        .find(|l| l.local == local.public && l.remote == *remote)
+                        .cloned()
+                });
+                match kept {
+                    Some(l) => links.push(l),
+                    None => {
+                        let l = self.new_link(local, *remote, cfg.keepalive);
+                        fresh.push(Arc::clone(&l));
+                        links.push(l);
+                    }
+                }
+            }
+        }
+        drop(keys);
+        let endpoint = match old {
+            Some(o) if read(&o.config).endpoint == cfg.endpoint => *read(&o.endpoint),
+            _ => cfg.endpoint,
+        };
+        let peer = Arc::new(Peer {
+            key,
+            next,
+            links,
+            endpoint: RwLock::new(endpoint),
+            config: RwLock::new(cfg),
+        });
+        (peer, fresh)
+    }
+
     /// Makes the device's peers equal to `desired`, changing only what differs: unchanged
-    /// peers keep their sessions, endpoint/allowed-IP changes are made in place.
+    /// peers keep their sessions, endpoint/allowed-IP/next-key changes are made in place (a
+    /// next key adds links beside the existing ones), a peer whose next key became its key
+    /// keeps the links to that key.
     pub fn apply_peers(&self, desired: &BTreeMap<PublicKey, PeerConfig>) -> ApplyReport {
         let _guard = lock(&self.inner.config_lock);
         let changes = diff_peers(&self.configured_peers(), desired);
@@ -389,39 +627,80 @@ impl Device {
         if changes.is_empty() {
             return report;
         }
+        let mut fresh = Vec::new();
         let mut table = write(&self.inner.peers);
         for c in changes {
             match c {
                 PeerChange::Remove(k) => {
-                    if let Some(p) = table.by_key.remove(&k) {
-                        table.by_idx.remove(&p.index);
-                    }
+                    table.by_key.remove(&k);
                     report.removed += 1;
                 }
                 PeerChange::Add(k, cfg) | PeerChange::Replace(k, cfg) => {
-                    let p = self.new_peer(k, cfg);
-                    if let Some(old) = table.by_key.insert(k, Arc::clone(&p)) {
-                        table.by_idx.remove(&old.index);
+                    let (p, links) = self.build_peer(None, k, cfg.next_public_key, cfg);
+                    fresh.extend(links.into_iter().map(|l| (Arc::clone(&p), l)));
+                    if table.by_key.insert(k, p).is_some() {
                         report.replaced += 1;
                     } else {
                         report.added += 1;
                     }
-                    table.by_idx.insert(p.index, p);
                 }
                 PeerChange::Update(k, cfg) => {
-                    if let Some(p) = table.by_key.get(&k) {
-                        let mut have = write(&p.config);
-                        if have.endpoint != cfg.endpoint {
-                            *write(&p.endpoint) = cfg.endpoint;
-                        }
-                        *have = cfg;
+                    if let Some(old) = table.by_key.get(&k).cloned() {
+                        let (p, links) = self.build_peer(Some(&old), k, cfg.next_public_key, cfg);
+                        fresh.extend(links.into_iter().map(|l| (Arc::clone(&p), l)));
+                        table.by_key.insert(k, p);
+                    }
+                    report.updated += 1;
+                }
+                PeerChange::Rekey { old, new, config } => {
+                    if let Some(o) = table.by_key.remove(&old) {
+                        let (p, links) =
+                            self.build_peer(Some(&o), new, config.next_public_key, config);
+                        fresh.extend(links.into_iter().map(|l| (Arc::clone(&p), l)));
+                        table.by_key.insert(new, p);
                     }
                     report.updated += 1;
                 }
             }
         }
-        table.rebuild_routes();
+        table.reindex();
+        drop(table);
+        self.initiate_fresh(&fresh);
         report
+    }
+
+    /// New links handshake now rather than on the first packet or a timer: after a crash the
+    /// peer's sessions died with the previous process (its data is dropped until a new
+    /// session exists), and a peer's next key must have a session before it is switched to.
+    /// Only a peer's initiating link (this node's current key) starts one: this node's next
+    /// key waits for the peers to handshake to it.
+    fn initiate_fresh(&self, fresh: &[(Arc<Peer>, Arc<Link>)]) {
+        let current = self.current_key().public;
+        let mut buf = vec![0u8; 256];
+        for (peer, link) in fresh {
+            if peer
+                .initiating_link(&current)
+                .is_some_and(|l| l.index == link.index)
+            {
+                self.initiate(peer, link, &mut buf);
+            }
+        }
+    }
+
+    /// Sends a handshake initiation on `link` (when the peer has an endpoint and none is in
+    /// flight).
+    fn initiate(&self, peer: &Peer, link: &Link, buf: &mut [u8]) {
+        let Some(endpoint) = *read(&peer.endpoint) else {
+            return;
+        };
+        let mut tunn = lock(&link.tunn);
+        if let TunnResult::WriteToNetwork(out) = tunn.format_handshake_initiation(buf, false) {
+            self.send(out, endpoint);
+            self.inner
+                .counters
+                .handshakes_initiated_on_add
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn send(&self, pkt: &[u8], to: SocketAddr) {
@@ -462,6 +741,7 @@ impl Device {
         let Some(dst_ip) = Tunn::dst_address(pkt) else {
             return;
         };
+        let current = read(&self.inner.keys)[0].public;
         let Some(peer) = read(&self.inner.peers).lookup(dst_ip) else {
             self.inner
                 .counters
@@ -476,7 +756,10 @@ impl Device {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let mut tunn = lock(&peer.tunn);
+        let Some(link) = peer.sending_link(&current) else {
+            return;
+        };
+        let mut tunn = lock(&link.tunn);
         match tunn.encapsulate(pkt, dst) {
             TunnResult::WriteToNetwork(out) => self.send(out, endpoint),
             TunnResult::Err(e) => {
@@ -486,26 +769,52 @@ impl Device {
         }
     }
 
-    fn find_peer(&self, packet: Packet<'_>) -> Option<Arc<Peer>> {
-        let table = read(&self.inner.peers);
+    /// The peer and link a datagram belongs to: a handshake initiation by the local key its
+    /// mac1 was made for (`local`, from the guard; every local key when the guard is off) and
+    /// the static key it decrypts to, anything else by receiver index.
+    fn find_link(
+        &self,
+        packet: &Packet<'_>,
+        local: Option<x25519::PublicKey>,
+    ) -> Option<(Arc<Peer>, Arc<Link>)> {
         match packet {
             Packet::HandshakeInit(p) => {
-                self.inner
-                    .guard
-                    .counters
-                    .public_key_operations
-                    .fetch_add(1, Ordering::Relaxed);
-                let hh =
-                    parse_handshake_anon(self.inner.key.secret(), &self.inner.public, &p).ok()?;
-                table
-                    .by_key
-                    .get(&PublicKey::from(hh.peer_static_public))
-                    .cloned()
+                let keys: Vec<(Arc<NodeKey>, x25519::PublicKey)> = read(&self.inner.keys)
+                    .iter()
+                    .filter(|k| local.is_none_or(|l| l == k.public))
+                    .map(|k| (Arc::clone(&k.key), k.public))
+                    .collect();
+                for (key, public) in keys {
+                    self.inner
+                        .guard
+                        .counters
+                        .public_key_operations
+                        .fetch_add(1, Ordering::Relaxed);
+                    let Ok(hh) = parse_handshake_anon(key.secret(), &public, p) else {
+                        continue;
+                    };
+                    let remote = PublicKey::from(hh.peer_static_public);
+                    let table = read(&self.inner.peers);
+                    let peer = table.by_remote.get(&remote)?;
+                    let link = peer
+                        .links
+                        .iter()
+                        .find(|l| l.local == public && l.remote == remote)?;
+                    return Some((Arc::clone(peer), Arc::clone(link)));
+                }
+                None
             }
-            Packet::HandshakeResponse(p) => table.by_idx.get(&(p.receiver_idx >> 8)).cloned(),
-            Packet::PacketCookieReply(p) => table.by_idx.get(&(p.receiver_idx >> 8)).cloned(),
-            Packet::PacketData(p) => table.by_idx.get(&(p.receiver_idx >> 8)).cloned(),
+            Packet::HandshakeResponse(p) => self.by_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.by_index(p.receiver_idx),
+            Packet::PacketData(p) => self.by_index(p.receiver_idx),
         }
+    }
+
+    fn by_index(&self, receiver_idx: u32) -> Option<(Arc<Peer>, Arc<Link>)> {
+        read(&self.inner.peers)
+            .by_idx
+            .get(&(receiver_idx >> 8))
+            .cloned()
     }
 
     fn udp_loop(&self) {
@@ -523,8 +832,8 @@ impl Device {
             };
             let datagram = &src[..n];
             // mac1, cookies under load and per-source limits before any public-key work.
-            let packet = match self.inner.guard.check(from.ip(), datagram, &mut cookie) {
-                Verdict::Process(p) => p,
+            let (packet, local) = match self.inner.guard.check(from.ip(), datagram, &mut cookie) {
+                Verdict::Process(p, local) => (p, local),
                 Verdict::CookieReply(reply) => {
                     self.send(reply, from);
                     continue;
@@ -537,14 +846,14 @@ impl Device {
                     continue;
                 }
             };
-            let Some(peer) = self.find_peer(packet) else {
+            let Some((peer, link)) = self.find_link(&packet, local) else {
                 self.inner
                     .counters
                     .dropped_invalid
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let mut tunn = lock(&peer.tunn);
+            let mut tunn = lock(&link.tunn);
             let mut valid = true;
             match tunn.decapsulate(Some(from.ip()), datagram, &mut dst) {
                 TunnResult::Done => {}
@@ -600,11 +909,13 @@ impl Device {
             let peers: Vec<Arc<Peer>> = read(&self.inner.peers).by_key.values().cloned().collect();
             for p in peers {
                 let endpoint = *read(&p.endpoint);
-                let mut tunn = lock(&p.tunn);
-                if let (TunnResult::WriteToNetwork(out), Some(e)) =
-                    (tunn.update_timers(&mut dst), endpoint)
-                {
-                    self.send(out, e);
+                for l in &p.links {
+                    let mut tunn = lock(&l.tunn);
+                    if let (TunnResult::WriteToNetwork(out), Some(e)) =
+                        (tunn.update_timers(&mut dst), endpoint)
+                    {
+                        self.send(out, e);
+                    }
                 }
             }
         }
@@ -660,7 +971,7 @@ impl Device {
             }
             let answer = match first.trim_end() {
                 "get=1" => uapi::format_get(
-                    &self.inner.key.secret_hex(),
+                    &self.current_key().key.secret_hex(),
                     self.inner.listen_port,
                     self.inner.fwmark.load(Ordering::Relaxed),
                     &self.peer_status(),
@@ -676,6 +987,7 @@ impl Device {
                     zeroize::Zeroizing::new(format!("errno={errno}\n\n"))
                 }
                 uapi::GET_COUNTERS => zeroize::Zeroizing::new(self.format_counters()),
+                uapi::GET_LINKS => zeroize::Zeroizing::new(uapi::format_links(&self.link_status())),
                 _ => zeroize::Zeroizing::new(format!("errno={}\n\n", uapi::EINVAL)),
             };
             if out.write_all(answer.as_bytes()).is_err() {
@@ -696,6 +1008,10 @@ impl Device {
             ("dropped_invalid", &c.dropped_invalid),
             ("dropped_not_allowed", &c.dropped_not_allowed),
             ("dropped_malformed", &c.dropped_malformed),
+            (
+                "handshakes_initiated_on_add",
+                &c.handshakes_initiated_on_add,
+            ),
             ("handshake_invalid_mac", &h.invalid_mac),
             ("handshake_cookie_replies", &h.cookie_replies),
             ("handshake_rate_limited", &h.rate_limited),
@@ -710,7 +1026,7 @@ impl Device {
     fn uapi_set(&self, body: &str) -> Result<(), UapiError> {
         let req = uapi::parse_set(body)?;
         if let Some(k) = &req.private_key
-            && **k != *self.inner.key.secret().as_bytes()
+            && **k != *self.current_key().key.secret().as_bytes()
         {
             return Err(UapiError::Refused {
                 key: "private_key",

@@ -47,8 +47,10 @@ const MAX_SOURCES: usize = 16_384;
 /// What the guard decided about one datagram.
 #[derive(Debug)]
 pub enum Verdict<'a> {
-    /// Process it (a data packet, a cookie reply, or a handshake that passed every check).
-    Process(Packet<'a>),
+    /// Process it (a data packet, a cookie reply, or a handshake that passed every check),
+    /// with the local public key a handshake's mac1 was made for (`None` for other messages,
+    /// and when the defence is off).
+    Process(Packet<'a>, Option<x25519::PublicKey>),
     /// Send this cookie reply to the source, drop the handshake.
     CookieReply(&'a [u8]),
     /// Drop it.
@@ -77,6 +79,35 @@ pub struct HandshakeCounters {
     pub public_key_operations: AtomicU64,
 }
 
+/// Whether `datagram` has the size and type of a handshake initiation or response.
+fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(
+        (datagram.first(), datagram.len()),
+        (Some(1), 148) | (Some(2), 92)
+    )
+}
+
+/// Whether the mac1 of handshake message `datagram` was made for the responder key `public`
+/// (WireGuard §5.4.4: `MAC(HASH(LABEL_MAC1 ‖ public), message up to mac1)`), compared in
+/// constant time.
+fn mac1_matches(public: &x25519::PublicKey, datagram: &[u8]) -> bool {
+    use blake2::digest::{Digest as _, Mac as _};
+    type Blake2sMac16 = blake2::Blake2sMac<blake2::digest::consts::U16>;
+    if datagram.len() < 32 {
+        return false;
+    }
+    let key = blake2::Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(public.as_bytes())
+        .finalize();
+    let (msg, macs) = datagram.split_at(datagram.len() - 32);
+    let Ok(mut mac) = <Blake2sMac16 as blake2::digest::KeyInit>::new_from_slice(&key) else {
+        return false;
+    };
+    mac.update(msg);
+    mac.verify_slice(&macs[..16]).is_ok()
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -85,7 +116,9 @@ struct Bucket {
 
 /// Shared by the receive loop and the timers.
 pub struct HandshakeGuard {
-    limiter: Arc<RateLimiter>,
+    /// One limiter per local key (mac1 is keyed by the responder's public key): the current
+    /// key and, while the node rotates, the next one.
+    limiters: std::sync::RwLock<Vec<(x25519::PublicKey, Arc<RateLimiter>)>>,
     /// Off only when a test measures the attack without the defence.
     enabled: bool,
     window: Mutex<(Instant, u64)>,
@@ -112,7 +145,10 @@ impl HandshakeGuard {
     #[must_use]
     pub fn new(public: &x25519::PublicKey, enabled: bool) -> Self {
         Self {
-            limiter: Arc::new(RateLimiter::new(public, LOAD_THRESHOLD)),
+            limiters: std::sync::RwLock::new(vec![(
+                *public,
+                Arc::new(RateLimiter::new(public, LOAD_THRESHOLD)),
+            )]),
             enabled,
             window: Mutex::new((Instant::now(), 0)),
             sources: Mutex::new(HashMap::new()),
@@ -120,16 +156,49 @@ impl HandshakeGuard {
         }
     }
 
-    /// The rate limiter each peer's `Tunn` shares (same cookie secret, one load count);
-    /// `None` when the defence is off (each `Tunn` then has its own, as boringtun does).
+    fn limiters(&self) -> Vec<(x25519::PublicKey, Arc<RateLimiter>)> {
+        self.limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The rate limiter of local key `public` that each `Tunn` of that key shares (same
+    /// cookie secret, one load count); `None` when the defence is off (each `Tunn` then has
+    /// its own, as boringtun does) or the key is not one of this node's.
     #[must_use]
-    pub fn shared_limiter(&self) -> Option<Arc<RateLimiter>> {
-        self.enabled.then(|| Arc::clone(&self.limiter))
+    pub fn shared_limiter(&self, public: &x25519::PublicKey) -> Option<Arc<RateLimiter>> {
+        if !self.enabled {
+            return None;
+        }
+        self.limiters()
+            .into_iter()
+            .find(|(k, _)| k == public)
+            .map(|(_, l)| l)
+    }
+
+    /// Sets the local keys: limiters of kept keys stay (their cookies stay valid), new keys
+    /// get one, removed keys lose theirs.
+    pub fn set_keys(&self, publics: &[x25519::PublicKey]) {
+        let mut l = self
+            .limiters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = std::mem::take(&mut *l);
+        for p in publics {
+            let lim = old.iter().find(|(k, _)| k == p).map_or_else(
+                || Arc::new(RateLimiter::new(p, LOAD_THRESHOLD)),
+                |(_, x)| Arc::clone(x),
+            );
+            l.push((*p, lim));
+        }
     }
 
     /// Called at least once a second: starts a new load window.
     pub fn tick(&self) {
-        self.limiter.reset_count();
+        for (_, l) in self.limiters() {
+            l.reset_count();
+        }
     }
 
     /// Whether more than [`LOAD_THRESHOLD`] handshake messages passed the mac checks in the
@@ -170,20 +239,33 @@ impl HandshakeGuard {
     pub fn check<'a>(&self, src: IpAddr, datagram: &'a [u8], scratch: &'a mut [u8]) -> Verdict<'a> {
         if !self.enabled {
             return match boringtun::noise::Tunn::parse_incoming_packet(datagram) {
-                Ok(p) => Verdict::Process(p),
+                Ok(p) => Verdict::Process(p, None),
                 Err(_) => Verdict::Drop(Refusal::Invalid),
             };
         }
-        match self.limiter.verify_packet(Some(src), datagram, scratch) {
+        // While the node rotates it has two keys: a handshake goes to the one its mac1 was
+        // made for (one BLAKE2s per key, no side effect; the limiter then checks it again).
+        let limiters = self.limiters();
+        let i = if limiters.len() > 1 && is_handshake(datagram) {
+            let Some(i) = limiters.iter().position(|(k, _)| mac1_matches(k, datagram)) else {
+                self.counters.invalid_mac.fetch_add(1, Ordering::Relaxed);
+                return Verdict::Drop(Refusal::Invalid);
+            };
+            i
+        } else {
+            0
+        };
+        let (public, limiter) = &limiters[i];
+        match limiter.verify_packet(Some(src), datagram, scratch) {
             Ok(p @ (Packet::HandshakeInit(_) | Packet::HandshakeResponse(_))) => {
                 let now = Instant::now();
                 if self.count_and_check_load(now) && !self.source_allows(src, now) {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                     return Verdict::Drop(Refusal::RateLimited);
                 }
-                Verdict::Process(p)
+                Verdict::Process(p, Some(*public))
             }
-            Ok(p) => Verdict::Process(p),
+            Ok(p) => Verdict::Process(p, None),
             Err(TunnResult::WriteToNetwork(reply)) => {
                 self.counters.cookie_replies.fetch_add(1, Ordering::Relaxed);
                 Verdict::CookieReply(reply)
@@ -241,8 +323,43 @@ mod tests {
         let off = HandshakeGuard::new(&public, false);
         assert!(matches!(
             off.check(SRC, &junk, &mut scratch),
-            Verdict::Process(Packet::HandshakeInit(_))
+            Verdict::Process(Packet::HandshakeInit(_), None)
         ));
+    }
+
+    #[test]
+    fn with_two_keys_a_handshake_goes_to_the_key_its_mac1_was_made_for() {
+        let (_, current) = keypair();
+        let (_, next) = keypair();
+        let (_, stranger) = keypair();
+        let g = HandshakeGuard::new(&current, true);
+        g.set_keys(&[current, next]);
+        let mut scratch = vec![0u8; 256];
+        for (to, want) in [(current, current), (next, next)] {
+            let (_, init) = initiation(&to);
+            assert!(mac1_matches(&to, &init));
+            match g.check(SRC, &init, &mut scratch) {
+                Verdict::Process(Packet::HandshakeInit(_), Some(k)) => {
+                    assert_eq!(k.as_bytes(), want.as_bytes());
+                }
+                v => panic!("{v:?}"),
+            }
+        }
+        // Made for a key this node does not have: dropped on mac1.
+        let (_, init) = initiation(&stranger);
+        assert!(matches!(
+            g.check(SRC, &init, &mut scratch),
+            Verdict::Drop(Refusal::Invalid)
+        ));
+        // The next key retired: its handshakes are refused, the current key's still pass.
+        g.set_keys(&[current]);
+        let (_, init) = initiation(&next);
+        assert!(matches!(
+            g.check(SRC, &init, &mut scratch),
+            Verdict::Drop(Refusal::Invalid)
+        ));
+        assert!(g.shared_limiter(&next).is_none());
+        assert!(g.shared_limiter(&current).is_some());
     }
 
     #[test]
@@ -256,7 +373,7 @@ mod tests {
         let mut cookie = None;
         for _ in 0..(LOAD_THRESHOLD + 50) {
             match g.check(SRC, &init, &mut scratch) {
-                Verdict::Process(_) => passed += 1,
+                Verdict::Process(..) => passed += 1,
                 Verdict::CookieReply(r) => cookie = Some(r.to_vec()),
                 Verdict::Drop(r) => panic!("dropped {r:?} before any cookie"),
             }
@@ -277,7 +394,7 @@ mod tests {
         let with_mac2 = with_mac2.to_vec();
         let mut processed = 0;
         for _ in 0..1000 {
-            if let Verdict::Process(_) = g.check(SRC, &with_mac2, &mut scratch) {
+            if let Verdict::Process(..) = g.check(SRC, &with_mac2, &mut scratch) {
                 processed += 1;
             }
         }

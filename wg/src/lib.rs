@@ -24,6 +24,7 @@ pub mod dos;
 pub mod key;
 pub mod offload;
 pub mod plan;
+pub mod process;
 pub mod routes;
 pub mod tun;
 pub mod uapi;

@@ -127,6 +127,21 @@ fn load_plan(
     Ok((cfg, desired))
 }
 
+/// Reads the configuration and its keys (generating a missing next key, 0600) and plans
+/// against the current key.
+fn load_keys_and_plan(
+    config: &Path,
+) -> anyhow::Result<(DeviceConfig, NodeKey, Option<NodeKey>, DesiredConfig)> {
+    let cfg = DeviceConfig::load(config)?;
+    let (current, _) = NodeKey::load_or_generate(&cfg.key_path)?;
+    let next = match &cfg.next_key_path {
+        Some(p) => Some(NodeKey::load_or_generate(p)?.0),
+        None => None,
+    };
+    let desired = plan(&cfg.node_spec(current.public_key()), &cfg.peers)?;
+    Ok((cfg, current, next, desired))
+}
+
 async fn run(config: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -153,6 +168,11 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("start device {}", cfg.interface))?;
+    if let Some(next) = &cfg.next_key_path {
+        let (next, _) = NodeKey::load_or_generate(next)?;
+        let current = NodeKey::load(&cfg.key_path)?;
+        dev.set_keys(current, Some(next));
+    }
     let nl = Netlink::connect()?;
     converge(&dev, &nl, &desired).await?;
     println!(
@@ -181,9 +201,11 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         if !reload {
             continue;
         }
-        // The device keeps the key it started with; a new key is a KeyRotation, not a reload.
-        match load_plan(config, dev.public_key()) {
-            Ok((new_cfg, desired)) => {
+        // The keys follow the configuration: a next key is added beside the current one, a
+        // next key named as `key_path` becomes the current one (sessions to it kept).
+        match load_keys_and_plan(config) {
+            Ok((new_cfg, current, next, desired)) => {
+                dev.set_keys(current, next);
                 if new_cfg.listen_port != cfg.listen_port || new_cfg.interface != cfg.interface {
                     tracing::warn!(
                         "interface or listen_port changed in {}: restart to apply",

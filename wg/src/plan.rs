@@ -170,6 +170,12 @@ pub struct PeerSpec {
     /// Persistent keepalive override (seconds).
     #[serde(default)]
     pub keepalive: Option<u16>,
+    /// The key the remote node is rotating to (published beside its current one): the device
+    /// handshakes to it while the current key's sessions keep carrying traffic, and switches
+    /// once the new session exists. Written only when set, so older device binaries read the
+    /// daemon's configuration unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<PublicKey>,
 }
 
 /// The per-peer part of a device configuration.
@@ -181,6 +187,8 @@ pub struct PeerConfig {
     pub allowed_ips: BTreeSet<Cidr>,
     /// Persistent keepalive in seconds, 0 = off.
     pub keepalive: u16,
+    /// The peer's next key, while it rotates.
+    pub next_public_key: Option<PublicKey>,
 }
 
 /// The desired (or installed) configuration of one WireGuard interface.
@@ -224,7 +232,7 @@ pub enum PlanError {
         /// The key.
         key: PublicKey,
     },
-    /// Two peers share a key.
+    /// Two peers share a key (current or next).
     #[error("peers[].public_key={key}: listed twice")]
     DuplicatePeer {
         /// The key.
@@ -293,7 +301,23 @@ pub fn plan(node: &NodeSpec, peers: &[PeerSpec]) -> Result<DesiredConfig, PlanEr
         if p.public_key == node.public_key {
             return Err(PlanError::SelfPeer { key: p.public_key });
         }
-        if out.peers.contains_key(&p.public_key) {
+        if let Some(next) = p.next_public_key {
+            if next == node.public_key {
+                return Err(PlanError::SelfPeer { key: next });
+            }
+            if next == p.public_key
+                || out.peers.contains_key(&next)
+                || out.peers.values().any(|c| c.next_public_key == Some(next))
+            {
+                return Err(PlanError::DuplicatePeer { key: next });
+            }
+        }
+        if out.peers.contains_key(&p.public_key)
+            || out
+                .peers
+                .values()
+                .any(|c| c.next_public_key == Some(p.public_key))
+        {
             return Err(PlanError::DuplicatePeer { key: p.public_key });
         }
         let mut allowed = BTreeSet::new();
@@ -318,6 +342,7 @@ pub fn plan(node: &NodeSpec, peers: &[PeerSpec]) -> Result<DesiredConfig, PlanEr
                 endpoint: Some(p.endpoint),
                 allowed_ips: allowed,
                 keepalive: p.keepalive.unwrap_or(node.keepalive),
+                next_public_key: p.next_public_key,
             },
         );
     }
@@ -338,6 +363,16 @@ pub enum PeerChange {
     Update(PublicKey, PeerConfig),
     /// A peer whose keepalive changed: its tunnel state is rebuilt.
     Replace(PublicKey, PeerConfig),
+    /// A rotating peer whose next key became its key (`old` → `new`): the same peer, its
+    /// sessions under the new key kept, those under the old one dropped.
+    Rekey {
+        /// The key it had.
+        old: PublicKey,
+        /// The key it has now (its former next key).
+        new: PublicKey,
+        /// Its configuration.
+        config: PeerConfig,
+    },
 }
 
 /// The changes that turn the peers of `current` into those of `desired`; unchanged peers
@@ -348,14 +383,28 @@ pub fn diff_peers(
     desired: &BTreeMap<PublicKey, PeerConfig>,
 ) -> Vec<PeerChange> {
     let mut out = Vec::new();
+    // A peer whose next key is now its key (and whose old key is gone) is the same peer.
+    let rekeyed = |k: &PublicKey| {
+        current
+            .iter()
+            .find(|(old, c)| c.next_public_key == Some(*k) && !desired.contains_key(*old))
+            .map(|(old, _)| *old)
+    };
     for k in current.keys() {
-        if !desired.contains_key(k) {
+        if !desired.contains_key(k) && !desired.keys().any(|n| rekeyed(n) == Some(*k)) {
             out.push(PeerChange::Remove(*k));
         }
     }
     for (k, want) in desired {
         match current.get(k) {
-            None => out.push(PeerChange::Add(*k, want.clone())),
+            None => match rekeyed(k) {
+                Some(old) => out.push(PeerChange::Rekey {
+                    old,
+                    new: *k,
+                    config: want.clone(),
+                }),
+                None => out.push(PeerChange::Add(*k, want.clone())),
+            },
             Some(have) if have == want => {}
             Some(have) if have.keepalive != want.keepalive => {
                 out.push(PeerChange::Replace(*k, want.clone()));
@@ -403,6 +452,7 @@ mod tests {
             endpoint: format!("10.99.0.1{n}:51871").parse().unwrap(),
             pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
             keepalive: None,
+            next_public_key: None,
         }
     }
 
@@ -526,6 +576,53 @@ mod tests {
         assert_eq!(
             diff_peers(&a.peers, &c.peers),
             vec![PeerChange::Replace(key(3), c.peers[&key(3)].clone())]
+        );
+    }
+
+    #[test]
+    fn a_rotating_peer_is_updated_in_place_then_rekeyed_not_replaced() {
+        let a = plan(&node(), &[peer(2), peer(3)]).unwrap();
+        // Announced: peer 2 publishes its next key 12 beside key 2.
+        let mut announced = peer(2);
+        announced.next_public_key = Some(key(12));
+        let b = plan(&node(), &[announced, peer(3)]).unwrap();
+        assert_eq!(
+            diff_peers(&a.peers, &b.peers),
+            vec![PeerChange::Update(key(2), b.peers[&key(2)].clone())]
+        );
+        // Retired: key 12 is its only key now; the same peer, not a removal and an addition.
+        let mut retired = peer(2);
+        retired.public_key = key(12);
+        let c = plan(&node(), &[retired, peer(3)]).unwrap();
+        assert_eq!(
+            diff_peers(&b.peers, &c.peers),
+            vec![PeerChange::Rekey {
+                old: key(2),
+                new: key(12),
+                config: c.peers[&key(12)].clone()
+            }]
+        );
+        // Without the announcement the same change is a new peer.
+        let changes = diff_peers(&a.peers, &c.peers);
+        assert!(changes.contains(&PeerChange::Remove(key(2))), "{changes:?}");
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, PeerChange::Add(k, _) if *k == key(12))),
+            "{changes:?}"
+        );
+        // A next key that is another peer's key, or this node's, is refused.
+        let mut clash = peer(2);
+        clash.next_public_key = Some(key(3));
+        assert_eq!(
+            plan(&node(), &[clash, peer(3)]),
+            Err(PlanError::DuplicatePeer { key: key(3) })
+        );
+        let mut own = peer(2);
+        own.next_public_key = Some(key(1));
+        assert_eq!(
+            plan(&node(), &[own]),
+            Err(PlanError::SelfPeer { key: key(1) })
         );
     }
 

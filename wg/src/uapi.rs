@@ -27,6 +27,11 @@ pub fn socket_path(iface: &str) -> std::path::PathBuf {
 /// `key=value` lines (never sent by the `wg` tool).
 pub const GET_COUNTERS: &str = "get=identityd-counters";
 
+/// identityd's extension request: every (local key, peer key) link of every peer, one
+/// `link=<peer> local=<key> remote=<key> session_age_ms=<ms|none> sending=<bool>` line each
+/// (keys in hex), then `errno=0`.
+pub const GET_LINKS: &str = "get=identityd-links";
+
 /// errno values returned on the socket.
 pub(crate) const EINVAL: i32 = 22;
 pub(crate) const EPERM: i32 = 1;
@@ -79,6 +84,71 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Bytes sent (payload before encryption).
     pub tx_bytes: u64,
+}
+
+/// One link of a peer (see [`GET_LINKS`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The peer (its current key).
+    pub peer: PublicKey,
+    /// This node's key on the link.
+    pub local: PublicKey,
+    /// The peer's key on the link.
+    pub remote: PublicKey,
+    /// Age of the link's valid session, if it has one.
+    pub session_age: Option<std::time::Duration>,
+    /// Whether the device sends the peer's packets on this link now.
+    pub sending: bool,
+}
+
+/// Formats a [`GET_LINKS`] answer.
+#[must_use]
+pub fn format_links(links: &[LinkStatus]) -> String {
+    let mut out = String::new();
+    for l in links {
+        out.push_str(&format!(
+            "link={} local={} remote={} session_age_ms={} sending={}\n",
+            l.peer.to_hex(),
+            l.local.to_hex(),
+            l.remote.to_hex(),
+            l.session_age
+                .map_or_else(|| "none".to_owned(), |d| d.as_millis().to_string()),
+            l.sending
+        ));
+    }
+    out.push_str("errno=0\n\n");
+    out
+}
+
+/// Parses a [`GET_LINKS`] answer (the lines before `errno=0`); lines that do not parse are
+/// skipped.
+#[must_use]
+pub fn parse_links(text: &str) -> Vec<LinkStatus> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = std::collections::HashMap::new();
+        for part in line.split_whitespace() {
+            if let Some((k, v)) = part.split_once('=') {
+                f.insert(k, v);
+            }
+        }
+        let key = |k: &str| f.get(k).and_then(|v| PublicKey::from_hex(v).ok());
+        let (Some(peer), Some(local), Some(remote)) = (key("link"), key("local"), key("remote"))
+        else {
+            continue;
+        };
+        out.push(LinkStatus {
+            peer,
+            local,
+            remote,
+            session_age: f
+                .get("session_age_ms")
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
+            sending: f.get("sending") == Some(&"true"),
+        });
+    }
+    out
 }
 
 /// Formats a `get=1` answer. `private_key_hex` is included because `wg show` derives the
@@ -268,6 +338,7 @@ pub fn apply_set(req: &SetRequest, peers: &mut BTreeMap<PublicKey, PeerConfig>) 
             endpoint: None,
             allowed_ips: BTreeSet::new(),
             keepalive: 0,
+            next_public_key: None,
         });
         if let Some(e) = op.endpoint {
             p.endpoint = Some(e);
@@ -285,6 +356,29 @@ pub fn apply_set(req: &SetRequest, peers: &mut BTreeMap<PublicKey, PeerConfig>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_round_trip() {
+        let l = vec![
+            LinkStatus {
+                peer: PublicKey::from([2; 32]),
+                local: PublicKey::from([1; 32]),
+                remote: PublicKey::from([2; 32]),
+                session_age: Some(std::time::Duration::from_millis(1500)),
+                sending: false,
+            },
+            LinkStatus {
+                peer: PublicKey::from([2; 32]),
+                local: PublicKey::from([1; 32]),
+                remote: PublicKey::from([12; 32]),
+                session_age: None,
+                sending: true,
+            },
+        ];
+        let text = format_links(&l);
+        assert!(text.ends_with("errno=0\n\n"));
+        assert_eq!(parse_links(&text), l);
+    }
 
     #[test]
     fn set_request_parses_and_applies() {
@@ -307,6 +401,7 @@ mod tests {
                 endpoint: None,
                 allowed_ips: BTreeSet::new(),
                 keepalive: 0,
+                next_public_key: None,
             },
         );
         apply_set(&req, &mut peers);

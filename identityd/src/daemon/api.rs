@@ -69,6 +69,9 @@ pub struct NodeStatus {
     /// Envoy restarts by the daemon.
     #[serde(default)]
     pub envoy_restarts: u32,
+    /// Restarts of the WireGuard device process by the daemon, after it died.
+    #[serde(default)]
+    pub wireguard_device_restarts: u64,
     /// Age of the WireGuard node key, seconds.
     #[serde(default)]
     pub key_age_secs: Option<u64>,

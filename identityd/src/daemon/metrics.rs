@@ -176,6 +176,12 @@ pub fn exposition(st: &NodeStatus, telemetry: Option<&Telemetry>) -> Exposition 
     )
     .set(node(), f(u64::from(st.envoy_restarts)));
     e.family(
+        "identityd_wireguard_device_restarts",
+        "Restarts of the WireGuard device process by the daemon, after it died",
+        Kind::Counter,
+    )
+    .set(node(), f(st.wireguard_device_restarts));
+    e.family(
         "identityd_problems",
         "Problems in the cluster state or the plan",
         Kind::Gauge,

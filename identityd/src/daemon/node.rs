@@ -102,6 +102,10 @@ struct Datapath {
     /// The pod interfaces the latest apply found.
     pod_ifaces: Vec<String>,
     wg_json: Option<String>,
+    /// The WireGuard device process last seen running (started or adopted).
+    wg_pid: Option<u32>,
+    /// Times the device process was found dead and started again by this daemon.
+    wg_restarts: u64,
 }
 
 fn wg_binary(cfg: &DaemonConfig) -> PathBuf {
@@ -280,8 +284,15 @@ impl Datapath {
                 Ok(_) => {}
                 Err(e) => errors.push(format!("wg.json: {e}")),
             }
-            if let Err(e) = ensure_wg_process(cfg, &cfg.run_dir.join("wg.json")) {
-                errors.push(e.to_string());
+            match ensure_wg_process(cfg, &cfg.run_dir.join("wg.json")) {
+                Ok(pid) => {
+                    if self.wg_pid.is_some_and(|old| old != pid) {
+                        self.wg_restarts += 1;
+                        tracing::warn!(pid, restarts = self.wg_restarts, "the WireGuard device process had died; started again");
+                    }
+                    self.wg_pid = Some(pid);
+                }
+                Err(e) => errors.push(e.to_string()),
             }
         }
         // Classifier: attach to new pod veths, then diff routes and workloads.
@@ -531,6 +542,8 @@ pub struct DatapathReport {
     pub cluster_version: u64,
     /// Why ingress strict is not in place on every pod veth (`None`: it is).
     pub ingress_strict_problem: Option<String>,
+    /// Restarts of the WireGuard device process after it died.
+    pub wireguard_device_restarts: u64,
 }
 
 fn classifier_counters(dp: &Datapath) -> Vec<(String, (u64, u64))> {
@@ -580,6 +593,8 @@ impl DatapathTask {
                 Ok(pk) => {
                     tracing::info!(rotation = %name, public_key = %pk, "WireGuard key rotated");
                     self.public_key = pk;
+                    // The rotation restarted the device on purpose: not a crash.
+                    self.dp.wg_pid = running_wg_pid(&cfg);
                 }
                 Err(e) => {
                     tracing::warn!(rotation = %name, error = %e, "WireGuard key rotation");
@@ -606,6 +621,7 @@ impl DatapathTask {
             counters: classifier_counters(&self.dp),
             errors,
             cluster_version: state.version(),
+            wireguard_device_restarts: self.dp.wg_restarts,
         }
     }
 
@@ -620,13 +636,32 @@ impl DatapathTask {
             let st = state.borrow_and_update().clone();
             let report = self.round(&st).await;
             let _ = out.send(Arc::new(report));
+            let device = self.dp.wg_pid;
             tokio::select! {
                 r = state.changed() => if r.is_err() { break },
                 _ = tick.tick() => {}
+                () = device_exit(device) => {
+                    tracing::warn!(pid = ?device, "the WireGuard device process exited");
+                }
                 _ = stop.changed() => break,
             }
         }
         // Pinned classifier links and the device process stay: no gap until the next start.
+    }
+}
+
+/// Resolves when the device process `pid` exits (at once, through a pidfd), so the next
+/// round starts it again without waiting for the tick; never without a process, and never
+/// where pidfds are unavailable (the one-second tick then notices the death).
+async fn device_exit(pid: Option<u32>) {
+    match pid {
+        Some(pid) => {
+            if let Err(e) = identityd_wg::process::exited(pid).await {
+                tracing::debug!(pid, error = %e, "no pidfd for the device; polling each second");
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -720,6 +755,7 @@ fn build_status(
         classifier_interfaces: i.dp.attached.clone(),
         ingress_strict_in_place: i.dp.plan.is_some() && i.dp.ingress_strict_problem.is_none(),
         ingress_strict_problem: i.dp.ingress_strict_problem.clone(),
+        wireguard_device_restarts: i.dp.wireguard_device_restarts,
         ..NodeStatus::default()
     };
     if let Some(p) = &i.dp.plan {
@@ -1034,6 +1070,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         attached: Vec::new(),
         pod_ifaces: Vec::new(),
         wg_json: None,
+        wg_pid: None,
+        wg_restarts: 0,
     };
 
     let cfg = Arc::new(cfg);

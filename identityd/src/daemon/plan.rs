@@ -154,6 +154,7 @@ pub fn plan(
                 endpoint: ep,
                 pod_cidrs: cidrs,
                 keepalive: None,
+                next_public_key: None,
             });
         }
     }
@@ -161,6 +162,7 @@ pub fn plan(
         (Some(w), true) => Some(DeviceConfig {
             interface: w.interface.clone(),
             key_path: key_path.to_path_buf(),
+            next_key_path: None,
             listen_port: w.port,
             underlay_mtu: 1500,
             underlay_ipv6: cfg.underlay_address.is_some_and(|a| a.is_ipv6()),

@@ -39,6 +39,9 @@ pub struct MeshBenchOptions {
     pub out: PathBuf,
     /// Run the mTLS paths again with access-log streaming off (`telemetry_overhead`).
     pub telemetry_ab: bool,
+    /// Rounds of (off, on) pairs the A/B runs, interleaved so a drift of the machine's load
+    /// hits both sides; the overhead compares medians over the rounds.
+    pub ab_rounds: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +52,9 @@ struct Cpu {
     daemon_n2_ms: u64,
     /// All four, per 1,000 successful requests.
     total_ms_per_1k_requests: f64,
+    /// Resident memory of both node daemons after the run, KiB.
+    daemon_n1_rss_kib: u64,
+    daemon_n2_rss_kib: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,12 +79,19 @@ struct Added {
     added_p99_us: i64,
 }
 
-/// One mTLS path with request telemetry on against the same path with it off.
+/// One mTLS path with request telemetry on against the same path with it off: medians over
+/// the interleaved rounds (and the first, non-interleaved on run).
 #[derive(Debug, Serialize)]
 struct Overhead {
     protocol: &'static str,
     path: &'static str,
     rate: u32,
+    runs_off: usize,
+    runs_on: usize,
+    achieved_rate_off: f64,
+    achieved_rate_on: f64,
+    errors_off: usize,
+    errors_on: usize,
     p50_us_off: u64,
     p50_us_on: u64,
     p99_us_off: u64,
@@ -89,6 +102,9 @@ struct Overhead {
     /// Both Envoys (they encode and send the records), per 1,000 successful requests.
     envoy_ms_per_1k_off: f64,
     envoy_ms_per_1k_on: f64,
+    /// Largest resident memory of the two daemons after a run, KiB.
+    daemon_rss_kib_off: u64,
+    daemon_rss_kib_on: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +142,16 @@ fn ticks(pid: &str) -> u64 {
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
 
+/// `VmRSS` of process `pid`, KiB (0 when it is gone).
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn pids(dir: &Path) -> [String; 4] {
     let envoy = |n: &str| {
         std::fs::read_to_string(dir.join(n).join("run/envoy.pid"))
@@ -133,23 +159,11 @@ fn pids(dir: &Path) -> [String; 4] {
             .trim()
             .to_owned()
     };
-    let daemon = |n: &str| {
-        Command::new("pgrep")
-            .args(["-f", &format!("{}/{n}/node.yaml", dir.display())])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-            .unwrap_or_default()
-    };
-    [envoy("n1"), envoy("n2"), daemon("n1"), daemon("n2")]
+    let daemon = |n: usize| daemon_pid(dir, n).unwrap_or_default();
+    [envoy("n1"), envoy("n2"), daemon(1), daemon(2)]
 }
 
-fn exe() -> Result<String, LabError> {
+pub(super) fn exe() -> Result<String, LabError> {
     std::env::current_exe()
         .map(|p| p.display().to_string())
         .map_err(|e| LabError::Io(format!("current_exe: {e}")))
@@ -198,10 +212,7 @@ impl Drop for DaemonsBack<'_> {
 /// stay), starts it again on its `node.yaml` in the node's network namespace, records the new
 /// process in `lab.json` for `lab down`, and waits until its Envoy is configured again.
 fn restart_daemon(dir: &Path, node: usize) -> Result<(), LabError> {
-    let old = pids(dir)[node + 1].clone();
-    if old.is_empty() {
-        return Err(LabError::Io(format!("no daemon process found for n{node}")));
-    }
+    let old = daemon_pid(dir, node)?;
     let status = Command::new("kill")
         .args(["-TERM", &old])
         .status()
@@ -221,6 +232,34 @@ fn restart_daemon(dir: &Path, node: usize) -> Result<(), LabError> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    start_daemon(dir, node, &old)?;
+    wait_daemon_configured(dir, node)?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(())
+}
+
+/// The pid of node `n<node>`'s daemon.
+pub(super) fn daemon_pid(dir: &Path, node: usize) -> Result<String, LabError> {
+    let pid = Command::new("pgrep")
+        .args(["-f", &format!("{}/n{node}/node.yaml", dir.display())])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    if pid.is_empty() {
+        return Err(LabError::Io(format!("no daemon process found for n{node}")));
+    }
+    Ok(pid)
+}
+
+/// Starts node `n<node>`'s daemon on its `node.yaml` in the node's network namespace (host
+/// mount namespace, as `lab up` does) and puts it in `lab.json` in place of `old`.
+pub(super) fn start_daemon(dir: &Path, node: usize, old: &str) -> Result<(), LabError> {
     let node_dir = dir.join(format!("n{node}"));
     let cfg = node_dir.join("node.yaml").display().to_string();
     let new = super::spawn_in_netns_only(
@@ -234,8 +273,13 @@ fn restart_daemon(dir: &Path, node: usize) -> Result<(), LabError> {
             .map_err(|e| LabError::Io(format!("{}: {e}", state.display())))?;
     st.pids.retain(|p| p.to_string() != old);
     st.pids.push(new);
-    super::save(dir, &st)?;
-    let run = node_dir.join("run/api.sock");
+    super::save(dir, &st)
+}
+
+/// Waits (up to 60 s) until node `n<node>`'s daemon holds its SVIDs, Envoy ACKed its
+/// configuration, and the kv server sees client-1 through the node Envoys again.
+pub(super) fn wait_daemon_configured(dir: &Path, node: usize) -> Result<(), LabError> {
+    let run = dir.join(format!("n{node}/run/api.sock"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = crate::daemon::api::fetch(&run).is_ok_and(|s| {
@@ -247,7 +291,7 @@ fn restart_daemon(dir: &Path, node: usize) -> Result<(), LabError> {
                     .any(|x| x.contains("NACK") || x.contains("acked -"))
         });
         if ready && via_envoy() == Some(true) {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(LabError::NotReady {
@@ -257,13 +301,11 @@ fn restart_daemon(dir: &Path, node: usize) -> Result<(), LabError> {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    Ok(())
 }
 
 /// Whether process `pid` exists and has not exited: a daemon this bench started and stopped
 /// stays a zombie (this process is its parent and does not wait for it) until the bench ends.
-fn running(pid: &str) -> bool {
+pub(super) fn running(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         let state = stat.rsplit_once(')').map_or("", |(_, r)| r).trim_start();
         !(state.starts_with('Z') || state.starts_with('X'))
@@ -371,12 +413,7 @@ fn one_run(
     })?;
     // Linux reports /proc ticks at USER_HZ = 100.
     let ms = |i: usize| after[i].saturating_sub(before[i]) * 10;
-    let total = ms(0) + ms(1) + ms(2) + ms(3);
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "milliseconds and request counts far below 2^52"
-    )]
-    let per_1k = total as f64 * 1000.0 / (load.ok.max(1) as f64);
+    let per_1k = ms_per_1k(ms(0) + ms(1) + ms(2) + ms(3), load.ok);
     Ok(Run {
         path,
         protocol,
@@ -387,8 +424,105 @@ fn one_run(
             daemon_n1_ms: ms(2),
             daemon_n2_ms: ms(3),
             total_ms_per_1k_requests: per_1k,
+            daemon_n1_rss_kib: rss_kib(&p[2]),
+            daemon_n2_rss_kib: rss_kib(&p[3]),
         },
     })
+}
+
+/// CPU milliseconds per 1,000 successful requests.
+fn ms_per_1k(ms: u64, ok: usize) -> f64 {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "milliseconds and request counts far below 2^52"
+    )]
+    let (ms, ok) = (ms as f64, ok.max(1) as f64);
+    ms * 1000.0 / ok
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 0 {
+        f64::midpoint(v[m - 1], v[m])
+    } else {
+        v[m]
+    }
+}
+
+/// Medians of the telemetry-off runs against those of the telemetry-on runs of the same
+/// path, protocol and rate.
+fn telemetry_overhead(runs: &[Run]) -> Vec<Overhead> {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "milliseconds, counts and microseconds far below 2^52"
+    )]
+    let f = |x: u64| x as f64;
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "medians of non-negative integers below 2^52"
+    )]
+    let u = |x: f64| x.round() as u64;
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let mut out: Vec<Overhead> = Vec::new();
+    for off0 in runs.iter().filter(|r| r.path.ends_with(NO_TELEMETRY)) {
+        let on_path = off0.path.trim_end_matches(NO_TELEMETRY);
+        let same = |path: &str| -> Vec<&Run> {
+            runs.iter()
+                .filter(|r| {
+                    r.path == path && r.protocol == off0.protocol && r.load.rate == off0.load.rate
+                })
+                .collect()
+        };
+        if out
+            .iter()
+            .any(|o| o.path == on_path && o.protocol == off0.protocol && o.rate == off0.load.rate)
+        {
+            continue;
+        }
+        let (off, on) = (same(off0.path), same(on_path));
+        if on.is_empty() {
+            continue;
+        }
+        let med = |rs: &[&Run], g: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| g(r)).collect());
+        let daemon = |r: &Run| ms_per_1k(r.cpu.daemon_n1_ms + r.cpu.daemon_n2_ms, r.load.ok);
+        let envoy = |r: &Run| ms_per_1k(r.cpu.envoy_n1_ms + r.cpu.envoy_n2_ms, r.load.ok);
+        let rss = |rs: &[&Run]| {
+            rs.iter()
+                .map(|r| r.cpu.daemon_n1_rss_kib.max(r.cpu.daemon_n2_rss_kib))
+                .max()
+                .unwrap_or(0)
+        };
+        let Some(path) = on.first().map(|r| r.path) else {
+            continue;
+        };
+        out.push(Overhead {
+            protocol: off0.protocol,
+            path,
+            rate: off0.load.rate,
+            runs_off: off.len(),
+            runs_on: on.len(),
+            achieved_rate_off: round(med(&off, &|r| r.load.achieved_rate)),
+            achieved_rate_on: round(med(&on, &|r| r.load.achieved_rate)),
+            errors_off: off.iter().map(|r| r.load.errors).sum(),
+            errors_on: on.iter().map(|r| r.load.errors).sum(),
+            p50_us_off: u(med(&off, &|r| f(r.load.p50_us))),
+            p50_us_on: u(med(&on, &|r| f(r.load.p50_us))),
+            p99_us_off: u(med(&off, &|r| f(r.load.p99_us))),
+            p99_us_on: u(med(&on, &|r| f(r.load.p99_us))),
+            daemon_ms_per_1k_off: round(med(&off, &daemon)),
+            daemon_ms_per_1k_on: round(med(&on, &daemon)),
+            envoy_ms_per_1k_off: round(med(&off, &envoy)),
+            envoy_ms_per_1k_on: round(med(&on, &envoy)),
+            daemon_rss_kib_off: rss(&off),
+            daemon_rss_kib_on: rss(&on),
+        });
+    }
+    out
 }
 
 /// Runs the bench on the lab in `dir` and writes the report; returns a summary.
@@ -441,71 +575,52 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
             originals: configs.clone(),
             armed: true,
         };
-        set_access_logs(dir, false, &configs)?;
-        for &rate in &opts.rates {
-            runs.push(one_run(
-                dir,
-                "b-l4-mtls-no-telemetry",
-                "tcp",
-                rate,
-                opts.seconds,
-            )?);
-            runs.push(one_run(
-                dir,
-                "c-l7-mtls-no-telemetry",
-                "http",
-                rate,
-                opts.seconds,
-            )?);
-        }
-        // The runs above really had no access logs: the restarted daemons aggregated nothing.
-        for node in [1, 2] {
-            let n = telemetry_records(node)?;
-            if n > 0.0 {
-                return Err(LabError::Io(format!(
-                    "n{node} aggregated {n} access-log records with telemetry.accessLogs: false"
-                )));
+        for _ in 0..opts.ab_rounds.max(1) {
+            set_access_logs(dir, false, &configs)?;
+            for &rate in &opts.rates {
+                runs.push(one_run(
+                    dir,
+                    "b-l4-mtls-no-telemetry",
+                    "tcp",
+                    rate,
+                    opts.seconds,
+                )?);
+                runs.push(one_run(
+                    dir,
+                    "c-l7-mtls-no-telemetry",
+                    "http",
+                    rate,
+                    opts.seconds,
+                )?);
+            }
+            // The runs above really had no access logs: the restarted daemons aggregated
+            // nothing.
+            for node in [1, 2] {
+                let n = telemetry_records(node)?;
+                if n > 0.0 {
+                    return Err(LabError::Io(format!(
+                        "n{node} aggregated {n} access-log records with telemetry.accessLogs: false"
+                    )));
+                }
+            }
+            set_access_logs(dir, true, &configs)?;
+            for &rate in &opts.rates {
+                runs.push(one_run(dir, "b-l4-mtls", "tcp", rate, opts.seconds)?);
+                runs.push(one_run(dir, "c-l7-mtls", "http", rate, opts.seconds)?);
             }
         }
-        set_access_logs(dir, true, &configs)?;
         back.armed = false;
     }
     drop(restore);
-    let mut overhead = Vec::new();
-    for off in runs.iter().filter(|r| r.path.ends_with(NO_TELEMETRY)) {
-        let on_path = off.path.trim_end_matches(NO_TELEMETRY);
-        if let Some(on) = runs.iter().find(|r| {
-            r.path == on_path && r.protocol == off.protocol && r.load.rate == off.load.rate
-        }) {
-            #[expect(
-                clippy::cast_precision_loss,
-                reason = "milliseconds and request counts far below 2^52"
-            )]
-            let per_1k = |r: &Run, ms: u64| ms as f64 * 1000.0 / (r.load.ok.max(1) as f64);
-            let round = |x: f64| (x * 10.0).round() / 10.0;
-            overhead.push(Overhead {
-                protocol: off.protocol,
-                path: on.path,
-                rate: off.load.rate,
-                p50_us_off: off.load.p50_us,
-                p50_us_on: on.load.p50_us,
-                p99_us_off: off.load.p99_us,
-                p99_us_on: on.load.p99_us,
-                daemon_ms_per_1k_off: round(per_1k(
-                    off,
-                    off.cpu.daemon_n1_ms + off.cpu.daemon_n2_ms,
-                )),
-                daemon_ms_per_1k_on: round(per_1k(on, on.cpu.daemon_n1_ms + on.cpu.daemon_n2_ms)),
-                envoy_ms_per_1k_off: round(per_1k(off, off.cpu.envoy_n1_ms + off.cpu.envoy_n2_ms)),
-                envoy_ms_per_1k_on: round(per_1k(on, on.cpu.envoy_n1_ms + on.cpu.envoy_n2_ms)),
-            });
-        }
-    }
+    let overhead = telemetry_overhead(&runs);
     let mut added = Vec::new();
-    for r in runs
-        .iter()
-        .filter(|r| r.path != "a-wireguard-only" && !r.path.ends_with(NO_TELEMETRY))
-    {
+    // The first run of each mTLS path (the A/B rounds repeat them).
+    let mut seen = std::collections::BTreeSet::new();
+    for r in runs.iter().filter(|r| {
+        r.path != "a-wireguard-only"
+            && !r.path.ends_with(NO_TELEMETRY)
+            && seen.insert((r.path, r.protocol, r.load.rate))
+    }) {
         if let Some(base) = runs.iter().find(|b| {
             b.path == "a-wireguard-only" && b.protocol == r.protocol && b.load.rate == r.load.rate
         }) {
@@ -566,10 +681,16 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
     }
     for o in &report.telemetry_overhead {
         summary.push_str(&format!(
-            "  telemetry on vs off, {} {} at {}/s: p50 {} vs {} µs, p99 {} vs {} µs, daemons {:.1} vs {:.1} ms/1k req, Envoys {:.1} vs {:.1} ms/1k req\n",
+            "  telemetry on vs off ({} vs {} runs), {} {} at {}/s: {:.0} vs {:.0} ok/s, errors {} vs {}, p50 {} vs {} µs, p99 {} vs {} µs, daemons {:.1} vs {:.1} ms/1k req, Envoys {:.1} vs {:.1} ms/1k req, daemon RSS {} vs {} KiB\n",
+            o.runs_on,
+            o.runs_off,
             o.path,
             o.protocol,
             o.rate,
+            o.achieved_rate_on,
+            o.achieved_rate_off,
+            o.errors_on,
+            o.errors_off,
             o.p50_us_on,
             o.p50_us_off,
             o.p99_us_on,
@@ -577,7 +698,9 @@ pub fn mesh(dir: &Path, opts: &MeshBenchOptions) -> Result<String, LabError> {
             o.daemon_ms_per_1k_on,
             o.daemon_ms_per_1k_off,
             o.envoy_ms_per_1k_on,
-            o.envoy_ms_per_1k_off
+            o.envoy_ms_per_1k_off,
+            o.daemon_rss_kib_on,
+            o.daemon_rss_kib_off
         ));
     }
     Ok(summary)

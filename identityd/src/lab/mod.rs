@@ -9,6 +9,7 @@
 //! is recorded in `<dir>/lab.json`, which `lab down` uses to remove it all.
 
 pub mod bench;
+pub mod recovery;
 pub mod image;
 pub mod workload;
 
@@ -1169,6 +1170,11 @@ fn ingress_samples(exe: &str, dir: &Path, nodes: usize) -> Vec<(String, bool, St
 
 /// (packets, packets that are not WireGuard UDP on 51871 between node addresses, marker seen)
 fn inspect_capture(path: &Path) -> (usize, usize, bool) {
+    inspect_capture_with(path, PAYLOAD_MARKER.as_bytes())
+}
+
+/// [`inspect_capture`] with another payload marker.
+fn inspect_capture_with(path: &Path, marker: &[u8]) -> (usize, usize, bool) {
     let count = |filter: &str| -> usize {
         Command::new("tcpdump")
             .args(["-nn", "-r"])
@@ -1183,10 +1189,8 @@ fn inspect_capture(path: &Path) -> (usize, usize, bool) {
     // ARP and IPv6 neighbour discovery are link housekeeping, not pod traffic.
     let not_wg = count(NOT_WIREGUARD_FILTER);
     let bytes = std::fs::read(path).unwrap_or_default();
-    let marker = bytes
-        .windows(PAYLOAD_MARKER.len())
-        .any(|w| w == PAYLOAD_MARKER.as_bytes());
-    (total, not_wg, marker)
+    let seen = bytes.windows(marker.len()).any(|w| w == marker);
+    (total, not_wg, seen)
 }
 
 /// The lab's names: readable and fixed (one lab per machine).

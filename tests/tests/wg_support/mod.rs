@@ -49,6 +49,8 @@ pub(crate) struct Node {
     pub(crate) key_path: PathBuf,
     pub(crate) config_path: PathBuf,
     pub(crate) public_key: String,
+    /// The key it rotates to, while it rotates (file and public key).
+    pub(crate) next_key: Option<(PathBuf, String)>,
     pub(crate) child: Option<usize>,
 }
 
@@ -105,6 +107,7 @@ impl Cluster {
                 pod_cidr: format!("10.244.{i}.0/24"),
                 key_path,
                 public_key,
+                next_key: None,
                 child: None,
             });
         }
@@ -132,11 +135,15 @@ impl Cluster {
             .iter()
             .map(|&j| {
                 let p = &self.nodes[j];
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "public_key": p.public_key,
                     "endpoint": format!("{}:{WG_PORT}", p.underlay_ip),
                     "pod_cidrs": [p.pod_cidr],
-                })
+                });
+                if let Some((_, next)) = &p.next_key {
+                    v["next_public_key"] = next.clone().into();
+                }
+                v
             })
             .collect();
         let cfg = serde_json::json!({
@@ -153,6 +160,10 @@ impl Cluster {
             "backend": "userspace",
             "peers": peers,
         });
+        let mut cfg = cfg;
+        if let Some((path, _)) = &node.next_key {
+            cfg["next_key_path"] = path.display().to_string().into();
+        }
         let tmp = node.config_path.with_extension("tmp");
         std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
         std::fs::write(&tmp, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
@@ -201,6 +212,40 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Node `i`'s links (identityd's `get=identityd-links` UAPI extension).
+    pub(crate) fn links(&self, i: usize) -> Vec<identityd_wg::uapi::LinkStatus> {
+        use std::io::BufRead as _;
+        let path = identityd_wg::uapi::socket_path(&self.nodes[i].iface);
+        let mut s = std::os::unix::net::UnixStream::connect(&path).expect("UAPI socket");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "{}\n\n", identityd_wg::uapi::GET_LINKS).unwrap();
+        let mut text = String::new();
+        for line in std::io::BufReader::new(s).lines().map_while(Result::ok) {
+            if line.is_empty() {
+                break;
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        assert!(text.contains("errno=0"), "get links: {text}");
+        identityd_wg::uapi::parse_links(&text)
+    }
+
+    /// A new key file for node `i` (0600, by `identityd-wg pubkey`); returns (file, public).
+    pub(crate) fn new_key(&self, i: usize, name: &str) -> (PathBuf, String) {
+        let path = self.dir.path().join(format!("n{}/state/{name}", i + 1));
+        let out = Command::new(wg_bin())
+            .args(["pubkey", "--key"])
+            .arg(&path)
+            .output()
+            .expect("run identityd-wg pubkey");
+        assert!(out.status.success(), "identityd-wg pubkey: {out:?}");
+        (
+            path,
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        )
     }
 
     /// Kills node `i`'s device (SIGKILL: no chance to clean up, the worst case).

@@ -1,0 +1,388 @@
+//! `identityd lab bench-recovery`: packet loss while a node's WireGuard side is disturbed,
+//! measured on a running lab under a fixed-rate ICMP flow from client-1 (n1) to a pod on each
+//! other node (web-2 on n2, web-3 on n3), with the underlay captured throughout.
+//!
+//! Scenarios, one after the other, each on a healthy lab:
+//! - `device-kill`: `kill -9` of n2's WireGuard device process; the daemon supervises it.
+//! - `daemon-device-kill`: `kill -9` of n2's daemon and device, the daemon started again
+//!   `restart_delay` later (the device is down until then: loss is counted from the moment
+//!   the daemon is back, `lost_after_back`).
+//! - `rotation`: a `KeyRotation {target: wireguard}` applied through the file source.
+//!
+//! Each flow reports packets sent, lost, lost after the disturbed part is back, the longest
+//! gap, and the capture reports pod packets seen in clear on the underlay (anything that is
+//! not WireGuard, the CA's TLS or link housekeeping) and whether the flows' payload marker
+//! appeared in clear.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::LabError;
+use super::bench::{daemon_pid, running, start_daemon, wait_daemon_configured};
+
+/// The flows' ICMP payload pattern (`ping -p`, hex of `idd-rec!`).
+const MARKER_HEX: &str = "6964642d72656321";
+const MARKER: &[u8] = b"idd-rec!idd-rec!";
+
+/// The scenarios `bench-recovery` knows, in the order they run.
+pub const SCENARIOS: [&str; 3] = ["device-kill", "daemon-device-kill", "rotation"];
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RecoveryBenchOptions {
+    /// Which of [`SCENARIOS`] to run.
+    pub scenarios: Vec<String>,
+    /// Packets per second of each flow.
+    pub rate: u32,
+    /// Seconds each flow runs (the disturbance starts after 3 s).
+    pub seconds: u64,
+    /// How long the daemon stays dead in `daemon-device-kill`.
+    pub restart_delay: Duration,
+    /// Where the JSON report goes.
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct FlowResult {
+    pair: &'static str,
+    sent: u64,
+    received: u64,
+    lost: u64,
+    /// Lost among the packets sent after the disturbed part was back (the device restarted by
+    /// the daemon, the daemon started again, the rotation applied).
+    lost_after_back: u64,
+    longest_gap_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ScenarioResult {
+    scenario: String,
+    /// When the disturbance started and when the disturbed part was back, ms after the flows
+    /// started.
+    disturbed_at_ms: u64,
+    back_at_ms: u64,
+    flows: Vec<FlowResult>,
+    underlay_packets: usize,
+    /// Underlay packets that are not WireGuard (nor the CA's TLS, nor link housekeeping).
+    packets_in_clear: usize,
+    marker_in_clear: bool,
+    /// n2's `wireguard_device_restarts` before and after.
+    device_restarts_before: u64,
+    device_restarts_after: u64,
+    /// n2's WireGuard public key changed.
+    key_changed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    rate_pps: u32,
+    seconds: u64,
+    restart_delay_ms: u64,
+    scenarios: Vec<ScenarioResult>,
+}
+
+/// A running ping flow.
+struct Flow {
+    pair: &'static str,
+    child: std::process::Child,
+}
+
+fn start_flow(pair: &'static str, from: &str, to: &str, rate: u32, count: u64) -> Result<Flow, LabError> {
+    let interval = format!("{:.3}", 1.0 / f64::from(rate.max(1)));
+    let child = Command::new("ip")
+        .args(["netns", "exec", from, "ping", "-n", "-i", &interval, "-W", "1", "-p", MARKER_HEX])
+        .args(["-c", &count.to_string(), to])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| LabError::Command {
+            cmd: "ping".into(),
+            reason: e.to_string(),
+        })?;
+    Ok(Flow { pair, child })
+}
+
+/// Received sequence numbers (`icmp_seq=N`) out of ping's output.
+fn received_seqs(out: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = out
+        .lines()
+        .filter(|l| l.contains(" bytes from "))
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// (lost, lost at or after `back_seq`, longest run of consecutive missing sequence numbers)
+/// of `count` packets numbered from 1.
+fn losses(received: &[u64], count: u64, back_seq: u64) -> (u64, u64, u64) {
+    let mut lost = 0;
+    let mut lost_after = 0;
+    let mut run = 0;
+    let mut longest = 0;
+    let mut it = received.iter().peekable();
+    for seq in 1..=count {
+        if it.peek() == Some(&&seq) {
+            it.next();
+            run = 0;
+        } else {
+            lost += 1;
+            if seq >= back_seq {
+                lost_after += 1;
+            }
+            run += 1;
+            longest = longest.max(run);
+        }
+    }
+    (lost, lost_after, longest)
+}
+
+fn n2_status(dir: &Path) -> Result<crate::daemon::api::NodeStatus, LabError> {
+    crate::daemon::api::fetch(&dir.join("n2/run/api.sock"))
+        .map_err(|e| LabError::Io(format!("n2's local API: {e}")))
+}
+
+fn kill9(pid: &str, what: &str) -> Result<(), LabError> {
+    let ok = Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Io(format!("kill -9 {pid} ({what}) failed")))
+    }
+}
+
+fn wg_pid(dir: &Path) -> Result<String, LabError> {
+    let f = dir.join("n2/run/wg.pid");
+    let pid = std::fs::read_to_string(&f).map_err(|e| super::io_err(&f, e))?;
+    let pid = pid.trim().to_owned();
+    if running(&pid) {
+        Ok(pid)
+    } else {
+        Err(LabError::Io(format!("n2's WireGuard device ({pid}) is not running")))
+    }
+}
+
+fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady {
+                secs,
+                what: what.to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Disturbs n2 as `scenario` says; returns when the disturbed part is back.
+fn disturb(dir: &Path, scenario: &str, opts: &RecoveryBenchOptions) -> Result<(), LabError> {
+    match scenario {
+        "device-kill" => {
+            let old = wg_pid(dir)?;
+            kill9(&old, "n2's WireGuard device")?;
+            wait_until(10, "n2's daemon to start its WireGuard device again", || {
+                wg_pid(dir).is_ok_and(|p| p != old)
+            })
+        }
+        "daemon-device-kill" => {
+            let daemon = daemon_pid(dir, 2)?;
+            let device = wg_pid(dir)?;
+            kill9(&daemon, "n2's daemon")?;
+            kill9(&device, "n2's WireGuard device")?;
+            std::thread::sleep(opts.restart_delay);
+            start_daemon(dir, 2, &daemon)
+        }
+        "rotation" => {
+            let name = format!(
+                "bench-recovery-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            );
+            let f = dir.join(format!("cluster/keyrotation-{name}.yaml"));
+            std::fs::write(
+                &f,
+                format!(
+                    "apiVersion: identityd.io/v1alpha1\nkind: KeyRotation\nmetadata:\n  name: {name}\nspec:\n  target: wireguard\n"
+                ),
+            )
+            .map_err(|e| super::io_err(&f, e))?;
+            let mut text = String::new();
+            wait_until(60, &format!("KeyRotation {name} to finish"), || {
+                text = std::fs::read_to_string(&f).unwrap_or_default();
+                text.contains("phase: Completed") || text.contains("phase: Failed")
+            })?;
+            if text.contains("phase: Failed") {
+                return Err(LabError::Io(format!("KeyRotation {name} failed:\n{text}")));
+            }
+            Ok(())
+        }
+        other => Err(LabError::Io(format!(
+            "bench-recovery: unknown scenario {other:?} (known: {})",
+            SCENARIOS.join(", ")
+        ))),
+    }
+}
+
+fn ms_since(t0: Instant, t: Instant) -> u64 {
+    u64::try_from(t.duration_since(t0).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn run_scenario(dir: &Path, scenario: &str, opts: &RecoveryBenchOptions) -> Result<ScenarioResult, LabError> {
+    let before = n2_status(dir)?;
+    let pcap = dir.join(format!("bench-recovery-{scenario}.pcap"));
+    let mut cap = Command::new("tcpdump")
+        .args(["-i", super::BRIDGE, "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| LabError::Command {
+            cmd: "tcpdump".into(),
+            reason: e.to_string(),
+        })?;
+    std::thread::sleep(Duration::from_millis(700));
+    let count = u64::from(opts.rate) * opts.seconds;
+    let t0 = Instant::now();
+    let flows = vec![
+        start_flow("n1->n2", "idd-n1-client-1", "10.244.2.10", opts.rate, count)?,
+        start_flow("n1->n3", "idd-n1-client-1", "10.244.3.10", opts.rate, count)?,
+    ];
+    std::thread::sleep(Duration::from_secs(3));
+    let disturbed = Instant::now();
+    let res = disturb(dir, scenario, opts);
+    let back = Instant::now();
+    let mut results = Vec::new();
+    for f in flows {
+        let out = f
+            .child
+            .wait_with_output()
+            .map_err(|e| LabError::Io(format!("ping: {e}")))?;
+        let seqs = received_seqs(&String::from_utf8_lossy(&out.stdout));
+        let back_seq = 1 + back.duration_since(t0).as_millis() as u64 * u64::from(opts.rate) / 1000;
+        let (lost, lost_after_back, gap) = losses(&seqs, count, back_seq);
+        results.push(FlowResult {
+            pair: f.pair,
+            sent: count,
+            received: seqs.len() as u64,
+            lost,
+            lost_after_back,
+            longest_gap_ms: gap * 1000 / u64::from(opts.rate.max(1)),
+        });
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &cap.id().to_string()])
+        .status();
+    let _ = cap.wait();
+    res?;
+    if scenario == "daemon-device-kill" {
+        wait_daemon_configured(dir, 2)?;
+    }
+    let (total, clear, marker) = super::inspect_capture_with(&pcap, MARKER);
+    let _ = std::fs::remove_file(&pcap);
+    let after = n2_status(dir)?;
+    Ok(ScenarioResult {
+        scenario: scenario.to_owned(),
+        disturbed_at_ms: ms_since(t0, disturbed),
+        back_at_ms: ms_since(t0, back),
+        flows: results,
+        underlay_packets: total,
+        packets_in_clear: clear,
+        marker_in_clear: marker,
+        device_restarts_before: before.wireguard_device_restarts,
+        device_restarts_after: after.wireguard_device_restarts,
+        key_changed: before.public_key != after.public_key,
+    })
+}
+
+/// Runs the scenarios on the lab in `dir` and writes the report; returns a summary.
+///
+/// # Errors
+/// No lab, an unknown scenario, a disturbance that does not recover, a tool that fails.
+pub fn recovery(dir: &Path, opts: &RecoveryBenchOptions) -> Result<String, LabError> {
+    if !dir.join("lab.json").exists() {
+        return Err(LabError::NotUp(dir.display().to_string()));
+    }
+    if let Some(bad) = opts
+        .scenarios
+        .iter()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        return Err(LabError::Io(format!(
+            "--scenarios: unknown scenario {bad:?} (known: {})",
+            SCENARIOS.join(", ")
+        )));
+    }
+    let mut scenarios = Vec::new();
+    for s in SCENARIOS.iter().filter(|s| opts.scenarios.iter().any(|o| o == *s)) {
+        scenarios.push(run_scenario(dir, s, opts)?);
+        // Let the tunnels settle before the next one.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let report = Report {
+        bench: "recovery",
+        rate_pps: opts.rate,
+        seconds: opts.seconds,
+        restart_delay_ms: u64::try_from(opts.restart_delay.as_millis()).unwrap_or(u64::MAX),
+        scenarios,
+    };
+    if let Some(parent) = opts.out.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| super::io_err(parent, e))?;
+    }
+    let json = serde_json::to_string_pretty(&report).map_err(|e| LabError::Io(e.to_string()))?;
+    std::fs::write(&opts.out, &json).map_err(|e| super::io_err(&opts.out, e))?;
+    let mut summary = format!("wrote {}\n", opts.out.display());
+    for s in &report.scenarios {
+        for f in &s.flows {
+            summary.push_str(&format!(
+                "  {:<19} {}  lost {:>5}/{:<6} after back {:>5}  longest gap {:>6} ms\n",
+                s.scenario, f.pair, f.lost, f.sent, f.lost_after_back, f.longest_gap_ms
+            ));
+        }
+        summary.push_str(&format!(
+            "  {:<19} underlay {} packets, {} in clear, marker in clear: {}; device restarts {} → {}\n",
+            s.scenario,
+            s.underlay_packets,
+            s.packets_in_clear,
+            s.marker_in_clear,
+            s.device_restarts_before,
+            s.device_restarts_after
+        ));
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_output_gives_received_sequence_numbers() {
+        let out = "PING 10.244.2.10 (10.244.2.10) 56(84) bytes of data.\n\
+            64 bytes from 10.244.2.10: icmp_seq=1 ttl=62 time=0.3 ms\n\
+            64 bytes from 10.244.2.10: icmp_seq=3 ttl=62 time=0.3 ms\n\
+            64 bytes from 10.244.2.10: icmp_seq=3 ttl=62 time=0.3 ms (DUP!)\n\
+            \n--- 10.244.2.10 ping statistics ---\n";
+        assert_eq!(received_seqs(out), vec![1, 3]);
+    }
+
+    #[test]
+    fn losses_count_gaps_and_what_was_lost_after_recovery() {
+        // 10 packets; 2..=4 lost before "back" at 6, 8 lost after.
+        let got = [1, 5, 6, 7, 9, 10];
+        assert_eq!(losses(&got, 10, 6), (4, 1, 3));
+        assert_eq!(losses(&[], 3, 1), (3, 3, 3));
+        assert_eq!(losses(&[1, 2, 3], 3, 1), (0, 0, 0));
+    }
+}

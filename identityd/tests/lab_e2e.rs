@@ -1253,8 +1253,7 @@ fn a_killed_wireguard_device_is_back_within_a_second_with_its_key(lab: &Lab) {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let scenarios = report["scenarios"].as_array().unwrap();
     assert_eq!(scenarios.len(), 2, "{report:#}");
     for s in scenarios {
@@ -1273,7 +1272,10 @@ fn a_killed_wireguard_device_is_back_within_a_second_with_its_key(lab: &Lab) {
         assert_eq!(s["packets_in_clear"], 0, "{name}: nothing in clear: {s:#}");
         assert_eq!(s["marker_in_clear"], false, "{name}: {s:#}");
         assert_eq!(s["key_changed"], false, "{name}: same key: {s:#}");
-        assert_eq!(n3["lost"], 0, "{name}: the n1 → n3 pair is untouched: {s:#}");
+        assert_eq!(
+            n3["lost"], 0,
+            "{name}: the n1 → n3 pair is untouched: {s:#}"
+        );
         match name {
             "device-kill" => {
                 assert_eq!(

@@ -288,7 +288,11 @@ impl Datapath {
                 Ok(pid) => {
                     if self.wg_pid.is_some_and(|old| old != pid) {
                         self.wg_restarts += 1;
-                        tracing::warn!(pid, restarts = self.wg_restarts, "the WireGuard device process had died; started again");
+                        tracing::warn!(
+                            pid,
+                            restarts = self.wg_restarts,
+                            "the WireGuard device process had died; started again"
+                        );
                     }
                     self.wg_pid = Some(pid);
                 }

@@ -9,8 +9,8 @@
 //! is recorded in `<dir>/lab.json`, which `lab down` uses to remove it all.
 
 pub mod bench;
-pub mod recovery;
 pub mod image;
+pub mod recovery;
 pub mod workload;
 
 use std::fmt::Write as _;

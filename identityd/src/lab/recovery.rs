@@ -91,10 +91,18 @@ struct Flow {
     child: std::process::Child,
 }
 
-fn start_flow(pair: &'static str, from: &str, to: &str, rate: u32, count: u64) -> Result<Flow, LabError> {
+fn start_flow(
+    pair: &'static str,
+    from: &str,
+    to: &str,
+    rate: u32,
+    count: u64,
+) -> Result<Flow, LabError> {
     let interval = format!("{:.3}", 1.0 / f64::from(rate.max(1)));
     let child = Command::new("ip")
-        .args(["netns", "exec", from, "ping", "-n", "-i", &interval, "-W", "1", "-p", MARKER_HEX])
+        .args([
+            "netns", "exec", from, "ping", "-n", "-i", &interval, "-W", "1", "-p", MARKER_HEX,
+        ])
         .args(["-c", &count.to_string(), to])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -167,7 +175,9 @@ fn wg_pid(dir: &Path) -> Result<String, LabError> {
     if running(&pid) {
         Ok(pid)
     } else {
-        Err(LabError::Io(format!("n2's WireGuard device ({pid}) is not running")))
+        Err(LabError::Io(format!(
+            "n2's WireGuard device ({pid}) is not running"
+        )))
     }
 }
 
@@ -191,9 +201,11 @@ fn disturb(dir: &Path, scenario: &str, opts: &RecoveryBenchOptions) -> Result<()
         "device-kill" => {
             let old = wg_pid(dir)?;
             kill9(&old, "n2's WireGuard device")?;
-            wait_until(10, "n2's daemon to start its WireGuard device again", || {
-                wg_pid(dir).is_ok_and(|p| p != old)
-            })
+            wait_until(
+                10,
+                "n2's daemon to start its WireGuard device again",
+                || wg_pid(dir).is_ok_and(|p| p != old),
+            )
         }
         "daemon-device-kill" => {
             let daemon = daemon_pid(dir, 2)?;
@@ -239,7 +251,11 @@ fn ms_since(t0: Instant, t: Instant) -> u64 {
     u64::try_from(t.duration_since(t0).as_millis()).unwrap_or(u64::MAX)
 }
 
-fn run_scenario(dir: &Path, scenario: &str, opts: &RecoveryBenchOptions) -> Result<ScenarioResult, LabError> {
+fn run_scenario(
+    dir: &Path,
+    scenario: &str,
+    opts: &RecoveryBenchOptions,
+) -> Result<ScenarioResult, LabError> {
     let before = n2_status(dir)?;
     let pcap = dir.join(format!("bench-recovery-{scenario}.pcap"));
     let mut cap = Command::new("tcpdump")
@@ -325,7 +341,10 @@ pub fn recovery(dir: &Path, opts: &RecoveryBenchOptions) -> Result<String, LabEr
         )));
     }
     let mut scenarios = Vec::new();
-    for s in SCENARIOS.iter().filter(|s| opts.scenarios.iter().any(|o| o == *s)) {
+    for s in SCENARIOS
+        .iter()
+        .filter(|s| opts.scenarios.iter().any(|o| o == *s))
+    {
         scenarios.push(run_scenario(dir, s, opts)?);
         // Let the tunnels settle before the next one.
         std::thread::sleep(Duration::from_secs(2));

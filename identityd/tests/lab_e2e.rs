@@ -983,28 +983,52 @@ fn mode_changes_keep_http_and_tcp_working(lab: &Lab) {
 
 /// Flow visibility: the classifiers' events, resolved to pods and identities.
 fn observe_shows_flows_with_their_path_and_the_callers_identity(lab: &Lab) {
-    let out = Command::new(BIN)
-        .args(["observe", "--json", "--dir"])
-        .arg(&lab.dir)
-        .output()
-        .unwrap();
-    let flows = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "observe: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let observe = || {
+        let out = Command::new(BIN)
+            .args(["observe", "--json", "--dir"])
+            .arg(&lab.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "observe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The earlier trials' requests (this read also drains the ring buffers).
+    let flows = observe();
     assert!(
         flows.lines().any(|l| l.contains("\"verdict\":\"mtls\"")
             && l.contains("\"src_identity\":\"spiffe://cluster.local/ns/front/sa/client\"")),
         "mTLS flows with the caller's identity:\n{}",
         flows.lines().take(5).collect::<Vec<_>>().join("\n")
     );
+    // ICMP between pods of different nodes takes the WireGuard path (not Envoy).
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "idd-n1-client-1",
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+        ])
+        .arg("10.244.2.10")
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "ping client-1 → web-2: {ping:?}");
+    let flows = observe();
     assert!(
         flows
             .lines()
             .any(|l| l.contains("\"verdict\":\"wireguard\"")),
-        "WireGuard flows (the readiness pings)"
+        "WireGuard flows (the pings):\n{}",
+        flows.lines().take(5).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -1228,8 +1252,8 @@ fn the_daemon_restarts_an_envoy_that_dies(lab: &Lab) {
 
 /// kill -9 of n2's WireGuard device under a 100 pps ping from n1 to n2 and n3: the daemon
 /// starts it again at once (pidfd) and the new device handshakes with every peer as it adds
-/// them, so less than 1 s of packets is lost; then the daemon and the device killed together,
-/// the daemon back 3 s later: under 1 s lost after it is back. Same key, nothing in clear,
+/// them, so replies stop for less than 1 s; then the daemon and the device killed together,
+/// the daemon back 3 s later: replies again within 1 s of it being back. Same key, nothing in clear,
 /// the n1 → n3 pair untouched.
 fn a_killed_wireguard_device_is_back_within_a_second_with_its_key(lab: &Lab) {
     let tmp = tempfile::tempdir().unwrap();
@@ -1284,19 +1308,21 @@ fn a_killed_wireguard_device_is_back_within_a_second_with_its_key(lab: &Lab) {
                     "the daemon restarted its device once: {s:#}"
                 );
                 assert!(
-                    n2["lost"].as_u64().unwrap() < 100,
-                    "under 1 s of loss at 100 pps: {s:#}"
+                    n2["longest_gap_ms"].as_u64().unwrap() < 1000,
+                    "under 1 s without replies: {s:#}"
                 );
             }
             _ => {
-                // The control: with daemon and device dead for 3 s, packets were lost.
+                // The control: with daemon and device dead for 3 s, replies stopped.
                 assert!(
-                    n2["lost"].as_u64().unwrap() >= 200,
+                    n2["longest_gap_ms"].as_u64().unwrap() >= 2500,
                     "the device was really down: {s:#}"
                 );
                 assert!(
-                    n2["lost_after_back"].as_u64().unwrap() < 100,
-                    "under 1 s of loss after the daemon is back: {s:#}"
+                    n2["first_reply_after_back_ms"]
+                        .as_u64()
+                        .is_some_and(|ms| ms < 1000),
+                    "replies again within 1 s of the daemon being back: {s:#}"
                 );
             }
         }

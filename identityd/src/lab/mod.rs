@@ -30,10 +30,12 @@ pub const CA_LISTEN: &str = "10.99.0.1:8443";
 pub const CA_METRICS: &str = "10.99.0.1:9963";
 /// Port of the pods' HTTP workload.
 pub const WORKLOAD_PORT: u16 = 8080;
-/// A tcpdump filter for underlay packets that are neither WireGuard, nor the nodes' TLS
-/// connections to the CA role (10.99.0.1:8443), nor link housekeeping (ARP, IGMP, IPv6
-/// link-local neighbour/multicast-listener traffic).
-pub const NOT_WIREGUARD_FILTER: &str = "not (udp port 51871) and not (tcp port 8443 and host 10.99.0.1) and not arp and not igmp and not (ip6 and src net fe80::/10) and not (ip6 and dst net ff02::/16)";
+/// A tcpdump filter for underlay packets that are neither WireGuard, nor ICMP errors about a
+/// WireGuard datagram (port unreachable while a node's device is down: they quote the
+/// datagram's headers and ciphertext), nor the nodes' TLS connections to the CA role
+/// (10.99.0.1:8443), nor link housekeeping (ARP, IGMP, IPv6 link-local neighbour/multicast-
+/// listener traffic).
+pub const NOT_WIREGUARD_FILTER: &str = "not (udp port 51871) and not (icmp and icmp[0] = 3 and icmp[17] = 17 and (icmp[28:2] = 51871 or icmp[30:2] = 51871)) and not (tcp port 8443 and host 10.99.0.1) and not arp and not igmp and not (ip6 and src net fe80::/10) and not (ip6 and dst net ff02::/16)";
 /// Ports of the lab Gateway's listeners (DESIGN: ingress 80/443, lab 8080/8443).
 pub const INGRESS_HTTP: u16 = 8080;
 /// HTTPS listener of the lab Gateway.
@@ -1171,6 +1173,24 @@ fn ingress_samples(exe: &str, dir: &Path, nodes: usize) -> Vec<(String, bool, St
 /// (packets, packets that are not WireGuard UDP on 51871 between node addresses, marker seen)
 fn inspect_capture(path: &Path) -> (usize, usize, bool) {
     inspect_capture_with(path, PAYLOAD_MARKER.as_bytes())
+}
+
+/// The first `max` packets of capture `path` that match `filter`, as `tcpdump -nn` prints them.
+fn capture_lines(path: &Path, filter: &str, max: usize) -> Vec<String> {
+    Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(path)
+        .arg(filter)
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .take(max)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// [`inspect_capture`] with another payload marker.

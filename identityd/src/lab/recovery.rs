@@ -5,12 +5,12 @@
 //! Scenarios, one after the other, each on a healthy lab:
 //! - `device-kill`: `kill -9` of n2's WireGuard device process; the daemon supervises it.
 //! - `daemon-device-kill`: `kill -9` of n2's daemon and device, the daemon started again
-//!   `restart_delay` later (the device is down until then: loss is counted from the moment
-//!   the daemon is back, `lost_after_back`).
+//!   `restart_delay` later (the device is down until then: recovery is measured from the
+//!   moment the daemon is back, `first_reply_after_back_ms`).
 //! - `rotation`: a `KeyRotation {target: wireguard}` applied through the file source.
 //!
-//! Each flow reports packets sent, lost, lost after the disturbed part is back, the longest
-//! gap, and the capture reports pod packets seen in clear on the underlay (anything that is
+//! Each flow reports packets sent and lost, the longest time between two replies, and how
+//! long after the disturbed part was back the first reply came; the capture reports pod packets seen in clear on the underlay (anything that is
 //! not WireGuard, the CA's TLS or link housekeeping) and whether the flows' payload marker
 //! appeared in clear.
 
@@ -48,13 +48,15 @@ pub struct RecoveryBenchOptions {
 #[derive(Debug, Serialize)]
 struct FlowResult {
     pair: &'static str,
+    /// Echo requests ping sent (it sends a little slower while no replies come back).
     sent: u64,
     received: u64,
     lost: u64,
-    /// Lost among the packets sent after the disturbed part was back (the device restarted by
-    /// the daemon, the daemon started again, the rotation applied).
-    lost_after_back: u64,
+    /// The longest time between two consecutive replies.
     longest_gap_ms: u64,
+    /// From the moment the disturbed part was back (the device restarted by the daemon, the
+    /// daemon started again, the rotation applied) to the first reply after it.
+    first_reply_after_back_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +71,9 @@ struct ScenarioResult {
     /// Underlay packets that are not WireGuard (nor the CA's TLS, nor link housekeeping).
     packets_in_clear: usize,
     marker_in_clear: bool,
+    /// The first packets in clear as tcpdump prints them (the capture is kept beside the lab
+    /// when there are any).
+    clear_samples: Vec<String>,
     /// n2's `wireguard_device_restarts` before and after.
     device_restarts_before: u64,
     device_restarts_after: u64,
@@ -101,7 +106,7 @@ fn start_flow(
     let interval = format!("{:.3}", 1.0 / f64::from(rate.max(1)));
     let child = Command::new("ip")
         .args([
-            "netns", "exec", from, "ping", "-n", "-i", &interval, "-W", "1", "-p", MARKER_HEX,
+            "netns", "exec", from, "ping", "-n", "-D", "-i", &interval, "-W", "1", "-p", MARKER_HEX,
         ])
         .args(["-c", &count.to_string(), to])
         .stdout(Stdio::piped())
@@ -114,41 +119,44 @@ fn start_flow(
     Ok(Flow { pair, child })
 }
 
-/// Received sequence numbers (`icmp_seq=N`) out of ping's output.
-fn received_seqs(out: &str) -> Vec<u64> {
-    let mut v: Vec<u64> = out
+/// Replies out of `ping -D` output: (unix time in µs, `icmp_seq`), in sequence order,
+/// duplicates dropped; and the transmitted count of the summary line.
+fn replies(out: &str) -> (Vec<(u64, u64)>, u64) {
+    let mut v: Vec<(u64, u64)> = out
         .lines()
         .filter(|l| l.contains(" bytes from "))
-        .filter_map(|l| l.split("icmp_seq=").nth(1))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            let ts = l.strip_prefix('[')?.split(']').next()?;
+            let (secs, frac) = ts.split_once('.')?;
+            let frac = format!("{frac:0<6}");
+            let us = secs.parse::<u64>().ok()? * 1_000_000 + frac.get(..6)?.parse::<u64>().ok()?;
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((us, seq))
+        })
         .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+    v.sort_unstable_by_key(|r| r.1);
+    v.dedup_by_key(|r| r.1);
+    let sent = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (v, sent)
 }
 
-/// (lost, lost at or after `back_seq`, longest run of consecutive missing sequence numbers)
-/// of `count` packets numbered from 1.
-fn losses(received: &[u64], count: u64, back_seq: u64) -> (u64, u64, u64) {
-    let mut lost = 0;
-    let mut lost_after = 0;
-    let mut run = 0;
-    let mut longest = 0;
-    let mut it = received.iter().peekable();
-    for seq in 1..=count {
-        if it.peek() == Some(&&seq) {
-            it.next();
-            run = 0;
-        } else {
-            lost += 1;
-            if seq >= back_seq {
-                lost_after += 1;
-            }
-            run += 1;
-            longest = longest.max(run);
-        }
-    }
-    (lost, lost_after, longest)
+/// (longest gap between consecutive replies, first reply at or after `back_us`), µs.
+fn gaps(replies: &[(u64, u64)], back_us: u64) -> (u64, Option<u64>) {
+    let mut times: Vec<u64> = replies.iter().map(|r| r.0).collect();
+    times.sort_unstable();
+    let longest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let first_after = times.iter().find(|t| **t >= back_us).map(|t| t - back_us);
+    (longest, first_after)
 }
 
 fn n2_status(dir: &Path) -> Result<crate::daemon::api::NodeStatus, LabError> {
@@ -279,22 +287,56 @@ fn run_scenario(
     let disturbed = Instant::now();
     let res = disturb(dir, scenario, opts);
     let back = Instant::now();
+    let back_us = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros()),
+    )
+    .unwrap_or(u64::MAX);
     let mut results = Vec::new();
     for f in flows {
         let out = f
             .child
             .wait_with_output()
             .map_err(|e| LabError::Io(format!("ping: {e}")))?;
-        let seqs = received_seqs(&String::from_utf8_lossy(&out.stdout));
-        let back_seq = 1 + back.duration_since(t0).as_millis() as u64 * u64::from(opts.rate) / 1000;
-        let (lost, lost_after_back, gap) = losses(&seqs, count, back_seq);
+        let text = String::from_utf8_lossy(&out.stdout);
+        // ping's own output, kept beside the lab as the evidence of the figures.
+        let _ = std::fs::write(
+            dir.join(format!(
+                "bench-recovery-{scenario}-{}.txt",
+                f.pair.replace("->", "-")
+            )),
+            text.as_bytes(),
+        );
+        let (got, sent) = replies(&text);
+        let (longest, first_after) = gaps(&got, back_us);
+        let received = got.len() as u64;
+        // ping's own count of replies must match what was read out of its lines.
+        let summary_received = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| {
+                l.split(", ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
+        if summary_received != Some(received) {
+            return Err(LabError::Io(format!(
+                "ping {}: {received} replies read, its summary says {summary_received:?}:\n{}",
+                f.pair,
+                text.lines().take(5).collect::<Vec<_>>().join("\n")
+            )));
+        }
         results.push(FlowResult {
             pair: f.pair,
-            sent: count,
-            received: seqs.len() as u64,
-            lost,
-            lost_after_back,
-            longest_gap_ms: gap * 1000 / u64::from(opts.rate.max(1)),
+            sent,
+            received,
+            lost: sent.saturating_sub(received),
+            longest_gap_ms: longest / 1000,
+            first_reply_after_back_ms: first_after.map(|us| us / 1000),
         });
     }
     let _ = Command::new("kill")
@@ -306,7 +348,12 @@ fn run_scenario(
         wait_daemon_configured(dir, 2)?;
     }
     let (total, clear, marker) = super::inspect_capture_with(&pcap, MARKER);
-    let _ = std::fs::remove_file(&pcap);
+    let clear_samples = if clear > 0 {
+        super::capture_lines(&pcap, super::NOT_WIREGUARD_FILTER, 8)
+    } else {
+        let _ = std::fs::remove_file(&pcap);
+        Vec::new()
+    };
     let after = n2_status(dir)?;
     Ok(ScenarioResult {
         scenario: scenario.to_owned(),
@@ -316,6 +363,7 @@ fn run_scenario(
         underlay_packets: total,
         packets_in_clear: clear,
         marker_in_clear: marker,
+        clear_samples,
         device_restarts_before: before.wireguard_device_restarts,
         device_restarts_after: after.wireguard_device_restarts,
         key_changed: before.public_key != after.public_key,
@@ -365,8 +413,14 @@ pub fn recovery(dir: &Path, opts: &RecoveryBenchOptions) -> Result<String, LabEr
     for s in &report.scenarios {
         for f in &s.flows {
             summary.push_str(&format!(
-                "  {:<19} {}  lost {:>5}/{:<6} after back {:>5}  longest gap {:>6} ms\n",
-                s.scenario, f.pair, f.lost, f.sent, f.lost_after_back, f.longest_gap_ms
+                "  {:<19} {}  lost {:>5}/{:<6} longest gap {:>6} ms  first reply {} ms after back\n",
+                s.scenario,
+                f.pair,
+                f.lost,
+                f.sent,
+                f.longest_gap_ms,
+                f.first_reply_after_back_ms
+                    .map_or_else(|| "never".to_owned(), |m| m.to_string())
             ));
         }
         summary.push_str(&format!(
@@ -387,21 +441,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ping_output_gives_received_sequence_numbers() {
+    fn ping_output_gives_replies_with_their_times() {
         let out = "PING 10.244.2.10 (10.244.2.10) 56(84) bytes of data.\n\
-            64 bytes from 10.244.2.10: icmp_seq=1 ttl=62 time=0.3 ms\n\
-            64 bytes from 10.244.2.10: icmp_seq=3 ttl=62 time=0.3 ms\n\
-            64 bytes from 10.244.2.10: icmp_seq=3 ttl=62 time=0.3 ms (DUP!)\n\
-            \n--- 10.244.2.10 ping statistics ---\n";
-        assert_eq!(received_seqs(out), vec![1, 3]);
-    }
-
-    #[test]
-    fn losses_count_gaps_and_what_was_lost_after_recovery() {
-        // 10 packets; 2..=4 lost before "back" at 6, 8 lost after.
-        let got = [1, 5, 6, 7, 9, 10];
-        assert_eq!(losses(&got, 10, 6), (4, 1, 3));
-        assert_eq!(losses(&[], 3, 1), (3, 3, 3));
-        assert_eq!(losses(&[1, 2, 3], 3, 1), (0, 0, 0));
+            [1764745200.100000] 64 bytes from 10.244.2.10: icmp_seq=1 ttl=62 time=0.3 ms\n\
+            [1764745200.12] 64 bytes from 10.244.2.10: icmp_seq=3 ttl=62 time=0.3 ms\n\
+            [1764745200.13] 64 bytes from 10.244.2.10: icmp_seq=3 ttl=62 time=0.3 ms (DUP!)\n\
+            [1764745201.620000] 64 bytes from 10.244.2.10: icmp_seq=9 ttl=62 time=0.3 ms\n\
+            \n--- 10.244.2.10 ping statistics ---\n\
+            9 packets transmitted, 3 received, +1 duplicates, 66% packet loss, time 1520ms\n";
+        let (r, sent) = replies(out);
+        assert_eq!(sent, 9);
+        assert_eq!(
+            r,
+            vec![
+                (1_764_745_200_100_000, 1),
+                (1_764_745_200_120_000, 3),
+                (1_764_745_201_620_000, 9)
+            ]
+        );
+        // The outage: 1.5 s between replies; back at .5 s past: first reply 1.12 s later.
+        assert_eq!(
+            gaps(&r, 1_764_745_200_500_000),
+            (1_500_000, Some(1_120_000))
+        );
+        assert_eq!(gaps(&r, 1_764_745_202_000_000), (1_500_000, None));
+        assert_eq!(gaps(&[], 0), (0, None));
     }
 }

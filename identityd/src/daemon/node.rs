@@ -636,6 +636,7 @@ impl DatapathTask {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_exit: Option<tokio::time::Instant> = None;
         loop {
             let st = state.borrow_and_update().clone();
             let report = self.round(&st).await;
@@ -646,6 +647,13 @@ impl DatapathTask {
                 _ = tick.tick() => {}
                 () = device_exit(device) => {
                     tracing::warn!(pid = ?device, "the WireGuard device process exited");
+                    // A device that keeps dying right after its start is restarted at most
+                    // once a second, not in a tight loop.
+                    let now = tokio::time::Instant::now();
+                    if let Some(prev) = last_exit.filter(|p| now.duration_since(*p) < DEVICE_RESTART_MIN_INTERVAL) {
+                        tokio::time::sleep_until(prev + DEVICE_RESTART_MIN_INTERVAL).await;
+                    }
+                    last_exit = Some(tokio::time::Instant::now());
                 }
                 _ = stop.changed() => break,
             }
@@ -653,6 +661,9 @@ impl DatapathTask {
         // Pinned classifier links and the device process stay: no gap until the next start.
     }
 }
+
+/// Least time between two restarts of a device that keeps exiting.
+const DEVICE_RESTART_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Resolves when the device process `pid` exits (at once, through a pidfd), so the next
 /// round starts it again without waiting for the tick; never without a process, and never

@@ -770,17 +770,7 @@ impl<'a> Up<'a> {
         let (dir, opts, mtls, exe_s) = (self.dir, self.opts, self.mtls, &self.exe_s);
         // ---- sample traffic with an underlay capture ----
         let capture = dir.join("underlay.pcap");
-        let mut tcpdump = Command::new("tcpdump")
-            .args(["-i", BRIDGE, "-U", "-s", "0", "-w"])
-            .arg(&capture)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| LabError::Command {
-                cmd: "tcpdump".into(),
-                reason: e.to_string(),
-            })?;
-        std::thread::sleep(Duration::from_millis(700));
+        let mut tcpdump = start_capture(&capture)?;
         let mut results = Vec::new();
         for a in self.pods.iter().filter(|p| p.app == "client") {
             for b in self.pods.iter().filter(|p| p.app == "web") {
@@ -1175,6 +1165,22 @@ fn inspect_capture(path: &Path) -> (usize, usize, bool) {
     inspect_capture_with(path, PAYLOAD_MARKER.as_bytes())
 }
 
+/// Starts tcpdump on the lab's bridge writing to `path`, and gives it time to start capturing.
+fn start_capture(path: &Path) -> Result<std::process::Child, LabError> {
+    let child = Command::new("tcpdump")
+        .args(["-i", BRIDGE, "-U", "-s", "0", "-w"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| LabError::Command {
+            cmd: "tcpdump".into(),
+            reason: e.to_string(),
+        })?;
+    std::thread::sleep(Duration::from_millis(700));
+    Ok(child)
+}
+
 /// The first `max` packets of capture `path` that match `filter`, as `tcpdump -nn` prints them.
 fn capture_lines(path: &Path, filter: &str, max: usize) -> Vec<String> {
     Command::new("tcpdump")
@@ -1195,16 +1201,7 @@ fn capture_lines(path: &Path, filter: &str, max: usize) -> Vec<String> {
 
 /// [`inspect_capture`] with another payload marker.
 fn inspect_capture_with(path: &Path, marker: &[u8]) -> (usize, usize, bool) {
-    let count = |filter: &str| -> usize {
-        Command::new("tcpdump")
-            .args(["-nn", "-r"])
-            .arg(path)
-            .arg(filter)
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-            .unwrap_or(0)
-    };
+    let count = |filter: &str| capture_lines(path, filter, usize::MAX).len();
     let total = count("");
     // ARP and IPv6 neighbour discovery are link housekeeping, not pod traffic.
     let not_wg = count(NOT_WIREGUARD_FILTER);

@@ -266,17 +266,7 @@ fn run_scenario(
 ) -> Result<ScenarioResult, LabError> {
     let before = n2_status(dir)?;
     let pcap = dir.join(format!("bench-recovery-{scenario}.pcap"));
-    let mut cap = Command::new("tcpdump")
-        .args(["-i", super::BRIDGE, "-U", "-s", "0", "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| LabError::Command {
-            cmd: "tcpdump".into(),
-            reason: e.to_string(),
-        })?;
-    std::thread::sleep(Duration::from_millis(700));
+    let mut cap = super::start_capture(&pcap)?;
     let count = u64::from(opts.rate) * opts.seconds;
     let t0 = Instant::now();
     let flows = vec![

@@ -485,6 +485,7 @@ async fn status_writes_are_server_side_applies_by_identityd() {
             ..Condition::default()
         }],
         observed_generation: Some(3),
+        ..KeyRotationStatus::default()
     });
     source.write_status(&Object::KeyRotation(kr)).await.unwrap();
     let reqs = api.requests();

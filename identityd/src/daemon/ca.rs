@@ -225,7 +225,7 @@ struct Controller {
 impl Controller {
     async fn step(&self, state: &ClusterState) {
         let now = rotation::now_rfc3339();
-        for step in rotation::controller_steps(state, &now) {
+        for step in rotation::controller_steps(state, SystemTime::now()) {
             let Some(kr) = state.key_rotations.get(&step.name) else {
                 continue;
             };
@@ -339,7 +339,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
     };
     controller.step(&source.snapshot()).await;
     tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
+        // On every change, and every few seconds for deadlines.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tick.tick() => {}
+            }
             let s = rx.borrow_and_update().clone();
             *l2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&s);
             controller.step(&s).await;

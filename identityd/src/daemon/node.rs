@@ -23,7 +23,7 @@ use crate::daemon::api::{self, ComponentStatus, NodeStatus, PeerStatus};
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::identity::Identities;
 use crate::daemon::mesh::MeshReport;
-use crate::daemon::plan::{NodePlan, RoutePath, plan};
+use crate::daemon::plan::{KeyFiles, NodePlan, RoutePath, plan, plan_with_keys};
 use crate::daemon::rotation;
 use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
 use crate::model::{ClusterState, IdentitydNode, MtlsMode, Object};
@@ -172,55 +172,91 @@ fn ensure_wg_process(cfg: &DaemonConfig, config_path: &Path) -> Result<u32, Node
     Ok(pid)
 }
 
-/// This node's part of a `wireguard` KeyRotation: a new key (0600, atomic), the device process
-/// restarted with it (the persistent TUN and its routes stay), and the `IdentitydNode`
-/// republished with the new public key and the rotated condition (labels and other conditions
-/// kept). Returns the new public key.
-async fn rotate_wireguard_key(
-    cfg: &DaemonConfig,
-    key_path: &Path,
-    state: &ClusterState,
-    source: &dyn ClusterSource,
-    rotation_name: &str,
-) -> Result<String, String> {
-    let me = state
-        .node(&cfg.name)
-        .ok_or("this node's IdentitydNode is not published yet")?;
-    let key = NodeKey::generate();
-    key.save(key_path)
-        .map_err(|e| format!("saving the new key: {e}"))?;
-    let public_key = key.public_key().to_string();
-    drop(key);
-    // The device keeps the key it started with: restart it (it re-reads the key file).
-    if let Some(pid) = running_wg_pid(cfg) {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while pid_alive(pid) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if pid_alive(pid) {
-            return Err(format!("the WireGuard device process {pid} did not stop"));
+/// This node's `IdentitydNode` spec with `public_key` as its current WireGuard key.
+fn own_spec(cfg: &DaemonConfig, public_key: &str) -> IdentitydNodeSpec {
+    IdentitydNodeSpec {
+        pod_cidrs: cfg.pod_cidr.iter().cloned().collect(),
+        underlay_addresses: cfg
+            .underlay_address
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        wireguard: cfg.wireguard.as_ref().map(|w| WireguardSpec {
+            public_key: public_key.to_owned(),
+            port: i64::from(w.port),
+            next_public_key: None,
+        }),
+        ipsec: None,
+    }
+}
+
+/// Where a node keeps its WireGuard rotation: the next private key (0600) and the record.
+struct RotationFiles {
+    next_key: PathBuf,
+    record: PathBuf,
+}
+
+impl RotationFiles {
+    fn new(state_dir: &Path) -> Self {
+        Self {
+            next_key: state_dir.join("wireguard.next.key"),
+            record: state_dir.join("wireguard-rotation.json"),
         }
     }
-    ensure_wg_process(cfg, &cfg.run_dir.join("wg.json")).map_err(|e| e.to_string())?;
-    let mut node = me.clone();
-    if let Some(w) = node.spec.wireguard.as_mut() {
-        w.public_key.clone_from(&public_key);
+
+    /// The saved record. A record whose next key already is the current one (the daemon
+    /// stopped between making it current and recording that) is Retired.
+    fn load(&self, current_public: &str) -> Option<rotation::NodeRecord> {
+        let text = std::fs::read_to_string(&self.record).ok()?;
+        let mut r: rotation::NodeRecord = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(file = %self.record.display(), error = %e, "unreadable rotation record; ignored");
+                return None;
+            }
+        };
+        if r.active() && r.next_public_key == current_public {
+            r.step = rotation::NodeStep::Retired;
+        }
+        Some(r)
     }
-    let mut st = node.status.take().unwrap_or_default();
-    st.conditions
-        .retain(|c| c.type_ != rotation::ROTATED_CONDITION);
-    st.conditions.push(rotation::rotated_condition(
-        rotation_name,
-        &public_key,
-        &rotation::now_rfc3339(),
-    ));
-    node.status = Some(st);
-    source
-        .apply(&Object::IdentitydNode(node))
-        .await
-        .map_err(|e| format!("republishing IdentitydNode {}: {e}", cfg.name))?;
-    Ok(public_key)
+
+    fn save(&self, r: &rotation::NodeRecord) -> Result<(), String> {
+        let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+        write_atomic(&self.record, &json, 0o600)
+            .map_err(|e| format!("{}: {e}", self.record.display()))
+    }
+}
+
+/// The device's links (`get=identityd-links`); `None` when it does not answer.
+fn uapi_links(iface: &str) -> Option<Vec<rotation::LinkView>> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = identityd_wg::uapi::socket_path(iface);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    s.write_all(format!("{}\n\n", identityd_wg::uapi::GET_LINKS).as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    for line in BufReader::new(s).lines().map_while(Result::ok) {
+        if line.is_empty() {
+            break;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if !text.lines().any(|l| l == "errno=0") {
+        return None;
+    }
+    Some(
+        identityd_wg::uapi::parse_links(&text)
+            .into_iter()
+            .map(|l| rotation::LinkView {
+                peer: l.peer.to_string(),
+                local: l.local.to_string(),
+                session: l.session_age.is_some(),
+            })
+            .collect(),
+    )
 }
 
 /// Interfaces of the current network namespace (from netlink via `ip`, not `/sys/class/net`:
@@ -584,32 +620,89 @@ struct DatapathTask {
     public_key: String,
     source: Arc<dyn ClusterSource>,
     tunnel_addr_done: bool,
+    files: RotationFiles,
+    /// This node's part of the latest WireGuard rotation (kept in `files.record`).
+    record: Option<rotation::NodeRecord>,
 }
 
 impl DatapathTask {
     async fn round(&mut self, state: &ClusterState) -> DatapathReport {
         let cfg = Arc::clone(&self.cfg);
         let mut errors = Vec::new();
-        if let Some(name) = rotation::node_pending_rotation(state, &cfg.name) {
-            match rotate_wireguard_key(&cfg, &self.key_path, state, self.source.as_ref(), &name)
-                .await
-            {
-                Ok(pk) => {
-                    tracing::info!(rotation = %name, public_key = %pk, "WireGuard key rotated");
-                    self.public_key = pk;
-                    // The rotation restarted the device on purpose: not a crash.
-                    self.dp.wg_pid = running_wg_pid(&cfg);
+        // A rotation's step first (it decides the key files), then the device config.
+        let peers = plan(&cfg, state, &self.key_path, cfg.mtls.default_mode)
+            .wireguard
+            .as_ref()
+            .map(rotation::device_peers)
+            .unwrap_or_default();
+        let links = match (&self.record, &cfg.wireguard) {
+            (Some(r), Some(w)) if r.active() => {
+                let iface = w.interface.clone();
+                tokio::task::spawn_blocking(move || uapi_links(&iface))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
+        let action = rotation::node_action(
+            state,
+            &cfg.name,
+            self.record.as_ref(),
+            &peers,
+            links.as_deref(),
+        );
+        let mut drop_next_key = false;
+        if action != rotation::NodeAction::None {
+            match self.rotation_step(&action) {
+                Ok(()) => {
+                    tracing::info!(?action, record = ?self.record, "WireGuard key rotation step");
+                    drop_next_key = matches!(
+                        action,
+                        rotation::NodeAction::Retire | rotation::NodeAction::Withdraw
+                    );
                 }
                 Err(e) => {
-                    tracing::warn!(rotation = %name, error = %e, "WireGuard key rotation");
-                    errors.push(format!("KeyRotation {name}: {e}"));
+                    tracing::warn!(?action, error = %e, "WireGuard key rotation step");
+                    errors.push(format!("KeyRotation: {e}"));
                 }
             }
         }
-        let p = plan(&cfg, state, &self.key_path, cfg.mtls.default_mode);
+        let keys = KeyFiles {
+            current: self.key_path.clone(),
+            next: self
+                .record
+                .as_ref()
+                .filter(|r| r.active())
+                .map(|_| self.files.next_key.clone()),
+        };
+        let p = plan_with_keys(&cfg, state, &keys, cfg.mtls.default_mode);
         for e in self.dp.apply(&cfg, &p) {
             tracing::warn!(error = %e, "apply");
             errors.push(e);
+        }
+        if drop_next_key && errors.is_empty() {
+            let _ = std::fs::remove_file(&self.files.next_key);
+        }
+        // The published object follows the record: the next key once the device holds it.
+        let next_in_device = self.record.as_ref().is_some_and(|r| {
+            peers.is_empty()
+                || links
+                    .as_ref()
+                    .is_some_and(|l| l.iter().any(|x| x.local == r.next_public_key))
+        });
+        let want = rotation::published_node(
+            state.node(&cfg.name),
+            IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &self.public_key)),
+            self.record.as_ref(),
+            next_in_device,
+            &rotation::now_rfc3339(),
+        );
+        if state.node(&cfg.name).is_some()
+            && rotation::node_differs(state.node(&cfg.name), &want)
+            && let Err(e) = self.source.apply(&Object::IdentitydNode(want)).await
+        {
+            errors.push(format!("republishing IdentitydNode {}: {e}", cfg.name));
         }
         if !self.tunnel_addr_done
             && let (Some(addr), Some(w)) = (cfg.tunnel_address, &cfg.wireguard)
@@ -627,6 +720,61 @@ impl DatapathTask {
             cluster_version: state.version(),
             wireguard_device_restarts: self.dp.wg_restarts,
         }
+    }
+
+    /// Takes one step of this node's part of a WireGuard rotation: key files and the record
+    /// (the device config and the object follow in the same round).
+    fn rotation_step(&mut self, action: &rotation::NodeAction) -> Result<(), String> {
+        use rotation::{NodeAction as A, NodeRecord, NodeStep};
+        match action {
+            A::None => {}
+            A::Announce(name) => {
+                let (next, _) = NodeKey::load_or_generate(&self.files.next_key)
+                    .map_err(|e| format!("the next key: {e}"))?;
+                let record = NodeRecord {
+                    rotation: name.clone(),
+                    step: NodeStep::Announced,
+                    next_public_key: next.public_key().to_string(),
+                };
+                drop(next);
+                self.files.save(&record)?;
+                self.record = Some(record);
+            }
+            A::Switch => {
+                let mut r = self.record.clone().ok_or("no rotation record")?;
+                r.step = NodeStep::Switched;
+                self.files.save(&r)?;
+                self.record = Some(r);
+            }
+            A::Retire => {
+                let mut r = self.record.clone().ok_or("no rotation record")?;
+                // The next key becomes the current one (atomically, 0600); the device keeps
+                // the sessions peers built to it and drops the old key's.
+                let next = NodeKey::load(&self.files.next_key)
+                    .map_err(|e| format!("the next key: {e}"))?;
+                if next.public_key().to_string() != r.next_public_key {
+                    return Err(format!(
+                        "{} holds another key than the announced {}",
+                        self.files.next_key.display(),
+                        r.next_public_key
+                    ));
+                }
+                next.save(&self.key_path)
+                    .map_err(|e| format!("saving the new key: {e}"))?;
+                drop(next);
+                r.step = NodeStep::Retired;
+                self.files.save(&r)?;
+                self.public_key.clone_from(&r.next_public_key);
+                self.record = Some(r);
+            }
+            A::Withdraw => {
+                let mut r = self.record.clone().ok_or("no rotation record")?;
+                r.step = NodeStep::Withdrawn;
+                self.files.save(&r)?;
+                self.record = Some(r);
+            }
+        }
+        Ok(())
     }
 
     async fn run(
@@ -1019,25 +1167,25 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             });
         }
     }
-    // Publish this node.
-    let spec = IdentitydNodeSpec {
-        pod_cidrs: cfg.pod_cidr.iter().cloned().collect(),
-        underlay_addresses: cfg
-            .underlay_address
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        wireguard: cfg.wireguard.as_ref().map(|w| WireguardSpec {
-            public_key: public_key.clone(),
-            port: i64::from(w.port),
-        }),
-        ipsec: None,
-    };
+    // Publish this node (with the next key of a rotation it is in the middle of: the device
+    // still answers on it).
+    let files = RotationFiles::new(&cfg.state_dir);
+    let record = files.load(&public_key);
+    let mut node = IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &public_key));
+    if let (Some(w), Some(r)) = (node.spec.wireguard.as_mut(), &record)
+        && r.active()
+        && files.next_key.exists()
+    {
+        w.next_public_key = Some(r.next_public_key.clone());
+    }
+    if let Some(r) = &record {
+        node.status = Some(crate::model::IdentitydNodeStatus {
+            observed_generation: None,
+            conditions: vec![rotation::record_condition(r, &rotation::now_rfc3339())],
+        });
+    }
     source
-        .apply(&Object::IdentitydNode(IdentitydNode::new(
-            cfg.name.clone(),
-            spec,
-        )))
+        .apply(&Object::IdentitydNode(node))
         .await
         .map_err(|source| NodeError::Publish {
             node: cfg.name.clone(),
@@ -1122,6 +1270,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         public_key,
         source: Arc::clone(&source),
         tunnel_addr_done: false,
+        files,
+        record,
     };
     let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
 

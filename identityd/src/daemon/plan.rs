@@ -20,6 +20,8 @@ pub struct PeerView {
     pub id: u32,
     /// WireGuard public key, when published and valid.
     pub public_key: Option<PublicKey>,
+    /// The key it is rotating to, when announced and valid.
+    pub next_public_key: Option<PublicKey>,
     /// Underlay endpoint.
     pub endpoint: Option<SocketAddr>,
     /// Pod CIDRs.
@@ -67,12 +69,40 @@ pub fn node_ids(state: &ClusterState) -> BTreeMap<String, u32> {
         .collect()
 }
 
-/// Computes the node's plan from the cluster state.
+/// The files of this node's WireGuard keys the device is to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFiles {
+    /// The current key (it initiates).
+    pub current: std::path::PathBuf,
+    /// The next key while a rotation announces it (it answers handshakes).
+    pub next: Option<std::path::PathBuf>,
+}
+
+/// Computes the node's plan from the cluster state, with only the current key.
 #[must_use]
 pub fn plan(
     cfg: &DaemonConfig,
     state: &ClusterState,
     key_path: &Path,
+    default_mtls: MtlsMode,
+) -> NodePlan {
+    plan_with_keys(
+        cfg,
+        state,
+        &KeyFiles {
+            current: key_path.to_path_buf(),
+            next: None,
+        },
+        default_mtls,
+    )
+}
+
+/// Computes the node's plan from the cluster state and its key files.
+#[must_use]
+pub fn plan_with_keys(
+    cfg: &DaemonConfig,
+    state: &ClusterState,
+    keys: &KeyFiles,
     default_mtls: MtlsMode,
 ) -> NodePlan {
     let ids = node_ids(state);
@@ -102,6 +132,18 @@ pub fn plan(
                         None
                     }
                 });
+        let next_public_key = node.spec.wireguard.as_ref().and_then(|w| {
+            let n = w.next_public_key.as_deref()?;
+            match n.parse::<PublicKey>() {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    problems.push(format!(
+                        "node {name}: spec.wireguard.nextPublicKey={n}: {e}"
+                    ));
+                    None
+                }
+            }
+        });
         let port = node
             .spec
             .wireguard
@@ -117,6 +159,7 @@ pub fn plan(
             id: ids.get(&name).copied().unwrap_or(0),
             name,
             public_key,
+            next_public_key,
             endpoint,
             pod_cidrs: node.spec.pod_cidrs.clone(),
         });
@@ -154,15 +197,15 @@ pub fn plan(
                 endpoint: ep,
                 pod_cidrs: cidrs,
                 keepalive: None,
-                next_public_key: None,
+                next_public_key: p.next_public_key,
             });
         }
     }
     let wireguard = match (&cfg.wireguard, wg_mode) {
         (Some(w), true) => Some(DeviceConfig {
             interface: w.interface.clone(),
-            key_path: key_path.to_path_buf(),
-            next_key_path: None,
+            key_path: keys.current.clone(),
+            next_key_path: keys.next.clone(),
             listen_port: w.port,
             underlay_mtu: 1500,
             underlay_ipv6: cfg.underlay_address.is_some_and(|a| a.is_ipv6()),
@@ -260,6 +303,7 @@ mod tests {
                 wireguard: key.map(|k| WireguardSpec {
                     public_key: k.into(),
                     port: 51871,
+                    next_public_key: None,
                 }),
                 ipsec: None,
             },
@@ -317,6 +361,40 @@ mod tests {
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         // Node ids are stable positions by name.
         assert_eq!(p.peers.iter().map(|x| x.id).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_rotating_peer_is_one_peer_with_both_keys_and_this_nodes_next_key_is_in_the_device_config()
+    {
+        let mut n2 = node("n2", 2, Some(K2));
+        if let Object::IdentitydNode(n) = &mut n2 {
+            n.spec.wireguard.as_mut().unwrap().next_public_key =
+                Some("AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=".into());
+        }
+        let state = ClusterState::from_objects(1, [n2]);
+        let keys = KeyFiles {
+            current: "/s/wireguard.key".into(),
+            next: Some("/s/wireguard.next.key".into()),
+        };
+        let p = plan_with_keys(
+            &cfg(EncryptionMode::Wireguard),
+            &state,
+            &keys,
+            MtlsMode::Disabled,
+        );
+        let wg = p.wireguard.expect("wireguard config");
+        assert_eq!(wg.peers.len(), 1, "both keys, one peer");
+        assert_eq!(wg.peers[0].public_key.to_string(), K2);
+        assert_eq!(
+            wg.peers[0]
+                .next_public_key
+                .map(|k| k.to_string())
+                .as_deref(),
+            Some("AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=")
+        );
+        assert_eq!(wg.key_path, keys.current);
+        assert_eq!(wg.next_key_path, keys.next);
+        assert_eq!(p.routes["10.244.2.0/24"].0, RoutePath::Wireguard);
     }
 
     #[test]

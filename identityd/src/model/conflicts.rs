@@ -45,22 +45,23 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
     struct Owner<'a> {
         name: &'a str,
         cidrs: Vec<Cidr>,
-        key: Option<&'a str>,
+        keys: Vec<&'a str>,
     }
     let parse = |cs: &[String]| -> Vec<Cidr> { cs.iter().filter_map(|c| c.parse().ok()).collect() };
-    let key_of = |name: &str| {
-        state
-            .nodes
-            .get(name)
-            .and_then(|n| n.spec.wireguard.as_ref())
-            .map(|w| w.public_key.trim())
-    };
+    // Both keys of a rotating node (the current and the announced next one) are its own.
+    fn keys_of(n: &super::IdentitydNode) -> Vec<&str> {
+        n.spec.wireguard.as_ref().map_or_else(Vec::new, |w| {
+            std::iter::once(w.public_key.trim())
+                .chain(w.next_public_key.as_deref().map(str::trim))
+                .collect()
+        })
+    }
     let mut owners: Vec<Owner<'_>> = Vec::new();
     if let Some((name, cidrs)) = this {
         owners.push(Owner {
             name,
             cidrs: parse(cidrs),
-            key: key_of(name),
+            keys: state.nodes.get(name).map(keys_of).unwrap_or_default(),
         });
     }
     let mut order: Vec<_> = state
@@ -80,7 +81,7 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
     for n in order {
         let name = n.metadata.name.as_str();
         let cidrs = parse(&n.spec.pod_cidrs);
-        let key = n.spec.wireguard.as_ref().map(|w| w.public_key.trim());
+        let keys = keys_of(n);
         let own = |o: &Owner<'_>| {
             if this.is_some_and(|(t, _)| t == o.name) {
                 format!(
@@ -105,10 +106,10 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
                     break 'owners;
                 }
             }
-            if key.is_some() && key == o.key {
+            if let Some((i, k)) = keys.iter().enumerate().find(|(_, k)| o.keys.contains(k)) {
+                let field = if i == 0 { "publicKey" } else { "nextPublicKey" };
                 why = Some(format!(
-                    "IdentitydNode {name}: spec.wireguard.publicKey={} is also {}'s; {} keeps it and {name} is not applied",
-                    key.unwrap_or_default(),
+                    "IdentitydNode {name}: spec.wireguard.{field}={k} is also {}'s; {} keeps it and {name} is not applied",
                     own(o),
                     o.name
                 ));
@@ -119,7 +120,7 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
             Some(w) => {
                 out.rejected.insert(name.to_owned(), w);
             }
-            None => owners.push(Owner { name, cidrs, key }),
+            None => owners.push(Owner { name, cidrs, keys }),
         }
     }
     out
@@ -143,6 +144,7 @@ mod tests {
                 wireguard: Some(WireguardSpec {
                     public_key: key.into(),
                     port: 51871,
+                    next_public_key: None,
                 }),
                 ipsec: None,
             },
@@ -180,6 +182,35 @@ mod tests {
             "{c:#?}"
         );
         assert!(!c.is_rejected("n1") && !c.is_rejected("n2"));
+
+        // A rotating node's next key is its own too: another node publishing it (as its key
+        // or as its next key) is rejected, naming the field.
+        let mut rotating = node("n1", "10.244.1.0/24", K1, Some("2026-12-01T10:00:00Z"));
+        if let Object::IdentitydNode(n) = &mut rotating {
+            n.spec.wireguard.as_mut().unwrap().next_public_key = Some(K3.into());
+        }
+        let mut thief = node("n2", "10.244.2.0/24", K2, Some("2026-12-01T10:00:01Z"));
+        if let Object::IdentitydNode(n) = &mut thief {
+            n.spec.wireguard.as_mut().unwrap().next_public_key = Some(K3.into());
+        }
+        let state = ClusterState::from_objects(
+            1,
+            vec![
+                rotating,
+                thief,
+                node("n3", "10.244.3.0/24", K3, Some("2026-12-01T10:00:02Z")),
+            ],
+        );
+        let c = node_conflicts(&state, None);
+        assert!(
+            c.rejected["n2"].contains("spec.wireguard.nextPublicKey="),
+            "{c:#?}"
+        );
+        assert!(
+            c.rejected["n3"].contains("spec.wireguard.publicKey="),
+            "{c:#?}"
+        );
+        assert!(!c.is_rejected("n1"));
 
         // An object claiming n1's CIDR, judged by n1: n1's config wins even if the object is
         // older than n1's own IdentitydNode.

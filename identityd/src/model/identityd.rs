@@ -103,6 +103,12 @@ pub struct WireguardSpec {
     #[serde(default = "default_wg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i64,
+    /// The key the node is rotating to (base64), published beside `publicKey` while a
+    /// `KeyRotation` runs: peers map both keys to this node and handshake to this one; the
+    /// node answers on both. Removed when the node retires its old key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 44, max = 44), regex(pattern = WG_KEY_PATTERN))]
+    pub next_public_key: Option<String>,
 }
 
 fn default_wg_port() -> i64 {
@@ -115,6 +121,15 @@ impl WireguardSpec {
     pub fn public_key_bytes(&self) -> Option<[u8; 32]> {
         let v = base64::engine::general_purpose::STANDARD
             .decode(self.public_key.trim())
+            .ok()?;
+        v.try_into().ok()
+    }
+
+    /// The decoded next key, when one is announced and valid.
+    #[must_use]
+    pub fn next_public_key_bytes(&self) -> Option<[u8; 32]> {
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(self.next_public_key.as_deref()?.trim())
             .ok()?;
         v.try_into().ok()
     }
@@ -183,6 +198,21 @@ impl IdentitydNode {
                 );
             }
             errs.port("spec.wireguard.port", wg.port);
+            if let Some(next) = &wg.next_public_key {
+                if wg.next_public_key_bytes().is_none() {
+                    errs.push(
+                        "spec.wireguard.nextPublicKey",
+                        next,
+                        "must be a base64 WireGuard public key (32 bytes)",
+                    );
+                } else if next.trim() == wg.public_key.trim() {
+                    errs.push(
+                        "spec.wireguard.nextPublicKey",
+                        next,
+                        "must differ from spec.wireguard.publicKey",
+                    );
+                }
+            }
         }
         if let Some(ipsec) = &self.spec.ipsec {
             errs.range(
@@ -321,6 +351,12 @@ pub struct KeyRotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub overlap_window: Option<String>,
+    /// `wireguard`: how long the selected nodes have to confirm every step (duration string,
+    /// default 10m); a node that has not retired its old key by then makes the rotation
+    /// Failed, naming it, and nodes still announcing withdraw their next key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub deadline: Option<String>,
 }
 
 impl KeyRotationSpec {
@@ -337,6 +373,28 @@ impl KeyRotationSpec {
             .as_deref()
             .and_then(|s| identityd_certs::duration::parse(s).ok())
     }
+
+    /// The parsed deadline (`None` when absent or invalid).
+    #[must_use]
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+            .as_deref()
+            .and_then(|s| identityd_certs::duration::parse(s).ok())
+    }
+}
+
+/// One selected node's progress in a `wireguard` rotation (`KeyRotation.status.nodes[]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRotationStatus {
+    /// The node.
+    pub name: String,
+    /// `Pending` (nothing reported yet), `Announced`, `Switched` or `Retired`.
+    #[schemars(extend("enum" = ["Pending", "Announced", "Switched", "Retired"]))]
+    pub step: String,
+    /// What the node reported.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// `KeyRotation.status`.
@@ -347,6 +405,17 @@ pub struct KeyRotationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["Pending", "InProgress", "Completed", "Failed"]))]
     pub phase: Option<String>,
+    /// `wireguard`: the step every selected node has reached: `Announced` (next keys
+    /// published), `Switched` (every peer handshook to them), `Retired` (old keys removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Announced", "Switched", "Retired"]))]
+    pub step: Option<String>,
+    /// When the rotation went InProgress (RFC 3339; the deadline counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// `wireguard`: each selected node's step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRotationStatus>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -385,6 +454,9 @@ impl KeyRotation {
         }
         if let Some(w) = &self.spec.overlap_window {
             errs.duration("spec.overlapWindow", w);
+        }
+        if let Some(d) = &self.spec.deadline {
+            errs.duration("spec.deadline", d);
         }
         if let Some(st) = &self.status {
             if let Some(p) = &st.phase

@@ -613,6 +613,7 @@ fn node(name: &str, cidr: &str, underlay: &str) -> IdentitydNode {
             wireguard: Some(WireguardSpec {
                 public_key: WG_KEY.into(),
                 port: 51871,
+                next_public_key: None,
             }),
             ipsec: None,
         },

@@ -229,6 +229,7 @@ fn wg_node(name: &str, port: i64) -> IdentitydNode {
             wireguard: Some(WireguardSpec {
                 public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
                 port,
+                next_public_key: None,
             }),
             ipsec: None,
         },

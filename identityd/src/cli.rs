@@ -202,16 +202,16 @@ pub enum LabCommand {
     },
     /// Measure packet loss on a running lab while n2's WireGuard side is disturbed (its device
     /// killed, its daemon and device killed and the daemon restarted, a key rotation), under a
-    /// fixed-rate ping from client-1 to a pod on n2 and on n3; writes a JSON report.
+    /// fixed-rate ping between every pair of nodes; writes a JSON report.
     BenchRecovery {
         /// Lab directory.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Scenarios to run: device-kill, daemon-device-kill, rotation.
+        /// Scenarios to run: device-kill, daemon-device-kill, rotation, rotation-frozen.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "device-kill,daemon-device-kill,rotation"
+            default_value = "device-kill,daemon-device-kill,rotation,rotation-frozen"
         )]
         scenarios: Vec<String>,
         /// Packets per second of each flow.

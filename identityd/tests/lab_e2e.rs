@@ -1329,6 +1329,93 @@ fn a_killed_wireguard_device_is_back_within_a_second_with_its_key(lab: &Lab) {
     }
 }
 
+/// `KeyRotation {target: wireguard}` of every node under 100 pps between every pair of nodes:
+/// next keys announced beside the old ones, peers switch, old keys retired, no device
+/// restart. Nothing lost, nothing in clear, `wg show` lists only the new keys. Then the same
+/// with n3's daemon frozen (SIGSTOP) and a 15 s deadline: Failed naming n3, the others withdraw
+/// their next keys, and still nothing lost.
+fn a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_name(lab: &Lab) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rotation.json");
+    let run = Command::new(BIN)
+        .args(["lab", "bench-recovery", "--dir"])
+        .arg(&lab.dir)
+        .args([
+            "--scenarios",
+            "rotation,rotation-frozen",
+            "--seconds",
+            "30",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    // The rotation objects go again whatever happened (later trials expect none running).
+    for e in std::fs::read_dir(lab.dir.join("cluster"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("keyrotation-bench-")
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    assert!(
+        run.status.success(),
+        "bench-recovery: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 2, "{report:#}");
+    for s in scenarios {
+        let name = s["scenario"].as_str().unwrap();
+        assert!(s["underlay_packets"].as_u64().unwrap() > 0, "{name}: {s:#}");
+        assert_eq!(s["packets_in_clear"], 0, "{name}: nothing in clear: {s:#}");
+        assert_eq!(s["marker_in_clear"], false, "{name}: {s:#}");
+        assert_eq!(
+            s["device_restarts_after"], s["device_restarts_before"],
+            "{name}: no device restart: {s:#}"
+        );
+        let flows = s["flows"].as_array().unwrap();
+        assert_eq!(flows.len(), 3, "every pair of nodes: {s:#}");
+        for f in flows {
+            assert!(f["sent"].as_u64().unwrap() >= 2900, "{name}: {f:#}");
+            assert_eq!(f["lost"], 0, "{name} {}: nothing lost: {s:#}", f["pair"]);
+        }
+        assert_eq!(
+            s["wg_show_matches_published"], true,
+            "{name}: wg show lists exactly the published keys: {s:#}"
+        );
+        let msg = s["rotation_message"].as_str().unwrap_or("");
+        match name {
+            "rotation" => {
+                assert_eq!(s["rotation_phase"], "Completed", "{s:#}");
+                assert_eq!(msg, "3 node(s) rotated: n1, n2, n3", "{s:#}");
+                assert_eq!(s["key_changed"], true, "n2 has a new key: {s:#}");
+            }
+            _ => {
+                assert_eq!(s["rotation_phase"], "Failed", "{s:#}");
+                assert!(
+                    msg.contains("n3 (Pending)") && msg.contains("spec.deadline 15s passed"),
+                    "the frozen node is named: {s:#}"
+                );
+                assert!(
+                    !msg.contains("n1 (") || msg.contains("n1 (Announced)"),
+                    "{s:#}"
+                );
+                assert_eq!(
+                    s["key_changed"], false,
+                    "withdrawn: n2 keeps its key: {s:#}"
+                );
+            }
+        }
+    }
+}
+
 fn the_audit_fails_for_the_right_reasons_in_every_format(lab: &Lab) {
     sarif_validation_catches_a_broken_log(&lab.dir);
     assert_audit(&lab.dir, &[], None);
@@ -2308,6 +2395,10 @@ const TRIALS: &[Check] = &[
     (
         "a_conflicting_identitydnode_takes_nothing_from_its_owner",
         a_conflicting_identitydnode_takes_nothing_from_its_owner,
+    ),
+    (
+        "a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_name",
+        a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_name,
     ),
     (
         "a_wireguard_key_rotation_completes_through_the_file_source",

@@ -74,6 +74,10 @@ pub struct DeviceConfig {
     /// configuration unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_key_path: Option<PathBuf>,
+    /// The next key only answers and never becomes the preferred sending key (a withdrawn
+    /// rotation: peers are dropping their sessions to it). Written only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub next_key_answer_only: bool,
     /// UDP port.
     #[serde(default = "default_port")]
     pub listen_port: u16,

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -181,9 +181,10 @@ impl Peer {
 
     /// The link to send on: among links with a valid session, the one to the peer's newest
     /// key, then from this node's newest key (a next key has a session only once the peer
-    /// handshook to it, which shows the peer knows it), then the freshest session; without
-    /// any session, the initiating link (the packet is queued and a handshake started).
-    fn sending_link(&self, current: &x25519::PublicKey) -> Option<Arc<Link>> {
+    /// handshook to it, which shows the peer knows it) — or, with `next_sends` off (a
+    /// withdrawn next key), from the current key — then the freshest session; without any
+    /// session, the initiating link (the packet is queued and a handshake started).
+    fn sending_link(&self, current: &x25519::PublicKey, next_sends: bool) -> Option<Arc<Link>> {
         let newest_remote = self.next.unwrap_or(self.key);
         self.links
             .iter()
@@ -191,7 +192,13 @@ impl Peer {
             .max_by_key(|(l, age)| {
                 (
                     l.remote == newest_remote,
-                    l.local != *current,
+                    // A withdrawn next key is not sent on while the current key has a
+                    // session (the peer is dropping its links to it).
+                    if next_sends {
+                        l.local != *current
+                    } else {
+                        l.local == *current
+                    },
                     std::cmp::Reverse(*age),
                 )
             })
@@ -251,6 +258,9 @@ struct Inner {
     name: String,
     /// This node's keys: the current one first, then the next one while it rotates.
     keys: RwLock<Vec<LocalKey>>,
+    /// Whether links from the next key are preferred for sending once they have a session
+    /// (false while a withdrawn next key only answers).
+    next_sends: AtomicBool,
     tun: Tun,
     udp: UdpSocket,
     listen_port: u16,
@@ -344,6 +354,7 @@ impl Device {
         let public = x25519::PublicKey::from(key.secret());
         let inner = Arc::new(Inner {
             name: tun.name().to_owned(),
+            next_sends: AtomicBool::new(true),
             keys: RwLock::new(vec![LocalKey {
                 key: Arc::new(key),
                 public,
@@ -446,17 +457,20 @@ impl Device {
         // Every peer's links follow the new key set.
         let mut table = write(&self.inner.peers);
         let peers: Vec<Arc<Peer>> = table.by_key.values().cloned().collect();
-        let mut fresh = Vec::new();
         for p in peers {
-            let (peer, new_links) =
-                self.build_peer(Some(&p), p.key, p.next, read(&p.config).clone());
-            fresh.extend(new_links.into_iter().map(|l| (Arc::clone(&peer), l)));
+            let peer = self.build_peer(Some(&p), p.key, p.next, read(&p.config).clone());
             table.by_key.insert(peer.key, peer);
         }
         table.reindex();
         drop(table);
-        self.initiate_fresh(&fresh);
+        self.initiate_without_session();
         true
+    }
+
+    /// Whether links from the next key may be preferred for sending (see
+    /// [`crate::config::DeviceConfig::next_key_answer_only`]).
+    pub fn set_next_sends(&self, yes: bool) {
+        self.inner.next_sends.store(yes, Ordering::Relaxed);
     }
 
     /// The UDP port in use.
@@ -535,7 +549,9 @@ impl Device {
             .by_key
             .values()
             .flat_map(|p| {
-                let sending = p.sending_link(&current).map(|l| l.index);
+                let sending = p
+                    .sending_link(&current, self.inner.next_sends.load(Ordering::Relaxed))
+                    .map(|l| l.index);
                 p.links
                     .iter()
                     .map(|l| LinkStatus {
@@ -571,17 +587,15 @@ impl Device {
 
     /// The peer `key` (next key `next`) with configuration `cfg`: one link per (local key,
     /// peer key), those of `old` that still fit kept with their sessions, the others new.
-    /// Returns the peer and its new links.
     fn build_peer(
         &self,
         old: Option<&Peer>,
         key: PublicKey,
         next: Option<PublicKey>,
         cfg: PeerConfig,
-    ) -> (Arc<Peer>, Vec<Arc<Link>>) {
+    ) -> Arc<Peer> {
         let keys = read(&self.inner.keys);
         let mut links = Vec::new();
-        let mut fresh = Vec::new();
         let remotes: Vec<PublicKey> = next.into_iter().chain(std::iter::once(key)).collect();
         for local in keys.iter() {
             for remote in &remotes {
@@ -593,11 +607,7 @@ impl Device {
                 });
                 match kept {
                     Some(l) => links.push(l),
-                    None => {
-                        let l = self.new_link(local, *remote, cfg.keepalive);
-                        fresh.push(Arc::clone(&l));
-                        links.push(l);
-                    }
+                    None => links.push(self.new_link(local, *remote, cfg.keepalive)),
                 }
             }
         }
@@ -606,14 +616,13 @@ impl Device {
             Some(o) if read(&o.config).endpoint == cfg.endpoint => *read(&o.endpoint),
             _ => cfg.endpoint,
         };
-        let peer = Arc::new(Peer {
+        Arc::new(Peer {
             key,
             next,
             links,
             endpoint: RwLock::new(endpoint),
             config: RwLock::new(cfg),
-        });
-        (peer, fresh)
+        })
     }
 
     /// Makes the device's peers equal to `desired`, changing only what differs: unchanged
@@ -627,7 +636,6 @@ impl Device {
         if changes.is_empty() {
             return report;
         }
-        let mut fresh = Vec::new();
         let mut table = write(&self.inner.peers);
         for c in changes {
             match c {
@@ -636,8 +644,7 @@ impl Device {
                     report.removed += 1;
                 }
                 PeerChange::Add(k, cfg) | PeerChange::Replace(k, cfg) => {
-                    let (p, links) = self.build_peer(None, k, cfg.next_public_key, cfg);
-                    fresh.extend(links.into_iter().map(|l| (Arc::clone(&p), l)));
+                    let p = self.build_peer(None, k, cfg.next_public_key, cfg);
                     if table.by_key.insert(k, p).is_some() {
                         report.replaced += 1;
                     } else {
@@ -646,17 +653,14 @@ impl Device {
                 }
                 PeerChange::Update(k, cfg) => {
                     if let Some(old) = table.by_key.get(&k).cloned() {
-                        let (p, links) = self.build_peer(Some(&old), k, cfg.next_public_key, cfg);
-                        fresh.extend(links.into_iter().map(|l| (Arc::clone(&p), l)));
+                        let p = self.build_peer(Some(&old), k, cfg.next_public_key, cfg);
                         table.by_key.insert(k, p);
                     }
                     report.updated += 1;
                 }
                 PeerChange::Rekey { old, new, config } => {
                     if let Some(o) = table.by_key.remove(&old) {
-                        let (p, links) =
-                            self.build_peer(Some(&o), new, config.next_public_key, config);
-                        fresh.extend(links.into_iter().map(|l| (Arc::clone(&p), l)));
+                        let p = self.build_peer(Some(&o), new, config.next_public_key, config);
                         table.by_key.insert(new, p);
                     }
                     report.updated += 1;
@@ -665,24 +669,28 @@ impl Device {
         }
         table.reindex();
         drop(table);
-        self.initiate_fresh(&fresh);
+        self.initiate_without_session();
         report
     }
 
-    /// New links handshake now rather than on the first packet or a timer: after a crash the
-    /// peer's sessions died with the previous process (its data is dropped until a new
-    /// session exists), and a peer's next key must have a session before it is switched to.
-    /// Only a peer's initiating link (this node's current key) starts one: this node's next
-    /// key waits for the peers to handshake to it.
-    fn initiate_fresh(&self, fresh: &[(Arc<Peer>, Arc<Link>)]) {
+    /// After every change of keys or peers, each peer whose initiating link (this node's
+    /// current key to the peer's newest key) has no session handshakes now rather than on
+    /// the first packet or a timer: after a crash the peer's sessions died with the previous
+    /// process (its data is dropped until a new session exists); a peer's new next key must
+    /// get a session before this node can switch to it; and when this node's next key becomes
+    /// its current one, the link from it to a peer's next key is the new initiating link even
+    /// though it existed before (it only answered until then). Handshakes already in flight
+    /// are left alone (boringtun's own timers retry them). This node's next key only answers:
+    /// it waits for the peers to handshake to it.
+    fn initiate_without_session(&self) {
         let current = self.current_key().public;
+        let peers: Vec<Arc<Peer>> = read(&self.inner.peers).by_key.values().cloned().collect();
         let mut buf = vec![0u8; 256];
-        for (peer, link) in fresh {
-            if peer
-                .initiating_link(&current)
-                .is_some_and(|l| l.index == link.index)
+        for peer in peers {
+            if let Some(link) = peer.initiating_link(&current)
+                && link.session_age().is_none()
             {
-                self.initiate(peer, link, &mut buf);
+                self.initiate(&peer, link, &mut buf);
             }
         }
     }
@@ -756,7 +764,8 @@ impl Device {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Some(link) = peer.sending_link(&current) else {
+        let Some(link) = peer.sending_link(&current, self.inner.next_sends.load(Ordering::Relaxed))
+        else {
             return;
         };
         let mut tunn = lock(&link.tunn);

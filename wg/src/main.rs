@@ -173,6 +173,7 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         let current = NodeKey::load(&cfg.key_path)?;
         dev.set_keys(current, Some(next));
     }
+    dev.set_next_sends(!cfg.next_key_answer_only);
     let nl = Netlink::connect()?;
     converge(&dev, &nl, &desired).await?;
     println!(
@@ -206,6 +207,7 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         match load_keys_and_plan(config) {
             Ok((new_cfg, current, next, desired)) => {
                 dev.set_keys(current, next);
+                dev.set_next_sends(!new_cfg.next_key_answer_only);
                 if new_cfg.listen_port != cfg.listen_port || new_cfg.interface != cfg.interface {
                     tracing::warn!(
                         "interface or listen_port changed in {}: restart to apply",

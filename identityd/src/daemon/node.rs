@@ -623,7 +623,14 @@ struct DatapathTask {
     files: RotationFiles,
     /// This node's part of the latest WireGuard rotation (kept in `files.record`).
     record: Option<rotation::NodeRecord>,
+    /// A withdrawn next key stays in the device until then.
+    withdrawn_until: Option<tokio::time::Instant>,
 }
+
+/// How long a withdrawn next key keeps answering after it was unpublished: peers learn it
+/// from the object (the source, their daemon's round, their device's reload) and send on their
+/// sessions to it until then.
+const WITHDRAW_GRACE: Duration = Duration::from_secs(5);
 
 impl DatapathTask {
     async fn round(&mut self, state: &ClusterState) -> DatapathReport {
@@ -657,10 +664,16 @@ impl DatapathTask {
             match self.rotation_step(&action) {
                 Ok(()) => {
                     tracing::info!(?action, record = ?self.record, "WireGuard key rotation step");
-                    drop_next_key = matches!(
-                        action,
-                        rotation::NodeAction::Retire | rotation::NodeAction::Withdraw
-                    );
+                    match action {
+                        rotation::NodeAction::Retire => drop_next_key = true,
+                        // Peers built sessions to the next key and send on them: it is
+                        // unpublished now and stays in the device until they have followed.
+                        rotation::NodeAction::Withdraw => {
+                            self.withdrawn_until =
+                                Some(tokio::time::Instant::now() + WITHDRAW_GRACE);
+                        }
+                        _ => {}
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(?action, error = %e, "WireGuard key rotation step");
@@ -668,13 +681,22 @@ impl DatapathTask {
                 }
             }
         }
+        let grace = self
+            .withdrawn_until
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        if self.withdrawn_until.is_some() && !grace {
+            self.withdrawn_until = None;
+            drop_next_key = true;
+        }
         let keys = KeyFiles {
             current: self.key_path.clone(),
-            next: self
+            next: (self
                 .record
                 .as_ref()
-                .filter(|r| r.active())
-                .map(|_| self.files.next_key.clone()),
+                .is_some_and(rotation::NodeRecord::active)
+                || grace)
+                .then(|| self.files.next_key.clone()),
+            next_answer_only: grace,
         };
         let p = plan_with_keys(&cfg, state, &keys, cfg.mtls.default_mode);
         for e in self.dp.apply(&cfg, &p) {
@@ -1272,6 +1294,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         tunnel_addr_done: false,
         files,
         record,
+        withdrawn_until: None,
     };
     let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
 

@@ -76,6 +76,8 @@ pub struct KeyFiles {
     pub current: std::path::PathBuf,
     /// The next key while a rotation announces it (it answers handshakes).
     pub next: Option<std::path::PathBuf>,
+    /// The next key is withdrawn: it still answers but is not sent on.
+    pub next_answer_only: bool,
 }
 
 /// Computes the node's plan from the cluster state, with only the current key.
@@ -92,6 +94,7 @@ pub fn plan(
         &KeyFiles {
             current: key_path.to_path_buf(),
             next: None,
+            next_answer_only: false,
         },
         default_mtls,
     )
@@ -206,6 +209,7 @@ pub fn plan_with_keys(
             interface: w.interface.clone(),
             key_path: keys.current.clone(),
             next_key_path: keys.next.clone(),
+            next_key_answer_only: keys.next.is_some() && keys.next_answer_only,
             listen_port: w.port,
             underlay_mtu: 1500,
             underlay_ipv6: cfg.underlay_address.is_some_and(|a| a.is_ipv6()),
@@ -375,6 +379,7 @@ mod tests {
         let keys = KeyFiles {
             current: "/s/wireguard.key".into(),
             next: Some("/s/wireguard.next.key".into()),
+            next_answer_only: false,
         };
         let p = plan_with_keys(
             &cfg(EncryptionMode::Wireguard),

@@ -1,13 +1,19 @@
 //! `identityd lab bench-recovery`: packet loss while a node's WireGuard side is disturbed,
-//! measured on a running lab under a fixed-rate ICMP flow from client-1 (n1) to a pod on each
-//! other node (web-2 on n2, web-3 on n3), with the underlay captured throughout.
+//! measured on a running lab under fixed-rate ICMP flows between every pair of nodes (client-1
+//! on n1 to web-2 on n2 and web-3 on n3, client-2 on n2 to web-3), with the underlay captured
+//! throughout.
 //!
 //! Scenarios, one after the other, each on a healthy lab:
 //! - `device-kill`: `kill -9` of n2's WireGuard device process; the daemon supervises it.
 //! - `daemon-device-kill`: `kill -9` of n2's daemon and device, the daemon started again
 //!   `restart_delay` later (the device is down until then: recovery is measured from the
 //!   moment the daemon is back, `first_reply_after_back_ms`).
-//! - `rotation`: a `KeyRotation {target: wireguard}` applied through the file source.
+//! - `rotation`: a `KeyRotation {target: wireguard}` of every node applied through the file
+//!   source (the new keys are announced beside the old ones, peers switch, the old ones are
+//!   retired: no device restart).
+//! - `rotation-frozen`: the same with n3's daemon stopped (SIGSTOP) throughout and a 15 s
+//!   `spec.deadline`: the rotation must end Failed naming n3, and the other nodes withdraw
+//!   their next keys (n3 is continued afterwards).
 //!
 //! Each flow reports packets sent and lost, the longest time between two replies, and how
 //! long after the disturbed part was back the first reply came; the capture reports pod packets seen in clear on the underlay (anything that is
@@ -28,7 +34,12 @@ const MARKER_HEX: &str = "6964642d72656321";
 const MARKER: &[u8] = b"idd-rec!idd-rec!";
 
 /// The scenarios `bench-recovery` knows, in the order they run.
-pub const SCENARIOS: [&str; 3] = ["device-kill", "daemon-device-kill", "rotation"];
+pub const SCENARIOS: [&str; 4] = [
+    "device-kill",
+    "daemon-device-kill",
+    "rotation",
+    "rotation-frozen",
+];
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -79,6 +90,12 @@ struct ScenarioResult {
     device_restarts_after: u64,
     /// n2's WireGuard public key changed.
     key_changed: bool,
+    /// Rotations: the final phase and its condition's message.
+    rotation_phase: Option<String>,
+    rotation_message: Option<String>,
+    /// Rotations: the peer keys `wg show` lists on each node afterwards are exactly the keys
+    /// the other nodes publish (no old key left, none missing).
+    wg_show_matches_published: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -150,6 +167,56 @@ fn replies(out: &str) -> (Vec<(u64, u64)>, u64) {
     (v, sent)
 }
 
+/// Wall-clock time against the monotonic clock, sampled through a run: ping's `-D` stamps are
+/// wall-clock and this machine's clock can be stepped mid-run (tens of seconds at once), so
+/// reply times are mapped onto the monotonic clock through the nearest sample's offset.
+#[derive(Debug, Default)]
+struct ClockMap {
+    /// (wall-clock µs since the epoch, monotonic µs since the run started).
+    samples: Vec<(u64, u64)>,
+}
+
+impl ClockMap {
+    fn wall_us() -> u64 {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros()),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    /// Samples both clocks every 10 ms until `stop`.
+    fn sample(
+        t0: Instant,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Self> {
+        std::thread::spawn(move || {
+            let mut m = Self::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mono = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                m.samples.push((Self::wall_us(), mono));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            m
+        })
+    }
+
+    /// The monotonic time (µs since the run started) of wall-clock time `wall`.
+    fn mono(&self, wall: u64) -> u64 {
+        self.samples
+            .iter()
+            .min_by_key(|(w, _)| w.abs_diff(wall))
+            .map_or(0, |(w, m)| {
+                if wall >= *w {
+                    m + (wall - w)
+                } else {
+                    m.saturating_sub(w - wall)
+                }
+            })
+    }
+}
+
 /// (longest gap between consecutive replies, first reply at or after `back_us`), µs.
 fn gaps(replies: &[(u64, u64)], back_us: u64) -> (u64, Option<u64>) {
     let mut times: Vec<u64> = replies.iter().map(|r| r.0).collect();
@@ -203,8 +270,90 @@ fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Result<(), 
     Ok(())
 }
 
-/// Disturbs n2 as `scenario` says; returns when the disturbed part is back.
-fn disturb(dir: &Path, scenario: &str, opts: &RecoveryBenchOptions) -> Result<(), LabError> {
+fn signal(pid: &str, sig: &str, what: &str) -> Result<(), LabError> {
+    let ok = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Io(format!("kill {sig} {pid} ({what}) failed")))
+    }
+}
+
+/// The KeyRotation's final phase and its condition's message, out of its file.
+fn rotation_outcome(text: &str) -> (Option<String>, Option<String>) {
+    let status = crate::source::decode::decode_all(text)
+        .into_iter()
+        .find_map(|(_, r)| match r {
+            Ok(Some(crate::model::Object::KeyRotation(kr))) => kr.status,
+            _ => None,
+        })
+        .unwrap_or_default();
+    (
+        status.phase,
+        status.conditions.first().map(|c| c.message.clone()),
+    )
+}
+
+/// Whether each node's `wg show <iface> peers` lists exactly the keys the other nodes
+/// publish (their current keys, after a rotation ended).
+fn wg_show_matches_published(dir: &Path) -> Result<bool, LabError> {
+    let mut published = std::collections::BTreeMap::new();
+    for i in 1..=3 {
+        let st = crate::daemon::api::fetch(&dir.join(format!("n{i}/run/api.sock")))
+            .map_err(|e| LabError::Io(format!("n{i}'s local API: {e}")))?;
+        published.insert(i, st.public_key);
+    }
+    for i in 1..=3 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("idd-n{i}"), "wg", "show"])
+            .arg(format!("idd{i}"))
+            .arg("peers")
+            .output()
+            .map_err(|e| LabError::Command {
+                cmd: "wg show".into(),
+                reason: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("wg show idd{i} peers"),
+                reason: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let mut shown: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        shown.sort();
+        let mut want: Vec<String> = published
+            .iter()
+            .filter(|(j, _)| **j != i)
+            .map(|(_, k)| k.clone())
+            .collect();
+        want.sort();
+        if shown != want {
+            tracing::warn!(
+                node = i,
+                ?shown,
+                ?want,
+                "wg show differs from the published keys"
+            );
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Disturbs n2 as `scenario` says; returns when the disturbed part is back. Rotations leave
+/// the KeyRotation file's final text in `rotation`.
+fn disturb(
+    dir: &Path,
+    scenario: &str,
+    opts: &RecoveryBenchOptions,
+    rotation: &mut Option<String>,
+) -> Result<(), LabError> {
     match scenario {
         "device-kill" => {
             let old = wg_pid(dir)?;
@@ -223,29 +372,42 @@ fn disturb(dir: &Path, scenario: &str, opts: &RecoveryBenchOptions) -> Result<()
             std::thread::sleep(opts.restart_delay);
             start_daemon(dir, 2, &daemon)
         }
-        "rotation" => {
+        "rotation" | "rotation-frozen" => {
+            let frozen = scenario == "rotation-frozen";
             let name = format!(
-                "bench-recovery-{}",
+                "bench-{scenario}-{}",
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
             );
+            let n3 = if frozen {
+                let pid = daemon_pid(dir, 3)?;
+                signal(&pid, "-STOP", "n3's daemon")?;
+                Some(pid)
+            } else {
+                None
+            };
             let f = dir.join(format!("cluster/keyrotation-{name}.yaml"));
-            std::fs::write(
+            let deadline = if frozen { "  deadline: 15s\n" } else { "" };
+            let res = std::fs::write(
                 &f,
                 format!(
-                    "apiVersion: identityd.io/v1alpha1\nkind: KeyRotation\nmetadata:\n  name: {name}\nspec:\n  target: wireguard\n"
+                    "apiVersion: identityd.io/v1alpha1\nkind: KeyRotation\nmetadata:\n  name: {name}\nspec:\n  target: wireguard\n{deadline}"
                 ),
             )
-            .map_err(|e| super::io_err(&f, e))?;
-            let mut text = String::new();
-            wait_until(60, &format!("KeyRotation {name} to finish"), || {
-                text = std::fs::read_to_string(&f).unwrap_or_default();
-                text.contains("phase: Completed") || text.contains("phase: Failed")
-            })?;
-            if text.contains("phase: Failed") {
-                return Err(LabError::Io(format!("KeyRotation {name} failed:\n{text}")));
+            .map_err(|e| super::io_err(&f, e))
+            .and_then(|()| {
+                let mut text = String::new();
+                wait_until(90, &format!("KeyRotation {name} to finish"), || {
+                    text = std::fs::read_to_string(&f).unwrap_or_default();
+                    text.contains("phase: Completed") || text.contains("phase: Failed")
+                })?;
+                Ok(text)
+            });
+            if let Some(pid) = &n3 {
+                signal(pid, "-CONT", "n3's daemon")?;
             }
+            *rotation = Some(res?);
             Ok(())
         }
         other => Err(LabError::Io(format!(
@@ -269,37 +431,45 @@ fn run_scenario(
     let mut cap = super::start_capture(&pcap)?;
     let count = u64::from(opts.rate) * opts.seconds;
     let t0 = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = ClockMap::sample(t0, std::sync::Arc::clone(&stop));
     let flows = vec![
         start_flow("n1->n2", "idd-n1-client-1", "10.244.2.10", opts.rate, count)?,
         start_flow("n1->n3", "idd-n1-client-1", "10.244.3.10", opts.rate, count)?,
+        start_flow("n2->n3", "idd-n2-client-2", "10.244.3.10", opts.rate, count)?,
     ];
     std::thread::sleep(Duration::from_secs(3));
     let disturbed = Instant::now();
-    let res = disturb(dir, scenario, opts);
+    let mut rotation = None;
+    let res = disturb(dir, scenario, opts, &mut rotation);
     let back = Instant::now();
-    let back_us = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros()),
-    )
-    .unwrap_or(u64::MAX);
-    let mut results = Vec::new();
+    let back_us = u64::try_from(back.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+    let mut outputs = Vec::new();
     for f in flows {
         let out = f
             .child
             .wait_with_output()
             .map_err(|e| LabError::Io(format!("ping: {e}")))?;
+        outputs.push((f.pair, out));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let clock = sampler
+        .join()
+        .map_err(|_| LabError::Io("the clock sampler panicked".into()))?;
+    let mut results = Vec::new();
+    for (pair, out) in outputs {
         let text = String::from_utf8_lossy(&out.stdout);
         // ping's own output, kept beside the lab as the evidence of the figures.
         let _ = std::fs::write(
             dir.join(format!(
                 "bench-recovery-{scenario}-{}.txt",
-                f.pair.replace("->", "-")
+                pair.replace("->", "-")
             )),
             text.as_bytes(),
         );
         let (got, sent) = replies(&text);
-        let (longest, first_after) = gaps(&got, back_us);
+        let mono: Vec<(u64, u64)> = got.iter().map(|(w, q)| (clock.mono(*w), *q)).collect();
+        let (longest, first_after) = gaps(&mono, back_us);
         let received = got.len() as u64;
         // ping's own count of replies must match what was read out of its lines.
         let summary_received = text
@@ -316,12 +486,12 @@ fn run_scenario(
         if summary_received != Some(received) {
             return Err(LabError::Io(format!(
                 "ping {}: {received} replies read, its summary says {summary_received:?}:\n{}",
-                f.pair,
+                pair,
                 text.lines().take(5).collect::<Vec<_>>().join("\n")
             )));
         }
         results.push(FlowResult {
-            pair: f.pair,
+            pair,
             sent,
             received,
             lost: sent.saturating_sub(received),
@@ -345,7 +515,20 @@ fn run_scenario(
         Vec::new()
     };
     let after = n2_status(dir)?;
+    let (rotation_phase, rotation_message) =
+        rotation.as_deref().map_or((None, None), rotation_outcome);
+    let wg_show = match &rotation {
+        Some(_) => {
+            // The nodes' devices follow the objects within a round or two.
+            std::thread::sleep(Duration::from_secs(3));
+            Some(wg_show_matches_published(dir)?)
+        }
+        None => None,
+    };
     Ok(ScenarioResult {
+        rotation_phase,
+        rotation_message,
+        wg_show_matches_published: wg_show,
         scenario: scenario.to_owned(),
         disturbed_at_ms: ms_since(t0, disturbed),
         back_at_ms: ms_since(t0, back),
@@ -456,5 +639,24 @@ mod tests {
         );
         assert_eq!(gaps(&r, 1_764_745_202_000_000), (1_500_000, None));
         assert_eq!(gaps(&[], 0), (0, None));
+    }
+
+    #[test]
+    fn a_clock_step_mid_run_does_not_make_a_gap() {
+        // Samples each 10 ms; the wall clock jumps 30 s forward between 100 and 110 ms.
+        let mut m = ClockMap::default();
+        for i in 0..20_u64 {
+            let mono = i * 10_000;
+            let wall = 1_000_000_000 + mono + if i >= 11 { 30_000_000 } else { 0 };
+            m.samples.push((wall, mono));
+        }
+        // Replies at 95 ms and 115 ms (wall: before and after the step): 20 ms apart.
+        let r = [
+            (m.mono(1_000_000_000 + 95_000), 1),
+            (m.mono(1_000_000_000 + 30_000_000 + 115_000), 2),
+        ];
+        assert_eq!(r[0].0, 95_000);
+        assert_eq!(r[1].0, 115_000);
+        assert_eq!(gaps(&r, 100_000), (20_000, Some(15_000)));
     }
 }

@@ -1390,6 +1390,15 @@ fn a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_n
             s["wg_show_matches_published"], true,
             "{name}: wg show lists exactly the published keys: {s:#}"
         );
+        let tcp = &s["tcp_load"];
+        assert!(
+            tcp["ok"].as_u64().unwrap() > 0,
+            "{name}: TCP answered: {s:#}"
+        );
+        assert_eq!(
+            tcp["errors"], 0,
+            "{name}: every TCP connection through the mTLS path succeeded: {s:#}"
+        );
         let msg = s["rotation_message"].as_str().unwrap_or("");
         match name {
             "rotation" => {

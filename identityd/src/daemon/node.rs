@@ -1368,3 +1368,37 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_record_survives_a_restart_and_one_interrupted_after_the_key_swap_counts_as_retired()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RotationFiles::new(dir.path());
+        assert_eq!(files.load("K"), None, "no record yet");
+        let r = rotation::NodeRecord {
+            rotation: "r1".into(),
+            step: rotation::NodeStep::Switched,
+            next_public_key: "NEXT".into(),
+        };
+        files.save(&r).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&files.record)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(files.load("OLD").as_ref(), Some(&r), "resumed as it was");
+        // The daemon stopped after making the next key current but before recording it.
+        let loaded = files.load("NEXT").unwrap();
+        assert_eq!(loaded.step, rotation::NodeStep::Retired);
+        // A record that does not parse is ignored (with a warning), not fatal.
+        std::fs::write(&files.record, "{not json").unwrap();
+        assert_eq!(files.load("K"), None);
+    }
+}

@@ -15,6 +15,9 @@
 //!   `spec.deadline`: the rotation must end Failed naming n3, and the other nodes withdraw
 //!   their next keys (n3 is continued afterwards).
 //!
+//! During the rotations, short TCP connections (one exchange each, 50/s) go from client-1 to
+//! the kv server on web-2 through both node Envoys (mTLS) and are counted.
+//!
 //! Each flow reports packets sent and lost, the longest time between two replies, and how
 //! long after the disturbed part was back the first reply came; the capture reports pod packets seen in clear on the underlay (anything that is
 //! not WireGuard, the CA's TLS or link housekeeping) and whether the flows' payload marker
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::LabError;
-use super::bench::{daemon_pid, running, start_daemon, wait_daemon_configured};
+use super::bench::{daemon_pid, exe, running, start_daemon, wait_daemon_configured};
+use super::workload::{KV_PORT, LoadReport};
 
 /// The flows' ICMP payload pattern (`ping -p`, hex of `idd-rec!`).
 const MARKER_HEX: &str = "6964642d72656321";
@@ -90,12 +94,25 @@ struct ScenarioResult {
     device_restarts_after: u64,
     /// n2's WireGuard public key changed.
     key_changed: bool,
+    /// Rotations: TCP connections at 50/s from client-1 to the kv server on web-2 (a strict
+    /// pod: through both node Envoys, mTLS) throughout the flows, one exchange each.
+    tcp_load: Option<TcpLoad>,
     /// Rotations: the final phase and its condition's message.
     rotation_phase: Option<String>,
     rotation_message: Option<String>,
     /// Rotations: the peer keys `wg show` lists on each node afterwards are exactly the keys
     /// the other nodes publish (no old key left, none missing).
     wg_show_matches_published: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct TcpLoad {
+    scheduled: usize,
+    ok: usize,
+    errors: usize,
+    first_errors: Vec<String>,
+    p99_us: u64,
+    max_us: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -438,6 +455,24 @@ fn run_scenario(
         start_flow("n1->n3", "idd-n1-client-1", "10.244.3.10", opts.rate, count)?,
         start_flow("n2->n3", "idd-n2-client-2", "10.244.3.10", opts.rate, count)?,
     ];
+    let tcp = if scenario.starts_with("rotation") {
+        Some(
+            Command::new("ip")
+                .args(["netns", "exec", "idd-n1-client-1", &exe()?, "lab", "load"])
+                .arg(format!("10.244.2.10:{KV_PORT}"))
+                .args(["--kind", "tcp", "--rate", "50", "--seconds"])
+                .arg(opts.seconds.saturating_sub(1).max(1).to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| LabError::Command {
+                    cmd: "lab load".into(),
+                    reason: e.to_string(),
+                })?,
+        )
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_secs(3));
     let disturbed = Instant::now();
     let mut rotation = None;
@@ -452,6 +487,29 @@ fn run_scenario(
             .map_err(|e| LabError::Io(format!("ping: {e}")))?;
         outputs.push((f.pair, out));
     }
+    let tcp_load = match tcp {
+        Some(child) => {
+            let out = child
+                .wait_with_output()
+                .map_err(|e| LabError::Io(format!("lab load: {e}")))?;
+            let r: LoadReport = serde_json::from_slice(&out.stdout).map_err(|e| {
+                LabError::Io(format!(
+                    "lab load: {e}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            })?;
+            Some(TcpLoad {
+                scheduled: r.scheduled,
+                ok: r.ok,
+                errors: r.errors,
+                first_errors: r.first_errors,
+                p99_us: r.p99_us,
+                max_us: r.max_us,
+            })
+        }
+        None => None,
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let clock = sampler
         .join()
@@ -526,6 +584,7 @@ fn run_scenario(
         None => None,
     };
     Ok(ScenarioResult {
+        tcp_load,
         rotation_phase,
         rotation_message,
         wg_show_matches_published: wg_show,
@@ -594,6 +653,12 @@ pub fn recovery(dir: &Path, opts: &RecoveryBenchOptions) -> Result<String, LabEr
                 f.longest_gap_ms,
                 f.first_reply_after_back_ms
                     .map_or_else(|| "never".to_owned(), |m| m.to_string())
+            ));
+        }
+        if let Some(t) = &s.tcp_load {
+            summary.push_str(&format!(
+                "  {:<19} tcp (mTLS) {}/{} ok, {} errors, p99 {} µs, max {} µs\n",
+                s.scenario, t.ok, t.scheduled, t.errors, t.p99_us, t.max_us
             ));
         }
         summary.push_str(&format!(

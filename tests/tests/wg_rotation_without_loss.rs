@@ -145,6 +145,9 @@ fn wg_a_rotation_through_a_next_key_loses_no_packet() {
     let flows = [flow(&c, 1, 0, 600), flow(&c, 0, 2, 600)];
     std::thread::sleep(Duration::from_secs(1));
     c.kill(0);
+    // A restart takes its time (a daemon start, a config read): 300 ms of it here, so the
+    // control does not depend on how fast this machine restarts a process.
+    std::thread::sleep(Duration::from_millis(300));
     let (fresh_path, fresh) = c.new_key(0, "wg.fresh.key");
     c.nodes[0].key_path = fresh_path;
     c.nodes[0].public_key = fresh;
@@ -159,8 +162,10 @@ fn wg_a_rotation_through_a_next_key_loses_no_packet() {
     eprintln!(
         "control, restart on a new key: peer → node 1 {got_a}/{sent_a}, node 1 → peer {got_b}/{sent_b}"
     );
+    // Packets node 1 sends while it is down wait in its persistent TUN and may all get through;
+    // what peers send to it meanwhile cannot.
     assert!(
-        got_a < sent_a && got_b < sent_b,
-        "restarting on a new key loses packets (the measurement sees loss)"
+        got_a < sent_a,
+        "restarting on a new key loses the packets sent to the node meanwhile (the measurement sees loss)"
     );
 }

@@ -166,6 +166,20 @@ impl Bundle {
     }
 }
 
+/// The SHA-256 fingerprint of a certificate's DER, lowercase hex (how nodes report the roots
+/// they trust, and how a CA rollover names its roots).
+#[must_use]
+pub fn root_fingerprint(der: &[u8]) -> String {
+    use std::fmt::Write as _;
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// PEM-encodes DER bytes with the given label.
 #[must_use]
 pub fn der_to_pem(label: &str, der: &[u8]) -> String {

@@ -5,8 +5,15 @@
 //! Directory layout (`dir` is created 0700):
 //! `ca.json` (settings and rollover state), `root.pem`, `root.key` (0600),
 //! `intermediate.pem` + `intermediate.key` (0600) when an intermediate is used,
-//! `previous-root.pem` during a rollover overlap, and `bundle.pem` / `bundle.json` (the trust
-//! bundle as PEM and as a SPIFFE bundle) for distribution.
+//! `previous-root.pem` (the previous roots still in their overlap, oldest first) during a
+//! rollover overlap, `next-root.pem` + `next-root.key` (0600, and
+//! `next-intermediate.*`) while a rollover is announced, and `bundle.pem` / `bundle.json` (the
+//! trust bundle as PEM and as a SPIFFE bundle) for distribution.
+//!
+//! A rollover has two steps so that no SVID signed under a new root reaches a peer that does
+//! not trust it yet: [`Ca::stage_next_root`] puts a new root in the bundle while the current
+//! one keeps signing; [`Ca::promote_next_root`] (once every relying party holds the new bundle)
+//! makes it the signer and keeps the old root in the bundle for the overlap.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,9 +82,17 @@ mod secs {
 struct CaState {
     trust_domain: String,
     options: CaOptions,
-    /// Unix seconds until which the previous root stays in the bundle.
+    /// Unix seconds until which the previous root stays in the bundle (the newest one, when
+    /// several are in their overlap).
     previous_root_until: Option<u64>,
+    /// Unix seconds until which each previous root of `previous-root.pem` stays (absent in
+    /// files written before there could be several: one root, `previous_root_until`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    previous_roots_until: Vec<u64>,
     bundle_sequence: u64,
+    /// A next root is staged (`next-root.*`).
+    #[serde(default)]
+    next_root: bool,
 }
 
 /// A certificate and its key.
@@ -118,7 +133,11 @@ pub struct Ca {
     options: CaOptions,
     root: Signer,
     intermediate: Option<Signer>,
-    previous_root: Option<(CertificateDer<'static>, SystemTime)>,
+    /// Earlier roots still in the bundle, each until its overlap ends (oldest first): a
+    /// rollover during another's overlap keeps both.
+    previous_roots: Vec<(CertificateDer<'static>, SystemTime)>,
+    /// The announced next root (and its intermediate): in the bundle, not signing yet.
+    next: Option<(Signer, Option<Signer>)>,
     sequence: u64,
 }
 
@@ -127,7 +146,8 @@ impl std::fmt::Debug for Ca {
         f.debug_struct("Ca")
             .field("trust_domain", &self.td.as_str())
             .field("intermediate", &self.intermediate.is_some())
-            .field("previous_root", &self.previous_root.is_some())
+            .field("previous_roots", &self.previous_roots.len())
+            .field("next_root", &self.next.is_some())
             .field("keys", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -363,7 +383,8 @@ impl Ca {
             options,
             root,
             intermediate,
-            previous_root: None,
+            previous_roots: Vec::new(),
+            next: None,
             sequence: 1,
         };
         ca.save(dir, now)?;
@@ -392,22 +413,50 @@ impl Ca {
         } else {
             None
         };
-        let previous_root = match state.previous_root_until {
+        let previous_roots = match state.previous_root_until {
             Some(until) => {
-                let cert = certs_from_pem(&read_string(&dir.join("previous-root.pem"))?)?
+                let certs = certs_from_pem(&read_string(&dir.join("previous-root.pem"))?)?;
+                let untils = if state.previous_roots_until.is_empty() {
+                    vec![until]
+                } else {
+                    state.previous_roots_until.clone()
+                };
+                if certs.is_empty() || certs.len() != untils.len() {
+                    return Err(dir_err(
+                        dir,
+                        format!(
+                            "previous-root.pem holds {} certificate(s), ca.json names {}",
+                            certs.len(),
+                            untils.len()
+                        ),
+                    ));
+                }
+                certs
                     .into_iter()
-                    .next()
-                    .ok_or_else(|| dir_err(dir, "previous-root.pem is empty"))?;
-                Some((cert, UNIX_EPOCH + Duration::from_secs(until)))
+                    .zip(untils)
+                    .map(|(c, u)| (c, UNIX_EPOCH + Duration::from_secs(u)))
+                    .collect()
             }
-            None => None,
+            None => Vec::new(),
+        };
+        let next = if state.next_root {
+            let root = load_signer("next-root")?;
+            let intermediate = if state.options.intermediate {
+                Some(load_signer("next-intermediate")?)
+            } else {
+                None
+            };
+            Some((root, intermediate))
+        } else {
+            None
         };
         Ok(Self {
             td,
             options: state.options,
             root,
             intermediate,
-            previous_root,
+            previous_roots,
+            next,
             sequence: state.bundle_sequence,
         })
     }
@@ -459,12 +508,46 @@ impl Ca {
                 0o644,
             )?;
         }
-        if let Some((prev, _)) = &self.previous_root {
-            write_atomic(
-                &dir.join("previous-root.pem"),
-                der_to_pem("CERTIFICATE", prev).as_bytes(),
-                0o644,
-            )?;
+        if !self.previous_roots.is_empty() {
+            let pem: String = self
+                .previous_roots
+                .iter()
+                .map(|(c, _)| der_to_pem("CERTIFICATE", c))
+                .collect();
+            write_atomic(&dir.join("previous-root.pem"), pem.as_bytes(), 0o644)?;
+        }
+        match &self.next {
+            Some((root, intermediate)) => {
+                let mut pairs = vec![("next-root", root)];
+                pairs.extend(intermediate.iter().map(|i| ("next-intermediate", i)));
+                for (name, s) in pairs {
+                    write_atomic(
+                        &dir.join(format!("{name}.key")),
+                        s.key.to_pem().as_bytes(),
+                        0o600,
+                    )?;
+                    write_atomic(
+                        &dir.join(format!("{name}.pem")),
+                        der_to_pem("CERTIFICATE", &s.cert).as_bytes(),
+                        0o644,
+                    )?;
+                }
+            }
+            None => {
+                for f in [
+                    "next-root.key",
+                    "next-root.pem",
+                    "next-intermediate.key",
+                    "next-intermediate.pem",
+                ] {
+                    match std::fs::remove_file(dir.join(f)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(dir_err(dir, format!("removing {f}: {e}")));
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
         let bundle = self.bundle(now);
         write_atomic(&dir.join("bundle.pem"), bundle.to_pem().as_bytes(), 0o644)?;
@@ -476,8 +559,10 @@ impl Ca {
         let state = CaState {
             trust_domain: self.td.to_string(),
             options: self.options.clone(),
-            previous_root_until: self.previous_root.as_ref().map(|(_, t)| unix(*t)),
+            previous_root_until: self.previous_roots.last().map(|(_, t)| unix(*t)),
+            previous_roots_until: self.previous_roots.iter().map(|(_, t)| unix(*t)).collect(),
             bundle_sequence: self.sequence,
+            next_root: self.next.is_some(),
         };
         let json = serde_json::to_string_pretty(&state).map_err(|e| dir_err(dir, e.to_string()))?;
         // ca.json is written last: a CA directory without it is an unfinished init.
@@ -513,15 +598,30 @@ impl Ca {
         self.signer().not_after
     }
 
-    /// The trust bundle at `now`: the current root, plus the previous root while its overlap
-    /// window lasts.
+    /// The announced next root, if a rollover is staged.
+    #[must_use]
+    pub fn next_root(&self) -> Option<&CertificateDer<'static>> {
+        self.next.as_ref().map(|(r, _)| &r.cert)
+    }
+
+    /// Until when the last previous root stays in the bundle, during an overlap.
+    #[must_use]
+    pub fn previous_root_until(&self) -> Option<SystemTime> {
+        self.previous_roots.iter().map(|(_, t)| *t).max()
+    }
+
+    /// The trust bundle at `now`: the current root, the announced next root, and the previous
+    /// root while its overlap window lasts.
     #[must_use]
     pub fn bundle(&self, now: SystemTime) -> Bundle {
         let mut roots = vec![self.root.cert.clone()];
-        if let Some((prev, until)) = &self.previous_root
-            && now <= *until
-        {
-            roots.push(prev.clone());
+        if let Some((next, _)) = &self.next {
+            roots.push(next.cert.clone());
+        }
+        for (prev, until) in self.previous_roots.iter().rev() {
+            if now <= *until {
+                roots.push(prev.clone());
+            }
         }
         // The roots were made by this CA and pass Bundle's checks by construction.
         Bundle::new(self.td.clone(), roots)
@@ -529,29 +629,84 @@ impl Ca {
             .with_sequence(self.sequence)
     }
 
-    /// Replaces the root (and intermediate) with new ones. The old root stays in the bundle
-    /// for `overlap` so SVIDs signed under it keep verifying; new SVIDs are signed under the
-    /// new root. Persists the result to `dir`.
+    /// Both steps of a rollover at once ([`Ca::stage_next_root`], then
+    /// [`Ca::promote_next_root`]): for a CA whose relying parties all read its bundle before
+    /// they see a new SVID (tests, a single process).
     ///
     /// # Errors
-    /// When the new keys cannot be generated or written.
+    /// As the two steps.
     pub fn rollover(
         &mut self,
         dir: &Path,
         overlap: Duration,
         now: SystemTime,
     ) -> Result<(), Error> {
+        self.stage_next_root(dir, now)?;
+        self.promote_next_root(dir, overlap, now).map(|_| ())
+    }
+
+    /// Announces a rollover: a new root (and intermediate) joins the bundle; the current root
+    /// keeps signing. Returns whether a new root was made (`false`: one was staged already).
+    /// Persists the result to `dir`.
+    ///
+    /// # Errors
+    /// When the new keys cannot be generated or written.
+    pub fn stage_next_root(&mut self, dir: &Path, now: SystemTime) -> Result<bool, Error> {
+        if self.next.is_some() {
+            return Ok(false);
+        }
         let root = new_root(&self.td, &self.options, now)?;
         let intermediate = if self.options.intermediate {
             Some(new_intermediate(&self.td, &self.options, &root, now)?)
         } else {
             None
         };
+        self.next = Some((root, intermediate));
+        self.sequence += 1;
+        self.save(dir, now)?;
+        Ok(true)
+    }
+
+    /// Makes the staged next root the signer. The old root stays in the bundle for `overlap`,
+    /// and at least for the longest SVID lifetime the CA grants, so every SVID signed under it
+    /// keeps verifying until it expires. Returns when the old root leaves the bundle.
+    /// Persists the result to `dir`.
+    ///
+    /// # Errors
+    /// When no next root is staged, or the files cannot be written.
+    pub fn promote_next_root(
+        &mut self,
+        dir: &Path,
+        overlap: Duration,
+        now: SystemTime,
+    ) -> Result<SystemTime, Error> {
+        let (root, intermediate) = self
+            .next
+            .take()
+            .ok_or_else(|| dir_err(dir, "no next root is staged to promote"))?;
         let old = std::mem::replace(&mut self.root, root);
         self.intermediate = intermediate;
-        self.previous_root = Some((old.cert, now + overlap));
+        let until = now + overlap.max(self.options.max_svid_ttl);
+        // Roots whose overlap is over are dropped; the others stay beside the one retired now.
+        self.previous_roots.retain(|(_, t)| *t >= now);
+        self.previous_roots.push((old.cert, until));
         self.sequence += 1;
-        self.save(dir, now)
+        self.save(dir, now)?;
+        Ok(until)
+    }
+
+    /// Drops the staged next root (a rollover that failed before its switch): the bundle goes
+    /// back to the current root (and the previous one during its overlap).
+    ///
+    /// # Errors
+    /// When the files cannot be written.
+    pub fn withdraw_next_root(&mut self, dir: &Path, now: SystemTime) -> Result<bool, Error> {
+        if self.next.take().is_none() {
+            return Ok(false);
+        }
+        self.sequence += 1;
+        self.save(dir, now)?;
+        Ok(true)
     }
 
     /// Signs an X.509-SVID for `id` from a CSR. The CSR's key must be ECDSA P-256, its

@@ -244,6 +244,12 @@ impl<C: Validity> Rotator<C> {
         self.next_attempt
     }
 
+    /// Makes a renewal due now (the certificate in service stays until the new one arrives),
+    /// e.g. after a CA rollover switched to a new root.
+    pub fn renew_now(&mut self) {
+        self.next_attempt = self.next_attempt.min(self.clock.now());
+    }
+
     /// How long until the next attempt (zero when due).
     #[must_use]
     pub fn wait(&self) -> Duration {

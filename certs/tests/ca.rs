@@ -181,9 +181,71 @@ fn rollover_keeps_old_root_during_overlap() {
     // Persisted: a reload sees both roots, and after the overlap only the new one.
     let reloaded = Ca::load(&cadir).unwrap();
     assert_eq!(reloaded.bundle(t0).roots().len(), 2);
-    let later = t0 + 3 * HOUR;
+    // The old root stays for the overlap and at least the longest SVID lifetime (24 h here),
+    // so an SVID signed just before the switch keeps verifying until it expires.
+    assert_eq!(reloaded.bundle(t0 + 3 * HOUR).roots().len(), 2);
+    let later = t0 + 25 * HOUR;
     assert_eq!(reloaded.bundle(later).roots().len(), 1);
     assert!(b.sequence() > 1, "sequence increases on rollover");
+}
+
+#[test]
+fn a_staged_root_is_trusted_before_it_signs_and_survives_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let cadir = dir.path().join("ca");
+    let t0 = now();
+    let opts = CaOptions {
+        intermediate: true,
+        ..CaOptions::default()
+    };
+    let mut ca = Ca::init(&cadir, td("cluster.local"), opts, t0).unwrap();
+    let old_root = ca.root().clone();
+    assert!(ca.stage_next_root(&cadir, t0).unwrap());
+    assert!(!ca.stage_next_root(&cadir, t0).unwrap(), "staged once");
+    let next = ca.next_root().unwrap().clone();
+    let b = ca.bundle(t0);
+    assert_eq!(b.roots(), &[old_root.clone(), next.clone()][..]);
+    // Announced: the current root still signs.
+    let during = ca.issue(&id("spiffe://cluster.local/a"), HOUR, t0).unwrap();
+    let old_only = Bundle::new(td("cluster.local"), vec![old_root.clone()]).unwrap();
+    let next_only = Bundle::new(td("cluster.local"), vec![next.clone()]).unwrap();
+    verify_svid(during.chain(), &old_only, t0).unwrap();
+    assert!(verify_svid(during.chain(), &next_only, t0).is_err());
+    // A restarted CA still has the staged root, with its key 0600.
+    let mut ca = Ca::load(&cadir).unwrap();
+    assert_eq!(ca.next_root(), Some(&next));
+    let mode = std::fs::metadata(cadir.join("next-root.key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(!format!("{ca:?}").contains("BEGIN"));
+    // Switched: the next root signs; the old one stays for the overlap.
+    let until = ca.promote_next_root(&cadir, 2 * HOUR, t0).unwrap();
+    assert_eq!(until, t0 + 24 * HOUR, "at least the longest SVID lifetime");
+    assert_eq!(ca.root(), &next);
+    assert!(ca.next_root().is_none());
+    assert!(
+        !cadir.join("next-root.key").exists(),
+        "the staged files are gone"
+    );
+    let after = ca.issue(&id("spiffe://cluster.local/b"), HOUR, t0).unwrap();
+    verify_svid(after.chain(), &next_only, t0).unwrap();
+    verify_svid(during.chain(), &ca.bundle(t0), t0).unwrap();
+    assert!(
+        ca.promote_next_root(&cadir, HOUR, t0).is_err(),
+        "nothing staged"
+    );
+    // A withdrawn announcement leaves the bundle as it was.
+    assert!(ca.stage_next_root(&cadir, t0).unwrap());
+    assert_eq!(ca.bundle(t0).roots().len(), 3);
+    assert!(ca.withdraw_next_root(&cadir, t0).unwrap());
+    assert_eq!(
+        Ca::load(&cadir).unwrap().bundle(t0).roots(),
+        &[next, old_root][..]
+    );
 }
 
 #[test]

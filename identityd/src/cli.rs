@@ -207,11 +207,12 @@ pub enum LabCommand {
         /// Lab directory.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Scenarios to run: device-kill, daemon-device-kill, rotation, rotation-frozen.
+        /// Scenarios to run: device-kill, daemon-device-kill, rotation, rotation-frozen,
+        /// ca-rollover.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "device-kill,daemon-device-kill,rotation,rotation-frozen"
+            default_value = "device-kill,daemon-device-kill,rotation,rotation-frozen,ca-rollover"
         )]
         scenarios: Vec<String>,
         /// Packets per second of each flow.

@@ -427,6 +427,7 @@ async fn status_writes_are_server_side_applies_by_identityd() {
     node.status = Some(IdentitydNodeStatus {
         observed_generation: Some(1),
         conditions: vec![ready()],
+        trusted_roots: vec![],
     });
     source
         .apply(&Object::IdentitydNode(node.clone()))

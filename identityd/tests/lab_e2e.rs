@@ -1351,17 +1351,7 @@ fn a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_n
         .output()
         .unwrap();
     // The rotation objects go again whatever happened (later trials expect none running).
-    for e in std::fs::read_dir(lab.dir.join("cluster"))
-        .unwrap()
-        .flatten()
-    {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with("keyrotation-bench-")
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    remove_bench_rotations(lab);
     assert!(
         run.status.success(),
         "bench-recovery: {}{}",
@@ -1417,6 +1407,74 @@ fn a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_n
                     "withdrawn: n2 keeps its key: {s:#}"
                 );
             }
+        }
+    }
+}
+
+/// A CA rollover under 50 HTTP requests and 50 TCP connections a second of mTLS traffic
+/// (client-1 on n1 → both node Envoys → web-2 on n2): the new root reaches every node's Envoy
+/// before anything is signed under it, so not one request fails; every node then renews its
+/// workload SVIDs under the new root while the load runs.
+fn a_ca_rollover_under_load_fails_no_request(lab: &Lab) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ca.json");
+    let run = Command::new(BIN)
+        .args(["lab", "bench-recovery", "--dir"])
+        .arg(&lab.dir)
+        .args(["--scenarios", "ca-rollover", "--seconds", "45", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    remove_bench_rotations(lab);
+    assert!(
+        run.status.success(),
+        "bench-recovery: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let s = &report["scenarios"][0];
+    assert_eq!(s["scenario"], "ca-rollover", "{report:#}");
+    assert_eq!(s["rotation_phase"], "Completed", "{s:#}");
+    let msg = s["rotation_message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("3 node(s) trust the new root") && msg.contains("it signs now"),
+        "{s:#}"
+    );
+    assert!(
+        s["svids_renewed_at_ms"].as_u64().is_some(),
+        "every node renewed its SVIDs under the new root: {s:#}"
+    );
+    for kind in ["http_load", "tcp_load"] {
+        let l = &s[kind];
+        assert!(
+            l["ok"].as_u64().unwrap() >= 2000,
+            "{kind}: 50/s for 44 s answered: {s:#}"
+        );
+        assert_eq!(l["errors"], 0, "{kind}: no request failed: {s:#}");
+    }
+    // The renewal happened with the loads still running (they end 44 s after the start).
+    assert!(
+        s["svids_renewed_at_ms"].as_u64().unwrap() < 40_000,
+        "the new SVIDs served load: {s:#}"
+    );
+    assert_eq!(s["packets_in_clear"], 0, "{s:#}");
+    for f in s["flows"].as_array().unwrap() {
+        assert_eq!(f["lost"], 0, "{s:#}");
+    }
+}
+
+/// Removes the KeyRotation objects bench-recovery wrote (later trials expect none running).
+fn remove_bench_rotations(lab: &Lab) {
+    for e in std::fs::read_dir(lab.dir.join("cluster"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("keyrotation-bench-")
+        {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -2404,6 +2462,10 @@ const TRIALS: &[Check] = &[
     (
         "a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_name",
         a_wireguard_rotation_under_load_loses_nothing_and_a_frozen_node_fails_it_by_name,
+    ),
+    (
+        "a_ca_rollover_under_load_fails_no_request",
+        a_ca_rollover_under_load_fails_no_request,
     ),
     (
         "a_wireguard_key_rotation_completes_through_the_file_source",

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use identityd_certs::bundle::root_fingerprint;
 use identityd_certs::service::{Authorizer, Denied, ServingRequest, WorkloadRequest};
 use identityd_certs::service::{CaServer, CaServerOptions};
 use identityd_certs::{Ca, CaOptions, TrustDomain};
@@ -223,39 +224,66 @@ struct Controller {
 }
 
 impl Controller {
+    /// The fingerprints of the CA's signing and staged roots.
+    fn view(&self) -> rotation::CaView {
+        let ca = self
+            .ca
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rotation::CaView {
+            root: root_fingerprint(ca.root()),
+            next_root: ca.next_root().map(|r| root_fingerprint(r)),
+        }
+    }
+
+    /// Does a rollover's [`rotation::CaAction`] on the CA and its files, then refreshes what
+    /// the service answers with (the bundle in every answer).
+    fn act(&self, action: rotation::CaAction) -> Result<rotation::CaDone, String> {
+        use rotation::{CaAction, CaDone};
+        let now = SystemTime::now();
+        let done = {
+            let mut ca = self
+                .ca
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match action {
+                CaAction::Stage => ca
+                    .stage_next_root(&self.ca_dir, now)
+                    .map_err(|e| format!("staging a new root: {e}"))
+                    .and_then(|_| {
+                        ca.next_root()
+                            .map(|r| CaDone::Staged(root_fingerprint(r)))
+                            .ok_or_else(|| "staging a new root: none staged".to_owned())
+                    }),
+                CaAction::Promote { overlap } => ca
+                    .promote_next_root(&self.ca_dir, overlap, now)
+                    .map(CaDone::Promoted)
+                    .map_err(|e| format!("promoting the new root: {e}")),
+                CaAction::Withdraw => ca
+                    .withdraw_next_root(&self.ca_dir, now)
+                    .map(|_| CaDone::Withdrawn)
+                    .map_err(|e| format!("withdrawing the new root: {e}")),
+            }
+        }?;
+        if let Err(e) = self.server.refresh() {
+            tracing::warn!(error = %e, "CA service refresh after a rollover step");
+        }
+        Ok(done)
+    }
+
     async fn step(&self, state: &ClusterState) {
         let now = rotation::now_rfc3339();
-        for step in rotation::controller_steps(state, SystemTime::now()) {
+        for step in rotation::controller_steps(state, SystemTime::now(), &self.view()) {
             let Some(kr) = state.key_rotations.get(&step.name) else {
                 continue;
             };
             let mut status = step.status.clone();
-            if let Some(overlap) = step.ca_rollover {
-                self.write(kr, status.clone()).await;
-                let result = {
-                    let mut ca = self
-                        .ca
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    ca.rollover(&self.ca_dir, overlap, SystemTime::now())
-                        .map(|()| {
-                            format!(
-                                "new root (bundle sequence {}); the previous root stays in the bundle for {}s",
-                                ca.bundle(SystemTime::now()).sequence(),
-                                overlap.as_secs()
-                            )
-                        })
-                        .map_err(|e| format!("rollover: {e}"))
-                };
-                if result.is_ok()
-                    && let Err(e) = self.server.refresh()
-                {
-                    tracing::warn!(error = %e, "CA service refresh after the rollover");
-                }
-                tracing::info!(rotation = %step.name, ?result, "KeyRotation ca");
-                status = rotation::ca_rollover_done(kr, result, &now);
+            if let Some(action) = step.ca {
+                let result = self.act(action);
+                tracing::info!(rotation = %step.name, ?action, ?result, "KeyRotation ca");
+                status = rotation::ca_action_done(kr, status, result, &now);
             }
-            tracing::info!(rotation = %step.name, phase = ?status.phase, "KeyRotation status");
+            tracing::info!(rotation = %step.name, phase = ?status.phase, step = ?status.step, "KeyRotation status");
             self.write(kr, status).await;
         }
         // `Accepted` conditions on L7 objects. Objects sharing a file with others cannot get

@@ -214,6 +214,22 @@ fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether `chain` verifies under the root of `bundle` with fingerprint `root` alone (false
+/// when the bundle has no such root).
+fn chains_to(
+    chain: &[rustls_pki_types::CertificateDer<'static>],
+    root: &str,
+    bundle: &Bundle,
+    now: SystemTime,
+) -> bool {
+    bundle
+        .roots()
+        .iter()
+        .find(|r| identityd_certs::bundle::root_fingerprint(r) == root)
+        .and_then(|der| Bundle::new(bundle.trust_domain().clone(), vec![der.clone()]).ok())
+        .is_some_and(|only| identityd_certs::verify_svid(chain, &only, now).is_ok())
+}
+
 fn status_of<C: Validity>(name: String, r: &Rotator<C>) -> IdentityStatus {
     let (state, expires) = match r.state() {
         SvidState::Initializing => ("initializing", None),
@@ -287,6 +303,33 @@ impl IdentityTable {
                 self.serving.insert(w.secret.clone(), (w, r));
             }
         }
+    }
+
+    /// Makes every workload SVID that does not chain to the root with fingerprint `root` (a
+    /// root of `bundle`) due for renewal now: after a CA rollover switched to it. Returns how
+    /// many; none when `bundle` does not hold that root.
+    pub fn renew_not_under(&mut self, root: &str, bundle: &Bundle) -> usize {
+        let Some(der) = bundle
+            .roots()
+            .iter()
+            .find(|r| identityd_certs::bundle::root_fingerprint(r) == root)
+        else {
+            return 0;
+        };
+        let Ok(only) = Bundle::new(bundle.trust_domain().clone(), vec![der.clone()]) else {
+            return 0;
+        };
+        let now = self.clock.now();
+        let mut n = 0;
+        for (_, r) in self.workloads.values_mut() {
+            if r.current()
+                .is_some_and(|c| identityd_certs::verify_svid(c.chain(), &only, now).is_err())
+            {
+                r.renew_now();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Asks `issuer` for every certificate that is due (at most [`MAX_CONCURRENT_ISSUANCE`]
@@ -593,10 +636,38 @@ pub async fn run(
     let mut table = IdentityTable::new(policy, Arc::clone(&clock), cfg.svid_ttl());
     let mut bundle_check_at = clock.now() + BUNDLE_CHECK_INTERVAL;
     let mut bundle_error: Option<String> = None;
+    // The root a finished CA rollover signs with, once acted on.
+    let mut renewed_for: Option<String> = None;
     loop {
         let st = state.borrow_and_update().clone();
         let (w, s) = wanted(&cfg, &st, &td);
         table.set_wanted(w, s);
+        // After a CA rollover's switch, SVIDs signed under the old root are renewed now (every
+        // node trusted the new root before it signed anything).
+        let signing = crate::daemon::rotation::signing_root(&st);
+        if signing.is_some() && signing != renewed_for {
+            let bundle = issuer
+                .client
+                .bundle()
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(root) = &signing {
+                let n = table.renew_not_under(root, &bundle);
+                if n > 0 {
+                    tracing::info!(svids = n, root = %root, "renewing SVIDs under the CA's new root");
+                }
+                // The node SVID too: a later rollover may retire the root it chains to.
+                if node
+                    .current()
+                    .is_some_and(|c| !chains_to(c.chain(), root, &bundle, clock.now()))
+                {
+                    tracing::info!(root = %root, "renewing the node SVID under the CA's new root");
+                    node.renew_now();
+                }
+            }
+            renewed_for = signing;
+        }
         if node.due() {
             let r = match node.current() {
                 Some(cur) => {

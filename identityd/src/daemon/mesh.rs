@@ -442,6 +442,38 @@ pub struct MeshReport {
     pub config_problems: Vec<String>,
     /// Apply errors of the latest round (xDS socket, Envoy, TPROXY).
     pub errors: Vec<String>,
+    /// Fingerprints of the trust bundle roots Envoy validates peers with: the bundle of the
+    /// latest config Envoy acknowledged (absent until one was).
+    pub trusted_roots: Option<Vec<String>>,
+}
+
+/// SHA-256 fingerprints of the roots of a PEM bundle (unparsable blocks left out).
+#[must_use]
+pub fn root_fingerprints(bundle_pem: &str) -> Vec<String> {
+    identityd_certs::bundle::certs_from_pem(bundle_pem)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| identityd_certs::bundle::root_fingerprint(c))
+        .collect()
+}
+
+/// The roots Envoy validates with, given the latest push (`pushed`: the Secret version and
+/// the roots it carries) and the xDS state: confirmed once Envoy ACKed that version (or at
+/// once when no Envoy runs or the config has no secrets: nothing validates with an older
+/// bundle). Pure.
+#[must_use]
+pub fn confirmed_roots(
+    pushed: Option<&(u64, Vec<String>)>,
+    secret: Option<&identityd_envoy::server::TypeStatus>,
+    envoy_wanted: bool,
+) -> Option<Vec<String>> {
+    let (version, roots) = pushed?;
+    let acked = match secret {
+        _ if !envoy_wanted => true,
+        None => true,
+        Some(t) => t.nack.is_none() && t.accepted.is_some_and(|a| a >= *version),
+    };
+    acked.then(|| roots.clone())
 }
 
 /// The node's mesh side: the xDS server for the node's Envoy (on `<runDir>/xds.sock`), the
@@ -458,6 +490,10 @@ struct MeshRuntime {
     wants_envoy: bool,
     has_mtls: bool,
     telemetry: crate::daemon::telemetry::Telemetry,
+    /// The Secret version of the latest push and the bundle roots in it.
+    pushed_roots: Option<(u64, Vec<String>)>,
+    /// The roots of the latest push Envoy acknowledged.
+    trusted_roots: Option<Vec<String>>,
 }
 
 impl MeshRuntime {
@@ -482,6 +518,19 @@ impl MeshRuntime {
             wants_envoy: false,
             has_mtls: false,
             telemetry,
+            pushed_roots: None,
+            trusted_roots: None,
+        }
+    }
+
+    /// Refreshes `trusted_roots` from the xDS state ([`confirmed_roots`]).
+    fn confirm_roots(&mut self, node: &str) {
+        let status = self.cache.status(node);
+        let secret = status
+            .iter()
+            .find(|t| t.type_url == identityd_envoy::server::type_url::SECRET);
+        if let Some(r) = confirmed_roots(self.pushed_roots.as_ref(), secret, self.wants_envoy) {
+            self.trusted_roots = Some(r);
         }
     }
 
@@ -567,6 +616,13 @@ impl MeshRuntime {
         match identityd_envoy::translate::translate_checked(&mesh) {
             Ok(snap) => {
                 self.cache.set_snapshot(&cfg.name, snap);
+                let secret_version = self
+                    .cache
+                    .status(&cfg.name)
+                    .iter()
+                    .find(|t| t.type_url == identityd_envoy::server::type_url::SECRET)
+                    .map_or(0, |t| t.version);
+                self.pushed_roots = Some((secret_version, root_fingerprints(&ids.bundle_pem)));
                 self.config_problems = ingress_problems;
                 let with_svid: std::collections::BTreeSet<&str> =
                     mesh.svids.iter().map(|s| s.id.as_str()).collect();
@@ -714,7 +770,9 @@ pub async fn run(
             Some(_) => Some(rt.envoy.ready().await),
             None => None,
         };
+        rt.confirm_roots(&cfg.name);
         let report = MeshReport {
+            trusted_roots: rt.trusted_roots.clone(),
             xds: rt.xds_status(&cfg.name),
             envoy_restarts: rt.envoy.restarts,
             envoy_ready,
@@ -747,6 +805,52 @@ pub fn lab_envoy_binary(exe: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundle_roots_count_as_trusted_once_envoy_acked_the_config_holding_them() {
+        use identityd_envoy::server::TypeStatus;
+        let pushed = (7, vec!["aa".to_owned(), "bb".to_owned()]);
+        let secret = |accepted: Option<u64>, nack: bool| TypeStatus {
+            type_url: identityd_envoy::server::type_url::SECRET.into(),
+            version: 7,
+            accepted,
+            nack: nack.then(|| identityd_envoy::server::Nack {
+                version: 7,
+                message: "bad".into(),
+                at: std::time::SystemTime::UNIX_EPOCH,
+            }),
+            resources: 2,
+        };
+        assert_eq!(
+            confirmed_roots(None, None, true),
+            None,
+            "nothing pushed yet"
+        );
+        assert_eq!(
+            confirmed_roots(Some(&pushed), Some(&secret(Some(6), false)), true),
+            None,
+            "Envoy holds an older bundle"
+        );
+        assert_eq!(
+            confirmed_roots(Some(&pushed), Some(&secret(None, false)), true),
+            None,
+            "Envoy has not answered"
+        );
+        assert_eq!(
+            confirmed_roots(Some(&pushed), Some(&secret(Some(7), true)), true),
+            None,
+            "refused"
+        );
+        assert_eq!(
+            confirmed_roots(Some(&pushed), Some(&secret(Some(7), false)), true),
+            Some(pushed.1.clone())
+        );
+        assert_eq!(
+            confirmed_roots(Some(&pushed), Some(&secret(None, false)), false),
+            Some(pushed.1.clone()),
+            "no Envoy: nothing validates with an older bundle"
+        );
+    }
 
     fn state() -> ClusterState {
         let text = include_str!("../model/testdata/lab-cluster.yaml");

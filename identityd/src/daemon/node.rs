@@ -625,6 +625,9 @@ struct DatapathTask {
     record: Option<rotation::NodeRecord>,
     /// A withdrawn next key stays in the device until then.
     withdrawn_until: Option<tokio::time::Instant>,
+    /// The mesh task's reports (the trust bundle roots Envoy acknowledged, published in the
+    /// object for a CA rollover); absent without a CA.
+    mesh: Option<watch::Receiver<Arc<MeshReport>>>,
 }
 
 /// How long a withdrawn next key keeps answering after it was unpublished: peers learn it
@@ -713,12 +716,17 @@ impl DatapathTask {
                     .as_ref()
                     .is_some_and(|l| l.iter().any(|x| x.local == r.next_public_key))
         });
-        let want = rotation::published_node(
-            state.node(&cfg.name),
-            IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &self.public_key)),
-            self.record.as_ref(),
-            next_in_device,
-            &rotation::now_rfc3339(),
+        let want = rotation::with_trusted_roots(
+            rotation::published_node(
+                state.node(&cfg.name),
+                IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &self.public_key)),
+                self.record.as_ref(),
+                next_in_device,
+                &rotation::now_rfc3339(),
+            ),
+            self.mesh
+                .as_ref()
+                .and_then(|m| m.borrow().trusted_roots.clone()),
         );
         if state.node(&cfg.name).is_some()
             && rotation::node_differs(state.node(&cfg.name), &want)
@@ -1204,6 +1212,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         node.status = Some(crate::model::IdentitydNodeStatus {
             observed_generation: None,
             conditions: vec![rotation::record_condition(r, &rotation::now_rfc3339())],
+            ..Default::default()
         });
     }
     source
@@ -1281,23 +1290,6 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     let mut state_rx = source.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let (dp_tx, dp_rx) = watch::channel(Arc::new(DatapathReport {
-        public_key: public_key.clone(),
-        ..DatapathReport::default()
-    }));
-    let datapath = DatapathTask {
-        cfg: Arc::clone(&cfg),
-        dp,
-        key_path: key_path.clone(),
-        public_key,
-        source: Arc::clone(&source),
-        tunnel_addr_done: false,
-        files,
-        record,
-        withdrawn_until: None,
-    };
-    let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
-
     let (mut id_task, mut mesh_task, mut id_rx, mut mesh_rx) = (None, None, None, None);
     if let (Some(_), Some(envoy)) = (&cfg.ca, &cfg.envoy) {
         let (id_tx, rx) = watch::channel(Arc::new(Identities::default()));
@@ -1319,6 +1311,25 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         id_rx = Some(rx);
         mesh_rx = Some(mrx);
     }
+
+    let (dp_tx, dp_rx) = watch::channel(Arc::new(DatapathReport {
+        public_key: public_key.clone(),
+        ..DatapathReport::default()
+    }));
+    let datapath = DatapathTask {
+        cfg: Arc::clone(&cfg),
+        dp,
+        key_path: key_path.clone(),
+        public_key,
+        source: Arc::clone(&source),
+        tunnel_addr_done: false,
+        files,
+        record,
+        withdrawn_until: None,
+        mesh: mesh_rx.clone(),
+    };
+    let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
+
     let status_task = tokio::spawn(status_task(
         Arc::clone(&cfg),
         key_path,

@@ -256,6 +256,18 @@ pub fn published_node(
     node
 }
 
+/// `node` with the roots its Envoy trusts (`None`: not known yet, the published list stays).
+/// Pure.
+#[must_use]
+pub fn with_trusted_roots(mut node: IdentitydNode, roots: Option<Vec<String>>) -> IdentitydNode {
+    if let Some(roots) = roots {
+        let mut st = node.status.take().unwrap_or_default();
+        st.trusted_roots = roots;
+        node.status = (st != crate::model::IdentitydNodeStatus::default()).then_some(st);
+    }
+    node
+}
+
 fn same_condition(a: &Condition, b: &Condition) -> bool {
     a.type_ == b.type_ && a.status == b.status && a.reason == b.reason && a.message == b.message
 }
@@ -273,8 +285,15 @@ pub fn node_differs(published: Option<&IdentitydNode>, want: &IdentitydNode) -> 
             .as_ref()
             .map_or_else(Vec::new, |s| s.conditions.clone())
     };
+    let roots = |n: &IdentitydNode| -> Vec<String> {
+        n.status
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.trusted_roots.clone())
+    };
     let (a, b) = (conds(p), conds(want));
-    a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| !same_condition(x, y))
+    a.len() != b.len()
+        || a.iter().zip(&b).any(|(x, y)| !same_condition(x, y))
+        || roots(p) != roots(want)
 }
 
 /// What the controller does for one rotation.
@@ -284,9 +303,39 @@ pub struct Step {
     pub name: String,
     /// The status to write.
     pub status: KeyRotationStatus,
-    /// For `ca`: roll the root over with this overlap, then write Completed (or Failed).
-    pub ca_rollover: Option<std::time::Duration>,
+    /// For `ca`: what the CA does before the status is written.
+    pub ca: Option<CaAction>,
 }
+
+/// A step of a CA rollover the CA role takes ([`controller_steps`] decides, the CA role does it
+/// and completes the status: the new root's fingerprint, the end of the overlap, or an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaAction {
+    /// Put a new root in the bundle (the current root keeps signing); the status gets
+    /// `newRoot`.
+    Stage,
+    /// Every node's Envoy trusts the new root: it signs from now on; the old root stays in the
+    /// bundle for this overlap (and at least the longest SVID lifetime).
+    Promote {
+        /// `spec.overlapWindow`.
+        overlap: std::time::Duration,
+    },
+    /// The rollover failed before its switch: the announced root leaves the bundle.
+    Withdraw,
+}
+
+/// What the controller knows of the CA: the fingerprints of its signing root and of the
+/// announced next root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaView {
+    /// The root that signs now.
+    pub root: String,
+    /// The staged next root, during a rollover.
+    pub next_root: Option<String>,
+}
+
+/// How a node's step reads in a CA rollover's `status.nodes`.
+const CA_TRUSTED: &str = "Trusted";
 
 fn condition(
     type_: &str,
@@ -348,7 +397,11 @@ pub fn node_rotated(node: &IdentitydNode, name: &str) -> bool {
 /// The controller's steps for the current state: one per rotation whose status changes.
 /// `now` is the time for the conditions and the deadline. Pure.
 #[must_use]
-pub fn controller_steps(state: &ClusterState, now: std::time::SystemTime) -> Vec<Step> {
+pub fn controller_steps(
+    state: &ClusterState,
+    now: std::time::SystemTime,
+    ca: &CaView,
+) -> Vec<Step> {
     let now_s = identityd_certs::inspect::rfc3339(now);
     let now_str = now_s.as_str();
     let mut out = Vec::new();
@@ -356,10 +409,10 @@ pub fn controller_steps(state: &ClusterState, now: std::time::SystemTime) -> Vec
         let generation = kr.metadata.generation;
         let phase = kr.status.as_ref().and_then(KeyRotationStatus::phase);
         let cur = kr.status.clone().unwrap_or_default();
-        let step = |status: KeyRotationStatus, ca: Option<std::time::Duration>| Step {
+        let step = |status: KeyRotationStatus, action: Option<CaAction>| Step {
             name: name.clone(),
             status,
-            ca_rollover: ca,
+            ca: action,
         };
         match (phase, kr.spec.target()) {
             (Some(RotationPhase::Completed | RotationPhase::Failed), _) | (_, None) => {}
@@ -379,33 +432,10 @@ pub fn controller_steps(state: &ClusterState, now: std::time::SystemTime) -> Vec
                 ),
                 None,
             )),
-            (None | Some(RotationPhase::Pending), Some(RotationTarget::Ca)) => {
-                let overlap = kr.spec.overlap_window().unwrap_or(DEFAULT_CA_OVERLAP);
-                out.push(step(
-                    status(
-                        RotationPhase::InProgress,
-                        condition(
-                            "Progressing",
-                            true,
-                            "RollingOverRoot",
-                            format!(
-                                "new root; the old one stays in the bundle for {}s",
-                                overlap.as_secs()
-                            ),
-                            now_str,
-                            generation,
-                        ),
-                        generation,
-                    ),
-                    Some(overlap),
-                ));
-            }
-            // A CA rollover the CA role did not finish (it restarted): do it again.
-            (Some(RotationPhase::InProgress), Some(RotationTarget::Ca)) => {
-                out.push(step(
-                    cur,
-                    Some(kr.spec.overlap_window().unwrap_or(DEFAULT_CA_OVERLAP)),
-                ));
+            (_, Some(RotationTarget::Ca)) => {
+                if let Some((s, action)) = ca_status(state, kr, &cur, ca, now, now_str) {
+                    out.push(step(s, action));
+                }
             }
             (_, Some(RotationTarget::Wireguard)) => {
                 if let Some(s) = wireguard_status(state, name, kr, &cur, now, now_str) {
@@ -546,6 +576,7 @@ fn wireguard_status(
         nodes: per_node,
         conditions: vec![cond],
         observed_generation: generation,
+        new_root: None,
     };
     // Only write when something but the time changes.
     let same = cur.phase == new.phase
@@ -556,26 +587,266 @@ fn wireguard_status(
     (!same).then_some(new)
 }
 
-/// The status after the CA role's rollover: Completed, or Failed with the error.
-#[must_use]
-pub fn ca_rollover_done(
+/// The nodes a CA rollover waits for: every node the cluster does not leave out (a CA
+/// rollover concerns every relying party; `spec.nodeSelector` does not apply), with whether
+/// its Envoy trusts `root`.
+fn ca_nodes<'a>(state: &'a ClusterState, root: &str) -> Vec<(&'a str, bool)> {
+    let conflicts = crate::model::conflicts::node_conflicts(state, None);
+    state
+        .nodes
+        .values()
+        .filter(|n| !conflicts.is_rejected(&n.metadata.name))
+        .map(|n| {
+            let trusted = n
+                .status
+                .as_ref()
+                .is_some_and(|s| s.trusted_roots.iter().any(|r| r == root));
+            (n.metadata.name.as_str(), trusted)
+        })
+        .collect()
+}
+
+fn short(fp: &str) -> &str {
+    fp.get(..16).unwrap_or(fp)
+}
+
+/// The new status of a `ca` rotation and what the CA does first, when either changes. Pure.
+///
+/// Announced: the CA stages a new root (in the bundle, not signing) → every node's Envoy
+/// trusts it (`IdentitydNode.status.trustedRoots`) → the CA promotes it and the rotation is
+/// Completed at step Switched. A node that does not confirm within `spec.deadline` fails the
+/// rotation by name, and the announced root is withdrawn.
+fn ca_status(
+    state: &ClusterState,
     kr: &KeyRotation,
-    result: Result<String, String>,
+    cur: &KeyRotationStatus,
+    ca: &CaView,
+    now: std::time::SystemTime,
+    now_str: &str,
+) -> Option<(KeyRotationStatus, Option<CaAction>)> {
+    let generation = kr.metadata.generation;
+    let with = |phase: RotationPhase, cond: Condition, step: &str| KeyRotationStatus {
+        phase: Some(phase.to_string()),
+        step: Some(step.to_owned()),
+        start_time: Some(cur.start_time.clone().unwrap_or_else(|| now_str.to_owned())),
+        new_root: cur.new_root.clone(),
+        conditions: vec![cond],
+        observed_generation: generation,
+        nodes: Vec::new(),
+    };
+    let announced = cur.phase() == Some(RotationPhase::InProgress)
+        && cur.new_root.is_some()
+        && cur.step.as_deref() == Some("Announced");
+    if !announced {
+        // New (or an InProgress without a staged root, e.g. written by an older version): stage.
+        let mut s = with(
+            RotationPhase::InProgress,
+            condition(
+                "Progressing",
+                true,
+                "RootAnnounced",
+                "a new root joins the trust bundle; the current root signs until every node's Envoy trusts the new one".into(),
+                now_str,
+                generation,
+            ),
+            "Announced",
+        );
+        s.start_time = Some(now_str.to_owned());
+        return Some((s, Some(CaAction::Stage)));
+    }
+    let new_root = cur.new_root.clone().unwrap_or_default();
+    if ca.root == new_root {
+        // Promoted, the status not written (the CA role restarted in between).
+        return Some((
+            with(
+                RotationPhase::Completed,
+                condition(
+                    "Ready",
+                    true,
+                    "RootRolledOver",
+                    format!("the new root {} signs", short(&new_root)),
+                    now_str,
+                    generation,
+                ),
+                "Switched",
+            ),
+            None,
+        ));
+    }
+    if ca.next_root.as_deref() != Some(new_root.as_str()) {
+        return Some((
+            with(
+                RotationPhase::Failed,
+                condition(
+                    "Ready",
+                    false,
+                    "RootLost",
+                    format!(
+                        "the CA no longer holds the announced root {} (its directory was replaced?); apply a new KeyRotation",
+                        short(&new_root)
+                    ),
+                    now_str,
+                    generation,
+                ),
+                "Announced",
+            ),
+            None,
+        ));
+    }
+    let nodes = ca_nodes(state, &new_root);
+    let per_node: Vec<NodeRotationStatus> = nodes
+        .iter()
+        .map(|(n, t)| NodeRotationStatus {
+            name: (*n).to_owned(),
+            step: if *t { CA_TRUSTED } else { "Pending" }.to_owned(),
+            message: String::new(),
+        })
+        .collect();
+    let waiting: Vec<&str> = nodes.iter().filter(|(_, t)| !t).map(|(n, _)| *n).collect();
+    let overlap = kr.spec.overlap_window().unwrap_or(DEFAULT_CA_OVERLAP);
+    if waiting.is_empty() {
+        let mut s = with(
+            RotationPhase::Completed,
+            condition(
+                "Ready",
+                true,
+                "RootRolledOver",
+                format!(
+                    "{} node(s) trust the new root {}; it signs now",
+                    nodes.len(),
+                    short(&new_root)
+                ),
+                now_str,
+                generation,
+            ),
+            "Switched",
+        );
+        s.nodes = per_node;
+        return Some((s, Some(CaAction::Promote { overlap })));
+    }
+    let deadline = kr.spec.deadline().unwrap_or(DEFAULT_DEADLINE);
+    let started = cur
+        .start_time
+        .as_deref()
+        .and_then(identityd_certs::inspect::parse_rfc3339)
+        .unwrap_or(now);
+    let late = now.duration_since(started).unwrap_or_default() > deadline;
+    let mut s = if late {
+        with(
+            RotationPhase::Failed,
+            condition(
+                "Ready",
+                false,
+                "DeadlineExceeded",
+                format!(
+                    "spec.deadline {}s passed: {} do(es) not trust the new root {}; it left the bundle and the current root keeps signing",
+                    deadline.as_secs(),
+                    waiting.join(", "),
+                    short(&new_root)
+                ),
+                now_str,
+                generation,
+            ),
+            "Announced",
+        )
+    } else {
+        with(
+            RotationPhase::InProgress,
+            condition(
+                "Progressing",
+                true,
+                "RootAnnounced",
+                format!(
+                    "the new root {} is in the bundle; {}/{} node(s) trust it; waiting for {}",
+                    short(&new_root),
+                    nodes.len() - waiting.len(),
+                    nodes.len(),
+                    waiting.join(", ")
+                ),
+                now_str,
+                generation,
+            ),
+            "Announced",
+        )
+    };
+    s.nodes = per_node;
+    let same = cur.phase == s.phase
+        && cur.nodes == s.nodes
+        && cur.conditions.first().map(|c| &c.message) == s.conditions.first().map(|c| &c.message);
+    if same {
+        return None;
+    }
+    Some((s, late.then_some(CaAction::Withdraw)))
+}
+
+/// The status of a `ca` rotation after the CA role tried `action`: `status` completed with
+/// the new root's fingerprint (Stage) or the end of the overlap (Promote), or Failed with the
+/// error.
+#[must_use]
+pub fn ca_action_done(
+    kr: &KeyRotation,
+    mut status: KeyRotationStatus,
+    result: Result<CaDone, String>,
     now: &str,
 ) -> KeyRotationStatus {
     let generation = kr.metadata.generation;
     match result {
-        Ok(msg) => status(
-            RotationPhase::Completed,
-            condition("Ready", true, "RootRolledOver", msg, now, generation),
-            generation,
-        ),
-        Err(e) => status(
-            RotationPhase::Failed,
-            condition("Ready", false, "RolloverFailed", e, now, generation),
-            generation,
-        ),
+        Ok(CaDone::Staged(fp)) => {
+            status.new_root = Some(fp);
+            status
+        }
+        Ok(CaDone::Promoted(until)) => {
+            if let Some(c) = status.conditions.first_mut() {
+                c.message = format!(
+                    "{}; the previous root stays in the bundle until {}, and nodes renew the SVIDs signed under it",
+                    c.message,
+                    identityd_certs::inspect::rfc3339(until)
+                );
+            }
+            status
+        }
+        Ok(CaDone::Withdrawn) => status,
+        Err(e) => {
+            status.phase = Some(RotationPhase::Failed.to_string());
+            status.conditions = vec![condition(
+                "Ready",
+                false,
+                "RolloverFailed",
+                e,
+                now,
+                generation,
+            )];
+            status
+        }
     }
+}
+
+/// What a [`CaAction`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaDone {
+    /// The staged root's fingerprint.
+    Staged(String),
+    /// When the previous root leaves the bundle.
+    Promoted(std::time::SystemTime),
+    /// The announced root left the bundle.
+    Withdrawn,
+}
+
+/// The root a node's SVIDs should chain to: the new root of the latest Completed `ca`
+/// rotation (by start time), if any. Nodes renew SVIDs signed under another root. Pure.
+#[must_use]
+pub fn signing_root(state: &ClusterState) -> Option<String> {
+    state
+        .key_rotations
+        .values()
+        .filter(|kr| kr.spec.target() == Some(RotationTarget::Ca))
+        .filter_map(|kr| kr.status.as_ref())
+        .filter(|s| {
+            s.phase() == Some(RotationPhase::Completed) && s.step.as_deref() == Some("Switched")
+        })
+        .filter_map(|s| Some((s.start_time.clone()?, s.new_root.clone()?)))
+        .max()
+        .map(|(_, r)| r)
 }
 
 /// The WireGuard rotation `node` takes part in now, if any: an InProgress `wireguard` rotation
@@ -655,6 +926,7 @@ mod tests {
         n.metadata.labels.insert("zone".into(), zone.into());
         if let Some((r, st)) = step {
             n.status = Some(IdentitydNodeStatus {
+                trusted_roots: vec![],
                 observed_generation: None,
                 conditions: vec![record_condition(
                     &record(r, st, name),
@@ -709,7 +981,7 @@ mod tests {
                 rotation("r1", RotationTarget::Wireguard, Some("a"), None),
             ],
         );
-        let steps = controller_steps(&st, now());
+        let steps = controller_steps(&st, now(), &CaView::default());
         assert_eq!(steps.len(), 1);
         assert_eq!(phase(&steps[0]), "InProgress");
         let msg = &steps[0].status.conditions[0].message;
@@ -722,7 +994,7 @@ mod tests {
             Some("2026-11-26T13:00:00Z")
         );
         assert_eq!(steps[0].status.step, None);
-        assert_eq!(steps[0].ca_rollover, None);
+        assert_eq!(steps[0].ca, None);
         // n1 and n2 take part, n3 is not selected.
         let st = ClusterState::from_objects(
             2,
@@ -745,7 +1017,7 @@ mod tests {
                     running("r1", Some("a")),
                 ],
             );
-            controller_steps(&st, now() + Duration::from_secs(30))
+            controller_steps(&st, now() + Duration::from_secs(30), &CaView::default())
                 .pop()
                 .expect("a status change")
                 .status
@@ -800,9 +1072,9 @@ mod tests {
                 r,
             ],
         );
-        let s = controller_steps(&st, now() + Duration::from_secs(59));
+        let s = controller_steps(&st, now() + Duration::from_secs(59), &CaView::default());
         assert_eq!(phase(&s[0]), "InProgress", "not yet");
-        let s = controller_steps(&st, now() + Duration::from_secs(61));
+        let s = controller_steps(&st, now() + Duration::from_secs(61), &CaView::default());
         assert_eq!(phase(&s[0]), "Failed");
         let c = &s[0].status.conditions[0];
         assert_eq!(c.reason, "DeadlineExceeded");
@@ -813,7 +1085,7 @@ mod tests {
         );
         // The default deadline is above WireGuard's 180 s session lifetime.
         let st = ClusterState::from_objects(1, [node("n3", "a", None), running("r1", None)]);
-        let s = controller_steps(&st, now() + Duration::from_secs(181));
+        let s = controller_steps(&st, now() + Duration::from_secs(181), &CaView::default());
         assert_eq!(phase(&s[0]), "InProgress");
         assert!(DEFAULT_DEADLINE > Duration::from_secs(180));
     }
@@ -905,6 +1177,7 @@ mod tests {
         let mut published = fresh.clone();
         published.metadata.labels.insert("zone".into(), "a".into());
         published.status = Some(IdentitydNodeStatus {
+            trusted_roots: vec![],
             observed_generation: None,
             conditions: vec![condition("Ready", true, "Up", "ok".into(), "t0", None)],
         });
@@ -972,7 +1245,7 @@ mod tests {
                 ),
             ],
         );
-        let steps = controller_steps(&st, now());
+        let steps = controller_steps(&st, now(), &CaView::default());
         let by: std::collections::BTreeMap<&str, &Step> =
             steps.iter().map(|s| (s.name.as_str(), s)).collect();
         assert!(!by.contains_key("done"));
@@ -981,12 +1254,190 @@ mod tests {
         assert_eq!(phase(by["nobody"]), "Failed");
         assert_eq!(by["nobody"].status.conditions[0].reason, "NoMatchingNodes");
         assert_eq!(phase(by["root"]), "InProgress");
-        assert_eq!(by["root"].ca_rollover, Some(DEFAULT_CA_OVERLAP));
-        const NOW: &str = "2026-11-26T13:00:00Z";
-        let done = ca_rollover_done(&st.key_rotations["root"], Ok("root 2".into()), NOW);
-        assert_eq!(done.phase.as_deref(), Some("Completed"));
-        let failed = ca_rollover_done(&st.key_rotations["root"], Err("disk full".into()), NOW);
+        assert_eq!(by["root"].ca, Some(CaAction::Stage));
+    }
+
+    /// A node whose Envoy trusts `roots`.
+    fn trusting(name: &str, roots: &[&str]) -> Object {
+        let Object::IdentitydNode(mut n) = node(name, "a", None) else {
+            unreachable!()
+        };
+        n.status = Some(IdentitydNodeStatus {
+            trusted_roots: roots.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        });
+        Object::IdentitydNode(n)
+    }
+
+    fn ca_rotation(status: Option<KeyRotationStatus>) -> Object {
+        let mut kr = KeyRotation::new("root", RotationTarget::Ca);
+        kr.spec.deadline = Some("60s".into());
+        kr.status = status;
+        Object::KeyRotation(kr)
+    }
+
+    #[test]
+    fn a_ca_rollover_signs_under_the_new_root_only_once_every_node_trusts_it() {
+        let r1 = "11".repeat(32);
+        let r2 = "22".repeat(32);
+        let staged = CaView {
+            root: r1.clone(),
+            next_root: Some(r2.clone()),
+        };
+        // Pending: stage a new root, nothing signs under it yet.
+        let st = ClusterState::from_objects(
+            1,
+            [
+                trusting("n1", &[&r1]),
+                trusting("n2", &[&r1]),
+                ca_rotation(None),
+            ],
+        );
+        let s = controller_steps(
+            &st,
+            now(),
+            &CaView {
+                root: r1.clone(),
+                next_root: None,
+            },
+        );
+        assert_eq!(s[0].ca, Some(CaAction::Stage));
+        assert_eq!(phase(&s[0]), "InProgress");
+        assert_eq!(s[0].status.step.as_deref(), Some("Announced"));
+        let announced = ca_action_done(
+            &KeyRotation::new("root", RotationTarget::Ca),
+            s[0].status.clone(),
+            Ok(CaDone::Staged(r2.clone())),
+            "2026-11-26T13:00:00Z",
+        );
+        assert_eq!(announced.new_root.as_deref(), Some(r2.as_str()));
+
+        // n1 trusts the new root, n2 not yet: wait, naming n2; no switch.
+        let st = ClusterState::from_objects(
+            2,
+            [
+                trusting("n1", &[&r1, &r2]),
+                trusting("n2", &[&r1]),
+                ca_rotation(Some(announced.clone())),
+            ],
+        );
+        let s = controller_steps(&st, now() + Duration::from_secs(5), &staged);
+        assert_eq!(
+            s[0].ca, None,
+            "no switch while a node does not trust the new root"
+        );
+        assert_eq!(phase(&s[0]), "InProgress");
+        let msg = &s[0].status.conditions[0].message;
+        assert!(
+            msg.contains("1/2") && msg.contains("waiting for n2"),
+            "{msg}"
+        );
+        let steps: Vec<(&str, &str)> = s[0]
+            .status
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.step.as_str()))
+            .collect();
+        assert_eq!(steps, [("n1", "Trusted"), ("n2", "Pending")]);
+        // The same state again writes nothing.
+        let waiting = s[0].status.clone();
+        let st = ClusterState::from_objects(
+            3,
+            [
+                trusting("n1", &[&r1, &r2]),
+                trusting("n2", &[&r1]),
+                ca_rotation(Some(waiting.clone())),
+            ],
+        );
+        assert!(controller_steps(&st, now() + Duration::from_secs(6), &staged).is_empty());
+
+        // Past the deadline: Failed naming n2, the announced root withdrawn.
+        let s = controller_steps(&st, now() + Duration::from_secs(61), &staged);
+        assert_eq!(s[0].ca, Some(CaAction::Withdraw));
+        assert_eq!(phase(&s[0]), "Failed");
+        let c = &s[0].status.conditions[0];
+        assert_eq!(c.reason, "DeadlineExceeded");
+        assert!(
+            c.message.contains("n2") && !c.message.contains("n1,"),
+            "{}",
+            c.message
+        );
+
+        // Both trust it: promote, Completed at step Switched.
+        let st = ClusterState::from_objects(
+            4,
+            [
+                trusting("n1", &[&r1, &r2]),
+                trusting("n2", &[&r2, &r1]),
+                ca_rotation(Some(waiting.clone())),
+            ],
+        );
+        let s = controller_steps(&st, now() + Duration::from_secs(7), &staged);
+        assert_eq!(
+            s[0].ca,
+            Some(CaAction::Promote {
+                overlap: DEFAULT_CA_OVERLAP
+            })
+        );
+        assert_eq!(phase(&s[0]), "Completed");
+        assert_eq!(s[0].status.step.as_deref(), Some("Switched"));
+        assert_eq!(signing_root(&st), None, "not before the status says so");
+        let done = ca_action_done(
+            &KeyRotation::new("root", RotationTarget::Ca),
+            s[0].status.clone(),
+            Ok(CaDone::Promoted(now() + Duration::from_secs(86_400))),
+            "2026-11-26T13:00:07Z",
+        );
+        assert!(
+            done.conditions[0]
+                .message
+                .contains("until 2026-11-27T13:00:00Z"),
+            "{}",
+            done.conditions[0].message
+        );
+        let st = ClusterState::from_objects(5, [trusting("n1", &[&r2]), ca_rotation(Some(done))]);
+        assert_eq!(
+            signing_root(&st).as_deref(),
+            Some(r2.as_str()),
+            "nodes renew under it"
+        );
+
+        // Promoted but the status not written (the CA restarted): Completed without a step.
+        let st = ClusterState::from_objects(
+            6,
+            [trusting("n1", &[&r1]), ca_rotation(Some(waiting.clone()))],
+        );
+        let s = controller_steps(
+            &st,
+            now() + Duration::from_secs(8),
+            &CaView {
+                root: r2.clone(),
+                next_root: None,
+            },
+        );
+        assert_eq!((phase(&s[0]), s[0].ca), ("Completed", None));
+        // The CA lost the announced root: Failed, saying so.
+        let s = controller_steps(
+            &st,
+            now() + Duration::from_secs(8),
+            &CaView {
+                root: r1.clone(),
+                next_root: Some("33".repeat(32)),
+            },
+        );
+        assert_eq!(s[0].status.conditions[0].reason, "RootLost");
+        // A failed CA step is Failed with the error.
+        let failed = ca_action_done(
+            &KeyRotation::new("root", RotationTarget::Ca),
+            waiting,
+            Err("staging a new root: disk full".into()),
+            "2026-11-26T13:00:09Z",
+        );
         assert_eq!(failed.phase.as_deref(), Some("Failed"));
-        assert_eq!(failed.conditions[0].message, "disk full");
+        assert_eq!(failed.conditions[0].reason, "RolloverFailed");
+        assert_eq!(
+            failed.conditions[0].message,
+            "staging a new root: disk full"
+        );
     }
 }

@@ -38,11 +38,12 @@ const MARKER_HEX: &str = "6964642d72656321";
 const MARKER: &[u8] = b"idd-rec!idd-rec!";
 
 /// The scenarios `bench-recovery` knows, in the order they run.
-pub const SCENARIOS: [&str; 4] = [
+pub const SCENARIOS: [&str; 5] = [
     "device-kill",
     "daemon-device-kill",
     "rotation",
     "rotation-frozen",
+    "ca-rollover",
 ];
 
 /// Options of one run.
@@ -67,8 +68,12 @@ struct FlowResult {
     sent: u64,
     received: u64,
     lost: u64,
-    /// The longest time between two consecutive replies.
+    /// The longest time between two consecutive replies (ping's own stamps, mapped to the
+    /// monotonic clock; a stall of this machine shows here even when nothing is lost).
     longest_gap_ms: u64,
+    /// The most consecutive echo requests without a reply (a clock-free outage measure: at
+    /// `rate` per second, this many / rate seconds).
+    longest_loss_run: u64,
     /// From the moment the disturbed part was back (the device restarted by the daemon, the
     /// daemon started again, the rotation applied) to the first reply after it.
     first_reply_after_back_ms: Option<u64>,
@@ -96,7 +101,15 @@ struct ScenarioResult {
     key_changed: bool,
     /// Rotations: TCP connections at 50/s from client-1 to the kv server on web-2 (a strict
     /// pod: through both node Envoys, mTLS) throughout the flows, one exchange each.
-    tcp_load: Option<TcpLoad>,
+    tcp_load: Option<LoadResult>,
+    /// `ca-rollover`: HTTP requests at 50/s from client-1 to web.shop on web-2 (mTLS through
+    /// both node Envoys), one connection each, throughout the flows.
+    http_load: Option<LoadResult>,
+    /// `ca-rollover`: every node renewed every workload SVID after the switch (their expiry
+    /// moved), at this many ms since the start; absent when some did not within 30 s.
+    svids_renewed_at_ms: Option<u64>,
+    /// `ca-rollover`: workload SVIDs that were not renewed (`node: SPIFFE ID`).
+    svids_not_renewed: Vec<String>,
     /// Rotations: the final phase and its condition's message.
     rotation_phase: Option<String>,
     rotation_message: Option<String>,
@@ -106,7 +119,7 @@ struct ScenarioResult {
 }
 
 #[derive(Debug, Serialize)]
-struct TcpLoad {
+struct LoadResult {
     scheduled: usize,
     ok: usize,
     errors: usize,
@@ -219,19 +232,50 @@ impl ClockMap {
         })
     }
 
-    /// The monotonic time (µs since the run started) of wall-clock time `wall`.
-    fn mono(&self, wall: u64) -> u64 {
-        self.samples
-            .iter()
-            .min_by_key(|(w, _)| w.abs_diff(wall))
-            .map_or(0, |(w, m)| {
+    /// The monotonic times (µs since the run started) of wall-clock times `walls`, given in
+    /// the order they happened (ping prints its lines as replies arrive). The search only moves
+    /// forward, so a wall time that exists twice (the clock stepped back) maps to the later
+    /// occurrence: the segment between two samples that holds `wall`, at or after the previous
+    /// match, else the nearest sample from there.
+    fn monos(&self, walls: &[u64]) -> Vec<u64> {
+        let mut cursor = 0;
+        let mut out = Vec::with_capacity(walls.len());
+        for &wall in walls {
+            let rest = self.samples.get(cursor..).unwrap_or_default();
+            let seg = rest
+                .windows(2)
+                .position(|w| w[0].0 <= wall && wall <= w[1].0 && w[1].0 - w[0].0 <= 1_000_000);
+            let j = seg.unwrap_or_else(|| {
+                rest.iter()
+                    .enumerate()
+                    .min_by_key(|(_, (w, _))| w.abs_diff(wall))
+                    .map_or(0, |(i, _)| i)
+            });
+            cursor += j;
+            out.push(self.samples.get(cursor).map_or(0, |(w, m)| {
                 if wall >= *w {
                     m + (wall - w)
                 } else {
                     m.saturating_sub(w - wall)
                 }
-            })
+            }));
+        }
+        out
     }
+}
+
+/// The most consecutive sequence numbers in `1..=sent` without a reply. Pure.
+fn loss_run(replies: &[(u64, u64)], sent: u64) -> u64 {
+    let mut seqs: Vec<u64> = replies.iter().map(|r| r.1).filter(|q| *q <= sent).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut prev = 0;
+    let mut run = 0;
+    for q in seqs.iter().copied().chain(std::iter::once(sent + 1)) {
+        run = run.max(q.saturating_sub(prev + 1));
+        prev = q;
+    }
+    run
 }
 
 /// (longest gap between consecutive replies, first reply at or after `back_us`), µs.
@@ -427,11 +471,58 @@ fn disturb(
             *rotation = Some(res?);
             Ok(())
         }
+        "ca-rollover" => {
+            let name = format!(
+                "bench-ca-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            );
+            let f = dir.join(format!("cluster/keyrotation-{name}.yaml"));
+            std::fs::write(
+                &f,
+                format!(
+                    "apiVersion: identityd.io/v1alpha1\nkind: KeyRotation\nmetadata:\n  name: {name}\nspec:\n  target: ca\n  deadline: 60s\n"
+                ),
+            )
+            .map_err(|e| super::io_err(&f, e))?;
+            let mut text = String::new();
+            wait_until(90, &format!("KeyRotation {name} to finish"), || {
+                text = std::fs::read_to_string(&f).unwrap_or_default();
+                text.contains("phase: Completed") || text.contains("phase: Failed")
+            })?;
+            *rotation = Some(text);
+            Ok(())
+        }
         other => Err(LabError::Io(format!(
             "bench-recovery: unknown scenario {other:?} (known: {})",
             SCENARIOS.join(", ")
         ))),
     }
+}
+
+/// Every workload SVID of every node (`node: SPIFFE ID`) with its expiry (Unix seconds).
+fn workload_expiries(dir: &Path) -> Result<Vec<(String, u64)>, LabError> {
+    let mut out = Vec::new();
+    for n in 1..=3 {
+        let st = crate::daemon::api::fetch(&dir.join(format!("n{n}/run/api.sock")))
+            .map_err(|e| LabError::Io(format!("n{n}'s local API: {e}")))?;
+        for i in &st.identities {
+            if let (true, Some(exp)) = (i.name.starts_with("spiffe://"), i.expires_at_unix) {
+                out.push((format!("n{n}: {}", i.name), exp));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The SVIDs of `before` whose expiry has not moved in `now` (gone ones left out). Pure.
+fn not_renewed(before: &[(String, u64)], now: &[(String, u64)]) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(id, exp)| now.iter().any(|(i, e)| i == id && e == exp))
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 fn ms_since(t0: Instant, t: Instant) -> u64 {
@@ -455,23 +546,35 @@ fn run_scenario(
         start_flow("n1->n3", "idd-n1-client-1", "10.244.3.10", opts.rate, count)?,
         start_flow("n2->n3", "idd-n2-client-2", "10.244.3.10", opts.rate, count)?,
     ];
-    let tcp = if scenario.starts_with("rotation") {
-        Some(
-            Command::new("ip")
-                .args(["netns", "exec", "idd-n1-client-1", &exe()?, "lab", "load"])
-                .arg(format!("10.244.2.10:{KV_PORT}"))
-                .args(["--kind", "tcp", "--rate", "50", "--seconds"])
-                .arg(opts.seconds.saturating_sub(1).max(1).to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| LabError::Command {
-                    cmd: "lab load".into(),
-                    reason: e.to_string(),
-                })?,
-        )
+    let load = |kind: &str, addr: String| -> Result<std::process::Child, LabError> {
+        Command::new("ip")
+            .args(["netns", "exec", "idd-n1-client-1", &exe()?, "lab", "load"])
+            .arg(addr)
+            .args(["--kind", kind, "--rate", "50", "--seconds"])
+            .arg(opts.seconds.saturating_sub(1).max(1).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LabError::Command {
+                cmd: "lab load".into(),
+                reason: e.to_string(),
+            })
+    };
+    let ca = scenario == "ca-rollover";
+    let tcp = if scenario.starts_with("rotation") || ca {
+        Some(load("tcp", format!("10.244.2.10:{KV_PORT}"))?)
     } else {
         None
+    };
+    let http = if ca {
+        Some(load("http", "10.244.2.10:8080".to_owned())?)
+    } else {
+        None
+    };
+    let svids_before = if ca {
+        workload_expiries(dir)?
+    } else {
+        Vec::new()
     };
     std::thread::sleep(Duration::from_secs(3));
     let disturbed = Instant::now();
@@ -479,6 +582,21 @@ fn run_scenario(
     let res = disturb(dir, scenario, opts, &mut rotation);
     let back = Instant::now();
     let back_us = u64::try_from(back.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+    // A CA rollover ends when every node serves SVIDs signed after the switch (their expiry
+    // moved), while the loads still run.
+    let (svids_renewed_at_ms, svids_not_renewed) = if ca && res.is_ok() {
+        let mut left = Vec::new();
+        let renewed = wait_until(30, "every node to renew its workload SVIDs", || {
+            left = match workload_expiries(dir) {
+                Ok(now) => not_renewed(&svids_before, &now),
+                Err(e) => vec![e.to_string()],
+            };
+            left.is_empty()
+        });
+        (renewed.is_ok().then(|| ms_since(t0, Instant::now())), left)
+    } else {
+        (None, Vec::new())
+    };
     let mut outputs = Vec::new();
     for f in flows {
         let out = f
@@ -487,29 +605,29 @@ fn run_scenario(
             .map_err(|e| LabError::Io(format!("ping: {e}")))?;
         outputs.push((f.pair, out));
     }
-    let tcp_load = match tcp {
-        Some(child) => {
-            let out = child
-                .wait_with_output()
-                .map_err(|e| LabError::Io(format!("lab load: {e}")))?;
-            let r: LoadReport = serde_json::from_slice(&out.stdout).map_err(|e| {
-                LabError::Io(format!(
-                    "lab load: {e}: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            })?;
-            Some(TcpLoad {
-                scheduled: r.scheduled,
-                ok: r.ok,
-                errors: r.errors,
-                first_errors: r.first_errors,
-                p99_us: r.p99_us,
-                max_us: r.max_us,
-            })
-        }
-        None => None,
+    let finish = |child: Option<std::process::Child>| -> Result<Option<LoadResult>, LabError> {
+        let Some(child) = child else { return Ok(None) };
+        let out = child
+            .wait_with_output()
+            .map_err(|e| LabError::Io(format!("lab load: {e}")))?;
+        let r: LoadReport = serde_json::from_slice(&out.stdout).map_err(|e| {
+            LabError::Io(format!(
+                "lab load: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+        Ok(Some(LoadResult {
+            scheduled: r.scheduled,
+            ok: r.ok,
+            errors: r.errors,
+            first_errors: r.first_errors,
+            p99_us: r.p99_us,
+            max_us: r.max_us,
+        }))
     };
+    let tcp_load = finish(tcp)?;
+    let http_load = finish(http)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let clock = sampler
         .join()
@@ -526,7 +644,12 @@ fn run_scenario(
             text.as_bytes(),
         );
         let (got, sent) = replies(&text);
-        let mono: Vec<(u64, u64)> = got.iter().map(|(w, q)| (clock.mono(*w), *q)).collect();
+        let walls: Vec<u64> = got.iter().map(|(w, _)| *w).collect();
+        let mono: Vec<(u64, u64)> = clock
+            .monos(&walls)
+            .into_iter()
+            .zip(got.iter().map(|(_, q)| *q))
+            .collect();
         let (longest, first_after) = gaps(&mono, back_us);
         let received = got.len() as u64;
         // ping's own count of replies must match what was read out of its lines.
@@ -554,6 +677,7 @@ fn run_scenario(
             received,
             lost: sent.saturating_sub(received),
             longest_gap_ms: longest / 1000,
+            longest_loss_run: loss_run(&got, sent),
             first_reply_after_back_ms: first_after.map(|us| us / 1000),
         });
     }
@@ -576,15 +700,18 @@ fn run_scenario(
     let (rotation_phase, rotation_message) =
         rotation.as_deref().map_or((None, None), rotation_outcome);
     let wg_show = match &rotation {
-        Some(_) => {
+        Some(_) if !ca => {
             // The nodes' devices follow the objects within a round or two.
             std::thread::sleep(Duration::from_secs(3));
             Some(wg_show_matches_published(dir)?)
         }
-        None => None,
+        _ => None,
     };
     Ok(ScenarioResult {
         tcp_load,
+        http_load,
+        svids_renewed_at_ms,
+        svids_not_renewed,
         rotation_phase,
         rotation_message,
         wg_show_matches_published: wg_show,
@@ -645,20 +772,34 @@ pub fn recovery(dir: &Path, opts: &RecoveryBenchOptions) -> Result<String, LabEr
     for s in &report.scenarios {
         for f in &s.flows {
             summary.push_str(&format!(
-                "  {:<19} {}  lost {:>5}/{:<6} longest gap {:>6} ms  first reply {} ms after back\n",
+                "  {:<19} {}  lost {:>5}/{:<6} most in a row {:>5}  longest gap {:>6} ms  first reply {} ms after back\n",
                 s.scenario,
                 f.pair,
                 f.lost,
                 f.sent,
+                f.longest_loss_run,
                 f.longest_gap_ms,
                 f.first_reply_after_back_ms
                     .map_or_else(|| "never".to_owned(), |m| m.to_string())
             ));
         }
-        if let Some(t) = &s.tcp_load {
+        for (what, l) in [("tcp ", &s.tcp_load), ("http", &s.http_load)] {
+            if let Some(t) = l {
+                summary.push_str(&format!(
+                    "  {:<19} {what} (mTLS) {}/{} ok, {} errors, p99 {} µs, max {} µs\n",
+                    s.scenario, t.ok, t.scheduled, t.errors, t.p99_us, t.max_us
+                ));
+            }
+        }
+        if s.scenario == "ca-rollover" {
             summary.push_str(&format!(
-                "  {:<19} tcp (mTLS) {}/{} ok, {} errors, p99 {} µs, max {} µs\n",
-                s.scenario, t.ok, t.scheduled, t.errors, t.p99_us, t.max_us
+                "  {:<19} {}; SVIDs renewed under the new root: {}\n",
+                s.scenario,
+                s.rotation_message.as_deref().unwrap_or("-"),
+                s.svids_renewed_at_ms.map_or_else(
+                    || format!("not all ({})", s.svids_not_renewed.join(", ")),
+                    |m| format!("at {m} ms")
+                )
             ));
         }
         summary.push_str(&format!(
@@ -716,12 +857,39 @@ mod tests {
             m.samples.push((wall, mono));
         }
         // Replies at 95 ms and 115 ms (wall: before and after the step): 20 ms apart.
-        let r = [
-            (m.mono(1_000_000_000 + 95_000), 1),
-            (m.mono(1_000_000_000 + 30_000_000 + 115_000), 2),
-        ];
+        let t = m.monos(&[1_000_000_000 + 95_000, 1_000_000_000 + 30_000_000 + 115_000]);
+        let r = [(t[0], 1), (t[1], 2)];
         assert_eq!(r[0].0, 95_000);
         assert_eq!(r[1].0, 115_000);
         assert_eq!(gaps(&r, 100_000), (20_000, Some(15_000)));
+    }
+
+    #[test]
+    fn the_longest_loss_run_counts_missing_sequence_numbers_at_the_ends_too() {
+        let r = |qs: &[u64]| qs.iter().map(|q| (0, *q)).collect::<Vec<_>>();
+        assert_eq!(loss_run(&r(&[1, 2, 3]), 3), 0);
+        assert_eq!(loss_run(&r(&[1, 2, 6, 7]), 7), 3);
+        assert_eq!(loss_run(&r(&[5, 6]), 10), 4);
+        assert_eq!(loss_run(&r(&[1, 1, 2]), 2), 0, "duplicates");
+        assert_eq!(loss_run(&[], 4), 4);
+    }
+
+    #[test]
+    fn a_clock_step_back_mid_run_does_not_make_a_gap() {
+        // The wall clock steps 58 s back between 100 and 110 ms: wall times after the step
+        // existed before it too.
+        let mut m = ClockMap::default();
+        let base = 1_000_000_000_u64 + 60_000_000;
+        for i in 0..40_u64 {
+            let mono = i * 10_000;
+            let wall = base + mono - if i >= 11 { 58_000_000 } else { 0 };
+            m.samples.push((wall, mono));
+        }
+        let walls = [
+            base + 95_000,
+            base - 58_000_000 + 115_000,
+            base - 58_000_000 + 125_000,
+        ];
+        assert_eq!(m.monos(&walls), vec![95_000, 115_000, 125_000]);
     }
 }

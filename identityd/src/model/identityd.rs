@@ -160,6 +160,11 @@ pub struct IdentitydNodeStatus {
     /// Conditions (`Ready`, `DatapathReady`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// SHA-256 fingerprints (hex) of the trust bundle roots the node's Envoy validates peers
+    /// with (as Envoy acknowledged them). A CA rollover signs under a new root only once
+    /// every node lists it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_roots: Vec<String>,
 }
 
 impl IdentitydNode {
@@ -405,17 +410,24 @@ pub struct KeyRotationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["Pending", "InProgress", "Completed", "Failed"]))]
     pub phase: Option<String>,
-    /// `wireguard`: the step every selected node has reached: `Announced` (next keys
+    /// The step every selected node has reached. `wireguard`: `Announced` (next keys
     /// published), `Switched` (every peer handshook to them), `Retired` (old keys removed).
+    /// `ca`: `Announced` (the new root in the bundle, the old one signing), `Switched` (every
+    /// node's Envoy trusts the new root; it signs now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["Announced", "Switched", "Retired"]))]
     pub step: Option<String>,
     /// When the rotation went InProgress (RFC 3339; the deadline counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
-    /// `wireguard`: each selected node's step.
+    /// Each selected node's step (`ca`: `Pending` until its Envoy trusts the new root, then
+    /// `Trusted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeRotationStatus>,
+    /// `ca`: SHA-256 fingerprint (hex) of the new root. Once the rotation is Completed it
+    /// signs every new SVID, and nodes renew the SVIDs signed under another root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_root: Option<String>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

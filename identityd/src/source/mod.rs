@@ -179,6 +179,7 @@ mod tests {
                 reason: "DatapathUp".into(),
                 ..Condition::default()
             }],
+            trusted_roots: vec!["ab".repeat(32)],
         });
         source
             .write_status(&Object::IdentitydNode(with_status))

@@ -335,3 +335,43 @@ fn lab_state() -> crate::model::ClusterState {
         .filter_map(|(_, r)| r.ok().flatten());
     crate::model::ClusterState::from_objects(1, objects)
 }
+
+#[tokio::test]
+async fn after_a_ca_switch_svids_under_the_old_root_renew_at_once_and_only_they() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let mut ca = FakeCa::new(Arc::clone(&clock));
+    let mut table = IdentityTable::new(
+        RefreshPolicy::default(),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        HOUR,
+    );
+    table.set_wanted(ids(3), vec![]);
+    assert_eq!(table.renew_due(&ca).await, 3);
+    let dir = ca._dir.path().join("ca");
+    ca.ca.rollover(&dir, HOUR, clock.now()).unwrap();
+    let bundle = ca.ca.bundle(clock.now());
+    let new_root = identityd_certs::bundle::root_fingerprint(ca.ca.root());
+    // A root the bundle does not hold: nothing to chain to, nothing renewed.
+    assert_eq!(table.renew_not_under(&"00".repeat(32), &bundle), 0);
+    assert_eq!(
+        table.renew_due(&ca).await,
+        0,
+        "nothing due before the switch is seen"
+    );
+    assert_eq!(table.renew_not_under(&new_root, &bundle), 3);
+    assert_eq!(
+        table.renew_due(&ca).await,
+        3,
+        "renewed now, not at half their lifetime"
+    );
+    // Now under the new root: nothing more.
+    assert_eq!(table.renew_not_under(&new_root, &bundle), 0);
+    let only_new = identityd_certs::Bundle::new(
+        TrustDomain::new("cluster.local").unwrap(),
+        vec![ca.ca.root().clone()],
+    )
+    .unwrap();
+    for svid in table.snapshot().svids.values() {
+        identityd_certs::verify_svid(svid.chain(), &only_new, clock.now()).unwrap();
+    }
+}

@@ -507,9 +507,9 @@ pub fn report_checks(
         }
         match r.bundle.roots {
             0 => bundles.push(format!("{n}: no trust bundle")),
-            1 | 2 => {}
+            1..=MAX_BUNDLE_ROOTS => {}
             k => bundles.push(format!(
-                "{n}: {k} roots in the bundle (at most the old and the new during a rollover)"
+                "{n}: {k} roots in the bundle (at most {MAX_BUNDLE_ROOTS}: the current root, an announced next one and previous ones in their overlap)"
             )),
         }
         if let Some(left) = left_of(now, r.bundle.earliest_expiry.as_deref())
@@ -523,7 +523,7 @@ pub fn report_checks(
         "identity.bundle",
         Severity::Error,
         bundles,
-        "trust bundles hold 1–2 valid roots",
+        "trust bundles hold 1–4 valid roots",
         "trust bundle problems",
     ));
     let not_ready: Vec<String> = reports
@@ -1225,6 +1225,10 @@ fn collect(path: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()
     Ok(())
 }
 
+/// The most roots a healthy trust bundle holds: the current root, an announced next root, and
+/// previous roots in their overlap (two rollovers within the longest SVID lifetime).
+pub const MAX_BUNDLE_ROOTS: u64 = 4;
+
 /// Every check: (id, what it proves and how to fix a failure).
 pub const CHECKS: &[(&str, &str)] = &[
     (
@@ -1277,7 +1281,7 @@ pub const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "identity.bundle",
-        "The trust bundle holds 1–2 valid roots.\nFix: finish or restart a CA rollover (KeyRotation target: ca).",
+        "The trust bundle holds 1–4 valid roots: the current one, during a CA rollover the announced next one, and previous ones while their overlap lasts (at least the longest SVID lifetime). More means rollovers faster than their overlap.\nFix: finish or restart a CA rollover (KeyRotation target: ca), or space rollovers by the overlap.",
     ),
     (
         "keys.age",

@@ -246,6 +246,18 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// (internal) One long-lived kv connection from inside a lab pod; prints a JSON report.
+    #[command(hide = true)]
+    Stream {
+        /// `IP:PORT`.
+        addr: std::net::SocketAddr,
+        /// Milliseconds between PINGs.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// (internal) A TCP line exchange from inside a lab pod (the lab's TCP protocols).
     #[command(hide = true)]
     Tcp {

@@ -354,6 +354,19 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
             ExitCode::SUCCESS
         }
+        Command::Lab(LabCommand::Stream {
+            addr,
+            interval_ms,
+            seconds,
+        }) => {
+            let r = runtime().block_on(lab::workload::stream(
+                addr,
+                std::time::Duration::from_millis(interval_ms.max(1)),
+                std::time::Duration::from_secs(seconds),
+            ));
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
         Command::Lab(LabCommand::Tcp {
             addr,
             greeting,

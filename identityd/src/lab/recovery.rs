@@ -110,12 +110,22 @@ struct ScenarioResult {
     svids_renewed_at_ms: Option<u64>,
     /// `ca-rollover`: workload SVIDs that were not renewed (`node: SPIFFE ID`).
     svids_not_renewed: Vec<String>,
+    /// Rotations: one long-lived kv connection per node pair (a PING every 20 ms, each answer
+    /// awaited), through the mTLS path, open for the whole run.
+    streams: Vec<StreamResult>,
     /// Rotations: the final phase and its condition's message.
     rotation_phase: Option<String>,
     rotation_message: Option<String>,
     /// Rotations: the peer keys `wg show` lists on each node afterwards are exactly the keys
     /// the other nodes publish (no old key left, none missing).
     wg_show_matches_published: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamResult {
+    pair: &'static str,
+    #[serde(flatten)]
+    report: super::workload::StreamReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -576,6 +586,28 @@ fn run_scenario(
     } else {
         Vec::new()
     };
+    let mut streams = Vec::new();
+    if scenario.starts_with("rotation") || ca {
+        for (pair, ns, ip) in [
+            ("n1->n2", "idd-n1-client-1", "10.244.2.10"),
+            ("n1->n3", "idd-n1-client-1", "10.244.3.10"),
+            ("n2->n3", "idd-n2-client-2", "10.244.3.10"),
+        ] {
+            let child = Command::new("ip")
+                .args(["netns", "exec", ns, &exe()?, "lab", "stream"])
+                .arg(format!("{ip}:{KV_PORT}"))
+                .args(["--interval-ms", "20", "--seconds"])
+                .arg(opts.seconds.saturating_sub(1).max(1).to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| LabError::Command {
+                    cmd: "lab stream".into(),
+                    reason: e.to_string(),
+                })?;
+            streams.push((pair, child));
+        }
+    }
     std::thread::sleep(Duration::from_secs(3));
     let disturbed = Instant::now();
     let mut rotation = None;
@@ -628,6 +660,20 @@ fn run_scenario(
     };
     let tcp_load = finish(tcp)?;
     let http_load = finish(http)?;
+    let mut stream_results = Vec::new();
+    for (pair, child) in streams {
+        let out = child
+            .wait_with_output()
+            .map_err(|e| LabError::Io(format!("lab stream: {e}")))?;
+        let report = serde_json::from_slice(&out.stdout).map_err(|e| {
+            LabError::Io(format!(
+                "lab stream {pair}: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+        stream_results.push(StreamResult { pair, report });
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let clock = sampler
         .join()
@@ -708,6 +754,7 @@ fn run_scenario(
         _ => None,
     };
     Ok(ScenarioResult {
+        streams: stream_results,
         tcp_load,
         http_load,
         svids_renewed_at_ms,
@@ -790,6 +837,21 @@ pub fn recovery(dir: &Path, opts: &RecoveryBenchOptions) -> Result<String, LabEr
                     s.scenario, t.ok, t.scheduled, t.errors, t.p99_us, t.max_us
                 ));
             }
+        }
+        for st in &s.streams {
+            let r = &st.report;
+            summary.push_str(&format!(
+                "  {:<19} {}  stream {}/{} answered, longest wait {} ms, {} stall(s) ≥ 200 ms{}\n",
+                s.scenario,
+                st.pair,
+                r.replies,
+                r.sent,
+                r.max_reply_gap_ms,
+                r.stalls_over_200ms,
+                r.error
+                    .as_deref()
+                    .map_or_else(String::new, |e| format!(", broke: {e}"))
+            ));
         }
         if s.scenario == "ca-rollover" {
             summary.push_str(&format!(

@@ -275,6 +275,87 @@ async fn tls_connect(
         .map_err(|e| format!("TLS with {name}: {e}"))
 }
 
+/// One long-lived kv connection's result ([`stream`]).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StreamReport {
+    /// `PING`s sent.
+    pub sent: u64,
+    /// `+PONG` lines read back, in order (each echoes its number).
+    pub replies: u64,
+    /// The longest time between two consecutive replies, ms (a retransmission timeout on the
+    /// path stalls the stream for ≥ 200 ms).
+    pub max_reply_gap_ms: u64,
+    /// Gaps between replies of 200 ms or more.
+    pub stalls_over_200ms: u64,
+    /// Why the stream ended early (a reset, a wrong or missing answer), if it did.
+    pub error: Option<String>,
+}
+
+/// Keeps one kv connection to `addr` open for `duration`, a `PING <n>` every `interval`, each
+/// answer read before the next is sent (so a stall of the path is a stall of the stream).
+pub async fn stream(addr: SocketAddr, interval: Duration, duration: Duration) -> StreamReport {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut r = StreamReport::default();
+    let s = match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            r.error = Some(format!("connect {addr}: {e}"));
+            return r;
+        }
+        Err(_) => {
+            r.error = Some(format!("connect {addr}: no answer within 5s"));
+            return r;
+        }
+    };
+    let _ = s.set_nodelay(true);
+    let (rd, mut wr) = s.into_split();
+    let mut lines = tokio::io::BufReader::new(rd).lines();
+    let end = tokio::time::Instant::now() + duration;
+    let mut last = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        r.sent += 1;
+        let n = r.sent;
+        if let Err(e) = wr.write_all(format!("PING {n}\r\n").as_bytes()).await {
+            r.error = Some(format!("PING {n}: {e}"));
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.starts_with("+PONG") && line.ends_with(&format!(" {n}")) => {
+                r.replies += 1;
+                let now = tokio::time::Instant::now();
+                let gap = u64::try_from(now.duration_since(last).as_millis()).unwrap_or(u64::MAX);
+                r.max_reply_gap_ms = r.max_reply_gap_ms.max(gap);
+                if gap >= 200 {
+                    r.stalls_over_200ms += 1;
+                }
+                last = now;
+            }
+            Ok(Ok(Some(line))) => {
+                r.error = Some(format!("PING {n}: answered {line:?}"));
+                break;
+            }
+            Ok(Ok(None)) => {
+                r.error = Some(format!("PING {n}: the connection closed"));
+                break;
+            }
+            Ok(Err(e)) => {
+                r.error = Some(format!("PING {n}: {e}"));
+                break;
+            }
+            Err(_) => {
+                r.error = Some(format!("PING {n}: no answer within 5s"));
+                break;
+            }
+        }
+    }
+    r
+}
+
 /// What [`load`] sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadKind {

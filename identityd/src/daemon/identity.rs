@@ -652,7 +652,14 @@ pub async fn run(
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            if let Some(root) = &signing {
+            // Not acted on until this node's bundle holds the root (the next CA answer).
+            let holds = signing.as_ref().is_some_and(|root| {
+                bundle
+                    .roots()
+                    .iter()
+                    .any(|r| identityd_certs::bundle::root_fingerprint(r) == *root)
+            });
+            if let Some(root) = signing.as_ref().filter(|_| holds) {
                 let n = table.renew_not_under(root, &bundle);
                 if n > 0 {
                     tracing::info!(svids = n, root = %root, "renewing SVIDs under the CA's new root");
@@ -666,7 +673,9 @@ pub async fn run(
                     node.renew_now();
                 }
             }
-            renewed_for = signing;
+            if holds {
+                renewed_for = signing;
+            }
         }
         if node.due() {
             let r = match node.current() {

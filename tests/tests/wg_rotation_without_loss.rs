@@ -8,6 +8,7 @@
 
 mod wg_support;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -168,4 +169,158 @@ fn wg_a_rotation_through_a_next_key_loses_no_packet() {
         got_a < sent_a,
         "restarting on a new key loses the packets sent to the node meanwhile (the measurement sees loss)"
     );
+}
+
+/// Drops (or stops dropping) WireGuard handshake messages (initiation, response) leaving node
+/// `i`; transport data passes.
+fn block_handshakes(c: &Cluster, i: usize, on: bool) {
+    let nft = tools::nft();
+    let nft = nft.to_str().unwrap();
+    let ns = &c.nodes[i].ns;
+    if on {
+        let port = wg_support::WG_PORT.to_string();
+        c.topo.exec(ns, &[nft, "add", "table", "inet", "iddhs"]);
+        c.topo.exec(
+            ns,
+            &[
+                nft, "add", "chain", "inet", "iddhs", "out", "{", "type", "filter", "hook",
+                "output", "priority", "0", ";", "}",
+            ],
+        );
+        for kind in ["1", "2"] {
+            c.topo.exec(
+                ns,
+                &[
+                    nft, "add", "rule", "inet", "iddhs", "out", "udp", "dport", &port, "@th,64,8",
+                    kind, "drop",
+                ],
+            );
+        }
+    } else {
+        c.topo.exec(ns, &[nft, "delete", "table", "inet", "iddhs"]);
+    }
+}
+
+/// Both ends of a pair rotate and retire at once, before either has a session between the two
+/// new keys (that handshake takes one round trip; here handshakes are held back meanwhile so
+/// the window is seconds, not a millisecond): each one's only session to the other is then the
+/// one to the other's *old* key. With the retired key kept answering (what the node daemon does
+/// for `RETIRE_GRACE`), nothing is lost; the control, the same retirement with the old key
+/// dropped at once, loses what both send in that window.
+fn rotate_both_and_retire(c: &mut Cluster, tag: &str, keep_old: bool) -> [(u64, u64); 2] {
+    let old: Vec<(PathBuf, String)> = (0..2)
+        .map(|i| (c.nodes[i].key_path.clone(), c.nodes[i].public_key.clone()))
+        .collect();
+    // Announced on both nodes; each peer handshakes to the other's next key.
+    let next: Vec<(PathBuf, String)> = (0..2)
+        .map(|i| c.new_key(i, &format!("wg.{tag}.key")))
+        .collect();
+    for i in 0..2 {
+        c.nodes[i].next_key = Some(next[i].clone());
+        c.nodes[i].next_answer_only = false;
+    }
+    c.write_config(0, &[1]);
+    c.write_config(1, &[0]);
+    wait(
+        10,
+        "each node's next key has a session with the other",
+        || {
+            (0..2).all(|i| {
+                let n = hex_of(&next[i].1);
+                c.links(i)
+                    .iter()
+                    .any(|l| l.local.to_hex() == n && l.session_age.is_some())
+            })
+        },
+    );
+    let flows = [flow(c, 0, 1, 800), flow(c, 1, 0, 800)];
+    std::thread::sleep(Duration::from_millis(500));
+    // Both retire (the peers' views of each other unchanged: they learn it later).
+    for i in 0..2 {
+        block_handshakes(c, i, true);
+    }
+    // Each node's own config says it retired; what it says about the other is unchanged (the
+    // other's old key with its next one): it learns the other's switch later.
+    let announced: Vec<(PathBuf, Option<(PathBuf, String)>)> = (0..2)
+        .map(|i| (c.nodes[i].key_path.clone(), c.nodes[i].next_key.clone()))
+        .collect();
+    for i in 0..2 {
+        c.nodes[i].key_path = next[i].0.clone();
+        c.nodes[i].next_key = keep_old.then(|| old[i].clone());
+        c.nodes[i].next_answer_only = keep_old;
+        c.write_config(i, &[1 - i]);
+        (c.nodes[i].key_path, c.nodes[i].next_key) = announced[i].clone();
+        c.nodes[i].next_answer_only = false;
+    }
+    wait(
+        5,
+        "both devices hold their new key as the current one",
+        || (0..2).all(|i| c.wg_show(i, "public-key").trim() == next[i].1),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The new keys' handshake completes; then each learns the other's switch and the retired
+    // keys go.
+    for i in 0..2 {
+        block_handshakes(c, i, false);
+    }
+    wait(15, "a session between the two new keys", || {
+        (0..2).all(|i| {
+            let (n, m) = (hex_of(&next[i].1), hex_of(&next[1 - i].1));
+            c.links(i)
+                .iter()
+                .any(|l| l.local.to_hex() == n && l.remote.to_hex() == m && l.session_age.is_some())
+        })
+    });
+    for i in 0..2 {
+        c.nodes[i].key_path = next[i].0.clone();
+        c.nodes[i].public_key = next[i].1.clone();
+        c.nodes[i].next_key = None;
+        c.nodes[i].next_answer_only = false;
+    }
+    c.write_config(0, &[1]);
+    c.write_config(1, &[0]);
+    let [a, b] = flows;
+    [finish(a), finish(b)]
+}
+
+#[test]
+fn wg_both_ends_retiring_at_once_lose_nothing_while_the_retired_keys_answer() {
+    let mut c = Cluster::new("wgretire", 2);
+    for (from, to) in [(0, 1), (1, 0)] {
+        let ip = c.nodes[to].pod_ip;
+        assert!(
+            c.ping_until(from, ip, 10, PING_PATTERN),
+            "before: {from} -> {to}"
+        );
+    }
+    // The control first: old keys dropped at the switch.
+    let control = rotate_both_and_retire(&mut c, "control", false);
+    eprintln!(
+        "both retire, old keys dropped: 0 → 1 {:?}, 1 → 0 {:?} (sent, received)",
+        control[0], control[1]
+    );
+    for (sent, got) in control {
+        assert!(
+            got < sent,
+            "dropping the old keys at once loses what is sent on sessions to them (the measurement sees loss)"
+        );
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        let ip = c.nodes[to].pod_ip;
+        assert!(
+            c.ping_until(from, ip, 10, PING_PATTERN),
+            "after the control: {from} -> {to}"
+        );
+    }
+    let kept = rotate_both_and_retire(&mut c, "kept", true);
+    eprintln!(
+        "both retire, old keys answering: 0 → 1 {:?}, 1 → 0 {:?} (sent, received)",
+        kept[0], kept[1]
+    );
+    for (dir, (sent, got)) in ["0 → 1", "1 → 0"].into_iter().zip(kept) {
+        assert_eq!(
+            got, sent,
+            "{dir}: no packet lost while the retired keys answer"
+        );
+    }
 }

@@ -193,6 +193,8 @@ fn own_spec(cfg: &DaemonConfig, public_key: &str) -> IdentitydNodeSpec {
 /// Where a node keeps its WireGuard rotation: the next private key (0600) and the record.
 struct RotationFiles {
     next_key: PathBuf,
+    /// The key a rotation retired, kept answering for [`RETIRE_GRACE`] (0600, removed after).
+    previous_key: PathBuf,
     record: PathBuf,
 }
 
@@ -200,7 +202,24 @@ impl RotationFiles {
     fn new(state_dir: &Path) -> Self {
         Self {
             next_key: state_dir.join("wireguard.next.key"),
+            previous_key: state_dir.join("wireguard.previous.key"),
             record: state_dir.join("wireguard-rotation.json"),
+        }
+    }
+
+    /// How much of the retired key's grace is left (a daemon restarted within it keeps it
+    /// answering for the rest); a retired key older than the grace is removed.
+    fn previous_key_grace(&self) -> Option<Duration> {
+        let age = std::fs::metadata(&self.previous_key)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| t.elapsed().unwrap_or_default())?;
+        match RETIRE_GRACE.checked_sub(age) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => {
+                let _ = std::fs::remove_file(&self.previous_key);
+                None
+            }
         }
     }
 
@@ -625,6 +644,8 @@ struct DatapathTask {
     record: Option<rotation::NodeRecord>,
     /// A withdrawn next key stays in the device until then.
     withdrawn_until: Option<tokio::time::Instant>,
+    /// A retired key stays in the device, answering, until then.
+    retired_until: Option<tokio::time::Instant>,
     /// The mesh task's reports (the trust bundle roots Envoy acknowledged, published in the
     /// object for a CA rollover); absent without a CA.
     mesh: Option<watch::Receiver<Arc<MeshReport>>>,
@@ -634,6 +655,13 @@ struct DatapathTask {
 /// from the object (the source, their daemon's round, their device's reload) and send on their
 /// sessions to it until then.
 const WITHDRAW_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a retired key keeps answering after the node switched to its new key: a peer
+/// learns the switch from the object (the source, its daemon's round, its device's reload)
+/// and until then may send on a session to the old key — when both ends of a pair retire
+/// within one handshake of each other, each one's only session to the other is the one to
+/// the other's old key. Its links never send while the new key has a session.
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
 impl DatapathTask {
     async fn round(&mut self, state: &ClusterState) -> DatapathReport {
@@ -668,7 +696,10 @@ impl DatapathTask {
                 Ok(()) => {
                     tracing::info!(?action, record = ?self.record, "WireGuard key rotation step");
                     match action {
-                        rotation::NodeAction::Retire => drop_next_key = true,
+                        rotation::NodeAction::Retire => {
+                            drop_next_key = true;
+                            self.retired_until = Some(tokio::time::Instant::now() + RETIRE_GRACE);
+                        }
                         // Peers built sessions to the next key and send on them: it is
                         // unpublished now and stays in the device until they have followed.
                         rotation::NodeAction::Withdraw => {
@@ -691,15 +722,30 @@ impl DatapathTask {
             self.withdrawn_until = None;
             drop_next_key = true;
         }
+        let retired = self
+            .retired_until
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        let mut drop_previous_key = false;
+        if self.retired_until.is_some() && !retired {
+            self.retired_until = None;
+            drop_previous_key = true;
+        }
+        let rotating = self
+            .record
+            .as_ref()
+            .is_some_and(rotation::NodeRecord::active);
         let keys = KeyFiles {
             current: self.key_path.clone(),
-            next: (self
-                .record
-                .as_ref()
-                .is_some_and(rotation::NodeRecord::active)
-                || grace)
-                .then(|| self.files.next_key.clone()),
-            next_answer_only: grace,
+            // The device holds two keys at most: a rotation's next key (or a withdrawn one),
+            // else a retired one during its grace.
+            next: if rotating || grace {
+                Some(self.files.next_key.clone())
+            } else if retired {
+                Some(self.files.previous_key.clone())
+            } else {
+                None
+            },
+            next_answer_only: grace || (retired && !rotating),
         };
         let p = plan_with_keys(&cfg, state, &keys, cfg.mtls.default_mode);
         for e in self.dp.apply(&cfg, &p) {
@@ -708,6 +754,9 @@ impl DatapathTask {
         }
         if drop_next_key && errors.is_empty() {
             let _ = std::fs::remove_file(&self.files.next_key);
+        }
+        if drop_previous_key && errors.is_empty() {
+            let _ = std::fs::remove_file(&self.files.previous_key);
         }
         // The published object follows the record: the next key once the device holds it.
         let next_in_device = self.record.as_ref().is_some_and(|r| {
@@ -789,6 +838,11 @@ impl DatapathTask {
                         r.next_public_key
                     ));
                 }
+                // The old key keeps answering for RETIRE_GRACE: peers that have not followed
+                // yet may still send on sessions to it.
+                NodeKey::load(&self.key_path)
+                    .and_then(|old| old.save(&self.files.previous_key))
+                    .map_err(|e| format!("keeping the retired key: {e}"))?;
                 next.save(&self.key_path)
                     .map_err(|e| format!("saving the new key: {e}"))?;
                 drop(next);
@@ -1316,6 +1370,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         public_key: public_key.clone(),
         ..DatapathReport::default()
     }));
+    let retired_until = files
+        .previous_key_grace()
+        .map(|left| tokio::time::Instant::now() + left);
     let datapath = DatapathTask {
         cfg: Arc::clone(&cfg),
         dp,
@@ -1326,6 +1383,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         files,
         record,
         withdrawn_until: None,
+        retired_until,
         mesh: mesh_rx.clone(),
     };
     let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));

@@ -51,6 +51,8 @@ pub(crate) struct Node {
     pub(crate) public_key: String,
     /// The key it rotates to, while it rotates (file and public key).
     pub(crate) next_key: Option<(PathBuf, String)>,
+    /// The second key only answers (a retired or withdrawn one), never preferred for sending.
+    pub(crate) next_answer_only: bool,
     pub(crate) child: Option<usize>,
 }
 
@@ -108,6 +110,7 @@ impl Cluster {
                 key_path,
                 public_key,
                 next_key: None,
+                next_answer_only: false,
                 child: None,
             });
         }
@@ -163,6 +166,9 @@ impl Cluster {
         let mut cfg = cfg;
         if let Some((path, _)) = &node.next_key {
             cfg["next_key_path"] = path.display().to_string().into();
+            if node.next_answer_only {
+                cfg["next_key_answer_only"] = true.into();
+            }
         }
         let tmp = node.config_path.with_extension("tmp");
         std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();

@@ -207,6 +207,7 @@ fn block_handshakes(c: &Cluster, i: usize, on: bool) {
 /// one to the other's *old* key. With the retired key kept answering (what the node daemon does
 /// for `RETIRE_GRACE`), nothing is lost; the control, the same retirement with the old key
 /// dropped at once, loses what both send in that window.
+#[allow(clippy::needless_range_loop)] // nodes and their keys side by side, by index
 fn rotate_both_and_retire(c: &mut Cluster, tag: &str, keep_old: bool) -> [(u64, u64); 2] {
     let old: Vec<(PathBuf, String)> = (0..2)
         .map(|i| (c.nodes[i].key_path.clone(), c.nodes[i].public_key.clone()))

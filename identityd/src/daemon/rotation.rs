@@ -13,7 +13,8 @@
 //!      handshook to it, which shows it knows it), read from the device
 //!      (`get=identityd-links`).
 //!   3. **Retired**: the next key becomes the current one (sessions built to it stay), the old
-//!      one is dropped and removed from the object.
+//!      one is removed from the object and, after `RETIRE_GRACE` of answering only, from the
+//!      device.
 //!
 //!   The controller moves Pending → InProgress (`status.startTime`), shows each node's step in
 //!   `status.nodes` and the step every node has reached in `status.step`, and ends Completed

@@ -2,14 +2,14 @@
 //! use, node authorization decides workload SVIDs, the caller's node comes from its verified
 //! certificate, and foreign or missing client certificates are refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use identityd_certs::service::{
-    CaClient, CaServer, CaServerOptions, Denied, JoinToken, ServiceError, WorkloadRequest, node_id,
-    tokens,
+    Authorizer, CaClient, CaServer, CaServerOptions, Denied, JoinToken, ServiceError,
+    WorkloadRequest, limits::Limits, node_id, tokens,
 };
 use identityd_certs::tls::{SvidResolver, shared};
 use identityd_certs::{Bundle, Ca, CaOptions, SpiffeId, Svid, TrustDomain, verify_svid};
@@ -29,7 +29,32 @@ struct Lab {
     server: CaServer,
     addr: String,
     bundle: Bundle,
+    /// The nodes the cluster has (all that may ask): node-a and node-b at start.
+    nodes: Arc<Mutex<HashSet<String>>>,
     _stop: oneshot::Sender<()>,
+}
+
+/// The pod rule of [`authorizer`] plus the node rule: only nodes in `nodes` may ask at all.
+struct Published<F> {
+    pods: F,
+    nodes: Arc<Mutex<HashSet<String>>>,
+}
+
+impl<F> Authorizer for Published<F>
+where
+    F: Fn(&str, &WorkloadRequest) -> Result<(), Denied> + Send + Sync + 'static,
+{
+    fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied> {
+        (self.pods)(node, req)
+    }
+
+    fn authorize_node(&self, node: &str) -> Result<(), Denied> {
+        if self.nodes.lock().unwrap().contains(node) {
+            Ok(())
+        } else {
+            Err(Denied(format!("node {node} is no longer in the cluster")))
+        }
+    }
 }
 
 fn td() -> TrustDomain {
@@ -73,6 +98,10 @@ async fn start() -> Lab {
 }
 
 async fn start_with(options: CaOptions) -> Lab {
+    start_full(options, CaServerOptions::default()).await
+}
+
+async fn start_full(options: CaOptions, server_options: CaServerOptions) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let ca = Ca::init(&ca_dir, td(), options, SystemTime::now()).unwrap();
@@ -85,11 +114,18 @@ async fn start_with(options: CaOptions) -> Lab {
         pods.insert((ns.into(), pod.into()), (node.into(), sa.into()));
     }
     let ca = Arc::new(Mutex::new(ca));
+    let nodes = Arc::new(Mutex::new(HashSet::from([
+        "node-a".into(),
+        "node-b".into(),
+    ])));
     let server = CaServer::new(
         Arc::clone(&ca),
         &ca_dir,
-        Arc::new(authorizer(pods)),
-        CaServerOptions::default(),
+        Arc::new(Published {
+            pods: authorizer(pods),
+            nodes: Arc::clone(&nodes),
+        }),
+        server_options,
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,6 +146,7 @@ async fn start_with(options: CaOptions) -> Lab {
         server,
         addr,
         bundle,
+        nodes,
         _stop: stop,
     }
 }
@@ -642,7 +679,8 @@ async fn a_join_authenticator_admits_platform_credentials_and_join_tokens_still_
         verify_svid(joined.svid.chain(), &lab.bundle, SystemTime::now()).unwrap(),
         node_id(&td(), "node-a").unwrap()
     );
-    // Bound to another node: refused with the authenticator's reason, never the credential.
+    // Bound to another node: refused with a fixed message; the authenticator's reason (which
+    // may say why a platform token failed) goes to the CA's log only, never to the caller.
     let e = expect_code(
         CaClient::join_with_credential(
             &lab.addr,
@@ -653,10 +691,134 @@ async fn a_join_authenticator_admits_platform_credentials_and_join_tokens_still_
         .await,
         tonic::Code::Unauthenticated,
     );
-    assert!(e.contains("bound to node \"node-a\""), "{e}");
+    assert!(e.contains("the credential was not accepted"), "{e}");
+    assert!(!e.contains("bound to node"), "{e}");
     assert!(!e.contains("platform-token-for"), "{e}");
     assert_eq!(lab.server.counters().failed_joins, 1);
     // Join tokens keep going to the token store.
     let _ = lab.join("node-b").await;
     assert_eq!(lab.server.counters().joins, 2);
+}
+
+/// Lifetime of a workload SVID asked for `ttl`.
+async fn workload_lifetime(lab: &Lab, ttl: Duration) -> Duration {
+    let client = lab.node_client("node-a").await;
+    let svid = client
+        .sign_workload(
+            &id("spiffe://lab.local/ns/shop/sa/web"),
+            "shop",
+            "web-1",
+            ttl,
+        )
+        .await
+        .unwrap();
+    svid.not_after()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_lifetime_above_the_configured_svid_ttl_is_cut_to_it() {
+    // Before: the only cap was the CA's 24 h, whatever svidTTL said.
+    let uncapped = start().await;
+    let asked = 48 * HOUR;
+    let life = workload_lifetime(&uncapped, asked).await;
+    assert!(life > 23 * HOUR, "24 h cap only: {life:?}");
+    let svid_ttl = Duration::from_secs(30 * 60);
+    let lab = start_full(
+        CaOptions::default(),
+        CaServerOptions {
+            max_workload_ttl: svid_ttl,
+            ..CaServerOptions::default()
+        },
+    )
+    .await;
+    let life = workload_lifetime(&lab, asked).await;
+    assert!(
+        life <= svid_ttl && life > svid_ttl - Duration::from_secs(120),
+        "cut to svidTTL: {life:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_removed_from_the_cluster_gets_no_renewal_and_no_svid() {
+    let lab = start().await;
+    let svid = lab.join("node-a").await;
+    let client = CaClient::connect_mtls(&lab.addr, &svid, &lab.bundle)
+        .await
+        .unwrap();
+    let web = id("spiffe://lab.local/ns/shop/sa/web");
+    // While it is part of the cluster it renews and gets SVIDs.
+    client.renew_node(&svid).await.unwrap();
+    client
+        .sign_workload(&web, "shop", "web-1", HOUR)
+        .await
+        .unwrap();
+    lab.nodes.lock().unwrap().remove("node-a");
+    let msg = expect_code(
+        client.renew_node(&svid).await,
+        tonic::Code::PermissionDenied,
+    );
+    assert!(msg.contains("no longer in the cluster"), "{msg}");
+    expect_code(
+        client.sign_workload(&web, "shop", "web-1", HOUR).await,
+        tonic::Code::PermissionDenied,
+    );
+    let c = lab.server.counters();
+    assert!(
+        c.refusals.contains(&("node_renewal", "authorization", 1)),
+        "{:?}",
+        c.refusals
+    );
+    assert!(
+        c.refusals.contains(&("workload", "authorization", 1)),
+        "{:?}",
+        c.refusals
+    );
+    assert_eq!((c.node_renewals, c.issued), (1, 1));
+}
+
+#[tokio::test]
+async fn a_node_asking_faster_than_its_limit_is_refused_and_counted_and_others_are_served() {
+    let lab = start_full(
+        CaOptions::default(),
+        CaServerOptions {
+            limits: Limits {
+                node_requests_per_second: 1,
+                node_request_burst: 3,
+                ..Limits::default()
+            },
+            ..CaServerOptions::default()
+        },
+    )
+    .await;
+    let a = lab.node_client("node-a").await;
+    let web = id("spiffe://lab.local/ns/shop/sa/web");
+    for _ in 0..3 {
+        a.sign_workload(&web, "shop", "web-1", HOUR).await.unwrap();
+    }
+    let msg = expect_code(
+        a.sign_workload(&web, "shop", "web-1", HOUR).await,
+        tonic::Code::ResourceExhausted,
+    );
+    assert!(msg.contains("retry later"), "{msg}");
+    // Another node has its own budget.
+    let b = lab.node_client("node-b").await;
+    b.sign_workload(
+        &id("spiffe://lab.local/ns/shop/sa/db"),
+        "shop",
+        "db-1",
+        HOUR,
+    )
+    .await
+    .unwrap();
+    // The budget refills at the rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.sign_workload(&web, "shop", "web-1", HOUR).await.unwrap();
+    let c = lab.server.counters();
+    assert!(
+        c.refusals.contains(&("workload", "rate_limited", 1)),
+        "{:?}",
+        c.refusals
+    );
 }

@@ -99,8 +99,22 @@ async fn logs_name_nodes_and_reasons_but_never_tokens_or_keys() {
             HOUR,
         )
         .await;
+    // Strings from a request are logged escaped: a newline in them cannot forge a log line.
+    let forged = "web-1\nforged-line: node joined";
+    let _ = client
+        .sign_workload(
+            &id("spiffe://lab.local/ns/shop/sa/web"),
+            "shop",
+            forged,
+            HOUR,
+        )
+        .await;
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("forged-line") && !logs.lines().any(|l| l.starts_with("forged-line")),
+        "the request's newline is escaped in the log: {logs}"
+    );
     assert!(
         logs.contains("node joined") && logs.contains("node-a"),
         "{logs}"

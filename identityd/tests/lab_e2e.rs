@@ -169,6 +169,15 @@ fn n1_asks_the_ca_for_web_on(
     dir: &Path,
     pod: &str,
 ) -> Result<(), identityd_certs::service::ServiceError> {
+    node_asks_the_ca_for_web_on(dir, "n1", pod)
+}
+
+/// [`n1_asks_the_ca_for_web_on`] with `node`'s node SVID.
+fn node_asks_the_ca_for_web_on(
+    dir: &Path,
+    node: &str,
+    pod: &str,
+) -> Result<(), identityd_certs::service::ServiceError> {
     use identityd_certs::service::CaClient;
     use identityd_certs::{Bundle, SpiffeId, Svid, TrustDomain};
     let td = TrustDomain::new("cluster.local").unwrap();
@@ -177,7 +186,7 @@ fn n1_asks_the_ca_for_web_on(
         &std::fs::read_to_string(dir.join("ca/bundle.pem")).unwrap(),
     )
     .unwrap();
-    let n1 = Svid::read_from_dir(&dir.join("n1/state/node-svid")).unwrap();
+    let n1 = Svid::read_from_dir(&dir.join(format!("{node}/state/node-svid"))).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1837,9 +1846,20 @@ fn strict_mode_off_on_a_node_fails_the_audit(lab: &Lab) {
     wait_for_report_verdict(&lab.dir, "encryption.strict-mode", "fail", 20);
 }
 
-/// A running node whose IdentitydNode disappears: its peers drop it, and the audit says so.
+/// A running node whose IdentitydNode disappears: its peers drop it, the audit says so, and
+/// the CA gives it nothing more (its node SVID still verifies until it expires).
 fn a_removed_identitydnode_is_dropped_by_its_peers(lab: &Lab) {
+    // Before: n3 may ask; asking for n1's pod is refused on the pod rule.
+    let before = node_asks_the_ca_for_web_on(&lab.dir, "n3", "web-1").unwrap_err();
+    assert!(before.to_string().contains("scheduled on node"), "{before}");
     std::fs::remove_file(lab.dir.join("cluster/identitydnode-n3.yaml")).unwrap();
+    assert!(
+        eventually(10, || node_asks_the_ca_for_web_on(&lab.dir, "n3", "web-1")
+            .is_err_and(|e| e.code() == Some(tonic::Code::PermissionDenied)
+                && e.to_string().contains("has published no IdentitydNode"))),
+        "the CA refuses a node that left the cluster: {:?}",
+        node_asks_the_ca_for_web_on(&lab.dir, "n3", "web-1")
+    );
     wait_for_status(&lab.dir, 15, "n1 drops peer n3", |st| {
         !st[0]["peers"]
             .as_array()

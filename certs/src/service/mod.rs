@@ -58,6 +58,7 @@
 
 mod client;
 mod grpc;
+pub mod limits;
 pub mod pb;
 mod server;
 pub mod tokens;
@@ -149,6 +150,16 @@ pub trait Authorizer: Send + Sync + 'static {
     /// The reason for the refusal.
     fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied>;
 
+    /// `Ok` when `node` (an authenticated caller) may ask for anything at all: renew its node
+    /// SVID, workload SVIDs, serving certificates. A CA that knows the cluster refuses nodes
+    /// that are no longer part of it. Default: every node may ask.
+    ///
+    /// # Errors
+    /// The reason for the refusal.
+    fn authorize_node(&self, _node: &str) -> Result<(), Denied> {
+        Ok(())
+    }
+
     /// `Ok` to issue the gateway identity ([`gateway_id`]) to `node`. Default: refused.
     ///
     /// # Errors
@@ -210,12 +221,14 @@ pub const REQUESTS: [&str; 3] = ["workload", "join", "node_renewal"];
 /// Why a request was refused, from the gRPC status it was refused with: `authentication`
 /// (no, or an unverifiable, client certificate or join credential), `authorization` (the
 /// caller may not have what it asked for), `invalid_request` (CSR, ID or lifetime rules),
-/// `internal` (the CA could not do it).
-pub const REFUSAL_REASONS: [&str; 4] = [
+/// `internal` (the CA could not do it), `rate_limited` (the node asked faster than its limit,
+/// see [`limits::Limits`]).
+pub const REFUSAL_REASONS: [&str; 5] = [
     "authentication",
     "authorization",
     "invalid_request",
     "internal",
+    "rate_limited",
 ];
 
 /// The [`REFUSAL_REASONS`] entry for a status code.
@@ -225,6 +238,7 @@ pub fn refusal_reason(code: tonic::Code) -> &'static str {
         tonic::Code::Unauthenticated => "authentication",
         tonic::Code::PermissionDenied => "authorization",
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => "invalid_request",
+        tonic::Code::ResourceExhausted => "rate_limited",
         _ => "internal",
     }
 }
@@ -239,12 +253,10 @@ pub struct Counters {
     node_renewals: AtomicU64,
     tls_failures: AtomicU64,
     /// Refusals per (request, reason): `REQUESTS.len() × REFUSAL_REASONS.len()`.
-    refusals: [[AtomicU64; 4]; 3],
+    refusals: [[AtomicU64; REFUSAL_REASONS.len()]; REQUESTS.len()],
     /// Latency of answered requests per request kind: bucket counts (cumulative at
     /// snapshot), count, and the sum in microseconds.
     latency: [Latency; 3],
-    /// Open TLS connections per node name (node SVIDs only).
-    connected: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -276,6 +288,11 @@ pub struct CounterSnapshot {
     /// Nodes with an open TLS connection to the CA (by node SVID), with the number of
     /// connections each.
     pub connected_nodes: std::collections::BTreeMap<String, u64>,
+    /// Open connections without a node SVID (TLS handshakes in progress included).
+    pub unauthenticated_connections: u64,
+    /// Connections closed at admission, as (reason, count) for every
+    /// [`limits::CONNECTION_REFUSALS`] entry.
+    pub connections_refused: Vec<(&'static str, u64)>,
 }
 
 /// One request kind's latency histogram.
@@ -306,7 +323,7 @@ impl Counters {
         let r = REFUSAL_REASONS
             .iter()
             .position(|x| *x == reason)
-            .unwrap_or(3);
+            .unwrap_or(3); // internal
         Self::bump(&self.refusals[request_index(request)][r]);
     }
 
@@ -322,12 +339,6 @@ impl Counters {
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-    }
-
-    fn connections(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, u64>> {
-        self.connected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current values.
@@ -366,7 +377,9 @@ impl Counters {
             tls_failures: g(&self.tls_failures),
             refusals,
             latency,
-            connected_nodes: self.connections().clone(),
+            connected_nodes: std::collections::BTreeMap::new(),
+            unauthenticated_connections: 0,
+            connections_refused: Vec::new(),
         }
     }
 }

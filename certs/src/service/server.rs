@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use super::grpc::CaGrpc;
+use super::limits::{Gate, Limits, Slot};
 use super::tokens::{self, TokenError};
 use super::{
     Authorizer, CounterSnapshot, Counters, JoinAuthenticator, JoinToken, RESERVED_PREFIX,
@@ -38,12 +39,17 @@ pub struct CaServerOptions {
     pub node_svid_ttl: Duration,
     /// Lifetime of workload SVIDs when the request asks for none (`ttl_seconds = 0`).
     pub default_workload_ttl: Duration,
+    /// The longest lifetime a workload SVID or serving certificate gets; a longer request is
+    /// cut to it (the configured `svidTTL` in the CA role).
+    pub max_workload_ttl: Duration,
     /// Lifetime of the CA's own serving SVID; renewed at half of it.
     pub serving_svid_ttl: Duration,
     /// A TLS handshake that takes longer is dropped.
     pub handshake_timeout: Duration,
     /// How often the serving SVID and the bundle used to verify clients are checked.
     pub refresh_interval: Duration,
+    /// Connection and request limits.
+    pub limits: Limits,
 }
 
 impl Default for CaServerOptions {
@@ -51,9 +57,11 @@ impl Default for CaServerOptions {
         Self {
             node_svid_ttl: Duration::from_secs(3600),
             default_workload_ttl: Duration::from_secs(3600),
+            max_workload_ttl: Duration::from_secs(24 * 3600),
             serving_svid_ttl: Duration::from_secs(24 * 3600),
             handshake_timeout: Duration::from_secs(10),
             refresh_interval: Duration::from_secs(30),
+            limits: Limits::default(),
         }
     }
 }
@@ -76,6 +84,7 @@ pub(super) struct Inner {
     serving: Mutex<Serving>,
     bundle: SharedBundle,
     join_authenticator: std::sync::OnceLock<Arc<dyn JoinAuthenticator>>,
+    gate: Arc<Gate>,
 }
 
 /// The issuance server. Cheap to clone (one shared state); holds the CA (and so its keys):
@@ -96,6 +105,9 @@ impl std::fmt::Debug for CaServer {
             .finish_non_exhaustive()
     }
 }
+
+/// What a caller whose client certificate does not verify is told.
+const CERT_NOT_ACCEPTED: &str = "the client certificate was not accepted (expired, revoked root or another trust domain; see the CA's log)";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -195,6 +207,7 @@ impl CaServer {
             let ca = lock(&ca);
             (ca.trust_domain().clone(), ca.bundle(now), ca.root().clone())
         };
+        let gate = Gate::new(options.limits.clone());
         let inner = Inner {
             ca,
             ca_dir: ca_dir.to_path_buf(),
@@ -210,6 +223,7 @@ impl CaServer {
             }),
             bundle: shared(bundle),
             join_authenticator: std::sync::OnceLock::new(),
+            gate,
         };
         inner.refresh(true)?;
         Ok(Self {
@@ -226,7 +240,13 @@ impl CaServer {
     /// The counters now.
     #[must_use]
     pub fn counters(&self) -> CounterSnapshot {
-        self.inner.counters.snapshot()
+        let mut c = self.inner.counters.snapshot();
+        (
+            c.connected_nodes,
+            c.unauthenticated_connections,
+            c.connections_refused,
+        ) = self.inner.gate.snapshot();
+        c
     }
 
     /// The trust domain.
@@ -307,6 +327,9 @@ impl CaServer {
         let _tasks = AbortOnDrop(vec![accept, refresher]);
         info!(addr = ?local, trust_domain = %self.inner.td, "CA issuance service listening");
         tonic::transport::Server::builder()
+            .max_concurrent_streams(self.inner.options.limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(CaGrpc(Arc::clone(&self.inner)))
             .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
             .await
@@ -330,6 +353,15 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Refused connections are counted, not logged one by one (a flood would fill the log).
+        let mut slot = match inner.gate.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(reason) => {
+                debug!(%peer, reason, "CA service: connection refused by a limit");
+                continue;
+            }
+        };
+        let accepted = tokio::time::Instant::now();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
@@ -338,8 +370,34 @@ async fn accept_loop(
             match tokio::time::timeout(inner.options.handshake_timeout, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => {
-                    let tracked = Tracked::new(tls, &inner);
-                    let _ = tx.send(Ok(tracked)).await;
+                    let node = crate::tls::peer_id(tls.get_ref().1.peer_certificates())
+                        .ok()
+                        .and_then(|id| node_name_of(&id).map(str::to_owned));
+                    let deadline = match &node {
+                        Some(n) => {
+                            if let Err(reason) = slot.authenticated(n) {
+                                debug!(%peer, node = ?n, reason, "CA service: connection refused by a limit");
+                                return;
+                            }
+                            None
+                        }
+                        None => {
+                            if let Err(reason) = slot.anonymous() {
+                                debug!(%peer, reason, "CA service: connection refused by a limit");
+                                return;
+                            }
+                            Some(Box::pin(tokio::time::sleep_until(
+                                accepted + inner.gate.limits().unauthenticated_lifetime,
+                            )))
+                        }
+                    };
+                    let _ = tx
+                        .send(Ok(Tracked {
+                            io: tls,
+                            _slot: slot,
+                            deadline,
+                        }))
+                        .await;
                 }
                 Ok(Err(e)) => {
                     Counters::bump(&inner.counters.tls_failures);
@@ -354,39 +412,20 @@ async fn accept_loop(
     }
 }
 
-/// A client connection, counted in `connected_nodes` under its node SVID's name while it is
-/// open (connections without a node SVID are not counted).
+/// A client connection with its admission [`Slot`] (a node SVID's connections count in
+/// `connected_nodes`). One without a node SVID ends at its deadline: reads see the end of the
+/// stream and writes fail, so the server closes it.
 struct Tracked {
     io: TlsStream<TcpStream>,
-    node: Option<(String, Arc<Inner>)>,
+    _slot: Slot,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Tracked {
-    fn new(io: TlsStream<TcpStream>, inner: &Arc<Inner>) -> Self {
-        let node = crate::tls::peer_id(io.get_ref().1.peer_certificates())
-            .ok()
-            .and_then(|id| node_name_of(&id).map(str::to_owned));
-        if let Some(n) = &node {
-            *inner.counters.connections().entry(n.clone()).or_default() += 1;
-        }
-        Self {
-            io,
-            node: node.map(|n| (n, Arc::clone(inner))),
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if let Some((node, inner)) = &self.node {
-            let mut c = inner.counters.connections();
-            if let Some(v) = c.get_mut(node) {
-                *v = v.saturating_sub(1);
-                if *v == 0 {
-                    c.remove(node);
-                }
-            }
-        }
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -404,6 +443,9 @@ impl tokio::io::AsyncRead for Tracked {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Ok(()));
+        }
         std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -414,6 +456,9 @@ impl tokio::io::AsyncWrite for Tracked {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
         std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -436,12 +481,22 @@ impl tokio::io::AsyncWrite for Tracked {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
         std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "unauthenticated connection reached its lifetime",
+    )
 }
 
 fn svid_response(chain: &[CertificateDer<'static>], bundle: &Bundle) -> pb::SvidResponse {
@@ -528,24 +583,39 @@ impl Inner {
         };
         let now = self.clock.now();
         let bundle = lock(&self.ca).bundle(now);
-        let id = verify_svid(&certs, &bundle, now)
-            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        // The details go to the log only: an unauthenticated caller learns nothing from them.
+        let id = verify_svid(&certs, &bundle, now).map_err(|e| {
+            warn!(rpc, error = ?e.to_string(), "CA service: client certificate not accepted");
+            Status::unauthenticated(CERT_NOT_ACCEPTED)
+        })?;
         let Some(node) = node_name_of(&id) else {
             return Err(Status::permission_denied(format!(
                 "{rpc}: caller {id} is not a node identity (spiffe://{}/{RESERVED_PREFIX}/node/<name>)",
                 self.td
             )));
         };
+        self.authorizer.authorize_node(node).map_err(|d| {
+            Status::permission_denied(format!("{rpc}: node {node} may not ask: {d}"))
+        })?;
+        if self.gate.request(node).is_err() {
+            let l = self.gate.limits();
+            return Err(Status::resource_exhausted(format!(
+                "{rpc}: node {node} asked more than {} times in a burst or {}/s; retry later",
+                l.node_request_burst, l.node_requests_per_second
+            )));
+        }
         Ok((node.to_owned(), id))
     }
 
-    /// A request's lifetime: `ttl_seconds`, or the default for 0.
+    /// A request's lifetime: `ttl_seconds`, or the default for 0, at most
+    /// [`CaServerOptions::max_workload_ttl`].
     fn requested_ttl(&self, ttl_seconds: u64) -> Duration {
         if ttl_seconds == 0 {
             self.options.default_workload_ttl
         } else {
             Duration::from_secs(ttl_seconds)
         }
+        .min(self.options.max_workload_ttl)
     }
 
     /// Signs with the CA at the clock's now and returns the chain with the bundle of that
@@ -580,11 +650,12 @@ impl Inner {
         };
         self.counters
             .refusal(request, super::refusal_reason(status.code()));
+        // `?`: the message carries strings from the request, logged escaped.
         warn!(
             rpc,
             node = node.unwrap_or("<unauthenticated>"),
             code = ?status.code(),
-            reason = status.message(),
+            reason = ?status.message(),
             "CA service: request refused"
         );
         status
@@ -606,9 +677,10 @@ impl Inner {
         {
             Counters::bump(&self.counters.failed_joins);
             self.counters.refusal("join", "authentication");
-            warn!(?peer, node = %r.node_name, reason = %d, "CA service: join refused");
+            // The authenticator's reason (e.g. the TokenReview's) goes to the log only.
+            warn!(?peer, node = ?r.node_name, reason = ?d.to_string(), "CA service: join refused");
             return Err(Status::unauthenticated(format!(
-                "join refused for node {:?}: {d}",
+                "join refused for node {:?}: the credential was not accepted (see the CA's log)",
                 r.node_name
             )));
         }
@@ -628,7 +700,7 @@ impl Inner {
                 Counters::bump(&self.counters.failed_joins);
                 self.counters
                     .refusal("join", super::refusal_reason(status.code()));
-                warn!(?peer, node, code = ?status.code(), reason = status.message(), "CA service: join refused");
+                warn!(?peer, node = ?node, code = ?status.code(), reason = ?status.message(), "CA service: join refused");
                 Err(status)
             }
         }

@@ -29,7 +29,8 @@ use crate::source::{ClusterSource, SourceError};
 pub struct CaRoleError(pub String);
 
 /// The authorization rule, pure: `node` may have `req.spiffe_id` for `req.pod_*` when the pod
-/// exists, runs on `node`, and the ID is `spiffe://<td>/ns/<pod ns>/sa/<pod sa>`.
+/// exists, runs on `node`, has not finished (phase `Succeeded` or `Failed`), and the ID is
+/// `spiffe://<td>/ns/<pod ns>/sa/<pod sa>`.
 ///
 /// # Errors
 /// Why not.
@@ -50,6 +51,14 @@ pub fn authorize(
     if on != node {
         return Err(Denied(format!(
             "pod {}/{} is scheduled on node {on:?}, not on the requesting node {node:?}",
+            req.pod_namespace, req.pod_name
+        )));
+    }
+    if let Some(phase @ ("Succeeded" | "Failed")) =
+        pod.status.as_ref().and_then(|s| s.phase.as_deref())
+    {
+        return Err(Denied(format!(
+            "pod {}/{} has finished (status.phase {phase}); finished pods get no SVID",
             req.pod_namespace, req.pod_name
         )));
     }
@@ -107,6 +116,21 @@ async fn start_kube(
             }
         }
     }))
+}
+
+/// Whether `node` may ask the CA for anything (renew its node SVID, workload SVIDs, serving
+/// certificates): it has published an IdentitydNode. A node removed from the cluster keeps a
+/// valid node SVID until it expires, but gets nothing more.
+///
+/// # Errors
+/// Why not.
+pub fn authorize_node(state: &ClusterState, node: &str) -> Result<(), Denied> {
+    if state.node(node).is_none() {
+        return Err(Denied(format!(
+            "node {node:?} has published no IdentitydNode (removed from the cluster, or not yet seen by the CA)"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `node` may have the gateway identity: it is a published node and the cluster has an
@@ -203,6 +227,10 @@ impl ClusterAuthorizer {
 impl Authorizer for ClusterAuthorizer {
     fn authorize(&self, node: &str, req: &WorkloadRequest) -> Result<(), Denied> {
         authorize(&self.state(), &self.td, node, req)
+    }
+
+    fn authorize_node(&self, node: &str) -> Result<(), Denied> {
+        authorize_node(&self.state(), node)
     }
 
     fn authorize_gateway(&self, node: &str) -> Result<(), Denied> {
@@ -347,6 +375,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         Arc::new(authorizer),
         CaServerOptions {
             default_workload_ttl: cfg.svid_ttl(),
+            max_workload_ttl: cfg.svid_ttl(),
             ..CaServerOptions::default()
         },
     )
@@ -432,7 +461,7 @@ pub fn exposition(
     {
         let mut fam = e.family(
             "identityd_ca_refused",
-            "Requests the CA refused, by request and reason: authentication (no or an unverifiable client certificate or join credential), authorization (the node may not have what it asked for), invalid_request (CSR, ID or lifetime rules), internal",
+            "Requests the CA refused, by request and reason: authentication (no or an unverifiable client certificate or join credential), authorization (the node may not have what it asked for), invalid_request (CSR, ID or lifetime rules), internal, rate_limited (the node asked faster than its limit)",
             Kind::Counter,
         );
         for (request, reason, n) in &c.refusals {
@@ -468,6 +497,22 @@ pub fn exposition(
         );
         for (node, n) in &c.connected_nodes {
             fam.set(labels(&[("node", node)]), f(*n));
+        }
+    }
+    e.family(
+        "identityd_ca_unauthenticated_connections",
+        "Open connections to the CA without a node SVID (joins, bundle fetches, TLS handshakes in progress); capped, each closed 30 s after it was accepted",
+        Kind::Gauge,
+    )
+    .set(Vec::new(), f(c.unauthenticated_connections));
+    {
+        let mut fam = e.family(
+            "identityd_ca_connections_refused",
+            "Connections the CA closed at admission, by the limit that refused them: max_connections, unauthenticated (too many without a node SVID), per_source (too many without a node SVID from one address), per_node",
+            Kind::Counter,
+        );
+        for (reason, n) in &c.connections_refused {
+            fam.set(labels(&[("reason", reason)]), f(*n));
         }
     }
     e.family(
@@ -532,6 +577,7 @@ mod tests {
                 sum_seconds: 0.021,
             }],
             connected_nodes: [("n1".to_owned(), 2), ("n2".to_owned(), 1)].into(),
+            connections_refused: vec![("per_source", 5), ("max_connections", 0)],
             ..Default::default()
         };
         let text = exposition(&c, ca.not_after(), &ca.bundle(now).to_pem(), now)
@@ -553,6 +599,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("identityd_ca_connected_nodes 2"), "{text}");
+        assert!(
+            text.contains("identityd_ca_connections_refused_total{reason=\"per_source\"} 5"),
+            "{text}"
+        );
         let root = text
             .lines()
             .find(|l| l.starts_with("identityd_ca_root_expiry_seconds{root=\"0\"}"))
@@ -630,5 +680,45 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn finished_pods_and_unpublished_nodes_get_nothing() {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let pod = |name: &str, phase: &str| {
+            let mut p = Pod::new("shop", name, "n1", "web", "10.244.1.10".parse().unwrap());
+            p.status.as_mut().unwrap().phase = Some(phase.into());
+            Object::Pod(p)
+        };
+        let node = Object::IdentitydNode(crate::model::IdentitydNode::new(
+            "n1",
+            crate::model::IdentitydNodeSpec {
+                pod_cidrs: vec!["10.244.1.0/24".into()],
+                underlay_addresses: vec!["192.0.2.1".into()],
+                ..Default::default()
+            },
+        ));
+        let state = ClusterState::from_objects(
+            1,
+            [
+                pod("running", "Running"),
+                pod("done", "Succeeded"),
+                pod("crashed", "Failed"),
+                node,
+            ],
+        );
+        let req = |pod: &str| WorkloadRequest {
+            spiffe_id: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
+            pod_namespace: "shop".into(),
+            pod_name: pod.into(),
+        };
+        assert!(authorize(&state, &td, "n1", &req("running")).is_ok());
+        for (pod, phase) in [("done", "Succeeded"), ("crashed", "Failed")] {
+            let e = authorize(&state, &td, "n1", &req(pod)).unwrap_err();
+            assert!(e.0.contains(&format!("status.phase {phase}")), "{e}");
+        }
+        assert!(authorize_node(&state, "n1").is_ok());
+        let e = authorize_node(&state, "n2").unwrap_err();
+        assert!(e.0.contains("\"n2\" has published no IdentitydNode"), "{e}");
     }
 }

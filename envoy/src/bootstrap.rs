@@ -21,8 +21,17 @@ pub enum XdsFlavour {
     Delta,
 }
 
-/// A bootstrap YAML: node id, loopback admin on `admin_port` (0 = ephemeral), ADS over
-/// `xds` for listeners, clusters and (through ADS) routes, endpoints and secrets.
+/// Where Envoy's admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// A unix socket Envoy creates with mode 0600 (the node daemon's choice: only root, which
+    /// runs Envoy, reaches it; the admin API can change Envoy's state).
+    Unix(PathBuf),
+    /// Loopback TCP on a port (0 = ephemeral), for tests.
+    Loopback(u16),
+}
+
+/// [`bootstrap_yaml_with_admin`] with the admin API on loopback `admin_port` (0 = ephemeral).
 #[must_use]
 pub fn bootstrap_yaml(
     node_id: &str,
@@ -30,6 +39,25 @@ pub fn bootstrap_yaml(
     admin_port: u16,
     flavour: XdsFlavour,
 ) -> String {
+    bootstrap_yaml_with_admin(node_id, xds, &AdminAddress::Loopback(admin_port), flavour)
+}
+
+/// A bootstrap YAML: node id, the admin API on `admin`, ADS over `xds` for listeners,
+/// clusters and (through ADS) routes, endpoints and secrets.
+#[must_use]
+pub fn bootstrap_yaml_with_admin(
+    node_id: &str,
+    xds: &XdsAddress,
+    admin: &AdminAddress,
+    flavour: XdsFlavour,
+) -> String {
+    let admin = match admin {
+        // 384 = 0o600.
+        AdminAddress::Unix(p) => format!("{{ pipe: {{ path: \"{}\", mode: 384 }} }}", p.display()),
+        AdminAddress::Loopback(port) => {
+            format!("{{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}")
+        }
+    };
     let address = match xds {
         XdsAddress::Unix(p) => format!("{{ pipe: {{ path: \"{}\" }} }}", p.display()),
         XdsAddress::Tcp(a) => {
@@ -49,7 +77,7 @@ pub fn bootstrap_yaml(
   id: "{node_id}"
   cluster: identityd
 admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+  address: {admin}
 dynamic_resources:
   ads_config:
     api_type: {api}

@@ -861,22 +861,7 @@ fn any_tcp_between_strict_pods_is_mtls_and_authorized_by_identity(lab: &Lab) {
         refused,
         "a DENY on the caller's identity closes the TCP connection: {err:?}"
     );
-    let stats = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "idd-n2",
-            BIN,
-            "lab",
-            "get",
-            &format!(
-                "http://127.0.0.1:{}/stats?filter=rbac",
-                identityd_envoy::ADMIN_PORT
-            ),
-        ])
-        .output()
-        .unwrap();
-    let stats = String::from_utf8_lossy(&stats.stdout);
+    let stats = envoy_admin_get(&lab.dir, "n2", "/stats?filter=rbac");
     assert!(
         stats.lines().any(|l| l.contains("inbound_tcp_6379")
             && l.contains("rbac.denied")
@@ -888,6 +873,91 @@ fn any_tcp_between_strict_pods_is_mtls_and_authorized_by_identity(lab: &Lab) {
             tcp("idd-n1-client-1", "10.244.2.10:6379", false, &["PING"]).is_ok()
         }),
         "with the policy removed the caller gets in again"
+    );
+}
+
+/// `GET path` on node `node`'s Envoy admin API, through its unix socket (as root).
+fn envoy_admin_get(dir: &Path, node: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let sock = identityd::daemon::config::envoy_admin_socket(&dir.join(format!("{node}/run")));
+    let mut s = std::os::unix::net::UnixStream::connect(&sock)
+        .unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// As uid/gid 65534 in `netns`: python connects to the unix socket `sock` (`Ok`) or to TCP
+/// `127.0.0.1:15000`, Envoy's old admin port; the error text otherwise.
+fn connect_as_nobody(netns: &str, target: &str) -> Result<(), String> {
+    let code = if target.starts_with('/') {
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])"
+    } else {
+        "import socket\nsocket.create_connection(('127.0.0.1', 15000), timeout=3)"
+    };
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+        ])
+        // The system python (scripts/bootstrap installs it): one under /root is not
+        // readable by uid 65534.
+        .args(["--clear-groups", "/usr/bin/python3", "-c", code, target])
+        .output()
+        .expect("ip, setpriv (util-linux) and /usr/bin/python3 must be installed");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Envoy's admin API (it can change Envoy's state and dump its secrets' metadata) listens on a
+/// 0600 unix socket in the daemon's 0700 run dir, not on TCP: root gets `/ready`; another user
+/// in the node's network namespace reaches neither the socket nor a TCP admin port.
+fn envoy_admin_is_reachable_only_by_root_through_its_socket(lab: &Lab) {
+    let ready = envoy_admin_get(&lab.dir, "n2", "/ready");
+    assert!(
+        ready.contains("LIVE"),
+        "root asks the admin socket: {ready}"
+    );
+    let sock = identityd::daemon::config::envoy_admin_socket(&lab.dir.join("n2/run"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", sock.display());
+    }
+    // Control: the same probe reaches a socket that lets everyone in.
+    let open = std::env::temp_dir().join(format!("idd-admin-probe-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&open);
+    let listener = std::os::unix::net::UnixListener::bind(&open).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let control = connect_as_nobody("idd-n2", open.to_str().unwrap());
+    drop(listener);
+    let _ = std::fs::remove_file(&open);
+    assert!(
+        control.is_ok(),
+        "the probe works on an open socket: {control:?}"
+    );
+    let denied = connect_as_nobody("idd-n2", sock.to_str().unwrap()).unwrap_err();
+    assert!(denied.contains("PermissionError"), "{denied}");
+    let tcp = connect_as_nobody("idd-n2", "tcp").unwrap_err();
+    assert!(
+        tcp.contains("ConnectionRefusedError"),
+        "no admin on TCP: {tcp}"
     );
 }
 
@@ -2550,6 +2620,10 @@ const TRIALS: &[Check] = &[
     (
         "a_removed_identitydnode_is_dropped_by_its_peers",
         a_removed_identitydnode_is_dropped_by_its_peers,
+    ),
+    (
+        "envoy_admin_is_reachable_only_by_root_through_its_socket",
+        envoy_admin_is_reachable_only_by_root_through_its_socket,
     ),
     ("lab_down_leaves_nothing", lab_down_leaves_nothing),
 ];

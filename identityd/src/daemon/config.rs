@@ -473,13 +473,13 @@ pub struct CaAccess {
 pub struct EnvoySettings {
     /// The Envoy binary.
     pub binary: PathBuf,
-    /// Admin port on loopback (default 15000).
-    #[serde(default = "admin_port")]
-    pub admin_port: u16,
 }
 
-fn admin_port() -> u16 {
-    15000
+/// Envoy's admin API socket in a node's run dir (mode 0600, in the 0700 run dir): not on TCP,
+/// so no other process of the node, and nothing in its network namespace, reaches it.
+#[must_use]
+pub fn envoy_admin_socket(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("envoy-admin.sock")
 }
 
 fn default_td() -> String {

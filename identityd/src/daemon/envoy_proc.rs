@@ -44,7 +44,7 @@ pub struct EnvoyProcess {
     bootstrap: PathBuf,
     binary: PathBuf,
     log: PathBuf,
-    admin_port: u16,
+    admin: PathBuf,
     /// Restarts after Envoy died.
     pub restarts: u32,
 }
@@ -55,10 +55,10 @@ fn cmdline_has_envoy(pid: u32) -> bool {
 }
 
 impl EnvoyProcess {
-    /// The Envoy of `cfg` (binary, admin port) with bootstrap `bootstrap`; adopts the one a
+    /// The Envoy of `cfg` (binary, admin socket) with bootstrap `bootstrap`; adopts the one a
     /// previous daemon recorded in `envoy.pid` if it still runs.
     #[must_use]
-    pub fn new(cfg: &DaemonConfig, binary: &Path, admin_port: u16, bootstrap: PathBuf) -> Self {
+    pub fn new(cfg: &DaemonConfig, binary: &Path, admin: PathBuf, bootstrap: PathBuf) -> Self {
         let pid_file = cfg.run_dir.join("envoy.pid");
         let adopted = std::fs::read_to_string(&pid_file)
             .ok()
@@ -74,7 +74,7 @@ impl EnvoyProcess {
             bootstrap,
             binary: binary.to_owned(),
             log: cfg.run_dir.join("envoy.log"),
-            admin_port,
+            admin,
             restarts: 0,
         }
     }
@@ -102,6 +102,8 @@ impl EnvoyProcess {
         let restarting = self.child.is_some() || self.adopted.is_some();
         self.adopted = None;
         self.child = None;
+        // A dead Envoy leaves its admin socket behind; the new one binds a fresh one.
+        let _ = std::fs::remove_file(&self.admin);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,14 +139,12 @@ impl EnvoyProcess {
         self.child.as_ref().map(Child::id).or(self.adopted)
     }
 
-    /// Asks Envoy's admin `/ready` (loopback); `true` when it answers `LIVE` within 500 ms.
+    /// Asks Envoy's admin `/ready` (its unix socket); `true` when it answers `LIVE` within
+    /// 500 ms.
     pub async fn ready(&self) -> bool {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let port = self.admin_port;
         let probe = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()?;
+            let mut s = tokio::net::UnixStream::connect(&self.admin).await.ok()?;
             s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .await
                 .ok()?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use identityd_certs::duration::millis as ms;
 use identityd_certs::{ServingCert, SpiffeId, Svid, TrustDomain};
-use identityd_envoy::bootstrap::{XdsAddress, XdsFlavour, bootstrap_yaml};
+use identityd_envoy::bootstrap::{AdminAddress, XdsAddress, XdsFlavour, bootstrap_yaml_with_admin};
 use identityd_envoy::mesh::{
     AuthzAction, AuthzPolicy, AuthzRule, Endpoint, MeshConfig, MtlsMode as EMtls, Ports, Service,
     SvidPem, Workload,
@@ -509,7 +509,7 @@ impl MeshRuntime {
             envoy: crate::daemon::envoy_proc::EnvoyProcess::new(
                 cfg,
                 &envoy.binary,
-                envoy.admin_port,
+                crate::daemon::config::envoy_admin_socket(&cfg.run_dir),
                 bootstrap,
             ),
             routing: None,
@@ -535,7 +535,7 @@ impl MeshRuntime {
     }
 
     /// Binds `<runDir>/xds.sock` (0600), serves xDS on it and writes Envoy's bootstrap.
-    fn start_xds(&mut self, cfg: &DaemonConfig, admin_port: u16) -> Result<(), String> {
+    fn start_xds(&mut self, cfg: &DaemonConfig) -> Result<(), String> {
         let sock = cfg.run_dir.join("xds.sock");
         let _ = std::fs::remove_file(&sock);
         let listener = tokio::net::UnixListener::bind(&sock)
@@ -564,10 +564,10 @@ impl MeshRuntime {
         let envoy_cfg = cfg.run_dir.join("envoy.yaml");
         std::fs::write(
             &envoy_cfg,
-            bootstrap_yaml(
+            bootstrap_yaml_with_admin(
                 &cfg.name,
                 &XdsAddress::Unix(sock),
-                admin_port,
+                &AdminAddress::Unix(crate::daemon::config::envoy_admin_socket(&cfg.run_dir)),
                 XdsFlavour::Sotw,
             ),
         )
@@ -750,7 +750,7 @@ pub async fn run(
     loop {
         let mut errors = Vec::new();
         if !rt.xds_serving
-            && let Err(e) = rt.start_xds(&cfg, envoy.admin_port)
+            && let Err(e) = rt.start_xds(&cfg)
         {
             errors.push(format!("xDS server: {e}"));
         }

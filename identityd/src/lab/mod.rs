@@ -333,7 +333,7 @@ fn node_config(
         clusters.join(", "),
         wg_bin.display(),
         envoy.map_or(String::new(), |e| format!(
-            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {}, adminPort: 15000 }}\ningress: {{ httpPort: {INGRESS_LEGACY_HTTP}, httpsPort: {INGRESS_LEGACY_HTTPS} }}\n",
+            "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {} }}\ningress: {{ httpPort: {INGRESS_LEGACY_HTTP}, httpsPort: {INGRESS_LEGACY_HTTPS} }}\n",
             dir.join("ca/bundle.pem").display(),
             node_dir.join("state/join-token").display(),
             e.display()

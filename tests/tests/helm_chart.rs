@@ -812,6 +812,26 @@ fn ca_is_one_recreated_pod_with_its_own_volume() {
     );
     assert!(c["securityContext"]["capabilities"].get("add").is_none());
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    // A control-plane node by default, overridable.
+    assert_eq!(
+        pod["nodeSelector"],
+        serde_json::json!({"node-role.kubernetes.io/control-plane": ""})
+    );
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}])
+    );
+    let moved = objects(&render(&[
+        "--set",
+        "ca.nodeSelector=null",
+        "--set-json",
+        "ca.tolerations=[]",
+    ]));
+    let moved = &one(&moved, "Deployment", "identityd-ca")["spec"]["template"]["spec"];
+    assert!(
+        moved.get("nodeSelector").is_none() && moved.get("tolerations").is_none(),
+        "{moved}"
+    );
     let ca_dir = find(&pod["volumes"], "ca-dir");
     assert_eq!(ca_dir["persistentVolumeClaim"]["claimName"], "identityd-ca");
     let pvc = one(&objs, "PersistentVolumeClaim", "identityd-ca");
@@ -952,7 +972,12 @@ fn docs_name_every_value() {
     let mut leaves = vec![];
     fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
         match v.as_object() {
-            Some(map) if !map.is_empty() && !prefix.ends_with("resources") => {
+            // Resources and label maps are one value each.
+            Some(map)
+                if !map.is_empty()
+                    && !prefix.ends_with("resources")
+                    && !prefix.ends_with("nodeSelector") =>
+            {
                 for (k, v) in map {
                     let p = if prefix.is_empty() {
                         k.clone()

@@ -726,6 +726,79 @@ fn the_httproute_splits_traffic_90_10(lab: &Lab) {
 /// Strict mTLS on the server side: plaintext TCP that reaches a strict pod's node through the
 /// tunnel without going through the node's Envoy (here: from n1's own namespace, which the
 /// classifier does not proxy) is dropped by the pod's ingress strict.
+/// Datagrams with `marker` from client-1 to `dst`:9999, with n1 given a CNI-style route for
+/// `via_cidr` over the underlay to n3 (removed again, also on panic); returns how many of the
+/// markers the underlay capture saw in clear.
+fn udp_over_a_cni_route(lab: &Lab, via_cidr: &str, dst: &str, marker: &str) -> usize {
+    struct Unroute(String);
+    impl Drop for Unroute {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["-n", "idd-n1", "route", "del", &self.0])
+                .status();
+        }
+    }
+    let pcap = lab.dir.join(format!("cni-route-{marker}.pcap"));
+    let cap = capture_start(&pcap);
+    let ok = Command::new("ip")
+        .args([
+            "-n",
+            "idd-n1",
+            "route",
+            "add",
+            via_cidr,
+            "via",
+            "10.99.0.13",
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "ip route add {via_cidr}");
+    let _unroute = Unroute(via_cidr.to_owned());
+    for _ in 0..5 {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", "idd-n1-client-1", "bash", "-c"])
+            .arg(format!("echo {marker} > /dev/udp/{dst}/9999"))
+            .status();
+    }
+    let _ = capture_stop(cap, &pcap);
+    let out = Command::new(identityd_tests::tools::tcpdump())
+        .args(["-nn", "-A", "-r"])
+        .arg(&pcap)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).matches(marker).count()
+}
+
+/// Strict mode knows the cluster CIDRs for the daemon's whole life, not only at load: pod
+/// traffic to a pod CIDR no node has published (a node that never joined, or left) is dropped
+/// and counted, even where another route (a CNI's, over the underlay) would carry it in clear.
+/// Before, the first datapath round removed the cluster CIDR's "no path" entry and such
+/// traffic left in clear over that route.
+fn an_unpublished_pod_cidr_is_no_path_even_over_a_cni_route(lab: &Lab) {
+    // Control: outside the cluster CIDRs the same route carries it, and the capture sees it.
+    let seen = udp_over_a_cni_route(lab, "10.250.7.0/24", "10.250.7.10", "IDD-CNI-CONTROL");
+    assert_eq!(
+        seen, 5,
+        "the capture sees traffic a CNI route carries in clear"
+    );
+    let seen = udp_over_a_cni_route(lab, "10.244.7.0/24", "10.244.7.10", "IDD-CNI-LEAK");
+    assert_eq!(seen, 0, "nothing to the unpublished 10.244.7.0/24 in clear");
+    let stdout = identityd_ok(&["observe", "--json", "--dir"], &lab.dir);
+    let flows = String::from_utf8_lossy(&stdout);
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains("\"dst\":\"10.244.7.10:9999\"")
+                && l.contains("\"verdict\":\"dropped\"")
+                && l.contains("no encrypted path")),
+        "dropped and counted as no path on n1:\n{}",
+        flows.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+    );
+}
+
 fn plaintext_through_the_tunnel_to_a_strict_pod_is_dropped(_lab: &Lab) {
     let out = Command::new("ip")
         .args([
@@ -2588,6 +2661,10 @@ const TRIALS: &[Check] = &[
     (
         "plaintext_through_the_tunnel_to_a_strict_pod_is_dropped",
         plaintext_through_the_tunnel_to_a_strict_pod_is_dropped,
+    ),
+    (
+        "an_unpublished_pod_cidr_is_no_path_even_over_a_cni_route",
+        an_unpublished_pod_cidr_is_no_path_even_over_a_cni_route,
     ),
     (
         "an_underlay_host_reaches_no_strict_pod_and_no_spoofed_pod_source_gets_in",

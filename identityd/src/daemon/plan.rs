@@ -171,6 +171,13 @@ pub fn plan_with_keys(
     let wg_mode = cfg.encryption.mode == EncryptionMode::Wireguard;
     let mut routes = BTreeMap::new();
     let self_id = ids.get(&cfg.name).copied().unwrap_or(0);
+    // The cluster CIDRs are "no path" wherever no node's pod CIDR is more specific: pod CIDRs
+    // of nodes that never published, or were removed, are dropped in strict mode instead of
+    // following another route (a CNI's route over the underlay) in clear. The classifier
+    // sets them at load; they must stay in the plan, or the first diff removes them.
+    for c in &cfg.cluster_cidrs {
+        routes.insert(c.clone(), (RoutePath::Unavailable, 0));
+    }
     if let Some(pc) = &cfg.pod_cidr {
         routes.insert(pc.clone(), (RoutePath::Local, self_id));
     }
@@ -352,6 +359,8 @@ mod tests {
         );
         assert_eq!(p.routes["10.244.1.0/24"].0, RoutePath::Local);
         assert_eq!(p.routes["10.244.2.0/24"].0, RoutePath::Wireguard);
+        // Pod CIDRs of nodes nobody published stay "no path" under the cluster CIDR.
+        assert_eq!(p.routes["10.244.0.0/16"], (RoutePath::Unavailable, 0));
         assert_eq!(
             p.routes["10.244.3.0/24"].0,
             RoutePath::Unavailable,

@@ -539,6 +539,37 @@ pub fn report_checks(
         "every node's Envoy is LIVE",
         "Envoys not ready",
     ));
+    // mTLS is ready on a node with strict workloads once its Envoy answers and every one of
+    // them holds its SVID; until then those pods take no plaintext (ingress strict) but no
+    // mTLS either, which is "not ready", never a pass.
+    let mtls_not_ready: Vec<String> = reports
+        .iter()
+        .filter(|(_, r)| r.strict_workloads > 0)
+        .filter_map(|(n, r)| {
+            let mut why = Vec::new();
+            if r.envoy_ready != Some(true) {
+                why.push(match r.envoy_ready {
+                    None => "no Envoy runs".to_owned(),
+                    Some(_) => "its Envoy is not LIVE".to_owned(),
+                });
+            }
+            if r.svids.missing.count > 0 {
+                why.push(format!(
+                    "{} of {} strict workloads without an SVID",
+                    r.svids.missing.count, r.strict_workloads
+                ));
+            }
+            (!why.is_empty()).then(|| format!("{n}: mTLS not ready: {}", why.join("; ")))
+        })
+        .collect();
+    out.push(finding_or_skip(
+        no_strict,
+        "mtls.ready",
+        Severity::Error,
+        mtls_not_ready,
+        "mTLS is ready on every node that runs strict workloads (Envoy LIVE, every SVID held)",
+        "nodes where mTLS is not ready",
+    ));
     let nacks: Vec<String> = reports
         .iter()
         .flat_map(|(n, r)| r.xds_nacks.lines(&format!("{n}: ")))
@@ -1292,6 +1323,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "Every node's Envoy is LIVE.\nFix: look at the node's envoy.log; the daemon restarts an Envoy that exits.",
     ),
     (
+        "mtls.ready",
+        "On every node that runs workloads of a strict namespace, mTLS is ready: the node's Envoy answers LIVE and every such workload holds its SVID. Until then the node refuses plaintext into those pods (ingress strict) and they get no mTLS either, which is reported here as not ready, never as a pass. Skipped when no strict workload runs.\nFix: the finding names the node and what is missing; check its CA connection and Envoy (`identityd status`).",
+    ),
+    (
         "xds.nacks",
         "No Envoy rejected the configuration its daemon sent.\nFix: the NACK message names the resource; report it with the cluster objects involved.",
     ),
@@ -1554,6 +1589,7 @@ mod tests {
         let mut n1 = status("n1", &[("n2", Some(5))]);
         n1.svids = vec![("spiffe://cluster.local/ns/shop/sa/web".into(), 3000)];
         n1.bundle_roots = vec![300 * 86_400];
+        n1.envoy_ready = Some(true);
         let n2 = status("n2", &[("n1", Some(5))]);
         let f = live(
             &[Ok(n1.clone()), Ok(n2.clone())],
@@ -1567,16 +1603,7 @@ mod tests {
             .filter(|x| x.result == Outcome::Skipped)
             .map(|x| x.check.as_str())
             .collect();
-        assert_eq!(
-            skipped,
-            [
-                "identity.inbound-mtls",
-                "keys.age",
-                "proxy.envoy-ready",
-                "xds.nacks"
-            ],
-            "{f:#?}"
-        );
+        assert_eq!(skipped, ["identity.inbound-mtls", "keys.age"], "{f:#?}");
         assert!(!failed(&f, Severity::Warning));
 
         // No handshake, strict mode off, an expiring SVID, a NACK, a daemon down.
@@ -1624,6 +1651,27 @@ mod tests {
             .find(|x| x.check == "identity.strict-workloads")
             .unwrap();
         assert!(!c.passed && c.details[0].contains("shop/web-1"), "{c:?}");
+        // … which, with no Envoy on its node, is mTLS not ready there.
+        let c = f.iter().find(|x| x.check == "mtls.ready").unwrap();
+        assert!(!c.passed, "{c:?}");
+        assert_eq!(
+            c.details,
+            ["n1: mTLS not ready: no Envoy runs; 1 of 1 strict workloads without an SVID"],
+            "{c:?}"
+        );
+        // Envoy LIVE but the SVID still missing (the CA not answering yet): still not ready.
+        let mut waiting = status("n1", &[("n2", Some(1))]);
+        waiting.envoy_ready = Some(true);
+        let f = live(
+            &[Ok(waiting), Ok(status("n2", &[("n1", Some(1))]))],
+            &st,
+            &AuditOptions::default(),
+        );
+        let c = f.iter().find(|x| x.check == "mtls.ready").unwrap();
+        assert!(
+            !c.passed && c.details[0].contains("1 of 1 strict workloads without an SVID"),
+            "{c:?}"
+        );
     }
 
     #[test]

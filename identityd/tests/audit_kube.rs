@@ -11,8 +11,9 @@ use fake_api::{FakeApi, path_of};
 use identityd::audit::{self, AuditOptions, Finding, Severity};
 use serde_json::{Value, json};
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "namespaces",
+    "nodes",
     "pods",
     "services",
     "ingresses",

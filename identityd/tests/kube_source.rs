@@ -16,8 +16,9 @@ use identityd::model::{
 };
 use identityd::source::{ClusterSource, KubeSource, KubeSourceOptions, SourceError};
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "namespaces",
+    "nodes",
     "pods",
     "services",
     "ingresses",
@@ -83,6 +84,7 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
             s.pods.contains_key(&nn("shop", "web-3"))
                 && s.namespaces.contains_key("payments")
                 && s.nodes.contains_key("n2")
+                && s.node_objects.contains_key("n3")
                 && s.grpc_routes.contains_key(&nn("shop", "greeter"))
                 && s.ingresses.is_empty()
                 && s.traffic_policies.is_empty()
@@ -110,6 +112,25 @@ async fn snapshots_follow_lists_watch_events_bookmarks_and_a_410_relist() {
         s.namespace_mtls("payments", MtlsMode::Strict),
         MtlsMode::Permissive
     );
+    // Nodes: listed n1 and n2 (dual stack), ADDED n3; n9's pod CIDR is a problem naming it.
+    assert_eq!(
+        s.node_object_pod_cidrs()
+            .iter()
+            .map(|c| format!("{}/{}", c.addr, c.prefix))
+            .collect::<Vec<_>>(),
+        [
+            "10.244.1.0/24",
+            "10.244.2.0/24",
+            "fd00:10:244:2::/64",
+            "10.244.3.0/24"
+        ]
+    );
+    let n9 = s
+        .problems
+        .iter()
+        .find(|p| p.kind.as_deref() == Some("Node") && p.name.as_deref() == Some("n9"))
+        .unwrap_or_else(|| panic!("Node n9 is a problem: {:#?}", s.problems));
+    assert!(n9.to_string().contains("spec.podCIDR"), "{n9}");
     // Pods: web-2 DELETED, then 410 Gone: the re-list brings web-3 (created while the watch
     // was down) and a pod with a bad IP, which is a problem, not a crash.
     let pods: Vec<_> = s.pods.keys().map(|k| k.name.as_str()).collect();
@@ -335,6 +356,7 @@ async fn kube_and_file_sources_build_the_same_snapshot() {
         v["metadata"]["uid"] = format!("uid-{i}").into();
         let plural = match obj.kind() {
             identityd::model::Kind::Namespace => "namespaces",
+            identityd::model::Kind::Node => "nodes",
             identityd::model::Kind::Pod => "pods",
             identityd::model::Kind::Service => "services",
             identityd::model::Kind::HttpRoute => "httproutes",

@@ -601,6 +601,8 @@ fn a_stalled_ca_delays_nothing_but_identities(dir: &Path) {
         .map(|n| n["cluster_version"].as_u64().unwrap_or(0))
         .collect();
     let key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    // The control plane allocates n9 its pod CIDR (a Node object), then n9 publishes.
+    std::fs::write(dir.join(NODE_N9), node_object("n9", "10.244.9.0/24")).unwrap();
     let added = Instant::now();
     std::fs::write(
         dir.join("cluster/identitydnode-n9.yaml"),
@@ -613,7 +615,7 @@ fn a_stalled_ca_delays_nothing_but_identities(dir: &Path) {
     .unwrap();
     let configured = |i: usize| {
         std::fs::read_to_string(dir.join(format!("n{i}/run/wg.json")))
-            .is_ok_and(|j| j.contains("10.244.9.0/24"))
+            .is_ok_and(|j| j.contains(key))
     };
     while !(1..=3).all(configured) {
         assert!(
@@ -655,6 +657,7 @@ fn a_stalled_ca_delays_nothing_but_identities(dir: &Path) {
         },
     );
     std::fs::remove_file(dir.join("cluster/identitydnode-n9.yaml")).unwrap();
+    std::fs::remove_file(dir.join(NODE_N9)).unwrap();
     std::fs::remove_file(dir.join("cluster/pod-outage.yaml")).unwrap();
     wait_for_status(dir, 10, "n9 and the outage pod gone", |st| {
         st.as_array().unwrap().iter().all(|n| {
@@ -1846,6 +1849,30 @@ fn an_underlay_host_reaches_no_strict_pod_and_no_spoofed_pod_source_gets_in(lab:
 /// The file of the rogue IdentitydNode the conflict trial leaves for the rotation trial.
 const ROGUE: &str = "cluster/identitydnode-a-rogue.yaml";
 
+/// The Kubernetes Node object of the trials' extra node n9 (the control plane's allocation of
+/// its pod CIDR, which its IdentitydNode is checked against).
+const NODE_N9: &str = "cluster/node-n9.yaml";
+
+fn node_object(name: &str, cidr: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}, podCIDRs: [{cidr}]}}\n"
+    )
+}
+
+fn peer_names(n: &serde_json::Value) -> Vec<&str> {
+    n["peers"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn has_problem(n: &serde_json::Value, text: &str) -> bool {
+    n["problems"].as_array().is_some_and(|p| {
+        p.iter()
+            .any(|x| x.as_str().is_some_and(|x| x.contains(text)))
+    })
+}
+
 /// One bad IdentitydNode: `a-rogue` claims n1's pod CIDR (before this was handled, n1 took its
 /// own pods for a peer's — same-node requests lost mTLS — and every device refused the whole
 /// new config). Now every node leaves the object out, names the conflict, keeps applying
@@ -1872,6 +1899,9 @@ fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
+    // n9 publishes a free pod CIDR with its own key before the control plane allocated it one
+    // (no Node n9): a claim alone, which every node refuses, naming why. Then its Node object
+    // appears (the control: the same IdentitydNode is applied once the Node backs it).
     let n9 = lab.dir.join("cluster/identitydnode-n9.yaml");
     std::fs::write(
         &n9,
@@ -1883,6 +1913,27 @@ fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
         ),
     )
     .unwrap();
+    let unbacked = "IdentitydNode n9: spec.podCIDRs 10.244.9.0/24: no Node n9 allocates a pod CIDR";
+    wait_for_status(
+        &lab.dir,
+        20,
+        "every node leaves n9 out while no Node object allocates its pod CIDR",
+        |st| {
+            st.as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .all(|n| !peer_names(n).contains(&"n9") && has_problem(n, unbacked))
+            })
+        },
+    );
+    let wg_holds_n9 = || {
+        (1..=3).any(|i| {
+            std::fs::read_to_string(lab.dir.join(format!("n{i}/run/wg.json")))
+                .is_ok_and(|j| j.contains("Q2hvb3NlIGFub3RoZXIga2V5IGZvciBuOSAwMTIzNDU="))
+        })
+    };
+    assert!(!wg_holds_n9(), "no device may hold the unbacked n9's key");
+    std::fs::write(lab.dir.join(NODE_N9), node_object("n9", "10.244.9.0/24")).unwrap();
     let conflict = "IdentitydNode a-rogue: spec.podCIDRs 10.244.1.0/24 overlaps 10.244.1.0/24 of IdentitydNode n1";
     wait_for_status(
         &lab.dir,
@@ -1891,19 +1942,18 @@ fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
         |st| {
             st.as_array().is_some_and(|nodes| {
                 nodes.iter().all(|n| {
-                    let peers: Vec<&str> = n["peers"]
-                        .as_array()
-                        .map(|p| p.iter().filter_map(|x| x["name"].as_str()).collect())
-                        .unwrap_or_default();
+                    let peers = peer_names(n);
                     peers.contains(&"n9")
                         && !peers.contains(&"a-rogue")
-                        && n["problems"].as_array().is_some_and(|p| {
-                            p.iter()
-                                .any(|x| x.as_str().is_some_and(|x| x.contains(conflict)))
-                        })
+                        && has_problem(n, conflict)
+                        && !has_problem(n, unbacked)
                 })
             })
         },
+    );
+    assert!(
+        wg_holds_n9(),
+        "n9's key is in the devices once its Node backs it"
     );
     // n1's own pods: same node and from n2, still mTLS with the caller's identity.
     for (from, what) in [
@@ -1933,6 +1983,7 @@ fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
     assert!(c.to_string().contains(conflict), "{c}");
     // n9 has no daemon: remove it again (its peers drop it).
     std::fs::remove_file(&n9).unwrap();
+    std::fs::remove_file(lab.dir.join(NODE_N9)).unwrap();
     wait_for_status(&lab.dir, 20, "every node drops n9", |st| {
         st.as_array().is_some_and(|nodes| {
             nodes.iter().all(|n| {

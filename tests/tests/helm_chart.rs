@@ -527,7 +527,7 @@ fn rbac_is_least_privilege() {
     let node = one(&objs, "ClusterRole", "identityd-node");
     let mut want = triples(&[
         ("", &["namespaces", "pods", "services"], READ),
-        ("", &["nodes"], &["get"]),
+        ("", &["nodes"], READ),
         ("networking.k8s.io", &["ingresses"], READ),
         (
             "gateway.networking.k8s.io",
@@ -565,6 +565,7 @@ fn rbac_is_least_privilege() {
     want = triples(&[
         ("authentication.k8s.io", &["tokenreviews"], &["create"]),
         ("", &["namespaces", "pods", "services"], READ),
+        ("", &["nodes"], READ),
         ("networking.k8s.io", &["ingresses"], READ),
         (
             "gateway.networking.k8s.io",

@@ -788,7 +788,7 @@ impl DatapathTask {
         {
             self.tunnel_addr_done = ensure_tunnel_address(&w.interface, addr);
         }
-        let ingress_strict_problem = ingress_strict_problem(&cfg, &self.dp);
+        let ingress_strict_problem = ingress_strict_problem(&cfg, &self.dp, &p.cluster_cidrs);
         DatapathReport {
             ingress_strict_problem,
             plan: Some(Arc::new(p)),
@@ -914,10 +914,23 @@ async fn device_exit(pid: Option<u32>) {
 
 /// Whether ingress strict guards every pod veth of this node, read back from the machine:
 /// strict mode on, the program attached to every pod interface, and the tunnel interfaces
-/// known to it. `None` when it is in place, else why not.
-fn ingress_strict_problem(cfg: &DaemonConfig, dp: &Datapath) -> Option<String> {
+/// known to it, and at least one cluster CIDR known (configured or from the Node objects:
+/// without one, a pod CIDR nobody publishes is not recognised as pod traffic). `None` when it
+/// is in place, else why not.
+fn ingress_strict_problem(
+    cfg: &DaemonConfig,
+    dp: &Datapath,
+    cluster_cidrs: &[String],
+) -> Option<String> {
     if !cfg.encryption.strict_mode {
         return Some("strict mode is off".to_owned());
+    }
+    if cluster_cidrs.is_empty() {
+        return Some(
+            "no cluster CIDR is known (clusterCIDRs is empty and no Node object carries \
+             spec.podCIDRs)"
+                .to_owned(),
+        );
     }
     let Some(c) = dp.classifier.as_ref() else {
         return Some("no classifier".to_owned());
@@ -958,7 +971,7 @@ fn bundle_roots(bundle_pem: &str, now: SystemTime) -> Vec<u64> {
 fn peer_path(p: &NodePlan, peer: &crate::daemon::plan::PeerView) -> &'static str {
     peer.pod_cidrs
         .first()
-        .and_then(|c| p.routes.get(c))
+        .and_then(|c| p.routes.get(&crate::daemon::plan::canonical(c)))
         .map_or("unavailable", |(r, _)| match r {
             RoutePath::Wireguard => "wireguard",
             RoutePath::Unavailable => "dropped (no key yet)",

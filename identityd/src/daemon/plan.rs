@@ -54,6 +54,10 @@ pub struct NodePlan {
     pub workloads: BTreeMap<IpAddr, MtlsMode>,
     /// Ports of local strict pods the node's own processes may open TCP to (their probes).
     pub probe_ports: std::collections::BTreeSet<(IpAddr, u16)>,
+    /// The cluster's pod ranges strict mode treats as "no path" unless a more specific route
+    /// says otherwise: the configured `clusterCIDRs` and every pod CIDR a Kubernetes `Node`
+    /// object carries.
+    pub cluster_cidrs: Vec<String>,
     /// Things that kept a peer or pod out of the plan.
     pub problems: Vec<String>,
 }
@@ -116,6 +120,21 @@ pub fn plan_with_keys(
     let own_cidrs: Vec<String> = cfg.pod_cidr.iter().cloned().collect();
     let conflicts = crate::model::conflicts::node_conflicts(state, Some((&cfg.name, &own_cidrs)));
     problems.extend(conflicts.rejected.values().cloned());
+    if conflicts.unverified && state.nodes.len() > 1 {
+        problems.push(
+            "no Node object carries spec.podCIDRs: peers' pod CIDRs are their IdentitydNodes' \
+             own claims (held only by the first-owner rule)"
+                .to_owned(),
+        );
+    }
+    let cluster_cidrs = effective_cluster_cidrs(cfg, state);
+    if cfg.encryption.strict_mode && cluster_cidrs.is_empty() {
+        problems.push(
+            "strict mode knows no cluster CIDR (clusterCIDRs is empty and no Node object carries \
+             spec.podCIDRs): a pod CIDR nobody publishes is not recognised as pod traffic"
+                .to_owned(),
+        );
+    }
     for node in state.other_nodes(&cfg.name) {
         if conflicts.is_rejected(&node.metadata.name) {
             continue;
@@ -175,11 +194,11 @@ pub fn plan_with_keys(
     // of nodes that never published, or were removed, are dropped in strict mode instead of
     // following another route (a CNI's route over the underlay) in clear. The classifier
     // sets them at load; they must stay in the plan, or the first diff removes them.
-    for c in &cfg.cluster_cidrs {
+    for c in &cluster_cidrs {
         routes.insert(c.clone(), (RoutePath::Unavailable, 0));
     }
     if let Some(pc) = &cfg.pod_cidr {
-        routes.insert(pc.clone(), (RoutePath::Local, self_id));
+        routes.insert(canonical(pc), (RoutePath::Local, self_id));
     }
     let mut wg_peers = Vec::new();
     for p in &peers {
@@ -192,7 +211,7 @@ pub fn plan_with_keys(
             } else {
                 RoutePath::Unavailable
             };
-            routes.insert(c.clone(), (path, p.id));
+            routes.insert(canonical(c), (path, p.id));
         }
         if let (true, Some(k), Some(ep)) = (usable, p.public_key, p.endpoint) {
             let mut cidrs = Vec::new();
@@ -221,8 +240,7 @@ pub fn plan_with_keys(
             underlay_mtu: 1500,
             underlay_ipv6: cfg.underlay_address.is_some_and(|a| a.is_ipv6()),
             keepalive: 0,
-            cluster_cidrs: cfg
-                .cluster_cidrs
+            cluster_cidrs: cluster_cidrs
                 .iter()
                 .filter_map(|c| c.parse().ok())
                 .collect(),
@@ -254,8 +272,38 @@ pub fn plan_with_keys(
         routes,
         workloads,
         probe_ports,
+        cluster_cidrs,
         problems,
     }
+}
+
+/// `c` as `addr/prefix` in the address's standard form (one key per prefix in the route
+/// table, however it was written); unparsable text as it is (it is reported where it is used).
+pub(crate) fn canonical(c: &str) -> String {
+    c.parse::<crate::model::validate::Cidr>()
+        .map_or_else(|_| c.to_owned(), |c| format!("{}/{}", c.addr, c.prefix))
+}
+
+/// The configured cluster CIDRs, then the pod CIDRs of the Kubernetes `Node` objects not
+/// already among them (written as `addr/prefix`), without duplicates.
+#[must_use]
+pub fn effective_cluster_cidrs(cfg: &DaemonConfig, state: &ClusterState) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let learned = state
+        .node_object_pod_cidrs()
+        .into_iter()
+        .map(|c| format!("{}/{}", c.addr, c.prefix));
+    for c in cfg
+        .cluster_cidrs
+        .iter()
+        .map(|c| canonical(c))
+        .chain(learned)
+    {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -323,6 +371,87 @@ mod tests {
 
     const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 
+    fn node_object(i: u8) -> Object {
+        Object::Node(crate::model::Node::new(
+            format!("n{i}"),
+            &[&format!("10.244.{i}.0/24")],
+        ))
+    }
+
+    #[test]
+    fn node_objects_add_their_pod_cidrs_as_no_path_and_none_known_is_a_problem() {
+        // n7 has a Node (the control plane allocated it a range) but never published: its
+        // range is "no path", also outside the configured cluster CIDR, and routed into the
+        // tunnel, where the device drops it.
+        let state = ClusterState::from_objects(
+            1,
+            [
+                node("n2", 2, Some(K2)),
+                node_object(1),
+                node_object(2),
+                Object::Node(crate::model::Node::new("n7", &["10.245.7.0/24"])),
+            ],
+        );
+        let mut c = cfg(EncryptionMode::Wireguard);
+        let p = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        assert_eq!(
+            p.cluster_cidrs,
+            [
+                "10.244.0.0/16",
+                "10.244.1.0/24",
+                "10.244.2.0/24",
+                "10.245.7.0/24"
+            ]
+        );
+        assert_eq!(p.routes["10.245.7.0/24"], (RoutePath::Unavailable, 0));
+        assert_eq!(p.routes["10.244.1.0/24"].0, RoutePath::Local);
+        assert_eq!(p.routes["10.244.2.0/24"].0, RoutePath::Wireguard);
+        let wg = p.wireguard.expect("wireguard config");
+        assert!(
+            wg.cluster_cidrs
+                .iter()
+                .any(|x| x.to_string() == "10.245.7.0/24"),
+            "{:?}",
+            wg.cluster_cidrs
+        );
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+
+        // The chart's default: no clusterCIDRs. The Node objects alone cover the ranges.
+        c.cluster_cidrs.clear();
+        let p = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        assert_eq!(
+            p.cluster_cidrs,
+            ["10.244.1.0/24", "10.244.2.0/24", "10.245.7.0/24"]
+        );
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+
+        // Neither: strict mode knows no pod range, and says so.
+        let state = ClusterState::from_objects(1, [node("n2", 2, Some(K2))]);
+        let p = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        assert!(p.cluster_cidrs.is_empty());
+        assert!(
+            p.problems
+                .iter()
+                .any(|x| x.contains("strict mode knows no cluster CIDR")),
+            "{:?}",
+            p.problems
+        );
+        // A claim the Node objects do not back is no peer.
+        let state = ClusterState::from_objects(
+            1,
+            [node("n2", 2, Some(K2)), node_object(1), node_object(3)],
+        );
+        let p = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        assert!(p.peers.is_empty() && p.wireguard.unwrap().peers.is_empty());
+        assert!(
+            p.problems
+                .iter()
+                .any(|x| x.contains("no Node n2 allocates a pod CIDR")),
+            "{:?}",
+            p.problems
+        );
+    }
+
     #[test]
     fn peers_with_keys_get_wireguard_routes_others_are_dropped() {
         let state = ClusterState::from_objects(
@@ -335,6 +464,9 @@ mod tests {
                 ),
                 node("n2", 2, Some(K2)),
                 node("n3", 3, None),
+                node_object(1),
+                node_object(2),
+                node_object(3),
                 Object::Pod(Pod::new(
                     "shop",
                     "web-1",

@@ -229,6 +229,14 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
          apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop{ann}\n---\n\
          apiVersion: v1\nkind: Namespace\nmetadata:\n  name: front{ann}\n",
     );
+    // The Nodes, as the control plane's node IPAM would allocate their pod CIDRs: the
+    // authority peers check each IdentitydNode's claim against.
+    for i in 1..=nodes {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n{i}\nspec:\n  podCIDR: 10.244.{i}.0/24\n  podCIDRs:\n  - 10.244.{i}.0/24\n"
+        );
+    }
     for p in pods {
         let _ = write!(
             y,

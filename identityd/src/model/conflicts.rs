@@ -8,6 +8,14 @@
 //! newest. A node judging its peers puts itself first, with the pod CIDR of its own
 //! config: nothing published can take its own pods from it. Every other peer keeps being
 //! applied, so one bad object never freezes the device config.
+//!
+//! Pod CIDRs are claims until the control plane backs them: where Kubernetes `Node` objects
+//! carry `spec.podCIDRs` (allocated by the node IPAM controller, which a node cannot write
+//! for another node), an IdentitydNode's pod CIDRs must lie inside its own Node's, and a node
+//! without a Node that allocates it one is rejected. Only when no Node object in the cluster
+//! carries a pod CIDR at all (a CNI with its own IPAM, or a folder without Nodes) are the claims
+//! taken as they are, still subject to the first-owner rule; [`NodeConflicts::unverified`]
+//! says so.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +36,9 @@ fn show(c: &Cidr) -> String {
 pub struct NodeConflicts {
     /// Rejected node → the problem.
     pub rejected: BTreeMap<String, String>,
+    /// No `Node` object carries a pod CIDR: the accepted pod CIDRs are the IdentitydNodes'
+    /// own claims (held only by the first-owner rule).
+    pub unverified: bool,
 }
 
 impl NodeConflicts {
@@ -77,7 +88,17 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
         )
     };
     order.sort_by_key(rank);
-    let mut out = NodeConflicts::default();
+    // The pod CIDRs the control plane allocated, per node, when it allocates any.
+    let allocated: BTreeMap<&str, Vec<Cidr>> = state
+        .node_objects
+        .iter()
+        .map(|(n, o)| (n.as_str(), o.pod_cidrs()))
+        .filter(|(_, c)| !c.is_empty())
+        .collect();
+    let mut out = NodeConflicts {
+        unverified: allocated.is_empty(),
+        ..NodeConflicts::default()
+    };
     for n in order {
         let name = n.metadata.name.as_str();
         let cidrs = parse(&n.spec.pod_cidrs);
@@ -116,6 +137,9 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
                 break;
             }
         }
+        if why.is_none() && !allocated.is_empty() {
+            why = not_allocated(name, &cidrs, allocated.get(name));
+        }
         match why {
             Some(w) => {
                 out.rejected.insert(name.to_owned(), w);
@@ -124,6 +148,31 @@ pub fn node_conflicts(state: &ClusterState, this: Option<(&str, &[String])>) -> 
         }
     }
     out
+}
+
+/// Why `name`'s claimed pod CIDRs are not backed by its Node's allocation, if they are not.
+fn not_allocated(name: &str, claimed: &[Cidr], node: Option<&Vec<Cidr>>) -> Option<String> {
+    let Some(alloc) = node else {
+        return Some(format!(
+            "IdentitydNode {name}: spec.podCIDRs {}: no Node {name} allocates a pod CIDR \
+             (spec.podCIDRs), and a node's own claim is not accepted; {name} is not applied",
+            claimed.iter().map(show).collect::<Vec<_>>().join(",")
+        ));
+    };
+    let inside = |c: &Cidr| {
+        alloc
+            .iter()
+            .any(|a| a.prefix <= c.prefix && a.contains(c.addr))
+    };
+    let outside: Vec<String> = claimed.iter().filter(|c| !inside(c)).map(show).collect();
+    (!outside.is_empty()).then(|| {
+        format!(
+            "IdentitydNode {name}: spec.podCIDRs {} lies outside Node {name}'s spec.podCIDRs {}; \
+             {name} is not applied",
+            outside.join(","),
+            alloc.iter().map(show).collect::<Vec<_>>().join(",")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -236,5 +285,65 @@ mod tests {
             ],
         );
         assert!(node_conflicts(&state, None).is_rejected("a"));
+    }
+
+    #[test]
+    fn where_node_objects_allocate_pod_cidrs_a_claim_outside_its_own_nodes_is_rejected() {
+        use crate::model::Node;
+        let objs = |extra: Vec<Object>| {
+            let mut v = vec![
+                node("n1", "10.244.1.0/24", K1, Some("2026-12-01T10:00:00Z")),
+                // n2's object claims a CIDR the control plane gave n3.
+                node("n2", "10.244.3.0/24", K2, Some("2026-12-01T10:00:01Z")),
+                // n9 has no Node at all.
+                node("n9", "10.244.9.0/24", K3, Some("2026-12-01T10:00:02Z")),
+            ];
+            v.extend(extra);
+            ClusterState::from_objects(1, v)
+        };
+        // No Node object: claims as they are, and the result says they are unverified.
+        let c = node_conflicts(&objs(vec![]), None);
+        assert!(c.rejected.is_empty() && c.unverified, "{c:#?}");
+        let c = node_conflicts(
+            &objs(vec![
+                Object::Node(Node::new("n1", &["10.244.1.0/24"])),
+                Object::Node(Node::new("n2", &["10.244.2.0/24", "fd00:10:244:2::/64"])),
+                Object::Node(Node::new("n3", &["10.244.3.0/24"])),
+            ]),
+            None,
+        );
+        assert!(!c.unverified);
+        assert_eq!(
+            c.rejected.keys().collect::<Vec<_>>(),
+            ["n2", "n9"],
+            "{c:#?}"
+        );
+        assert!(
+            c.rejected["n2"].contains(
+                "spec.podCIDRs 10.244.3.0/24 lies outside Node n2's spec.podCIDRs 10.244.2.0/24,fd00:10:244:2::/64"
+            ),
+            "{c:#?}"
+        );
+        assert!(
+            c.rejected["n9"].contains("no Node n9 allocates a pod CIDR"),
+            "{c:#?}"
+        );
+        // A claim inside the allocation (a /25 of its /24) is the node's own; one wider than it
+        // (the /23 around it) is not.
+        let state = ClusterState::from_objects(
+            1,
+            vec![
+                node("n1", "10.244.1.0/25", K1, None),
+                node("n2", "10.244.2.0/23", K2, None),
+                Object::Node(Node::new("n1", &["10.244.1.0/24"])),
+                Object::Node(Node::new("n2", &["10.244.2.0/24"])),
+            ],
+        );
+        let c = node_conflicts(&state, None);
+        assert_eq!(c.rejected.keys().collect::<Vec<_>>(), ["n2"], "{c:#?}");
+        assert!(
+            c.rejected["n2"].contains("10.244.2.0/23 lies outside"),
+            "{c:#?}"
+        );
     }
 }

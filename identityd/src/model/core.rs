@@ -1,5 +1,5 @@
-//! Standard Kubernetes kinds identityd reads: `Namespace`, `Pod`, `Service` (core/v1) and
-//! `Ingress` (networking.k8s.io/v1). Only the fields identityd uses are modelled; other fields
+//! Standard Kubernetes kinds identityd reads: `Namespace`, `Node`, `Pod`, `Service` (core/v1)
+//! and `Ingress` (networking.k8s.io/v1). Only the fields identityd uses are modelled; other fields
 //! are ignored on input, as a client of the API server would.
 
 use std::collections::BTreeMap;
@@ -106,6 +106,78 @@ impl Namespace {
             && let Err(why) = v.parse::<MtlsMode>()
         {
             errs.push(format!("metadata.annotations[{MTLS_ANNOTATION}]"), v, why);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node
+
+/// A Kubernetes Node (the kubelet's object, not an `IdentitydNode`): only its pod CIDRs are
+/// read. They are allocated by the control plane (the node IPAM controller), not claimed by the
+/// node's daemon, so they are the authority for which pod CIDR belongs to which node and for
+/// the cluster's pod ranges strict mode treats as "no path" unless a node publishes a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// `v1`.
+    pub api_version: String,
+    /// `Node`.
+    pub kind: String,
+    /// Metadata (the node's name).
+    pub metadata: ObjectMeta,
+    /// Pod CIDRs.
+    #[serde(default)]
+    pub spec: NodeSpec,
+}
+
+/// `Node.spec` (pod CIDRs only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// The first pod CIDR (older field, kept by the API server beside `podCIDRs`).
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// Pod CIDRs, one per address family.
+    #[serde(default, rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
+}
+
+impl Node {
+    /// A Node with the given pod CIDRs.
+    #[must_use]
+    pub fn new(name: impl Into<String>, pod_cidrs: &[&str]) -> Self {
+        Self {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            metadata: ObjectMeta::cluster(name),
+            spec: NodeSpec {
+                pod_cidr: pod_cidrs.first().map(|c| (*c).to_owned()),
+                pod_cidrs: pod_cidrs.iter().map(|c| (*c).to_owned()).collect(),
+            },
+        }
+    }
+
+    /// Every pod CIDR of the node (`podCIDRs`, and `podCIDR` when it is not among them),
+    /// parsed; validated objects hold no unparsable value.
+    #[must_use]
+    pub fn pod_cidrs(&self) -> Vec<super::validate::Cidr> {
+        let mut out: Vec<super::validate::Cidr> = Vec::new();
+        for c in self.spec.pod_cidrs.iter().chain(self.spec.pod_cidr.iter()) {
+            if let Ok(c) = c.parse()
+                && !out.contains(&c)
+            {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn check(&self, errs: &mut Errors) {
+        if let Some(c) = &self.spec.pod_cidr {
+            errs.cidr("spec.podCIDR", c);
+        }
+        for (i, c) in self.spec.pod_cidrs.iter().enumerate() {
+            errs.cidr(&format!("spec.podCIDRs[{i}]"), c);
         }
     }
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use self::core::{
     Container, ContainerPort, Ingress, IngressSpec, IntOrString, MTLS_ANNOTATION, MtlsMode,
-    Namespace, Pod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
+    Namespace, Node, NodeSpec, Pod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
 };
 pub use self::gateway::{
     BackendRef, Gateway, GatewaySpec, GrpcRoute, GrpcRouteSpec, HttpRoute, HttpRouteSpec,
@@ -85,6 +85,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// `v1 Namespace` (cluster).
     Namespace,
+    /// `v1 Node` (cluster; pod CIDRs only).
+    Node,
     /// `v1 Pod`.
     Pod,
     /// `v1 Service`.
@@ -103,12 +105,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::IdentitydNode,
         Kind::KeyRotation,
         Kind::TrafficPolicy,
         Kind::AuthorizationPolicy,
         Kind::Namespace,
+        Kind::Node,
         Kind::Pod,
         Kind::Service,
         Kind::Gateway,
@@ -127,6 +130,7 @@ impl Kind {
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::Gateway => "Gateway",
@@ -145,7 +149,7 @@ impl Kind {
             | Kind::KeyRotation
             | Kind::TrafficPolicy
             | Kind::AuthorizationPolicy => &[IDENTITYD_API_VERSION],
-            Kind::Namespace | Kind::Pod | Kind::Service | Kind::Secret => &["v1"],
+            Kind::Namespace | Kind::Node | Kind::Pod | Kind::Service | Kind::Secret => &["v1"],
             Kind::Gateway | Kind::HttpRoute => &[
                 "gateway.networking.k8s.io/v1",
                 "gateway.networking.k8s.io/v1beta1",
@@ -160,7 +164,7 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::IdentitydNode | Kind::KeyRotation | Kind::Namespace
+            Kind::IdentitydNode | Kind::KeyRotation | Kind::Namespace | Kind::Node
         )
     }
 
@@ -271,6 +275,8 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     /// `Namespace`.
     Namespace(Namespace),
+    /// `Node`.
+    Node(Node),
     /// `Pod`.
     Pod(Pod),
     /// `Service`.
@@ -295,6 +301,7 @@ macro_rules! each {
             Object::TrafficPolicy($o) => $e,
             Object::AuthorizationPolicy($o) => $e,
             Object::Namespace($o) => $e,
+            Object::Node($o) => $e,
             Object::Pod($o) => $e,
             Object::Service($o) => $e,
             Object::Gateway($o) => $e,
@@ -321,6 +328,7 @@ impl Object {
             Kind::TrafficPolicy => Object::TrafficPolicy(Deserialize::deserialize(d)?),
             Kind::AuthorizationPolicy => Object::AuthorizationPolicy(Deserialize::deserialize(d)?),
             Kind::Namespace => Object::Namespace(Deserialize::deserialize(d)?),
+            Kind::Node => Object::Node(Deserialize::deserialize(d)?),
             Kind::Pod => Object::Pod(Deserialize::deserialize(d)?),
             Kind::Service => Object::Service(Deserialize::deserialize(d)?),
             Kind::Gateway => Object::Gateway(Deserialize::deserialize(d)?),
@@ -340,6 +348,7 @@ impl Object {
             Object::TrafficPolicy(_) => Kind::TrafficPolicy,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
             Object::Gateway(_) => Kind::Gateway,
@@ -413,6 +422,7 @@ impl Object {
             Object::TrafficPolicy(o) => o.check(&mut errs),
             Object::AuthorizationPolicy(o) => o.check(&mut errs),
             Object::Namespace(o) => o.check(&mut errs),
+            Object::Node(o) => o.check(&mut errs),
             Object::Pod(o) => o.check(&mut errs),
             Object::Service(o) => o.check(&mut errs),
             Object::Gateway(o) => o.check(&mut errs),

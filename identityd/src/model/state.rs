@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::core::{MtlsMode, Namespace, Pod, Secret, Service};
+use super::core::{MtlsMode, Namespace, Node, Pod, Secret, Service};
 use super::gateway::{Gateway, GrpcRoute, HttpRoute, ParentKind};
 use super::identityd::{AuthorizationPolicy, IdentitydNode, KeyRotation, TrafficPolicy};
 use super::meta::{NamespacedName, selector_matches};
@@ -105,6 +105,8 @@ pub struct ClusterState {
     pub key_rotations: BTreeMap<String, KeyRotation>,
     /// `Namespace`s by name.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Kubernetes `Node`s by name (their pod CIDRs; not the `IdentitydNode`s in `nodes`).
+    pub node_objects: BTreeMap<String, Node>,
     /// `Pod`s.
     pub pods: BTreeMap<NamespacedName, Pod>,
     /// `Service`s.
@@ -210,6 +212,7 @@ impl ClusterState {
             Object::IdentitydNode(o) => drop(self.nodes.insert(k.name, o)),
             Object::KeyRotation(o) => drop(self.key_rotations.insert(k.name, o)),
             Object::Namespace(o) => drop(self.namespaces.insert(k.name, o)),
+            Object::Node(o) => drop(self.node_objects.insert(k.name, o)),
             Object::TrafficPolicy(o) => drop(self.traffic_policies.insert(k, o)),
             Object::AuthorizationPolicy(o) => drop(self.authorization_policies.insert(k, o)),
             Object::Pod(o) => drop(self.pods.insert(k, o)),
@@ -232,6 +235,7 @@ impl ClusterState {
             Kind::IdentitydNode => Object::IdentitydNode(self.nodes.get(&key.name)?.clone()),
             Kind::KeyRotation => Object::KeyRotation(self.key_rotations.get(&key.name)?.clone()),
             Kind::Namespace => Object::Namespace(self.namespaces.get(&key.name)?.clone()),
+            Kind::Node => Object::Node(self.node_objects.get(&key.name)?.clone()),
             Kind::TrafficPolicy => Object::TrafficPolicy(self.traffic_policies.get(&ns())?.clone()),
             Kind::AuthorizationPolicy => {
                 Object::AuthorizationPolicy(self.authorization_policies.get(&ns())?.clone())
@@ -312,6 +316,19 @@ impl ClusterState {
     #[must_use]
     pub fn node(&self, name: &str) -> Option<&IdentitydNode> {
         self.nodes.get(name)
+    }
+
+    /// The pod CIDRs the Kubernetes `Node` objects carry (allocated by the control plane), in
+    /// node-name order, without duplicates.
+    #[must_use]
+    pub fn node_object_pod_cidrs(&self) -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = Vec::new();
+        for c in self.node_objects.values().flat_map(Node::pod_cidrs) {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Every node except `self_name` (the peers of a node daemon), by name.

@@ -790,7 +790,8 @@ fn lab_cluster_fixture_loads_and_answers_the_reconciler_queries() {
     ]);
     let s = ClusterState::from_objects(1, objects);
     assert!(s.problems.is_empty(), "{:#?}", s.problems);
-    assert_eq!(s.len(), 15);
+    assert_eq!(s.len(), 18, "15 objects and the 3 Nodes");
+    assert_eq!(s.node_object_pod_cidrs().len(), 3);
     let client = s.pod_by_ip(ip("10.244.3.10")).unwrap();
     assert_eq!(s.pod_mtls(client, MtlsMode::Permissive), MtlsMode::Strict);
     let old = s.pod_by_ip(ip("10.244.2.20")).unwrap();

@@ -3,14 +3,16 @@
 //! Behaviour (the same contract as the FileSource where it applies):
 //! - **What is watched**: by default every model kind but Secrets, cluster-wide: Namespaces,
 //!   Pods, Services, Ingresses, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute`
-//!   (`gateway.networking.k8s.io/v1`) and the four `identityd.io/v1alpha1` CRDs. Secrets only in
+//!   (`gateway.networking.k8s.io/v1`), Nodes and the four `identityd.io/v1alpha1` CRDs. Secrets only in
 //!   the namespaces listed ([`KubeSourceOptions::secret_namespaces`], config
 //!   `secretNamespaces`), and only of type `kubernetes.io/tls` (field selector
 //!   [`SECRET_TYPE_SELECTOR`]; ingress certificates). Objects
 //!   are read as untyped JSON ([`DynamicObject`]) and converted by [`decode_value`], the
 //!   FileSource's kind dispatch and validation. Service endpoints are derived from Pods and
-//!   selectors as the model does for the FileSource (EndpointSlices are not read). Node objects are not part of the snapshot;
-//!   [`KubeSource::node_pod_cidr`] reads one Node when the config leaves `podCIDR` out.
+//!   selectors as the model does for the FileSource (EndpointSlices are not read). Nodes are
+//!   watched for their pod CIDRs only (`spec.podCIDRs`: the pod-CIDR authority and the
+//!   cluster's pod ranges); [`KubeSource::node_pod_cidr`] reads this node's own Node once at
+//!   start when the config leaves `podCIDR` out.
 //! - **Bad objects** (wrong field types, failed validation) become [`Problem`]s naming the kind,
 //!   `namespace/name`, field and reason; they never stop the watch. A kind that cannot be
 //!   watched (CRD not installed, RBAC) is a problem too, retried with back-off.
@@ -90,6 +92,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::TrafficPolicy => ("identityd.io", "v1alpha1", "trafficpolicies"),
         Kind::AuthorizationPolicy => ("identityd.io", "v1alpha1", "authorizationpolicies"),
         Kind::Namespace => ("", "v1", "namespaces"),
+        Kind::Node => ("", "v1", "nodes"),
         Kind::Pod => ("", "v1", "pods"),
         Kind::Service => ("", "v1", "services"),
         Kind::Gateway => ("gateway.networking.k8s.io", "v1", "gateways"),

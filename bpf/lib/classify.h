@@ -53,6 +53,27 @@ struct {
 	__type(value, __u32);
 } idd_probe_ports SEC(".maps");
 
+/* Sources ingress strict's encryption rule admits from outside the tunnel (the explicit
+ * allow-list `encryption.allowFrom`, empty by default). The value is unused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct idd_lpm_key);
+	__type(value, __u32);
+} idd_allow_from SEC(".maps");
+
+/* The node's enforcement state (IDD_STATE_* bits), one entry. Zero on a fresh load (first
+ * start, reboot): ingress strict then refuses every new TCP connection into a local pod that
+ * the node's Envoy did not make, because which pods are strict is not known yet. Pinned, so a
+ * restarted daemon keeps enforcing what the last one knew. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} idd_state SEC(".maps");
+
 /* Ifindexes of this node's tunnel interfaces (0: unused slot), set by the daemon. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -179,6 +200,24 @@ static __always_inline struct idd_route *idd_route_of(const struct idd_addr *a)
 
 	__builtin_memcpy(k.addr, a->addr, 16);
 	return bpf_map_lookup_elem(&idd_routes, &k);
+}
+
+/* Whether the node's first plan is in the maps (IDD_STATE_READY). */
+static __always_inline int idd_ready(void)
+{
+	__u32 k = 0;
+	__u32 *v = bpf_map_lookup_elem(&idd_state, &k);
+
+	return v && (*v & IDD_STATE_READY);
+}
+
+/* Whether `a` lies in a CIDR of the allow-list (idd_allow_from). */
+static __always_inline int idd_allowed_from(const struct idd_addr *a)
+{
+	struct idd_lpm_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, a->addr, 16);
+	return bpf_map_lookup_elem(&idd_allow_from, &k) != 0;
 }
 
 static __always_inline void idd_account(__u32 path, __u64 len)
@@ -348,12 +387,15 @@ static __always_inline int idd_from_tunnel(__u32 ifindex)
 /* Ingress strict, on the pod-facing veth's egress (packets going into a local pod):
  * - encryption: a packet whose source lies in a remote node's pod CIDR is accepted only
  *   if it came out of a tunnel (or was made on this node, e.g. by its Envoy's transparent
- *   outbound listener); from the underlay it is dropped (`IDD_DROP_NOT_ENCRYPTED`);
+ *   outbound listener, or its source is on the explicit allow-list `idd_allow_from`); from
+ *   the underlay it is dropped (`IDD_DROP_NOT_ENCRYPTED`);
  * - mTLS: a new TCP connection into a pod of a strict namespace is accepted only when the
  *   node's Envoy made it (`IDD_MARK_FROM_PROXY`, set with SO_MARK, which takes
  *   CAP_NET_ADMIN), or by a process of this node to a port the pod's probes use
  *   (`idd_probe_ports`, allowNodeProbes); anything else is dropped (`IDD_DROP_NOT_MTLS`).
- * Replies to connections the pod opened, UDP, ICMP and other protocols pass the mTLS rule. */
+ * Replies to connections the pod opened, UDP, ICMP and other protocols pass the mTLS rule.
+ * Until the daemon has applied its first plan (`idd_state`), every new TCP connection into a
+ * local pod not made by the node's Envoy is dropped (`IDD_DROP_NOT_READY`). */
 static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 {
 	struct idd_pkt p = {};
@@ -378,13 +420,19 @@ static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 	if (!IDD_STRICT)
 		goto pass;
 	if (src && src->kind != IDD_ROUTE_LOCAL && src->kind != IDD_ROUTE_PLAINTEXT &&
-	    skb->ingress_ifindex && !idd_from_tunnel(skb->ingress_ifindex)) {
+	    skb->ingress_ifindex && !idd_from_tunnel(skb->ingress_ifindex) &&
+	    !idd_allowed_from(&p.saddr)) {
 		node_id = src->node_id;
 		reason = IDD_DROP_NOT_ENCRYPTED;
 		goto drop;
 	}
 	if (p.protocol != IPPROTO_TCP || !p.tcp_open)
 		goto pass;
+	if ((skb->mark & IDD_MARK_MASK) != IDD_MARK_FROM_PROXY && !idd_ready()) {
+		/* Fail closed until the node knows which of its pods are strict. */
+		reason = IDD_DROP_NOT_READY;
+		goto drop;
+	}
 	dw = bpf_map_lookup_elem(&idd_workloads, &p.daddr);
 	if (!dw || dw->mtls_mode != IDD_MTLS_STRICT)
 		goto pass;

@@ -55,7 +55,10 @@ const WORKLOADS: &str = "idd_workloads";
 const STATS: &str = "idd_path_stats";
 const EVENTS: &str = "idd_flow_events";
 const INBOUND_DIRECT: &str = "idd_inbound_direct";
-const PINNED_MAPS: [&str; 7] = [
+const ALLOW_FROM: &str = "idd_allow_from";
+const STATE: &str = "idd_state";
+const PINNED_MAPS: [&str; 9] = [
+    STATE,
     ROUTES,
     WORKLOADS,
     STATS,
@@ -63,6 +66,7 @@ const PINNED_MAPS: [&str; 7] = [
     TUNNELS,
     PROBES,
     INBOUND_DIRECT,
+    ALLOW_FROM,
 ];
 
 /// Default capacity of the route trie (`idd_routes`).
@@ -277,6 +281,9 @@ pub enum DropReason {
     /// Ingress strict: a new TCP connection into a strict pod not made by the node's Envoy
     /// (`ingress-not-mtls`).
     NotMtls,
+    /// Ingress strict: a new TCP connection into a pod before the node's first plan was
+    /// applied (`ingress-not-ready`).
+    NotReady,
     /// A reason this loader does not know (a newer program).
     Other(u8),
 }
@@ -348,6 +355,7 @@ impl FlowEvent {
             types::IDD_DROP_PLAINTEXT_ROUTE => Some(DropReason::PlaintextRoute),
             types::IDD_DROP_NOT_ENCRYPTED => Some(DropReason::NotEncrypted),
             types::IDD_DROP_NOT_MTLS => Some(DropReason::NotMtls),
+            types::IDD_DROP_NOT_READY => Some(DropReason::NotReady),
             other => Some(DropReason::Other(other)),
         };
         Some(Self {
@@ -978,6 +986,80 @@ impl Classifier {
             out.push((unmapped(k.addr), k.port));
         }
         Ok(out)
+    }
+
+    /// Makes the allow-list of ingress strict's encryption rule (sources admitted into local
+    /// pods from outside the tunnel) equal to `cidrs`: adds the missing prefixes, removes the
+    /// others, leaves the rest alone. Empty (the default) admits nothing.
+    ///
+    /// # Errors
+    /// When the map cannot be read or refuses an update (full: 1,024 prefixes).
+    pub fn set_allow_from(&mut self, cidrs: &[Cidr]) -> Result<(), Error> {
+        let installed = self.allow_from()?;
+        let mut trie: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(ALLOW_FROM)?).map_err(map_err(ALLOW_FROM))?;
+        for c in cidrs.iter().filter(|c| !installed.contains(c)) {
+            let key = Key::new(c.mapped_prefix_len(), c.mapped_addr());
+            trie.insert(&key, 1, 0).map_err(map_err(ALLOW_FROM))?;
+        }
+        for c in installed.iter().filter(|c| !cidrs.contains(c)) {
+            let key = Key::new(c.mapped_prefix_len(), c.mapped_addr());
+            match trie.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(ALLOW_FROM)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The allow-list installed in the map (see [`Classifier::set_allow_from`]).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn allow_from(&self) -> Result<Vec<Cidr>, Error> {
+        let trie: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_ref(ALLOW_FROM)?).map_err(map_err(ALLOW_FROM))?;
+        let mut out = Vec::new();
+        for k in trie.keys() {
+            let k = k.map_err(map_err(ALLOW_FROM))?;
+            let addr = unmapped(k.data());
+            let len = k
+                .prefix_len()
+                .saturating_sub(if addr.is_ipv4() { 96 } else { 0 });
+            if let Ok(c) = Cidr::new(addr, u8::try_from(len).unwrap_or(u8::MAX)) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Says whether the node's first plan (workloads, routes, tunnels) is in the maps. Until
+    /// it is, ingress strict refuses every new TCP connection into a local pod that the
+    /// node's Envoy did not make (`ingress-not-ready`). The state is pinned with the maps.
+    ///
+    /// # Errors
+    /// When the map refuses the update.
+    pub fn set_ready(&mut self, ready: bool) -> Result<(), Error> {
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(STATE)?).map_err(map_err(STATE))?;
+        let v = a.get(&0, 0).map_err(map_err(STATE))?;
+        let v = if ready {
+            v | types::IDD_STATE_READY
+        } else {
+            v & !types::IDD_STATE_READY
+        };
+        a.set(0, v, 0).map_err(map_err(STATE))
+    }
+
+    /// Whether [`Classifier::set_ready`] said the first plan is applied (a re-adopted pinned
+    /// map keeps the last daemon's word).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn ready(&self) -> Result<bool, Error> {
+        let a: Array<_, u32> = Array::try_from(self.map_ref(STATE)?).map_err(map_err(STATE))?;
+        Ok(a.get(&0, 0).map_err(map_err(STATE))? & types::IDD_STATE_READY != 0)
     }
 
     /// The tunnel interfaces set with [`Classifier::set_tunnels`] (non-zero slots).

@@ -42,6 +42,10 @@
 #define IDD_DROP_PLAINTEXT_ROUTE 2 /* strict: the route says plaintext */
 #define IDD_DROP_NOT_ENCRYPTED 3   /* ingress strict: from a remote pod CIDR, not out of a tunnel */
 #define IDD_DROP_NOT_MTLS 4	   /* ingress strict: new TCP into a strict pod not from the node's Envoy */
+#define IDD_DROP_NOT_READY 5	   /* ingress strict: new TCP into a pod before the node's first plan */
+
+/* Bits of the single `idd_state` entry, set by the daemon. */
+#define IDD_STATE_READY 1 /* the node's first plan (workloads, routes, tunnels) is applied */
 
 /* Workload mTLS modes (`struct idd_workload.mtls_mode`). */
 #define IDD_MTLS_DISABLED 0

@@ -73,6 +73,10 @@ pub const IDD_DROP_PLAINTEXT_ROUTE: u8 = 2;
 pub const IDD_DROP_NOT_ENCRYPTED: u8 = 3;
 /// `IDD_DROP_NOT_MTLS`.
 pub const IDD_DROP_NOT_MTLS: u8 = 4;
+/// `IDD_DROP_NOT_READY`.
+pub const IDD_DROP_NOT_READY: u8 = 5;
+/// `IDD_STATE_READY`: the bit of `idd_state` saying the node's first plan is applied.
+pub const IDD_STATE_READY: u32 = 1;
 
 /// `IDD_MTLS_DISABLED`.
 pub const IDD_MTLS_DISABLED: u32 = 0;
@@ -327,6 +331,8 @@ pub fn constants() -> Vec<(&'static str, u64)> {
         ("IDD_DROP_PLAINTEXT_ROUTE", IDD_DROP_PLAINTEXT_ROUTE.into()),
         ("IDD_DROP_NOT_ENCRYPTED", IDD_DROP_NOT_ENCRYPTED.into()),
         ("IDD_DROP_NOT_MTLS", IDD_DROP_NOT_MTLS.into()),
+        ("IDD_DROP_NOT_READY", IDD_DROP_NOT_READY.into()),
+        ("IDD_STATE_READY", IDD_STATE_READY.into()),
         ("IDD_MTLS_DISABLED", IDD_MTLS_DISABLED.into()),
         ("IDD_MTLS_PERMISSIVE", IDD_MTLS_PERMISSIVE.into()),
         ("IDD_MTLS_STRICT", IDD_MTLS_STRICT.into()),

@@ -96,6 +96,7 @@ fn main() {
                 mode: EncryptionMode::Wireguard,
                 strict_mode: true,
                 node_encryption: false,
+                allow_from: Vec::new(),
             },
             wireguard: Some(Wireguard {
                 interface: "idd1".into(),

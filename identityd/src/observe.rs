@@ -78,6 +78,7 @@ pub fn resolve(node: &str, e: &FlowEvent, state: &ClusterState, trust_domain: &s
             DropReason::PlaintextRoute => "plaintext route (strict mode)".to_owned(),
             DropReason::NotEncrypted => "ingress-not-encrypted".to_owned(),
             DropReason::NotMtls => "ingress-not-mtls".to_owned(),
+            DropReason::NotReady => "ingress-not-ready".to_owned(),
             DropReason::Other(n) => format!("reason {n}"),
         }),
         len: e.len,

@@ -110,3 +110,21 @@ fn node_encryption_is_refused_by_the_daemon_naming_the_field() {
         "{e}"
     );
 }
+
+#[test]
+fn the_strict_mode_allow_list_renders_into_the_node_config_and_a_bad_cidr_is_named() {
+    let node = load(&config_of(&render(&[]), "identityd-node-config"));
+    assert!(node.encryption.allow_from.is_empty(), "empty by default");
+    let objs = render(&[
+        "--set-json",
+        r#"encryption.allowFrom=["10.244.7.0/28","fd00:244:7::/80"]"#,
+    ]);
+    let node = load(&config_of(&objs, "identityd-node-config"));
+    assert_eq!(
+        node.encryption.allow_from,
+        ["10.244.7.0/28", "fd00:244:7::/80"]
+    );
+    let objs = render(&["--set-json", r#"encryption.allowFrom=["10.244.7.1/28"]"#]);
+    let e = try_load(&config_of(&objs, "identityd-node-config")).unwrap_err();
+    assert!(e.contains("encryption.allowFrom[0]=10.244.7.1/28"), "{e}");
+}

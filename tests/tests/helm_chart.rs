@@ -268,6 +268,8 @@ fn default_render_has_the_documented_objects() {
             "Service/identityd-metrics",
             "ServiceAccount/identityd-ca",
             "ServiceAccount/identityd-node",
+            "ValidatingAdmissionPolicy/identityd-node-own-objects",
+            "ValidatingAdmissionPolicyBinding/identityd-node-own-objects",
         ]
     );
     // No Secret is ever rendered: the CA key is made in the CA pod, node keys on the node.
@@ -275,7 +277,11 @@ fn default_render_has_the_documented_objects() {
     for o in &objs {
         let scoped = !matches!(
             kind_of(o),
-            "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+            "ClusterRole"
+                | "ClusterRoleBinding"
+                | "CustomResourceDefinition"
+                | "ValidatingAdmissionPolicy"
+                | "ValidatingAdmissionPolicyBinding"
         );
         if scoped {
             assert_eq!(
@@ -1077,5 +1083,237 @@ fn notes_say_what_was_installed_and_how_to_check_and_audit() {
             mode == "ipsec",
             "{mode}: the ESP caveat belongs to ipsec only:\n{notes}"
         );
+    }
+}
+
+/// An AdmissionRequest as the API server hands it to admission: `op` on `resource`
+/// (`sub`resource) named `name`, by `user` whose token carries `node` (its bound node), if any.
+fn admission_request(
+    op: &str,
+    resource: &str,
+    sub: &str,
+    name: &str,
+    user: &str,
+    node: Option<&str>,
+) -> Value {
+    let mut user_info = serde_json::json!({"username": user, "groups": ["system:serviceaccounts", "system:authenticated"]});
+    if let Some(n) = node {
+        user_info["extra"] = serde_json::json!({
+            "authentication.kubernetes.io/node-name": [n],
+            "authentication.kubernetes.io/pod-name": ["identityd-node-x7k2p"],
+        });
+    }
+    serde_json::json!({
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": "identityd.io", "version": "v1alpha1", "kind": "IdentitydNode"},
+        "resource": {"group": "identityd.io", "version": "v1alpha1", "resource": resource},
+        "subResource": sub,
+        "name": name,
+        "operation": op,
+        "userInfo": user_info,
+    })
+}
+
+#[test]
+fn a_node_service_account_writes_only_its_own_nodes_objects() {
+    let node_sa = format!("system:serviceaccount:{NAMESPACE}:identityd-node");
+    let ca_sa = format!("system:serviceaccount:{NAMESPACE}:identityd-ca");
+    // Without the policy, RBAC alone lets any node's ServiceAccount write every IdentitydNode
+    // (one ClusterRole for all nodes, no resourceNames): n1 could publish n2's object.
+    let objs = objects(&render(&["--set", "admission.nodeObjectsPolicy=false"]));
+    assert!(all_of(&objs, "ValidatingAdmissionPolicy").is_empty());
+    let node = one(&objs, "ClusterRole", "identityd-node");
+    assert!(can(node, "identityd.io", "identitydnodes", "patch"));
+    assert!(
+        grants(node)
+            .iter()
+            .all(|(_, r, _, names)| r != "identitydnodes" || names.is_empty()),
+        "RBAC cannot name each node's own object"
+    );
+
+    let objs = objects(&render(&[]));
+    let policy = one(
+        &objs,
+        "ValidatingAdmissionPolicy",
+        "identityd-node-own-objects",
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let binding = one(
+        &objs,
+        "ValidatingAdmissionPolicyBinding",
+        "identityd-node-own-objects",
+    );
+    assert_eq!(binding["spec"]["policyName"], "identityd-node-own-objects");
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+
+    // (operation, resource, subresource, name, user, bound node, allowed?, what)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        bool,
+        &'a str,
+    );
+    let cases: &[Case<'_>] = &[
+        (
+            "UPDATE",
+            "identitydnodes",
+            "",
+            "n1",
+            &node_sa,
+            Some("n1"),
+            true,
+            "n1 its own object",
+        ),
+        (
+            "CREATE",
+            "identitydnodes",
+            "",
+            "n1",
+            &node_sa,
+            Some("n1"),
+            true,
+            "n1 creates its own",
+        ),
+        (
+            "UPDATE",
+            "identitydnodes",
+            "status",
+            "n1",
+            &node_sa,
+            Some("n1"),
+            true,
+            "n1 its own status",
+        ),
+        (
+            "UPDATE",
+            "identitydnodereports",
+            "",
+            "n1",
+            &node_sa,
+            Some("n1"),
+            true,
+            "n1 its own report",
+        ),
+        (
+            "UPDATE",
+            "identitydnodes",
+            "",
+            "n2",
+            &node_sa,
+            Some("n1"),
+            false,
+            "n1 writes n2's object",
+        ),
+        (
+            "CREATE",
+            "identitydnodes",
+            "",
+            "a-rogue",
+            &node_sa,
+            Some("n1"),
+            false,
+            "n1 creates another node",
+        ),
+        (
+            "DELETE",
+            "identitydnodes",
+            "",
+            "n2",
+            &node_sa,
+            Some("n1"),
+            false,
+            "n1 deletes n2's object",
+        ),
+        (
+            "UPDATE",
+            "identitydnodes",
+            "status",
+            "n2",
+            &node_sa,
+            Some("n1"),
+            false,
+            "n1 writes n2's status",
+        ),
+        (
+            "UPDATE",
+            "identitydnodereports",
+            "",
+            "n2",
+            &node_sa,
+            Some("n1"),
+            false,
+            "n1 writes n2's report",
+        ),
+        (
+            "UPDATE",
+            "identitydnodes",
+            "",
+            "n1",
+            &node_sa,
+            None,
+            false,
+            "a token bound to no node",
+        ),
+        // Not the node role: the policy does not judge it (RBAC does).
+        (
+            "UPDATE",
+            "identitydnodes",
+            "status",
+            "n2",
+            &ca_sa,
+            None,
+            true,
+            "the CA role",
+        ),
+        (
+            "UPDATE",
+            "keyrotations",
+            "",
+            "r1",
+            &node_sa,
+            Some("n1"),
+            true,
+            "a kind the policy does not cover",
+        ),
+    ];
+    let requests: Vec<Value> = cases
+        .iter()
+        .map(|(op, res, sub, name, user, node, _, _)| {
+            admission_request(op, res, sub, name, user, *node)
+        })
+        .collect();
+    let input = serde_json::json!({"policy": policy, "requests": requests});
+    let mut child = Command::new(tools::python())
+        .arg(tools::workspace_root().join("tests/tests/vap_eval.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python (.tools/venv, with cel-python)");
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        input.to_string().as_bytes(),
+    )
+    .expect("writing to vap_eval.py");
+    let out = child.wait_with_output().expect("vap_eval.py");
+    assert!(
+        out.status.success(),
+        "vap_eval.py (cel-python) failed:\n{}",
+        text(&out.stderr)
+    );
+    let verdicts: Vec<Value> = serde_json::from_slice(&out.stdout).expect("verdicts");
+    assert_eq!(verdicts.len(), cases.len());
+    for (c, v) in cases.iter().zip(&verdicts) {
+        assert_eq!(v["allowed"], c.6, "{}: {v}", c.7);
+    }
+    // The refusals are the policy's judgement, not a request it did not look at.
+    for (c, v) in cases.iter().zip(&verdicts) {
+        if !c.6 {
+            assert_eq!(v["matched"], true, "{}: {v}", c.7);
+        }
     }
 }

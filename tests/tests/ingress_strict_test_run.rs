@@ -47,6 +47,7 @@ fn load() -> Classifier {
     }
     c.set_tunnels(&[TUNNEL]).unwrap();
     assert_eq!(c.tunnels().unwrap(), [TUNNEL]);
+    c.set_ready(true).unwrap();
     c
 }
 
@@ -371,4 +372,128 @@ fn node_processes_reach_a_strict_pod_only_on_its_probe_ports() {
         c.test_run_to_pod(&buf, 0, LOCAL).unwrap().dropped(),
         "once the probe is gone"
     );
+}
+
+#[test]
+fn only_an_explicit_allow_list_admits_remote_pod_sources_from_the_underlay() {
+    let mut c = load();
+    assert!(c.allow_from().unwrap().is_empty(), "empty by default");
+    let mut buf = Vec::new();
+    let udp = |buf: &mut Vec<u8>, src: &str, dst: &str| {
+        packet::build(buf, ip(src), ip(dst), L4::Udp, (40000, 53), 8);
+    };
+    // Without the list: refused from the underlay (the attack the list opens on purpose).
+    udp(&mut buf, "10.244.2.10", "10.244.1.12");
+    assert!(c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().dropped());
+    c.set_allow_from(&[
+        "10.244.2.0/28".parse().unwrap(),
+        "fd00:244:2::/80".parse().unwrap(),
+    ])
+    .unwrap();
+    let mut listed = c.allow_from().unwrap();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "10.244.2.0/28".parse().unwrap(),
+            "fd00:244:2::/80".parse().unwrap()
+        ]
+    );
+    assert!(
+        c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().passed(),
+        "a listed source from the underlay"
+    );
+    udp(&mut buf, "10.244.2.20", "10.244.1.12");
+    assert!(
+        c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().dropped(),
+        "the same node's pod outside the listed prefix"
+    );
+    udp(&mut buf, "fd00:244:2::5", "fd00:244:1::10");
+    assert!(
+        c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().passed(),
+        "IPv6, listed"
+    );
+    // The list lifts only the encryption rule: new TCP into a strict pod still needs Envoy.
+    packet::build(
+        &mut buf,
+        ip("10.244.2.10"),
+        ip("10.244.1.10"),
+        L4::Tcp,
+        (40000, 8080),
+        8,
+    );
+    let out = c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap();
+    assert!(out.dropped(), "listed source, new TCP into a strict pod");
+    // Emptied again (a diff: what is installed is what is asked).
+    c.set_allow_from(&[]).unwrap();
+    assert!(c.allow_from().unwrap().is_empty());
+    udp(&mut buf, "10.244.2.10", "10.244.1.12");
+    assert!(c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().dropped());
+}
+
+#[test]
+fn before_the_first_plan_no_new_tcp_gets_into_any_pod_but_the_envoys() {
+    let mut c = load();
+    let mut buf = Vec::new();
+    let syn = |buf: &mut Vec<u8>, src: &str, dst: &str| {
+        packet::build(buf, ip(src), ip(dst), L4::Tcp, (40000, 8080), 8);
+    };
+    // Ready (the plan is in the maps): a non-strict pod takes a same-node connection.
+    syn(&mut buf, "10.244.1.11", "10.244.1.12");
+    assert!(c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().passed());
+    // A fresh load: nothing known yet.
+    c.set_ready(false).unwrap();
+    assert!(!c.ready().unwrap());
+    let mut events = c.flow_events().expect("flow events");
+    while events.try_next().is_some() {}
+    for (src, dst, ingress, what) in [
+        ("10.244.1.11", "10.244.1.12", UNDERLAY, "a same-node pod"),
+        ("10.244.1.1", "10.244.1.10", LOCAL, "a node process"),
+        (
+            "10.244.2.10",
+            "10.244.1.12",
+            TUNNEL,
+            "a remote pod out of the tunnel",
+        ),
+        (
+            "fd00:244:1::1",
+            "fd00:244:1::10",
+            LOCAL,
+            "IPv6, a node process",
+        ),
+    ] {
+        syn(&mut buf, src, dst);
+        let before = c.counters().unwrap().get(Path::Drop).packets;
+        assert!(
+            c.test_run_to_pod(&buf, 0, ingress).unwrap().dropped(),
+            "{what}: new TCP refused before the first plan"
+        );
+        assert_eq!(c.counters().unwrap().get(Path::Drop).packets, before + 1);
+        let ev = events
+            .try_next()
+            .unwrap_or_else(|| panic!("{what}: an event"));
+        assert_eq!(ev.drop_reason, Some(DropReason::NotReady), "{what}: {ev:?}");
+    }
+    // The node's Envoy (mTLS already verified) and replies of the pods' own connections pass.
+    syn(&mut buf, "10.244.1.1", "10.244.1.10");
+    assert!(
+        c.test_run_to_pod(&buf, IDD_MARK_FROM_PROXY, LOCAL)
+            .unwrap()
+            .passed()
+    );
+    syn(&mut buf, "10.244.2.10", "10.244.1.12");
+    buf[14 + 20 + 13] = 0x12; // SYN-ACK: a reply
+    assert!(c.test_run_to_pod(&buf, 0, TUNNEL).unwrap().passed());
+    packet::build(
+        &mut buf,
+        ip("10.244.2.10"),
+        ip("10.244.1.12"),
+        L4::Udp,
+        (40000, 53),
+        8,
+    );
+    assert!(c.test_run_to_pod(&buf, 0, TUNNEL).unwrap().passed(), "UDP");
+    c.set_ready(true).unwrap();
+    syn(&mut buf, "10.244.1.11", "10.244.1.12");
+    assert!(c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().passed());
 }

@@ -129,6 +129,11 @@ pub struct Encryption {
     /// Also encrypt host-network (node-to-node) traffic. Not built: `true` is refused at start.
     #[serde(default)]
     pub node_encryption: bool,
+    /// Sources in remote pod CIDRs that ingress strict admits into local pods from outside the
+    /// tunnel (an explicit exception to the encryption rule; empty by default). New TCP into a
+    /// strict pod still needs the node's Envoy.
+    #[serde(default, rename = "allowFrom", skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 impl Default for Encryption {
@@ -137,6 +142,7 @@ impl Default for Encryption {
             mode: EncryptionMode::Wireguard,
             strict_mode: true,
             node_encryption: false,
+            allow_from: Vec::new(),
         }
     }
 }
@@ -673,6 +679,15 @@ impl DaemonConfig {
                 c.parse::<crate::model::Cidr>()
                     .map_err(|e| (format!("clusterCIDRs[{i}]"), c.clone(), e.to_string()))?;
             }
+            for (i, c) in self.encryption.allow_from.iter().enumerate() {
+                c.parse::<crate::model::Cidr>().map_err(|e| {
+                    (
+                        format!("encryption.allowFrom[{i}]"),
+                        c.clone(),
+                        e.to_string(),
+                    )
+                })?;
+            }
             if self.underlay_address.is_none() {
                 return Err((
                     "underlayAddress".into(),
@@ -860,6 +875,18 @@ mod tests {
                 .to_string()
                 .contains("etcd")
         );
+        let (_d, p) = write(&format!(
+            "{GOOD}encryption: {{ allowFrom: [10.244.2.0/28, 'fd00:244:2::/80'] }}\n"
+        ));
+        assert_eq!(
+            DaemonConfig::load(&p).unwrap().encryption.allow_from,
+            ["10.244.2.0/28", "fd00:244:2::/80"]
+        );
+        let (_d, p) = write(&format!(
+            "{GOOD}encryption: {{ allowFrom: [10.244.2.0/28, 10.244.2.1/24] }}\n"
+        ));
+        let e = DaemonConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("encryption.allowFrom[1]=10.244.2.1/24"), "{e}");
         let (_d, p) = write(&format!("{GOOD}bogus: 1\n"));
         assert!(
             DaemonConfig::load(&p)

@@ -355,24 +355,9 @@ impl Datapath {
             }
         }
         // Classifier: attach to new pod veths, then diff routes and workloads.
+        errors.extend(self.attach_pods(cfg));
+        let errors_before_maps = errors.len();
         if let Some(c) = self.classifier.as_mut() {
-            self.pod_ifaces = pod_interfaces(&cfg.pod_interface_prefix);
-            for iface in self.pod_ifaces.clone() {
-                if !self.attached.contains(&iface) {
-                    // Both directions: the path classifier on packets leaving the pod, ingress
-                    // strict on packets going into it.
-                    match c
-                        .attach(&iface, Direction::Ingress)
-                        .and_then(|()| c.attach_to_pod(&iface))
-                    {
-                        Ok(()) => {
-                            tracing::info!(iface, "classifier and ingress strict attached");
-                            self.attached.push(iface);
-                        }
-                        Err(e) => errors.push(format!("attach {iface}: {e}")),
-                    }
-                }
-            }
             // The tunnel packets from remote pods must arrive on (ingress strict).
             let tunnels: Vec<u32> = cfg
                 .wireguard
@@ -386,6 +371,17 @@ impl Datapath {
                         errors.push(format!("tunnel interfaces {tunnels:?}: {e}"));
                     }
                 }
+            }
+            // The explicit exceptions to ingress strict's encryption rule (validated with
+            // the config), diffed against the map.
+            let allow: Vec<Cidr> = cfg
+                .encryption
+                .allow_from
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            if let Err(e) = c.set_allow_from(&allow) {
+                errors.push(format!("encryption.allowFrom: {e}"));
             }
             // Diff against what the maps hold (pinned maps outlive the daemon, so after a
             // restart they hold the previous daemon's entries), not against memory.
@@ -465,6 +461,43 @@ impl Datapath {
             for (ip, port) in installed_probes.difference(&p.probe_ports) {
                 if let Err(e) = c.remove_probe_port(*ip, *port) {
                     errors.push(format!("removing probe port {ip}:{port}: {e}"));
+                }
+            }
+            // The maps hold this node's plan: new TCP into its pods is judged by it from now
+            // on (until then ingress strict refused all of it).
+            if errors.len() == errors_before_maps
+                && !c.ready().unwrap_or(false)
+                && let Err(e) = c.set_ready(true)
+            {
+                errors.push(format!("marking the classifier ready: {e}"));
+            }
+        }
+        errors
+    }
+
+    /// Attaches the path classifier and ingress strict to every pod veth not attached yet.
+    /// Called once right after the classifier is loaded (before any cluster state: ingress
+    /// strict then refuses new TCP into every pod until the first plan is in the maps) and
+    /// in every round.
+    fn attach_pods(&mut self, cfg: &DaemonConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        let Some(c) = self.classifier.as_mut() else {
+            return errors;
+        };
+        self.pod_ifaces = pod_interfaces(&cfg.pod_interface_prefix);
+        for iface in self.pod_ifaces.clone() {
+            if !self.attached.contains(&iface) {
+                // Both directions: the path classifier on packets leaving the pod, ingress
+                // strict on packets going into it.
+                match c
+                    .attach(&iface, Direction::Ingress)
+                    .and_then(|()| c.attach_to_pod(&iface))
+                {
+                    Ok(()) => {
+                        tracing::info!(iface, "classifier and ingress strict attached");
+                        self.attached.push(iface);
+                    }
+                    Err(e) => errors.push(format!("attach {iface}: {e}")),
                 }
             }
         }
@@ -935,6 +968,17 @@ fn ingress_strict_problem(
     let Some(c) = dp.classifier.as_ref() else {
         return Some("no classifier".to_owned());
     };
+    match c.ready() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Some(
+                "this node's first plan is not in the classifier yet (new TCP into every pod \
+                 is refused until it is)"
+                    .to_owned(),
+            );
+        }
+        Err(e) => return Some(format!("reading the classifier state: {e}")),
+    }
     let missing: Vec<String> = dp
         .pod_ifaces
         .iter()
@@ -1326,7 +1370,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             tracing::warn!(error = %e, "policy routing for the WireGuard mark");
         }
     }
-    let dp = Datapath {
+    let mut dp = Datapath {
         classifier,
         attached: Vec::new(),
         pod_ifaces: Vec::new(),
@@ -1334,6 +1378,18 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         wg_pid: None,
         wg_restarts: 0,
     };
+    // Guard the pods before any cluster state is applied: on a fresh load (first start,
+    // reboot) ingress strict refuses new TCP into all of them until the first plan is in the
+    // maps; a re-adopted pinned classifier keeps enforcing what the last daemon knew.
+    for e in dp.attach_pods(&cfg) {
+        tracing::warn!(error = %e, "attaching before the first plan");
+    }
+    if let Some(c) = &dp.classifier {
+        tracing::info!(
+            ready = c.ready().unwrap_or(false),
+            "classifier loaded and attached"
+        );
+    }
 
     let cfg = Arc::new(cfg);
     let status: SharedStatus = Arc::new(Mutex::new(NodeStatus::default()));

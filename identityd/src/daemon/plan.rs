@@ -330,6 +330,7 @@ mod tests {
                 mode,
                 strict_mode: true,
                 node_encryption: false,
+                allow_from: Vec::new(),
             },
             wireguard: Some(Wireguard {
                 interface: "idd1".into(),

@@ -117,6 +117,7 @@ fn main() {
             svid_ttl: None,
             report: identityd::daemon::config::ReportSettings::default(),
             telemetry: identityd::daemon::config::TelemetrySettings::default(),
+            startup_taint: String::new(),
         };
         let td = TrustDomain::new("cluster.local").expect("td");
         // Real SVIDs for this node's identities (as the CA role would issue them).

@@ -418,6 +418,71 @@ async fn node_pod_cidr_reads_the_node_object() {
     assert!(e.to_string().contains("reading Node n9"), "{e}");
 }
 
+#[tokio::test]
+async fn the_startup_taint_leaves_the_node_alone_with_its_other_taints_and_a_precondition() {
+    let api = FakeApi::start();
+    let mut tainted: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/kube/node-n1.json")).unwrap();
+    tainted["spec"]["taints"] = serde_json::json!([
+        {"key": "identityd.io/agent-not-ready", "effect": "NoSchedule"},
+        {"key": "gpu", "value": "a100", "effect": "NoSchedule"},
+    ]);
+    api.get("/api/v1/nodes/n1", &tainted.to_string());
+    api.get(
+        "/api/v1/nodes/n2",
+        include_str!("fixtures/kube/node-n1.json"),
+    );
+    let source = KubeSource::new(api.client(), KubeSourceOptions::default());
+    assert!(
+        source
+            .remove_node_taint("n1", "identityd.io/agent-not-ready")
+            .await
+            .unwrap()
+    );
+    let patches: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    let p = &patches[0];
+    assert_eq!(p.path, "/api/v1/nodes/n1");
+    assert_eq!(
+        p.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(
+        p.body,
+        serde_json::json!({
+            "metadata": {"resourceVersion": "5"},
+            "spec": {"taints": [{"key": "gpu", "value": "a100", "effect": "NoSchedule"}]},
+        }),
+        "only the startup taint goes, under the read resourceVersion"
+    );
+    // A Node without it: nothing to write.
+    api.clear_requests();
+    assert!(
+        !source
+            .remove_node_taint("n2", "identityd.io/agent-not-ready")
+            .await
+            .unwrap()
+    );
+    assert!(api.requests().iter().all(|r| r.method == "GET"));
+    // A refused write is an error naming the taint and the Node.
+    api.respond(
+        "/api/v1/nodes/n1",
+        403,
+        &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "forbidden", "reason": "Forbidden", "code": 403})
+        .to_string(),
+    );
+    let e = source
+        .remove_node_taint("n1", "identityd.io/agent-not-ready")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Node n1"), "{e}");
+}
+
 fn ready() -> Condition {
     Condition {
         type_: "Ready".into(),

@@ -268,7 +268,9 @@ fn default_render_has_the_documented_objects() {
             "Service/identityd-metrics",
             "ServiceAccount/identityd-ca",
             "ServiceAccount/identityd-node",
+            "ValidatingAdmissionPolicy/identityd-node-own-node",
             "ValidatingAdmissionPolicy/identityd-node-own-objects",
+            "ValidatingAdmissionPolicyBinding/identityd-node-own-node",
             "ValidatingAdmissionPolicyBinding/identityd-node-own-objects",
         ]
     );
@@ -534,6 +536,8 @@ fn rbac_is_least_privilege() {
     let mut want = triples(&[
         ("", &["namespaces", "pods", "services"], READ),
         ("", &["nodes"], READ),
+        // Its own Node's startup taint (the admission policy holds it to that).
+        ("", &["nodes"], &["patch"]),
         ("networking.k8s.io", &["ingresses"], READ),
         (
             "gateway.networking.k8s.io",
@@ -1286,6 +1290,22 @@ fn a_node_service_account_writes_only_its_own_nodes_objects() {
             admission_request(op, res, sub, name, user, *node)
         })
         .collect();
+    let verdicts = evaluate_policy(policy, &requests);
+    assert_eq!(verdicts.len(), cases.len());
+    for (c, v) in cases.iter().zip(&verdicts) {
+        assert_eq!(v["allowed"], c.6, "{}: {v}", c.7);
+    }
+    // The refusals are the policy's judgement, not a request it did not look at.
+    for (c, v) in cases.iter().zip(&verdicts) {
+        if !c.6 {
+            assert_eq!(v["matched"], true, "{}: {v}", c.7);
+        }
+    }
+}
+
+/// The verdicts of `policy` on `requests`, by an independent CEL implementation (cel-python,
+/// `tests/tests/vap_eval.py`), following the API server's admission rules.
+fn evaluate_policy(policy: &Value, requests: &[Value]) -> Vec<Value> {
     let input = serde_json::json!({"policy": policy, "requests": requests});
     let mut child = Command::new(tools::python())
         .arg(tools::workspace_root().join("tests/tests/vap_eval.py"))
@@ -1305,15 +1325,136 @@ fn a_node_service_account_writes_only_its_own_nodes_objects() {
         "vap_eval.py (cel-python) failed:\n{}",
         text(&out.stderr)
     );
-    let verdicts: Vec<Value> = serde_json::from_slice(&out.stdout).expect("verdicts");
-    assert_eq!(verdicts.len(), cases.len());
-    for (c, v) in cases.iter().zip(&verdicts) {
-        assert_eq!(v["allowed"], c.6, "{}: {v}", c.7);
-    }
-    // The refusals are the policy's judgement, not a request it did not look at.
-    for (c, v) in cases.iter().zip(&verdicts) {
-        if !c.6 {
-            assert_eq!(v["matched"], true, "{}: {v}", c.7);
+    serde_json::from_slice(&out.stdout).expect("verdicts")
+}
+
+#[test]
+fn a_node_service_account_only_takes_the_startup_taint_off_its_own_node() {
+    let node_sa = format!("system:serviceaccount:{NAMESPACE}:identityd-node");
+    // RBAC alone: one ClusterRole lets every node's ServiceAccount patch every Node.
+    let objs = objects(&render(&["--set", "admission.nodeObjectsPolicy=false"]));
+    assert!(can(
+        one(&objs, "ClusterRole", "identityd-node"),
+        "",
+        "nodes",
+        "patch"
+    ));
+    // No startup taint: neither the grant nor the policy.
+    let objs = objects(&render(&["--set", "node.startupTaint="]));
+    assert!(!can(
+        one(&objs, "ClusterRole", "identityd-node"),
+        "",
+        "nodes",
+        "patch"
+    ));
+    assert!(
+        all_of(&objs, "ValidatingAdmissionPolicy")
+            .iter()
+            .all(|p| name_of(p) != "identityd-node-own-node")
+    );
+    let cfg = daemon_config(&objs, "identityd-node-config");
+    assert_eq!(cfg["startupTaint"], "");
+
+    let objs = objects(&render(&[]));
+    assert_eq!(
+        daemon_config(&objs, "identityd-node-config")["startupTaint"],
+        "identityd.io/agent-not-ready"
+    );
+    let policy = one(
+        &objs,
+        "ValidatingAdmissionPolicy",
+        "identityd-node-own-node",
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let binding = one(
+        &objs,
+        "ValidatingAdmissionPolicyBinding",
+        "identityd-node-own-node",
+    );
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+    let taint = |key: &str| serde_json::json!({"key": key, "effect": "NoSchedule"});
+    let node = |taints: Vec<Value>, labels: Value, unschedulable: bool| {
+        let mut n = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "labels": labels},
+            "spec": {"podCIDR": "10.244.1.0/24", "taints": taints},
+        });
+        if unschedulable {
+            n["spec"]["unschedulable"] = true.into();
         }
+        n
+    };
+    let labels = serde_json::json!({"kubernetes.io/hostname": "n1"});
+    let old = node(
+        vec![taint("identityd.io/agent-not-ready"), taint("gpu")],
+        labels.clone(),
+        false,
+    );
+    let update = |name: &str, bound: Option<&str>, new: Value| {
+        let mut r = admission_request("UPDATE", "nodes", "", name, &node_sa, bound);
+        r["resource"]["group"] = "".into();
+        r["resource"]["version"] = "v1".into();
+        r["kind"] = serde_json::json!({"group": "", "version": "v1", "kind": "Node"});
+        r["object"] = new;
+        r["oldObject"] = old.clone();
+        r
+    };
+    let cases: Vec<(Value, bool, &str)> = vec![
+        (
+            update(
+                "n1",
+                Some("n1"),
+                node(vec![taint("gpu")], labels.clone(), false),
+            ),
+            true,
+            "n1 takes the startup taint off its own Node",
+        ),
+        (
+            update(
+                "n2",
+                Some("n1"),
+                node(vec![taint("gpu")], labels.clone(), false),
+            ),
+            false,
+            "n1 changes n2's Node",
+        ),
+        (
+            update("n1", Some("n1"), node(vec![], labels.clone(), false)),
+            false,
+            "n1 removes another taint too",
+        ),
+        (
+            update(
+                "n1",
+                Some("n1"),
+                node(
+                    vec![taint("gpu")],
+                    serde_json::json!({"kubernetes.io/hostname": "n1", "node-role.kubernetes.io/control-plane": ""}),
+                    false,
+                ),
+            ),
+            false,
+            "n1 adds a label to its Node",
+        ),
+        (
+            update(
+                "n1",
+                Some("n1"),
+                node(vec![taint("gpu")], labels.clone(), true),
+            ),
+            false,
+            "n1 cordons its Node",
+        ),
+        (
+            update("n1", None, node(vec![taint("gpu")], labels.clone(), false)),
+            false,
+            "a token bound to no node",
+        ),
+    ];
+    let requests: Vec<Value> = cases.iter().map(|c| c.0.clone()).collect();
+    let verdicts = evaluate_policy(policy, &requests);
+    for (c, v) in cases.iter().zip(&verdicts) {
+        assert_eq!(v["allowed"], c.1, "{}: {v}", c.2);
+        assert_eq!(v["matched"], true, "{}: {v}", c.2);
     }
 }

@@ -2,6 +2,7 @@
 with an independent CEL implementation (cel-python), for tests that have no kube-apiserver.
 
 stdin: {"policy": <ValidatingAdmissionPolicy>, "requests": [<AdmissionRequest>...]}
+(an AdmissionRequest may carry "object" and "oldObject")
 stdout: one verdict per request: {"matched": bool, "allowed": bool, "why": str}
 
 Rules followed (admissionregistration.k8s.io/v1): a request is judged only if it matches
@@ -20,8 +21,14 @@ def compile_all(env, exprs):
 
 
 def evaluate(prog, request):
+    # The API server binds `object` and `oldObject` (null where the operation has none).
+    activation = {
+        "request": celpy.json_to_cel(request),
+        "object": celpy.json_to_cel(request.get("object")),
+        "oldObject": celpy.json_to_cel(request.get("oldObject")),
+    }
     try:
-        return bool(prog.evaluate({"request": celpy.json_to_cel(request)})), None
+        return bool(prog.evaluate(activation)), None
     except Exception as e:  # celpy raises CELEvalError and friends
         return None, f"{type(e).__name__}: {e}"
 

@@ -366,6 +366,19 @@ pub struct DaemonConfig {
     /// Role node: request telemetry from the node's Envoy.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// Role node, `clusterSource: kube`: the taint this node's `Node` is registered with (the
+    /// agent-not-ready pattern: kubelet `--register-with-taints=KEY=:NoSchedule`), removed once
+    /// the node's first plan is in the classifier, so pods are not scheduled onto a node whose
+    /// pods nothing guards yet. Empty: none.
+    #[serde(default = "default_startup_taint")]
+    pub startup_taint: String,
+}
+
+/// The default [`DaemonConfig::startup_taint`].
+pub const DEFAULT_STARTUP_TAINT: &str = "identityd.io/agent-not-ready";
+
+fn default_startup_taint() -> String {
+    DEFAULT_STARTUP_TAINT.to_owned()
 }
 
 /// `telemetry:` of a node.

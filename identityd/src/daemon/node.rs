@@ -682,7 +682,14 @@ struct DatapathTask {
     /// The mesh task's reports (the trust bundle roots Envoy acknowledged, published in the
     /// object for a CA rollover); absent without a CA.
     mesh: Option<watch::Receiver<Arc<MeshReport>>>,
+    /// The startup taint is off this node's `Node` (or there is none to remove).
+    startup_taint_done: bool,
+    /// No new attempt to remove it before then (after a failure).
+    startup_taint_retry: Option<tokio::time::Instant>,
 }
+
+/// How long after a failed removal of the startup taint the next attempt waits.
+const STARTUP_TAINT_RETRY: Duration = Duration::from_secs(10);
 
 /// How long a withdrawn next key keeps answering after it was unpublished: peers learn it
 /// from the object (the source, their daemon's round, their device's reload) and send on their
@@ -820,6 +827,37 @@ impl DatapathTask {
             && let (Some(addr), Some(w)) = (cfg.tunnel_address, &cfg.wireguard)
         {
             self.tunnel_addr_done = ensure_tunnel_address(&w.interface, addr);
+        }
+        // The node's pods are guarded by this node's plan: pods may now be scheduled here
+        // (the agent-not-ready pattern; a no-op for stores without taints).
+        if !self.startup_taint_done
+            && errors.is_empty()
+            && self
+                .startup_taint_retry
+                .is_none_or(|t| tokio::time::Instant::now() >= t)
+            && self
+                .dp
+                .classifier
+                .as_ref()
+                .is_some_and(|c| c.ready().unwrap_or(false))
+        {
+            match self
+                .source
+                .remove_node_taint(&cfg.name, &cfg.startup_taint)
+                .await
+            {
+                Ok(removed) => {
+                    if removed {
+                        tracing::info!(taint = %cfg.startup_taint, "startup taint removed");
+                    }
+                    self.startup_taint_done = true;
+                }
+                Err(e) => {
+                    self.startup_taint_retry =
+                        Some(tokio::time::Instant::now() + STARTUP_TAINT_RETRY);
+                    errors.push(format!("startup taint {}: {e}", cfg.startup_taint));
+                }
+            }
         }
         let ingress_strict_problem = ingress_strict_problem(&cfg, &self.dp, &p.cluster_cidrs);
         DatapathReport {
@@ -1454,6 +1492,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         withdrawn_until: None,
         retired_until,
         mesh: mesh_rx.clone(),
+        startup_taint_done: cfg.startup_taint.is_empty(),
+        startup_taint_retry: None,
     };
     let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
 

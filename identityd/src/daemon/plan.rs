@@ -351,6 +351,7 @@ mod tests {
             svid_ttl: None,
             report: crate::daemon::config::ReportSettings::default(),
             telemetry: crate::daemon::config::TelemetrySettings::default(),
+            startup_taint: String::new(),
         }
     }
 

@@ -490,6 +490,38 @@ impl KubeSource {
             .map_err(|e| kube_err(format!("reading Node {name}"), e))?;
         Ok(node.spec.and_then(|s| s.pod_cidr))
     }
+
+    /// Removes the taint `key` from Node `name`: a JSON merge patch of `spec.taints` without
+    /// it, carrying the Node's `metadata.resourceVersion` (the API server refuses the patch
+    /// with a conflict if the Node changed since it was read, so no other taint is lost).
+    /// Returns whether the taint was there.
+    ///
+    /// # Errors
+    /// The Node cannot be read or the patch is refused.
+    pub async fn remove_node_taint(&self, name: &str, key: &str) -> Result<bool, SourceError> {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let node = api
+            .get(name)
+            .await
+            .map_err(|e| kube_err(format!("reading Node {name}"), e))?;
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        if !taints.iter().any(|t| t.key == key) {
+            return Ok(false);
+        }
+        let kept: Vec<_> = taints.into_iter().filter(|t| t.key != key).collect();
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "spec": {"taints": kept},
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| kube_err(format!("removing taint {key} from Node {name}"), e))?;
+        Ok(true)
+    }
 }
 
 /// The server-side apply body of `object`: identity (apiVersion, kind, name, namespace), plus
@@ -592,6 +624,14 @@ impl super::ClusterSource for KubeSource {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, SourceError>> {
         Box::pin(KubeSource::node_pod_cidr(self, name))
+    }
+
+    fn remove_node_taint<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, SourceError>> {
+        Box::pin(KubeSource::remove_node_taint(self, name, key))
     }
 
     fn write_report<'a>(

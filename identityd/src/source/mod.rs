@@ -100,6 +100,21 @@ pub trait ClusterSource: fmt::Debug + Send + Sync + 'static {
         let _ = name;
         Box::pin(async { Ok(None) })
     }
+
+    /// Removes the taint `key` from node `name` (Kubernetes: the Node's `spec.taints`, with its
+    /// resourceVersion as a precondition, every other taint and field untouched). Returns
+    /// whether there was one. Stores without taints (the FileSource) have nothing to remove.
+    ///
+    /// # Errors
+    /// The store cannot be read or refuses the write.
+    fn remove_node_taint<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, SourceError>> {
+        let _ = (name, key);
+        Box::pin(async { Ok(false) })
+    }
 }
 
 impl dyn ClusterSource {

@@ -1336,42 +1336,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     drop(key);
     tracing::info!(node = %cfg.name, public_key, ?origin, "node key ready");
 
-    let source = crate::source::open(&cfg.source_spec()).await?;
-    if cfg.pod_cidr.is_none() {
-        // clusterSource: kube without podCIDR: the Node object's spec.podCIDR.
-        cfg.pod_cidr = source.node_pod_cidr(&cfg.name).await?;
-        if cfg.pod_cidr.is_none() {
-            return Err(NodeError::NoPodCidr {
-                node: cfg.name.clone(),
-            });
-        }
-    }
-    // Publish this node (with the next key of a rotation it is in the middle of: the device
-    // still answers on it).
-    let files = RotationFiles::new(&cfg.state_dir);
-    let record = files.load(&public_key);
-    let mut node = IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &public_key));
-    if let (Some(w), Some(r)) = (node.spec.wireguard.as_mut(), &record)
-        && r.active()
-        && files.next_key.exists()
-    {
-        w.next_public_key = Some(r.next_public_key.clone());
-    }
-    if let Some(r) = &record {
-        node.status = Some(crate::model::IdentitydNodeStatus {
-            observed_generation: None,
-            conditions: vec![rotation::record_condition(r, &rotation::now_rfc3339())],
-            ..Default::default()
-        });
-    }
-    source
-        .apply(&Object::IdentitydNode(node))
-        .await
-        .map_err(|source| NodeError::Publish {
-            node: cfg.name.clone(),
-            source,
-        })?;
-
+    // The classifier first, before the cluster source is even opened (an API server that
+    // does not answer must not leave the pods unguarded).
     let classifier = {
         let ccfg = ClassifierConfig {
             strict: cfg.encryption.strict_mode,
@@ -1428,6 +1394,42 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
             "classifier loaded and attached"
         );
     }
+
+    let source = crate::source::open(&cfg.source_spec()).await?;
+    if cfg.pod_cidr.is_none() {
+        // clusterSource: kube without podCIDR: the Node object's spec.podCIDR.
+        cfg.pod_cidr = source.node_pod_cidr(&cfg.name).await?;
+        if cfg.pod_cidr.is_none() {
+            return Err(NodeError::NoPodCidr {
+                node: cfg.name.clone(),
+            });
+        }
+    }
+    // Publish this node (with the next key of a rotation it is in the middle of: the device
+    // still answers on it).
+    let files = RotationFiles::new(&cfg.state_dir);
+    let record = files.load(&public_key);
+    let mut node = IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &public_key));
+    if let (Some(w), Some(r)) = (node.spec.wireguard.as_mut(), &record)
+        && r.active()
+        && files.next_key.exists()
+    {
+        w.next_public_key = Some(r.next_public_key.clone());
+    }
+    if let Some(r) = &record {
+        node.status = Some(crate::model::IdentitydNodeStatus {
+            observed_generation: None,
+            conditions: vec![rotation::record_condition(r, &rotation::now_rfc3339())],
+            ..Default::default()
+        });
+    }
+    source
+        .apply(&Object::IdentitydNode(node))
+        .await
+        .map_err(|source| NodeError::Publish {
+            node: cfg.name.clone(),
+            source,
+        })?;
 
     let cfg = Arc::new(cfg);
     let status: SharedStatus = Arc::new(Mutex::new(NodeStatus::default()));

@@ -346,8 +346,17 @@ pub fn plan(node: &NodeSpec, peers: &[PeerSpec]) -> Result<DesiredConfig, PlanEr
             },
         );
     }
+    // A cluster CIDR that lies inside this node's own pod CIDR (a Node object's allocation of
+    // this very node) is not routed into the tunnel: it would replace the route to the local
+    // pods. Wider cluster CIDRs are, and the local pod CIDR's more specific route wins.
     for c in &node.cluster_cidrs {
-        out.routes.insert(*c);
+        let local = node
+            .local_cidrs
+            .iter()
+            .any(|l| l.contains(c.addr()) && l.prefix() <= c.prefix());
+        if !local {
+            out.routes.insert(*c);
+        }
     }
     Ok(out)
 }
@@ -454,6 +463,28 @@ mod tests {
             keepalive: None,
             next_public_key: None,
         }
+    }
+
+    #[test]
+    fn a_cluster_cidr_inside_this_nodes_own_pod_cidr_is_not_routed_into_the_tunnel() {
+        // Cluster CIDRs learned from Node objects include this node's own allocation.
+        let mut n = node();
+        n.cluster_cidrs = [
+            "10.244.0.0/16",
+            "10.244.1.0/24",
+            "10.244.1.128/25",
+            "10.244.7.0/24",
+        ]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+        let d = plan(&n, &[peer(2)]).unwrap();
+        let routes: Vec<String> = d.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            routes,
+            ["10.244.0.0/16", "10.244.2.0/24", "10.244.7.0/24"],
+            "the local /24 and its /25 stay on the node's own pod routes"
+        );
     }
 
     #[test]

@@ -212,7 +212,17 @@ impl ClusterState {
             Object::IdentitydNode(o) => drop(self.nodes.insert(k.name, o)),
             Object::KeyRotation(o) => drop(self.key_rotations.insert(k.name, o)),
             Object::Namespace(o) => drop(self.namespaces.insert(k.name, o)),
-            Object::Node(o) => drop(self.node_objects.insert(k.name, o)),
+            // Only a Node's pod CIDRs are used: its metadata (resourceVersion, labels,
+            // annotations), which changes with every status heartbeat of the kubelet, is not
+            // kept, so a Node update that leaves the pod CIDRs alone is no new snapshot on
+            // every node of the cluster.
+            Object::Node(mut o) => {
+                o.metadata = super::meta::ObjectMeta {
+                    creation_timestamp: o.metadata.creation_timestamp.take(),
+                    ..super::meta::ObjectMeta::cluster(std::mem::take(&mut o.metadata.name))
+                };
+                drop(self.node_objects.insert(k.name, o));
+            }
             Object::TrafficPolicy(o) => drop(self.traffic_policies.insert(k, o)),
             Object::AuthorizationPolicy(o) => drop(self.authorization_policies.insert(k, o)),
             Object::Pod(o) => drop(self.pods.insert(k, o)),

@@ -825,3 +825,28 @@ fn lab_cluster_fixture_loads_and_answers_the_reconciler_queries() {
     let zone = std::collections::BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
     assert_eq!(s.nodes_matching(&zone).count(), 0);
 }
+
+#[test]
+fn a_node_update_that_keeps_its_pod_cidrs_is_the_same_content() {
+    use crate::model::Node;
+    let mut a = Node::new("n1", &["10.244.1.0/24"]);
+    a.metadata.resource_version = Some("100".into());
+    a.metadata
+        .annotations
+        .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
+    let mut b = a.clone();
+    b.metadata.resource_version = Some("101".into());
+    b.metadata
+        .labels
+        .insert("topology.kubernetes.io/zone".into(), "b".into());
+    let sa = ClusterState::from_objects(1, [Object::Node(a.clone())]);
+    let sb = ClusterState::from_objects(2, [Object::Node(b)]);
+    assert!(
+        sa.same_content(&sb),
+        "a kubelet heartbeat is no new snapshot"
+    );
+    let mut c = a;
+    c.spec.pod_cidrs.push("fd00:10:244:1::/64".into());
+    let sc = ClusterState::from_objects(3, [Object::Node(c)]);
+    assert!(!sa.same_content(&sc), "a new pod CIDR is");
+}

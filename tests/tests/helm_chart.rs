@@ -1136,19 +1136,7 @@ fn a_node_service_account_writes_only_its_own_nodes_objects() {
     );
 
     let objs = objects(&render(&[]));
-    let policy = one(
-        &objs,
-        "ValidatingAdmissionPolicy",
-        "identityd-node-own-objects",
-    );
-    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
-    let binding = one(
-        &objs,
-        "ValidatingAdmissionPolicyBinding",
-        "identityd-node-own-objects",
-    );
-    assert_eq!(binding["spec"]["policyName"], "identityd-node-own-objects");
-    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+    let policy = enforced_policy(&objs, "identityd-node-own-objects");
 
     // (operation, resource, subresource, name, user, bound node, allowed?, what)
     type Case<'a> = (
@@ -1303,6 +1291,21 @@ fn a_node_service_account_writes_only_its_own_nodes_objects() {
     }
 }
 
+/// The ValidatingAdmissionPolicy `name`, after checking that it fails closed and that its
+/// binding of the same name enforces it (`Deny`).
+fn enforced_policy<'a>(objs: &'a [Value], name: &str) -> &'a Value {
+    let policy = one(objs, "ValidatingAdmissionPolicy", name);
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail", "{name}");
+    let binding = one(objs, "ValidatingAdmissionPolicyBinding", name);
+    assert_eq!(binding["spec"]["policyName"], name);
+    assert_eq!(
+        strings(&binding["spec"]["validationActions"]),
+        ["Deny"],
+        "{name}"
+    );
+    policy
+}
+
 /// The verdicts of `policy` on `requests`, by an independent CEL implementation (cel-python,
 /// `tests/tests/vap_eval.py`), following the API server's admission rules.
 fn evaluate_policy(policy: &Value, requests: &[Value]) -> Vec<Value> {
@@ -1360,18 +1363,7 @@ fn a_node_service_account_only_takes_the_startup_taint_off_its_own_node() {
         daemon_config(&objs, "identityd-node-config")["startupTaint"],
         "identityd.io/agent-not-ready"
     );
-    let policy = one(
-        &objs,
-        "ValidatingAdmissionPolicy",
-        "identityd-node-own-node",
-    );
-    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
-    let binding = one(
-        &objs,
-        "ValidatingAdmissionPolicyBinding",
-        "identityd-node-own-node",
-    );
-    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+    let policy = enforced_policy(&objs, "identityd-node-own-node");
     let taint = |key: &str| serde_json::json!({"key": key, "effect": "NoSchedule"});
     let node = |taints: Vec<Value>, labels: Value, unschedulable: bool| {
         let mut n = serde_json::json!({

@@ -51,6 +51,11 @@ fn load() -> Classifier {
     c
 }
 
+/// A DNS-sized UDP datagram from `src` to `dst` into `buf`.
+fn udp(buf: &mut Vec<u8>, src: &str, dst: &str) {
+    packet::build(buf, ip(src), ip(dst), L4::Udp, (40000, 53), 8);
+}
+
 #[derive(Clone, Copy)]
 enum Tcp {
     Syn,
@@ -323,14 +328,7 @@ fn without_a_known_tunnel_remote_pods_get_in_from_nowhere() {
     let mut c = load();
     c.set_tunnels(&[]).unwrap();
     let mut buf = Vec::new();
-    packet::build(
-        &mut buf,
-        ip("10.244.2.10"),
-        ip("10.244.1.12"),
-        L4::Udp,
-        (40000, 53),
-        8,
-    );
+    udp(&mut buf, "10.244.2.10", "10.244.1.12");
     for ingress in [TUNNEL, UNDERLAY] {
         assert!(c.test_run_to_pod(&buf, 0, ingress).unwrap().dropped());
     }
@@ -379,9 +377,6 @@ fn only_an_explicit_allow_list_admits_remote_pod_sources_from_the_underlay() {
     let mut c = load();
     assert!(c.allow_from().unwrap().is_empty(), "empty by default");
     let mut buf = Vec::new();
-    let udp = |buf: &mut Vec<u8>, src: &str, dst: &str| {
-        packet::build(buf, ip(src), ip(dst), L4::Udp, (40000, 53), 8);
-    };
     // Without the list: refused from the underlay (the attack the list opens on purpose).
     udp(&mut buf, "10.244.2.10", "10.244.1.12");
     assert!(c.test_run_to_pod(&buf, 0, UNDERLAY).unwrap().dropped());
@@ -484,14 +479,7 @@ fn before_the_first_plan_no_new_tcp_gets_into_any_pod_but_the_envoys() {
     syn(&mut buf, "10.244.2.10", "10.244.1.12");
     buf[14 + 20 + 13] = 0x12; // SYN-ACK: a reply
     assert!(c.test_run_to_pod(&buf, 0, TUNNEL).unwrap().passed());
-    packet::build(
-        &mut buf,
-        ip("10.244.2.10"),
-        ip("10.244.1.12"),
-        L4::Udp,
-        (40000, 53),
-        8,
-    );
+    udp(&mut buf, "10.244.2.10", "10.244.1.12");
     assert!(c.test_run_to_pod(&buf, 0, TUNNEL).unwrap().passed(), "UDP");
     c.set_ready(true).unwrap();
     syn(&mut buf, "10.244.1.11", "10.244.1.12");

@@ -10,6 +10,7 @@ pub mod image;
 pub mod netns;
 pub mod reports;
 pub mod tools;
+pub mod vm;
 
 /// Panics with a clear message unless the test runs as root (CI does).
 pub fn require_root() {

@@ -249,3 +249,21 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&d).expect("a temporary HOME for helm");
     d
 }
+
+/// `qemu-system-x86_64` (Debian's `qemu-system-x86`; the VM test bed, TCG).
+#[must_use]
+pub fn qemu_system() -> PathBuf {
+    system("qemu-system-x86_64", "qemu-system-x86")
+}
+
+/// A statically linked `busybox` (Debian's `busybox-static`; the VM test bed's initramfs).
+#[must_use]
+pub fn busybox_static() -> PathBuf {
+    system("busybox", "busybox-static")
+}
+
+/// `modprobe` from kmod (the VM test bed's guest loads the stock kernel's modules with it).
+#[must_use]
+pub fn modprobe() -> PathBuf {
+    system("modprobe", "kmod")
+}

@@ -1,0 +1,376 @@
+//! Kernel-only tests, run inside the VM test bed (Debian's stock kernel under QEMU), in one
+//! boot for the whole file.
+//!
+//! The host-side test `kernel_tests_run_in_one_vm_boot` boots the bed once and runs this same
+//! test binary inside it with `--ignored`: every `guest_*` test below is `#[ignore]` on the
+//! host (nextest shows them as skipped there, with the reason) and runs for real in the guest.
+//! The host test fails unless every one of them ran and passed inside, so a guest test cannot
+//! silently not run. Run on a host that is not the bed, a guest test fails at once.
+
+mod wg_support;
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use identityd_tests::netns::Topology;
+use identityd_tests::tools;
+use identityd_tests::vm::{IN_VM_ENV, VmBed, VmRun};
+
+/// The guest tests of this file, as libtest lists them on the host.
+fn guest_tests() -> Vec<String> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new(&exe)
+        .args(["--list", "--ignored"])
+        .output()
+        .expect("list this binary's ignored tests");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn kernel_tests_run_in_one_vm_boot() {
+    identityd_tests::require_root();
+    let bed = VmBed::discover();
+    let expected = guest_tests();
+    assert!(
+        expected.len() >= 3 && expected.iter().all(|t| t.starts_with("guest_")),
+        "the guest tests of this file: {expected:?}"
+    );
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut run = VmRun::new(
+        vec![
+            exe.to_string_lossy().into_owned(),
+            "--ignored".into(),
+            "--test-threads=1".into(),
+            "--nocapture".into(),
+        ],
+        tools::workspace_root(),
+    );
+    // The identityd-wg binary the guest tests run, found here where cargo put it.
+    run.env.push((
+        "IDENTITYD_WG_BIN".into(),
+        wg_support::wg_bin().to_string_lossy().into_owned(),
+    ));
+    run.timeout = Duration::from_secs(900);
+    let o = bed.boot(&run).expect("boot the VM test bed");
+    eprintln!(
+        "[vm bed] kernel {}: boot {:.1} s (guest uptime when the tests started), whole run {:.1} s",
+        bed.release(),
+        o.boot_secs.unwrap_or(f64::NAN),
+        o.wall.as_secs_f64()
+    );
+    eprintln!("[vm bed] guest stdout:\n{}", o.stdout);
+    assert_eq!(
+        o.status,
+        Some(0),
+        "the guest tests failed or did not finish.\nstderr:\n{}\nconsole (tail):\n{}",
+        o.stderr,
+        o.console_tail(40)
+    );
+    let summary = format!(
+        "test result: ok. {} passed; 0 failed; 0 ignored",
+        expected.len()
+    );
+    assert!(
+        o.stdout.contains(&summary),
+        "every guest test must run and pass inside the bed (want `{summary}`)"
+    );
+    for t in &expected {
+        assert!(
+            o.stdout.contains(&format!("test {t} ... ok")),
+            "{t} did not pass inside the bed"
+        );
+    }
+}
+
+/// Panics unless this process runs inside the bed on the stock kernel.
+fn in_guest() {
+    let release = std::env::var(IN_VM_ENV).unwrap_or_else(|_| {
+        panic!("guest tests run inside the VM test bed only (kernel_tests_run_in_one_vm_boot)")
+    });
+    let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(uname.trim(), release, "the guest runs the bed's kernel");
+}
+
+/// `/proc/net/xfrm_stat` of namespace `ns`, as (name, value).
+fn xfrm_stat(ns: &str) -> Vec<(String, u64)> {
+    let out = Command::new(tools::ip())
+        .args(["netns", "exec", ns, "cat", "/proc/net/xfrm_stat"])
+        .output()
+        .expect("read xfrm_stat");
+    assert!(out.status.success(), "xfrm_stat: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn stat(stats: &[(String, u64)], name: &str) -> u64 {
+    stats
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{name} not in xfrm_stat: {stats:?}"))
+        .1
+}
+
+/// A tcpdump of interface `ifc` in namespace `ns`.
+struct Capture {
+    idx: usize,
+    pid: i32,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(t: &mut Topology, ns: &str, ifc: &str, path: std::path::PathBuf) -> Self {
+        let idx = t.spawn(
+            ns,
+            &[
+                tools::tcpdump().to_str().unwrap(),
+                "-i",
+                ifc,
+                "--immediate-mode",
+                "-n",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+                path.to_str().unwrap(),
+            ],
+        );
+        let pid = i32::try_from(t.child(idx).id()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).map_or(0, |m| m.len()) < 24 {
+            assert!(Instant::now() < deadline, "tcpdump did not start capturing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Self { idx, pid, path }
+    }
+
+    fn stop(self, t: &mut Topology) -> (Vec<u8>, Vec<wg_support::Packet>) {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.pid, libc::SIGINT);
+        }
+        let _ = t.child(self.idx).wait();
+        let raw = std::fs::read(&self.path).expect("read capture");
+        let pkts = wg_support::parse_pcap(&raw);
+        (raw, pkts)
+    }
+}
+
+/// Sends `payload` from namespace `from` to `to:port` and reports whether namespace `at`
+/// received it on that port within `wait`.
+fn udp_delivered(
+    t: &Topology,
+    from: &str,
+    at: &str,
+    to: &str,
+    port: u16,
+    payload: &[u8],
+    wait: Duration,
+) -> bool {
+    let sock = t.run_in(at, || {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind the receiver");
+        s.set_read_timeout(Some(wait)).unwrap();
+        s
+    });
+    t.run_in(from, || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(payload, (to, port)).expect("send");
+    });
+    let mut buf = [0u8; 2048];
+    matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == payload)
+}
+
+const A: &str = "10.98.0.1";
+const B: &str = "10.98.0.2";
+
+/// `ip xfrm` in `ns` (test setup only: the datapath itself will use netlink).
+fn xfrm(t: &Topology, ns: &str, args: &str) {
+    let mut argv = vec!["ip", "xfrm"];
+    argv.extend(args.split_whitespace());
+    t.exec(ns, &argv);
+}
+
+/// Transport-mode ESP with AES-GCM-128 (rfc4106) between A and B, one SA per direction, and
+/// policies that require it both ways (`level required` on out and in).
+fn install_esp(t: &Topology, a: &str, b: &str) {
+    let key_ab = "0x0102030405060708090a0b0c0d0e0f1011121314";
+    let key_ba = "0x2122232425262728292a2b2c2d2e2f3031323334";
+    for ns in [a, b] {
+        xfrm(
+            t,
+            ns,
+            &format!(
+                "state add src {A} dst {B} proto esp spi 0x1001 reqid 1 mode transport replay-window 128 flag esn aead rfc4106(gcm(aes)) {key_ab} 128"
+            ),
+        );
+        xfrm(
+            t,
+            ns,
+            &format!(
+                "state add src {B} dst {A} proto esp spi 0x2001 reqid 2 mode transport replay-window 128 flag esn aead rfc4106(gcm(aes)) {key_ba} 128"
+            ),
+        );
+    }
+    let pol = |src: &str, dst: &str, dir: &str, reqid: u8| {
+        format!(
+            "policy add src {src}/32 dst {dst}/32 dir {dir} tmpl src {src} dst {dst} proto esp reqid {reqid} mode transport level required"
+        )
+    };
+    xfrm(t, a, &pol(A, B, "out", 1));
+    xfrm(t, b, &pol(A, B, "in", 1));
+    xfrm(t, b, &pol(B, A, "out", 2));
+    xfrm(t, a, &pol(B, A, "in", 2));
+}
+
+#[test]
+#[ignore = "kernel-only: runs inside the VM test bed (see kernel_tests_run_in_one_vm_boot)"]
+fn guest_esp_between_two_nodes_carries_no_clear_text_and_refuses_clear_text() {
+    in_guest();
+    let mut t = Topology::new("esp");
+    let a = t.add_ns("a");
+    let b = t.add_ns("b");
+    let (_ia, ib) = t.link(&a, Some(&format!("{A}/24")), &b, Some(&format!("{B}/24")));
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"IDENTITYD-ESP-MARKER-7c1f";
+
+    // Without XFRM the capture sees the marker: the check below can fail.
+    let cap = Capture::start(&mut t, &b, &ib, dir.path().join("clear.pcap"));
+    assert!(
+        udp_delivered(&t, &a, &b, B, 7001, marker, Duration::from_secs(5)),
+        "plaintext baseline delivered"
+    );
+    let (raw, _) = cap.stop(&mut t);
+    assert!(
+        wg_support::contains(&raw, marker),
+        "without ESP the marker is on the wire (the capture works)"
+    );
+
+    install_esp(&t, &a, &b);
+    let before = xfrm_stat(&b);
+    let cap = Capture::start(&mut t, &b, &ib, dir.path().join("esp.pcap"));
+    for i in 0..20 {
+        assert!(
+            udp_delivered(&t, &a, &b, B, 7002, marker, Duration::from_secs(5)),
+            "datagram {i} crosses the ESP SA"
+        );
+    }
+    let (raw, pkts) = cap.stop(&mut t);
+    assert!(
+        !wg_support::contains(&raw, marker),
+        "with ESP the marker never appears in clear"
+    );
+    let esp = pkts
+        .iter()
+        .filter_map(wg_support::Packet::ipv4)
+        .filter(|p| p.2 == 50)
+        .count();
+    let other_udp = pkts
+        .iter()
+        .filter_map(wg_support::Packet::ipv4)
+        .filter(|p| p.2 == 17)
+        .count();
+    assert!(esp >= 20, "ESP packets between the nodes: {esp}");
+    assert_eq!(other_udp, 0, "no UDP outside ESP");
+    let after = xfrm_stat(&b);
+    for s in [
+        "XfrmInNoStates",
+        "XfrmInStateProtoError",
+        "XfrmInStateSeqError",
+        "XfrmInStateInvalid",
+    ] {
+        assert_eq!(
+            stat(&after, s),
+            stat(&before, s),
+            "{s} stays 0 on the receiver"
+        );
+    }
+    let crypto = std::fs::read_to_string("/proc/crypto").unwrap();
+    assert!(
+        crypto.contains("rfc4106(gcm(aes))"),
+        "the kernel's GCM ESP transform is in use"
+    );
+
+    // Inbound strict: with A's outbound policy gone, A sends in clear and B's `in` policy
+    // (level required) drops it and counts it.
+    let before = xfrm_stat(&b);
+    xfrm(
+        &t,
+        &a,
+        &format!("policy delete src {A}/32 dst {B}/32 dir out"),
+    );
+    assert!(
+        !udp_delivered(&t, &a, &b, B, 7003, marker, Duration::from_secs(2)),
+        "plaintext from the peer is refused where ESP is required"
+    );
+    let after = xfrm_stat(&b);
+    assert!(
+        stat(&after, "XfrmInTmplMismatch") > stat(&before, "XfrmInTmplMismatch")
+            || stat(&after, "XfrmInNoPols") > stat(&before, "XfrmInNoPols"),
+        "the refusal is counted: before {before:?} after {after:?}"
+    );
+}
+
+#[test]
+#[ignore = "kernel-only: runs inside the VM test bed (see kernel_tests_run_in_one_vm_boot)"]
+fn guest_kernel_wireguard_is_detected_as_available() {
+    in_guest();
+    let bin = wg_support::wg_bin();
+    let mut t = Topology::new("wgkmod");
+    let ns = t.add_ns("a");
+    let out = t.try_exec(&ns, &[bin.to_str().unwrap(), "kernel-check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("available"),
+        "the stock kernel has the module (loaded on demand by the kernel's modprobe): {out:?}"
+    );
+    assert!(
+        std::path::Path::new("/sys/module/wireguard").exists(),
+        "the module was autoloaded"
+    );
+}
+
+#[test]
+#[ignore = "kernel-only: runs inside the VM test bed (see kernel_tests_run_in_one_vm_boot)"]
+fn guest_stock_kernel_offers_what_the_host_lacks() {
+    in_guest();
+    let modprobe = |m: &str| {
+        let out = Command::new("modprobe").arg(m).output().expect("modprobe");
+        assert!(out.status.success(), "modprobe {m}: {out:?}");
+    };
+    for m in [
+        "esp4",
+        "esp6",
+        "xfrm_user",
+        "wireguard",
+        "tun",
+        "veth",
+        "nf_tables",
+    ] {
+        modprobe(m);
+        assert!(
+            std::path::Path::new("/sys/module").join(m).exists(),
+            "{m} is loaded"
+        );
+    }
+    let out = Command::new(tools::bpftool())
+        .args(["feature", "probe", "kernel"])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("eBPF program_type sched_cls is available"),
+        "tc BPF programs load on the guest kernel: {text}"
+    );
+}

@@ -374,3 +374,255 @@ fn guest_stock_kernel_offers_what_the_host_lacks() {
         "tc BPF programs load on the guest kernel: {text}"
     );
 }
+
+/// One node's IPsec view in the tunnel test: its namespace, underlay address, pod CIDR, key.
+struct IpsecNode {
+    name: String,
+    ns: String,
+    underlay: std::net::IpAddr,
+    pods: identityd_wg::plan::Cidr,
+    pod_ip: std::net::Ipv4Addr,
+    pod_ns: String,
+    key: identityd_wg::key::NodeKey,
+}
+
+/// The SPI node `dst` allocated for its inbound SA from node `src` in `epoch`: unique on the
+/// receiving node per peer and epoch.
+fn spi_for(src: usize, dst: usize, epoch: u64) -> u32 {
+    0x1000 * u32::try_from(epoch).unwrap()
+        + 0x10 * u32::try_from(dst + 1).unwrap()
+        + u32::try_from(src + 1).unwrap()
+}
+
+/// Installs the SA and policies carrying traffic from node `s` to node `d` (outbound on `s`,
+/// inbound + forward on `d`), each side deriving the key alone from its own private key and
+/// the peer's public key.
+fn install_pair(
+    t: &Topology,
+    nodes: &[IpsecNode],
+    s: usize,
+    d: usize,
+    epoch: u64,
+    receiver_first: bool,
+) {
+    use identityd_wg::ipsec::keys::{Direction, Endpoint, derive_sa_key};
+    use identityd_wg::ipsec::xfrm::{PolicyDir, PolicySpec, SaSpec, Xfrm};
+    let (src, dst) = (&nodes[s], &nodes[d]);
+    fn ep(n: &IpsecNode) -> Endpoint<'_> {
+        Endpoint {
+            name: &n.name,
+            public: n.key.public_key(),
+        }
+    }
+    let spi = spi_for(s, d, epoch);
+    let reqid = u32::try_from(100 + s * 10 + d).unwrap();
+    let policy = |dir| PolicySpec {
+        src: src.pods,
+        dst: dst.pods,
+        dir,
+        tunnel_src: src.underlay,
+        tunnel_dst: dst.underlay,
+        reqid,
+        priority: 100,
+        mark: None,
+    };
+    let sending = || {
+        t.run_in(&src.ns, || {
+            let key =
+                derive_sa_key(&src.key, ep(src), ep(dst), Direction::Outbound, spi, epoch).unwrap();
+            let mut x = Xfrm::open().unwrap();
+            x.add_sa(&SaSpec {
+                src: src.underlay,
+                dst: dst.underlay,
+                spi,
+                reqid,
+                key,
+                replay_window: 1024,
+                mark: None,
+            })
+            .unwrap();
+            x.put_policy(&policy(PolicyDir::Out)).unwrap();
+        });
+    };
+    let receiving = || {
+        t.run_in(&dst.ns, || {
+            let key =
+                derive_sa_key(&dst.key, ep(dst), ep(src), Direction::Inbound, spi, epoch).unwrap();
+            let mut x = Xfrm::open().unwrap();
+            x.add_sa(&SaSpec {
+                src: src.underlay,
+                dst: dst.underlay,
+                spi,
+                reqid,
+                key,
+                replay_window: 1024,
+                mark: None,
+            })
+            .unwrap();
+            x.put_policy(&policy(PolicyDir::In)).unwrap();
+            x.put_policy(&policy(PolicyDir::Fwd)).unwrap();
+        });
+    };
+    if receiver_first {
+        receiving();
+        sending();
+    } else {
+        sending();
+        receiving();
+    }
+}
+
+fn pod_ping(t: &Topology, from: &IpsecNode, to: &IpsecNode, pattern: &str) -> bool {
+    t.try_exec(
+        &from.pod_ns,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-p",
+            pattern,
+            &to.pod_ip.to_string(),
+        ],
+    )
+    .status
+    .success()
+}
+
+#[test]
+#[ignore = "kernel-only: runs inside the VM test bed (see kernel_tests_run_in_one_vm_boot)"]
+fn guest_ipsec_tunnels_between_three_nodes_with_per_pair_keys_carry_no_clear_text() {
+    use identityd_wg::ipsec::xfrm::Xfrm;
+    in_guest();
+    let mut t = Topology::new("ipsec");
+    let spec = t.add_cluster(3);
+    let identityd_topology::Underlay::Namespace { ns: u_ns, bridge } = spec.underlay.clone() else {
+        panic!("a namespace underlay");
+    };
+    let nodes: Vec<IpsecNode> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| IpsecNode {
+            name: format!("n{}", i + 1),
+            ns: n.ns.clone(),
+            underlay: std::net::IpAddr::V4(n.underlay_ip),
+            pods: format!("10.244.{}.0/24", i + 1).parse().unwrap(),
+            pod_ip: n.pods[0].ip,
+            pod_ns: n.pods[0].ns.clone(),
+            key: identityd_wg::key::NodeKey::generate(),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // "IDDESP" in hex, as ping's payload pattern.
+    let pattern = "494444455350";
+    let marker = b"IDDESPIDDESP";
+
+    // Without IPsec, pod traffic to another node leaves on the underlay in clear.
+    let cap = Capture::start(&mut t, &u_ns, &bridge, dir.path().join("clear.pcap"));
+    let _ = pod_ping(&t, &nodes[0], &nodes[1], pattern);
+    let (raw, _) = cap.stop(&mut t);
+    assert!(
+        wg_support::contains(&raw, marker),
+        "without IPsec the marker crosses the underlay in clear"
+    );
+
+    // Every ordered pair: its own SA, keyed by the two nodes alone.
+    for s in 0..3 {
+        for d in 0..3 {
+            if s != d {
+                install_pair(&t, &nodes, s, d, 1, true);
+            }
+        }
+    }
+    let cap = Capture::start(&mut t, &u_ns, &bridge, dir.path().join("esp.pcap"));
+    for s in 0..3 {
+        for d in 0..3 {
+            if s != d {
+                assert!(
+                    pod_ping(&t, &nodes[s], &nodes[d], pattern),
+                    "pod of n{} reaches pod of n{} through ESP",
+                    s + 1,
+                    d + 1
+                );
+            }
+        }
+    }
+    let (raw, pkts) = cap.stop(&mut t);
+    assert!(
+        !wg_support::contains(&raw, marker),
+        "the marker never crosses the underlay in clear"
+    );
+    let mut esp_pairs = std::collections::BTreeSet::new();
+    for p in pkts.iter().filter_map(wg_support::Packet::ipv4) {
+        let (src, dst, proto, _, _) = p;
+        assert!(
+            proto == 50
+                && nodes.iter().any(|n| n.underlay == src)
+                && nodes.iter().any(|n| n.underlay == dst),
+            "only ESP between node addresses on the underlay, got {src} -> {dst} proto {proto}"
+        );
+        esp_pairs.insert((src, dst));
+    }
+    assert_eq!(
+        esp_pairs.len(),
+        6,
+        "ESP in both directions of every pair: {esp_pairs:?}"
+    );
+    for n in &nodes {
+        let s = xfrm_stat(&n.ns);
+        for c in [
+            "XfrmInNoStates",
+            "XfrmInStateProtoError",
+            "XfrmInStateSeqError",
+            "XfrmInNoPols",
+            "XfrmInTmplMismatch",
+        ] {
+            assert_eq!(stat(&s, c), 0, "{c} on {}", n.name);
+        }
+    }
+
+    // Strict: with n1's outbound SA to n2 deleted by hand, the policy (level required) drops
+    // n1's pod traffic to n2 and counts it; nothing leaves in clear.
+    let before = xfrm_stat(&nodes[0].ns);
+    t.run_in(&nodes[0].ns, || {
+        Xfrm::open()
+            .unwrap()
+            .delete_sa(nodes[1].underlay, spi_for(0, 1, 1), None)
+            .unwrap();
+    });
+    let cap = Capture::start(&mut t, &u_ns, &bridge, dir.path().join("nosa.pcap"));
+    assert!(
+        !pod_ping(&t, &nodes[0], &nodes[1], pattern),
+        "no SA, no passage"
+    );
+    let (raw, _) = cap.stop(&mut t);
+    assert!(
+        !wg_support::contains(&raw, marker),
+        "no clear text without the SA"
+    );
+    let after = xfrm_stat(&nodes[0].ns);
+    assert!(
+        stat(&after, "XfrmOutNoStates") > stat(&before, "XfrmOutNoStates"),
+        "the drop is counted: {before:?} -> {after:?}"
+    );
+
+    // Re-created under a new epoch (new SPI, new key; inbound first): the peer accepts it with
+    // no sequence-number or replay errors.
+    install_pair(&t, &nodes, 0, 1, 2, true);
+    assert!(
+        pod_ping(&t, &nodes[0], &nodes[1], pattern),
+        "the new epoch's SA carries traffic"
+    );
+    let s = xfrm_stat(&nodes[1].ns);
+    for c in [
+        "XfrmInNoStates",
+        "XfrmInStateSeqError",
+        "XfrmInStateProtoError",
+    ] {
+        assert_eq!(stat(&s, c), 0, "{c} on n2 after the new epoch");
+    }
+}

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod config;
 pub mod device;
 pub mod dos;
+pub mod ipsec;
 pub mod key;
 pub mod offload;
 pub mod plan;

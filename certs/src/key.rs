@@ -78,6 +78,11 @@ impl PrivateKey {
         out
     }
 
+    /// The PKCS#8 DER bytes, for signing inside this crate.
+    pub(crate) fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     /// An rcgen key pair for signing.
     pub(crate) fn key_pair(&self) -> Result<KeyPair, Error> {
         let pk = PrivatePkcs8KeyDer::from(self.pkcs8.as_slice());

@@ -30,6 +30,7 @@ pub mod rotation;
 mod rules;
 pub mod service;
 pub mod serving;
+pub mod signed;
 pub mod svid;
 pub mod tls;
 pub mod verify;

@@ -570,6 +570,28 @@ pub fn report_checks(
         "mTLS is ready on every node that runs strict workloads (Envoy LIVE, every SVID held)",
         "nodes where mTLS is not ready",
     ));
+    // Authentic node objects: what each node concluded about its peers' proofs.
+    let no_proofs = none.or(reports
+        .iter()
+        .all(|(_, r)| r.unverified_nodes.is_none())
+        .then_some("no node checks node proofs (no node runs with a CA)"));
+    let unverified: Vec<String> = reports
+        .iter()
+        .flat_map(|(n, r)| match &r.unverified_nodes {
+            Some(u) => u.lines(&format!("{n}: ")),
+            None => vec![format!(
+                "{n}: does not check node proofs (no CA): it configures any IdentitydNode"
+            )],
+        })
+        .collect();
+    out.push(finding_or_skip(
+        no_proofs,
+        "nodes.authentic",
+        Severity::Error,
+        unverified,
+        "every node verified every other node's IdentitydNode proof",
+        "IdentitydNodes a node does not act on (or only in an older verified version)",
+    ));
     let nacks: Vec<String> = reports
         .iter()
         .flat_map(|(n, r)| r.xds_nacks.lines(&format!("{n}: ")))
@@ -1275,6 +1297,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "No two IdentitydNodes claim overlapping pod CIDRs or the same WireGuard key. Each node leaves a later claim out whole (the first owner by creationTimestamp, then name, keeps it; a node's own config always wins for its own CIDR), so a conflicting object never takes traffic from its owner nor freezes the device config, but its node has no encrypted path. Skipped with fewer than two nodes.\nFix: the finding names both objects and the field; delete or correct the later one.",
     ),
     (
+        "nodes.authentic",
+        "Every node daemon verified every other node's IdentitydNode proof: a signature by that node's own node SVID (spiffe://<td>/identityd/node/<name>, chained to the trust bundle) over its pod CIDRs, underlay addresses, WireGuard key(s) and port, and a generation that only grows. A node acts on other nodes only in their last verified version, so an unsigned, foreign-signed or replayed object configures nothing; this finding names each such object and the node that refused it. Skipped when no node runs with a CA (nothing to verify against).\nFix: an object written by someone other than its node (or by an old daemon) — delete it; the node's daemon republishes its own, signed. A node that just joined signs once it holds its node SVID.",
+    ),
+    (
         "nodes.published",
         "Every running node daemon has published its IdentitydNode (WireGuard key, endpoint, pod CIDR), so its peers can reach it.\nFix: check the daemon's log for publish errors (RBAC on identitydnodes in a cluster).",
     ),
@@ -1559,6 +1585,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            unverified_nodes: Some(Vec::new()),
             ..Default::default()
         }
     }
@@ -1605,6 +1632,41 @@ mod tests {
             .collect();
         assert_eq!(skipped, ["identity.inbound-mtls", "keys.age"], "{f:#?}");
         assert!(!failed(&f, Severity::Warning));
+        let c = f.iter().find(|x| x.check == "nodes.authentic").unwrap();
+        assert!(c.passed && c.result != Outcome::Skipped, "{c:?}");
+
+        // A node that refused an object's proof, and a node that checks no proofs at all.
+        let mut refusing = n2.clone();
+        refusing.unverified_nodes = Some(vec![
+            "IdentitydNode n9: spec.proof is missing; the node is not configured".into(),
+        ]);
+        let mut unchecked = n1.clone();
+        unchecked.unverified_nodes = None;
+        let f = live(
+            &[Ok(unchecked.clone()), Ok(refusing)],
+            &st,
+            &AuditOptions::default(),
+        );
+        let c = f.iter().find(|x| x.check == "nodes.authentic").unwrap();
+        assert!(!c.passed, "{c:?}");
+        assert_eq!(
+            c.details,
+            [
+                "n1: does not check node proofs (no CA): it configures any IdentitydNode",
+                "n2: IdentitydNode n9: spec.proof is missing; the node is not configured"
+            ],
+            "{c:?}"
+        );
+        // Nothing checks proofs anywhere: skipped, never passed.
+        let mut unchecked2 = n2.clone();
+        unchecked2.unverified_nodes = None;
+        let f = live(
+            &[Ok(unchecked), Ok(unchecked2)],
+            &st,
+            &AuditOptions::default(),
+        );
+        let c = f.iter().find(|x| x.check == "nodes.authentic").unwrap();
+        assert_eq!(c.result, Outcome::Skipped, "{c:?}");
 
         // No handshake, strict mode off, an expiring SVID, a NACK, a daemon down.
         let mut bad1 = status("n1", &[("n2", None)]);

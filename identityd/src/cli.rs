@@ -397,6 +397,18 @@ pub enum SvidCommand {
         /// A PEM file (leaf first).
         file: PathBuf,
     },
+    /// Sign an IdentitydNode file (its spec.proof) with an SVID: node daemons sign their own
+    /// objects; this is for objects a node does not publish itself, and for tests.
+    SignNode {
+        /// Directory of the signing SVID (svid.pem, key.pem), e.g. from `svid issue`.
+        #[arg(long)]
+        svid_dir: PathBuf,
+        /// The proof's generation (default: milliseconds since the Unix epoch).
+        #[arg(long)]
+        generation: Option<i64>,
+        /// The IdentitydNode YAML file (rewritten in place).
+        file: PathBuf,
+    },
     /// Verify an SVID chain against a trust bundle.
     Verify {
         /// Trust bundle (PEM).

@@ -579,6 +579,11 @@ fn main() -> ExitCode {
             ttl,
         }) => report(certs_cli::svid_issue(&ca_dir, &spiffe_id, &out, &ttl)),
         Command::Svid(SvidCommand::Inspect { file }) => report(certs_cli::svid_inspect(&file)),
+        Command::Svid(SvidCommand::SignNode {
+            svid_dir,
+            generation,
+            file,
+        }) => report(certs_cli::svid_sign_node(&svid_dir, &file, generation)),
         Command::Svid(SvidCommand::Verify {
             bundle,
             trust_domain,

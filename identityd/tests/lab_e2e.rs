@@ -604,15 +604,18 @@ fn a_stalled_ca_delays_nothing_but_identities(dir: &Path) {
     // The control plane allocates n9 its pod CIDR (a Node object), then n9 publishes.
     std::fs::write(dir.join(NODE_N9), node_object("n9", "10.244.9.0/24")).unwrap();
     let added = Instant::now();
-    std::fs::write(
-        dir.join("cluster/identitydnode-n9.yaml"),
-        format!(
+    // Signed by n9's node identity (the lab's CA issues it: reading the CA's files needs no
+    // CA process); peers verify against the trust bundle they hold, without the CA.
+    write_signed_node(
+        dir,
+        &dir.join("cluster/identitydnode-n9.yaml"),
+        &format!(
             "apiVersion: identityd.io/v1alpha1\nkind: IdentitydNode\nmetadata:\n  name: n9\nspec:\n  \
              podCIDRs: [10.244.9.0/24]\n  underlayAddresses: [10.99.0.19]\n  wireguard:\n    \
              publicKey: {key}\n    port: 51871\n"
         ),
-    )
-    .unwrap();
+        "n9",
+    );
     let configured = |i: usize| {
         std::fs::read_to_string(dir.join(format!("n{i}/run/wg.json")))
             .is_ok_and(|j| j.contains(key))
@@ -1853,6 +1856,45 @@ const ROGUE: &str = "cluster/identitydnode-a-rogue.yaml";
 /// its pod CIDR, which its IdentitydNode is checked against).
 const NODE_N9: &str = "cluster/node-n9.yaml";
 
+/// Writes `yaml` (one IdentitydNode) to `dest` signed by the node identity `signer`
+/// (`spiffe://cluster.local/identityd/node/<signer>`, issued by the lab's CA): the proof a node
+/// daemon puts on its own object, here for objects no daemon publishes. Signed outside the
+/// cluster folder, then moved in whole.
+fn write_signed_node(dir: &Path, dest: &Path, yaml: &str, signer: &str) {
+    let tmp = tempfile::tempdir_in(dir).unwrap();
+    let svid = tmp.path().join("svid");
+    let staged = tmp.path().join("node.yaml");
+    std::fs::write(&staged, yaml).unwrap();
+    for args in [
+        vec![
+            "svid".to_owned(),
+            "issue".into(),
+            "--ca-dir".into(),
+            dir.join("ca").display().to_string(),
+            "--spiffe-id".into(),
+            format!("spiffe://cluster.local/identityd/node/{signer}"),
+            "--out".into(),
+            svid.display().to_string(),
+        ],
+        vec![
+            "svid".into(),
+            "sign-node".into(),
+            "--svid-dir".into(),
+            svid.display().to_string(),
+            staged.display().to_string(),
+        ],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "identityd {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::rename(&staged, dest).unwrap();
+}
+
 fn node_object(name: &str, cidr: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}, podCIDRs: [{cidr}]}}\n"
@@ -1887,32 +1929,35 @@ fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
              spec: {{podCIDRs: [{cidr}], underlayAddresses: [{underlay}], wireguard: {{publicKey: \"{key}\", port: 51871}}}}\n"
         )
     };
-    // Written by hand: no creation time, so each is the newest claim.
-    std::fs::write(
-        lab.dir.join(ROGUE),
-        doc(
+    // Written by hand: no creation time, so each is the newest claim. Each is signed by its own
+    // node identity (an authentic but conflicting claim: what a proof cannot stop).
+    write_signed_node(
+        &lab.dir,
+        &lab.dir.join(ROGUE),
+        &doc(
             "a-rogue",
             "10.244.1.0/24",
             "10.99.0.99",
             "ZW1gK0HpMBOhsJmB6oFmtBSaYmCm+tmWcSNyAtqbnAs=",
         ),
-    )
-    .unwrap();
+        "a-rogue",
+    );
     std::thread::sleep(Duration::from_millis(1500));
     // n9 publishes a free pod CIDR with its own key before the control plane allocated it one
     // (no Node n9): a claim alone, which every node refuses, naming why. Then its Node object
     // appears (the control: the same IdentitydNode is applied once the Node backs it).
     let n9 = lab.dir.join("cluster/identitydnode-n9.yaml");
-    std::fs::write(
+    write_signed_node(
+        &lab.dir,
         &n9,
-        doc(
+        &doc(
             "n9",
             "10.244.9.0/24",
             "10.99.0.19",
             "Q2hvb3NlIGFub3RoZXIga2V5IGZvciBuOSAwMTIzNDU=",
         ),
-    )
-    .unwrap();
+        "n9",
+    );
     let unbacked = "IdentitydNode n9: spec.podCIDRs 10.244.9.0/24: no Node n9 allocates a pod CIDR";
     wait_for_status(
         &lab.dir,
@@ -1993,6 +2038,163 @@ fn a_conflicting_identitydnode_takes_nothing_from_its_owner(lab: &Lab) {
             })
         })
     });
+}
+
+/// A node's status straight from its API socket (`identityd status --json`): for when another
+/// node's daemon is frozen and `lab status` would wait for it.
+fn node_status(dir: &Path, node: &str) -> serde_json::Value {
+    let sock = dir.join(format!("{node}/run/api.sock"));
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status of {node}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A forged IdentitydNode for n2 — another WireGuard key, the underlay address of an attacker
+/// host (10.99.0.1, the root namespace on the fabric) — written over n2's own object while n2's
+/// daemon is frozen (so nothing republishes the real one): first unsigned, then signed by
+/// another node's identity (n3's). Before node proofs every node took it (the device config
+/// follows the object: n2's pods would be sent to the attacker). Now no node configures it,
+/// each names why and keeps n2's last verified version: n1 → n2 mTLS keeps working through
+/// n2's real tunnel, no WireGuard packet goes to the attacker's address, and the audit fails
+/// `nodes.authentic` naming the object and the nodes that refused it.
+fn a_forged_identitydnode_for_n2_configures_nothing(lab: &Lab) {
+    const EVIL: &str = "RXZpbEtleUV2aWxLZXlFdmlsS2V5RXZpbEtleUV2aWw=";
+    let n2_file = lab.dir.join("cluster/identitydnode-n2.yaml");
+    let original = std::fs::read_to_string(&n2_file).unwrap();
+    assert!(
+        original.contains("proof:"),
+        "n2 publishes a signed object:\n{original}"
+    );
+    let n2_pattern = format!("{}/n2/node.yaml", lab.dir.display());
+    let pids: Vec<String> = String::from_utf8_lossy(
+        &Command::new("pgrep")
+            .args(["-f", &n2_pattern])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect();
+    assert!(!pids.is_empty(), "n2's daemon is running");
+    struct Restore {
+        pids: Vec<String>,
+        file: PathBuf,
+        original: String,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.file, &self.original);
+            for p in &self.pids {
+                let _ = Command::new("kill").args(["-CONT", p]).status();
+            }
+        }
+    }
+    for p in &pids {
+        let _ = Command::new("kill").args(["-STOP", p]).status();
+    }
+    let restore = Restore {
+        pids,
+        file: n2_file.clone(),
+        original: original.clone(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let pcap = tmp.path().join("forged.pcap");
+    let cap = capture_start(&pcap);
+    let forged = format!(
+        "apiVersion: identityd.io/v1alpha1\nkind: IdentitydNode\nmetadata: {{name: n2}}\n\
+         spec: {{podCIDRs: [10.244.2.0/24], underlayAddresses: [10.99.0.1], wireguard: {{publicKey: \"{EVIL}\", port: 51871}}}}\n"
+    );
+    let holds_evil = || {
+        ["n1", "n3"].iter().any(|n| {
+            std::fs::read_to_string(lab.dir.join(format!("{n}/run/wg.json")))
+                .is_ok_and(|j| j.contains(EVIL) || j.contains("10.99.0.1:"))
+        })
+    };
+    for (how, write, why) in [
+        (
+            "unsigned",
+            Box::new(|| std::fs::write(&n2_file, &forged).unwrap()) as Box<dyn Fn()>,
+            "IdentitydNode n2: spec.proof is missing; keeping the last verified version",
+        ),
+        (
+            "signed by n3",
+            Box::new(|| write_signed_node(&lab.dir, &n2_file, &forged, "n3")),
+            "signed by spiffe://cluster.local/identityd/node/n3, not by spiffe://cluster.local/identityd/node/n2; keeping the last verified version",
+        ),
+    ] {
+        write();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = ["n1", "n3"]
+                .iter()
+                .all(|n| has_problem(&node_status(&lab.dir, n), why));
+            assert!(
+                !holds_evil(),
+                "{how}: no device may take the forged key or address"
+            );
+            if seen {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{how}: n1 and n3 name the refused object: {}",
+                node_status(&lab.dir, "n1")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for n in ["n1", "n3"] {
+            let st = node_status(&lab.dir, n);
+            assert!(
+                peer_names(&st).contains(&"n2"),
+                "{how}: {n} keeps n2 as a peer: {st}"
+            );
+        }
+        let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
+        assert!(
+            ok && body.contains("URI=spiffe://cluster.local/ns/front/sa/client"),
+            "{how}: n1 → n2 keeps working over mTLS through n2's real tunnel:\n{body}"
+        );
+    }
+    let r = audit_results(&lab.dir, true);
+    assert_eq!(
+        r.get("nodes.authentic").map(String::as_str),
+        Some("fail"),
+        "the audit over the nodes' reports fails nodes.authentic: {r:?}"
+    );
+    let (_, _) = capture_stop(cap, &pcap);
+    let to_attacker = Command::new(identityd_tests::tools::tcpdump())
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .arg("udp and dst host 10.99.0.1 and dst port 51871")
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&to_attacker.stdout).into_owned();
+    assert!(
+        lines.trim().is_empty(),
+        "no WireGuard packet goes to the attacker's address:\n{lines}"
+    );
+    drop(restore);
+    wait_for_status(
+        &lab.dir,
+        20,
+        "n2 republishes its own object and every refusal clears",
+        |st| {
+            st.as_array()
+                .is_some_and(|nodes| nodes.iter().all(|n| !has_problem(n, "IdentitydNode n2:")))
+        },
+    );
+    wait_for_report_verdict(&lab.dir, "nodes.authentic", "pass", 30);
 }
 
 fn a_wireguard_key_rotation_completes_through_the_file_source(lab: &Lab) {
@@ -2728,6 +2930,10 @@ const TRIALS: &[Check] = &[
     (
         "a_conflicting_identitydnode_takes_nothing_from_its_owner",
         a_conflicting_identitydnode_takes_nothing_from_its_owner,
+    ),
+    (
+        "a_forged_identitydnode_for_n2_configures_nothing",
+        a_forged_identitydnode_for_n2_configures_nothing,
     ),
     (
         "a_wireguard_rotation_under_load_loses_at_most_a_blip_and_a_frozen_node_fails_it_by_name",

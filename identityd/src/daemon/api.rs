@@ -72,6 +72,10 @@ pub struct NodeStatus {
     /// Restarts of the WireGuard device process by the daemon, after it died.
     #[serde(default)]
     pub wireguard_device_restarts: u64,
+    /// Other nodes' objects whose proof did not verify, one line each (`None`: this node does
+    /// not check node proofs — it has no CA).
+    #[serde(default)]
+    pub unverified_nodes: Option<Vec<String>>,
     /// Age of the WireGuard node key, seconds.
     #[serde(default)]
     pub key_age_secs: Option<u64>,

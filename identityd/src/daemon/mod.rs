@@ -12,6 +12,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod node_auth;
+pub mod node_proof;
 pub mod plan;
 pub mod report;
 pub mod rotation;

@@ -23,6 +23,7 @@ use crate::daemon::api::{self, ComponentStatus, NodeStatus, PeerStatus};
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::identity::Identities;
 use crate::daemon::mesh::MeshReport;
+use crate::daemon::node_proof;
 use crate::daemon::plan::{KeyFiles, NodePlan, RoutePath, plan, plan_with_keys};
 use crate::daemon::rotation;
 use crate::model::identityd::{IdentitydNodeSpec, WireguardSpec};
@@ -187,6 +188,7 @@ fn own_spec(cfg: &DaemonConfig, public_key: &str) -> IdentitydNodeSpec {
             next_public_key: None,
         }),
         ipsec: None,
+        proof: None,
     }
 }
 
@@ -636,6 +638,9 @@ pub struct DatapathReport {
     pub ingress_strict_problem: Option<String>,
     /// Restarts of the WireGuard device process after it died.
     pub wireguard_device_restarts: u64,
+    /// Other nodes' objects whose proof did not verify (`None`: proofs are not checked,
+    /// the node has no CA).
+    pub unverified_nodes: Option<Vec<String>>,
 }
 
 fn classifier_counters(dp: &Datapath) -> Vec<(String, (u64, u64))> {
@@ -686,6 +691,79 @@ struct DatapathTask {
     startup_taint_done: bool,
     /// No new attempt to remove it before then (after a failure).
     startup_taint_retry: Option<tokio::time::Instant>,
+    /// Node proofs: signing this node's object, verifying the others' (with a CA only).
+    proofs: Option<NodeProofs>,
+}
+
+/// This node's side of authentic node objects ([`crate::daemon::node_proof`]).
+struct NodeProofs {
+    signer: node_proof::ProofSigner,
+    verified: node_proof::VerifiedNodes,
+    td: identityd_certs::TrustDomain,
+    /// The identity worker's publication (its trust bundle is the live one).
+    identities: Option<watch::Receiver<Arc<Identities>>>,
+    /// The bootstrap bundle, until the identity worker has one.
+    bootstrap: Option<identityd_certs::Bundle>,
+    /// The live bundle, parsed once per PEM.
+    bundle: Option<(String, identityd_certs::Bundle)>,
+}
+
+impl NodeProofs {
+    fn new(
+        cfg: &DaemonConfig,
+        identities: Option<watch::Receiver<Arc<Identities>>>,
+        signer: Option<node_proof::ProofSigner>,
+    ) -> Option<Self> {
+        let signer = signer?;
+        let td = identityd_certs::TrustDomain::new(&cfg.trust_domain).ok()?;
+        let bootstrap = match crate::daemon::identity::bootstrap_bundle(cfg, &td) {
+            Ok((_, b)) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "no bootstrap bundle to verify node proofs with yet");
+                None
+            }
+        };
+        Some(Self {
+            signer,
+            verified: node_proof::VerifiedNodes::load(cfg.state_dir.join("verified-nodes.json")),
+            td,
+            identities,
+            bootstrap,
+            bundle: None,
+        })
+    }
+
+    /// The live trust bundle (the identity worker's latest), else the bootstrap one.
+    fn bundle(&mut self) -> Option<&identityd_certs::Bundle> {
+        let pem = self
+            .identities
+            .as_ref()
+            .map(|r| r.borrow().bundle_pem.clone())
+            .filter(|p| !p.trim().is_empty());
+        if let Some(pem) = pem
+            && self.bundle.as_ref().is_none_or(|(p, _)| *p != pem)
+        {
+            match identityd_certs::Bundle::from_pem(self.td.clone(), &pem) {
+                Ok(b) => self.bundle = Some((pem, b)),
+                Err(e) => tracing::warn!(error = %e, "the trust bundle does not parse"),
+            }
+        }
+        self.bundle
+            .as_ref()
+            .map(|(_, b)| b)
+            .or(self.bootstrap.as_ref())
+    }
+
+    /// `state` as this node acts on it: other nodes' objects only in their verified versions.
+    fn view(&mut self, state: &Arc<ClusterState>, own: &str) -> Arc<ClusterState> {
+        let now = SystemTime::now();
+        let td = self.td.clone();
+        let bundle = self.bundle().cloned();
+        if self.verified.refresh(state, own, &td, bundle.as_ref(), now) {
+            tracing::info!("verified node objects changed");
+        }
+        self.verified.view(state, own)
+    }
 }
 
 /// How long after a failed removal of the startup taint the next attempt waits.
@@ -704,9 +782,15 @@ const WITHDRAW_GRACE: Duration = Duration::from_secs(5);
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
 impl DatapathTask {
-    async fn round(&mut self, state: &ClusterState) -> DatapathReport {
+    async fn round(&mut self, raw: &Arc<ClusterState>) -> DatapathReport {
         let cfg = Arc::clone(&self.cfg);
         let mut errors = Vec::new();
+        // With node proofs, every other node is acted on only in its last verified version.
+        let view = match self.proofs.as_mut() {
+            Some(p) => p.view(raw, &cfg.name),
+            None => Arc::clone(raw),
+        };
+        let state: &ClusterState = &view;
         // A rotation's step first (it decides the key files), then the device config.
         let peers = plan(&cfg, state, &self.key_path, cfg.mtls.default_mode)
             .wireguard
@@ -787,7 +871,10 @@ impl DatapathTask {
             },
             next_answer_only: grace || (retired && !rotating),
         };
-        let p = plan_with_keys(&cfg, state, &keys, cfg.mtls.default_mode);
+        let mut p = plan_with_keys(&cfg, state, &keys, cfg.mtls.default_mode);
+        let unverified_nodes = self.proofs.as_ref().map(|pr| pr.verified.problems());
+        p.problems
+            .extend(unverified_nodes.iter().flatten().cloned());
         for e in self.dp.apply(&cfg, &p) {
             tracing::warn!(error = %e, "apply");
             errors.push(e);
@@ -805,7 +892,7 @@ impl DatapathTask {
                     .as_ref()
                     .is_some_and(|l| l.iter().any(|x| x.local == r.next_public_key))
         });
-        let want = rotation::with_trusted_roots(
+        let mut want = rotation::with_trusted_roots(
             rotation::published_node(
                 state.node(&cfg.name),
                 IdentitydNode::new(cfg.name.clone(), own_spec(&cfg, &self.public_key)),
@@ -817,6 +904,10 @@ impl DatapathTask {
                 .as_ref()
                 .and_then(|m| m.borrow().trusted_roots.clone()),
         );
+        if let Some(pr) = self.proofs.as_mut() {
+            want.spec.proof = None;
+            want.spec.proof = pr.signer.proof_for(&want.spec, SystemTime::now());
+        }
         if state.node(&cfg.name).is_some()
             && rotation::node_differs(state.node(&cfg.name), &want)
             && let Err(e) = self.source.apply(&Object::IdentitydNode(want)).await
@@ -869,6 +960,7 @@ impl DatapathTask {
             errors,
             cluster_version: state.version(),
             wireguard_device_restarts: self.dp.wg_restarts,
+            unverified_nodes,
         }
     }
 
@@ -1098,6 +1190,7 @@ fn build_status(
         ingress_strict_in_place: i.dp.plan.is_some() && i.dp.ingress_strict_problem.is_none(),
         ingress_strict_problem: i.dp.ingress_strict_problem.clone(),
         wireguard_device_restarts: i.dp.wireguard_device_restarts,
+        unverified_nodes: i.dp.unverified_nodes.clone(),
         ..NodeStatus::default()
     };
     if let Some(p) = &i.dp.plan {
@@ -1416,6 +1509,15 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
     {
         w.next_public_key = Some(r.next_public_key.clone());
     }
+    // With a CA, the node signs what it publishes: from the first publication when it already
+    // holds a node SVID (a restart), else once it has joined.
+    let mut signer = cfg
+        .ca
+        .is_some()
+        .then(|| node_proof::ProofSigner::new(&cfg.name, &cfg.state_dir));
+    if let Some(sg) = signer.as_mut() {
+        node.spec.proof = sg.proof_for(&node.spec, SystemTime::now());
+    }
     if let Some(r) = &record {
         node.status = Some(crate::model::IdentitydNodeStatus {
             observed_generation: None,
@@ -1496,6 +1598,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         mesh: mesh_rx.clone(),
         startup_taint_done: cfg.startup_taint.is_empty(),
         startup_taint_retry: None,
+        proofs: NodeProofs::new(&cfg, id_rx.clone(), signer.take()),
     };
     let dp_task = tokio::spawn(datapath.run(state_rx.clone(), dp_tx, stop_rx.clone()));
 

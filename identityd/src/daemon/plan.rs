@@ -367,6 +367,7 @@ mod tests {
                     next_public_key: None,
                 }),
                 ipsec: None,
+                proof: None,
             },
         ))
     }

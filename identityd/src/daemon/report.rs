@@ -206,6 +206,10 @@ pub fn summarise(
         key_created_at: status.key_age_secs.map(|a| at(now, a)),
         envoy_ready: status.envoy_ready,
         xds_nacks: Examples::of(status.xds.iter().filter(|x| x.contains("NACK")).cloned(), n),
+        unverified_nodes: status
+            .unverified_nodes
+            .as_ref()
+            .map(|u| Examples::of(u.iter().cloned(), n)),
     }
 }
 

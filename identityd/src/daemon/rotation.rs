@@ -922,6 +922,7 @@ mod tests {
                     next_public_key: None,
                 }),
                 ipsec: None,
+                proof: None,
             },
         );
         n.metadata.labels.insert("zone".into(), zone.into());

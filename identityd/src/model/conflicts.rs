@@ -196,6 +196,7 @@ mod tests {
                     next_public_key: None,
                 }),
                 ipsec: None,
+                proof: None,
             },
         );
         n.metadata.creation_timestamp = created.map(str::to_owned);

@@ -90,6 +90,28 @@ pub struct IdentitydNodeSpec {
     /// IPsec key state (absent when the node does not run IPsec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipsec: Option<IpsecSpec>,
+    /// The node's proof that the fields above come from it: a signature by its node SVID
+    /// (`spiffe://<td>/identityd/node/<name>`) over them and a generation. Peers configure
+    /// only verified versions and keep the last one they verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<NodeProof>,
+}
+
+/// `IdentitydNode.spec.proof`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeProof {
+    /// Increases with every version the node signs (milliseconds since the Unix epoch at
+    /// signing, or one more than the previous generation): an older version is a replay.
+    #[schemars(range(min = 1))]
+    pub generation: i64,
+    /// The node SVID's certificate chain (PEM, leaf first).
+    #[schemars(length(max = 16384))]
+    pub certificate_chain: String,
+    /// Base64 ECDSA P-256/SHA-256 signature (DER) over the canonical encoding of the name,
+    /// generation, pod CIDRs, underlay addresses, WireGuard and IPsec fields.
+    #[schemars(length(max = 256))]
+    pub signature: String,
 }
 
 /// `IdentitydNode.spec.wireguard`.

@@ -36,8 +36,8 @@ pub use self::gateway::{
 pub use self::identityd::{
     AuthorizationPolicy, AuthorizationPolicySpec, AuthorizationRule, IDENTITYD_API_VERSION,
     IdentitydNode, IdentitydNodeSpec, IdentitydNodeStatus, IpsecSpec, KeyRotation, KeyRotationSpec,
-    KeyRotationStatus, NodeRotationStatus, PolicyTargetRef, RotationPhase, RotationTarget,
-    TrafficPolicy, TrafficPolicySpec, WireguardSpec,
+    KeyRotationStatus, NodeProof, NodeRotationStatus, PolicyTargetRef, RotationPhase,
+    RotationTarget, TrafficPolicy, TrafficPolicySpec, WireguardSpec,
 };
 pub use self::meta::{Condition, DEFAULT_NAMESPACE, NamespacedName, ObjectMeta, selector_matches};
 pub use self::state::{ClusterState, Problem, ServiceEndpoints};

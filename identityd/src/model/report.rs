@@ -73,6 +73,11 @@ pub struct NodeReport {
     pub envoy_ready: Option<bool>,
     /// xDS resource types Envoy rejected.
     pub xds_nacks: Examples,
+    /// Other nodes' IdentitydNodes this node does not act on, or acts on only in an older
+    /// verified version, because their proof did not verify (absent: the node does not check
+    /// node proofs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_nodes: Option<Examples>,
 }
 
 /// A count with at most [`REPORT_MAX_ITEMS`] named examples.

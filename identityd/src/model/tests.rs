@@ -616,6 +616,7 @@ fn node(name: &str, cidr: &str, underlay: &str) -> IdentitydNode {
                 next_public_key: None,
             }),
             ipsec: None,
+            proof: None,
         },
     )
 }

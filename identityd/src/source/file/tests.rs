@@ -232,6 +232,7 @@ fn wg_node(name: &str, port: i64) -> IdentitydNode {
                 next_public_key: None,
             }),
             ipsec: None,
+            proof: None,
         },
     )
 }

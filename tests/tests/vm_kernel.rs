@@ -626,3 +626,160 @@ fn guest_ipsec_tunnels_between_three_nodes_with_per_pair_keys_carry_no_clear_tex
         assert_eq!(stat(&s, c), 0, "{c} on n2 after the new epoch");
     }
 }
+
+#[test]
+#[ignore = "kernel-only: runs inside the VM test bed (see kernel_tests_run_in_one_vm_boot)"]
+fn guest_the_xfrm_plan_is_applied_as_a_diff_and_a_restart_re_adopts_it_without_loss() {
+    use identityd_wg::ipsec::plan::{IpsecNode as PlanNode, apply, plan};
+    use identityd_wg::ipsec::xfrm::Xfrm;
+    in_guest();
+    let mut t = Topology::new("xfrmplan");
+    let spec = t.add_cluster(3);
+    let identityd_topology::Underlay::Namespace { ns: u_ns, bridge } = spec.underlay.clone() else {
+        panic!("a namespace underlay");
+    };
+    let keys: Vec<identityd_wg::key::NodeKey> = (0..3)
+        .map(|_| identityd_wg::key::NodeKey::generate())
+        .collect();
+    // Node i allocated SPI 0x1000*(i+1) + (j+1) for its inbound SA from node j.
+    let nodes: Vec<PlanNode> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| PlanNode {
+            name: format!("n{}", i + 1),
+            id: u16::try_from(i + 1).unwrap(),
+            underlay: std::net::IpAddr::V4(n.underlay_ip),
+            pod_cidrs: vec![format!("10.244.{}.0/24", i + 1).parse().unwrap()],
+            public: keys[i].public_key(),
+            epoch: 1,
+            inbound_spis: (0..3)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    (
+                        format!("n{}", j + 1),
+                        0x1000 * u32::try_from(i + 1).unwrap() + u32::try_from(j + 1).unwrap(),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let apply_on = |t: &Topology, i: usize, peers: &[PlanNode]| {
+        t.run_in(&spec.nodes[i].ns, || {
+            let p = plan(&nodes[i], &keys[i], peers, None);
+            assert!(p.problems.is_empty(), "{:?}", p.problems);
+            apply(&mut Xfrm::open().unwrap(), &p).unwrap()
+        })
+    };
+    // A hand-made SA on n1 (not identityd's reqid): never touched.
+    t.exec(
+        &spec.nodes[0].ns,
+        &[
+            "ip",
+            "xfrm",
+            "state",
+            "add",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "spi",
+            "0x77",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+            "aead",
+            "rfc4106(gcm(aes))",
+            "0x0102030405060708090a0b0c0d0e0f1011121314",
+            "128",
+        ],
+    );
+    for i in 0..3 {
+        let r = apply_on(&t, i, &nodes);
+        assert_eq!((r.sas_added, r.policies_put), (4, 6), "n{}: {r:?}", i + 1);
+    }
+    let pod = |i: usize| {
+        (
+            spec.nodes[i].pods[0].ns.clone(),
+            spec.nodes[i].pods[0].ip.to_string(),
+        )
+    };
+    let ping = |t: &Topology, from: usize, to: usize, count: &str, interval: &str| {
+        let out = t.try_exec(
+            &pod(from).0,
+            &["ping", "-c", count, "-i", interval, "-W", "2", &pod(to).1],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        let out = ping(&t, a, b, "3", "0.2");
+        assert!(
+            out.contains(" 0% packet loss"),
+            "n{} -> n{}: {out}",
+            a + 1,
+            b + 1
+        );
+    }
+
+    // A restart: a fresh plan and socket over what the kernel holds changes nothing, while a
+    // flow runs through the SAs.
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start(&mut t, &u_ns, &bridge, dir.path().join("readopt.pcap"));
+    let tr = &t;
+    let flow = std::thread::scope(|s| {
+        let h = s.spawn(|| ping(tr, 0, 1, "100", "0.02"));
+        std::thread::sleep(Duration::from_millis(300));
+        for i in 0..3 {
+            let r = apply_on(&t, i, &nodes);
+            assert!(
+                r.is_noop(),
+                "n{}: a re-applied plan changes nothing: {r:?}",
+                i + 1
+            );
+        }
+        h.join().unwrap()
+    });
+    assert!(
+        flow.contains(" 0% packet loss"),
+        "no loss across the re-adoption: {flow}"
+    );
+    let (_, pkts) = cap.stop(&mut t);
+    assert!(
+        pkts.iter()
+            .filter_map(wg_support::Packet::ipv4)
+            .all(|p| p.2 == 50),
+        "only ESP on the underlay"
+    );
+    for n in &spec.nodes {
+        let s = xfrm_stat(&n.ns);
+        for c in [
+            "XfrmInNoStates",
+            "XfrmInStateSeqError",
+            "XfrmInStateProtoError",
+        ] {
+            assert_eq!(stat(&s, c), 0, "{c} on {}", n.ns);
+        }
+    }
+
+    // n3 leaves n1's view: its SAs and policies go, the hand-made SA stays, n1 <-> n2 works.
+    let r = apply_on(&t, 0, &nodes[..2]);
+    assert_eq!(
+        (r.sas_deleted, r.policies_deleted, r.sas_added),
+        (2, 3, 0),
+        "{r:?}"
+    );
+    let left = t.run_in(&spec.nodes[0].ns, || Xfrm::open().unwrap().sas().unwrap());
+    assert!(
+        left.iter().any(|s| s.spi == 0x77 && s.reqid == 7),
+        "the hand-made SA stays: {left:?}"
+    );
+    assert_eq!(
+        left.len(),
+        3,
+        "n1 <-> n2 (2) and the hand-made one: {left:?}"
+    );
+    assert!(ping(&t, 0, 1, "3", "0.2").contains(" 0% packet loss"));
+}

@@ -5,4 +5,5 @@
 //! these pieces are tested on a stock kernel inside the VM test bed (`tests/tests/vm_kernel.rs`).
 
 pub mod keys;
+pub mod plan;
 pub mod xfrm;

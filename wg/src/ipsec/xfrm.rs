@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_xfrm::{
     AF_INET, AF_INET6, Address, AlgAead, IPPROTO_ESP, Id, Mark, ReplayEsn, Selector, UserPolicyId,
     UserTemplate, XFRM_ALG_AEAD_NAME_LEN, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_FWD,
@@ -92,7 +92,7 @@ impl SaSpec {
 }
 
 /// The direction a policy applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PolicyDir {
     /// Packets this host sends.
     Out,
@@ -108,6 +108,15 @@ impl PolicyDir {
             Self::Out => XFRM_POLICY_OUT,
             Self::In => XFRM_POLICY_IN,
             Self::Fwd => XFRM_POLICY_FWD,
+        }
+    }
+
+    fn from_raw(d: u8) -> Option<Self> {
+        match d {
+            XFRM_POLICY_OUT => Some(Self::Out),
+            XFRM_POLICY_IN => Some(Self::In),
+            XFRM_POLICY_FWD => Some(Self::Fwd),
+            _ => None,
         }
     }
 }
@@ -149,6 +158,51 @@ impl PolicySpec {
         sel.destination_prefix(&self.dst.addr(), self.dst.prefix());
         sel
     }
+}
+
+/// An SA the kernel holds (from a dump; keys are not read back).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InstalledSa {
+    /// Outer source.
+    pub src: IpAddr,
+    /// Outer destination.
+    pub dst: IpAddr,
+    /// SPI.
+    pub spi: u32,
+    /// reqid.
+    pub reqid: u32,
+    /// Mark, when the SA has one.
+    pub mark: Option<(u32, u32)>,
+}
+
+/// A policy the kernel holds (from a dump), with its first template.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InstalledPolicy {
+    /// Inner source prefix.
+    pub src: Cidr,
+    /// Inner destination prefix.
+    pub dst: Cidr,
+    /// Direction.
+    pub dir: PolicyDir,
+    /// The template's outer source and destination and reqid (`None`: no template).
+    pub tmpl: Option<(IpAddr, IpAddr, u32)>,
+    /// Mark, when the policy has one.
+    pub mark: Option<(u32, u32)>,
+}
+
+fn ip_of(a: &Address, family: u16) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(a.to_ipv6())
+    } else {
+        IpAddr::V4(a.to_ipv4())
+    }
+}
+
+fn mark_of(nlas: &[XfrmAttrs]) -> Option<(u32, u32)> {
+    nlas.iter().find_map(|a| match a {
+        XfrmAttrs::Mark(m) => Some((m.value, m.mask)),
+        _ => None,
+    })
 }
 
 fn family(a: IpAddr) -> u16 {
@@ -223,6 +277,132 @@ impl Xfrm {
                 off += (len + 3) & !3;
             }
         }
+    }
+
+    /// Sends a dump request and collects every answer until the kernel says done.
+    fn dump(&mut self, what: &str, msg: XfrmMessage) -> Result<Vec<XfrmMessage>, XfrmError> {
+        let mut req = NetlinkMessage::from(msg);
+        self.seq = self.seq.wrapping_add(1);
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        req.header.sequence_number = self.seq;
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        self.sock.send(&buf, 0).map_err(XfrmError::Socket)?;
+        let mut out = Vec::new();
+        loop {
+            // An SA dump carries the keys: the raw answer is zeroized when dropped.
+            let answer =
+                zeroize::Zeroizing::new(self.sock.recv_from_full().map_err(XfrmError::Socket)?.0);
+            let mut off = 0;
+            while off < answer.len() {
+                let msg =
+                    NetlinkMessage::<XfrmMessage>::deserialize(&answer[off..]).map_err(|e| {
+                        XfrmError::Answer {
+                            what: what.to_owned(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == self.seq {
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) if e.code.is_some() => {
+                            return Err(XfrmError::Kernel {
+                                what: what.to_owned(),
+                                source: std::io::Error::from_raw_os_error(
+                                    -e.code.map_or(0, std::num::NonZeroI32::get),
+                                ),
+                            });
+                        }
+                        NetlinkPayload::InnerMessage(m) => out.push(m),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+
+    /// Every ESP SA of this network namespace (keys are not read back).
+    ///
+    /// # Errors
+    /// The kernel's refusal or an unreadable answer.
+    pub fn sas(&mut self) -> Result<Vec<InstalledSa>, XfrmError> {
+        let mut msgs = self.dump(
+            "dump SAs",
+            XfrmMessage::GetDumpSa(state::GetDumpMessage::default()),
+        )?;
+        for m in &mut msgs {
+            if let XfrmMessage::AddSa(sa) | XfrmMessage::UpdateSa(sa) = m {
+                wipe_key_attrs(&mut sa.nlas);
+            }
+        }
+        let mut out: Vec<InstalledSa> = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                XfrmMessage::AddSa(sa) | XfrmMessage::UpdateSa(sa)
+                    if sa.user_sa_info.id.proto == IPPROTO_ESP =>
+                {
+                    let fam = sa.user_sa_info.family;
+                    Some(InstalledSa {
+                        src: ip_of(&sa.user_sa_info.saddr, fam),
+                        dst: ip_of(&sa.user_sa_info.id.daddr, fam),
+                        spi: sa.user_sa_info.id.spi,
+                        reqid: sa.user_sa_info.reqid,
+                        mark: mark_of(&sa.nlas),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every policy of this network namespace (main policy type), with its first template.
+    ///
+    /// # Errors
+    /// The kernel's refusal or an unreadable answer.
+    pub fn policies(&mut self) -> Result<Vec<InstalledPolicy>, XfrmError> {
+        let msgs = self.dump(
+            "dump policies",
+            XfrmMessage::GetPolicy(policy::DelGetMessage::default()),
+        )?;
+        let mut out: Vec<InstalledPolicy> = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                XfrmMessage::AddPolicy(p) | XfrmMessage::UpdatePolicy(p) => {
+                    let info = &p.user_policy_info;
+                    let sel = &info.selector;
+                    let src = Cidr::new(ip_of(&sel.saddr, sel.family), sel.prefixlen_s).ok()?;
+                    let dst = Cidr::new(ip_of(&sel.daddr, sel.family), sel.prefixlen_d).ok()?;
+                    let tmpl = p.nlas.iter().find_map(|a| match a {
+                        XfrmAttrs::Template(t) => t.first().map(|t| {
+                            (
+                                ip_of(&t.saddr, t.family),
+                                ip_of(&t.id.daddr, t.family),
+                                t.reqid,
+                            )
+                        }),
+                        _ => None,
+                    });
+                    Some(InstalledPolicy {
+                        src,
+                        dst,
+                        dir: PolicyDir::from_raw(info.direction)?,
+                        tmpl,
+                        mark: mark_of(&p.nlas),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Adds an SA (fails with `EEXIST` when one with the same destination, SPI and protocol

@@ -570,6 +570,19 @@ pub fn report_checks(
         "mTLS is ready on every node that runs strict workloads (Envoy LIVE, every SVID held)",
         "nodes where mTLS is not ready",
     ));
+    let allowed: Vec<String> = reports
+        .iter()
+        .filter(|(_, r)| !r.allow_from.is_empty())
+        .map(|(n, r)| allow_from_line(n, ":", &r.allow_from))
+        .collect();
+    out.push(finding_or_skip(
+        none,
+        "encryption.allow-from",
+        Severity::Warning,
+        allowed,
+        "no node lets any source past ingress strict (encryption.allowFrom is empty)",
+        "sources whose plaintext reaches local pods (encryption.allowFrom)",
+    ));
     // Authentic node objects: what each node concluded about its peers' proofs.
     let no_proofs = none.or(reports
         .iter()
@@ -723,13 +736,65 @@ fn config_encryption(m: &Manifests, opts: &AuditOptions) -> Finding {
     finding(CHECK, Severity::Error, bad, &what, "encryption weakened")
 }
 
+/// `encryption.allow-from` over what the input deploys: every source CIDR a values file or a
+/// rendered node config lets past ingress strict's encryption rule (plaintext from it reaches
+/// local pods). A warning: the list is an explicit choice, but it must be seen.
+fn config_allow_from(m: &Manifests) -> Finding {
+    const CHECK: &str = "encryption.allow-from";
+    if m.values.is_empty() && m.node_configs.is_empty() {
+        return skipped(
+            CHECK,
+            Severity::Warning,
+            "no Helm values file and no rendered node ConfigMap (config.yaml with role: node) in the input",
+        );
+    }
+    let mut listed = Vec::new();
+    for (origin, v) in &m.values {
+        if let Some(a) = v["encryption"]["allowFrom"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+        {
+            let cidrs: Vec<String> = a
+                .iter()
+                .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
+                .collect();
+            listed.push(allow_from_line(origin, ":", &cidrs));
+        }
+    }
+    for (origin, cfg) in &m.node_configs {
+        if let Ok(c) = cfg
+            && !c.encryption.allow_from.is_empty()
+        {
+            listed.push(allow_from_line(origin, "", &c.encryption.allow_from));
+        }
+    }
+    finding(
+        CHECK,
+        Severity::Warning,
+        listed,
+        "no source is let past ingress strict (encryption.allowFrom is empty)",
+        "sources whose plaintext reaches local pods (encryption.allowFrom)",
+    )
+}
+
+fn allow_from_line(origin: &str, sep: &str, cidrs: &[String]) -> String {
+    format!(
+        "{origin}{sep} encryption.allowFrom={} (plaintext from these sources reaches local pods)",
+        cidrs.join(",")
+    )
+}
+
 /// Static checks over what a CI job would deploy: rendered manifests (`helm template`
 /// output: the node ConfigMap parsed with the daemon's own config parser, the cluster
 /// objects) and Helm values files. A check with nothing to examine is skipped, never passed.
 #[must_use]
 pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
     let state = &m.state;
-    let mut out = vec![config_encryption(m, opts), node_conflicts(state)];
+    let mut out = vec![
+        config_encryption(m, opts),
+        config_allow_from(m),
+        node_conflicts(state),
+    ];
     let mut unannotated = Vec::new();
     let mut required_missing = Vec::new();
     for (name, ns) in &state.namespaces {
@@ -1297,6 +1362,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "No two IdentitydNodes claim overlapping pod CIDRs or the same WireGuard key. Each node leaves a later claim out whole (the first owner by creationTimestamp, then name, keeps it; a node's own config always wins for its own CIDR), so a conflicting object never takes traffic from its owner nor freezes the device config, but its node has no encrypted path. Skipped with fewer than two nodes.\nFix: the finding names both objects and the field; delete or correct the later one.",
     ),
     (
+        "encryption.allow-from",
+        "(warning) No node lets a source past ingress strict's encryption rule: `encryption.allowFrom` (empty by default) lists source CIDRs whose packets local pods accept from outside the tunnel, in clear. Run live on the nodes' reports and statically on values files and rendered node configs; each listed CIDR is named with the node or file.\nFix: remove the entries that are not needed; for the rest, this finding is the record that plaintext from them is accepted.",
+    ),
+    (
         "nodes.authentic",
         "Every node daemon verified every other node's IdentitydNode proof: a signature by that node's own node SVID (spiffe://<td>/identityd/node/<name>, chained to the trust bundle) over its pod CIDRs, underlay addresses, WireGuard key(s) and port, and a generation that only grows. A node acts on other nodes only in their last verified version, so an unsigned, foreign-signed or replayed object configures nothing; this finding names each such object and the node that refused it. Skipped when no node runs with a CA (nothing to verify against).\nFix: an object written by someone other than its node (or by an old daemon) — delete it; the node's daemon republishes its own, signed. A node that just joined signs once it holds its node SVID.",
     ),
@@ -1657,6 +1726,21 @@ mod tests {
             ],
             "{c:?}"
         );
+        // A node with an allow-list: a warning naming it and the sources.
+        let mut open = n1.clone();
+        open.allow_from = vec!["192.0.2.0/24".into()];
+        let f = live(&[Ok(open), Ok(n2.clone())], &st, &AuditOptions::default());
+        let c = f
+            .iter()
+            .find(|x| x.check == "encryption.allow-from")
+            .unwrap();
+        assert!(c.is_failure() && c.severity == Severity::Warning, "{c:?}");
+        assert_eq!(
+            c.details,
+            [
+                "n1: encryption.allowFrom=192.0.2.0/24 (plaintext from these sources reaches local pods)"
+            ]
+        );
         // Nothing checks proofs anywhere: skipped, never passed.
         let mut unchecked2 = n2.clone();
         unchecked2.unverified_nodes = None;
@@ -1858,6 +1942,47 @@ mod static_sets {
                 "routes.backends",
             ],
         );
+    }
+
+    #[test]
+    fn an_allow_list_is_reported_as_a_warning_naming_the_file_and_the_cidrs() {
+        let with = GOOD.replace(
+            "encryption: {mode: wireguard, strictMode: true}\n",
+            "encryption: {mode: wireguard, strictMode: true, allowFrom: [192.0.2.0/24, 198.51.100.7/32]}\n",
+        );
+        assert_ne!(with, GOOD);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), &with).unwrap();
+        let m = load_manifests(dir.path()).unwrap();
+        let f = static_checks(&m, &AuditOptions::default());
+        let c = f
+            .iter()
+            .find(|x| x.check == "encryption.allow-from")
+            .unwrap();
+        assert!(c.is_failure() && c.severity == Severity::Warning, "{c:?}");
+        assert_eq!(c.details.len(), 1, "{c:?}");
+        assert!(
+            c.details[0].ends_with(
+                ": encryption.allowFrom=192.0.2.0/24,198.51.100.7/32 (plaintext from these sources reaches local pods)"
+            ),
+            "{c:?}"
+        );
+        // Without a list it passes; with nothing to examine it is skipped.
+        std::fs::write(dir.path().join("m.yaml"), GOOD).unwrap();
+        let f = static_checks(
+            &load_manifests(dir.path()).unwrap(),
+            &AuditOptions::default(),
+        );
+        assert!(
+            f.iter()
+                .any(|x| x.check == "encryption.allow-from" && x.passed)
+        );
+        let f = static_checks(&Manifests::default(), &AuditOptions::default());
+        let c = f
+            .iter()
+            .find(|x| x.check == "encryption.allow-from")
+            .unwrap();
+        assert_eq!(c.result, Outcome::Skipped);
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct NodeStatus {
     /// Restarts of the WireGuard device process by the daemon, after it died.
     #[serde(default)]
     pub wireguard_device_restarts: u64,
+    /// Source CIDRs let past ingress strict's encryption rule (`encryption.allowFrom`).
+    #[serde(default)]
+    pub allow_from: Vec<String>,
     /// Other nodes' objects whose proof did not verify, one line each (`None`: this node does
     /// not check node proofs — it has no CA).
     #[serde(default)]

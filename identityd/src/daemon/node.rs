@@ -1191,6 +1191,7 @@ fn build_status(
         ingress_strict_problem: i.dp.ingress_strict_problem.clone(),
         wireguard_device_restarts: i.dp.wireguard_device_restarts,
         unverified_nodes: i.dp.unverified_nodes.clone(),
+        allow_from: cfg.encryption.allow_from.clone(),
         ..NodeStatus::default()
     };
     if let Some(p) = &i.dp.plan {

@@ -217,6 +217,13 @@ impl ProofSigner {
     pub fn proof_for(&mut self, spec: &IdentitydNodeSpec, now: SystemTime) -> Option<NodeProof> {
         let content = canonical(&self.name, spec, 0);
         let Some(svid) = self.current_svid(now).cloned() else {
+            // The same content keeps its proof (peers that verified it keep it; a node SVID
+            // being renewed or expired changes nothing they act on).
+            if let Some((c, _, p)) = &self.last
+                && *c == content
+            {
+                return Some(p.clone());
+            }
             self.note_error("no valid node SVID yet (the node has not joined the CA)");
             return None;
         };

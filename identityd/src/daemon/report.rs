@@ -210,6 +210,7 @@ pub fn summarise(
             .unverified_nodes
             .as_ref()
             .map(|u| Examples::of(u.iter().cloned(), n)),
+        allow_from: status.allow_from.iter().take(n).cloned().collect(),
     }
 }
 

@@ -78,6 +78,10 @@ pub struct NodeReport {
     /// node proofs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unverified_nodes: Option<Examples>,
+    /// Source CIDRs this node lets past ingress strict's encryption rule
+    /// (`encryption.allowFrom`; plaintext from them reaches its pods).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 /// A count with at most [`REPORT_MAX_ITEMS`] named examples.

@@ -237,8 +237,19 @@ fn the_signer_keeps_its_proof_until_the_content_changes_and_generations_only_gro
     let p3 = restarted.proof_for(&spec(K2, "10.99.0.12"), f.now).unwrap();
     assert!(p3.generation > p2.generation);
     let mut node = IdentitydNode::new("n2", spec(K2, "10.99.0.12"));
-    node.spec.proof = Some(p3);
+    node.spec.proof = Some(p3.clone());
     assert!(verify(&node, &f.td, &f.bundle(), f.now).is_ok());
+    // Once the node SVID has expired (the CA unreachable for its whole lifetime), the same
+    // content keeps its proof; new content cannot be signed.
+    let later = f.now + Duration::from_secs(3600);
+    assert_eq!(
+        restarted.proof_for(&spec(K2, "10.99.0.12"), later),
+        Some(p3)
+    );
+    assert_eq!(
+        restarted.proof_for(&spec(K_EVIL, "10.99.0.12"), later),
+        None
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(dir.path().join("node-proof-generation"))
             .unwrap()

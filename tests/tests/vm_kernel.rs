@@ -426,10 +426,10 @@ fn install_pair(
         priority: 100,
         mark: None,
     };
-    let sending = || {
-        t.run_in(&src.ns, || {
-            let key =
-                derive_sa_key(&src.key, ep(src), ep(dst), Direction::Outbound, spi, epoch).unwrap();
+    // Each end derives the key alone, installs the SA and its side's policies.
+    let install = |node: &IpsecNode, peer: &IpsecNode, direction, dirs: &[PolicyDir]| {
+        t.run_in(&node.ns, || {
+            let key = derive_sa_key(&node.key, ep(node), ep(peer), direction, spi, epoch).unwrap();
             let mut x = Xfrm::open().unwrap();
             x.add_sa(&SaSpec {
                 src: src.underlay,
@@ -441,27 +441,19 @@ fn install_pair(
                 mark: None,
             })
             .unwrap();
-            x.put_policy(&policy(PolicyDir::Out)).unwrap();
+            for dir in dirs {
+                x.put_policy(&policy(*dir)).unwrap();
+            }
         });
     };
+    let sending = || install(src, dst, Direction::Outbound, &[PolicyDir::Out]);
     let receiving = || {
-        t.run_in(&dst.ns, || {
-            let key =
-                derive_sa_key(&dst.key, ep(dst), ep(src), Direction::Inbound, spi, epoch).unwrap();
-            let mut x = Xfrm::open().unwrap();
-            x.add_sa(&SaSpec {
-                src: src.underlay,
-                dst: dst.underlay,
-                spi,
-                reqid,
-                key,
-                replay_window: 1024,
-                mark: None,
-            })
-            .unwrap();
-            x.put_policy(&policy(PolicyDir::In)).unwrap();
-            x.put_policy(&policy(PolicyDir::Fwd)).unwrap();
-        });
+        install(
+            dst,
+            src,
+            Direction::Inbound,
+            &[PolicyDir::In, PolicyDir::Fwd],
+        )
     };
     if receiver_first {
         receiving();

@@ -234,62 +234,30 @@ impl Xfrm {
         Ok(Self { sock, seq: 0 })
     }
 
-    fn request(&mut self, what: &str, msg: XfrmMessage) -> Result<(), XfrmError> {
+    /// Sends `msg` with `flags` under a new sequence number. An SA request holds key material:
+    /// the serialised copy is zeroized on drop, the message's own copy here.
+    fn send(&mut self, msg: XfrmMessage, flags: u16) -> Result<(), XfrmError> {
         let mut req = NetlinkMessage::from(msg);
         self.seq = self.seq.wrapping_add(1);
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        req.header.flags = NLM_F_REQUEST | flags;
         req.header.sequence_number = self.seq;
         req.finalize();
         let mut buf = zeroize::Zeroizing::new(vec![0u8; req.buffer_len()]);
         req.serialize(&mut buf);
-        // An SA request holds key material: the serialised copy is zeroized on drop, the
-        // message's own copy here.
         if let NetlinkPayload::InnerMessage(XfrmMessage::AddSa(mut m)) = req.payload {
             wipe_key_attrs(&mut m.nlas);
         }
         self.sock.send(&buf, 0).map_err(XfrmError::Socket)?;
-        loop {
-            let (answer, _) = self.sock.recv_from_full().map_err(XfrmError::Socket)?;
-            let mut off = 0;
-            while off < answer.len() {
-                let msg =
-                    NetlinkMessage::<XfrmMessage>::deserialize(&answer[off..]).map_err(|e| {
-                        XfrmError::Answer {
-                            what: what.to_owned(),
-                            detail: e.to_string(),
-                        }
-                    })?;
-                let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq
-                    && let NetlinkPayload::Error(e) = msg.payload
-                {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(code) => Err(XfrmError::Kernel {
-                            what: what.to_owned(),
-                            source: std::io::Error::from_raw_os_error(-code.get()),
-                        }),
-                    };
-                }
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
-            }
-        }
+        Ok(())
     }
 
-    /// Sends a dump request and collects every answer until the kernel says done.
-    fn dump(&mut self, what: &str, msg: XfrmMessage) -> Result<Vec<XfrmMessage>, XfrmError> {
-        let mut req = NetlinkMessage::from(msg);
-        self.seq = self.seq.wrapping_add(1);
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.sock.send(&buf, 0).map_err(XfrmError::Socket)?;
-        let mut out = Vec::new();
+    /// Reads the kernel's answers to the last request, handing each message of its sequence
+    /// number to `on` until `on` returns the outcome.
+    fn answers(
+        &mut self,
+        what: &str,
+        mut on: impl FnMut(NetlinkPayload<XfrmMessage>) -> Option<Result<(), XfrmError>>,
+    ) -> Result<(), XfrmError> {
         loop {
             // An SA dump carries the keys: the raw answer is zeroized when dropped.
             let answer =
@@ -304,20 +272,10 @@ impl Xfrm {
                         }
                     })?;
                 let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq {
-                    match msg.payload {
-                        NetlinkPayload::Done(_) => return Ok(out),
-                        NetlinkPayload::Error(e) if e.code.is_some() => {
-                            return Err(XfrmError::Kernel {
-                                what: what.to_owned(),
-                                source: std::io::Error::from_raw_os_error(
-                                    -e.code.map_or(0, std::num::NonZeroI32::get),
-                                ),
-                            });
-                        }
-                        NetlinkPayload::InnerMessage(m) => out.push(m),
-                        _ => {}
-                    }
+                if msg.header.sequence_number == self.seq
+                    && let Some(outcome) = on(msg.payload)
+                {
+                    return outcome;
                 }
                 if len == 0 {
                     break;
@@ -325,6 +283,41 @@ impl Xfrm {
                 off += (len + 3) & !3;
             }
         }
+    }
+
+    fn kernel_error(what: &str, code: std::num::NonZeroI32) -> XfrmError {
+        XfrmError::Kernel {
+            what: what.to_owned(),
+            source: std::io::Error::from_raw_os_error(-code.get()),
+        }
+    }
+
+    /// One request and its acknowledgement.
+    fn request(&mut self, what: &str, msg: XfrmMessage) -> Result<(), XfrmError> {
+        self.send(msg, NLM_F_ACK)?;
+        self.answers(what, |p| match p {
+            NetlinkPayload::Error(e) => Some(match e.code {
+                None => Ok(()),
+                Some(code) => Err(Self::kernel_error(what, code)),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Sends a dump request and collects every answer until the kernel says done.
+    fn dump(&mut self, what: &str, msg: XfrmMessage) -> Result<Vec<XfrmMessage>, XfrmError> {
+        self.send(msg, NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        self.answers(what, |p| match p {
+            NetlinkPayload::Done(_) => Some(Ok(())),
+            NetlinkPayload::Error(e) => e.code.map(|code| Err(Self::kernel_error(what, code))),
+            NetlinkPayload::InnerMessage(m) => {
+                out.push(m);
+                None
+            }
+            _ => None,
+        })?;
+        Ok(out)
     }
 
     /// Every ESP SA of this network namespace (keys are not read back).

@@ -107,6 +107,13 @@ pub struct DeviceConfig {
     /// receives are batched too (UDP GSO/GRO).
     #[serde(default)]
     pub offload: bool,
+    /// UDP GSO sends (one `sendmsg` per TUN read's segments), probed at start. On by default.
+    /// Written only when off, like `handshake_protection`.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub udp_gso: bool,
+    /// UDP GRO receives (several datagrams per `recvmsg`), probed at start. On by default.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub udp_gro: bool,
     /// The handshake flood defence (mac1 first, cookies under load, per-source limits).
     /// On by default; `false` only to measure what a flood costs without it.
     /// Written only when off, so a device binary older than the option reads the daemon's

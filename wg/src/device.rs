@@ -19,11 +19,13 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
 use crate::dos::{HandshakeGuard, Verdict};
+use crate::gro::Coalescer;
 use crate::key::{NodeKey, PublicKey};
-use crate::offload;
+use crate::offload::{self, VNET_HDR_LEN};
 use crate::plan::{Cidr, PeerChange, PeerConfig, diff_peers};
 use crate::tun::{Tun, TunError};
 use crate::uapi::{self, LinkStatus, PeerStatus, UapiError};
+use crate::udp::{self, Commit, SendBatch};
 
 /// Largest packet handled (IP maximum) plus WireGuard overhead.
 const BUF_LEN: usize = 65_535 + 256;
@@ -72,8 +74,14 @@ pub struct DeviceSettings {
     pub listen_port: u16,
     /// Make the TUN interface persistent (`TUNSETPERSIST`).
     pub persist: bool,
-    /// Use TUN segmentation/checksum offload (one read per TCP super-packet).
+    /// Use TUN segmentation/checksum offload (one read per TCP super-packet, and received
+    /// TCP segments coalesced into one write, [`crate::gro`]).
     pub offload: bool,
+    /// Send the encrypted segments of one TUN read with one UDP GSO `sendmsg`, when the
+    /// kernel has it ([`crate::udp`]).
+    pub udp_gso: bool,
+    /// Receive with UDP GRO (several datagrams per `recvmsg`), when the kernel has it.
+    pub udp_gro: bool,
     /// The handshake flood defence ([`crate::dos`]); off only to measure the attack.
     pub handshake_protection: bool,
 }
@@ -114,6 +122,25 @@ pub struct Counters {
     pub dropped_malformed: AtomicU64,
     /// Handshakes started as soon as a peer was added (at start, after a crash, or a new key).
     pub handshakes_initiated_on_add: AtomicU64,
+    /// UDP GSO sends (each carried several datagrams).
+    pub udp_gso_sends: AtomicU64,
+    /// UDP receives that returned several coalesced datagrams (GRO).
+    pub udp_gro_receives: AtomicU64,
+    /// Packets written to the TUN that merged several received TCP segments.
+    pub tun_coalesced_writes: AtomicU64,
+    /// UDP GSO sends the kernel refused (their datagrams were then sent one by one).
+    pub udp_gso_failures: AtomicU64,
+}
+
+/// The I/O offloads a device runs with, after probing (shown in its counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    /// TUN TSO reads and coalesced TUN writes (`IFF_VNET_HDR`).
+    pub tun: bool,
+    /// UDP GSO sends (turned off for good if the kernel refuses one with `EIO`).
+    pub udp_gso: bool,
+    /// UDP GRO receives.
+    pub udp_gro: bool,
 }
 
 /// One of this node's static keys: the current one (it initiates) and, while the node
@@ -268,6 +295,10 @@ struct Inner {
     peers: RwLock<PeerTable>,
     next_index: AtomicU32,
     counters: Counters,
+    /// UDP GSO in use (cleared if the kernel refuses it at run time).
+    udp_gso: AtomicBool,
+    /// UDP GRO in use.
+    udp_gro: bool,
     guard: HandshakeGuard,
     /// Serialises configuration changes (UAPI, config reloads, key changes).
     config_lock: Mutex<()>,
@@ -351,6 +382,20 @@ impl Device {
             }
         }
         let listen_port = udp.local_addr().map_or(settings.listen_port, |a| a.port());
+        let udp_gso = settings.udp_gso && udp::gso_supported(fd);
+        let udp_gro = settings.udp_gro
+            && udp::enable_gro(fd)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "UDP_GRO refused; one datagram per receive"),
+                )
+                .is_ok();
+        tracing::info!(
+            interface = tun.name(),
+            tun_offload = tun.has_vnet_hdr(),
+            udp_gso,
+            udp_gro,
+            "device offloads"
+        );
         let public = x25519::PublicKey::from(key.secret());
         let inner = Arc::new(Inner {
             name: tun.name().to_owned(),
@@ -366,6 +411,8 @@ impl Device {
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             counters: Counters::default(),
+            udp_gso: AtomicBool::new(udp_gso),
+            udp_gro,
             guard: HandshakeGuard::new(&public, settings.handshake_protection),
             config_lock: Mutex::new(()),
         });
@@ -483,6 +530,16 @@ impl Device {
     #[must_use]
     pub fn handshake_counters(&self) -> &crate::dos::HandshakeCounters {
         &self.inner.guard.counters
+    }
+
+    /// The offloads in use.
+    #[must_use]
+    pub fn offloads(&self) -> Offloads {
+        Offloads {
+            tun: self.inner.tun.has_vnet_hdr(),
+            udp_gso: self.inner.udp_gso.load(Ordering::Relaxed),
+            udp_gro: self.inner.udp_gro,
+        }
     }
 
     /// Datapath counters.
@@ -717,7 +774,7 @@ impl Device {
 
     fn tun_loop(&self) {
         let mut src = vec![0u8; BUF_LEN];
-        let mut dst = vec![0u8; BUF_LEN];
+        let mut batch = SendBatch::new();
         let mut seg = Vec::with_capacity(BUF_LEN);
         let vnet = self.inner.tun.has_vnet_hdr();
         loop {
@@ -731,7 +788,7 @@ impl Device {
             };
             if vnet {
                 let res = offload::for_each_packet(&mut src[..n], &mut seg, |pkt| {
-                    self.encrypt_and_send(pkt, &mut dst);
+                    self.encrypt_into(pkt, &mut batch);
                 });
                 if res.is_err() {
                     self.inner
@@ -740,12 +797,15 @@ impl Device {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             } else {
-                self.encrypt_and_send(&src[..n], &mut dst);
+                self.encrypt_into(&src[..n], &mut batch);
             }
+            self.send_batch(&mut batch);
         }
     }
 
-    fn encrypt_and_send(&self, pkt: &[u8], dst: &mut [u8]) {
+    /// Encrypts one packet into `batch` (sending the batch first when the datagram cannot
+    /// join it); a handshake initiation boringtun answers with instead is sent at once.
+    fn encrypt_into(&self, pkt: &[u8], batch: &mut SendBatch) {
         let Some(dst_ip) = Tunn::dst_address(pkt) else {
             return;
         };
@@ -768,14 +828,70 @@ impl Device {
         else {
             return;
         };
-        let mut tunn = lock(&link.tunn);
-        match tunn.encapsulate(pkt, dst) {
-            TunnResult::WriteToNetwork(out) => self.send(out, endpoint),
-            TunnResult::Err(e) => {
-                tracing::debug!(peer = %peer.key, error = ?e, "encapsulate");
+        let n = {
+            let mut tunn = lock(&link.tunn);
+            match tunn.encapsulate(pkt, batch.tail()) {
+                // Type 4: transport data, the only kind batched.
+                TunnResult::WriteToNetwork(out) if out.first() == Some(&4) => out.len(),
+                TunnResult::WriteToNetwork(out) => {
+                    self.send(out, endpoint);
+                    return;
+                }
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = %peer.key, error = ?e, "encapsulate");
+                    return;
+                }
+                _ => return,
             }
-            _ => {}
+        };
+        if batch.commit(n, endpoint) == Commit::FlushFirst {
+            self.send_batch(batch);
+            batch.restart(n, endpoint);
         }
+        if !batch.has_room() {
+            self.send_batch(batch);
+        }
+    }
+
+    /// Sends what `batch` holds (one GSO send when it can) and empties it.
+    fn send_batch(&self, batch: &mut SendBatch) {
+        let Some((bytes, seg, count, to)) = batch.pending() else {
+            return;
+        };
+        let gso = count > 1 && self.inner.udp_gso.load(Ordering::Relaxed);
+        let sent = gso
+            && match udp::send_gso(
+                self.inner.udp.as_raw_fd(),
+                bytes,
+                u16::try_from(seg).unwrap_or(u16::MAX),
+                to,
+            ) {
+                Ok(_) => {
+                    self.inner
+                        .counters
+                        .udp_gso_sends
+                        .fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(e) => {
+                    self.inner
+                        .counters
+                        .udp_gso_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    // EIO: the route cannot segment (no checksum offload); for good.
+                    if matches!(e.raw_os_error(), Some(libc::EIO | libc::EOPNOTSUPP)) {
+                        tracing::warn!(interface = %self.inner.name, error = %e, "UDP GSO refused; sending one datagram per call from now on");
+                        self.inner.udp_gso.store(false, Ordering::Relaxed);
+                    }
+                    false
+                }
+            };
+        if !sent {
+            for d in bytes.chunks(seg.max(1)) {
+                self.send(d, to);
+            }
+        }
+        batch.clear();
     }
 
     /// The peer and link a datagram belongs to: a handshake initiation by the local key its
@@ -830,84 +946,134 @@ impl Device {
         let mut src = vec![0u8; BUF_LEN];
         let mut dst = vec![0u8; BUF_LEN];
         let mut cookie = vec![0u8; 256];
+        let mut coalescer = self.inner.tun.has_vnet_hdr().then(|| Coalescer::new(8));
+        let fd = self.inner.udp.as_raw_fd();
         loop {
-            let (n, from) = match self.inner.udp.recv_from(&mut src) {
-                Ok((n, from)) => (n, SocketAddr::new(from.ip().to_canonical(), from.port())),
+            let received = if self.inner.udp_gro {
+                udp::recv_gro(fd, &mut src)
+            } else {
+                self.inner
+                    .udp
+                    .recv_from(&mut src)
+                    .map(|(n, from)| (n, from, None))
+            };
+            let (n, from, seg) = match received {
+                Ok((n, from, seg)) => (
+                    n,
+                    SocketAddr::new(from.ip().to_canonical(), from.port()),
+                    seg,
+                ),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!(interface = %self.inner.name, error = %e, "UDP receive failed; datapath stopped");
                     return;
                 }
             };
-            let datagram = &src[..n];
-            // mac1, cookies under load and per-source limits before any public-key work.
-            let (packet, local) = match self.inner.guard.check(from.ip(), datagram, &mut cookie) {
-                Verdict::Process(p, local) => (p, local),
-                Verdict::CookieReply(reply) => {
-                    self.send(reply, from);
-                    continue;
-                }
-                Verdict::Drop(_) => {
-                    self.inner
-                        .counters
-                        .dropped_invalid
-                        .fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            let Some((peer, link)) = self.find_link(&packet, local) else {
+            if seg.is_some() {
                 self.inner
                     .counters
-                    .dropped_invalid
+                    .udp_gro_receives
                     .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let mut tunn = lock(&link.tunn);
-            let mut valid = true;
-            match tunn.decapsulate(Some(from.ip()), datagram, &mut dst) {
-                TunnResult::Done => {}
-                TunnResult::Err(_) => {
-                    self.inner
-                        .counters
-                        .dropped_invalid
-                        .fetch_add(1, Ordering::Relaxed);
-                    valid = false;
-                }
-                TunnResult::WriteToNetwork(out) => {
-                    self.send(out, from);
-                    // Flush packets queued while the handshake was in progress.
-                    while let TunnResult::WriteToNetwork(out) =
-                        tunn.decapsulate(None, &[], &mut dst)
-                    {
-                        self.send(out, from);
-                    }
-                }
-                TunnResult::WriteToTunnelV4(out, src_ip) => {
-                    self.deliver(&peer, out, IpAddr::V4(src_ip));
-                }
-                TunnResult::WriteToTunnelV6(out, src_ip) => {
-                    self.deliver(&peer, out, IpAddr::V6(src_ip));
-                }
             }
-            drop(tunn);
-            if valid && *read(&peer.endpoint) != Some(from) {
-                *write(&peer.endpoint) = Some(from);
+            for datagram in src[..n].chunks(seg.unwrap_or(n).max(1)) {
+                self.receive(datagram, from, &mut dst, &mut cookie, coalescer.as_mut());
+            }
+            if let Some(c) = coalescer.as_mut() {
+                c.flush(&mut |h, p| self.write_tun(h, p));
             }
         }
     }
 
-    fn deliver(&self, peer: &Peer, pkt: &[u8], src: IpAddr) {
+    /// Handles one datagram from `from`: the handshake defence, then the link's Noise state.
+    fn receive(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        dst: &mut [u8],
+        cookie: &mut [u8],
+        coalescer: Option<&mut Coalescer>,
+    ) {
+        // mac1, cookies under load and per-source limits before any public-key work.
+        let (packet, local) = match self.inner.guard.check(from.ip(), datagram, cookie) {
+            Verdict::Process(p, local) => (p, local),
+            Verdict::CookieReply(reply) => {
+                self.send(reply, from);
+                return;
+            }
+            Verdict::Drop(_) => {
+                self.inner
+                    .counters
+                    .dropped_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some((peer, link)) = self.find_link(&packet, local) else {
+            self.inner
+                .counters
+                .dropped_invalid
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut tunn = lock(&link.tunn);
+        let mut valid = true;
+        match tunn.decapsulate(Some(from.ip()), datagram, dst) {
+            TunnResult::Done => {}
+            TunnResult::Err(_) => {
+                self.inner
+                    .counters
+                    .dropped_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                valid = false;
+            }
+            TunnResult::WriteToNetwork(out) => {
+                self.send(out, from);
+                // Flush packets queued while the handshake was in progress.
+                while let TunnResult::WriteToNetwork(out) = tunn.decapsulate(None, &[], dst) {
+                    self.send(out, from);
+                }
+            }
+            TunnResult::WriteToTunnelV4(out, src_ip) => {
+                self.deliver(&peer, out, IpAddr::V4(src_ip), coalescer);
+            }
+            TunnResult::WriteToTunnelV6(out, src_ip) => {
+                self.deliver(&peer, out, IpAddr::V6(src_ip), coalescer);
+            }
+        }
+        drop(tunn);
+        if valid && *read(&peer.endpoint) != Some(from) {
+            *write(&peer.endpoint) = Some(from);
+        }
+    }
+
+    fn deliver(&self, peer: &Peer, pkt: &[u8], src: IpAddr, coalescer: Option<&mut Coalescer>) {
         if pkt.is_empty() {
             return; // keepalive
         }
-        if peer.allowed(src) {
-            let _ = self.inner.tun.write(pkt);
-        } else {
+        if !peer.allowed(src) {
             self.inner
                 .counters
                 .dropped_not_allowed
                 .fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        match coalescer {
+            Some(c) => c.push(pkt, &mut |h, p| self.write_tun(h, p)),
+            None => {
+                let _ = self.inner.tun.write(pkt);
+            }
+        }
+    }
+
+    /// Writes one packet with its vnet header (offload mode).
+    fn write_tun(&self, hdr: &[u8; VNET_HDR_LEN], pkt: &[u8]) {
+        if !crate::gro::is_plain(hdr) {
+            self.inner
+                .counters
+                .tun_coalesced_writes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.inner.tun.write_with_hdr(hdr, pkt);
     }
 
     fn timer_loop(&self) {
@@ -1021,12 +1187,24 @@ impl Device {
                 "handshakes_initiated_on_add",
                 &c.handshakes_initiated_on_add,
             ),
+            ("udp_gso_sends", &c.udp_gso_sends),
+            ("udp_gso_failures", &c.udp_gso_failures),
+            ("udp_gro_receives", &c.udp_gro_receives),
+            ("tun_coalesced_writes", &c.tun_coalesced_writes),
             ("handshake_invalid_mac", &h.invalid_mac),
             ("handshake_cookie_replies", &h.cookie_replies),
             ("handshake_rate_limited", &h.rate_limited),
             ("handshake_public_key_operations", &h.public_key_operations),
         ] {
             out.push_str(&format!("{k}={}\n", v.load(Ordering::Relaxed)));
+        }
+        let o = self.offloads();
+        for (k, on) in [
+            ("offload_tun", o.tun),
+            ("offload_udp_gso", o.udp_gso),
+            ("offload_udp_gro", o.udp_gro),
+        ] {
+            out.push_str(&format!("{k}={}\n", u8::from(on)));
         }
         out.push_str("errno=0\n\n");
         out

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod config;
 pub mod device;
 pub mod dos;
+pub mod gro;
 pub mod ipsec;
 pub mod key;
 pub mod offload;
@@ -29,6 +30,7 @@ pub mod process;
 pub mod routes;
 pub mod tun;
 pub mod uapi;
+pub mod udp;
 
 /// Default WireGuard UDP port (DESIGN.md, shared constants).
 pub const DEFAULT_PORT: u16 = 51871;

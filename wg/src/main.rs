@@ -164,6 +164,8 @@ async fn run(config: &Path) -> anyhow::Result<()> {
             listen_port: cfg.listen_port,
             persist: cfg.persist,
             offload: cfg.offload,
+            udp_gso: cfg.udp_gso,
+            udp_gro: cfg.udp_gro,
             handshake_protection: cfg.handshake_protection,
         },
     )

@@ -4,19 +4,16 @@
 //! it completes partial checksums and splits TCP segmentation-offload packets at `gso_size`
 //! (fixing IP length/id/checksum and TCP sequence/flags/checksum). Pure; unit tested.
 //!
-//! Status: correct (unit tests here; the e2e tests run one node with it), but off by default:
-//! on these 2-core machines, one read per super-packet followed by per-segment encryption and
-//! `sendto` measured slower than letting the kernel segment before the TUN. It pays off once
-//! the UDP side is batched as well (UDP GSO on send, GRO on receive and TCP coalescing into
-//! the TUN), which is the next step towards the throughput target.
+//! The split segments of one read are encrypted into one buffer and sent with one UDP GSO
+//! `sendmsg` ([`crate::udp`]); the receive side does the reverse ([`crate::gro`]).
 
 /// Size of `struct virtio_net_hdr` (the TUN default vnet header size).
 pub const VNET_HDR_LEN: usize = 10;
 
-const F_NEEDS_CSUM: u8 = 1;
-const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
+pub(crate) const F_NEEDS_CSUM: u8 = 1;
+pub(crate) const GSO_NONE: u8 = 0;
+pub(crate) const GSO_TCPV4: u8 = 1;
+pub(crate) const GSO_TCPV6: u8 = 4;
 const GSO_ECN: u8 = 0x80;
 
 /// A `virtio_net_hdr`, host byte order.
@@ -51,6 +48,26 @@ impl VnetHdr {
             csum_offset: u(8),
         })
     }
+
+    /// The header as the TUN reads and writes it (host byte order).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        for (i, v) in [
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_ne_bytes());
+        }
+        b
+    }
 }
 
 /// Why a read could not be turned into packets (the read is dropped).
@@ -65,7 +82,7 @@ pub enum OffloadError {
     Unsupported(u8),
 }
 
-fn sum(data: &[u8], mut acc: u64) -> u64 {
+pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
@@ -76,7 +93,7 @@ fn sum(data: &[u8], mut acc: u64) -> u64 {
     acc
 }
 
-fn fold(mut acc: u64) -> u16 {
+pub(crate) fn fold(mut acc: u64) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }

@@ -158,6 +158,23 @@ impl Tun {
         }
     }
 
+    /// Writes one IP packet behind the given vnet header (offload mode only; a coalesced
+    /// packet from [`crate::gro`]).
+    ///
+    /// # Errors
+    /// I/O errors from the TUN fd.
+    pub fn write_with_hdr(
+        &self,
+        hdr: &[u8; crate::offload::VNET_HDR_LEN],
+        pkt: &[u8],
+    ) -> std::io::Result<usize> {
+        if self.vnet {
+            (&self.file).write_vectored(&[IoSlice::new(hdr), IoSlice::new(pkt)])
+        } else {
+            (&self.file).write(pkt)
+        }
+    }
+
     /// Clears the persistent flag, so the interface goes away when the last fd closes.
     ///
     /// # Errors

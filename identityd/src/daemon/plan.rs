@@ -248,6 +248,8 @@ pub fn plan_with_keys(
             route_table: 254,
             persist: true,
             offload: false,
+            udp_gso: true,
+            udp_gro: true,
             handshake_protection: true,
             backend: identityd_wg::backend::BackendMode::default(),
             peers: wg_peers,

@@ -1,18 +1,20 @@
 //! `wg_bench`: iperf3 TCP pod→pod throughput, side by side in the same topology, through
-//! (a) identityd's userspace WireGuard device (`identityd-wg`), (b) boringtun-cli, and
-//! (c) plaintext over the veth underlay. Writes a JSON report. Not a test: run it on purpose.
+//! (a) identityd's userspace WireGuard device (`identityd-wg`) with each I/O offload alone and
+//! all together, (b) boringtun-cli, and (c) plaintext over the veth underlay; 1 and 4 streams.
+//! Writes a JSON report. Not a test: run it on purpose.
 //!
 //! ```text
-//! scripts/bench-wg                      # builds release binaries, runs, writes target/wg-bench.json
-//! wg_bench [--seconds 8] [--repeats 2] [--out FILE] [--without-boringtun]
+//! scripts/bench-wg                      # builds release binaries, runs, writes <target>/wg-bench.json
+//! wg_bench [--seconds 8] [--repeats 3] [--streams 1,4] [--out FILE] [--without-boringtun]
+//!          [--only KEY,KEY]
 //! ```
 //!
 //! Topology per run: namespaces for an underlay bridge, two nodes (10.99.0.11/.12) and one pod
-//! per node (10.244.1.2, 10.244.2.2); iperf3 runs pod 1 → pod 2, one TCP stream. Runs are
-//! interleaved (a, b, c, a, b, c, …) so machine noise hits all three alike; the report keeps
-//! every sample and the median.
+//! per node (10.244.1.2, 10.244.2.2); iperf3 runs pod 1 → pod 2. Runs are interleaved (every
+//! variant once per round) so machine noise hits all alike; the report keeps every sample and
+//! the median. CPU seconds per GB are the whole machine's busy time (`/proc/stat`: both
+//! tunnel ends, iperf3 and the kernel) over the bytes received.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,9 +25,17 @@ use identityd_tests::tools;
 
 const PORT: u16 = 51871;
 
+/// identityd-wg's I/O offloads for one variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offloads {
+    tun: bool,
+    udp_gso: bool,
+    udp_gro: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    Identityd,
+    Identityd(Offloads),
     Boringtun,
     Plaintext,
 }
@@ -33,10 +43,38 @@ enum Mode {
 impl Mode {
     fn key(self) -> &'static str {
         match self {
-            Self::Identityd => "identityd",
+            Self::Identityd(o) => match (o.tun, o.udp_gso, o.udp_gro) {
+                (false, false, false) => "identityd_no_offload",
+                (true, false, false) => "identityd_tun_tso",
+                (false, true, false) => "identityd_udp_gso",
+                (false, false, true) => "identityd_udp_gro",
+                (true, true, false) => "identityd_tun_tso_udp_gso",
+                (true, true, true) => "identityd",
+                _ => "identityd_other",
+            },
             Self::Boringtun => "boringtun_cli",
             Self::Plaintext => "plaintext",
         }
+    }
+
+    fn all() -> Vec<Self> {
+        let o = |tun, udp_gso, udp_gro| {
+            Self::Identityd(Offloads {
+                tun,
+                udp_gso,
+                udp_gro,
+            })
+        };
+        vec![
+            o(true, true, true),
+            o(false, false, false),
+            o(true, false, false),
+            o(false, true, false),
+            o(false, false, true),
+            o(true, true, false),
+            Self::Boringtun,
+            Self::Plaintext,
+        ]
     }
 }
 
@@ -44,16 +82,22 @@ impl Mode {
 struct Args {
     seconds: u32,
     repeats: u32,
+    streams: Vec<u32>,
     out: PathBuf,
     boringtun: bool,
+    only: Option<Vec<String>>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| tools::workspace_root().join("target"), PathBuf::from);
     let mut a = Args {
         seconds: 8,
-        repeats: 2,
-        out: tools::workspace_root().join("target/wg-bench.json"),
+        repeats: 3,
+        streams: vec![1, 4],
+        out: target.join("wg-bench.json"),
         boringtun: true,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,9 +105,33 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
             "--repeats" => a.repeats = it.next().context("--repeats N")?.parse()?,
             "--out" => a.out = it.next().context("--out FILE")?.into(),
+            "--streams" => {
+                a.streams = it
+                    .next()
+                    .context("--streams N,N")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "--only" => {
+                a.only = Some(
+                    it.next()
+                        .context("--only KEY,KEY")?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect(),
+                );
+            }
             "--without-boringtun" => a.boringtun = false,
             "-h" | "--help" => {
-                println!("wg_bench [--seconds N] [--repeats N] [--out FILE] [--without-boringtun]");
+                println!(
+                    "wg_bench [--seconds N] [--repeats N] [--streams N,N] [--out FILE] [--without-boringtun] [--only KEY,KEY]\nkeys: {}",
+                    Mode::all()
+                        .iter()
+                        .map(|m| m.key())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -164,7 +232,7 @@ impl Bed {
         Ok(())
     }
 
-    fn setup_identityd(&mut self, bin: &Path) -> anyhow::Result<()> {
+    fn setup_identityd(&mut self, bin: &Path, o: Offloads) -> anyhow::Result<()> {
         let mut pubs = Vec::new();
         for i in 0..2 {
             let key = self.dir.join(format!("n{}.key", i + 1));
@@ -175,18 +243,21 @@ impl Bed {
             );
         }
         for i in 0..2 {
-            let o = 1 - i;
+            let other = 1 - i;
             let cfg = format!(
                 r#"{{"interface":"{}","key_path":"{}","listen_port":{PORT},"underlay_mtu":1500,
                 "cluster_cidrs":["10.244.0.0/16"],"local_cidrs":["10.244.{}.0/24"],"persist":false,
-                "backend":"userspace","peers":[{{"public_key":"{}","endpoint":"10.99.0.1{}:{PORT}",
+                "offload":{},"udp_gso":{},"udp_gro":{},"backend":"userspace","peers":[{{"public_key":"{}","endpoint":"10.99.0.1{}:{PORT}",
                 "pod_cidrs":["10.244.{}.0/24"]}}]}}"#,
                 self.iface(i),
                 self.dir.join(format!("n{}.key", i + 1)).display(),
                 i + 1,
-                pubs[o],
-                o + 1,
-                o + 1
+                o.tun,
+                o.udp_gso,
+                o.udp_gro,
+                pubs[1 - i],
+                other + 1,
+                other + 1
             );
             let path = self.dir.join(format!("n{}.json", i + 1));
             std::fs::write(&path, cfg)?;
@@ -293,7 +364,7 @@ impl Bed {
             .unwrap_or(0)
     }
 
-    fn iperf(&mut self, seconds: u32) -> anyhow::Result<(f64, u64)> {
+    fn iperf(&mut self, seconds: u32, streams: u32) -> anyhow::Result<Sample> {
         // Warm-up: the tunnels need a handshake first.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self
@@ -310,6 +381,7 @@ impl Bed {
             .spawn(&p2, &[iperf.to_str().unwrap(), "-s", "-1", "-p", "5201"]);
         std::thread::sleep(Duration::from_millis(300));
         let drops_before = self.udp_rcvbuf_errors(1) + self.udp_rcvbuf_errors(0);
+        let busy_before = busy_cpu_seconds()?;
         let out = self.topo.try_exec(
             &self.pods[0],
             &[
@@ -320,9 +392,12 @@ impl Bed {
                 "5201",
                 "-t",
                 &seconds.to_string(),
+                "-P",
+                &streams.to_string(),
                 "-J",
             ],
         );
+        let busy = busy_cpu_seconds()? - busy_before;
         let drops =
             (self.udp_rcvbuf_errors(1) + self.udp_rcvbuf_errors(0)).saturating_sub(drops_before);
         let json = String::from_utf8_lossy(&out.stdout);
@@ -331,9 +406,23 @@ impl Bed {
             "iperf3 failed: {json}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let bps =
-            received_bps(&json).context("no end.sum_received.bits_per_second in iperf3 JSON")?;
-        Ok((bps / 1e9, drops))
+        let v: serde_json::Value = serde_json::from_str(&json).context("iperf3 JSON")?;
+        let sum = &v["end"]["sum_received"];
+        let bps = sum["bits_per_second"]
+            .as_f64()
+            .context("no end.sum_received.bits_per_second in iperf3 JSON")?;
+        let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+        let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        Ok(Sample {
+            gbps: bps / 1e9,
+            cpu_s_per_gb: if bytes > 0.0 {
+                busy / (bytes / 1e9)
+            } else {
+                0.0
+            },
+            udp_rcvbuf_errors: drops,
+            retransmits,
+        })
     }
 }
 
@@ -346,19 +435,30 @@ impl Drop for Bed {
     }
 }
 
-/// `end.sum_received.bits_per_second` from iperf3's JSON, without a JSON dependency.
-fn received_bps(json: &str) -> Option<f64> {
-    let at = json.find("\"sum_received\"")?;
-    let rest = &json[at..];
-    let k = rest.find("\"bits_per_second\"")?;
-    let v = rest[k + "\"bits_per_second\"".len()..]
-        .trim_start()
-        .strip_prefix(':')?
-        .trim_start();
-    let end = v.find(|c: char| {
-        !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')
-    })?;
-    v[..end].parse().ok()
+/// One iperf3 run.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    gbps: f64,
+    cpu_s_per_gb: f64,
+    udp_rcvbuf_errors: u64,
+    retransmits: u64,
+}
+
+/// Busy CPU time of the whole machine so far (`/proc/stat`, all but idle and iowait).
+fn busy_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    ensure!(v.len() >= 5, "/proc/stat cpu line: {line}");
+    // SAFETY: sysconf has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let idle = v[3] + v[4];
+    Ok((v.iter().sum::<f64>() - idle) / hz.max(1.0))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -383,94 +483,121 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut modes = vec![Mode::Identityd];
-    if bt.is_some() {
-        modes.push(Mode::Boringtun);
-    }
-    modes.push(Mode::Plaintext);
+    let modes: Vec<Mode> = Mode::all()
+        .into_iter()
+        .filter(|m| bt.is_some() || *m != Mode::Boringtun)
+        .filter(|m| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|k| k == m.key()))
+        })
+        .collect();
+    ensure!(
+        !modes.is_empty(),
+        "--only names no known variant (see --help)"
+    );
 
-    let mut samples: Vec<(Mode, f64, u64)> = Vec::new();
+    let mut samples: Vec<(Mode, u32, Sample)> = Vec::new();
     for round in 0..args.repeats {
-        for &m in &modes {
-            let mut bed = Bed::new(m)?;
-            match m {
-                Mode::Identityd => bed.setup_identityd(&idd)?,
-                Mode::Boringtun => bed.setup_boringtun(bt.as_deref().unwrap())?,
-                Mode::Plaintext => bed.setup_plaintext(),
+        for &streams in &args.streams {
+            for &m in &modes {
+                let mut bed = Bed::new(m)?;
+                match m {
+                    Mode::Identityd(o) => bed.setup_identityd(&idd, o)?,
+                    Mode::Boringtun => bed.setup_boringtun(bt.as_deref().unwrap())?,
+                    Mode::Plaintext => bed.setup_plaintext(),
+                }
+                let s = bed.iperf(args.seconds, streams)?;
+                eprintln!(
+                    "[wg_bench] round {} streams {streams} {:<26} {:7.3} Gbit/s  {:6.2} CPU s/GB  retransmits {}  UDP rcvbuf errors {}",
+                    round + 1,
+                    m.key(),
+                    s.gbps,
+                    s.cpu_s_per_gb,
+                    s.retransmits,
+                    s.udp_rcvbuf_errors,
+                );
+                samples.push((m, streams, s));
             }
-            let (gbps, drops) = bed.iperf(args.seconds)?;
-            eprintln!(
-                "[wg_bench] round {} {:<14} {gbps:7.3} Gbit/s  (UDP rcvbuf errors {drops})",
-                round + 1,
-                m.key()
-            );
-            samples.push((m, gbps, drops));
         }
     }
 
-    let med = |m: Mode| {
-        median(
-            &samples
-                .iter()
-                .filter(|s| s.0 == m)
-                .map(|s| s.1)
-                .collect::<Vec<_>>(),
-        )
+    let pick = |m: Mode, streams: u32, f: fn(&Sample) -> f64| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s.0 == m && s.1 == streams)
+            .map(|s| f(&s.2))
+            .collect()
     };
-    let mut results = String::new();
-    for (i, &m) in modes.iter().enumerate() {
-        let list: Vec<String> = samples
-            .iter()
-            .filter(|s| s.0 == m)
-            .map(|s| format!("{:.4}", s.1))
-            .collect();
-        let drops: Vec<String> = samples
-            .iter()
-            .filter(|s| s.0 == m)
-            .map(|s| s.2.to_string())
-            .collect();
-        let _ = write!(
-            results,
-            "{}    \"{}\": {{ \"median_gbps\": {:.4}, \"samples_gbps\": [{}], \"udp_rcvbuf_errors\": [{}] }}",
-            if i > 0 { ",\n" } else { "" },
-            m.key(),
-            med(m),
-            list.join(", "),
-            drops.join(", ")
+    let mut by_streams = serde_json::Map::new();
+    for &streams in &args.streams {
+        let mut results = serde_json::Map::new();
+        for &m in &modes {
+            let gbps = pick(m, streams, |s| s.gbps);
+            results.insert(
+                m.key().to_owned(),
+                serde_json::json!({
+                    "median_gbps": median(&gbps),
+                    "samples_gbps": gbps,
+                    "median_cpu_s_per_gb": median(&pick(m, streams, |s| s.cpu_s_per_gb)),
+                    "retransmits": pick(m, streams, |s| s.retransmits as f64),
+                    "udp_rcvbuf_errors": pick(m, streams, |s| s.udp_rcvbuf_errors as f64),
+                }),
+            );
+        }
+        let med = |k: &str| {
+            results
+                .get(k)
+                .and_then(|r| r["median_gbps"].as_f64())
+                .filter(|v| *v > 0.0)
+        };
+        let ratio = |a: &str, b: &str| match (med(a), med(b)) {
+            (Some(a), Some(b)) => serde_json::json!(a / b),
+            _ => serde_json::Value::Null,
+        };
+        let mut ratios = serde_json::Map::new();
+        for m in &modes {
+            if let Mode::Identityd(_) = m {
+                ratios.insert(
+                    format!("{}_over_boringtun_cli", m.key()),
+                    ratio(m.key(), "boringtun_cli"),
+                );
+                ratios.insert(
+                    format!("{}_over_plaintext", m.key()),
+                    ratio(m.key(), "plaintext"),
+                );
+            }
+        }
+        ratios.insert(
+            "boringtun_cli_over_plaintext".into(),
+            ratio("boringtun_cli", "plaintext"),
+        );
+        by_streams.insert(
+            format!("streams_{streams}"),
+            serde_json::json!({ "results": results, "ratios": ratios }),
         );
     }
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.3}", a / b)
-        } else {
-            "null".into()
-        }
-    };
-    let (i, p) = (med(Mode::Identityd), med(Mode::Plaintext));
-    let b = if bt.is_some() {
-        Some(med(Mode::Boringtun))
-    } else {
-        None
-    };
     let kernel = sh(Command::new("uname").arg("-r")).unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let report = format!(
-        "{{\n  \"bench\": \"wg pod-to-pod iperf3 TCP, 1 stream\",\n  \"unix_time\": {},\n  \"kernel\": \"{}\",\n  \"cores\": {cores},\n  \"seconds_per_run\": {},\n  \"repeats\": {},\n  \"tunnel_mtu\": 1440,\n  \"results\": {{\n{results}\n  }},\n  \"ratios\": {{ \"identityd_over_boringtun_cli\": {}, \"identityd_over_plaintext\": {}, \"boringtun_cli_over_plaintext\": {} }}\n}}\n",
-        std::time::SystemTime::now()
+    let report = serde_json::json!({
+        "bench": "wg pod-to-pod iperf3 TCP",
+        "unix_time": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs(),
-        kernel.trim(),
-        args.seconds,
-        args.repeats,
-        b.map_or("null".into(), |b| ratio(i, b)),
-        ratio(i, p),
-        b.map_or("null".into(), |b| ratio(b, p)),
-    );
+        "kernel": kernel.trim(),
+        "cores": cores,
+        "seconds_per_run": args.seconds,
+        "repeats": args.repeats,
+        "tunnel_mtu": 1440,
+        "cpu": "whole machine busy seconds (/proc/stat) per GB received",
+        "by_streams": by_streams,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
     if let Some(d) = args.out.parent() {
         std::fs::create_dir_all(d)?;
     }
-    std::fs::write(&args.out, &report)?;
-    print!("{report}");
+    std::fs::write(&args.out, format!("{text}\n"))?;
+    println!("{text}");
     eprintln!("[wg_bench] report written to {}", args.out.display());
     Ok(())
 }

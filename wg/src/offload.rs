@@ -82,15 +82,28 @@ pub enum OffloadError {
     Unsupported(u8),
 }
 
-pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(2);
+/// The ones'-complement sum of `data` as big-endian 16-bit words, added to `acc`; the result
+/// is kept below 2^33 so callers may add small terms before [`fold`]ing. Eight bytes per step
+/// (2^64 ≡ 1 modulo 2^16 − 1, so wider words sum to the same folded value).
+pub(crate) fn sum(data: &[u8], acc: u64) -> u64 {
+    let mut wide = u128::from(acc);
+    let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        wide += u128::from(u64::from_be_bytes([
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+        ]));
     }
-    if let [last] = chunks.remainder() {
-        acc += u64::from(u16::from_be_bytes([*last, 0]));
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        wide += u128::from(u16::from_be_bytes([c[0], c[1]]));
     }
-    acc
+    if let [last] = rest.remainder() {
+        wide += u128::from(u16::from_be_bytes([*last, 0]));
+    }
+    while wide >> 32 != 0 {
+        wide = (wide & 0xffff_ffff) + (wide >> 32);
+    }
+    u64::try_from(wide).unwrap_or(u64::MAX)
 }
 
 pub(crate) fn fold(mut acc: u64) -> u16 {
@@ -338,7 +351,22 @@ mod tests {
         );
     }
 
+    /// The plain 16-bit ones'-complement sum, for comparison.
+    fn sum16(data: &[u8]) -> u16 {
+        let mut acc = 0u64;
+        for c in data.chunks(2) {
+            acc += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        fold(acc)
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_wide_sum_folds_to_the_16_bit_sum(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), acc in 0u64..1 << 20) {
+            let want = fold(u64::from(sum16(&data)) + acc);
+            proptest::prop_assert_eq!(fold(sum(&data, acc)), want);
+        }
+
         #[test]
         fn arbitrary_reads_never_panic(mut raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let mut scratch = Vec::new();

@@ -64,6 +64,8 @@ pub(crate) struct Cluster {
     pub(crate) bridge: String,
     pub(crate) nodes: Vec<Node>,
     pub(crate) dir: tempfile::TempDir,
+    /// Every node reads and writes its TUN with offloads (else node 1 only).
+    pub(crate) offload_all: bool,
 }
 
 impl Cluster {
@@ -72,6 +74,12 @@ impl Cluster {
     /// underlay gateway (10.99.0.1), so anything not routed into the tunnel *would* leave in
     /// clear — which is what the captures look for.
     pub(crate) fn new(test: &str, n: usize) -> Self {
+        Self::new_with_offload(test, n, false)
+    }
+
+    /// As [`Cluster::new`]; with `offload_all`, every node's device runs with TUN offloads
+    /// (TSO reads, coalesced writes), not only node 1's.
+    pub(crate) fn new_with_offload(test: &str, n: usize, offload_all: bool) -> Self {
         identityd_tests::require_root();
         // Fail (never skip) when a tool is missing.
         let _ = (tools::ip(), tools::wg(), tools::ping(), tools::tcpdump());
@@ -120,6 +128,7 @@ impl Cluster {
             bridge: br,
             nodes,
             dir,
+            offload_all,
         };
         for i in 0..n {
             let peers: Vec<usize> = (0..n).filter(|&j| j != i).collect();
@@ -159,7 +168,7 @@ impl Cluster {
             "persist": true,
             // Node 1 reads its TUN with segmentation offload, the others without: every
             // test crosses both datapaths.
-            "offload": i == 0,
+            "offload": i == 0 || self.offload_all,
             "backend": "userspace",
             "peers": peers,
         });
@@ -255,6 +264,28 @@ impl Cluster {
     }
 
     /// Kills node `i`'s device (SIGKILL: no chance to clean up, the worst case).
+    /// The device's own counters (`get=identityd-counters` on its UAPI socket).
+    pub(crate) fn device_counters(&self, i: usize) -> std::collections::BTreeMap<String, u64> {
+        use std::io::{BufRead as _, BufReader};
+        let path = identityd_wg::uapi::socket_path(&self.nodes[i].iface);
+        let mut s = std::os::unix::net::UnixStream::connect(&path)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        s.write_all(format!("{}\n\n", identityd_wg::uapi::GET_COUNTERS).as_bytes())
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once('=')
+                && let Ok(v) = v.parse()
+            {
+                out.insert(k.to_owned(), v);
+            }
+        }
+        out
+    }
+
     pub(crate) fn kill(&mut self, i: usize) {
         let idx = self.nodes[i].child.take().expect("device running");
         let c = self.topo.child(idx);

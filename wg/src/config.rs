@@ -102,9 +102,10 @@ pub struct DeviceConfig {
     /// Keep the TUN interface when the process exits (`TUNSETPERSIST`).
     #[serde(default = "default_true")]
     pub persist: bool,
-    /// TUN segmentation/checksum offload: one read per TCP super-packet, split in userspace.
-    /// Off by default: measured slower than the kernel's own segmentation until sends and
-    /// receives are batched too (UDP GSO/GRO).
+    /// TUN offloads (`IFF_VNET_HDR`): one read per TCP (and, Linux ≥ 6.2, UDP) super-packet,
+    /// split in userspace, and received TCP segments coalesced into one write. Off when absent
+    /// from the file (a device binary older than the daemon's config stays as it was); the
+    /// node daemon writes it on.
     #[serde(default)]
     pub offload: bool,
     /// UDP GSO sends (one `sendmsg` per TUN read's segments), probed at start. On by default.

@@ -128,6 +128,8 @@ pub struct Counters {
     pub udp_gro_receives: AtomicU64,
     /// Packets written to the TUN that merged several received TCP segments.
     pub tun_coalesced_writes: AtomicU64,
+    /// TUN reads that were UDP segmentation-offload packets (TUN USO), split here.
+    pub tun_uso_reads: AtomicU64,
     /// UDP GSO sends the kernel refused (their datagrams were then sent one by one).
     pub udp_gso_failures: AtomicU64,
 }
@@ -137,6 +139,8 @@ pub struct Counters {
 pub struct Offloads {
     /// TUN TSO reads and coalesced TUN writes (`IFF_VNET_HDR`).
     pub tun: bool,
+    /// TUN USO reads (UDP segmentation-offload packets split here; Linux ≥ 6.2).
+    pub tun_uso: bool,
     /// UDP GSO sends (turned off for good if the kernel refuses one with `EIO`).
     pub udp_gso: bool,
     /// UDP GRO receives.
@@ -392,6 +396,7 @@ impl Device {
         tracing::info!(
             interface = tun.name(),
             tun_offload = tun.has_vnet_hdr(),
+            tun_uso = tun.has_uso(),
             udp_gso,
             udp_gro,
             "device offloads"
@@ -537,6 +542,7 @@ impl Device {
     pub fn offloads(&self) -> Offloads {
         Offloads {
             tun: self.inner.tun.has_vnet_hdr(),
+            tun_uso: self.inner.tun.has_uso(),
             udp_gso: self.inner.udp_gso.load(Ordering::Relaxed),
             udp_gro: self.inner.udp_gro,
         }
@@ -787,6 +793,12 @@ impl Device {
                 }
             };
             if vnet {
+                if n > 1 && src[1] & 0x7f == offload::GSO_UDP_L4 {
+                    self.inner
+                        .counters
+                        .tun_uso_reads
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 let res = offload::for_each_packet(&mut src[..n], &mut seg, |pkt| {
                     self.encrypt_into(pkt, &mut batch);
                 });
@@ -1191,6 +1203,7 @@ impl Device {
             ("udp_gso_failures", &c.udp_gso_failures),
             ("udp_gro_receives", &c.udp_gro_receives),
             ("tun_coalesced_writes", &c.tun_coalesced_writes),
+            ("tun_uso_reads", &c.tun_uso_reads),
             ("handshake_invalid_mac", &h.invalid_mac),
             ("handshake_cookie_replies", &h.cookie_replies),
             ("handshake_rate_limited", &h.rate_limited),
@@ -1201,6 +1214,7 @@ impl Device {
         let o = self.offloads();
         for (k, on) in [
             ("offload_tun", o.tun),
+            ("offload_tun_uso", o.tun_uso),
             ("offload_udp_gso", o.udp_gso),
             ("offload_udp_gro", o.udp_gro),
         ] {

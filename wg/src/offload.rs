@@ -14,6 +14,8 @@ pub(crate) const F_NEEDS_CSUM: u8 = 1;
 pub(crate) const GSO_NONE: u8 = 0;
 pub(crate) const GSO_TCPV4: u8 = 1;
 pub(crate) const GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation offload (TUN USO, Linux ≥ 6.2).
+pub const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 
 /// A `virtio_net_hdr`, host byte order.
@@ -176,6 +178,9 @@ pub fn for_each_packet(
         emit(pkt);
         return Ok(());
     }
+    if gso == GSO_UDP_L4 {
+        return split_udp(pkt, usize::from(hdr.gso_size), seg, emit);
+    }
     if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
         return Err(OffloadError::Unsupported(hdr.gso_type));
     }
@@ -242,6 +247,63 @@ pub fn for_each_packet(
         }
         seg[iph + 13] = flags;
         tcp_checksum(seg, iph, v4);
+        emit(seg);
+    }
+    Ok(())
+}
+
+/// Splits a UDP segmentation-offload packet (one application `sendmsg` with `UDP_SEGMENT`
+/// that reached the TUN whole) into datagrams of `size` payload bytes, the last possibly
+/// shorter, each with its own IP and UDP lengths and checksums.
+fn split_udp(
+    pkt: &[u8],
+    size: usize,
+    seg: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<(), OffloadError> {
+    let (v4, iph) = match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= 28 && pkt[9] == 17 => (true, usize::from(pkt[0] & 0x0f) * 4),
+        Some(6) if pkt.len() >= 48 && pkt[6] == 17 => (false, 40),
+        _ => {
+            return Err(OffloadError::Malformed(
+                "UDP GSO without a plain IP+UDP header",
+            ));
+        }
+    };
+    let hdrs = iph + 8;
+    if iph < 20 || hdrs > pkt.len() || size == 0 {
+        return Err(OffloadError::Malformed("UDP header or segment size"));
+    }
+    let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
+    for (i, chunk) in pkt[hdrs..].chunks(size).enumerate() {
+        seg.clear();
+        seg.extend_from_slice(&pkt[..hdrs]);
+        seg.extend_from_slice(chunk);
+        let len = seg.len();
+        let too_long = |_| OffloadError::Malformed("segment too long");
+        if v4 {
+            seg[2..4].copy_from_slice(&u16::try_from(len).map_err(too_long)?.to_be_bytes());
+            let id = id0.wrapping_add(u16::try_from(i & 0xffff).unwrap_or(0));
+            seg[4..6].copy_from_slice(&id.to_be_bytes());
+            seg[10] = 0;
+            seg[11] = 0;
+            let c = !fold(sum(&seg[..iph], 0));
+            seg[10..12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            let plen = u16::try_from(len - 40).map_err(too_long)?;
+            seg[4..6].copy_from_slice(&plen.to_be_bytes());
+        }
+        let udp_len = u16::try_from(len - iph).map_err(too_long)?;
+        seg[iph + 4..iph + 6].copy_from_slice(&udp_len.to_be_bytes());
+        seg[iph + 6] = 0;
+        seg[iph + 7] = 0;
+        let addrs = if v4 { &seg[12..20] } else { &seg[8..40] };
+        let acc = sum(addrs, 17 + u64::from(udp_len));
+        let mut c = !fold(sum(&seg[iph..], acc));
+        if c == 0 {
+            c = 0xffff; // a zero UDP checksum means "none"
+        }
+        seg[iph + 6..iph + 8].copy_from_slice(&c.to_be_bytes());
         emit(seg);
     }
     Ok(())
@@ -358,6 +420,51 @@ mod tests {
             acc += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
         }
         fold(acc)
+    }
+
+    #[test]
+    fn udp_gso_packet_is_split_into_valid_datagrams() {
+        let payload: Vec<u8> = (0..2500u32)
+            .map(|i| u8::try_from(i % 253).unwrap())
+            .collect();
+        let mut pkt = vec![0u8; 28];
+        pkt[0] = 0x45;
+        let len = u16::try_from(28 + payload.len()).unwrap();
+        pkt[2..4].copy_from_slice(&len.to_be_bytes());
+        pkt[4..6].copy_from_slice(&50u16.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 17;
+        pkt[12..16].copy_from_slice(&[10, 244, 1, 2]);
+        pkt[16..20].copy_from_slice(&[10, 244, 2, 2]);
+        pkt[20..22].copy_from_slice(&4433u16.to_be_bytes());
+        pkt[22..24].copy_from_slice(&443u16.to_be_bytes());
+        pkt.extend_from_slice(&payload);
+        let mut raw = vnet(GSO_UDP_L4, 1000, F_NEEDS_CSUM, 20, 6);
+        raw.extend_from_slice(&pkt);
+        let mut segs = Vec::new();
+        for_each_packet(&mut raw, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs.len(), 3);
+        let mut joined = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(fold(sum(&s[..20], 0)), 0xffff, "IPv4 header checksum");
+            assert_eq!(usize::from(u16::from_be_bytes([s[2], s[3]])), s.len());
+            assert_eq!(
+                usize::from(u16::from_be_bytes([s[24], s[25]])),
+                s.len() - 20
+            );
+            assert_eq!(
+                u16::from_be_bytes([s[4], s[5]]),
+                50 + u16::try_from(i).unwrap()
+            );
+            let acc = sum(&s[12..20], 17 + (s.len() as u64 - 20));
+            assert_eq!(fold(sum(&s[20..], acc)), 0xffff, "UDP checksum");
+            joined.extend_from_slice(&s[28..]);
+        }
+        assert_eq!(segs[2].len(), 28 + 500);
+        assert_eq!(joined, payload);
+        let mut raw = vnet(GSO_UDP_L4, 1000, 0, 0, 0);
+        raw.extend_from_slice(&[0x45, 0, 0, 0]);
+        assert!(for_each_packet(&mut raw, &mut Vec::new(), |_| {}).is_err());
     }
 
     proptest::proptest! {

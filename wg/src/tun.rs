@@ -36,6 +36,8 @@ const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
 const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
+const TUN_F_USO4: libc::c_ulong = 0x20;
+const TUN_F_USO6: libc::c_ulong = 0x40;
 /// A `virtio_net_hdr` saying "plain packet, checksum complete".
 const PLAIN_VNET_HDR: [u8; crate::offload::VNET_HDR_LEN] = [0; crate::offload::VNET_HDR_LEN];
 
@@ -52,6 +54,7 @@ pub struct Tun {
     file: File,
     name: String,
     vnet: bool,
+    uso: bool,
 }
 
 impl Tun {
@@ -99,14 +102,20 @@ impl Tun {
         }
         // Always set the offload features: they belong to the (possibly persistent) device, so
         // a previous instance's TSO setting must not outlive a restart without offload.
-        let features = if offload {
-            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-        } else {
-            0
+        let set = |features: libc::c_ulong| {
+            // SAFETY: TUNSETOFFLOAD takes an integer argument, no pointers.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, features) };
+            rc
         };
-        // SAFETY: TUNSETOFFLOAD takes an integer argument, no pointers.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, features) };
+        let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        // UDP segmentation offload (Linux ≥ 6.2) first; older kernels refuse the flags.
+        let uso = offload && set(tso | TUN_F_USO4 | TUN_F_USO6) == 0;
+        let rc = if uso {
+            0
+        } else {
+            set(if offload { tso } else { 0 })
+        };
         if rc < 0 {
             if !offload {
                 return Err(ioctl_err("TUNSETOFFLOAD(0)"));
@@ -123,7 +132,14 @@ impl Tun {
             file,
             name: String::from_utf8_lossy(&req.name[..len]).into_owned(),
             vnet: offload,
+            uso,
         })
+    }
+
+    /// Whether the kernel hands over UDP segmentation-offload packets too (TUN USO).
+    #[must_use]
+    pub fn has_uso(&self) -> bool {
+        self.uso
     }
 
     /// The interface name.

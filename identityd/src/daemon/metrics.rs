@@ -108,6 +108,41 @@ pub fn exposition(st: &NodeStatus, telemetry: Option<&Telemetry>) -> Exposition 
                 }
             }
         }
+        {
+            let mut fam = e.family(
+                "identityd_wireguard_offload",
+                "1 for each I/O offload the userspace device runs with after probing: tun (TSO reads, coalesced writes), udp_gso, udp_gro",
+                Kind::Gauge,
+            );
+            for feature in ["tun", "udp_gso", "udp_gro"] {
+                if let Some(v) = c(&format!("offload_{feature}")) {
+                    let mut l = node();
+                    l.push(("feature".to_owned(), feature.to_owned()));
+                    fam.set(l, f(v));
+                }
+            }
+        }
+        for (name, help, key) in [
+            (
+                "identityd_wireguard_udp_gso_sends",
+                "UDP GSO sends of the userspace device (each carries several datagrams)",
+                "udp_gso_sends",
+            ),
+            (
+                "identityd_wireguard_udp_gro_receives",
+                "UDP receives that returned several coalesced datagrams",
+                "udp_gro_receives",
+            ),
+            (
+                "identityd_wireguard_tun_coalesced_writes",
+                "TUN writes that merged several received TCP segments",
+                "tun_coalesced_writes",
+            ),
+        ] {
+            if let Some(v) = c(key) {
+                e.family(name, help, Kind::Counter).set(node(), f(v));
+            }
+        }
     }
     {
         let mut path = e.family(

@@ -321,7 +321,8 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 
 	wl = bpf_map_lookup_elem(&idd_workloads, &p.saddr);
 	if (wl && wl->mtls_mode != IDD_MTLS_DISABLED && p.protocol == IPPROTO_TCP &&
-	    dst->kind != IDD_ROUTE_UNAVAILABLE && !idd_inbound_reply(&p)) {
+	    dst->kind != IDD_ROUTE_UNAVAILABLE && dst->kind != IDD_ROUTE_NODE &&
+	    !idd_inbound_reply(&p)) {
 		/* The node's Envoy originates mTLS; its own traffic to the remote
 		 * pod is classified again on the node's egress. */
 		path = IDD_PATH_PROXY;
@@ -331,6 +332,7 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 
 	switch (dst->kind) {
 	case IDD_ROUTE_WIREGUARD:
+	case IDD_ROUTE_NODE:
 		path = IDD_PATH_WIREGUARD;
 		idd_set_mark(skb, IDD_MARK_WIREGUARD);
 		break;

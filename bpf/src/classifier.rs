@@ -139,6 +139,9 @@ pub enum RouteKind {
     Ipsec,
     /// In clear (encryption disabled towards it): dropped in strict mode.
     Plaintext,
+    /// A peer node's own address, through WireGuard (node encryption); never through the
+    /// mesh proxy.
+    WireGuardNode,
 }
 
 impl RouteKind {
@@ -149,6 +152,7 @@ impl RouteKind {
             Self::WireGuard => types::IDD_ROUTE_WIREGUARD,
             Self::Ipsec => types::IDD_ROUTE_IPSEC,
             Self::Plaintext => types::IDD_ROUTE_PLAINTEXT,
+            Self::WireGuardNode => types::IDD_ROUTE_NODE,
         }
     }
 
@@ -159,6 +163,7 @@ impl RouteKind {
             types::IDD_ROUTE_WIREGUARD => Self::WireGuard,
             types::IDD_ROUTE_IPSEC => Self::Ipsec,
             types::IDD_ROUTE_PLAINTEXT => Self::Plaintext,
+            types::IDD_ROUTE_NODE => Self::WireGuardNode,
             _ => return None,
         })
     }

@@ -16,6 +16,9 @@
 /* Set (SO_MARK) by the node's Envoy on its connections to local pods after mTLS
  * termination: the only source of new TCP connections a strict pod accepts. */
 #define IDD_MARK_FROM_PROXY 0x0a00
+/* Set (SO_MARK) on the tunnel device's own UDP socket: with node encryption its datagrams
+ * to peer node addresses take the main table, not the tunnel. Never set here. */
+#define IDD_MARK_TUNNEL_SOCKET 0x0900
 
 /* Entries of the `idd_tunnels` array: ifindexes packets out of a tunnel arrive on. */
 #define IDD_TUNNELS_MAX 4
@@ -26,6 +29,8 @@
 #define IDD_ROUTE_WIREGUARD 2
 #define IDD_ROUTE_IPSEC 3
 #define IDD_ROUTE_PLAINTEXT 4	/* encryption disabled towards this CIDR */
+#define IDD_ROUTE_NODE 5	/* a peer node's own address, through WireGuard (node encryption);
+				 * never through the mesh proxy: it is no workload */
 
 /* The verdict of one packet; also the index into the `idd_path_stats` array. */
 #define IDD_PATH_PASS 0	/* not pod-to-remote-pod: passed, mark untouched */

@@ -12,6 +12,16 @@
 //! mark 0x0b00 (plaintext)  nothing here: the main table
 //! ```
 //!
+//! Node encryption (when [`RoutingConfig::node_encryption`] is set): the node's own traffic
+//! to peer node addresses goes into the tunnel too, except the tunnel's own datagrams:
+//!
+//! ```text
+//! mark 0x0900 (tunnel socket)  ip rule fwmark 0x900/0xf00 lookup main   (priority 110)
+//! everything else              ip rule lookup 204                        (priority 111)
+//!                              table 204: <peer node>/32 dev <wg>, one per peer (the
+//!                              device keeps them, like its pod CIDR routes)
+//! ```
+//!
 //! The blackhole in table 202 keeps WireGuard-marked packets from falling through to the
 //! main table (and the underlay, in clear) while the WireGuard interface is missing, e.g.
 //! during a restart.
@@ -29,7 +39,20 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use crate::types::{IDD_MARK_MASK, IDD_MARK_PROXY, IDD_MARK_WIREGUARD};
+use crate::types::{IDD_MARK_MASK, IDD_MARK_PROXY, IDD_MARK_TUNNEL_SOCKET, IDD_MARK_WIREGUARD};
+
+/// The main routing table.
+const MAIN_TABLE: u32 = 254;
+
+/// A table as `ip rule show` names it.
+fn table_name(t: u32) -> String {
+    match t {
+        MAIN_TABLE => "main".into(),
+        255 => "local".into(),
+        253 => "default".into(),
+        t => t.to_string(),
+    }
+}
 
 /// The policy-routing table of the WireGuard path (DESIGN.md).
 pub const WIREGUARD_TABLE: u32 = 202;
@@ -39,6 +62,11 @@ pub const PROXY_TABLE: u32 = 203;
 pub const PROXY_PORT: u16 = 15001;
 /// Priority of the first `ip rule` (the next ones follow).
 pub const RULE_PRIORITY: u32 = 100;
+/// Node encryption: the table of peer node-address routes through the tunnel.
+pub const NODE_ENCRYPTION_TABLE: u32 = 204;
+/// Node encryption: priority of the tunnel-socket rule (the node-table rule follows). After
+/// the mark rules, so marked pod traffic keeps its path.
+pub const NODE_ENCRYPTION_PRIORITY: u32 = 110;
 /// The nftables table (family `inet`) holding the TPROXY rules.
 pub const NFT_TABLE: &str = "identityd";
 /// Metric of the fallback blackhole route in the WireGuard table.
@@ -82,6 +110,9 @@ pub struct RoutingConfig {
     pub ipv6: bool,
     /// The inbound mTLS plumbing, when the node runs Envoy for mTLS.
     pub inbound: Option<InboundConfig>,
+    /// Node encryption: the table holding peer node-address routes (the tunnel's own
+    /// datagrams, marked [`IDD_MARK_TUNNEL_SOCKET`], skip it).
+    pub node_encryption_table: Option<u32>,
 }
 
 impl Default for RoutingConfig {
@@ -95,6 +126,7 @@ impl Default for RoutingConfig {
             nft_table: NFT_TABLE.to_owned(),
             ipv6: true,
             inbound: None,
+            node_encryption_table: None,
         }
     }
 }
@@ -150,8 +182,39 @@ impl Rule {
     fn shown(&self) -> String {
         format!(
             "from all fwmark {:#x}/{:#x} lookup {}",
-            self.fwmark, self.mask, self.table
+            self.fwmark,
+            self.mask,
+            table_name(self.table)
         )
+    }
+}
+
+/// `ip rule add priority P lookup T` (every packet; the table's routes decide).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRule {
+    /// Family.
+    pub family: Family,
+    /// Priority.
+    pub priority: u32,
+    /// Table.
+    pub table: u32,
+}
+
+impl TableRule {
+    /// The `ip rule` arguments after `add`/`del`.
+    #[must_use]
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "priority".into(),
+            self.priority.to_string(),
+            "lookup".into(),
+            self.table.to_string(),
+        ]
+    }
+
+    /// How `ip rule show` prints it (after the `PRIORITY:` prefix).
+    fn shown(&self) -> String {
+        format!("from all lookup {}", self.table)
     }
 }
 
@@ -261,6 +324,8 @@ pub struct RoutingPlan {
     pub rules: Vec<Rule>,
     /// Port-selected policy rules (the inbound mTLS rule).
     pub port_rules: Vec<PortRule>,
+    /// Table rules (node encryption's node table).
+    pub table_rules: Vec<TableRule>,
     /// The inbound nftables table definition, when [`RoutingConfig::inbound`] is set.
     pub inbound_nftables: Option<String>,
     /// Routes of the policy tables.
@@ -346,6 +411,22 @@ pub fn plan(config: &RoutingConfig) -> RoutingPlan {
         let _ = writeln!(nft, "\t}}");
         let _ = writeln!(nft, "}}");
         p.nftables = Some(nft);
+    }
+    if let Some(table) = config.node_encryption_table {
+        for &family in families {
+            p.rules.push(Rule {
+                family,
+                priority: NODE_ENCRYPTION_PRIORITY,
+                fwmark: IDD_MARK_TUNNEL_SOCKET,
+                mask: IDD_MARK_MASK,
+                table: MAIN_TABLE,
+            });
+            p.table_rules.push(TableRule {
+                family,
+                priority: NODE_ENCRYPTION_PRIORITY + 1,
+                table,
+            });
+        }
     }
     if let Some(inb) = &config.inbound {
         p.port_rules.push(PortRule {
@@ -503,6 +584,31 @@ pub fn apply(plan: &RoutingPlan) -> Result<ApplyReport, RoutingError> {
             &mut report,
         )?;
     }
+    if plan.table_rules.is_empty() {
+        // Node encryption turned off: an older plan's rules at its priorities go.
+        for family in [Family::V4, Family::V6] {
+            for priority in [NODE_ENCRYPTION_PRIORITY, NODE_ENCRYPTION_PRIORITY + 1] {
+                for line in rules_at(family, priority).unwrap_or_default() {
+                    let mut args = strings(&[family.flag(), "rule", "del", "priority"]);
+                    args.push(priority.to_string());
+                    args.extend(line.split_whitespace().map(str::to_owned));
+                    run("ip", &args, None)?;
+                    report.rules_removed += 1;
+                }
+            }
+        }
+    }
+    for rule in &plan.table_rules {
+        // A node-table rule of an older plan names another table.
+        ensure_rule(
+            rule.family,
+            rule.priority,
+            &rule.shown(),
+            rule.args(),
+            "lookup",
+            &mut report,
+        )?;
+    }
     for rule in &plan.port_rules {
         // An inbound rule of an older plan (another CIDR or interface) selects a port.
         ensure_rule(
@@ -560,6 +666,14 @@ pub fn remove(plan: &RoutingPlan) -> Result<(), RoutingError> {
             Err(e) => return Err(e),
         }
     }
+    for rule in &plan.table_rules {
+        let mut args = strings(&[rule.family.flag(), "rule", "del"]);
+        args.extend(rule.args());
+        match run("ip", &args, None) {
+            Ok(_) | Err(RoutingError::Failed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     for rule in &plan.port_rules {
         let mut args = strings(&[rule.family.flag(), "rule", "del"]);
         args.extend(rule.args());
@@ -586,6 +700,39 @@ pub fn remove(plan: &RoutingPlan) -> Result<(), RoutingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_encryption_sends_the_tunnel_socket_to_main_and_the_rest_through_the_node_table() {
+        let p = plan(&RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            node_encryption_table: Some(NODE_ENCRYPTION_TABLE),
+            ipv6: false,
+            ..RoutingConfig::default()
+        });
+        let rules: Vec<String> = p.rules.iter().map(|r| r.args().join(" ")).collect();
+        assert_eq!(
+            rules,
+            [
+                "priority 100 fwmark 0xe00/0xf00 lookup 202",
+                "priority 110 fwmark 0x900/0xf00 lookup 254"
+            ]
+        );
+        assert_eq!(
+            p.rules[1].shown(),
+            "from all fwmark 0x900/0xf00 lookup main"
+        );
+        assert_eq!(p.table_rules.len(), 1);
+        assert_eq!(p.table_rules[0].args().join(" "), "priority 111 lookup 204");
+        assert_eq!(p.table_rules[0].shown(), "from all lookup 204");
+        // Off: none of it.
+        let off = plan(&RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            ipv6: false,
+            ..RoutingConfig::default()
+        });
+        assert_eq!(off.rules.len(), 1);
+        assert!(off.table_rules.is_empty());
+    }
 
     #[test]
     fn nothing_configured_plans_nothing() {

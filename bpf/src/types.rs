@@ -32,6 +32,10 @@ pub const IDD_MARK_IPSEC: u32 = 0x0d00;
 pub const IDD_MARK_PROXY: u32 = 0x0c00;
 /// `IDD_MARK_PLAINTEXT`.
 pub const IDD_MARK_PLAINTEXT: u32 = 0x0b00;
+/// The mark of the tunnel device's own UDP socket (`SO_MARK`): with node encryption its
+/// datagrams to peer node addresses take the main table, not the tunnel (no loop). The
+/// classifier never sets it.
+pub const IDD_MARK_TUNNEL_SOCKET: u32 = 0x0900;
 /// `IDD_MARK_FROM_PROXY`: set (SO_MARK) by the node's Envoy on connections to local pods.
 pub const IDD_MARK_FROM_PROXY: u32 = 0x0a00;
 /// `IDD_TUNNELS_MAX`: slots of the `idd_tunnels` array.
@@ -47,6 +51,9 @@ pub const IDD_ROUTE_WIREGUARD: u32 = 2;
 pub const IDD_ROUTE_IPSEC: u32 = 3;
 /// `IDD_ROUTE_PLAINTEXT`.
 pub const IDD_ROUTE_PLAINTEXT: u32 = 4;
+/// `IDD_ROUTE_NODE`: a peer node's own address through WireGuard (node encryption), never
+/// through the mesh proxy.
+pub const IDD_ROUTE_NODE: u32 = 5;
 
 /// `IDD_PATH_*`: a packet's verdict and its slot in `idd_path_stats`.
 pub const IDD_PATH_PASS: u32 = 0;
@@ -313,12 +320,14 @@ pub fn constants() -> Vec<(&'static str, u64)> {
         ("IDD_MARK_PROXY", IDD_MARK_PROXY.into()),
         ("IDD_MARK_PLAINTEXT", IDD_MARK_PLAINTEXT.into()),
         ("IDD_MARK_FROM_PROXY", IDD_MARK_FROM_PROXY.into()),
+        ("IDD_MARK_TUNNEL_SOCKET", IDD_MARK_TUNNEL_SOCKET.into()),
         ("IDD_TUNNELS_MAX", IDD_TUNNELS_MAX.into()),
         ("IDD_ROUTE_UNAVAILABLE", IDD_ROUTE_UNAVAILABLE.into()),
         ("IDD_ROUTE_LOCAL", IDD_ROUTE_LOCAL.into()),
         ("IDD_ROUTE_WIREGUARD", IDD_ROUTE_WIREGUARD.into()),
         ("IDD_ROUTE_IPSEC", IDD_ROUTE_IPSEC.into()),
         ("IDD_ROUTE_PLAINTEXT", IDD_ROUTE_PLAINTEXT.into()),
+        ("IDD_ROUTE_NODE", IDD_ROUTE_NODE.into()),
         ("IDD_PATH_PASS", IDD_PATH_PASS.into()),
         ("IDD_PATH_WIREGUARD", IDD_PATH_WIREGUARD.into()),
         ("IDD_PATH_IPSEC", IDD_PATH_IPSEC.into()),

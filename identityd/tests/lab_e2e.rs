@@ -683,6 +683,68 @@ fn lab_up_leaves_no_plaintext_on_the_underlay(lab: &Lab) {
     assert!(stdout.contains("marker found in clear: no"), "{stdout}");
 }
 
+/// Node encryption (`encryption.nodeEncryption`, on in the lab): a pod's request to a remote
+/// node's own address (n2's metrics port) and the node's own request to it (host network)
+/// cross the underlay only inside WireGuard. Control: the same request from the underlay host
+/// (the root namespace, not a node) is in clear on the same capture.
+fn a_remote_node_address_is_reached_only_through_wireguard(lab: &Lab) {
+    let fetch = |ns: Option<&str>, marker: &str| {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let out = cmd
+            .args([
+                "lab",
+                "get",
+                "http://10.99.0.12:9962/metrics",
+                "--payload",
+                marker,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "GET n2's metrics from {ns:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let pcap = lab.dir.join("node-encryption.pcap");
+    let cap = capture_start(&pcap);
+    fetch(None, "IDD-NODE-ENC-CONTROL");
+    fetch(Some("idd-n1-client-1"), "IDD-NODE-ENC-FROM-POD");
+    fetch(Some("idd-n1"), "IDD-NODE-ENC-FROM-NODE");
+    let _ = capture_stop(cap, &pcap);
+    let dump = |filter: &str| {
+        let out = Command::new(identityd_tests::tools::tcpdump())
+            .args(["-nn", "-A", "-r"])
+            .arg(&pcap)
+            .arg(filter)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = dump("");
+    assert!(
+        all.contains("IDD-NODE-ENC-CONTROL"),
+        "the capture sees the underlay host's request in clear (control)"
+    );
+    for m in ["IDD-NODE-ENC-FROM-POD", "IDD-NODE-ENC-FROM-NODE"] {
+        assert!(!all.contains(m), "{m} crossed the underlay in clear");
+    }
+    let clear = dump("tcp port 9962 and host 10.99.0.11");
+    assert!(
+        clear.trim().is_empty(),
+        "n1 reached n2's metrics port outside the tunnel:\n{clear}"
+    );
+}
+
 fn every_request_goes_over_mtls_with_the_callers_spiffe_id(lab: &Lab) {
     let stdout = &lab.stdout;
     assert_eq!(
@@ -2955,6 +3017,10 @@ const TRIALS: &[Check] = &[
     (
         "every_request_goes_over_mtls_with_the_callers_spiffe_id",
         every_request_goes_over_mtls_with_the_callers_spiffe_id,
+    ),
+    (
+        "a_remote_node_address_is_reached_only_through_wireguard",
+        a_remote_node_address_is_reached_only_through_wireguard,
     ),
     (
         "an_identity_the_authorization_policy_does_not_allow_gets_403",

@@ -96,6 +96,16 @@ pub struct DeviceConfig {
     /// This node's pod CIDRs.
     #[serde(default)]
     pub local_cidrs: Vec<Cidr>,
+    /// Node encryption: the table the peers' node addresses are routed into the tunnel in
+    /// (never the main table: the device's own datagrams to those addresses must not loop
+    /// back into the tunnel; the node's policy rules send them past it by `fwmark`). Peers'
+    /// `node_addresses` are ignored without it. Written only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_route_table: Option<u32>,
+    /// `SO_MARK` of the device's UDP socket (0: none), so policy routing can tell the
+    /// device's own datagrams from traffic to be encrypted. Written only when set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fwmark: u32,
     /// Routing table for tunnel routes (254 = main).
     #[serde(default = "default_table")]
     pub route_table: u32,
@@ -129,6 +139,11 @@ pub struct DeviceConfig {
     pub peers: Vec<PeerSpec>,
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 impl DeviceConfig {
     /// Reads and parses `path`.
     ///
@@ -158,6 +173,7 @@ impl DeviceConfig {
             cluster_cidrs: self.cluster_cidrs.clone(),
             local_cidrs: self.local_cidrs.clone(),
             route_table: self.route_table,
+            node_route_table: self.node_route_table,
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct DeviceSettings {
     pub udp_gro: bool,
     /// The handshake flood defence ([`crate::dos`]); off only to measure the attack.
     pub handshake_protection: bool,
+    /// `SO_MARK` of the UDP socket (0: none; node encryption's policy routing needs it).
+    pub fwmark: u32,
 }
 
 /// What [`Device::apply_peers`] changed.
@@ -385,6 +387,15 @@ impl Device {
                 let _ = set_sockopt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
             }
         }
+        if settings.fwmark != 0 {
+            let v = libc::c_int::from_ne_bytes(settings.fwmark.to_ne_bytes());
+            if !set_sockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, v) {
+                return Err(DeviceError::Bind {
+                    port: settings.listen_port,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
         let listen_port = udp.local_addr().map_or(settings.listen_port, |a| a.port());
         let udp_gso = settings.udp_gso && udp::gso_supported(fd);
         let udp_gro = settings.udp_gro
@@ -412,7 +423,7 @@ impl Device {
             tun,
             udp,
             listen_port,
-            fwmark: AtomicU32::new(0),
+            fwmark: AtomicU32::new(settings.fwmark),
             peers: RwLock::new(PeerTable::default()),
             next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             counters: Counters::default(),

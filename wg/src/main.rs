@@ -99,9 +99,16 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 async fn converge(dev: &Device, nl: &Netlink, desired: &DesiredConfig) -> anyhow::Result<()> {
     let peers = dev.apply_peers(&desired.peers);
     let link_changed = nl.ensure_link(&desired.interface, desired.mtu).await?;
-    let routes = nl
+    let mut routes = nl
         .apply_routes(&desired.interface, desired.route_table, &desired.routes)
         .await?;
+    if let Some((table, node_routes)) = &desired.node_routes {
+        let r = nl
+            .apply_routes(&desired.interface, *table, node_routes)
+            .await?;
+        routes.added.extend(r.added);
+        routes.removed.extend(r.removed);
+    }
     if !peers.is_empty() || link_changed || !routes.added.is_empty() || !routes.removed.is_empty() {
         tracing::info!(
             interface = %desired.interface,
@@ -167,6 +174,7 @@ async fn run(config: &Path) -> anyhow::Result<()> {
             udp_gso: cfg.udp_gso,
             udp_gro: cfg.udp_gro,
             handshake_protection: cfg.handshake_protection,
+            fwmark: cfg.fwmark,
         },
     )
     .with_context(|| format!("start device {}", cfg.interface))?;

@@ -156,6 +156,8 @@ pub struct NodeSpec {
     pub local_cidrs: Vec<Cidr>,
     /// Routing table for the tunnel routes.
     pub route_table: u32,
+    /// Node encryption: the table of the peers' node-address routes (none: off).
+    pub node_route_table: Option<u32>,
 }
 
 /// One remote node as the planner sees it.
@@ -176,6 +178,10 @@ pub struct PeerSpec {
     /// daemon's configuration unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_public_key: Option<PublicKey>,
+    /// Node encryption: the remote node's own addresses (host /32 or /128). They become
+    /// allowed IPs and routes in the node route table. Written only when set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_addresses: Vec<Cidr>,
 }
 
 /// The per-peer part of a device configuration.
@@ -206,6 +212,8 @@ pub struct DesiredConfig {
     pub routes: BTreeSet<Cidr>,
     /// Routing table of those routes.
     pub route_table: u32,
+    /// Node encryption: peers' node addresses routed into the interface, and their table.
+    pub node_routes: Option<(u32, BTreeSet<Cidr>)>,
 }
 
 /// Why a plan could not be made. Each names the field, the value and what was expected.
@@ -291,6 +299,7 @@ pub fn plan(node: &NodeSpec, peers: &[PeerSpec]) -> Result<DesiredConfig, PlanEr
         peers: BTreeMap::new(),
         routes: BTreeSet::new(),
         route_table: node.route_table,
+        node_routes: node.node_route_table.map(|t| (t, BTreeSet::new())),
     };
     let mut owners: Vec<(Cidr, String)> = node
         .local_cidrs
@@ -335,6 +344,21 @@ pub fn plan(node: &NodeSpec, peers: &[PeerSpec]) -> Result<DesiredConfig, PlanEr
         for c in &allowed {
             owners.push((*c, format!("peer {}", p.public_key)));
             out.routes.insert(*c);
+        }
+        if let Some((_, node_routes)) = out.node_routes.as_mut() {
+            for a in &p.node_addresses {
+                if let Some((other, owner)) = owners.iter().find(|(o, _)| o.overlaps(a)) {
+                    return Err(PlanError::Overlap {
+                        key: p.public_key,
+                        cidr: *a,
+                        other: *other,
+                        owner: owner.clone(),
+                    });
+                }
+                owners.push((*a, format!("peer {} (node address)", p.public_key)));
+                node_routes.insert(*a);
+                allowed.insert(*a);
+            }
         }
         out.peers.insert(
             p.public_key,
@@ -452,6 +476,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             local_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
             route_table: 254,
+            node_route_table: None,
         }
     }
 
@@ -462,7 +487,44 @@ mod tests {
             pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
             keepalive: None,
             next_public_key: None,
+            node_addresses: vec![],
         }
+    }
+
+    #[test]
+    fn node_addresses_are_allowed_and_routed_only_in_the_node_table() {
+        let mut p2 = peer(2);
+        p2.node_addresses = vec!["10.99.0.12/32".parse().unwrap()];
+        // Without node encryption they are ignored: no allowed IP, no route.
+        let d = plan(&node(), std::slice::from_ref(&p2)).unwrap();
+        assert!(d.node_routes.is_none());
+        assert_eq!(d.peers[&key(2)].allowed_ips.len(), 1);
+        let mut n = node();
+        n.node_route_table = Some(204);
+        let d = plan(&n, &[p2.clone(), peer(3)]).unwrap();
+        let allowed: Vec<String> = d.peers[&key(2)]
+            .allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allowed, ["10.99.0.12/32", "10.244.2.0/24"]);
+        let (table, routes) = d.node_routes.as_ref().unwrap();
+        assert_eq!(*table, 204);
+        assert_eq!(
+            routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.99.0.12/32"]
+        );
+        // Never in the main table: the device's own datagrams go to that address.
+        assert!(
+            !d.routes
+                .iter()
+                .any(|r| r.contains("10.99.0.12".parse().unwrap()))
+        );
+        // A node address inside someone's pod CIDR is refused, naming it.
+        let mut bad = peer(3);
+        bad.node_addresses = vec!["10.244.2.7/32".parse().unwrap()];
+        let e = plan(&n, &[peer(2), bad]).unwrap_err();
+        assert!(e.to_string().contains("10.244.2.7/32"), "{e}");
     }
 
     #[test]

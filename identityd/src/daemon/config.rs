@@ -620,11 +620,14 @@ impl DaemonConfig {
                 e.to_string(),
             )
         })?;
-        if self.encryption.node_encryption {
+        if self.encryption.node_encryption
+            && self.role == Role::Node
+            && (self.encryption.mode != EncryptionMode::Wireguard || self.wireguard.is_none())
+        {
             return Err((
                 "encryption.nodeEncryption".into(),
                 "true".into(),
-                "encrypting host-network (node-to-node) traffic is not built; pod traffic is encrypted by encryption.mode".into(),
+                "node encryption needs encryption.mode wireguard and a wireguard section".into(),
             ));
         }
         self.report.seconds()?;

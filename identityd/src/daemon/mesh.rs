@@ -666,8 +666,13 @@ impl MeshRuntime {
             // No mTLS namespace left on this node: what an earlier plan installed goes (the
             // installed state follows the current modes; nothing stays behind a mode change).
             if let Some(old) = &self.routing {
-                match routing::remove(old) {
-                    Ok(()) => self.routing = None,
+                // The proxy plan carries the node's base routing too (the WireGuard mark,
+                // node encryption): it is put back once the proxy's part is gone.
+                let base = crate::daemon::plan::base_routing(cfg).map(|c| routing::plan(&c));
+                match routing::remove(old)
+                    .and_then(|()| base.as_ref().map(routing::apply).transpose())
+                {
+                    Ok(_) => self.routing = None,
                     Err(e) => errors.push(format!("proxy routing removal: {e}")),
                 }
             }
@@ -675,8 +680,8 @@ impl MeshRuntime {
         }
         // TPROXY: outbound by the classifier's proxy mark; inbound from the tunnel on 15008:
         // one plan, applied when it changes. Enforcement is the classifier's ingress strict.
+        let base = crate::daemon::plan::base_routing(cfg).unwrap_or_default();
         let plan = routing::plan(&RoutingConfig {
-            wireguard_interface: cfg.wireguard.as_ref().map(|w| w.interface.clone()),
             proxy_port: Some(OUTBOUND_PORT),
             ipv6: false,
             inbound: cfg
@@ -688,7 +693,7 @@ impl MeshRuntime {
                     pod_cidr: pc.clone(),
                     port: INBOUND_PORT,
                 }),
-            ..RoutingConfig::default()
+            ..base
         });
         if self.routing.as_ref() != Some(&plan) {
             match routing::apply(&plan) {

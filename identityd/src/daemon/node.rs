@@ -306,6 +306,7 @@ fn bpf_kind(p: RoutePath) -> RouteKind {
     match p {
         RoutePath::Local => RouteKind::Local,
         RoutePath::Wireguard => RouteKind::WireGuard,
+        RoutePath::WireguardNode => RouteKind::WireGuardNode,
         RoutePath::Unavailable => RouteKind::Unavailable,
         RoutePath::Plaintext => RouteKind::Plaintext,
     }
@@ -1148,6 +1149,7 @@ fn peer_path(p: &NodePlan, peer: &crate::daemon::plan::PeerView) -> &'static str
         .and_then(|c| p.routes.get(&crate::daemon::plan::canonical(c)))
         .map_or("unavailable", |(r, _)| match r {
             RoutePath::Wireguard => "wireguard",
+            RoutePath::WireguardNode => "wireguard (node address)",
             RoutePath::Unavailable => "dropped (no key yet)",
             RoutePath::Plaintext => "plaintext",
             RoutePath::Local => "local",
@@ -1458,12 +1460,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         };
         Some(Classifier::load(&ccfg)?)
     };
-    if let Some(w) = &cfg.wireguard {
-        let rplan = routing::plan(&routing::RoutingConfig {
-            wireguard_interface: Some(w.interface.clone()),
-            ipv6: false,
-            ..routing::RoutingConfig::default()
-        });
+    if let Some(rcfg) = crate::daemon::plan::base_routing(&cfg) {
+        let rplan = routing::plan(&rcfg);
         if let Err(e) = routing::apply(&rplan) {
             tracing::warn!(error = %e, "policy routing for the WireGuard mark");
         }

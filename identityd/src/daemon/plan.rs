@@ -35,6 +35,8 @@ pub enum RoutePath {
     Local,
     /// Through WireGuard.
     Wireguard,
+    /// A peer node's own address, through WireGuard (node encryption; not via the mesh).
+    WireguardNode,
     /// No usable path: dropped in strict mode.
     Unavailable,
     /// In clear (encryption disabled).
@@ -60,6 +62,22 @@ pub struct NodePlan {
     pub cluster_cidrs: Vec<String>,
     /// Things that kept a peer or pod out of the plan.
     pub problems: Vec<String>,
+}
+
+/// The node's policy routing without the proxy path: the WireGuard mark's table and, with
+/// node encryption, the node-address table the tunnel's own datagrams skip. The mesh adds
+/// the proxy path on top of the same config.
+#[must_use]
+pub fn base_routing(cfg: &DaemonConfig) -> Option<identityd_bpf::routing::RoutingConfig> {
+    let w = cfg.wireguard.as_ref()?;
+    let wg_mode = cfg.encryption.mode == EncryptionMode::Wireguard;
+    Some(identityd_bpf::routing::RoutingConfig {
+        wireguard_interface: Some(w.interface.clone()),
+        ipv6: false,
+        node_encryption_table: (wg_mode && cfg.encryption.node_encryption)
+            .then_some(identityd_bpf::routing::NODE_ENCRYPTION_TABLE),
+        ..identityd_bpf::routing::RoutingConfig::default()
+    })
 }
 
 /// Node ids: 1-based positions in the sorted list of node names.
@@ -188,6 +206,7 @@ pub fn plan_with_keys(
     }
 
     let wg_mode = cfg.encryption.mode == EncryptionMode::Wireguard;
+    let node_encryption = wg_mode && cfg.encryption.node_encryption;
     let mut routes = BTreeMap::new();
     let self_id = ids.get(&cfg.name).copied().unwrap_or(0);
     // The cluster CIDRs are "no path" wherever no node's pod CIDR is more specific: pod CIDRs
@@ -203,6 +222,23 @@ pub fn plan_with_keys(
     let mut wg_peers = Vec::new();
     for p in &peers {
         let usable = wg_mode && p.public_key.is_some() && p.endpoint.is_some();
+        // Node encryption: the peer's own address is one more prefix of its, behind the
+        // tunnel for pods (the classifier) and for the node itself (the device's node table).
+        let node_addresses: Vec<WgCidr> = match p.endpoint {
+            Some(ep) if node_encryption => {
+                let host = WgCidr::new(ep.ip(), if ep.is_ipv4() { 32 } else { 128 });
+                host.into_iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        for a in &node_addresses {
+            let path = if usable {
+                RoutePath::WireguardNode
+            } else {
+                RoutePath::Unavailable
+            };
+            routes.insert(a.to_string(), (path, p.id));
+        }
         for c in &p.pod_cidrs {
             let path = if !wg_mode {
                 RoutePath::Plaintext
@@ -227,6 +263,7 @@ pub fn plan_with_keys(
                 pod_cidrs: cidrs,
                 keepalive: None,
                 next_public_key: p.next_public_key,
+                node_addresses,
             });
         }
     }
@@ -246,6 +283,13 @@ pub fn plan_with_keys(
                 .collect(),
             local_cidrs: cfg.pod_cidr.iter().filter_map(|c| c.parse().ok()).collect(),
             route_table: 254,
+            node_route_table: node_encryption
+                .then_some(identityd_bpf::routing::NODE_ENCRYPTION_TABLE),
+            fwmark: if node_encryption {
+                identityd_bpf::types::IDD_MARK_TUNNEL_SOCKET
+            } else {
+                0
+            },
             persist: true,
             // TUN offloads with UDP GSO/GRO: 3.7 vs 1.2 Gbit/s without (scripts/bench-wg).
             offload: true,
@@ -382,6 +426,43 @@ mod tests {
             format!("n{i}"),
             &[&format!("10.244.{i}.0/24")],
         ))
+    }
+
+    #[test]
+    fn node_encryption_puts_peer_node_addresses_behind_the_tunnel_and_marks_the_socket() {
+        let state = ClusterState::from_objects(1, [node("n2", 2, Some(K2)), node("n3", 3, None)]);
+        let mut c = cfg(EncryptionMode::Wireguard);
+        let off = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        assert!(!off.routes.contains_key("10.99.0.12/32"));
+        let wg = off.wireguard.expect("wireguard");
+        assert_eq!((wg.fwmark, wg.node_route_table), (0, None));
+        assert!(wg.peers[0].node_addresses.is_empty());
+        assert!(base_routing(&c).unwrap().node_encryption_table.is_none());
+
+        c.encryption.node_encryption = true;
+        let p = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        // n2 has a key: its address goes through WireGuard (not the mesh proxy); n3 has none
+        // yet: no path (dropped in strict mode, never in clear).
+        assert_eq!(p.routes["10.99.0.12/32"].0, RoutePath::WireguardNode);
+        assert_eq!(p.routes["10.99.0.12/32"].1, node_ids(&state)["n2"]);
+        assert_eq!(p.routes["10.99.0.13/32"].0, RoutePath::Unavailable);
+        let wg = p.wireguard.expect("wireguard");
+        assert_eq!(wg.fwmark, identityd_bpf::types::IDD_MARK_TUNNEL_SOCKET);
+        assert_eq!(
+            wg.node_route_table,
+            Some(identityd_bpf::routing::NODE_ENCRYPTION_TABLE)
+        );
+        assert_eq!(wg.peers.len(), 1);
+        assert_eq!(wg.peers[0].node_addresses[0].to_string(), "10.99.0.12/32");
+        assert_eq!(
+            base_routing(&c).unwrap().node_encryption_table,
+            Some(identityd_bpf::routing::NODE_ENCRYPTION_TABLE)
+        );
+        // Not with encryption off.
+        c.encryption.mode = EncryptionMode::Disabled;
+        let p = plan(&c, &state, Path::new("/s/k"), MtlsMode::Disabled);
+        assert!(!p.routes.contains_key("10.99.0.12/32"));
+        assert!(base_routing(&c).unwrap().node_encryption_table.is_none());
     }
 
     #[test]

@@ -332,13 +332,14 @@ fn node_config(
     format!(
         "role: node\nname: n{i}\ntrustDomain: cluster.local\nclusterDir: {}\nstateDir: {}\nrunDir: {}\n\
          underlayAddress: 10.99.0.{}\npodCIDR: 10.244.{i}.0/24\nclusterCIDRs: [{}]\n\
-         encryption: {{ mode: {encryption}, strictMode: {strict} }}\nwireguard: {{ interface: idd{i}, port: 51871 }}\n\
+         encryption: {{ mode: {encryption}, strictMode: {strict}, nodeEncryption: {} }}\nwireguard: {{ interface: idd{i}, port: 51871 }}\n\
          podInterfacePrefix: \"p-\"\nwireguardBinary: {}\ntunnelAddress: 10.244.{i}.1\nmetricsAddress: 0.0.0.0:9962\nflowEvents: all\nreport: {{ minInterval: 2s, heartbeat: 30s }}\n{}",
         dir.join("cluster").display(),
         node_dir.join("state").display(),
         node_dir.join("run").display(),
         10 + i,
         clusters.join(", "),
+        encryption == "wireguard",
         wg_bin.display(),
         envoy.map_or(String::new(), |e| format!(
             "ca: {{ endpoint: \"{CA_LISTEN}\", bundleFile: {}, joinTokenFile: {} }}\nenvoy: {{ binary: {} }}\ningress: {{ httpPort: {INGRESS_LEGACY_HTTP}, httpsPort: {INGRESS_LEGACY_HTTPS} }}\n",

@@ -1,5 +1,6 @@
-//! WireGuard e2e with every I/O offload on at both ends (TUN TSO reads, UDP GSO sends, UDP GRO
-//! receives, TCP segments coalesced into one TUN write): many parallel TCP flows in both
+//! WireGuard e2e with every I/O offload on at both ends (TUN TSO/USO reads, UDP GSO sends, UDP
+//! GRO receives, TCP segments and UDP datagrams coalesced into one TUN write): a UDP burst
+//! sent with one `sendmsg` arrives datagram for datagram, and many parallel TCP flows in both
 //! directions arrive byte for byte, the kernel retransmits almost nothing (a reordering or
 //! a bad merge would show as retransmissions or corrupted streams), the offload paths really
 //! ran (the devices' counters), and the underlay carries only WireGuard.
@@ -186,10 +187,17 @@ fn wg_offloads_carry_parallel_tcp_flows_intact_in_order_and_only_encrypted() {
     assert_only_wireguard(&raw, &pkts, &node_ips, &[&canary]);
     let uso = c.device_counters(0);
     match uso.get("offload_tun_uso") {
-        Some(1) => assert!(
-            uso.get("tun_uso_reads").copied().unwrap_or(0) > 0,
-            "TUN USO is on but no UDP GSO packet was read whole: {uso:?}"
-        ),
+        Some(1) => {
+            assert!(
+                uso.get("tun_uso_reads").copied().unwrap_or(0) > 0,
+                "TUN USO is on but no UDP GSO packet was read whole: {uso:?}"
+            );
+            let rx = c.device_counters(1);
+            assert!(
+                rx.get("tun_uso_writes").copied().unwrap_or(0) > 0,
+                "node 2 has TUN USO but wrote no merged UDP packet: {rx:?}"
+            );
+        }
         Some(_) => {
             eprintln!("kernel without TUN USO: the kernel split the UDP burst before the TUN")
         }

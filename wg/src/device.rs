@@ -132,6 +132,8 @@ pub struct Counters {
     pub tun_coalesced_writes: AtomicU64,
     /// TUN reads that were UDP segmentation-offload packets (TUN USO), split here.
     pub tun_uso_reads: AtomicU64,
+    /// TUN writes that merged several received UDP datagrams (TUN USO).
+    pub tun_uso_writes: AtomicU64,
     /// UDP GSO sends the kernel refused (their datagrams were then sent one by one).
     pub udp_gso_failures: AtomicU64,
 }
@@ -969,7 +971,11 @@ impl Device {
         let mut src = vec![0u8; BUF_LEN];
         let mut dst = vec![0u8; BUF_LEN];
         let mut cookie = vec![0u8; 256];
-        let mut coalescer = self.inner.tun.has_vnet_hdr().then(|| Coalescer::new(8));
+        let mut coalescer = match (self.inner.tun.has_vnet_hdr(), self.inner.tun.has_uso()) {
+            (true, true) => Some(Coalescer::with_udp(8)),
+            (true, false) => Some(Coalescer::new(8)),
+            (false, _) => None,
+        };
         let fd = self.inner.udp.as_raw_fd();
         loop {
             let received = if self.inner.udp_gro {
@@ -1095,6 +1101,12 @@ impl Device {
                 .counters
                 .tun_coalesced_writes
                 .fetch_add(1, Ordering::Relaxed);
+            if hdr[1] == offload::GSO_UDP_L4 {
+                self.inner
+                    .counters
+                    .tun_uso_writes
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         let _ = self.inner.tun.write_with_hdr(hdr, pkt);
     }
@@ -1215,6 +1227,7 @@ impl Device {
             ("udp_gro_receives", &c.udp_gro_receives),
             ("tun_coalesced_writes", &c.tun_coalesced_writes),
             ("tun_uso_reads", &c.tun_uso_reads),
+            ("tun_uso_writes", &c.tun_uso_writes),
             ("handshake_invalid_mac", &h.invalid_mac),
             ("handshake_cookie_replies", &h.cookie_replies),
             ("handshake_rate_limited", &h.rate_limited),

@@ -1,5 +1,6 @@
 //! Receive-side coalescing into the TUN (userspace GRO): consecutive decrypted segments of one
-//! TCP flow become one segmentation-offload packet, written to the TUN once with a
+//! TCP flow (and, where the TUN takes UDP offload packets, datagrams of one UDP flow) become
+//! one segmentation-offload packet, written to the TUN once with a
 //! `virtio_net_hdr` (the TUN then hands the kernel one large packet instead of dozens, the
 //! way a NIC's GRO does). Pure, with caller-owned buffers; unit tested.
 //!
@@ -21,7 +22,7 @@
 //! once ([`Coalescer::new`]); [`Coalescer::flush`] writes them all at the end of a batch.
 
 use crate::offload::{
-    F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr, fold, sum,
+    F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr, fold, sum,
 };
 
 /// Most segments merged into one packet.
@@ -44,10 +45,11 @@ pub struct GroStats {
     pub merged_segments: u64,
 }
 
-/// A parsed TCP segment (offsets into the packet).
+/// A parsed TCP segment or UDP datagram (offsets into the packet).
 #[derive(Debug, Clone, Copy)]
 struct Seg {
     v4: bool,
+    udp: bool,
     iph: usize,
     hdrs: usize,
     seq: u32,
@@ -61,6 +63,7 @@ struct FlowKey {
     addrs: [u8; 32],
     ports: [u8; 4],
     v4: bool,
+    udp: bool,
 }
 
 fn parse(pkt: &[u8]) -> Option<(Seg, FlowKey)> {
@@ -68,7 +71,7 @@ fn parse(pkt: &[u8]) -> Option<(Seg, FlowKey)> {
     let (v4, iph) = match pkt.first()? >> 4 {
         4 => {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            if pkt.len() < ihl + 20 || ihl < 20 || pkt[9] != 6 {
+            if pkt.len() < ihl + 8 || ihl < 20 || (pkt[9] != 6 && pkt[9] != 17) {
                 return None;
             }
             if usize::from(u16::from_be_bytes([pkt[2], pkt[3]])) != pkt.len() {
@@ -78,7 +81,7 @@ fn parse(pkt: &[u8]) -> Option<(Seg, FlowKey)> {
             (true, ihl)
         }
         6 => {
-            if pkt.len() < 60 || pkt[6] != 6 {
+            if pkt.len() < 48 || (pkt[6] != 6 && pkt[6] != 17) {
                 return None;
             }
             if usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40 != pkt.len() {
@@ -91,6 +94,26 @@ fn parse(pkt: &[u8]) -> Option<(Seg, FlowKey)> {
     };
     key.v4 = v4;
     key.ports.copy_from_slice(&pkt[iph..iph + 4]);
+    let udp = pkt[if v4 { 9 } else { 6 }] == 17;
+    key.udp = udp;
+    if udp {
+        if usize::from(u16::from_be_bytes([pkt[iph + 4], pkt[iph + 5]])) != pkt.len() - iph {
+            return None;
+        }
+        let seg = Seg {
+            v4,
+            udp,
+            iph,
+            hdrs: iph + 8,
+            seq: 0,
+            flags: 0,
+            payload: pkt.len() - iph - 8,
+        };
+        return Some((seg, key));
+    }
+    if pkt.len() < iph + 20 {
+        return None;
+    }
     let hdrs = iph + usize::from(pkt[iph + 12] >> 4) * 4;
     if hdrs < iph + 20 || hdrs > pkt.len() {
         return None;
@@ -99,6 +122,7 @@ fn parse(pkt: &[u8]) -> Option<(Seg, FlowKey)> {
     Some((
         Seg {
             v4,
+            udp,
             iph,
             hdrs,
             seq,
@@ -109,23 +133,37 @@ fn parse(pkt: &[u8]) -> Option<(Seg, FlowKey)> {
     ))
 }
 
-fn pseudo_sum(pkt: &[u8], v4: bool, tcp_len: usize) -> u64 {
+fn pseudo_sum(pkt: &[u8], v4: bool, proto: u8, l4_len: usize) -> u64 {
     let addrs = if v4 { &pkt[12..20] } else { &pkt[8..40] };
-    sum(addrs, 6 + tcp_len as u64)
+    sum(addrs, u64::from(proto) + l4_len as u64)
 }
 
+fn proto(s: &Seg) -> u8 {
+    if s.udp { 17 } else { 6 }
+}
+
+/// The TCP or UDP checksum verifies (a UDP datagram over IPv4 without one, field 0, does
+/// not: it is never merged).
 fn checksum_ok(pkt: &[u8], s: &Seg) -> bool {
-    let tcp_len = pkt.len() - s.iph;
-    fold(sum(&pkt[s.iph..], pseudo_sum(pkt, s.v4, tcp_len))) == 0xffff
-}
-
-/// Whether `s` may start a merged packet: plain ACK with payload, no IP options or
-/// fragmentation, DF set (IPv4 identifiers then do not matter), and a valid checksum.
-fn may_start(pkt: &[u8], s: &Seg) -> bool {
-    if s.flags != ACK || s.payload == 0 {
+    if s.udp && pkt[s.iph + 6] == 0 && pkt[s.iph + 7] == 0 {
         return false;
     }
-    if s.v4 && (s.iph != 20 || pkt[6] & 0xe0 != 0x40 || pkt[6] & 0x1f != 0 || pkt[7] != 0) {
+    let l4_len = pkt.len() - s.iph;
+    fold(sum(&pkt[s.iph..], pseudo_sum(pkt, s.v4, proto(s), l4_len))) == 0xffff
+}
+
+/// Whether `s` may start a merged packet: plain ACK with payload (TCP) or any payload (UDP,
+/// only where the TUN takes UDP offload packets), no IP options or fragmentation, DF set for
+/// TCP, and a valid checksum.
+fn may_start(pkt: &[u8], s: &Seg, udp_ok: bool) -> bool {
+    if s.payload == 0 || (s.udp && !udp_ok) || (!s.udp && s.flags != ACK) {
+        return false;
+    }
+    // IPv4: no options, not a fragment (MF clear, offset 0). TCP also needs DF (Linux sets
+    // it on every TCP segment), UDP may lack it: the merged packet is split again with new
+    // identifiers, which only a reassembly would read, and these datagrams are whole.
+    let df_ok = s.udp || pkt[6] & 0x40 != 0;
+    if s.v4 && (s.iph != 20 || pkt[6] & 0xa0 != 0 || pkt[6] & 0x1f != 0 || pkt[7] != 0 || !df_ok) {
         return false;
     }
     checksum_ok(pkt, s)
@@ -154,10 +192,9 @@ impl Pending {
         let f = &self.seg;
         if self.closed
             || self.count >= MAX_SEGMENTS
-            || s.flags & !PSH != ACK
+            || (!s.udp && (s.flags & !PSH != ACK || s.seq != self.next_seq))
             || s.payload == 0
             || s.payload > self.gso_size
-            || s.seq != self.next_seq
             || s.hdrs != f.hdrs
             || self.buf.len() - VNET_HDR_LEN + s.payload > MAX_PACKET
         {
@@ -170,6 +207,9 @@ impl Pending {
             // Version, traffic class, flow label; next header, hop limit.
             pkt[..4] == first[..4] && pkt[6..8] == first[6..8]
         };
+        if s.udp {
+            return same_ip && checksum_ok(pkt, s);
+        }
         // Acknowledgement, data offset, window; options.
         let t = f.iph;
         same_ip
@@ -185,7 +225,7 @@ impl Pending {
         self.next_seq = s
             .seq
             .wrapping_add(u32::try_from(s.payload).unwrap_or(u32::MAX));
-        if s.flags & PSH != 0 {
+        if !s.udp && s.flags & PSH != 0 {
             let at = VNET_HDR_LEN + self.seg.iph + 13;
             self.buf[at] |= PSH;
             self.closed = true;
@@ -205,7 +245,7 @@ impl Pending {
         let s = self.seg;
         let (hdr, pkt) = self.buf.split_at_mut(VNET_HDR_LEN);
         let len = pkt.len();
-        let tcp_len = len - s.iph;
+        let l4_len = len - s.iph;
         if s.v4 {
             pkt[2..4].copy_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
             pkt[10] = 0;
@@ -215,17 +255,28 @@ impl Pending {
         } else {
             pkt[4..6].copy_from_slice(&u16::try_from(len - 40).unwrap_or(u16::MAX).to_be_bytes());
         }
-        // A partial checksum: the pseudo-header sum, not inverted; the kernel adds the rest.
-        let partial = fold(pseudo_sum(pkt, s.v4, tcp_len));
-        pkt[s.iph + 16..s.iph + 18].copy_from_slice(&partial.to_be_bytes());
         let u16_of = |v: usize| u16::try_from(v).unwrap_or(u16::MAX);
+        // A partial checksum: the pseudo-header sum, not inverted; the kernel adds the rest.
+        let partial = fold(pseudo_sum(pkt, s.v4, proto(&s), l4_len));
+        let csum_offset = if s.udp {
+            pkt[s.iph + 4..s.iph + 6].copy_from_slice(&u16_of(l4_len).to_be_bytes());
+            6
+        } else {
+            16
+        };
+        let at = s.iph + usize::from(csum_offset);
+        pkt[at..at + 2].copy_from_slice(&partial.to_be_bytes());
         let v = VnetHdr {
             flags: F_NEEDS_CSUM,
-            gso_type: if s.v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+            gso_type: match (s.udp, s.v4) {
+                (true, _) => GSO_UDP_L4,
+                (false, true) => GSO_TCPV4,
+                (false, false) => GSO_TCPV6,
+            },
             hdr_len: u16_of(s.hdrs),
             gso_size: u16_of(self.gso_size),
             csum_start: u16_of(s.iph),
-            csum_offset: 16,
+            csum_offset,
         };
         hdr.copy_from_slice(&v.to_bytes());
         let hdr: &[u8; VNET_HDR_LEN] = (&*hdr).try_into().unwrap_or(&PLAIN);
@@ -239,10 +290,22 @@ pub struct Coalescer {
     pending: Vec<Pending>,
     spare: Vec<Vec<u8>>,
     max_flows: usize,
+    udp: bool,
     stats: GroStats,
 }
 
 impl Coalescer {
+    /// As [`Coalescer::new`], also merging UDP datagrams of one flow (equal sizes, the last
+    /// may be shorter) into UDP segmentation-offload packets: only for a TUN that takes them
+    /// (TUN USO, Linux ≥ 6.2).
+    #[must_use]
+    pub fn with_udp(max_flows: usize) -> Self {
+        Self {
+            udp: true,
+            ..Self::new(max_flows)
+        }
+    }
+
     /// A coalescer keeping at most `max_flows` flows pending at once (at least 1); its
     /// buffers are allocated here and reused.
     #[must_use]
@@ -254,6 +317,7 @@ impl Coalescer {
                 .map(|_| Vec::with_capacity(VNET_HDR_LEN + MAX_PACKET))
                 .collect(),
             max_flows,
+            udp: false,
             stats: GroStats::default(),
         }
     }
@@ -279,7 +343,7 @@ impl Coalescer {
             }
             self.flush_at(i, write);
         }
-        if !may_start(pkt, &s) {
+        if !may_start(pkt, &s, self.udp) {
             self.stats.writes += 1;
             write(&PLAIN, pkt);
             return;
@@ -380,7 +444,7 @@ mod tests {
         p[iph + 16] = 0;
         p[iph + 17] = 0;
         let tcp_len = p.len() - iph;
-        let c = !fold(sum(&p[iph..], pseudo_sum(p, v4, tcp_len)));
+        let c = !fold(sum(&p[iph..], pseudo_sum(p, v4, 6, tcp_len)));
         p[iph + 16..iph + 18].copy_from_slice(&c.to_be_bytes());
     }
 
@@ -563,6 +627,62 @@ mod tests {
         let out = run(&big, 1);
         assert!(out.iter().all(|(_, p)| p.len() <= MAX_PACKET));
         assert!(same(&resplit(&out), &big));
+    }
+
+    /// An IPv4 UDP datagram with a valid checksum.
+    fn udp4(payload: &[u8], sport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 28 + payload.len()];
+        p[0] = 0x45;
+        let len = u16::try_from(p.len()).unwrap();
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 244, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 244, 2, 2]);
+        let ipc = !fold(sum(&p[..20], 0));
+        p[10..12].copy_from_slice(&ipc.to_be_bytes());
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&443u16.to_be_bytes());
+        p[24..26].copy_from_slice(&(len - 20).to_be_bytes());
+        p[28..].copy_from_slice(payload);
+        let c = !fold(sum(&p[20..], pseudo_sum(&p, true, 17, p.len() - 20)));
+        p[26..28].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn udp_datagrams_merge_only_for_a_tun_with_uso_and_split_back_identically() {
+        let dgrams: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| udp4(&data(if i == 3 { 400 } else { 1200 }, i), 5000))
+            .collect();
+        // Without USO on the TUN: written one by one.
+        let out = run(&dgrams, 4);
+        assert_eq!(out.len(), 4);
+        assert!(out.iter().all(|(h, _)| is_plain(h)));
+        // With it: one UDP offload packet that splits back into the same datagrams.
+        let mut c = Coalescer::with_udp(4);
+        let mut out = Vec::new();
+        let mut w = |h: &[u8; VNET_HDR_LEN], p: &[u8]| out.push((*h, p.to_vec()));
+        for d in &dgrams {
+            c.push(d, &mut w);
+        }
+        // Another flow, a bad checksum and a datagram after the short one stay apart.
+        let other = udp4(&data(1200, 9), 5001);
+        let mut bad = udp4(&data(1200, 7), 5000);
+        bad[40] ^= 1;
+        c.push(&other, &mut w);
+        c.push(&bad, &mut w);
+        c.flush(&mut w);
+        let merged: Vec<_> = out.iter().filter(|(h, _)| !is_plain(h)).collect();
+        assert_eq!(merged.len(), 1);
+        let v = VnetHdr::parse(&merged[0].0).unwrap();
+        assert_eq!(
+            (v.gso_type, v.gso_size, v.csum_offset),
+            (GSO_UDP_L4, 1200, 6)
+        );
+        assert!(same(&resplit(&[merged[0].clone()]), &dgrams));
+        assert_eq!(out.len(), 3, "merged, the other flow, the bad one");
     }
 
     proptest::proptest! {

@@ -1470,6 +1470,32 @@ fn a_killed_node_daemon_leaks_nothing_and_comes_back_with_its_key(lab: &Lab) {
 /// and from the node itself; once the CA answers again, the daemon gets its identities back
 /// without a restart and mTLS from its pods works.
 fn a_daemon_restarted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods(lab: &Lab) {
+    restart_with_the_ca_down(lab, false);
+}
+
+/// The same after a simulated reboot of n2: its pinned BPF state (maps and program links)
+/// is gone, and so are its WireGuard device and TUN. The fresh classifier refuses new TCP into
+/// every local pod until the first plan (from the cluster state, not the CA) is in its maps,
+/// and then refuses plaintext into strict pods: from the moment its guard is attached to the
+/// pod's veth, no plaintext request gets an answer. (Before the daemon attaches anything,
+/// nothing guards the pods: in Kubernetes the startup taint keeps new pods off the node.)
+fn a_node_rebooted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods(lab: &Lab) {
+    restart_with_the_ca_down(lab, true);
+}
+
+/// Whether `idd_to_pod` is attached to n2's `p-web-2`: the daemon pins each tcx link it
+/// attaches (`<pins>/v1/links/p-web-2-<ifindex>-to-pod`); the pin is what keeps a link of a
+/// dead daemon attached, so with it gone the program is detached.
+fn guard_attached_on_web_2() -> bool {
+    std::fs::read_dir("/sys/fs/bpf/identityd/n2/v1/links").is_ok_and(|d| {
+        d.filter_map(Result::ok).any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("p-web-2-") && n.ends_with("-to-pod")
+        })
+    })
+}
+
+fn restart_with_the_ca_down(lab: &Lab, reboot: bool) {
     // Before: the target answers over mTLS, so a refusal below is the guard, not a dead pod.
     let (ok, body) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
     assert!(
@@ -1500,8 +1526,50 @@ fn a_daemon_restarted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods(la
         .args(["-KILL", "-f", &n2_pattern])
         .status();
     std::thread::sleep(Duration::from_millis(300));
+    if reboot {
+        // What a reboot takes: the pinned maps and links (so the programs detach), the
+        // WireGuard device and its TUN.
+        assert!(guard_attached_on_web_2(), "the guard is attached before");
+        let _ = Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                &format!("{}/n2/run/wg.json", lab.dir.display()),
+            ])
+            .status();
+        std::fs::remove_dir_all("/sys/fs/bpf/identityd/n2").expect("remove n2's pins");
+        let _ = Command::new("ip")
+            .args(["-n", "idd-n2", "link", "del", "idd2"])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !guard_attached_on_web_2(),
+            "with its pins gone the guard is detached (a fresh boot)"
+        );
+        // Control: nothing guards web-2 now, and plaintext from n2's host gets in.
+        let (ok, body) = {
+            let out = Command::new("ip")
+                .args(["netns", "exec", "idd-n2", BIN, "lab", "get"])
+                .args(["http://10.244.2.10:8080/", "--host", "web.shop"])
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        assert!(
+            ok,
+            "control: with no guard, n2's host reaches web-2 in plaintext: {body}"
+        );
+    }
     use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(lab.dir.join("n2/daemon-ca-down.log")).unwrap();
+    let log = std::fs::File::create(lab.dir.join(if reboot {
+        "n2/daemon-reboot-ca-down.log"
+    } else {
+        "n2/daemon-ca-down.log"
+    }))
+    .unwrap();
     let started = Instant::now();
     lab.adopt(
         Command::new("nsenter")
@@ -1516,7 +1584,18 @@ fn a_daemon_restarted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods(la
     // The first seconds of the new daemon, CA unreachable: plaintext from n1's host (through
     // the tunnel) and from n2's own host never gets an answer from the strict pod.
     // Two rounds from each (a refused request takes its 5 s timeout, so this covers about
-    // 20 s); the first starts within the daemon's first second.
+    // 20 s); the first starts within the daemon's first second (after a reboot: as soon as
+    // the fresh guard is attached).
+    if reboot {
+        while !guard_attached_on_web_2() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the rebooted daemon attached no guard to web-2's veth in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("guard attached {:?} after the start", started.elapsed());
+    }
     let first_try = started.elapsed();
     for _ in 0..2 {
         for from in ["idd-n1", "idd-n2"] {
@@ -1543,7 +1622,7 @@ fn a_daemon_restarted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods(la
         }
     }
     assert!(
-        first_try < Duration::from_secs(1),
+        reboot || first_try < Duration::from_secs(1),
         "the first attempt came {first_try:?} after the start"
     );
     eprintln!(
@@ -3108,6 +3187,10 @@ const TRIALS: &[Check] = &[
     (
         "a_daemon_restarted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods",
         a_daemon_restarted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods,
+    ),
+    (
+        "a_node_rebooted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods",
+        a_node_rebooted_while_the_ca_is_down_lets_no_plaintext_into_strict_pods,
     ),
     (
         "a_forged_identitydnode_for_n2_configures_nothing",

@@ -644,6 +644,51 @@ pub fn apply(plan: &RoutingPlan) -> Result<ApplyReport, RoutingError> {
     Ok(report)
 }
 
+/// What `plan` installs beyond `keep` (rules, routes and tables `keep` does not have; its
+/// nftables tables unless `keep` has them too): removing it leaves `keep` untouched, with no
+/// moment without `keep`'s rules.
+#[must_use]
+pub fn beyond(plan: &RoutingPlan, keep: &RoutingPlan) -> RoutingPlan {
+    RoutingPlan {
+        rules: plan
+            .rules
+            .iter()
+            .filter(|r| !keep.rules.contains(r))
+            .cloned()
+            .collect(),
+        port_rules: plan
+            .port_rules
+            .iter()
+            .filter(|r| !keep.port_rules.contains(r))
+            .cloned()
+            .collect(),
+        table_rules: plan
+            .table_rules
+            .iter()
+            .filter(|r| !keep.table_rules.contains(r))
+            .cloned()
+            .collect(),
+        inbound_nftables: plan
+            .inbound_nftables
+            .clone()
+            .filter(|_| keep.inbound_nftables.is_none()),
+        routes: plan
+            .routes
+            .iter()
+            .filter(|r| !keep.routes.contains(r))
+            .cloned()
+            .collect(),
+        nftables: plan.nftables.clone().filter(|_| keep.nftables.is_none()),
+        nft_table: plan.nft_table.clone(),
+        tables: plan
+            .tables
+            .iter()
+            .filter(|t| !keep.tables.contains(t))
+            .copied()
+            .collect(),
+    }
+}
+
 /// Removes what `plan` installs (rules, table routes, the nftables table). Missing pieces
 /// are not an error.
 ///
@@ -732,6 +777,26 @@ mod tests {
         });
         assert_eq!(off.rules.len(), 1);
         assert!(off.table_rules.is_empty());
+    }
+
+    #[test]
+    fn removing_the_proxy_part_keeps_the_base_rules() {
+        let base = RoutingConfig {
+            wireguard_interface: Some("idd1".into()),
+            node_encryption_table: Some(NODE_ENCRYPTION_TABLE),
+            ipv6: false,
+            ..RoutingConfig::default()
+        };
+        let full = plan(&RoutingConfig {
+            proxy_port: Some(PROXY_PORT),
+            ..base.clone()
+        });
+        let rest = beyond(&full, &plan(&base));
+        let rules: Vec<String> = rest.rules.iter().map(|r| r.args().join(" ")).collect();
+        assert_eq!(rules, ["priority 101 fwmark 0xc00/0xf00 lookup 203"]);
+        assert!(rest.table_rules.is_empty());
+        assert!(rest.routes.iter().all(|r| r.table == PROXY_TABLE));
+        assert!(rest.nftables.is_some());
     }
 
     #[test]

@@ -1102,13 +1102,13 @@ fn envoy_admin_is_reachable_only_by_root_through_its_socket(lab: &Lab) {
     );
 }
 
-/// Mode changes never break traffic: with both namespaces switched to `disabled` (WireGuard
-/// only), then the server `permissive` with a `disabled` client, then a `strict` client to a
-/// `disabled` server, then back to `strict` on both, new HTTP requests and TCP exchanges
-/// across nodes work and take the path the mode pair says (seen by the server: the caller's
-/// own address when direct, a node address through Envoy, the caller's SPIFFE ID in XFCC over
-/// mTLS) within a bounded convergence time. Before, n2 kept an inbound drop after
-/// strict → disabled and cross-node TCP timed out.
+/// Mode changes never break traffic: through all nine (server, client) pairs of strict,
+/// permissive and disabled and back the same way (18 switches), new HTTP requests and TCP
+/// exchanges across nodes, polled during each switch, take the path the README's table says
+/// (seen by the server: the caller's own address when direct, a node address through Envoy,
+/// the caller's SPIFFE ID in XFCC over mTLS) or, for a disabled client to a strict server, are
+/// refused, within a bounded convergence time; after it every new connection does. Before, n2
+/// kept an inbound drop after strict → disabled and cross-node TCP timed out.
 fn mode_changes_keep_http_and_tcp_working(lab: &Lab) {
     let files = ["shop", "front"].map(|n| lab.dir.join(format!("cluster/namespace-{n}.yaml")));
     let strict: Vec<String> = files
@@ -1125,21 +1125,16 @@ fn mode_changes_keep_http_and_tcp_working(lab: &Lab) {
             std::fs::write(f, t.replace("mtls: strict", &format!("mtls: {m}"))).unwrap();
         }
     };
-    // (shop, front, the path the server sees)
+    // The path the server sees (or that the request is refused).
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Path {
         Direct,
         Passthrough,
         Mtls,
+        Refused,
     }
-    let observe = || -> Result<(Path, Path), String> {
-        let (ok, http) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
-        // HTTP is routed by Host on the L7 path: any web pod may answer.
-        if !ok || !http.contains("pod=web-") {
-            return Err(format!("http: {http}"));
-        }
-        let kv = tcp("idd-n1-client-1", "10.244.2.10:6379", false, &["PING"])
-            .map_err(|e| format!("tcp: {e}"))?;
+    // One new HTTP request and one new TCP exchange: the path each took, and what failed.
+    let observe = || -> ((Path, Path), String) {
         let path_of = |peer_line: &str, xfcc: bool| {
             if peer_line.contains("peer=10.244.1.11:") {
                 Path::Direct
@@ -1151,50 +1146,96 @@ fn mode_changes_keep_http_and_tcp_working(lab: &Lab) {
                 Path::Passthrough
             }
         };
-        let http_path = path_of(
-            &http,
-            http.contains("URI=spiffe://cluster.local/ns/front/sa/client"),
-        );
-        Ok((http_path, path_of(&kv[0], false)))
+        let mut errors = String::new();
+        let (ok, http) = get_host("idd-n1-client-1", "http://10.244.2.10:8080/", "web.shop");
+        // HTTP is routed by Host on the L7 path: any web pod may answer.
+        let http_path = if ok && http.contains("pod=web-") {
+            path_of(
+                &http,
+                http.contains("URI=spiffe://cluster.local/ns/front/sa/client"),
+            )
+        } else {
+            errors.push_str(&format!("http: {http} "));
+            Path::Refused
+        };
+        let tcp_path = match tcp("idd-n1-client-1", "10.244.2.10:6379", false, &["PING"]) {
+            Ok(kv) if !kv.is_empty() => path_of(&kv[0], false),
+            Ok(_) => Path::Refused,
+            Err(e) => {
+                errors.push_str(&format!("tcp: {e}"));
+                Path::Refused
+            }
+        };
+        ((http_path, tcp_path), errors)
     };
-    let mut failures = Vec::new();
-    for (shop, front, want) in [
-        ("disabled", "disabled", Path::Direct),
-        ("permissive", "disabled", Path::Direct),
+    // (shop = server, front = client, the path the README's table says): all nine pairs from
+    // strict/strict, then back the same way. Every step is a switch with new connections
+    // polled during it.
+    let forward = [
+        ("strict", "permissive", Path::Mtls),
+        ("permissive", "permissive", Path::Mtls),
+        ("disabled", "permissive", Path::Passthrough),
         ("disabled", "strict", Path::Passthrough),
+        ("permissive", "strict", Path::Mtls),
+        ("permissive", "disabled", Path::Direct),
+        ("disabled", "disabled", Path::Direct),
+        ("strict", "disabled", Path::Refused),
         ("strict", "strict", Path::Mtls),
-    ] {
+    ];
+    let back: Vec<_> = forward
+        .iter()
+        .rev()
+        .skip(1)
+        .copied()
+        .chain([("strict", "strict", Path::Mtls)])
+        .collect();
+    let mut failures = Vec::new();
+    let mut converged_ms = Vec::new();
+    for (shop, front, want) in forward.iter().copied().chain(back) {
         set(shop, front);
         let started = Instant::now();
-        let ok = eventually(20, || observe() == Ok((want, want)));
-        let seen = observe();
+        let ok = eventually(20, || observe().0 == (want, want));
+        let took = started.elapsed().as_millis();
+        let (seen, errors) = observe();
         eprintln!(
-            "shop={shop} front={front}: {want:?} {} after {} ms (last: {seen:?})",
+            "shop={shop} front={front}: {want:?} {} after {took} ms (last: {seen:?} {errors})",
             if ok { "reached" } else { "NOT reached" },
-            started.elapsed().as_millis()
         );
         if !ok {
             failures.push(format!(
-                "shop={shop} front={front}: want {want:?}, saw {seen:?}"
+                "shop={shop} front={front}: want {want:?}, saw {seen:?} {errors}"
             ));
             continue;
         }
-        // Converged means every new connection works, not one in a few: before, a mesh
-        // pod's SYN-ACK to a caller that came in directly went to the node's Envoy, which
-        // reset it (permissive server, disabled client).
-        let broken: Vec<String> = (0..8)
+        converged_ms.push(took);
+        // Converged means every new connection works (or, where the modes forbid it, every
+        // one is refused), not one in a few: before, a mesh pod's SYN-ACK to a caller that
+        // came in directly went to the node's Envoy, which reset it (permissive server,
+        // disabled client).
+        let checks = if want == Path::Refused { 2 } else { 6 };
+        let broken: Vec<String> = (0..checks)
             .filter_map(|_| match observe() {
-                Ok(p) if p == (want, want) => None,
+                (p, _) if p == (want, want) => None,
                 other => Some(format!("{other:?}")),
             })
             .collect();
         if !broken.is_empty() {
             failures.push(format!(
-                "shop={shop} front={front}: {} of 8 new connections after convergence failed: {broken:?}",
+                "shop={shop} front={front}: {} of {checks} new connections after convergence failed: {broken:?}",
                 broken.len()
             ));
         }
     }
+    converged_ms.sort_unstable();
+    eprintln!(
+        "{} switches converged; median {} ms, max {} ms",
+        converged_ms.len(),
+        converged_ms
+            .get(converged_ms.len() / 2)
+            .copied()
+            .unwrap_or(0),
+        converged_ms.last().copied().unwrap_or(0)
+    );
     for (f, t) in files.iter().zip(&strict) {
         std::fs::write(f, t).unwrap();
     }

@@ -667,12 +667,12 @@ impl MeshRuntime {
             // installed state follows the current modes; nothing stays behind a mode change).
             if let Some(old) = &self.routing {
                 // The proxy plan carries the node's base routing too (the WireGuard mark,
-                // node encryption): it is put back once the proxy's part is gone.
-                let base = crate::daemon::plan::base_routing(cfg).map(|c| routing::plan(&c));
-                match routing::remove(old)
-                    .and_then(|()| base.as_ref().map(routing::apply).transpose())
-                {
-                    Ok(_) => self.routing = None,
+                // node encryption): only the proxy's part goes, the base never blinks.
+                let base = crate::daemon::plan::base_routing(cfg)
+                    .map(|c| routing::plan(&c))
+                    .unwrap_or_default();
+                match routing::remove(&routing::beyond(old, &base)) {
+                    Ok(()) => self.routing = None,
                     Err(e) => errors.push(format!("proxy routing removal: {e}")),
                 }
             }

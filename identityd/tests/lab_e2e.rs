@@ -1194,7 +1194,17 @@ fn mode_changes_keep_http_and_tcp_working(lab: &Lab) {
     for (shop, front, want) in forward.iter().copied().chain(back) {
         set(shop, front);
         let started = Instant::now();
-        let ok = eventually(20, || observe().0 == (want, want));
+        // Converged: three new connections in a row take the new path (both nodes have
+        // applied every part of the change: classifier maps, routing, Envoy), within 20 s.
+        let mut in_a_row = 0;
+        let ok = eventually(20, || {
+            in_a_row = if observe().0 == (want, want) {
+                in_a_row + 1
+            } else {
+                0
+            };
+            in_a_row >= if want == Path::Refused { 1 } else { 3 }
+        });
         let took = started.elapsed().as_millis();
         let (seen, errors) = observe();
         eprintln!(

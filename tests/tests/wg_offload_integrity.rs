@@ -136,9 +136,9 @@ fn wg_offloads_carry_parallel_tcp_flows_intact_in_order_and_only_encrypted() {
             }
         }
     }
-    for i in 0..2 {
+    for (i, (retrans0, out0)) in before.iter().enumerate() {
         let (retrans, out) = tcp_counters(&c, &c.nodes[i].pod_ns);
-        let (retrans, out) = (retrans - before[i].0, out - before[i].1);
+        let (retrans, out) = (retrans - retrans0, out - out0);
         eprintln!(
             "pod {}: {out} segments sent, {retrans} retransmitted",
             i + 1

@@ -221,6 +221,38 @@ fn classifier_marks_every_path_for_ipv4_and_ipv6_in_strict_mode() {
     assert_eq!(c.counters().unwrap().get(Path::Pass).packets, before + 1);
 }
 
+/// Node encryption: a peer node's own address is a route of its own kind. Pod traffic to it
+/// takes WireGuard, TCP from mTLS workloads included (it is no workload: the mesh proxy would
+/// answer HTTP to it with a 404), and a peer without a key is no path in strict mode.
+#[test]
+fn classifier_sends_pods_to_peer_node_addresses_through_wireguard_never_the_proxy() {
+    let mut c = load(&ClassifierConfig {
+        flow_events: FlowEvents::All,
+        ..ClassifierConfig::default()
+    });
+    for (addr, kind, node_id) in [
+        ("10.99.0.12/32", RouteKind::WireGuardNode, 2),
+        ("fd00:99::12/128", RouteKind::WireGuardNode, 2),
+        ("10.99.0.13/32", RouteKind::Unavailable, 3),
+    ] {
+        c.set_route(cidr(addr), Route { kind, node_id }).unwrap();
+    }
+    use L4::{Tcp, Udp};
+    let cases = [
+        case("10.244.1.10", "10.99.0.12", Tcp, Path::WireGuard),
+        case("10.244.1.11", "10.99.0.12", Tcp, Path::WireGuard),
+        case("10.244.1.12", "10.99.0.12", Tcp, Path::WireGuard),
+        case("10.244.1.5", "10.99.0.12", Udp, Path::WireGuard),
+        case("fd00:244:1::10", "fd00:99::12", Tcp, Path::WireGuard),
+        drop("10.244.1.10", "10.99.0.13", DropReason::NoPath),
+        // Control: the same pod to a pod of that node is proxied, and an address that is no
+        // peer node's passes untouched.
+        case("10.244.1.10", "10.244.2.7", Tcp, Path::Proxy),
+        case("10.244.1.10", "10.99.0.14", Tcp, Path::Pass),
+    ];
+    check(&mut c, &cases, Some(FlowEvents::All));
+}
+
 #[test]
 fn classifier_drop_events_only_by_default_and_route_changes_apply_at_once() {
     let mut c = load(&ClassifierConfig::default());

@@ -34,6 +34,8 @@ fn load() -> Classifier {
         ("10.244.4.0/24", RouteKind::Plaintext, 4),
         ("fd00:244:1::/64", RouteKind::Local, 1),
         ("fd00:244:2::/64", RouteKind::WireGuard, 2),
+        // Node encryption: peer node 2's own address.
+        ("10.99.0.12/32", RouteKind::WireGuardNode, 2),
     ] {
         c.set_route(cidr.parse::<Cidr>().unwrap(), Route { kind, node_id })
             .unwrap();
@@ -101,6 +103,37 @@ const NOT_MTLS: Option<DropReason> = Some(DropReason::NotMtls);
 const PASS: Option<DropReason> = None;
 
 const CASES: &[Case] = &[
+    // Node encryption: a peer node's own address is accepted only out of the tunnel.
+    row(
+        "peer node address, out of the tunnel",
+        "10.99.0.12",
+        "10.244.1.12",
+        L4::Udp,
+        Tcp::Ack,
+        TUNNEL,
+        0,
+        PASS,
+    ),
+    row(
+        "peer node address from the underlay",
+        "10.99.0.12",
+        "10.244.1.12",
+        L4::Udp,
+        Tcp::Ack,
+        UNDERLAY,
+        0,
+        NOT_ENC,
+    ),
+    row(
+        "an address that is no peer node's, from the underlay (control)",
+        "10.99.0.99",
+        "10.244.1.12",
+        L4::Udp,
+        Tcp::Ack,
+        UNDERLAY,
+        0,
+        PASS,
+    ),
     // The encryption rule.
     row(
         "remote pod, out of the tunnel",

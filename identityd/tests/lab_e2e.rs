@@ -868,24 +868,10 @@ fn an_unpublished_pod_cidr_is_no_path_even_over_a_cni_route(lab: &Lab) {
 }
 
 fn plaintext_through_the_tunnel_to_a_strict_pod_is_dropped(_lab: &Lab) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "idd-n1",
-            BIN,
-            "lab",
-            "get",
-            "http://10.244.2.10:8080/",
-            "--host",
-            "web.shop",
-        ])
-        .output()
-        .unwrap();
+    let (ok, out) = get_host("idd-n1", "http://10.244.2.10:8080/", "web.shop");
     assert!(
-        !out.status.success(),
-        "plaintext to a strict pod bypassing mTLS must not get through: {}",
-        String::from_utf8_lossy(&out.stdout)
+        !ok,
+        "plaintext to a strict pod bypassing mTLS must not get through: {out}"
     );
 }
 
@@ -1598,17 +1584,7 @@ fn restart_with_the_ca_down(lab: &Lab, reboot: bool) {
             "with its pins gone the guard is detached (a fresh boot)"
         );
         // Control: nothing guards web-2 now, and plaintext from n2's host gets in.
-        let (ok, body) = {
-            let out = Command::new("ip")
-                .args(["netns", "exec", "idd-n2", BIN, "lab", "get"])
-                .args(["http://10.244.2.10:8080/", "--host", "web.shop"])
-                .output()
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            )
-        };
+        let (ok, body) = get_host("idd-n2", "http://10.244.2.10:8080/", "web.shop");
         assert!(
             ok,
             "control: with no guard, n2's host reaches web-2 in plaintext: {body}"
@@ -1650,25 +1626,11 @@ fn restart_with_the_ca_down(lab: &Lab, reboot: bool) {
     let first_try = started.elapsed();
     for _ in 0..2 {
         for from in ["idd-n1", "idd-n2"] {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    from,
-                    BIN,
-                    "lab",
-                    "get",
-                    "http://10.244.2.10:8080/",
-                    "--host",
-                    "web.shop",
-                ])
-                .output()
-                .unwrap();
+            let (ok, out) = get_host(from, "http://10.244.2.10:8080/", "web.shop");
             assert!(
-                !out.status.success(),
-                "{from} → web-2 in plaintext {:?} after the restart, CA down: {}",
+                !ok,
+                "{from} → web-2 in plaintext {:?} after the restart, CA down: {out}",
                 started.elapsed(),
-                String::from_utf8_lossy(&out.stdout)
             );
         }
     }

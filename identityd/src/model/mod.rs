@@ -17,6 +17,7 @@ pub mod crd;
 pub mod gateway;
 pub mod identityd;
 pub mod meta;
+pub mod netpol;
 pub mod report;
 pub mod state;
 pub mod validate;
@@ -40,6 +41,7 @@ pub use self::identityd::{
     RotationTarget, TrafficPolicy, TrafficPolicySpec, WireguardSpec,
 };
 pub use self::meta::{Condition, DEFAULT_NAMESPACE, NamespacedName, ObjectMeta, selector_matches};
+pub use self::netpol::{LabelSelector, NetworkPolicy, NetworkPolicySpec};
 pub use self::state::{ClusterState, Problem, ServiceEndpoints};
 pub use self::validate::{Cidr, FieldError};
 
@@ -101,11 +103,13 @@ pub enum Kind {
     Ingress,
     /// `v1 Secret` (TLS certificates of ingress listeners).
     Secret,
+    /// `networking.k8s.io/v1 NetworkPolicy`.
+    NetworkPolicy,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::IdentitydNode,
         Kind::KeyRotation,
         Kind::TrafficPolicy,
@@ -119,6 +123,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::Ingress,
         Kind::Secret,
+        Kind::NetworkPolicy,
     ];
 
     /// The `kind` string.
@@ -138,6 +143,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::Ingress => "Ingress",
             Kind::Secret => "Secret",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
@@ -155,7 +161,7 @@ impl Kind {
                 "gateway.networking.k8s.io/v1beta1",
             ],
             Kind::GrpcRoute => &["gateway.networking.k8s.io/v1"],
-            Kind::Ingress => &["networking.k8s.io/v1"],
+            Kind::Ingress | Kind::NetworkPolicy => &["networking.k8s.io/v1"],
         }
     }
 
@@ -291,6 +297,8 @@ pub enum Object {
     Ingress(Ingress),
     /// `Secret`.
     Secret(Secret),
+    /// `NetworkPolicy`.
+    NetworkPolicy(NetworkPolicy),
 }
 
 macro_rules! each {
@@ -309,6 +317,7 @@ macro_rules! each {
             Object::GrpcRoute($o) => $e,
             Object::Ingress($o) => $e,
             Object::Secret($o) => $e,
+            Object::NetworkPolicy($o) => $e,
         }
     };
 }
@@ -336,6 +345,7 @@ impl Object {
             Kind::GrpcRoute => Object::GrpcRoute(Deserialize::deserialize(d)?),
             Kind::Ingress => Object::Ingress(Deserialize::deserialize(d)?),
             Kind::Secret => Object::Secret(Deserialize::deserialize(d)?),
+            Kind::NetworkPolicy => Object::NetworkPolicy(Deserialize::deserialize(d)?),
         })
     }
 
@@ -356,6 +366,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::Ingress(_) => Kind::Ingress,
             Object::Secret(_) => Kind::Secret,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
     }
 
@@ -430,6 +441,7 @@ impl Object {
             Object::GrpcRoute(o) => o.check(&mut errs),
             Object::Ingress(o) => o.check(&mut errs),
             Object::Secret(o) => o.check(&mut errs),
+            Object::NetworkPolicy(o) => o.check(&mut errs),
         }
         errs.finish()
     }
@@ -500,7 +512,8 @@ from_impl!(
     Pod,
     Service,
     Gateway,
-    Ingress
+    Ingress,
+    NetworkPolicy
 );
 
 impl From<HttpRoute> for Object {

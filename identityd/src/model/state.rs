@@ -13,6 +13,7 @@ use super::meta::{NamespacedName, selector_matches};
 use super::validate::Cidr;
 use super::{Kind, Object, ObjectKey};
 use crate::model::core::Ingress;
+use crate::model::netpol::NetworkPolicy;
 
 /// Where an object (or a problem) came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -123,6 +124,8 @@ pub struct ClusterState {
     pub grpc_routes: BTreeMap<NamespacedName, GrpcRoute>,
     /// `Ingress`es.
     pub ingresses: BTreeMap<NamespacedName, Ingress>,
+    /// `NetworkPolicy`s.
+    pub network_policies: BTreeMap<NamespacedName, NetworkPolicy>,
     /// `Secret`s (TLS certificates named by ingress objects).
     pub secrets: BTreeMap<NamespacedName, Secret>,
     /// Where each object came from (as of this snapshot's publication: a later edit that only
@@ -231,6 +234,7 @@ impl ClusterState {
             Object::HttpRoute(o) => drop(self.http_routes.insert(k, o)),
             Object::GrpcRoute(o) => drop(self.grpc_routes.insert(k, o)),
             Object::Ingress(o) => drop(self.ingresses.insert(k, o)),
+            Object::NetworkPolicy(o) => drop(self.network_policies.insert(k, o)),
             Object::Secret(o) => drop(self.secrets.insert(k, o)),
         }
         self.origins.insert(key, origin);
@@ -256,6 +260,7 @@ impl ClusterState {
             Kind::HttpRoute => Object::HttpRoute(self.http_routes.get(&ns())?.clone()),
             Kind::GrpcRoute => Object::GrpcRoute(self.grpc_routes.get(&ns())?.clone()),
             Kind::Ingress => Object::Ingress(self.ingresses.get(&ns())?.clone()),
+            Kind::NetworkPolicy => Object::NetworkPolicy(self.network_policies.get(&ns())?.clone()),
             Kind::Secret => Object::Secret(self.secrets.get(&ns())?.clone()),
         })
     }

@@ -2,7 +2,7 @@
 //!
 //! Behaviour (the same contract as the FileSource where it applies):
 //! - **What is watched**: by default every model kind but Secrets, cluster-wide: Namespaces,
-//!   Pods, Services, Ingresses, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute`
+//!   Pods, Services, Ingresses, NetworkPolicies, Gateway API `Gateway`/`HTTPRoute`/`GRPCRoute`
 //!   (`gateway.networking.k8s.io/v1`), Nodes and the four `identityd.io/v1alpha1` CRDs. Secrets only in
 //!   the namespaces listed ([`KubeSourceOptions::secret_namespaces`], config
 //!   `secretNamespaces`), and only of type `kubernetes.io/tls` (field selector
@@ -99,6 +99,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::HttpRoute => ("gateway.networking.k8s.io", "v1", "httproutes"),
         Kind::GrpcRoute => ("gateway.networking.k8s.io", "v1", "grpcroutes"),
         Kind::Ingress => ("networking.k8s.io", "v1", "ingresses"),
+        Kind::NetworkPolicy => ("networking.k8s.io", "v1", "networkpolicies"),
         Kind::Secret => ("", "v1", "secrets"),
     };
     ApiResource {

@@ -100,6 +100,53 @@ struct {
 	__type(value, __u32);
 } idd_inbound_direct SEC(".maps");
 
+/* NetworkPolicy (see classifier_types.h). Every pod address of the cluster. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct idd_addr);
+	__type(value, struct idd_pol_pod);
+} idd_pol_pods SEC(".maps");
+
+/* ipBlock prefixes and their CIDR identities. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct idd_lpm_key);
+	__type(value, __u32);
+} idd_pol_cidrs SEC(".maps");
+
+/* Allow rules; the value is the id of a policy granting the rule. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct idd_pol_key);
+	__type(value, __u32);
+} idd_policy SEC(".maps");
+
+/* Forward tuples of allowed traffic from and into local pods → last seen (ns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct idd_ct_tuple);
+	__type(value, __u64);
+} idd_pol_ct SEC(".maps");
+
+/* Packets dropped per (isolating policy, direction). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct idd_pol_drop_key);
+	__type(value, __u64);
+} idd_pol_drops SEC(".maps");
+
+/* A reply passes for this long after its connection's forward direction was last allowed
+ * (Cilium's defaults: 6 h for TCP, 60 s for everything else). */
+#define IDD_CT_TCP_NS (6ULL * 3600 * 1000000000ULL)
+#define IDD_CT_OTHER_NS (60ULL * 1000000000ULL)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -116,6 +163,8 @@ struct idd_pkt {
 	/* TCP: SYN without ACK (a new connection), or a packet whose TCP header is not
 	 * visible (a later fragment, IPv6 extension headers), which is judged like one. */
 	__u8 tcp_open;
+	/* ICMPv6: the message type (neighbour discovery always passes NetworkPolicy). */
+	__u8 icmp6_type;
 };
 
 static __always_inline void idd_map_v4(struct idd_addr *a, __be32 v4)
@@ -145,6 +194,11 @@ static __always_inline void idd_ports(void *l4, void *end, __u8 proto, struct id
 			p->sport = bpf_ntohs(uh->source);
 			p->dport = bpf_ntohs(uh->dest);
 		}
+	} else if (proto == IPPROTO_ICMPV6) {
+		__u8 *t = l4;
+
+		if ((void *)(t + 1) <= end)
+			p->icmp6_type = *t;
 	}
 }
 
@@ -231,7 +285,7 @@ static __always_inline void idd_account(__u32 path, __u64 len)
 }
 
 static __always_inline void idd_emit(struct __sk_buff *skb, const struct idd_pkt *p, __u32 path,
-				     __u32 reason, __u32 node_id)
+				     __u32 reason, __u32 node_id, __u32 policy)
 {
 	struct idd_flow_event *e;
 
@@ -255,6 +309,8 @@ static __always_inline void idd_emit(struct __sk_buff *skb, const struct idd_pkt
 	e->ifindex = skb->ifindex;
 	e->len = skb->len;
 	e->mark = skb->mark;
+	e->policy = policy;
+	e->_pad = 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -273,16 +329,163 @@ static __always_inline int idd_inbound_reply(const struct idd_pkt *p)
 	return bpf_map_lookup_elem(&idd_inbound_direct, &k) != 0;
 }
 
+/* ---- NetworkPolicy ---- */
+
+/* Whether a rule of `subject` for `direction` allows `peer` (an identity) and p's protocol and
+ * destination port. */
+static __always_inline int idd_pol_rule(__u32 subject, __u32 peer, __u8 direction,
+					const struct idd_pkt *p)
+{
+	struct idd_pol_key k = {
+		.prefixlen = IDD_POL_PREFIX_PORT,
+		.subject = subject,
+		.peer = peer,
+		.direction = direction,
+		.protocol = p->protocol,
+		.port = bpf_htons(p->dport),
+	};
+
+	return bpf_map_lookup_elem(&idd_policy, &k) != 0;
+}
+
+/* Whether `subject`'s rules for `direction` allow the peer at `peer` (its pod identity, its
+ * longest ipBlock prefix's identity, or any peer). */
+static __always_inline int idd_pol_allows(__u32 subject, __u8 direction,
+					  const struct idd_addr *peer, const struct idd_pkt *p)
+{
+	struct idd_pol_pod *pp = bpf_map_lookup_elem(&idd_pol_pods, peer);
+	struct idd_lpm_key ck = { .prefixlen = 128 };
+	__u32 *cid;
+
+	if (pp && idd_pol_rule(subject, pp->identity, direction, p))
+		return 1;
+	__builtin_memcpy(ck.addr, peer->addr, 16);
+	cid = bpf_map_lookup_elem(&idd_pol_cidrs, &ck);
+	if (cid && idd_pol_rule(subject, *cid, direction, p))
+		return 1;
+	return idd_pol_rule(subject, IDD_PEER_ANY, direction, p);
+}
+
+/* Whether `p` is a reply of a connection whose forward direction was allowed recently. */
+static __always_inline int idd_ct_reply(const struct idd_pkt *p)
+{
+	struct idd_ct_tuple k = {
+		.sport = p->dport,
+		.dport = p->sport,
+		.protocol = p->protocol,
+	};
+	__u64 *seen;
+
+	__builtin_memcpy(k.saddr, p->daddr.addr, 16);
+	__builtin_memcpy(k.daddr, p->saddr.addr, 16);
+	seen = bpf_map_lookup_elem(&idd_pol_ct, &k);
+	if (!seen)
+		return 0;
+	return bpf_ktime_get_ns() - *seen <=
+	       (p->protocol == IPPROTO_TCP ? IDD_CT_TCP_NS : IDD_CT_OTHER_NS);
+}
+
+/* Records (or refreshes) the forward tuple of an allowed packet. */
+static __always_inline void idd_ct_record(const struct idd_pkt *p)
+{
+	struct idd_ct_tuple k = {
+		.sport = p->sport,
+		.dport = p->dport,
+		.protocol = p->protocol,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *seen;
+
+	__builtin_memcpy(k.saddr, p->saddr.addr, 16);
+	__builtin_memcpy(k.daddr, p->daddr.addr, 16);
+	seen = bpf_map_lookup_elem(&idd_pol_ct, &k);
+	if (seen)
+		*seen = now;
+	else
+		bpf_map_update_elem(&idd_pol_ct, &k, &now, BPF_ANY);
+}
+
+static __always_inline void idd_pol_count(__u32 policy, __u32 direction)
+{
+	struct idd_pol_drop_key k = { .policy = policy, .direction = direction };
+	__u64 one = 1, *n = bpf_map_lookup_elem(&idd_pol_drops, &k);
+
+	if (n)
+		*n += 1;
+	else
+		bpf_map_update_elem(&idd_pol_drops, &k, &one, BPF_NOEXIST);
+}
+
+/* NetworkPolicy for a packet leaving a local pod (at its veth): the source's egress rules and
+ * the destination pod's ingress rules (so traffic the destination node's Envoy delivers, which
+ * arrives there from the node itself, was judged on its original source here). Returns
+ * IDD_DROP_NONE or the drop reason, with the isolating policy in `*policy`. Replies of allowed
+ * connections pass; allowed packets are tracked. */
+static __always_inline __u32 idd_policy_from_pod(const struct idd_pkt *p, __u32 *policy)
+{
+	struct idd_pol_pod *s, *d;
+
+	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
+		return IDD_DROP_NONE;
+	s = bpf_map_lookup_elem(&idd_pol_pods, &p->saddr);
+	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
+	if (((s && s->egress_policy) || (d && d->ingress_policy)) && !idd_ct_reply(p)) {
+		if (s && s->egress_policy &&
+		    !idd_pol_allows(s->identity, IDD_POL_EGRESS, &p->daddr, p)) {
+			*policy = s->egress_policy;
+			idd_pol_count(*policy, IDD_POL_EGRESS);
+			return IDD_DROP_POLICY_EGRESS;
+		}
+		if (d && d->ingress_policy &&
+		    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
+			*policy = d->ingress_policy;
+			idd_pol_count(*policy, IDD_POL_INGRESS);
+			return IDD_DROP_POLICY_INGRESS;
+		}
+	}
+	idd_ct_record(p);
+	return IDD_DROP_NONE;
+}
+
+/* NetworkPolicy for a packet going into a local pod (at its veth): its ingress rules, on the
+ * packet's own source address. What this node itself sends (no ingress interface: the
+ * kubelet, the node's Envoy delivering mesh traffic already judged at its source) is allowed,
+ * the usual CNI exception. */
+static __always_inline __u32 idd_policy_to_pod(struct __sk_buff *skb, const struct idd_pkt *p,
+					       __u32 *policy)
+{
+	struct idd_pol_pod *d;
+
+	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
+		return IDD_DROP_NONE;
+	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
+	if (d && d->ingress_policy && skb->ingress_ifindex && !idd_ct_reply(p) &&
+	    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
+		*policy = d->ingress_policy;
+		idd_pol_count(*policy, IDD_POL_INGRESS);
+		return IDD_DROP_POLICY_INGRESS;
+	}
+	idd_ct_record(p);
+	return IDD_DROP_NONE;
+}
+
 /* Classifies one packet: sets its mark, accounts it, and returns the tc verdict. */
 static __always_inline int idd_classify(struct __sk_buff *skb)
 {
 	struct idd_pkt p = {};
 	struct idd_route *dst, *src;
 	struct idd_workload *wl;
-	__u32 path, reason = IDD_DROP_NONE, node_id;
+	__u32 path, reason = IDD_DROP_NONE, node_id = 0, policy = 0;
 
 	if (idd_parse(skb, &p) < 0)
 		goto pass;
+	if (!IDD_ANY_SOURCE) {
+		reason = idd_policy_from_pod(&p, &policy);
+		if (reason != IDD_DROP_NONE) {
+			path = IDD_PATH_DROP;
+			goto out;
+		}
+	}
 	dst = idd_route_of(&p.daddr);
 	/* Not towards a pod CIDR. */
 	if (!dst)
@@ -361,7 +564,7 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 	}
 out:
 	idd_account(path, skb->len);
-	idd_emit(skb, &p, path, reason, node_id);
+	idd_emit(skb, &p, path, reason, node_id, policy);
 	return path == IDD_PATH_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 pass:
 	idd_account(IDD_PATH_PASS, skb->len);
@@ -403,10 +606,10 @@ static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 	struct idd_pkt p = {};
 	struct idd_route *src;
 	struct idd_workload *dw;
-	__u32 reason = IDD_DROP_NONE, node_id = 0;
+	__u32 reason = IDD_DROP_NONE, node_id = 0, policy = 0;
 
 	if (idd_parse(skb, &p) < 0)
-		goto pass;
+		goto pass_other;
 	src = idd_route_of(&p.saddr);
 	/* A remote peer opening TCP straight to a pod (not via this node's Envoy): remember it, so
 	 * the pod's replies are not sent to the Envoy (see idd_inbound_direct). */
@@ -451,9 +654,14 @@ static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 	reason = IDD_DROP_NOT_MTLS;
 drop:
 	idd_account(IDD_PATH_DROP, skb->len);
-	idd_emit(skb, &p, IDD_PATH_DROP, reason, node_id);
+	idd_emit(skb, &p, IDD_PATH_DROP, reason, node_id, policy);
 	return TC_ACT_SHOT;
 pass:
+	/* Encryption and mTLS allow it: NetworkPolicy has the last word. */
+	reason = idd_policy_to_pod(skb, &p, &policy);
+	if (reason != IDD_DROP_NONE)
+		goto drop;
+pass_other:
 	idd_account(IDD_PATH_PASS, skb->len);
 	return TC_ACT_OK;
 }

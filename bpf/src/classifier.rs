@@ -5,7 +5,18 @@
 //! idd_workloads  hash       local workload IP → mTLS mode           set_workload / remove_workload
 //! idd_path_stats per-CPU    verdict → (packets, bytes)              counters
 //! idd_flow_events ring buf  5-tuple, verdict, drop reason           flow_events
+//! idd_pol_pods   hash       pod IP → (identity, isolating policies)  set_policy_pod / …
+//! idd_pol_cidrs  LPM trie   ipBlock prefix → CIDR identity          set_policy_cidr / …
+//! idd_policy     LPM trie   (subject, peer, direction, proto, port) set_policy_rule / …
+//! idd_pol_ct     LRU hash   allowed forward 5-tuple → last seen     (datapath only)
+//! idd_pol_drops  per-CPU    (policy, direction) → packets dropped   policy_drops
 //! ```
+//!
+//! NetworkPolicy is enforced at the pod veths in both directions: a packet leaving a pod
+//! passes the source's egress rules and the destination pod's ingress rules; a packet going
+//! into a pod passes its ingress rules on the packet's own source address, unless this node
+//! itself sent it (the CNI exception; the node's Envoy delivers mesh traffic that was judged at
+//! its source). A packet whose reversed 5-tuple was allowed recently is a reply and passes.
 //!
 //! The trie holds every pod CIDR the node knows: its own (`RouteKind::Local`), each remote
 //! node's (`WireGuard`, `Ipsec`, `Plaintext`) and, as a catch-all, the cluster's whole pod range
@@ -27,7 +38,9 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
@@ -35,7 +48,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::net::{Cidr, mapped, unmapped};
 use crate::types::{
-    self, IddAddr, IddFlowEvent, IddPathStats, IddProbe, IddRoute, IddWorkload,
+    self, IddAddr, IddFlowEvent, IddPathStats, IddPolDropKey, IddPolPod, IddProbe, IddRoute,
+    IddWorkload,
     SK_BUFF_INGRESS_IFINDEX_OFFSET, SK_BUFF_MARK_OFFSET, SK_BUFF_SIZE,
 };
 use crate::{Direction, Error};
@@ -57,7 +71,12 @@ const EVENTS: &str = "idd_flow_events";
 const INBOUND_DIRECT: &str = "idd_inbound_direct";
 const ALLOW_FROM: &str = "idd_allow_from";
 const STATE: &str = "idd_state";
-const PINNED_MAPS: [&str; 9] = [
+const POL_PODS: &str = "idd_pol_pods";
+const POL_CIDRS: &str = "idd_pol_cidrs";
+const POLICY: &str = "idd_policy";
+const POL_CT: &str = "idd_pol_ct";
+const POL_DROPS: &str = "idd_pol_drops";
+const PINNED_MAPS: [&str; 14] = [
     STATE,
     ROUTES,
     WORKLOADS,
@@ -67,6 +86,11 @@ const PINNED_MAPS: [&str; 9] = [
     PROBES,
     INBOUND_DIRECT,
     ALLOW_FROM,
+    POL_PODS,
+    POL_CIDRS,
+    POLICY,
+    POL_CT,
+    POL_DROPS,
 ];
 
 /// Default capacity of the route trie (`idd_routes`).
@@ -77,7 +101,7 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/identityd";
 pub const TUNNELS_MAX: usize = types::IDD_TUNNELS_MAX as usize;
 /// Bumped whenever a pinned map's layout changes, so a new daemon never adopts a map of
 /// another layout: pins live under `<pin dir>/v<PIN_LAYOUT_VERSION>/`.
-pub const PIN_LAYOUT_VERSION: u32 = 1;
+pub const PIN_LAYOUT_VERSION: u32 = 2;
 
 /// Which packets produce a flow event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -274,6 +298,114 @@ impl Path {
     }
 }
 
+/// A pod's NetworkPolicy entry (`idd_pol_pods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PolicyPod {
+    /// Security identity (namespace labels × pod labels).
+    pub identity: u32,
+    /// Id of a policy isolating the pod for ingress (0: not isolated).
+    pub ingress_policy: u32,
+    /// Id of a policy isolating the pod for egress (0: not isolated).
+    pub egress_policy: u32,
+}
+
+/// Which side of the protected pod a NetworkPolicy rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyDirection {
+    /// Traffic into the pod.
+    Ingress,
+    /// Traffic out of the pod.
+    Egress,
+}
+
+/// One NetworkPolicy allow rule (`idd_policy`): `subject`'s pods may exchange `protocol`
+/// traffic to destination ports matching `port`'s first `port_prefix` bits with `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyRule {
+    /// Identity of the protected pods.
+    pub subject: u32,
+    /// Direction.
+    pub direction: PolicyDirection,
+    /// Peer identity (pod or CIDR), or [`types::IDD_PEER_ANY`].
+    pub peer: u32,
+    /// IP protocol; `None`: every protocol and port.
+    pub protocol: Option<u8>,
+    /// Destination port (its low `16 - port_prefix` bits zero).
+    pub port: u16,
+    /// How many leading bits of the port must match: 16 one port, 0 every port.
+    pub port_prefix: u8,
+}
+
+impl PolicyRule {
+    fn key(&self) -> Result<Key<[u8; 12]>, Error> {
+        let bad = |why: &str| Error::InvalidRule {
+            rule: format!("{self:?}"),
+            why: why.to_owned(),
+        };
+        if self.port_prefix > 16 {
+            return Err(bad("port_prefix must be 0..=16"));
+        }
+        let low_bits = 16 - u32::from(self.port_prefix);
+        let low_mask = u16::try_from((1u32 << low_bits) - 1).unwrap_or(u16::MAX);
+        if self.port & low_mask != 0 {
+            return Err(bad("the port's bits past port_prefix must be zero"));
+        }
+        if self.protocol.is_none() && (self.port != 0 || self.port_prefix != 0) {
+            return Err(bad("a rule for every protocol has no port"));
+        }
+        let mut d = [0u8; 12];
+        d[0..4].copy_from_slice(&self.subject.to_ne_bytes());
+        d[4..8].copy_from_slice(&self.peer.to_ne_bytes());
+        d[8] = match self.direction {
+            PolicyDirection::Ingress => types::IDD_POL_INGRESS,
+            PolicyDirection::Egress => types::IDD_POL_EGRESS,
+        };
+        d[9] = self.protocol.unwrap_or(0);
+        d[10..12].copy_from_slice(&self.port.to_be_bytes());
+        let len = match self.protocol {
+            None => types::IDD_POL_PREFIX_ALL,
+            Some(_) => types::IDD_POL_PREFIX_PROTO + u32::from(self.port_prefix),
+        };
+        Ok(Key::new(len, d))
+    }
+
+    fn from_key(len: u32, d: [u8; 12]) -> Option<Self> {
+        let direction = match d[8] {
+            types::IDD_POL_INGRESS => PolicyDirection::Ingress,
+            types::IDD_POL_EGRESS => PolicyDirection::Egress,
+            _ => return None,
+        };
+        let (protocol, port_prefix) = if len <= types::IDD_POL_PREFIX_ALL {
+            (None, 0)
+        } else {
+            (
+                Some(d[9]),
+                u8::try_from(len.checked_sub(types::IDD_POL_PREFIX_PROTO)?).ok()?,
+            )
+        };
+        Some(Self {
+            subject: u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+            direction,
+            peer: u32::from_ne_bytes([d[4], d[5], d[6], d[7]]),
+            protocol,
+            port: if protocol.is_some() {
+                u16::from_be_bytes([d[10], d[11]])
+            } else {
+                0
+            },
+            port_prefix,
+        })
+    }
+}
+
+fn absent_ok(r: Result<(), MapError>, map: &'static str) -> Result<(), Error> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(map_err(map)(e)),
+    }
+}
+
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -289,6 +421,10 @@ pub enum DropReason {
     /// Ingress strict: a new TCP connection into a pod before the node's first plan was
     /// applied (`ingress-not-ready`).
     NotReady,
+    /// NetworkPolicy: the source pod's egress rules do not allow it (`policy-denied`).
+    PolicyEgress,
+    /// NetworkPolicy: the destination pod's ingress rules do not allow it (`policy-denied`).
+    PolicyIngress,
     /// A reason this loader does not know (a newer program).
     Other(u8),
 }
@@ -335,6 +471,8 @@ pub struct FlowEvent {
     pub len: u32,
     /// `skb->mark` after classification.
     pub mark: u32,
+    /// NetworkPolicy drops: the id of a policy isolating the pod (0 otherwise).
+    pub policy: u32,
 }
 
 impl FlowEvent {
@@ -361,6 +499,8 @@ impl FlowEvent {
             types::IDD_DROP_NOT_ENCRYPTED => Some(DropReason::NotEncrypted),
             types::IDD_DROP_NOT_MTLS => Some(DropReason::NotMtls),
             types::IDD_DROP_NOT_READY => Some(DropReason::NotReady),
+            types::IDD_DROP_POLICY_EGRESS => Some(DropReason::PolicyEgress),
+            types::IDD_DROP_POLICY_INGRESS => Some(DropReason::PolicyIngress),
             other => Some(DropReason::Other(other)),
         };
         Some(Self {
@@ -376,6 +516,7 @@ impl FlowEvent {
             ifindex: u32_at(52),
             len: u32_at(56),
             mark: u32_at(60),
+            policy: u32_at(64),
         })
     }
 }
@@ -1080,6 +1221,159 @@ impl Classifier {
                 out.push(v);
             }
         }
+        Ok(out)
+    }
+
+    /// Sets the NetworkPolicy entry of the pod at `addr` (every pod of the cluster has one).
+    ///
+    /// # Errors
+    /// When the map refuses it (full: 65,536 addresses).
+    pub fn set_policy_pod(&mut self, addr: IpAddr, pod: PolicyPod) -> Result<(), Error> {
+        let mut m: BpfHashMap<_, IddAddr, IddPolPod> =
+            BpfHashMap::try_from(self.map_mut(POL_PODS)?).map_err(map_err(POL_PODS))?;
+        let value = IddPolPod {
+            identity: pod.identity,
+            ingress_policy: pod.ingress_policy,
+            egress_policy: pod.egress_policy,
+            _pad: 0,
+        };
+        m.insert(IddAddr { addr: mapped(addr) }, value, 0)
+            .map_err(map_err(POL_PODS))
+    }
+
+    /// Forgets the NetworkPolicy entry of `addr`. Removing a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the map refuses the operation.
+    pub fn remove_policy_pod(&mut self, addr: IpAddr) -> Result<(), Error> {
+        let mut m: BpfHashMap<_, IddAddr, IddPolPod> =
+            BpfHashMap::try_from(self.map_mut(POL_PODS)?).map_err(map_err(POL_PODS))?;
+        absent_ok(m.remove(&IddAddr { addr: mapped(addr) }), POL_PODS)
+    }
+
+    /// Every pod entry installed (see [`Classifier::routes`]).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn policy_pods(&self) -> Result<Vec<(IpAddr, PolicyPod)>, Error> {
+        let m: BpfHashMap<_, IddAddr, IddPolPod> =
+            BpfHashMap::try_from(self.map_ref(POL_PODS)?).map_err(map_err(POL_PODS))?;
+        let mut out = Vec::new();
+        for entry in m.iter() {
+            let (k, v) = entry.map_err(map_err(POL_PODS))?;
+            out.push((
+                unmapped(k.addr),
+                PolicyPod {
+                    identity: v.identity,
+                    ingress_policy: v.ingress_policy,
+                    egress_policy: v.egress_policy,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Sets the CIDR identity of an ipBlock prefix.
+    ///
+    /// # Errors
+    /// When the map refuses it (full: 16,384 prefixes).
+    pub fn set_policy_cidr(&mut self, cidr: Cidr, identity: u32) -> Result<(), Error> {
+        let mut trie: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(POL_CIDRS)?).map_err(map_err(POL_CIDRS))?;
+        let key = Key::new(cidr.mapped_prefix_len(), cidr.mapped_addr());
+        trie.insert(&key, identity, 0).map_err(map_err(POL_CIDRS))
+    }
+
+    /// Removes an ipBlock prefix. Removing a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the map refuses the operation.
+    pub fn remove_policy_cidr(&mut self, cidr: Cidr) -> Result<(), Error> {
+        let mut trie: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(POL_CIDRS)?).map_err(map_err(POL_CIDRS))?;
+        let key = Key::new(cidr.mapped_prefix_len(), cidr.mapped_addr());
+        absent_ok(trie.remove(&key), POL_CIDRS)
+    }
+
+    /// Every ipBlock prefix installed, with its identity.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn policy_cidrs(&self) -> Result<Vec<(Cidr, u32)>, Error> {
+        let trie: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_ref(POL_CIDRS)?).map_err(map_err(POL_CIDRS))?;
+        let mut out = Vec::new();
+        for entry in trie.iter() {
+            let (key, id) = entry.map_err(map_err(POL_CIDRS))?;
+            let addr = unmapped(key.data());
+            let len = key
+                .prefix_len()
+                .saturating_sub(if addr.is_ipv4() { 96 } else { 0 });
+            if let Ok(cidr) = Cidr::new(addr, u8::try_from(len).unwrap_or(u8::MAX)) {
+                out.push((cidr, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs an allow rule, naming the policy that grants it (`policy`, for counters).
+    ///
+    /// # Errors
+    /// When the rule is malformed (see [`PolicyRule::key`]) or the map refuses it (full:
+    /// 262,144 rules).
+    pub fn set_policy_rule(&mut self, rule: PolicyRule, policy: u32) -> Result<(), Error> {
+        let key = rule.key()?;
+        let mut trie: LpmTrie<_, [u8; 12], u32> =
+            LpmTrie::try_from(self.map_mut(POLICY)?).map_err(map_err(POLICY))?;
+        trie.insert(&key, policy, 0).map_err(map_err(POLICY))
+    }
+
+    /// Removes an allow rule. Removing a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the rule is malformed or the map refuses the operation.
+    pub fn remove_policy_rule(&mut self, rule: PolicyRule) -> Result<(), Error> {
+        let key = rule.key()?;
+        let mut trie: LpmTrie<_, [u8; 12], u32> =
+            LpmTrie::try_from(self.map_mut(POLICY)?).map_err(map_err(POLICY))?;
+        absent_ok(trie.remove(&key), POLICY)
+    }
+
+    /// Every allow rule installed, with the policy granting it.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn policy_rules(&self) -> Result<Vec<(PolicyRule, u32)>, Error> {
+        let trie: LpmTrie<_, [u8; 12], u32> =
+            LpmTrie::try_from(self.map_ref(POLICY)?).map_err(map_err(POLICY))?;
+        let mut out = Vec::new();
+        for entry in trie.iter() {
+            let (key, policy) = entry.map_err(map_err(POLICY))?;
+            if let Some(rule) = PolicyRule::from_key(key.prefix_len(), key.data()) {
+                out.push((rule, policy));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packets dropped by NetworkPolicy per (isolating policy id, direction), summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn policy_drops(&self) -> Result<Vec<(u32, PolicyDirection, u64)>, Error> {
+        let m: PerCpuHashMap<_, IddPolDropKey, u64> =
+            PerCpuHashMap::try_from(self.map_ref(POL_DROPS)?).map_err(map_err(POL_DROPS))?;
+        let mut out = Vec::new();
+        for entry in m.iter() {
+            let (k, values) = entry.map_err(map_err(POL_DROPS))?;
+            let dir = if k.direction == u32::from(types::IDD_POL_EGRESS) {
+                PolicyDirection::Egress
+            } else {
+                PolicyDirection::Ingress
+            };
+            out.push((k.policy, dir, values.iter().sum()));
+        }
+        out.sort_unstable_by_key(|(p, d, _)| (*p, *d));
         Ok(out)
     }
 

@@ -48,6 +48,8 @@
 #define IDD_DROP_NOT_ENCRYPTED 3   /* ingress strict: from a remote pod CIDR, not out of a tunnel */
 #define IDD_DROP_NOT_MTLS 4	   /* ingress strict: new TCP into a strict pod not from the node's Envoy */
 #define IDD_DROP_NOT_READY 5	   /* ingress strict: new TCP into a pod before the node's first plan */
+#define IDD_DROP_POLICY_EGRESS 6   /* NetworkPolicy: the source pod's egress rules allow it not */
+#define IDD_DROP_POLICY_INGRESS 7  /* NetworkPolicy: the destination pod's ingress rules allow it not */
 
 /* Bits of the single `idd_state` entry, set by the daemon. */
 #define IDD_STATE_READY 1 /* the node's first plan (workloads, routes, tunnels) is applied */
@@ -91,6 +93,56 @@ struct idd_probe {
 	__u16 _pad;
 };
 
+/* NetworkPolicy (networking.k8s.io/v1). Every pod address of the cluster has an entry in
+ * `idd_pol_pods`: its security identity (one per namespace-labels x pod-labels set, so rule
+ * entries do not grow with the number of pods) and, for each direction, the id of a policy
+ * isolating it (0: not isolated). ipBlock prefixes have identities of their own in the
+ * `idd_pol_cidrs` trie (an address takes its longest prefix's). Rules live in the `idd_policy`
+ * trie: (subject identity, peer identity, direction) then protocol then destination port, so a
+ * prefix length of IDD_POL_PREFIX_ALL allows every protocol and port, IDD_POL_PREFIX_PROTO
+ * every port of one protocol, and IDD_POL_PREFIX_PROTO + n the ports sharing their first n
+ * bits (endPort ranges split into aligned blocks). */
+#define IDD_POL_INGRESS 0
+#define IDD_POL_EGRESS 1
+#define IDD_PEER_ANY 0		 /* rule peer: every address */
+#define IDD_POL_PREFIX_ALL 72	 /* bits of subject, peer, direction */
+#define IDD_POL_PREFIX_PROTO 80	 /* ... and protocol */
+#define IDD_POL_PREFIX_PORT 96	 /* ... and the whole destination port */
+
+struct idd_pol_pod {
+	__u32 identity;
+	__u32 ingress_policy; /* 0: not isolated for ingress */
+	__u32 egress_policy;  /* 0: not isolated for egress */
+	__u32 _pad;
+};
+
+struct idd_pol_key {
+	__u32 prefixlen;
+	__u32 subject;	/* identity of the local pod the rule protects */
+	__u32 peer;	/* pod or CIDR identity, or IDD_PEER_ANY */
+	__u8 direction; /* IDD_POL_* */
+	__u8 protocol;	/* IPPROTO_* */
+	__u16 port;	/* destination port, network byte order (prefix-matched) */
+};
+
+/* Connection tracking of NetworkPolicy: the forward 5-tuple of every allowed packet from or
+ * into a local pod, with when it was last seen; a packet whose reversed tuple is here is a
+ * reply and passes whatever the rules say. */
+struct idd_ct_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 protocol;
+	__u8 _pad[3];
+};
+
+/* Key of the per-CPU `idd_pol_drops` counters. */
+struct idd_pol_drop_key {
+	__u32 policy;
+	__u32 direction; /* IDD_POL_* */
+};
+
 struct idd_path_stats {
 	__u64 packets;
 	__u64 bytes;
@@ -111,6 +163,8 @@ struct idd_flow_event {
 	__u32 ifindex;
 	__u32 len;	   /* skb->len */
 	__u32 mark;	   /* skb->mark after classification */
+	__u32 policy;	   /* NetworkPolicy drops: the id of a policy isolating the pod */
+	__u32 _pad;
 };
 
 #endif

@@ -25,7 +25,7 @@ pub mod types;
 
 pub use classifier::{
     Classifier, ClassifierConfig, DropReason, FlowEvent, FlowEventReader, FlowEvents, MtlsMode,
-    Path, PathCounters, Route, RouteKind, TestRunOutcome,
+    Path, PathCounters, PolicyDirection, PolicyPod, PolicyRule, Route, RouteKind, TestRunOutcome,
 };
 pub use net::Cidr;
 
@@ -80,6 +80,14 @@ pub enum Error {
         /// The cause.
         #[source]
         source: Box<aya::maps::MapError>,
+    },
+    /// A NetworkPolicy rule that has no map key.
+    #[error("NetworkPolicy rule {rule}: {why}")]
+    InvalidRule {
+        /// The rule.
+        rule: String,
+        /// What is wrong.
+        why: String,
     },
     /// A link operation failed.
     #[error("{op} ({path}): {source}")]

@@ -82,6 +82,23 @@ pub const IDD_DROP_NOT_ENCRYPTED: u8 = 3;
 pub const IDD_DROP_NOT_MTLS: u8 = 4;
 /// `IDD_DROP_NOT_READY`.
 pub const IDD_DROP_NOT_READY: u8 = 5;
+/// `IDD_DROP_POLICY_EGRESS`: NetworkPolicy, the source pod's egress rules.
+pub const IDD_DROP_POLICY_EGRESS: u8 = 6;
+/// `IDD_DROP_POLICY_INGRESS`: NetworkPolicy, the destination pod's ingress rules.
+pub const IDD_DROP_POLICY_INGRESS: u8 = 7;
+/// `IDD_POL_INGRESS`: a rule of the protected pod's ingress.
+pub const IDD_POL_INGRESS: u8 = 0;
+/// `IDD_POL_EGRESS`.
+pub const IDD_POL_EGRESS: u8 = 1;
+/// `IDD_PEER_ANY`: a rule peer matching every address.
+pub const IDD_PEER_ANY: u32 = 0;
+/// `IDD_POL_PREFIX_ALL`: prefix length (bits of the `idd_policy` key data) of a rule for every
+/// protocol and port.
+pub const IDD_POL_PREFIX_ALL: u32 = 72;
+/// `IDD_POL_PREFIX_PROTO`: every port of one protocol.
+pub const IDD_POL_PREFIX_PROTO: u32 = 80;
+/// `IDD_POL_PREFIX_PORT`: one exact port.
+pub const IDD_POL_PREFIX_PORT: u32 = 96;
 /// `IDD_STATE_READY`: the bit of `idd_state` saying the node's first plan is applied.
 pub const IDD_STATE_READY: u32 = 1;
 
@@ -190,6 +207,70 @@ pub struct IddFlowEvent {
     pub len: u32,
     /// `skb->mark` after classification.
     pub mark: u32,
+    /// NetworkPolicy drops: the id of a policy isolating the pod.
+    pub policy: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// `struct idd_pol_pod` (the `idd_pol_pods` value).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IddPolPod {
+    /// Security identity.
+    pub identity: u32,
+    /// Id of a policy isolating the pod for ingress (0: not isolated).
+    pub ingress_policy: u32,
+    /// Id of a policy isolating the pod for egress (0: not isolated).
+    pub egress_policy: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// `struct idd_pol_key` (the `idd_policy` trie key).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct IddPolKey {
+    /// Bits of the data that must match ([`IDD_POL_PREFIX_ALL`] ..= [`IDD_POL_PREFIX_PORT`]).
+    pub prefixlen: u32,
+    /// Identity of the protected pod.
+    pub subject: u32,
+    /// Peer identity, or [`IDD_PEER_ANY`].
+    pub peer: u32,
+    /// `IDD_POL_*`.
+    pub direction: u8,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Destination port, network byte order.
+    pub port: u16,
+}
+
+/// `struct idd_ct_tuple` (the `idd_pol_ct` key).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IddCtTuple {
+    /// Source (IPv4-mapped for IPv4).
+    pub saddr: [u8; 16],
+    /// Destination.
+    pub daddr: [u8; 16],
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+/// `struct idd_pol_drop_key` (the `idd_pol_drops` key).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct IddPolDropKey {
+    /// Policy id.
+    pub policy: u32,
+    /// `IDD_POL_*`.
+    pub direction: u32,
 }
 
 /// `sizeof(struct __sk_buff)` of the kernel UAPI headers this crate is built against: the
@@ -217,6 +298,14 @@ unsafe impl aya::Pod for IddProbe {}
 unsafe impl aya::Pod for IddPathStats {}
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for IddFlowEvent {}
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for IddPolPod {}
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for IddPolKey {}
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for IddCtTuple {}
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for IddPolDropKey {}
 
 /// A layout description used by the C/Rust layout test: (type, size, [(field, offset)]).
 pub type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
@@ -297,6 +386,47 @@ pub fn layouts() -> Vec<Layout> {
                 ("ifindex", offset_of!(IddFlowEvent, ifindex)),
                 ("len", offset_of!(IddFlowEvent, len)),
                 ("mark", offset_of!(IddFlowEvent, mark)),
+                ("policy", offset_of!(IddFlowEvent, policy)),
+            ],
+        ),
+        (
+            "idd_pol_pod",
+            size_of::<IddPolPod>(),
+            vec![
+                ("identity", offset_of!(IddPolPod, identity)),
+                ("ingress_policy", offset_of!(IddPolPod, ingress_policy)),
+                ("egress_policy", offset_of!(IddPolPod, egress_policy)),
+            ],
+        ),
+        (
+            "idd_pol_key",
+            size_of::<IddPolKey>(),
+            vec![
+                ("prefixlen", offset_of!(IddPolKey, prefixlen)),
+                ("subject", offset_of!(IddPolKey, subject)),
+                ("peer", offset_of!(IddPolKey, peer)),
+                ("direction", offset_of!(IddPolKey, direction)),
+                ("protocol", offset_of!(IddPolKey, protocol)),
+                ("port", offset_of!(IddPolKey, port)),
+            ],
+        ),
+        (
+            "idd_ct_tuple",
+            size_of::<IddCtTuple>(),
+            vec![
+                ("saddr", offset_of!(IddCtTuple, saddr)),
+                ("daddr", offset_of!(IddCtTuple, daddr)),
+                ("sport", offset_of!(IddCtTuple, sport)),
+                ("dport", offset_of!(IddCtTuple, dport)),
+                ("protocol", offset_of!(IddCtTuple, protocol)),
+            ],
+        ),
+        (
+            "idd_pol_drop_key",
+            size_of::<IddPolDropKey>(),
+            vec![
+                ("policy", offset_of!(IddPolDropKey, policy)),
+                ("direction", offset_of!(IddPolDropKey, direction)),
             ],
         ),
         (
@@ -341,6 +471,14 @@ pub fn constants() -> Vec<(&'static str, u64)> {
         ("IDD_DROP_NOT_ENCRYPTED", IDD_DROP_NOT_ENCRYPTED.into()),
         ("IDD_DROP_NOT_MTLS", IDD_DROP_NOT_MTLS.into()),
         ("IDD_DROP_NOT_READY", IDD_DROP_NOT_READY.into()),
+        ("IDD_DROP_POLICY_EGRESS", IDD_DROP_POLICY_EGRESS.into()),
+        ("IDD_DROP_POLICY_INGRESS", IDD_DROP_POLICY_INGRESS.into()),
+        ("IDD_POL_INGRESS", IDD_POL_INGRESS.into()),
+        ("IDD_POL_EGRESS", IDD_POL_EGRESS.into()),
+        ("IDD_PEER_ANY", IDD_PEER_ANY.into()),
+        ("IDD_POL_PREFIX_ALL", IDD_POL_PREFIX_ALL.into()),
+        ("IDD_POL_PREFIX_PROTO", IDD_POL_PREFIX_PROTO.into()),
+        ("IDD_POL_PREFIX_PORT", IDD_POL_PREFIX_PORT.into()),
         ("IDD_STATE_READY", IDD_STATE_READY.into()),
         ("IDD_MTLS_DISABLED", IDD_MTLS_DISABLED.into()),
         ("IDD_MTLS_PERMISSIVE", IDD_MTLS_PERMISSIVE.into()),

@@ -563,7 +563,9 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 		break;
 	}
 out:
-	idd_account(path, skb->len);
+	/* NetworkPolicy drops are counted per policy (idd_pol_drops), not as strict-mode drops. */
+	if (!policy)
+		idd_account(path, skb->len);
 	idd_emit(skb, &p, path, reason, node_id, policy);
 	return path == IDD_PATH_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 pass:
@@ -653,7 +655,8 @@ static __always_inline int idd_guard_pod(struct __sk_buff *skb)
 	}
 	reason = IDD_DROP_NOT_MTLS;
 drop:
-	idd_account(IDD_PATH_DROP, skb->len);
+	if (!policy)
+		idd_account(IDD_PATH_DROP, skb->len);
 	idd_emit(skb, &p, IDD_PATH_DROP, reason, node_id, policy);
 	return TC_ACT_SHOT;
 pass:

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use identityd_bpf::packet::{self, L4};
 use identityd_bpf::{
     Cidr, Classifier, ClassifierConfig, DropReason, FlowEventReader, FlowEvents, MtlsMode,
-    PolicyDirection, PolicyPod, PolicyRule, Route, RouteKind,
+    Path, PolicyDirection, PolicyPod, PolicyRule, Route, RouteKind,
 };
 
 const TUNNEL: u32 = 7;
@@ -271,6 +271,7 @@ fn network_policy_allows_what_its_rules_say_and_drops_and_counts_the_rest() {
     }
     isolate(&mut c);
     drain(&mut events);
+    let strict_drops = c.counters().unwrap().get(Path::Drop).packets;
     for case in cases() {
         let passed = run(&c, &case.pkt, case.at);
         match case.denied {
@@ -295,6 +296,11 @@ fn network_policy_allows_what_its_rules_say_and_drops_and_counts_the_rest() {
     };
     assert_eq!(count(POL_A_IN, PolicyDirection::Ingress), 4, "{drops:?}");
     assert_eq!(count(POL_B_OUT, PolicyDirection::Egress), 3, "{drops:?}");
+    assert_eq!(
+        c.counters().unwrap().get(Path::Drop).packets,
+        strict_drops,
+        "policy drops are not strict-mode drops"
+    );
     // The rules read back as installed.
     let mut got = c.policy_rules().unwrap();
     got.sort();

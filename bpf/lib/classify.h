@@ -447,28 +447,6 @@ static __always_inline __u32 idd_policy_from_pod(const struct idd_pkt *p, __u32 
 	return IDD_DROP_NONE;
 }
 
-/* NetworkPolicy for a packet going into a local pod (at its veth): its ingress rules, on the
- * packet's own source address. What this node itself sends (no ingress interface: the
- * kubelet, the node's Envoy delivering mesh traffic already judged at its source) is allowed,
- * the usual CNI exception. */
-static __always_inline __u32 idd_policy_to_pod(struct __sk_buff *skb, const struct idd_pkt *p,
-					       __u32 *policy)
-{
-	struct idd_pol_pod *d;
-
-	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
-		return IDD_DROP_NONE;
-	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
-	if (d && d->ingress_policy && skb->ingress_ifindex && !idd_ct_reply(p) &&
-	    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
-		*policy = d->ingress_policy;
-		idd_pol_count(*policy, IDD_POL_INGRESS);
-		return IDD_DROP_POLICY_INGRESS;
-	}
-	idd_ct_record(p);
-	return IDD_DROP_NONE;
-}
-
 /* Classifies one packet: sets its mark, accounts it, and returns the tc verdict. */
 static __always_inline int idd_classify(struct __sk_buff *skb)
 {
@@ -589,6 +567,46 @@ static __always_inline int idd_from_tunnel(__u32 ifindex)
 			return 1;
 	}
 	return 0;
+}
+
+/* Whether `p` came out of the tunnel from a peer node's own address inside its pod CIDR (no
+ * pod has it): the peer's Envoy, whose classifier judged the flow at its source. */
+static __always_inline int idd_peer_node_judged(struct __sk_buff *skb, const struct idd_pkt *p)
+{
+	struct idd_route *src;
+
+	if (!idd_from_tunnel(skb->ingress_ifindex))
+		return 0;
+	src = idd_route_of(&p->saddr);
+	if (!src || (src->kind != IDD_ROUTE_WIREGUARD && src->kind != IDD_ROUTE_IPSEC))
+		return 0;
+	return bpf_map_lookup_elem(&idd_pol_pods, &p->saddr) == 0;
+}
+
+/* NetworkPolicy for a packet going into a local pod (at its veth): its ingress rules, on the
+ * packet's own source address. What this node itself sends (no ingress interface: the
+ * kubelet, the node's Envoy delivering mesh traffic already judged at its source) is allowed,
+ * the usual CNI exception. So is what a peer node sends out of the tunnel from an address of
+ * its pod CIDR that is no pod (its own tunnel address: its Envoy's passthrough connections of
+ * mesh pods to pods outside the mesh), which its classifier judged against this pod's ingress
+ * rules on the original source pod. */
+static __always_inline __u32 idd_policy_to_pod(struct __sk_buff *skb, const struct idd_pkt *p,
+					       __u32 *policy)
+{
+	struct idd_pol_pod *d;
+
+	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
+		return IDD_DROP_NONE;
+	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
+	if (d && d->ingress_policy && skb->ingress_ifindex && !idd_ct_reply(p) &&
+	    !idd_peer_node_judged(skb, p) &&
+	    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
+		*policy = d->ingress_policy;
+		idd_pol_count(*policy, IDD_POL_INGRESS);
+		return IDD_DROP_POLICY_INGRESS;
+	}
+	idd_ct_record(p);
+	return IDD_DROP_NONE;
 }
 
 /* Ingress strict, on the pod-facing veth's egress (packets going into a local pod):

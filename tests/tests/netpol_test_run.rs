@@ -216,6 +216,18 @@ fn cases() -> Vec<Case> {
             denied: None,
         },
         Case {
+            what: "n2's own address in its pod CIDR → A tcp/9090 out of the tunnel (its Envoy's passthrough, judged on n2)",
+            pkt: pkt("10.244.2.1", A, L4::Tcp, (40000, 9090)),
+            at: At::ToPod(TUNNEL),
+            denied: None,
+        },
+        Case {
+            what: "an unknown address outside the pod CIDRs → A tcp/9090 out of the tunnel",
+            pkt: pkt("192.0.2.9", A, L4::Tcp, (40000, 9090)),
+            at: At::ToPod(TUNNEL),
+            denied: ingress(POL_A_IN),
+        },
+        Case {
             what: "B → A udp/53 leaving B: B's egress allows, A's ingress does not",
             pkt: pkt(B, A, L4::Udp, (40000, 53)),
             at: At::FromPod,
@@ -294,7 +306,7 @@ fn network_policy_allows_what_its_rules_say_and_drops_and_counts_the_rest() {
             .find(|(pp, dd, _)| *pp == p && *dd == d)
             .map_or(0, |x| x.2)
     };
-    assert_eq!(count(POL_A_IN, PolicyDirection::Ingress), 4, "{drops:?}");
+    assert_eq!(count(POL_A_IN, PolicyDirection::Ingress), 5, "{drops:?}");
     assert_eq!(count(POL_B_OUT, PolicyDirection::Egress), 3, "{drops:?}");
     assert_eq!(
         c.counters().unwrap().get(Path::Drop).packets,

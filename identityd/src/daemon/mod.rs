@@ -10,6 +10,7 @@ pub mod identity;
 pub mod ingress;
 pub mod mesh;
 pub mod metrics;
+pub mod netpol;
 pub mod node;
 pub mod node_auth;
 pub mod node_proof;

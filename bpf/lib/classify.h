@@ -486,7 +486,9 @@ static __always_inline int idd_classify(struct __sk_buff *skb)
 			idd_set_mark(skb, IDD_MARK_PROXY);
 			goto out;
 		}
-		if (IDD_STRICT && dw->mtls_mode == IDD_MTLS_STRICT) {
+		/* Only new connections: a strict pod's own connection to a pod outside the mesh
+		 * gets its replies (the mesh pod opened it, as the ingress guard judges too). */
+		if (IDD_STRICT && dw->mtls_mode == IDD_MTLS_STRICT && p.tcp_open) {
 			path = IDD_PATH_DROP;
 			reason = IDD_DROP_PLAINTEXT_ROUTE;
 			goto out;

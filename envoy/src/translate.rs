@@ -859,6 +859,36 @@ pub fn translate(mesh: &MeshConfig) -> Snapshot {
                     ..Default::default()
                 });
             }
+            // Envoy matches the destination port before anything else and never falls back to
+            // chains without one: every port claimed above also needs its catch-all (HTTP to
+            // the L7 path, any other TCP passed through), or a destination outside those
+            // services on the same port (a pod outside the mesh) has no chain and is reset.
+            let ports: BTreeSet<u16> = claimed.iter().map(|(_, port)| *port).collect();
+            for port in ports {
+                let any_dest = |protocols: Vec<String>| FilterChainMatch {
+                    destination_port: Some(UInt32Value {
+                        value: u32::from(port),
+                    }),
+                    application_protocols: protocols,
+                    source_prefix_ranges: vec![cidr(w.ip)],
+                    ..Default::default()
+                };
+                outbound_chains.push(FilterChain {
+                    name: format!("outbound|{port}|{}/{}|http", w.namespace, w.name),
+                    filter_chain_match: Some(any_dest(http_protocols.clone())),
+                    filters: vec![hcm_filter(hcm.clone())],
+                    ..Default::default()
+                });
+                outbound_chains.push(FilterChain {
+                    name: format!("passthrough|{port}|{}/{}", w.namespace, w.name),
+                    filter_chain_match: Some(any_dest(Vec::new())),
+                    filters: vec![l4::tcp_proxy(
+                        &format!("passthrough_{}_{}", w.namespace, w.name),
+                        l4::PASSTHROUGH,
+                    )],
+                    ..Default::default()
+                });
+            }
         }
         outbound_chains.push(FilterChain {
             name: format!("outbound|{}/{}", w.namespace, w.name),

@@ -400,3 +400,28 @@ fn classifier_cluster_cidrs_are_no_path_from_load_on() {
         None,
     );
 }
+
+/// On one node, a pod outside the mesh may not open plaintext TCP to a strict pod, but answers
+/// the connections the strict pod opened to it (before, its SYN-ACK was dropped too, so a
+/// strict pod could not reach a same-node pod outside the mesh at all).
+#[test]
+fn classifier_lets_a_pod_outside_the_mesh_answer_a_strict_pods_connection_on_the_same_node() {
+    let c = load(&ClassifierConfig::default());
+    let mut buf = Vec::new();
+    packet::build(
+        &mut buf,
+        ip("10.244.1.12"),
+        ip("10.244.1.10"),
+        L4::Tcp,
+        (6379, 40000),
+        8,
+    );
+    assert!(
+        c.test_run(&buf, 0, 1).unwrap().dropped(),
+        "a new connection (SYN) from the pod outside the mesh into the strict pod"
+    );
+    buf[14 + 20 + 13] = 0x12; // SYN-ACK: the answer to the strict pod's SYN
+    assert!(c.test_run(&buf, 0, 1).unwrap().passed(), "its SYN-ACK");
+    buf[14 + 20 + 13] = 0x10; // ACK
+    assert!(c.test_run(&buf, 0, 1).unwrap().passed(), "its later packets");
+}

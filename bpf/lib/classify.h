@@ -427,9 +427,13 @@ static __always_inline __u32 idd_policy_from_pod(const struct idd_pkt *p, __u32 
 
 	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
 		return IDD_DROP_NONE;
+	/* A reply is never recorded as a forward direction of its own (that would make the
+	 * connection's real forward direction look like a reply once a policy isolates it). */
+	if (idd_ct_reply(p))
+		return IDD_DROP_NONE;
 	s = bpf_map_lookup_elem(&idd_pol_pods, &p->saddr);
 	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
-	if (((s && s->egress_policy) || (d && d->ingress_policy)) && !idd_ct_reply(p)) {
+	if ((s && s->egress_policy) || (d && d->ingress_policy)) {
 		if (s && s->egress_policy &&
 		    !idd_pol_allows(s->identity, IDD_POL_EGRESS, &p->daddr, p)) {
 			*policy = s->egress_policy;
@@ -599,9 +603,10 @@ static __always_inline __u32 idd_policy_to_pod(struct __sk_buff *skb, const stru
 
 	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
 		return IDD_DROP_NONE;
+	if (idd_ct_reply(p))
+		return IDD_DROP_NONE;
 	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
-	if (d && d->ingress_policy && skb->ingress_ifindex && !idd_ct_reply(p) &&
-	    !idd_peer_node_judged(skb, p) &&
+	if (d && d->ingress_policy && skb->ingress_ifindex && !idd_peer_node_judged(skb, p) &&
 	    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
 		*policy = d->ingress_policy;
 		idd_pol_count(*policy, IDD_POL_INGRESS);

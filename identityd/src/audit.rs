@@ -215,8 +215,103 @@ pub fn live(
         "running nodes that peers do not know",
     ));
     out.extend(report_checks(&reports, opts, now));
+    out.push(policy_enforced(&reports, state));
     out.push(node_conflicts(state));
     out.push(cluster_problems(state));
+    out
+}
+
+/// `policy.enforced`: every reporting node's classifier holds the NetworkPolicy the cluster
+/// state compiles to (the same digest). Skipped when the cluster has no NetworkPolicy.
+#[must_use]
+pub fn policy_enforced(reports: &[(String, NodeReport)], state: &ClusterState) -> Finding {
+    if state.network_policies.is_empty() {
+        return skipped(
+            "policy.enforced",
+            Severity::Error,
+            "the cluster has no NetworkPolicy",
+        );
+    }
+    if reports.is_empty() {
+        return skipped("policy.enforced", Severity::Error, "no node reported its live state");
+    }
+    let want = crate::daemon::node::policy_digest(&crate::daemon::netpol::compile(state));
+    let behind: Vec<String> = reports
+        .iter()
+        .filter_map(|(n, r)| match &r.network_policy_digest {
+            Some(d) if *d == want => None,
+            Some(d) => Some(format!(
+                "{n}: enforces NetworkPolicy digest {d}, the cluster's current policies compile to {want}"
+            )),
+            None => Some(format!(
+                "{n}: its classifier does not hold the whole NetworkPolicy (see its status: network_policy, errors)"
+            )),
+        })
+        .collect();
+    finding(
+        "policy.enforced",
+        Severity::Error,
+        behind,
+        &format!(
+            "every node enforces the current NetworkPolicies ({} policies, digest {want})",
+            state.network_policies.len()
+        ),
+        "nodes not enforcing the current NetworkPolicies",
+    )
+}
+
+/// `policy.default-deny` (info: namespaces without a default-deny-ingress NetworkPolicy) and
+/// `policy.selects-nothing` (warning: policies whose podSelector selects no pod).
+fn policy_checks(state: &ClusterState) -> Vec<Finding> {
+    let plan = crate::daemon::netpol::compile(state);
+    let mut out = Vec::new();
+    if state.namespaces.is_empty() {
+        out.push(skipped(
+            "policy.default-deny",
+            Severity::Info,
+            "the input has no Namespace",
+        ));
+    } else {
+        let open: Vec<String> = state
+            .namespaces
+            .keys()
+            .filter(|n| !plan.default_deny.contains(*n))
+            .map(|n| format!("namespace {n}: no default-deny ingress NetworkPolicy"))
+            .collect();
+        // Information, not a failure: Kubernetes namespaces are open by default, and the
+        // listing tells which still are.
+        out.push(Finding {
+            check: "policy.default-deny".to_owned(),
+            severity: Severity::Info,
+            result: Outcome::Pass,
+            passed: true,
+            message: format!(
+                "{} of {} namespaces have a default-deny ingress NetworkPolicy",
+                state.namespaces.len() - open.len(),
+                state.namespaces.len()
+            ),
+            details: open,
+        });
+    }
+    if state.network_policies.is_empty() {
+        out.push(skipped(
+            "policy.selects-nothing",
+            Severity::Warning,
+            "the input has no NetworkPolicy",
+        ));
+    } else {
+        out.push(finding(
+            "policy.selects-nothing",
+            Severity::Warning,
+            plan.selects_nothing
+                .iter()
+                .map(|n| format!("NetworkPolicy {n}: its podSelector selects no pod"))
+                .chain(plan.problems.iter().map(ToString::to_string))
+                .collect(),
+            "every NetworkPolicy selects pods and compiles whole",
+            "NetworkPolicies that select nothing or were compiled in part",
+        ));
+    }
     out
 }
 
@@ -270,6 +365,7 @@ pub fn report_live(
         "nodes whose live state is missing or stale",
     )];
     out.extend(report_checks(reports, opts, now));
+    out.push(policy_enforced(reports, state));
     out.push(node_conflicts(state));
     out
 }
@@ -921,6 +1017,7 @@ pub fn static_checks(m: &Manifests, opts: &AuditOptions) -> Vec<Finding> {
         "every identityd and mesh object is valid",
         "invalid objects",
     ));
+    out.extend(policy_checks(state));
     out
 }
 
@@ -1456,6 +1553,18 @@ pub const CHECKS: &[(&str, &str)] = &[
     (
         "objects.accepted",
         "No Gateway, route or TrafficPolicy is Accepted=False (--kube).\nFix: the condition's message names the field.",
+    ),
+    (
+        "policy.enforced",
+        "Every node's classifier holds the NetworkPolicy the cluster's current policies compile to (the digest each node reports equals the one the audit computes). Skipped when the cluster has no NetworkPolicy.\nFix: the finding names the node; its `identityd status` shows network_policy and the apply errors.",
+    ),
+    (
+        "policy.default-deny",
+        "Information, never a failure: how many namespaces have a default-deny ingress NetworkPolicy (podSelector {}, policyTypes [Ingress], no rule), listing those without, whose pods take traffic from every pod unless another policy selects them. Skipped when the input has no Namespace.\nFix: add one per namespace and allow what is needed.",
+    ),
+    (
+        "policy.selects-nothing",
+        "No NetworkPolicy has a podSelector that selects no pod, and every policy compiled whole (the compiler's problems are listed). Skipped when the input has no NetworkPolicy.\nFix: correct the selector's labels or remove the policy.",
     ),
     (
         "rotations.failed",

@@ -258,6 +258,17 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// (internal) Probes lab servers from inside a lab pod, all at once; prints one `true` or
+    /// `false` per target, in order.
+    #[command(hide = true)]
+    Probe {
+        /// `tcp:IP:PORT` or `udp:IP:PORT` (repeatable).
+        #[arg(long = "target")]
+        targets: Vec<crate::lab::workload::ProbeTarget>,
+        /// Milliseconds each probe may take.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// (internal) A TCP line exchange from inside a lab pod (the lab's TCP protocols).
     #[command(hide = true)]
     Tcp {

@@ -383,10 +383,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Lab(LabCommand::Probe {
+            targets,
+            timeout_ms,
+        }) => {
+            let got = runtime().block_on(lab::workload::probe(
+                &targets,
+                std::time::Duration::from_millis(timeout_ms),
+            ));
+            for ok in got {
+                println!("{ok}");
+            }
+            ExitCode::SUCCESS
+        }
         Command::Lab(LabCommand::Workload { name, listen }) => {
             let tcp = lab::workload::serve_tcp(name.clone(), listen.ip());
+            let udp = lab::workload::serve_udp(name.clone(), listen.ip());
             let http = lab::workload::serve(name, listen);
-            match runtime().block_on(async { tokio::try_join!(http, tcp).map(drop) }) {
+            match runtime().block_on(async { tokio::try_join!(http, tcp, udp).map(drop) }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: --listen={listen}: {e}");

@@ -79,10 +79,34 @@ pub fn resolve(node: &str, e: &FlowEvent, state: &ClusterState, trust_domain: &s
             DropReason::NotEncrypted => "ingress-not-encrypted".to_owned(),
             DropReason::NotMtls => "ingress-not-mtls".to_owned(),
             DropReason::NotReady => "ingress-not-ready".to_owned(),
+            DropReason::PolicyEgress => {
+                format!("policy-denied egress, isolated by {}", policy_name(state, e.policy))
+            }
+            DropReason::PolicyIngress => {
+                format!("policy-denied ingress, isolated by {}", policy_name(state, e.policy))
+            }
             DropReason::Other(n) => format!("reason {n}"),
         }),
         len: e.len,
     }
+}
+
+/// The NetworkPolicy (`namespace/name`) with id `id` in `state` (ids are compiled per state
+/// version; the last one is kept).
+fn policy_name(state: &ClusterState, id: u32) -> String {
+    type Names = std::collections::BTreeMap<u32, crate::model::NamespacedName>;
+    static CACHE: std::sync::Mutex<Option<(u64, Names)>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.as_ref().is_none_or(|(v, _)| *v != state.version()) {
+        *cache = Some((
+            state.version(),
+            crate::daemon::netpol::compile(state).policies,
+        ));
+    }
+    cache
+        .as_ref()
+        .and_then(|(_, names)| names.get(&id))
+        .map_or_else(|| format!("policy #{id}"), |n| format!("NetworkPolicy {n}"))
 }
 
 /// Renders one flow as a line.

@@ -11,12 +11,13 @@ use fake_api::{FakeApi, path_of};
 use identityd::audit::{self, AuditOptions, Finding, Severity};
 use serde_json::{Value, json};
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "namespaces",
     "nodes",
     "pods",
     "services",
     "ingresses",
+    "networkpolicies",
     "gateways",
     "httproutes",
     "grpcroutes",

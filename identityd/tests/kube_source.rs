@@ -16,12 +16,13 @@ use identityd::model::{
 };
 use identityd::source::{ClusterSource, KubeSource, KubeSourceOptions, SourceError};
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "namespaces",
     "nodes",
     "pods",
     "services",
     "ingresses",
+    "networkpolicies",
     "gateways",
     "httproutes",
     "grpcroutes",

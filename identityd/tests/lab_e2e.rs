@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+#[path = "lab_e2e/netpol.rs"]
+mod netpol;
+
 const BIN: &str = env!("CARGO_BIN_EXE_identityd");
 
 /// The one lab of this binary: its directory, what `lab up` printed, and daemons the trials
@@ -3151,6 +3154,10 @@ const TRIALS: &[Check] = &[
     (
         "every_node_is_strict_with_a_wireguard_path_to_every_peer",
         every_node_is_strict_with_a_wireguard_path_to_every_peer,
+    ),
+    (
+        "network_policy_matches_the_truth_table",
+        netpol::network_policy_matches_the_truth_table,
     ),
     ("a_stalled_ca_delays_nothing_but_identities", |l| {
         a_stalled_ca_delays_nothing_but_identities(&l.dir)

@@ -538,7 +538,7 @@ fn rbac_is_least_privilege() {
         ("", &["nodes"], READ),
         // Its own Node's startup taint (the admission policy holds it to that).
         ("", &["nodes"], &["patch"]),
-        ("networking.k8s.io", &["ingresses"], READ),
+        ("networking.k8s.io", &["ingresses", "networkpolicies"], READ),
         (
             "gateway.networking.k8s.io",
             &["gateways", "httproutes", "grpcroutes"],
@@ -576,7 +576,7 @@ fn rbac_is_least_privilege() {
         ("authentication.k8s.io", &["tokenreviews"], &["create"]),
         ("", &["namespaces", "pods", "services"], READ),
         ("", &["nodes"], READ),
-        ("networking.k8s.io", &["ingresses"], READ),
+        ("networking.k8s.io", &["ingresses", "networkpolicies"], READ),
         (
             "gateway.networking.k8s.io",
             &["gateways", "httproutes", "grpcroutes"],

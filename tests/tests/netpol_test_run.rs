@@ -383,6 +383,26 @@ fn replies_of_allowed_connections_pass_and_a_revoked_rule_cuts_the_forward_direc
     assert!(run(&c, &b_to_a, At::ToPod(VETH)), "into A");
 }
 
+/// A connection open before any policy, then its server isolated with no rule for the client:
+/// the client's next packet is refused (the server's earlier answers were replies, never a
+/// forward direction of their own that would make the client's packets look like replies).
+#[test]
+fn a_connection_opened_before_isolation_is_cut_when_the_policy_denies_it() {
+    let mut c = load();
+    install(&mut c);
+    let syn = pkt(C, A, L4::Tcp, (42000, 9090));
+    assert!(run(&c, &syn, At::ToPod(TUNNEL)), "C → A tcp/9090, nobody isolated");
+    let answer = ack(pkt(A, C, L4::Tcp, (9090, 42000)));
+    assert!(run(&c, &answer, At::FromPod), "A answers");
+    assert!(run(&c, &ack(syn.clone()), At::ToPod(TUNNEL)));
+    isolate(&mut c);
+    assert!(
+        !run(&c, &ack(syn), At::ToPod(TUNNEL)),
+        "C's next packet once A is isolated for ingress without a rule for tcp/9090"
+    );
+    assert!(run(&c, &answer, At::FromPod), "A's answers are still replies");
+}
+
 #[test]
 fn malformed_rules_are_refused_naming_the_rule() {
     let mut c = load();

@@ -36,6 +36,24 @@ pub struct ComponentStatus {
     pub errors: Vec<String>,
 }
 
+/// What a node's classifier enforces of the cluster's NetworkPolicies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicyStatus {
+    /// Digest of the compiled policy the maps hold (`None`: the last apply did not write all
+    /// of it). Every node enforcing the same cluster policy shows the same digest.
+    pub digest: Option<String>,
+    /// NetworkPolicies compiled.
+    pub policies: u64,
+    /// Allow rules in the map.
+    pub rules: u64,
+    /// Pod addresses in the map (every pod of the cluster).
+    pub pods: u64,
+    /// Packets dropped, per isolating policy (`namespace/name`) and direction.
+    pub drops: Vec<(String, String, u64)>,
+    /// Parts of policies the compiler skipped, one line each.
+    pub problems: Vec<String>,
+}
+
 /// A node's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -75,6 +93,9 @@ pub struct NodeStatus {
     /// Source CIDRs let past ingress strict's encryption rule (`encryption.allowFrom`).
     #[serde(default)]
     pub allow_from: Vec<String>,
+    /// NetworkPolicy enforcement (absent: no classifier, or an older daemon).
+    #[serde(default)]
+    pub network_policy: Option<NetworkPolicyStatus>,
     /// Other nodes' objects whose proof did not verify, one line each (`None`: this node does
     /// not check node proofs — it has no CA).
     #[serde(default)]

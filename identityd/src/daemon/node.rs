@@ -13,7 +13,7 @@ use identityd_bpf::classifier::{
     Classifier, ClassifierConfig, MtlsMode as BpfMtls, Route, RouteKind,
 };
 use identityd_bpf::net::Cidr;
-use identityd_bpf::{Direction, routing};
+use identityd_bpf::{Direction, PolicyDirection, PolicyPod, PolicyRule, routing};
 use identityd_certs::fsutil::write_atomic;
 use identityd_wg::key::NodeKey;
 
@@ -23,6 +23,7 @@ use crate::daemon::api::{self, ComponentStatus, NodeStatus, PeerStatus};
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::identity::Identities;
 use crate::daemon::mesh::MeshReport;
+use crate::daemon::netpol::{self, PolicyPlan};
 use crate::daemon::node_proof;
 use crate::daemon::plan::{KeyFiles, NodePlan, RoutePath, plan, plan_with_keys};
 use crate::daemon::rotation;
@@ -107,6 +108,150 @@ struct Datapath {
     wg_pid: Option<u32>,
     /// Times the device process was found dead and started again by this daemon.
     wg_restarts: u64,
+    /// NetworkPolicy: the compiled plan of the cluster state version it came from.
+    policy_desired: Option<(u64, Arc<PolicyPlan>)>,
+    /// What the policy maps hold (read from the pinned maps once, then kept in step with
+    /// every write; `None` after a failed read, so the next round reads them again).
+    policy_installed: Option<InstalledPolicy>,
+    /// Digest of the plan the maps hold, when the last apply wrote all of it.
+    policy_digest: Option<String>,
+}
+
+/// The content of the classifier's NetworkPolicy maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct InstalledPolicy {
+    pods: BTreeMap<IpAddr, PolicyPod>,
+    cidrs: BTreeMap<Cidr, u32>,
+    rules: BTreeMap<PolicyRule, u32>,
+}
+
+impl InstalledPolicy {
+    fn read(c: &Classifier) -> Result<Self, String> {
+        Ok(Self {
+            pods: c
+                .policy_pods()
+                .map_err(|e| format!("reading the policy pod map: {e}"))?
+                .into_iter()
+                .collect(),
+            cidrs: c
+                .policy_cidrs()
+                .map_err(|e| format!("reading the policy CIDR map: {e}"))?
+                .into_iter()
+                .collect(),
+            rules: c
+                .policy_rules()
+                .map_err(|e| format!("reading the policy rule map: {e}"))?
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    /// The map content a compiled plan asks for.
+    fn of(plan: &PolicyPlan) -> (Self, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut want = Self::default();
+        for (ip, p) in &plan.pods {
+            want.pods.insert(
+                *ip,
+                PolicyPod {
+                    identity: p.identity,
+                    ingress_policy: p.ingress.unwrap_or(0),
+                    egress_policy: p.egress.unwrap_or(0),
+                },
+            );
+        }
+        for (cidr, id) in &plan.cidrs {
+            match cidr.to_string().parse::<Cidr>() {
+                Ok(c) => {
+                    want.cidrs.insert(c, *id);
+                }
+                Err(e) => errors.push(format!("NetworkPolicy ipBlock {cidr}: {e}")),
+            }
+        }
+        for (k, policy) in &plan.rules {
+            want.rules.insert(
+                PolicyRule {
+                    subject: k.subject,
+                    direction: match k.direction {
+                        netpol::Direction::Ingress => PolicyDirection::Ingress,
+                        netpol::Direction::Egress => PolicyDirection::Egress,
+                    },
+                    peer: k.peer,
+                    protocol: k.protocol,
+                    port: k.port,
+                    port_prefix: k.prefix,
+                },
+                *policy,
+            );
+        }
+        (want, errors)
+    }
+}
+
+/// A short digest of what a policy plan puts in the maps: equal on every node that enforces
+/// the same cluster policy (`policy.enforced` in the audit compares them).
+#[must_use]
+pub fn policy_digest(plan: &PolicyPlan) -> String {
+    let text = format!("{:?}{:?}{:?}", plan.pods, plan.cidrs, plan.rules);
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes from `have` and the map every key of `have` that `want` lacks.
+fn remove_stale<K: Ord + Copy + std::fmt::Debug, V>(
+    have: &mut BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    what: &str,
+    mut remove: impl FnMut(K) -> Result<(), identityd_bpf::Error>,
+    errors: &mut Vec<String>,
+) {
+    let stale: Vec<K> = have.keys().filter(|k| !want.contains_key(k)).copied().collect();
+    for k in stale {
+        match remove(k) {
+            Ok(()) => {
+                have.remove(&k);
+            }
+            Err(e) => errors.push(format!("removing {what} {k:?}: {e}")),
+        }
+    }
+}
+
+/// Sets in `have` and the map every entry of `want` that `have` lacks or holds otherwise.
+fn set_changed<K: Ord + Copy + std::fmt::Debug, V: PartialEq + Copy>(
+    have: &mut BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    what: &str,
+    mut set: impl FnMut(K, V) -> Result<(), identityd_bpf::Error>,
+    errors: &mut Vec<String>,
+) {
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            match set(*k, *v) {
+                Ok(()) => {
+                    have.insert(*k, *v);
+                }
+                Err(e) => errors.push(format!("{what} {k:?}: {e}")),
+            }
+        }
+    }
+}
+
+/// Makes the policy maps hold `want`, in an order that never denies what both the old and the
+/// new state allow: CIDR identities and rules first, then pod entries (identities and
+/// isolation), then the removal of stale pods, rules and prefixes.
+fn apply_policy(
+    c: &mut Classifier,
+    have: &mut InstalledPolicy,
+    want: &InstalledPolicy,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    set_changed(&mut have.cidrs, &want.cidrs, "policy CIDR", |k, v| c.set_policy_cidr(k, v), &mut errors);
+    set_changed(&mut have.rules, &want.rules, "policy rule", |k, v| c.set_policy_rule(k, v), &mut errors);
+    set_changed(&mut have.pods, &want.pods, "policy pod", |k, v| c.set_policy_pod(k, v), &mut errors);
+    remove_stale(&mut have.pods, &want.pods, "policy pod", |k| c.remove_policy_pod(k), &mut errors);
+    remove_stale(&mut have.rules, &want.rules, "policy rule", |k| c.remove_policy_rule(k), &mut errors);
+    remove_stale(&mut have.cidrs, &want.cidrs, "policy CIDR", |k| c.remove_policy_cidr(k), &mut errors);
+    errors
 }
 
 fn wg_binary(cfg: &DaemonConfig) -> PathBuf {
@@ -466,8 +611,30 @@ impl Datapath {
                     errors.push(format!("removing probe port {ip}:{port}: {e}"));
                 }
             }
+            // NetworkPolicy, before the node says it is ready.
+            if let Some((_, plan)) = &self.policy_desired {
+                let (want, bad) = InstalledPolicy::of(plan);
+                errors.extend(bad);
+                let have = match self.policy_installed.take() {
+                    Some(h) => Ok(h),
+                    None => InstalledPolicy::read(c),
+                };
+                match have {
+                    Ok(mut have) => {
+                        let failed = apply_policy(c, &mut have, &want);
+                        self.policy_digest = failed.is_empty().then(|| policy_digest(plan));
+                        errors.extend(failed);
+                        self.policy_installed = Some(have);
+                    }
+                    Err(e) => {
+                        self.policy_digest = None;
+                        errors.push(e);
+                    }
+                }
+            }
             // The maps hold this node's plan: new TCP into its pods is judged by it from now
             // on (until then ingress strict refused all of it).
+
             if errors.len() == errors_before_maps
                 && !c.ready().unwrap_or(false)
                 && let Err(e) = c.set_ready(true)
@@ -642,6 +809,38 @@ pub struct DatapathReport {
     /// Other nodes' objects whose proof did not verify (`None`: proofs are not checked,
     /// the node has no CA).
     pub unverified_nodes: Option<Vec<String>>,
+    /// NetworkPolicy enforcement (`None`: no classifier).
+    pub network_policy: Option<api::NetworkPolicyStatus>,
+}
+
+fn policy_status(dp: &Datapath) -> Option<api::NetworkPolicyStatus> {
+    let c = dp.classifier.as_ref()?;
+    let plan = dp.policy_desired.as_ref().map(|(_, p)| p);
+    let name = |id: u32| {
+        plan.and_then(|p| p.policies.get(&id))
+            .map_or_else(|| format!("policy #{id}"), ToString::to_string)
+    };
+    Some(api::NetworkPolicyStatus {
+        digest: dp.policy_digest.clone(),
+        policies: plan.map_or(0, |p| p.policies.len() as u64),
+        rules: dp.policy_installed.as_ref().map_or(0, |i| i.rules.len() as u64),
+        pods: dp.policy_installed.as_ref().map_or(0, |i| i.pods.len() as u64),
+        drops: c
+            .policy_drops()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, dir, n)| {
+                let dir = match dir {
+                    PolicyDirection::Ingress => "ingress",
+                    PolicyDirection::Egress => "egress",
+                };
+                (name(id), dir.to_owned(), n)
+            })
+            .collect(),
+        problems: plan.map_or_else(Vec::new, |p| {
+            p.problems.iter().map(ToString::to_string).collect()
+        }),
+    })
 }
 
 fn classifier_counters(dp: &Datapath) -> Vec<(String, (u64, u64))> {
@@ -876,6 +1075,15 @@ impl DatapathTask {
         let unverified_nodes = self.proofs.as_ref().map(|pr| pr.verified.problems());
         p.problems
             .extend(unverified_nodes.iter().flatten().cloned());
+        // NetworkPolicy: compiled once per cluster state version.
+        if self
+            .dp
+            .policy_desired
+            .as_ref()
+            .is_none_or(|(v, _)| *v != state.version())
+        {
+            self.dp.policy_desired = Some((state.version(), Arc::new(netpol::compile(state))));
+        }
         for e in self.dp.apply(&cfg, &p) {
             tracing::warn!(error = %e, "apply");
             errors.push(e);
@@ -962,6 +1170,7 @@ impl DatapathTask {
             cluster_version: state.version(),
             wireguard_device_restarts: self.dp.wg_restarts,
             unverified_nodes,
+            network_policy: policy_status(&self.dp),
         }
     }
 
@@ -1193,6 +1402,7 @@ fn build_status(
         ingress_strict_problem: i.dp.ingress_strict_problem.clone(),
         wireguard_device_restarts: i.dp.wireguard_device_restarts,
         unverified_nodes: i.dp.unverified_nodes.clone(),
+        network_policy: i.dp.network_policy.clone(),
         allow_from: cfg.encryption.allow_from.clone(),
         ..NodeStatus::default()
     };
@@ -1473,6 +1683,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         wg_json: None,
         wg_pid: None,
         wg_restarts: 0,
+        policy_desired: None,
+        policy_installed: None,
+        policy_digest: None,
     };
     // Guard the pods before any cluster state is applied: on a fresh load (first start,
     // reboot) ingress strict refuses new TCP into all of them until the first plan is in the

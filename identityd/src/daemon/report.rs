@@ -211,6 +211,14 @@ pub fn summarise(
             .as_ref()
             .map(|u| Examples::of(u.iter().cloned(), n)),
         allow_from: status.allow_from.iter().take(n).cloned().collect(),
+        network_policy_digest: status
+            .network_policy
+            .as_ref()
+            .and_then(|p| p.digest.clone()),
+        network_policy_drops: status
+            .network_policy
+            .as_ref()
+            .map_or(0, |p| p.drops.iter().map(|d| d.2).sum()),
     }
 }
 
@@ -224,6 +232,7 @@ fn fingerprint(r: &NodeReport) -> NodeReport {
     for c in &mut f.packets {
         c.packets = u64::from(u64::BITS - c.packets.leading_zeros());
     }
+    f.network_policy_drops = u64::from(u64::BITS - f.network_policy_drops.leading_zeros());
     // Expiries move on every renewal; what matters is whether something is expiring, which
     // `expiring` and the bundle's root count say.
     f.svids.earliest_expiry = None;

@@ -226,8 +226,10 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
     };
     let mut y = format!(
         "# The lab's cluster: the same objects a user would `kubectl apply`.\n\
-         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop{ann}\n---\n\
-         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: front{ann}\n",
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    tier: backend{ann}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: front\n  labels:\n    tier: frontend{ann}\n---\n\
+         # Not in the mesh: plaintext (over WireGuard between nodes), for NetworkPolicy.\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: data\n  labels:\n    tier: backend\n  annotations:\n    identityd.io/mtls: disabled\n",
     );
     // The Nodes, as the control plane's node IPAM would allocate their pod CIDRs: the
     // authority peers check each IdentitydNode's claim against.
@@ -241,7 +243,9 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
         let _ = write!(
             y,
             "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n    version: {}\n\
-             spec:\n  nodeName: n{}\n  serviceAccountName: {}\n  containers:\n  - name: {}\n    ports:\n    - containerPort: {WORKLOAD_PORT}\n\
+             spec:\n  nodeName: n{}\n  serviceAccountName: {}\n  containers:\n  - name: {}\n    ports:\n    - {{name: http, containerPort: {WORKLOAD_PORT}}}\n\
+             \x20   - {{name: kv, containerPort: {}}}\n    - {{name: mail, containerPort: {}}}\n\
+             \x20   - {{name: udp-a, containerPort: {}, protocol: UDP}}\n    - {{name: udp-b, containerPort: {}, protocol: UDP}}\n\
              status:\n  phase: Running\n  podIP: {}\n",
             p.name,
             p.namespace,
@@ -254,6 +258,10 @@ fn cluster_yaml(nodes: usize, pods: &[LabPod], mtls: bool) -> String {
             p.node,
             p.service_account,
             p.app,
+            workload::KV_PORT,
+            workload::GREETER_PORT,
+            workload::UDP_PORTS[0],
+            workload::UDP_PORTS[1],
             p.ip
         );
     }
@@ -1238,7 +1246,11 @@ impl identityd_topology::Names for LabNames {
 }
 
 /// The lab's pods on each node: (app, namespace, service account).
-const LAB_APPS: [(&str, &str, &str); 2] = [("web", "shop", "web"), ("client", "front", "client")];
+const LAB_APPS: [(&str, &str, &str); 3] = [
+    ("web", "shop", "web"),
+    ("client", "front", "client"),
+    ("db", "data", "db"),
+];
 
 fn lab_pod(node: usize, app: &str, ip: String) -> LabPod {
     let (app, namespace, service_account) = LAB_APPS

@@ -110,6 +110,109 @@ pub async fn serve_tcp(name: String, ip: std::net::IpAddr) -> std::io::Result<()
     Ok(())
 }
 
+/// The two UDP echo ports of lab pods (NetworkPolicy probes).
+pub const UDP_PORTS: [u16; 2] = [7001, 7002];
+
+/// Echoes every datagram on `ip`'s [`UDP_PORTS`], prefixed with `pod=<name> `.
+///
+/// # Errors
+/// When a port cannot be bound.
+pub async fn serve_udp(name: String, ip: std::net::IpAddr) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for port in UDP_PORTS {
+        let sock = tokio::net::UdpSocket::bind(SocketAddr::new(ip, port)).await?;
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let mut reply = format!("pod={name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&reply, peer).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// One probe of `identityd lab probe`: `tcp:IP:PORT` (a lab line server: PING on the KV port,
+/// the greeting on the greeter port) or `udp:IP:PORT` (an echo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// `tcp` or `udp`.
+    pub udp: bool,
+    /// Where.
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for ProbeTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, addr) = s
+            .split_once(':')
+            .ok_or_else(|| format!("--target={s}: expected tcp:IP:PORT or udp:IP:PORT"))?;
+        let udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            _ => return Err(format!("--target={s}: protocol must be tcp or udp")),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("--target={s}: {e}"))?;
+        Ok(Self { udp, addr })
+    }
+}
+
+/// Probes every target at once, each within `timeout`: whether the lab server answered.
+pub async fn probe(targets: &[ProbeTarget], timeout: Duration) -> Vec<bool> {
+    let one = |t: ProbeTarget| async move {
+        let fut = async {
+            if t.udp {
+                let bind: SocketAddr = if t.addr.is_ipv4() {
+                    "0.0.0.0:0".parse().ok()?
+                } else {
+                    "[::]:0".parse().ok()?
+                };
+                let s = tokio::net::UdpSocket::bind(bind).await.ok()?;
+                s.connect(t.addr).await.ok()?;
+                let mut buf = [0u8; 256];
+                // A few tries: a lost first datagram (ARP, a handshake) is not a denial.
+                for _ in 0..3 {
+                    s.send(b"probe").await.ok()?;
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(timeout / 4, s.recv(&mut buf)).await
+                    {
+                        return Some(buf[..n].ends_with(b"probe"));
+                    }
+                }
+                None
+            } else {
+                let greeting = t.addr.port() == GREETER_PORT;
+                let send = if greeting {
+                    Vec::new()
+                } else {
+                    vec!["PING".to_owned()]
+                };
+                let lines = tcp_exchange(t.addr, greeting, &send).await.ok()?;
+                Some(lines.first().is_some_and(|l| {
+                    l.starts_with("+PONG") || l.starts_with("220 ")
+                }))
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    };
+    futures::future::join_all(targets.iter().cloned().map(one)).await
+}
+
 /// A line exchange over plain TCP with `addr`: when `greeting`, first reads the server's
 /// greeting line; then sends each of `send` (CRLF-terminated) and reads one line back for
 /// each. Returns every line read, in order.

@@ -82,6 +82,19 @@ pub struct NodeReport {
     /// (`encryption.allowFrom`; plaintext from them reaches its pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from: Vec<String>,
+    /// Digest of the NetworkPolicy the node's classifier enforces (absent: its last apply did
+    /// not write all of it, or the node has no classifier). Every node enforcing the cluster's
+    /// current policies shows the digest the audit computes from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy_digest: Option<String>,
+    /// Packets NetworkPolicy dropped on this node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub network_policy_drops: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // Reason: serde's skip_serializing_if passes a reference.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A count with at most [`REPORT_MAX_ITEMS`] named examples.

@@ -55,7 +55,7 @@ pub(crate) fn path_of(plural: &str) -> String {
     match plural {
         "namespaces" | "pods" | "services" | "nodes" => format!("/api/v1/{plural}"),
         "secrets" => "/api/v1/namespaces/shop/secrets".to_owned(),
-        "ingresses" => format!("/apis/networking.k8s.io/v1/{plural}"),
+        "ingresses" | "networkpolicies" => format!("/apis/networking.k8s.io/v1/{plural}"),
         "gateways" | "httproutes" | "grpcroutes" => {
             format!("/apis/gateway.networking.k8s.io/v1/{plural}")
         }

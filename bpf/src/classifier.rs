@@ -101,7 +101,9 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/identityd";
 pub const TUNNELS_MAX: usize = types::IDD_TUNNELS_MAX as usize;
 /// Bumped whenever a pinned map's layout changes, so a new daemon never adopts a map of
 /// another layout: pins live under `<pin dir>/v<PIN_LAYOUT_VERSION>/`.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+/// (Adding a map is no layout change: a new loader adopts the pinned maps it knows and pins
+/// the new ones.)
+pub const PIN_LAYOUT_VERSION: u32 = 1;
 
 /// Which packets produce a flow event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

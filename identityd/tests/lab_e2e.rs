@@ -3155,10 +3155,6 @@ const TRIALS: &[Check] = &[
         "every_node_is_strict_with_a_wireguard_path_to_every_peer",
         every_node_is_strict_with_a_wireguard_path_to_every_peer,
     ),
-    (
-        "network_policy_matches_the_truth_table",
-        netpol::network_policy_matches_the_truth_table,
-    ),
     ("a_stalled_ca_delays_nothing_but_identities", |l| {
         a_stalled_ca_delays_nothing_but_identities(&l.dir)
     }),
@@ -3199,6 +3195,10 @@ const TRIALS: &[Check] = &[
     (
         "mode_changes_keep_http_and_tcp_working",
         mode_changes_keep_http_and_tcp_working,
+    ),
+    (
+        "network_policy_matches_the_truth_table",
+        netpol::network_policy_matches_the_truth_table,
     ),
     (
         "a_conflicting_identitydnode_takes_nothing_from_its_owner",

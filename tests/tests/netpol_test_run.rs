@@ -416,3 +416,60 @@ fn malformed_rules_are_refused_naming_the_rule() {
     }
     assert!(c.policy_rules().unwrap().is_empty());
 }
+
+/// The policy maps are pinned with the others: a restarted daemon's loader adopts them with
+/// their content (the verdicts do not change across the restart).
+#[test]
+fn a_new_loader_adopts_the_pinned_policy_maps() {
+    identityd_tests::require_root();
+    let pin = std::path::PathBuf::from(identityd_bpf::classifier::DEFAULT_PIN_ROOT)
+        .join(format!("test-netpol-{}", std::process::id()));
+    struct Guard(std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = identityd_bpf::classifier::remove_pins(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _guard = Guard(pin.clone());
+    let config = ClassifierConfig {
+        pin_dir: Some(pin),
+        ..ClassifierConfig::default()
+    };
+    let denied = pkt(C, A, L4::Tcp, (40000, 9090));
+    {
+        let mut first = Classifier::load(&config).expect("load");
+        first
+            .set_route("10.244.2.0/24".parse().unwrap(), Route {
+                kind: RouteKind::WireGuard,
+                node_id: 2,
+            })
+            .unwrap();
+        first.set_tunnels(&[TUNNEL]).unwrap();
+        first.set_ready(true).unwrap();
+        for (addr, identity, ingress_policy) in [(A, ID_A, POL_A_IN), (C, ID_C, 0)] {
+            first
+                .set_policy_pod(
+                    ip(addr),
+                    PolicyPod {
+                        identity,
+                        ingress_policy,
+                        egress_policy: 0,
+                    },
+                )
+                .unwrap();
+        }
+        install(&mut first);
+        assert!(!run(&first, &denied, At::ToPod(TUNNEL)));
+    }
+    let second = Classifier::load(&config).expect("reload");
+    let mut adopted = second.policy_rules().unwrap();
+    adopted.sort();
+    let mut want = rules();
+    want.sort();
+    assert_eq!(adopted, want, "rules adopted");
+    assert_eq!(second.policy_pods().unwrap().len(), 2, "pod entries adopted");
+    assert_eq!(second.policy_cidrs().unwrap().len(), 2, "ipBlock prefixes adopted");
+    assert!(!run(&second, &denied, At::ToPod(TUNNEL)), "still denied");
+    assert!(run(&second, &pkt(C, A, L4::Tcp, (40000, 8080)), At::ToPod(TUNNEL)));
+}

@@ -115,6 +115,8 @@ struct Datapath {
     policy_installed: Option<InstalledPolicy>,
     /// Digest of the plan the maps hold, when the last apply wrote all of it.
     policy_digest: Option<String>,
+    /// The state version of the plan last applied.
+    policy_applied: Option<u64>,
 }
 
 /// The content of the classifier's NetworkPolicy maps.
@@ -611,8 +613,11 @@ impl Datapath {
                     errors.push(format!("removing probe port {ip}:{port}: {e}"));
                 }
             }
-            // NetworkPolicy, before the node says it is ready.
-            if let Some((_, plan)) = &self.policy_desired {
+            // NetworkPolicy, before the node says it is ready (nothing to do when the maps
+            // already hold this plan).
+            if let Some((version, plan)) = &self.policy_desired
+                && (self.policy_applied != Some(*version) || self.policy_digest.is_none())
+            {
                 let (want, bad) = InstalledPolicy::of(plan);
                 errors.extend(bad);
                 let have = match self.policy_installed.take() {
@@ -623,6 +628,7 @@ impl Datapath {
                     Ok(mut have) => {
                         let failed = apply_policy(c, &mut have, &want);
                         self.policy_digest = failed.is_empty().then(|| policy_digest(plan));
+                        self.policy_applied = Some(*version);
                         errors.extend(failed);
                         self.policy_installed = Some(have);
                     }
@@ -1686,6 +1692,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), NodeError> {
         policy_desired: None,
         policy_installed: None,
         policy_digest: None,
+        policy_applied: None,
     };
     // Guard the pods before any cluster state is applied: on a fresh load (first start,
     // reboot) ingress strict refuses new TCP into all of them until the first plan is in the

@@ -52,7 +52,13 @@ fn load(policies: u32) -> anyhow::Result<Classifier> {
         ("10.244.1.0/24", RouteKind::Local, 1),
         ("10.244.0.0/16", RouteKind::WireGuard, 2),
     ] {
-        c.set_route(cidr.parse()?, Route { kind, node_id: node })?;
+        c.set_route(
+            cidr.parse()?,
+            Route {
+                kind,
+                node_id: node,
+            },
+        )?;
     }
     // 1,000 pod entries of 100 identities, plus the three of the measured packets.
     for i in 0..1000u32 {
@@ -85,7 +91,10 @@ fn load(policies: u32) -> anyhow::Result<Classifier> {
     // Each policy: 8 rules of its own subject (so the trie holds 8 × N entries).
     for p in 0..policies {
         for r in 0..8u32 {
-            c.set_policy_rule(rule(10_000 + p, 1000 + (p + r) % 100, 8000 + (r as u16)), p + 1)?;
+            c.set_policy_rule(
+                rule(10_000 + p, 1000 + (p + r) % 100, 8000 + (r as u16)),
+                p + 1,
+            )?;
         }
     }
     if policies > 0 {
@@ -94,7 +103,13 @@ fn load(policies: u32) -> anyhow::Result<Classifier> {
     Ok(c)
 }
 
-fn ns(c: &Classifier, pkt: &[u8], repeat: u32, rounds: u32, want_pass: bool) -> anyhow::Result<f64> {
+fn ns(
+    c: &Classifier,
+    pkt: &[u8],
+    repeat: u32,
+    rounds: u32,
+    want_pass: bool,
+) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for _ in 0..rounds {
         let out = c.test_run(pkt, 0, repeat)?;
@@ -116,8 +131,11 @@ fn main() -> anyhow::Result<()> {
     };
     let repeat: u32 = arg("--repeat").map_or(Ok(200_000), |s| s.parse())?;
     let out = arg("--out").unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-reports/netpol_classifier.json")
-            .to_owned()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/bench-reports/netpol_classifier.json"
+        )
+        .to_owned()
     });
     let mut rows = Vec::new();
     let mut buf = Vec::new();
@@ -127,7 +145,11 @@ fn main() -> anyhow::Result<()> {
         row.insert("policies".into(), json!(policies));
         row.insert("rules".into(), json!(c.policy_rules()?.len()));
         packet::build(&mut buf, ip(SRC), ip(ALLOWED), L4::Tcp, (40000, 8080), 64);
-        let name = if policies == 0 { "not_isolated" } else { "allowed_by_rule" };
+        let name = if policies == 0 {
+            "not_isolated"
+        } else {
+            "allowed_by_rule"
+        };
         row.insert(format!("{name}_ns"), json!(ns(&c, &buf, repeat, 5, true)?));
         if policies > 0 {
             packet::build(&mut buf, ip(SRC), ip(DENIED), L4::Tcp, (40000, 8080), 64);
@@ -135,7 +157,10 @@ fn main() -> anyhow::Result<()> {
             // A reply: the denied peer opened the connection into the pod (ingress is open).
             let mut rev = Vec::new();
             packet::build(&mut rev, ip(DENIED), ip(SRC), L4::Tcp, (8080, 40001), 64);
-            anyhow::ensure!(c.test_run_to_pod(&rev, 0, 7)?.passed(), "tracking the reply");
+            anyhow::ensure!(
+                c.test_run_to_pod(&rev, 0, 7)?.passed(),
+                "tracking the reply"
+            );
             packet::build(&mut buf, ip(SRC), ip(DENIED), L4::Tcp, (40001, 8080), 64);
             buf[14 + 20 + 13] = 0x10;
             row.insert("reply_ns".into(), json!(ns(&c, &buf, repeat, 5, true)?));

@@ -49,8 +49,7 @@ use aya::{Ebpf, EbpfLoader};
 use crate::net::{Cidr, mapped, unmapped};
 use crate::types::{
     self, IddAddr, IddFlowEvent, IddPathStats, IddPolDropKey, IddPolPod, IddProbe, IddRoute,
-    IddWorkload,
-    SK_BUFF_INGRESS_IFINDEX_OFFSET, SK_BUFF_MARK_OFFSET, SK_BUFF_SIZE,
+    IddWorkload, SK_BUFF_INGRESS_IFINDEX_OFFSET, SK_BUFF_MARK_OFFSET, SK_BUFF_SIZE,
 };
 use crate::{Direction, Error};
 

@@ -233,7 +233,11 @@ pub fn policy_enforced(reports: &[(String, NodeReport)], state: &ClusterState) -
         );
     }
     if reports.is_empty() {
-        return skipped("policy.enforced", Severity::Error, "no node reported its live state");
+        return skipped(
+            "policy.enforced",
+            Severity::Error,
+            "no node reported its live state",
+        );
     }
     let want = crate::daemon::node::policy_digest(&crate::daemon::netpol::compile(state));
     let behind: Vec<String> = reports

@@ -80,10 +80,16 @@ pub fn resolve(node: &str, e: &FlowEvent, state: &ClusterState, trust_domain: &s
             DropReason::NotMtls => "ingress-not-mtls".to_owned(),
             DropReason::NotReady => "ingress-not-ready".to_owned(),
             DropReason::PolicyEgress => {
-                format!("policy-denied egress, isolated by {}", policy_name(state, e.policy))
+                format!(
+                    "policy-denied egress, isolated by {}",
+                    policy_name(state, e.policy)
+                )
             }
             DropReason::PolicyIngress => {
-                format!("policy-denied ingress, isolated by {}", policy_name(state, e.policy))
+                format!(
+                    "policy-denied ingress, isolated by {}",
+                    policy_name(state, e.policy)
+                )
             }
             DropReason::Other(n) => format!("reason {n}"),
         }),
@@ -96,7 +102,9 @@ pub fn resolve(node: &str, e: &FlowEvent, state: &ClusterState, trust_domain: &s
 fn policy_name(state: &ClusterState, id: u32) -> String {
     type Names = std::collections::BTreeMap<u32, crate::model::NamespacedName>;
     static CACHE: std::sync::Mutex<Option<(u64, Names)>> = std::sync::Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if cache.as_ref().is_none_or(|(v, _)| *v != state.version()) {
         *cache = Some((
             state.version(),

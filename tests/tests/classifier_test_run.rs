@@ -423,5 +423,8 @@ fn classifier_lets_a_pod_outside_the_mesh_answer_a_strict_pods_connection_on_the
     buf[14 + 20 + 13] = 0x12; // SYN-ACK: the answer to the strict pod's SYN
     assert!(c.test_run(&buf, 0, 1).unwrap().passed(), "its SYN-ACK");
     buf[14 + 20 + 13] = 0x10; // ACK
-    assert!(c.test_run(&buf, 0, 1).unwrap().passed(), "its later packets");
+    assert!(
+        c.test_run(&buf, 0, 1).unwrap().passed(),
+        "its later packets"
+    );
 }

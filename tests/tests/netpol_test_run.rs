@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use identityd_bpf::packet::{self, L4};
 use identityd_bpf::{
-    Cidr, Classifier, ClassifierConfig, DropReason, FlowEventReader, FlowEvents, MtlsMode,
-    Path, PolicyDirection, PolicyPod, PolicyRule, Route, RouteKind,
+    Cidr, Classifier, ClassifierConfig, DropReason, FlowEventReader, FlowEvents, MtlsMode, Path,
+    PolicyDirection, PolicyPod, PolicyRule, Route, RouteKind,
 };
 
 const TUNNEL: u32 = 7;
@@ -279,7 +279,11 @@ fn network_policy_allows_what_its_rules_say_and_drops_and_counts_the_rest() {
     let mut events = c.flow_events().expect("flow events");
     // Without isolation every packet of the table passes: the attack would succeed.
     for case in cases() {
-        assert!(run(&c, &case.pkt, case.at), "{}: before isolation", case.what);
+        assert!(
+            run(&c, &case.pkt, case.at),
+            "{}: before isolation",
+            case.what
+        );
     }
     isolate(&mut c);
     drain(&mut events);
@@ -297,7 +301,11 @@ fn network_policy_allows_what_its_rules_say_and_drops_and_counts_the_rest() {
                 assert_eq!(ev.policy, policy, "{}: {ev:?}", case.what);
             }
         }
-        assert!(events.try_next().is_none(), "{}: one event at most", case.what);
+        assert!(
+            events.try_next().is_none(),
+            "{}: one event at most",
+            case.what
+        );
     }
     let drops = c.policy_drops().unwrap();
     let count = |p, d| {
@@ -339,16 +347,27 @@ fn replies_of_allowed_connections_pass_and_a_revoked_rule_cuts_the_forward_direc
         !run(&c, &pkt(C, A, L4::Udp, (40002, 9999)), At::ToPod(TUNNEL)),
         "C → A udp/9999 refused"
     );
-    assert!(run(&c, &pkt(C, A, L4::Udp, (40002, 1500)), At::ToPod(TUNNEL)));
+    assert!(run(
+        &c,
+        &pkt(C, A, L4::Udp, (40002, 1500)),
+        At::ToPod(TUNNEL)
+    ));
     assert!(run(&c, &a_to_c, At::FromPod), "A's UDP answer");
     // A reply of an allowed connection passes into an isolated pod even off its rules; the
     // same packet without the connection is refused.
     assert!(
-        !run(&c, &ack(pkt(C, A, L4::Tcp, (9999, 45000))), At::ToPod(TUNNEL)),
+        !run(
+            &c,
+            &ack(pkt(C, A, L4::Tcp, (9999, 45000))),
+            At::ToPod(TUNNEL)
+        ),
         "C → A tcp/45000 before A opened anything"
     );
     let a_to_c_new = pkt(A, C, L4::Tcp, (45000, 9999));
-    assert!(run(&c, &a_to_c_new, At::FromPod), "A opens to C (A's egress is open)");
+    assert!(
+        run(&c, &a_to_c_new, At::FromPod),
+        "A opens to C (A's egress is open)"
+    );
     let answer = ack(pkt(C, A, L4::Tcp, (9999, 45000)));
     assert!(run(&c, &answer, At::ToPod(TUNNEL)), "C's answer into A");
     // IPv6 the same way.
@@ -391,7 +410,10 @@ fn a_connection_opened_before_isolation_is_cut_when_the_policy_denies_it() {
     let mut c = load();
     install(&mut c);
     let syn = pkt(C, A, L4::Tcp, (42000, 9090));
-    assert!(run(&c, &syn, At::ToPod(TUNNEL)), "C → A tcp/9090, nobody isolated");
+    assert!(
+        run(&c, &syn, At::ToPod(TUNNEL)),
+        "C → A tcp/9090, nobody isolated"
+    );
     let answer = ack(pkt(A, C, L4::Tcp, (9090, 42000)));
     assert!(run(&c, &answer, At::FromPod), "A answers");
     assert!(run(&c, &ack(syn.clone()), At::ToPod(TUNNEL)));
@@ -400,16 +422,28 @@ fn a_connection_opened_before_isolation_is_cut_when_the_policy_denies_it() {
         !run(&c, &ack(syn), At::ToPod(TUNNEL)),
         "C's next packet once A is isolated for ingress without a rule for tcp/9090"
     );
-    assert!(run(&c, &answer, At::FromPod), "A's answers are still replies");
+    assert!(
+        run(&c, &answer, At::FromPod),
+        "A's answers are still replies"
+    );
 }
 
 #[test]
 fn malformed_rules_are_refused_naming_the_rule() {
     let mut c = load();
     for (r, why) in [
-        (rule(ID_A, PolicyDirection::Ingress, ID_C, TCP, 8081, 15), "past"),
-        (rule(ID_A, PolicyDirection::Ingress, ID_C, None, 80, 16), "every protocol"),
-        (rule(ID_A, PolicyDirection::Ingress, ID_C, TCP, 0, 17), "0..=16"),
+        (
+            rule(ID_A, PolicyDirection::Ingress, ID_C, TCP, 8081, 15),
+            "past",
+        ),
+        (
+            rule(ID_A, PolicyDirection::Ingress, ID_C, None, 80, 16),
+            "every protocol",
+        ),
+        (
+            rule(ID_A, PolicyDirection::Ingress, ID_C, TCP, 0, 17),
+            "0..=16",
+        ),
     ] {
         let e = c.set_policy_rule(r, 1).unwrap_err().to_string();
         assert!(e.contains(why) && e.contains("subject: 100"), "{e}");
@@ -440,10 +474,13 @@ fn a_new_loader_adopts_the_pinned_policy_maps() {
     {
         let mut first = Classifier::load(&config).expect("load");
         first
-            .set_route("10.244.2.0/24".parse().unwrap(), Route {
-                kind: RouteKind::WireGuard,
-                node_id: 2,
-            })
+            .set_route(
+                "10.244.2.0/24".parse().unwrap(),
+                Route {
+                    kind: RouteKind::WireGuard,
+                    node_id: 2,
+                },
+            )
             .unwrap();
         first.set_tunnels(&[TUNNEL]).unwrap();
         first.set_ready(true).unwrap();
@@ -468,8 +505,20 @@ fn a_new_loader_adopts_the_pinned_policy_maps() {
     let mut want = rules();
     want.sort();
     assert_eq!(adopted, want, "rules adopted");
-    assert_eq!(second.policy_pods().unwrap().len(), 2, "pod entries adopted");
-    assert_eq!(second.policy_cidrs().unwrap().len(), 2, "ipBlock prefixes adopted");
+    assert_eq!(
+        second.policy_pods().unwrap().len(),
+        2,
+        "pod entries adopted"
+    );
+    assert_eq!(
+        second.policy_cidrs().unwrap().len(),
+        2,
+        "ipBlock prefixes adopted"
+    );
     assert!(!run(&second, &denied, At::ToPod(TUNNEL)), "still denied");
-    assert!(run(&second, &pkt(C, A, L4::Tcp, (40000, 8080)), At::ToPod(TUNNEL)));
+    assert!(run(
+        &second,
+        &pkt(C, A, L4::Tcp, (40000, 8080)),
+        At::ToPod(TUNNEL)
+    ));
 }

@@ -207,7 +207,11 @@ fn remove_stale<K: Ord + Copy + std::fmt::Debug, V>(
     mut remove: impl FnMut(K) -> Result<(), identityd_bpf::Error>,
     errors: &mut Vec<String>,
 ) {
-    let stale: Vec<K> = have.keys().filter(|k| !want.contains_key(k)).copied().collect();
+    let stale: Vec<K> = have
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect();
     for k in stale {
         match remove(k) {
             Ok(()) => {
@@ -247,12 +251,48 @@ fn apply_policy(
     want: &InstalledPolicy,
 ) -> Vec<String> {
     let mut errors = Vec::new();
-    set_changed(&mut have.cidrs, &want.cidrs, "policy CIDR", |k, v| c.set_policy_cidr(k, v), &mut errors);
-    set_changed(&mut have.rules, &want.rules, "policy rule", |k, v| c.set_policy_rule(k, v), &mut errors);
-    set_changed(&mut have.pods, &want.pods, "policy pod", |k, v| c.set_policy_pod(k, v), &mut errors);
-    remove_stale(&mut have.pods, &want.pods, "policy pod", |k| c.remove_policy_pod(k), &mut errors);
-    remove_stale(&mut have.rules, &want.rules, "policy rule", |k| c.remove_policy_rule(k), &mut errors);
-    remove_stale(&mut have.cidrs, &want.cidrs, "policy CIDR", |k| c.remove_policy_cidr(k), &mut errors);
+    set_changed(
+        &mut have.cidrs,
+        &want.cidrs,
+        "policy CIDR",
+        |k, v| c.set_policy_cidr(k, v),
+        &mut errors,
+    );
+    set_changed(
+        &mut have.rules,
+        &want.rules,
+        "policy rule",
+        |k, v| c.set_policy_rule(k, v),
+        &mut errors,
+    );
+    set_changed(
+        &mut have.pods,
+        &want.pods,
+        "policy pod",
+        |k, v| c.set_policy_pod(k, v),
+        &mut errors,
+    );
+    remove_stale(
+        &mut have.pods,
+        &want.pods,
+        "policy pod",
+        |k| c.remove_policy_pod(k),
+        &mut errors,
+    );
+    remove_stale(
+        &mut have.rules,
+        &want.rules,
+        "policy rule",
+        |k| c.remove_policy_rule(k),
+        &mut errors,
+    );
+    remove_stale(
+        &mut have.cidrs,
+        &want.cidrs,
+        "policy CIDR",
+        |k| c.remove_policy_cidr(k),
+        &mut errors,
+    );
     errors
 }
 
@@ -829,8 +869,14 @@ fn policy_status(dp: &Datapath) -> Option<api::NetworkPolicyStatus> {
     Some(api::NetworkPolicyStatus {
         digest: dp.policy_digest.clone(),
         policies: plan.map_or(0, |p| p.policies.len() as u64),
-        rules: dp.policy_installed.as_ref().map_or(0, |i| i.rules.len() as u64),
-        pods: dp.policy_installed.as_ref().map_or(0, |i| i.pods.len() as u64),
+        rules: dp
+            .policy_installed
+            .as_ref()
+            .map_or(0, |i| i.rules.len() as u64),
+        pods: dp
+            .policy_installed
+            .as_ref()
+            .map_or(0, |i| i.pods.len() as u64),
         drops: c
             .policy_drops()
             .unwrap_or_default()

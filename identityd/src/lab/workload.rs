@@ -161,9 +161,7 @@ impl std::str::FromStr for ProbeTarget {
             "udp" => true,
             _ => return Err(format!("--target={s}: protocol must be tcp or udp")),
         };
-        let addr = addr
-            .parse()
-            .map_err(|e| format!("--target={s}: {e}"))?;
+        let addr = addr.parse().map_err(|e| format!("--target={s}: {e}"))?;
         Ok(Self { udp, addr })
     }
 }
@@ -184,9 +182,7 @@ pub async fn probe(targets: &[ProbeTarget], timeout: Duration) -> Vec<bool> {
                 // A few tries: a lost first datagram (ARP, a handshake) is not a denial.
                 for _ in 0..3 {
                     s.send(b"probe").await.ok()?;
-                    if let Ok(Ok(n)) =
-                        tokio::time::timeout(timeout / 4, s.recv(&mut buf)).await
-                    {
+                    if let Ok(Ok(n)) = tokio::time::timeout(timeout / 4, s.recv(&mut buf)).await {
                         return Some(buf[..n].ends_with(b"probe"));
                     }
                 }
@@ -199,9 +195,11 @@ pub async fn probe(targets: &[ProbeTarget], timeout: Duration) -> Vec<bool> {
                     vec!["PING".to_owned()]
                 };
                 let lines = tcp_exchange(t.addr, greeting, &send).await.ok()?;
-                Some(lines.first().is_some_and(|l| {
-                    l.starts_with("+PONG") || l.starts_with("220 ")
-                }))
+                Some(
+                    lines
+                        .first()
+                        .is_some_and(|l| l.starts_with("+PONG") || l.starts_with("220 ")),
+                )
             }
         };
         tokio::time::timeout(timeout, fut)

@@ -55,10 +55,7 @@ fn pods() -> Vec<(usize, Pod)> {
                 Pod {
                     name: format!("{app}-{node}"),
                     ns,
-                    labels: BTreeMap::from([
-                        ("app", app.to_owned()),
-                        ("version", "v1".to_owned()),
-                    ]),
+                    labels: BTreeMap::from([("app", app.to_owned()), ("version", "v1".to_owned())]),
                     ip: format!("10.244.{node}.{}", 10 + i),
                 },
             ));
@@ -125,7 +122,10 @@ impl Sel {
                     .key_in
                     .iter()
                     .map(|(k, vs)| {
-                        format!("{{key: \"{k}\", operator: In, values: [{}]}}", vs.join(", "))
+                        format!(
+                            "{{key: \"{k}\", operator: In, values: [{}]}}",
+                            vs.join(", ")
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -225,7 +225,13 @@ fn expected(set: &[Policy], src: &Pod, dst: &Pod, proto: &str, port: u16, name: 
         let selecting: Vec<&Policy> = set
             .iter()
             .filter(|p| p.ns == pod.ns && p.select.matches(&pod.labels))
-            .filter(|p| if egress { p.egress.is_some() } else { p.ingress.is_some() })
+            .filter(|p| {
+                if egress {
+                    p.egress.is_some()
+                } else {
+                    p.ingress.is_some()
+                }
+            })
             .collect();
         selecting.is_empty()
             || selecting.iter().any(|p| {
@@ -451,7 +457,10 @@ fn sets() -> Vec<(&'static str, Vec<Policy>)> {
                 Sel::all(),
                 Some(vec![
                     rule(None, Some(vec![("udp", Some(Range(7000, 7001)))])),
-                    rule(Some(vec![all_from(ns_named("shop"))]), Some(vec![("tcp", None)])),
+                    rule(
+                        Some(vec![all_from(ns_named("shop"))]),
+                        Some(vec![("tcp", None)]),
+                    ),
                 ]),
                 None,
             )],
@@ -463,7 +472,10 @@ fn sets() -> Vec<(&'static str, Vec<Policy>)> {
                 "to-n1",
                 Sel::all(),
                 None,
-                Some(vec![rule(Some(vec![Peer::Block("10.244.1.0/24", vec![])]), None)]),
+                Some(vec![rule(
+                    Some(vec![Peer::Block("10.244.1.0/24", vec![])]),
+                    None,
+                )]),
             )],
         ),
         (
@@ -546,11 +558,19 @@ fn probe_all(pods: &[(usize, Pod)]) -> BTreeMap<(String, String, String), bool> 
         let mut keys = Vec::new();
         for (_, dst) in pods.iter().filter(|(_, d)| d.name != src.name) {
             for (proto, port, _) in PORTS {
-                cmd.arg("--target").arg(format!("{proto}:{}:{port}", dst.ip));
-                keys.push((src.name.clone(), dst.name.clone(), format!("{proto}/{port}")));
+                cmd.arg("--target")
+                    .arg(format!("{proto}:{}:{port}", dst.ip));
+                keys.push((
+                    src.name.clone(),
+                    dst.name.clone(),
+                    format!("{proto}/{port}"),
+                ));
             }
         }
-        children.push((keys, cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()));
+        children.push((
+            keys,
+            cmd.stdout(std::process::Stdio::piped()).spawn().unwrap(),
+        ));
     }
     let mut out = BTreeMap::new();
     for (keys, child) in children {
@@ -612,7 +632,11 @@ pub(crate) fn network_policy_matches_the_truth_table(lab: &Lab) {
             for (_, dst) in pods.iter().filter(|(_, d)| d.name != src.name) {
                 for (proto, port, name) in PORTS {
                     let want = expected(&set, src, dst, proto, port, name);
-                    let key = (src.name.clone(), dst.name.clone(), format!("{proto}/{port}"));
+                    let key = (
+                        src.name.clone(),
+                        dst.name.clone(),
+                        format!("{proto}/{port}"),
+                    );
                     if want {
                         allowed += 1;
                     } else {
@@ -644,7 +668,10 @@ pub(crate) fn network_policy_matches_the_truth_table(lab: &Lab) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     // Denials are reported: the flow events name the policy (observe), the nodes count them.
     let s = node_status(&lab.dir, "n1");
-    let drops = s["network_policy"]["drops"].as_array().cloned().unwrap_or_default();
+    let drops = s["network_policy"]["drops"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
         !drops.is_empty(),
         "n1 counted no NetworkPolicy drop: {}",
@@ -660,7 +687,14 @@ pub(crate) fn network_policy_matches_the_truth_table(lab: &Lab) {
 fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Path) {
     let stream = |node: usize, from: &str, to: &str| {
         Command::new("ip")
-            .args(["netns", "exec", &format!("idd-n{node}-{from}"), BIN, "lab", "stream"])
+            .args([
+                "netns",
+                "exec",
+                &format!("idd-n{node}-{from}"),
+                BIN,
+                "lab",
+                "stream",
+            ])
             .arg(format!("{to}:6379"))
             .args(["--interval-ms", "50", "--seconds", "12"])
             .stdout(std::process::Stdio::piped())
@@ -712,10 +746,7 @@ fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Pa
         k["max_reply_gap_ms"].as_u64().unwrap() < 1000,
         "the still-allowed stream stalled: {k}"
     );
-    assert!(
-        !c["error"].is_null(),
-        "the denied stream was not cut: {c}"
-    );
+    assert!(!c["error"].is_null(), "the denied stream was not cut: {c}");
     // Cut at the first packet after every node applied the denial (the stream's last reply
     // came before that, give or take one exchange).
     let lived_ms = c["replies"].as_u64().unwrap() * 50;

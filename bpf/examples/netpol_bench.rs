@@ -60,6 +60,8 @@ fn load(policies: u32) -> anyhow::Result<Classifier> {
             },
         )?;
     }
+    c.set_tunnels(&[7])?;
+    c.set_ready(true)?;
     // 1,000 pod entries of 100 identities, plus the three of the measured packets.
     for i in 0..1000u32 {
         let a = IpAddr::from([10, 244, 3 + (i / 250) as u8, (i % 250) as u8]);
@@ -140,20 +142,47 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut buf = Vec::new();
     for policies in [0u32, 100, 10_000] {
-        let c = load(policies)?;
+        let mut c = load(policies)?;
         let mut row = serde_json::Map::new();
         row.insert("policies".into(), json!(policies));
         row.insert("rules".into(), json!(c.policy_rules()?.len()));
-        packet::build(&mut buf, ip(SRC), ip(ALLOWED), L4::Tcp, (40000, 8080), 64);
         let name = if policies == 0 {
             "not_isolated"
         } else {
             "allowed_by_rule"
         };
-        row.insert(format!("{name}_ns"), json!(ns(&c, &buf, repeat, 5, true)?));
+        // A new connection (SYN: judged and tracked), then an established one (ACK: judged
+        // only where isolation applies, never tracked), then UDP (tracked on every packet).
+        packet::build(&mut buf, ip(SRC), ip(ALLOWED), L4::Tcp, (40000, 8080), 64);
+        row.insert(
+            format!("{name}_syn_ns"),
+            json!(ns(&c, &buf, repeat, 5, true)?),
+        );
+        buf[14 + 20 + 13] = 0x10;
+        row.insert(
+            format!("{name}_ack_ns"),
+            json!(ns(&c, &buf, repeat, 5, true)?),
+        );
+        if policies > 0 {
+            c.set_policy_rule(
+                PolicyRule {
+                    protocol: Some(17),
+                    ..rule(ID_SRC, ID_ALLOWED, 8080)
+                },
+                POLICY,
+            )?;
+        }
+        packet::build(&mut buf, ip(SRC), ip(ALLOWED), L4::Udp, (40000, 8080), 64);
+        row.insert(
+            format!("{name}_udp_ns"),
+            json!(ns(&c, &buf, repeat, 5, true)?),
+        );
         if policies > 0 {
             packet::build(&mut buf, ip(SRC), ip(DENIED), L4::Tcp, (40000, 8080), 64);
-            row.insert("denied_ns".into(), json!(ns(&c, &buf, repeat, 5, false)?));
+            row.insert(
+                "denied_syn_ns".into(),
+                json!(ns(&c, &buf, repeat, 5, false)?),
+            );
             // A reply: the denied peer opened the connection into the pod (ingress is open).
             let mut rev = Vec::new();
             packet::build(&mut rev, ip(DENIED), ip(SRC), L4::Tcp, (8080, 40001), 64);
@@ -163,7 +192,7 @@ fn main() -> anyhow::Result<()> {
             );
             packet::build(&mut buf, ip(SRC), ip(DENIED), L4::Tcp, (40001, 8080), 64);
             buf[14 + 20 + 13] = 0x10;
-            row.insert("reply_ns".into(), json!(ns(&c, &buf, repeat, 5, true)?));
+            row.insert("reply_ack_ns".into(), json!(ns(&c, &buf, repeat, 5, true)?));
         }
         println!("{}", serde_json::Value::Object(row.clone()));
         rows.push(serde_json::Value::Object(row));

@@ -126,7 +126,8 @@ struct {
 	__type(value, __u32);
 } idd_policy SEC(".maps");
 
-/* Forward tuples of allowed traffic from and into local pods → last seen (ns). */
+/* Forward tuples of allowed traffic from and into local pods (TCP from its SYN, anything
+ * else from every packet) → last seen (ns). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072);
@@ -142,9 +143,9 @@ struct {
 	__type(value, __u64);
 } idd_pol_drops SEC(".maps");
 
-/* A reply passes for this long after its connection's forward direction was last allowed
- * (Cilium's defaults: 6 h for TCP, 60 s for everything else). */
-#define IDD_CT_TCP_NS (6ULL * 3600 * 1000000000ULL)
+/* A non-TCP reply passes for this long after its flow's forward direction was last allowed
+ * (Cilium's default for non-TCP). TCP is tracked from its SYN, for as long as the LRU map
+ * keeps the entry. */
 #define IDD_CT_OTHER_NS (60ULL * 1000000000ULL)
 
 struct {
@@ -381,8 +382,10 @@ static __always_inline int idd_ct_reply(const struct idd_pkt *p)
 	seen = bpf_map_lookup_elem(&idd_pol_ct, &k);
 	if (!seen)
 		return 0;
-	return bpf_ktime_get_ns() - *seen <=
-	       (p->protocol == IPPROTO_TCP ? IDD_CT_TCP_NS : IDD_CT_OTHER_NS);
+	/* TCP is tracked from its SYN only: its entry lives as long as the LRU keeps it. */
+	if (p->protocol == IPPROTO_TCP)
+		return 1;
+	return bpf_ktime_get_ns() - *seen <= IDD_CT_OTHER_NS;
 }
 
 /* Records (or refreshes) the forward tuple of an allowed packet. */
@@ -416,38 +419,44 @@ static __always_inline void idd_pol_count(__u32 policy, __u32 direction)
 		bpf_map_update_elem(&idd_pol_drops, &k, &one, BPF_NOEXIST);
 }
 
+/* A packet that may open a connection: anything but TCP without SYN (later TCP packets are
+ * never tracked, so established TCP costs no conntrack write). */
+static __always_inline int idd_ct_opener(const struct idd_pkt *p)
+{
+	return p->protocol != IPPROTO_TCP || p->tcp_open;
+}
+
 /* NetworkPolicy for a packet leaving a local pod (at its veth): the source's egress rules and
  * the destination pod's ingress rules (so traffic the destination node's Envoy delivers, which
  * arrives there from the node itself, was judged on its original source here). Returns
  * IDD_DROP_NONE or the drop reason, with the isolating policy in `*policy`. Replies of allowed
- * connections pass; allowed packets are tracked. */
+ * connections pass; allowed packets that may open a connection are tracked (a reply never is:
+ * that would make the connection's real forward direction look like a reply once a policy
+ * isolates it). */
 static __always_inline __u32 idd_policy_from_pod(const struct idd_pkt *p, __u32 *policy)
 {
 	struct idd_pol_pod *s, *d;
+	int opener = idd_ct_opener(p), isolated;
 
 	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
 		return IDD_DROP_NONE;
-	/* A reply is never recorded as a forward direction of its own (that would make the
-	 * connection's real forward direction look like a reply once a policy isolates it). */
-	if (idd_ct_reply(p))
-		return IDD_DROP_NONE;
 	s = bpf_map_lookup_elem(&idd_pol_pods, &p->saddr);
 	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
-	if ((s && s->egress_policy) || (d && d->ingress_policy)) {
-		if (s && s->egress_policy &&
-		    !idd_pol_allows(s->identity, IDD_POL_EGRESS, &p->daddr, p)) {
-			*policy = s->egress_policy;
-			idd_pol_count(*policy, IDD_POL_EGRESS);
-			return IDD_DROP_POLICY_EGRESS;
-		}
-		if (d && d->ingress_policy &&
-		    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
-			*policy = d->ingress_policy;
-			idd_pol_count(*policy, IDD_POL_INGRESS);
-			return IDD_DROP_POLICY_INGRESS;
-		}
+	isolated = (s && s->egress_policy) || (d && d->ingress_policy);
+	if ((!isolated && !opener) || idd_ct_reply(p))
+		return IDD_DROP_NONE;
+	if (s && s->egress_policy && !idd_pol_allows(s->identity, IDD_POL_EGRESS, &p->daddr, p)) {
+		*policy = s->egress_policy;
+		idd_pol_count(*policy, IDD_POL_EGRESS);
+		return IDD_DROP_POLICY_EGRESS;
 	}
-	idd_ct_record(p);
+	if (d && d->ingress_policy && !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
+		*policy = d->ingress_policy;
+		idd_pol_count(*policy, IDD_POL_INGRESS);
+		return IDD_DROP_POLICY_INGRESS;
+	}
+	if (opener)
+		idd_ct_record(p);
 	return IDD_DROP_NONE;
 }
 
@@ -600,19 +609,22 @@ static __always_inline __u32 idd_policy_to_pod(struct __sk_buff *skb, const stru
 					       __u32 *policy)
 {
 	struct idd_pol_pod *d;
+	int opener = idd_ct_opener(p), isolated;
 
 	if (p->family == 6 && p->icmp6_type >= 133 && p->icmp6_type <= 137)
 		return IDD_DROP_NONE;
-	if (idd_ct_reply(p))
-		return IDD_DROP_NONE;
 	d = bpf_map_lookup_elem(&idd_pol_pods, &p->daddr);
-	if (d && d->ingress_policy && skb->ingress_ifindex && !idd_peer_node_judged(skb, p) &&
+	isolated = d && d->ingress_policy && skb->ingress_ifindex;
+	if ((!isolated && !opener) || idd_ct_reply(p))
+		return IDD_DROP_NONE;
+	if (isolated && !idd_peer_node_judged(skb, p) &&
 	    !idd_pol_allows(d->identity, IDD_POL_INGRESS, &p->saddr, p)) {
 		*policy = d->ingress_policy;
 		idd_pol_count(*policy, IDD_POL_INGRESS);
 		return IDD_DROP_POLICY_INGRESS;
 	}
-	idd_ct_record(p);
+	if (opener)
+		idd_ct_record(p);
 	return IDD_DROP_NONE;
 }
 

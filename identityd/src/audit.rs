@@ -1792,6 +1792,68 @@ mod tests {
         ClusterState::from_objects(1, objs)
     }
 
+    /// `policy.enforced` is skipped without a NetworkPolicy, passes when every node reports
+    /// the digest the cluster's policies compile to, and fails naming a node that enforces
+    /// another version or did not write all of it; `policy.selects-nothing` names a policy
+    /// whose selector matches no pod; `policy.default-deny` lists open namespaces.
+    #[test]
+    fn policy_checks_follow_the_compiled_digest_and_name_the_node() {
+        let mut st = nodes_state();
+        let with_digest = |d: Option<String>| {
+            let mut s = status("n1", &[("n2", Some(5))]);
+            s.network_policy = Some(crate::daemon::api::NetworkPolicyStatus {
+                digest: d,
+                ..Default::default()
+            });
+            s
+        };
+        let old = crate::daemon::node::policy_digest(&crate::daemon::netpol::compile(&st));
+        let f = live(&[Ok(with_digest(Some(old.clone())))], &st, &AuditOptions::default());
+        assert_eq!(by(&f, "policy.enforced").result, Outcome::Skipped);
+        let policy = |name: &str, app: &str| {
+            crate::source::decode::decode_all(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: {app}}}}}, policyTypes: [Ingress]}}\n"
+            ))
+            .into_iter()
+            .filter_map(|(_, r)| r.ok().flatten())
+            .collect::<Vec<_>>()
+        };
+        let mut objs: Vec<Object> = Vec::new();
+        objs.extend(st.pods.values().cloned().map(|mut p| {
+            p.metadata.labels.insert("app".into(), "web".into());
+            Object::Pod(p)
+        }));
+        objs.extend(st.namespaces.values().cloned().map(Object::Namespace));
+        objs.extend(st.nodes.values().cloned().map(Object::IdentitydNode));
+        objs.extend(policy("deny-web", "web"));
+        objs.extend(policy("deny-nothing", "nobody"));
+        st = ClusterState::from_objects(2, objs);
+        assert_eq!(st.network_policies.len(), 2);
+        let now = crate::daemon::node::policy_digest(&crate::daemon::netpol::compile(&st));
+        assert_ne!(old, now, "isolating web changes the digest");
+        let f = live(&[Ok(with_digest(Some(now)))], &st, &AuditOptions::default());
+        assert!(by(&f, "policy.enforced").passed, "{f:#?}");
+        for (d, why) in [(Some(old), "enforces NetworkPolicy digest"), (None, "does not hold")] {
+            let f = live(&[Ok(with_digest(d))], &st, &AuditOptions::default());
+            let e = by(&f, "policy.enforced");
+            assert!(e.is_failure(), "{e:#?}");
+            assert!(e.details.iter().any(|l| l.starts_with("n1: ") && l.contains(why)), "{e:#?}");
+        }
+        let statics = cluster_checks(&st, &AuditOptions::default());
+        let nothing = by(&statics, "policy.selects-nothing");
+        assert!(nothing.is_failure(), "{nothing:#?}");
+        assert!(nothing.details.iter().any(|l| l.contains("shop/deny-nothing")), "{nothing:#?}");
+        assert!(!nothing.details.iter().any(|l| l.contains("deny-web")), "{nothing:#?}");
+        let open = by(&statics, "policy.default-deny");
+        assert!(open.passed && open.details.iter().any(|l| l.contains("namespace shop")), "{open:#?}");
+    }
+
+    fn by<'a>(f: &'a [Finding], check: &str) -> &'a Finding {
+        f.iter()
+            .find(|x| x.check == check)
+            .unwrap_or_else(|| panic!("no {check} in {f:#?}"))
+    }
+
     #[test]
     fn live_checks_pass_and_fail_for_the_right_reasons() {
         let st = nodes_state();
@@ -1812,7 +1874,11 @@ mod tests {
             .filter(|x| x.result == Outcome::Skipped)
             .map(|x| x.check.as_str())
             .collect();
-        assert_eq!(skipped, ["identity.inbound-mtls", "keys.age"], "{f:#?}");
+        assert_eq!(
+            skipped,
+            ["identity.inbound-mtls", "keys.age", "policy.enforced"],
+            "{f:#?}"
+        );
         assert!(!failed(&f, Severity::Warning));
         let c = f.iter().find(|x| x.check == "nodes.authentic").unwrap();
         assert!(c.passed && c.result != Outcome::Skipped, "{c:?}");

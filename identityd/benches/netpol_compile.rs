@@ -81,7 +81,7 @@ fn main() {
         times.sort();
         let median = times[times.len() / 2];
         println!(
-            "{pods} pods × {policies} policies: compile {:.1} ms (median of 5); {} identities' pods, {} CIDR identities, {} rules; peak RSS {} KiB",
+            "{pods} pods × {policies} policies: compile {:.1} ms (median of 5); {} pod entries, {} CIDR identities, {} rules; peak RSS {} KiB",
             median.as_secs_f64() * 1e3,
             plan.pods.len(),
             plan.cidrs.len(),

@@ -216,6 +216,7 @@ pub fn live(
     ));
     out.extend(report_checks(&reports, opts, now));
     out.push(policy_enforced(&reports, state));
+    out.extend(policy_checks(state));
     out.push(node_conflicts(state));
     out.push(cluster_problems(state));
     out
@@ -370,6 +371,7 @@ pub fn report_live(
     )];
     out.extend(report_checks(reports, opts, now));
     out.push(policy_enforced(reports, state));
+    out.extend(policy_checks(state));
     out.push(node_conflicts(state));
     out
 }
@@ -1808,7 +1810,11 @@ mod tests {
             s
         };
         let old = crate::daemon::node::policy_digest(&crate::daemon::netpol::compile(&st));
-        let f = live(&[Ok(with_digest(Some(old.clone())))], &st, &AuditOptions::default());
+        let f = live(
+            &[Ok(with_digest(Some(old.clone())))],
+            &st,
+            &AuditOptions::default(),
+        );
         assert_eq!(by(&f, "policy.enforced").result, Outcome::Skipped);
         let policy = |name: &str, app: &str| {
             crate::source::decode::decode_all(&format!(
@@ -1833,19 +1839,39 @@ mod tests {
         assert_ne!(old, now, "isolating web changes the digest");
         let f = live(&[Ok(with_digest(Some(now)))], &st, &AuditOptions::default());
         assert!(by(&f, "policy.enforced").passed, "{f:#?}");
-        for (d, why) in [(Some(old), "enforces NetworkPolicy digest"), (None, "does not hold")] {
+        for (d, why) in [
+            (Some(old), "enforces NetworkPolicy digest"),
+            (None, "does not hold"),
+        ] {
             let f = live(&[Ok(with_digest(d))], &st, &AuditOptions::default());
             let e = by(&f, "policy.enforced");
             assert!(e.is_failure(), "{e:#?}");
-            assert!(e.details.iter().any(|l| l.starts_with("n1: ") && l.contains(why)), "{e:#?}");
+            assert!(
+                e.details
+                    .iter()
+                    .any(|l| l.starts_with("n1: ") && l.contains(why)),
+                "{e:#?}"
+            );
         }
         let statics = cluster_checks(&st, &AuditOptions::default());
         let nothing = by(&statics, "policy.selects-nothing");
         assert!(nothing.is_failure(), "{nothing:#?}");
-        assert!(nothing.details.iter().any(|l| l.contains("shop/deny-nothing")), "{nothing:#?}");
-        assert!(!nothing.details.iter().any(|l| l.contains("deny-web")), "{nothing:#?}");
+        assert!(
+            nothing
+                .details
+                .iter()
+                .any(|l| l.contains("shop/deny-nothing")),
+            "{nothing:#?}"
+        );
+        assert!(
+            !nothing.details.iter().any(|l| l.contains("deny-web")),
+            "{nothing:#?}"
+        );
         let open = by(&statics, "policy.default-deny");
-        assert!(open.passed && open.details.iter().any(|l| l.contains("namespace shop")), "{open:#?}");
+        assert!(
+            open.passed && open.details.iter().any(|l| l.contains("namespace shop")),
+            "{open:#?}"
+        );
     }
 
     fn by<'a>(f: &'a [Finding], check: &str) -> &'a Finding {
@@ -1876,7 +1902,12 @@ mod tests {
             .collect();
         assert_eq!(
             skipped,
-            ["identity.inbound-mtls", "keys.age", "policy.enforced"],
+            [
+                "identity.inbound-mtls",
+                "keys.age",
+                "policy.enforced",
+                "policy.selects-nothing"
+            ],
             "{f:#?}"
         );
         assert!(!failed(&f, Severity::Warning));

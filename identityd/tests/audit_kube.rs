@@ -360,3 +360,49 @@ async fn the_daemon_writes_its_report_by_server_side_apply() {
     let back: NodeReport = serde_json::from_value(r.body["spec"].clone()).unwrap();
     assert_eq!(back, report);
 }
+
+/// NetworkPolicies have no status: the controller's Events about them are server-side applied
+/// as `events.k8s.io/v1` Events in the policy's namespace, named after the policy and the
+/// event (the same event updates one object), regarding the policy.
+#[tokio::test]
+async fn policy_events_are_applied_as_events_regarding_the_policy() {
+    let api = FakeApi::start();
+    api.echo_patches();
+    let key = identityd::model::ObjectKey {
+        kind: identityd::model::Kind::NetworkPolicy,
+        namespace: Some("shop".into()),
+        name: "deny-nothing".into(),
+    };
+    let event = identityd::source::ObjectEvent {
+        reason: "SelectsNothing".into(),
+        message: "spec.podSelector selects no pod in namespace shop".into(),
+    };
+    identityd::source::kube::record_events(api.client(), &key, std::slice::from_ref(&event))
+        .await
+        .unwrap();
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let r = &seen[0];
+    assert_eq!(r.method, "PATCH");
+    assert_eq!(
+        r.path,
+        format!(
+            "/apis/events.k8s.io/v1/namespaces/shop/events/{}",
+            event.name_for(&key)
+        )
+    );
+    assert!(r.path.contains("deny-nothing.idd-"), "{}", r.path);
+    assert!(r.query.contains("fieldManager=identityd"), "{}", r.query);
+    assert_eq!(r.body["kind"], "Event");
+    assert_eq!(r.body["type"], "Warning");
+    assert_eq!(r.body["reason"], "SelectsNothing");
+    assert_eq!(r.body["note"], event.message);
+    assert_eq!(r.body["regarding"]["kind"], "NetworkPolicy");
+    assert_eq!(r.body["regarding"]["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(r.body["regarding"]["name"], "deny-nothing");
+    let t = r.body["eventTime"].as_str().unwrap();
+    assert!(
+        t.len() == 27 && t.as_bytes()[19] == b'.' && t.ends_with('Z'),
+        "MicroTime with six fractional digits: {t}"
+    );
+}

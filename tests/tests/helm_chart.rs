@@ -602,6 +602,7 @@ fn rbac_is_least_privilege() {
             &["gateways/status", "httproutes/status", "grpcroutes/status"],
             &["patch"],
         ),
+        ("events.k8s.io", &["events"], &["create", "patch"]),
     ]);
     assert_eq!(grants(ca), want, "CA ClusterRole");
 

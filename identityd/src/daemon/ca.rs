@@ -5,6 +5,7 @@
 //! node may have the gateway identity when an ingress object of class identityd exists, and a
 //! serving certificate for exactly the hostnames a Gateway listener or Ingress TLS entry lists.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -249,6 +250,50 @@ struct Controller {
     ca: Arc<Mutex<Ca>>,
     ca_dir: std::path::PathBuf,
     server: CaServer,
+    /// The NetworkPolicy events last recorded, per policy.
+    policy_events: Mutex<PolicyEvents>,
+}
+
+type PolicyEvents = BTreeMap<crate::model::ObjectKey, Vec<crate::source::ObjectEvent>>;
+
+/// The Events NetworkPolicies call for (they have no status): a policy whose podSelector
+/// selects no pod, and the parts of a policy the compiler had to skip.
+#[must_use]
+pub fn policy_events(state: &ClusterState) -> PolicyEvents {
+    use crate::model::{Kind, ObjectKey};
+    use crate::source::ObjectEvent;
+    let plan = crate::daemon::netpol::compile(state);
+    let mut out = PolicyEvents::new();
+    for nn in &plan.selects_nothing {
+        out.entry(ObjectKey {
+            kind: Kind::NetworkPolicy,
+            namespace: Some(nn.namespace.clone()),
+            name: nn.name.clone(),
+        })
+        .or_default()
+        .push(ObjectEvent {
+            reason: "SelectsNothing".into(),
+            message: format!(
+                "spec.podSelector selects no pod in namespace {}: the policy isolates nothing",
+                nn.namespace
+            ),
+        });
+    }
+    for p in plan
+        .problems
+        .iter()
+        .filter(|p| p.object.kind == Kind::NetworkPolicy)
+    {
+        out.entry(p.object.clone()).or_default().push(ObjectEvent {
+            reason: "PartlyCompiled".into(),
+            message: format!("{}: {}", p.field, p.message),
+        });
+    }
+    for evs in out.values_mut() {
+        evs.sort();
+        evs.dedup();
+    }
+    out
 }
 
 impl Controller {
@@ -313,6 +358,36 @@ impl Controller {
             }
             tracing::info!(rotation = %step.name, phase = ?status.phase, step = ?status.step, "KeyRotation status");
             self.write(kr, status).await;
+        }
+        // Events of NetworkPolicies (which have no status), when they change.
+        let want = policy_events(state);
+        let changed: Vec<(crate::model::ObjectKey, Vec<crate::source::ObjectEvent>)> = {
+            let last = self
+                .policy_events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            want.iter()
+                .filter(|(k, v)| last.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(
+                    last.keys()
+                        .filter(|k| !want.contains_key(*k))
+                        .map(|k| (k.clone(), Vec::new())),
+                )
+                .collect()
+        };
+        let mut all_written = true;
+        for (key, events) in &changed {
+            if let Err(e) = self.source.record_events(key, events).await {
+                all_written = false;
+                tracing::warn!(object = %key, error = %e, "recording events");
+            }
+        }
+        if all_written {
+            *self
+                .policy_events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = want;
         }
         // `Accepted` conditions on L7 objects. Objects sharing a file with others cannot get
         // a status written (the source refuses to rewrite a multi-document file).
@@ -393,6 +468,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), CaRoleError> {
         ca,
         ca_dir: ca_dir.clone(),
         server: server.clone(),
+        policy_events: Mutex::new(PolicyEvents::new()),
     };
     controller.step(&source.snapshot()).await;
     tokio::spawn(async move {
@@ -551,6 +627,45 @@ mod tests {
     use super::*;
     use crate::model::{Object, Pod};
     use identityd_certs::SpiffeId;
+
+    /// A NetworkPolicy whose selector matches no pod gets a `SelectsNothing` Event; one that
+    /// selects a pod gets none; the FileSource writes them under `.events/` and removes the
+    /// file once there are none.
+    #[test]
+    fn a_policy_that_selects_nothing_gets_an_event() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, labels: {app: web}}\nspec: {nodeName: n1}\nstatus: {phase: Running, podIP: 10.244.1.10}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web, namespace: shop}\nspec: {podSelector: {matchLabels: {app: web}}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-nothing, namespace: shop}\nspec: {podSelector: {matchLabels: {app: nobody}}}\n";
+        let objs: Vec<Object> = crate::source::decode::decode_all(text)
+            .into_iter()
+            .filter_map(|(_, r)| r.ok().flatten())
+            .collect();
+        let state = ClusterState::from_objects(1, objs);
+        let events = policy_events(&state);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (key, evs) = events.iter().next().unwrap();
+        assert_eq!(key.name, "deny-nothing");
+        assert_eq!(evs[0].reason, "SelectsNothing");
+        assert!(evs[0].message.contains("spec.podSelector"), "{evs:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let source = crate::source::FileSource::open(
+            dir.path().to_path_buf(),
+            crate::source::FileSourceOptions::default(),
+        )
+        .unwrap();
+        let path = source.record_events(key, evs).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            written.contains("SelectsNothing") && written.contains("deny-nothing.idd-"),
+            "{written}"
+        );
+        assert!(
+            path.starts_with(dir.path().join(".events")),
+            "{}",
+            path.display()
+        );
+        source.record_events(key, &[]).unwrap();
+        assert!(!path.exists());
+    }
 
     #[test]
     fn ca_metrics_count_issuance_and_pass_promtool() {

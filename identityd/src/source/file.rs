@@ -371,6 +371,75 @@ impl super::ClusterSource for FileSource {
     ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(async move { FileSource::write_report(self, node, report).map(drop) })
     }
+
+    fn record_events<'a>(
+        &'a self,
+        object: &'a crate::model::ObjectKey,
+        events: &'a [super::ObjectEvent],
+    ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move { FileSource::record_events(self, object, events).map(drop) })
+    }
+}
+
+/// The directory of object events inside a FileSource directory (hidden: never read as input).
+pub const EVENTS_DIR: &str = ".events";
+
+impl FileSource {
+    /// Writes `object`'s current events to `.events/<kind>-<namespace>-<name>.yaml`, or removes
+    /// that file when there are none.
+    ///
+    /// # Errors
+    /// The file cannot be written or removed.
+    pub fn record_events(
+        &self,
+        object: &crate::model::ObjectKey,
+        events: &[super::ObjectEvent],
+    ) -> Result<PathBuf, SourceError> {
+        let edir = self.dir.join(EVENTS_DIR);
+        let path = edir.join(format!(
+            "{}-{}-{}.yaml",
+            object.kind.as_str().to_lowercase(),
+            object.namespace.as_deref().unwrap_or("_"),
+            object.name
+        ));
+        if events.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SourceError::Io {
+                    path,
+                    source: Arc::new(e),
+                }),
+                _ => Ok(path),
+            };
+        }
+        std::fs::create_dir_all(&edir).map_err(|e| SourceError::Io {
+            path: edir.clone(),
+            source: Arc::new(e),
+        })?;
+        let docs: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "apiVersion": "events.k8s.io/v1",
+                    "kind": "Event",
+                    "metadata": {"name": e.name_for(object), "namespace": object.namespace},
+                    "regarding": {"kind": object.kind.as_str(), "namespace": object.namespace, "name": object.name},
+                    "type": "Warning",
+                    "reason": e.reason,
+                    "note": e.message,
+                })
+            })
+            .collect();
+        let text = serde_saphyr::to_string(&docs).map_err(|e| {
+            SourceError::Unavailable(format!("serializing the events of {object}: {e}"))
+        })?;
+        identityd_certs::fsutil::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
+            SourceError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(path)
+    }
 }
 
 /// The directory of node reports inside a FileSource directory.

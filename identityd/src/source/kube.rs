@@ -642,6 +642,68 @@ impl super::ClusterSource for KubeSource {
     ) -> BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(write_report(self.client.clone(), node, report))
     }
+
+    fn record_events<'a>(
+        &'a self,
+        object: &'a crate::model::ObjectKey,
+        events: &'a [super::ObjectEvent],
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(record_events(self.client.clone(), object, events))
+    }
+}
+
+/// Server-side applies one `events.k8s.io/v1` Event per entry of `events` about `object`, in
+/// its namespace, named after the object and the event (the same event is updated, not
+/// repeated). Events of objects that no longer have a problem expire on the API server's own
+/// schedule.
+///
+/// # Errors
+/// [`SourceError::Kube`] when the API server refuses one.
+pub async fn record_events(
+    client: kube::Client,
+    object: &crate::model::ObjectKey,
+    events: &[super::ObjectEvent],
+) -> Result<(), SourceError> {
+    let ns = object.namespace.as_deref().unwrap_or("default");
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, ns);
+    let group_version = object.kind.api_versions().first().copied().unwrap_or("v1");
+    // MicroTime: RFC 3339 with exactly six fractional digits.
+    let now = {
+        let t = crate::daemon::rotation::now_rfc3339();
+        let base = t.trim_end_matches('Z');
+        let (secs, frac) = base.split_once('.').unwrap_or((base, ""));
+        let micros: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+        format!("{secs}.{micros}Z")
+    };
+    for e in events {
+        let name = e.name_for(object);
+        let body = serde_json::json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "eventTime": now,
+            "regarding": {
+                "apiVersion": group_version,
+                "kind": object.kind.as_str(),
+                "namespace": ns,
+                "name": object.name,
+            },
+            "type": "Warning",
+            "reason": e.reason,
+            "action": "Compile",
+            "note": e.message,
+            "reportingController": "identityd.io/controller",
+            "reportingInstance": "identityd-ca",
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|err| kube_err(format!("server-side apply of Event {ns}/{name}"), err))?;
+    }
+    Ok(())
 }
 
 /// Server-side applies `node`'s `IdentitydNodeReport` (cluster-scoped, named after the node;

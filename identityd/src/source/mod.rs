@@ -88,6 +88,23 @@ pub trait ClusterSource: fmt::Debug + Send + Sync + 'static {
         report: &'a crate::model::report::NodeReport,
     ) -> BoxFuture<'a, Result<(), SourceError>>;
 
+    /// Records a Kubernetes Event about an object (a problem the object's kind has no status
+    /// for: NetworkPolicy). The same (object, reason, message) is one Event, updated in place.
+    /// The KubeSource applies an `events.k8s.io/v1` Event in the object's namespace; the
+    /// FileSource writes `.events/<kind>-<namespace>-<name>.yaml` (every current event of the
+    /// object); stores without events ignore it.
+    ///
+    /// # Errors
+    /// The store refusing the write.
+    fn record_events<'a>(
+        &'a self,
+        object: &'a crate::model::ObjectKey,
+        events: &'a [ObjectEvent],
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
+        let _ = (object, events);
+        Box::pin(async { Ok(()) })
+    }
+
     /// The pod CIDR the store assigns to node `name` (Kubernetes: the Node's `spec.podCIDR`);
     /// `None` when the store has no such notion (the FileSource) or none is assigned yet.
     ///
@@ -114,6 +131,28 @@ pub trait ClusterSource: fmt::Debug + Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, SourceError>> {
         let _ = (name, key);
         Box::pin(async { Ok(false) })
+    }
+}
+
+/// One Event about an object: a Warning with a CamelCase reason and a message.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ObjectEvent {
+    /// CamelCase reason (`SelectsNothing`, `PartlyCompiled`).
+    pub reason: String,
+    /// What is wrong, naming the field and value.
+    pub message: String,
+}
+
+impl ObjectEvent {
+    /// A stable name suffix for this event of `object` (the same event keeps its name).
+    #[must_use]
+    pub fn name_for(&self, object: &crate::model::ObjectKey) -> String {
+        let d = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{object}|{}|{}", self.reason, self.message).as_bytes(),
+        );
+        let h: String = d.as_ref()[..5].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}.idd-{h}", object.name)
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{BIN, Lab, node_status};
+use super::{BIN, Lab, audit_results, node_status, wait_for_report_verdict};
 
 /// A lab pod: (name, namespace, pod labels, IP, netns).
 #[derive(Debug, Clone)]
@@ -612,7 +612,8 @@ fn converged_digest(dir: &Path, not: Option<&str>) -> String {
 pub(crate) fn network_policy_matches_the_truth_table(lab: &Lab) {
     let file = lab.dir.join("cluster/networkpolicy-truth.yaml");
     let pods = pods();
-    let mut digest = converged_digest(&lab.dir, None);
+    let baseline = converged_digest(&lab.dir, None);
+    let mut digest = baseline.clone();
     let mut failures = Vec::new();
     for (what, set) in sets() {
         let y = yaml(&set);
@@ -677,14 +678,82 @@ pub(crate) fn network_policy_matches_the_truth_table(lab: &Lab) {
         "n1 counted no NetworkPolicy drop: {}",
         s["network_policy"]
     );
-    connections_cut_by_an_update_and_kept_when_still_allowed(lab, &file);
-    converged_digest(&lab.dir, Some(&digest));
+    the_audit_and_events_report_policies(lab, &file, &digest);
+    // Back to no policy everywhere before the next part measures an update.
+    let back = converged_digest(&lab.dir, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut back = back;
+    while back != baseline {
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not return to the digest of no policy"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        back = converged_digest(&lab.dir, None);
+    }
+    connections_cut_by_an_update_and_kept_when_still_allowed(lab, &file, &baseline);
+}
+
+/// With a policy applied, the live audit and the one over the nodes' reports pass
+/// `policy.enforced`; a policy that selects nothing fails `policy.selects-nothing` naming it,
+/// and the controller records a `SelectsNothing` Event for it (the FileSource's `.events/`),
+/// removed with the policy.
+fn the_audit_and_events_report_policies(lab: &Lab, file: &Path, previous: &str) {
+    let mut set = sets()
+        .into_iter()
+        .find(|(w, _)| w.starts_with("default deny ingress"))
+        .unwrap()
+        .1;
+    set.push(policy(
+        "data",
+        "selects-nothing",
+        Sel::eq("app", "nobody"),
+        Some(vec![]),
+        None,
+    ));
+    std::fs::write(file, yaml(&set)).unwrap();
+    converged_digest(&lab.dir, Some(previous));
+    let live = audit_results(&lab.dir, false);
+    assert_eq!(
+        live.get("policy.enforced").map(String::as_str),
+        Some("pass"),
+        "{live:?}"
+    );
+    assert_eq!(
+        live.get("policy.selects-nothing").map(String::as_str),
+        Some("fail"),
+        "{live:?}"
+    );
+    wait_for_report_verdict(&lab.dir, "policy.enforced", "pass", 40);
+    let event = lab
+        .dir
+        .join("cluster/.events/networkpolicy-data-selects-nothing.yaml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !event.exists() {
+        assert!(Instant::now() < deadline, "no Event at {}", event.display());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let text = std::fs::read_to_string(&event).unwrap();
+    assert!(
+        text.contains("SelectsNothing") && text.contains("spec.podSelector"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(file);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while event.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the Event outlived its policy: {}",
+            event.display()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// Two long kv streams between db pods (data is not in the mesh): an update that keeps both
 /// allowed loses nothing; the next denies db-2 → db-1 (ipBlock without n2), which is cut,
 /// while db-1 → db-2 runs on.
-fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Path) {
+fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Path, now: &str) {
     let stream = |node: usize, from: &str, to: &str| {
         Command::new("ip")
             .args([
@@ -713,7 +782,7 @@ fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Pa
         None,
     )];
     std::fs::write(file, yaml(&still)).unwrap();
-    let before = converged_digest(&lab.dir, None);
+    let before = converged_digest(&lab.dir, Some(now));
     std::thread::sleep(Duration::from_secs(2));
     let deny = vec![policy(
         "data",
@@ -726,7 +795,7 @@ fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Pa
         None,
     )];
     std::fs::write(file, yaml(&deny)).unwrap();
-    converged_digest(&lab.dir, Some(&before));
+    let denied = converged_digest(&lab.dir, Some(&before));
     let denied_at = t0.elapsed();
     let report = |c: std::process::Child| -> serde_json::Value {
         let o = c.wait_with_output().unwrap();
@@ -736,6 +805,7 @@ fn connections_cut_by_an_update_and_kept_when_still_allowed(lab: &Lab, file: &Pa
     };
     let (k, c) = (report(kept), report(cut));
     let _ = std::fs::remove_file(file);
+    converged_digest(&lab.dir, Some(&denied));
     eprintln!("  netpol streams: kept {k}, cut {c}, denial applied at {denied_at:?}");
     assert!(k["error"].is_null(), "the still-allowed stream broke: {k}");
     assert!(

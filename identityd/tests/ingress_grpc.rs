@@ -231,7 +231,16 @@ async fn grpc_through_a_grpcroute_over_tls_with_a_certificate_from_identityds_ca
 
     let addr = gw.to_string();
     let ca = bundle_path.to_str().unwrap();
-    let ok = grpc_call(&addr, "/echo.Echo/Say", "grpc.shop.example", ca).await;
+    // The listener is pushed, not necessarily listening yet (Envoy warms it): a connection
+    // reset or refused before then is not the route's answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ok = loop {
+        let r = grpc_call(&addr, "/echo.Echo/Say", "grpc.shop.example", ca).await;
+        if !r.starts_with("ERR UNAVAILABLE") || std::time::Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     assert!(ok.starts_with("OK echo:hello"), "{ok}\n{}", h.envoy.log());
     // The method match: another method of the service is not routed.
     let other = grpc_call(&addr, "/echo.Echo/Shout", "grpc.shop.example", ca).await;

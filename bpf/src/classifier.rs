@@ -399,6 +399,7 @@ impl PolicyRule {
     }
 }
 
+/// A removal's result, with "the key was not there" counted as done.
 fn absent_ok(r: Result<(), MapError>, map: &'static str) -> Result<(), Error> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
@@ -951,13 +952,7 @@ impl Classifier {
         let mut trie: LpmTrie<_, [u8; 16], IddRoute> =
             LpmTrie::try_from(self.map_mut(ROUTES)?).map_err(map_err(ROUTES))?;
         let key = Key::new(cidr.mapped_prefix_len(), cidr.mapped_addr());
-        match trie.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(map_err(ROUTES)(e)),
-        }
+        absent_ok(trie.remove(&key), ROUTES)
     }
 
     /// Every route installed in the map — what the kernel holds (a pinned map re-adopted
@@ -1051,13 +1046,7 @@ impl Classifier {
     pub fn remove_workload(&mut self, addr: IpAddr) -> Result<(), Error> {
         let mut m: BpfHashMap<_, IddAddr, IddWorkload> =
             BpfHashMap::try_from(self.map_mut(WORKLOADS)?).map_err(map_err(WORKLOADS))?;
-        match m.remove(&IddAddr { addr: mapped(addr) }) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(map_err(WORKLOADS)(e)),
-        }
+        absent_ok(m.remove(&IddAddr { addr: mapped(addr) }), WORKLOADS)
     }
 
     /// Sets the interfaces packets out of a tunnel arrive on (WireGuard, IPsec): ingress
@@ -1107,17 +1096,12 @@ impl Classifier {
     pub fn remove_probe_port(&mut self, addr: IpAddr, port: u16) -> Result<(), Error> {
         let mut m: BpfHashMap<_, IddProbe, u32> =
             BpfHashMap::try_from(self.map_mut(PROBES)?).map_err(map_err(PROBES))?;
-        match m.remove(&IddProbe {
+        let key = IddProbe {
             addr: mapped(addr),
             port,
             _pad: 0,
-        }) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(map_err(PROBES)(e)),
-        }
+        };
+        absent_ok(m.remove(&key), PROBES)
     }
 
     /// Every probe port installed in the map.

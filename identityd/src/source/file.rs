@@ -381,6 +381,24 @@ impl super::ClusterSource for FileSource {
     }
 }
 
+/// Writes `text` to `path` (0644, atomic) in one of the FileSource's hidden folders
+/// (`.reports/`, `.events/`), creating the folder.
+fn write_hidden(path: &Path, text: &str) -> Result<PathBuf, SourceError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| SourceError::Io {
+            path: dir.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+    }
+    identityd_certs::fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+        SourceError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(path.to_path_buf())
+}
+
 /// The directory of object events inside a FileSource directory (hidden: never read as input).
 pub const EVENTS_DIR: &str = ".events";
 
@@ -395,8 +413,7 @@ impl FileSource {
         object: &crate::model::ObjectKey,
         events: &[super::ObjectEvent],
     ) -> Result<PathBuf, SourceError> {
-        let edir = self.dir.join(EVENTS_DIR);
-        let path = edir.join(format!(
+        let path = self.dir.join(EVENTS_DIR).join(format!(
             "{}-{}-{}.yaml",
             object.kind.as_str().to_lowercase(),
             object.namespace.as_deref().unwrap_or("_"),
@@ -411,10 +428,6 @@ impl FileSource {
                 _ => Ok(path),
             };
         }
-        std::fs::create_dir_all(&edir).map_err(|e| SourceError::Io {
-            path: edir.clone(),
-            source: Arc::new(e),
-        })?;
         let docs: Vec<serde_json::Value> = events
             .iter()
             .map(|e| {
@@ -432,13 +445,7 @@ impl FileSource {
         let text = serde_saphyr::to_string(&docs).map_err(|e| {
             SourceError::Unavailable(format!("serializing the events of {object}: {e}"))
         })?;
-        identityd_certs::fsutil::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
-            SourceError::Write {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        Ok(path)
+        write_hidden(&path, &text)
     }
 }
 
@@ -512,22 +519,11 @@ impl FileSource {
         node: &str,
         report: &crate::model::report::NodeReport,
     ) -> Result<PathBuf, SourceError> {
-        let rdir = self.dir.join(REPORTS_DIR);
-        std::fs::create_dir_all(&rdir).map_err(|e| SourceError::Io {
-            path: rdir.clone(),
-            source: Arc::new(e),
-        })?;
-        let path = rdir.join(format!("{node}.yaml"));
+        let path = self.dir.join(REPORTS_DIR).join(format!("{node}.yaml"));
         let text = serde_saphyr::to_string(&report_document(node, report)).map_err(|e| {
             SourceError::Unavailable(format!("serializing the report of {node}: {e}"))
         })?;
-        identityd_certs::fsutil::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
-            SourceError::Write {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        Ok(path)
+        write_hidden(&path, &text)
     }
 }
 
